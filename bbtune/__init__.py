@@ -1,0 +1,1 @@
+"""bbtune: black-box prompt tuning for language models you can only query."""

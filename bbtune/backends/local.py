@@ -1,0 +1,368 @@
+"""Local `transformers` models (causal or masked LMs) on cpu or cuda, soft and hard prompts.
+
+Three scoring paths give the same log-probs (tests hold them to float tolerance):
+- *full*: every (candidate, example) row is one whole sequence. Masked LMs and gradients use it.
+- *suffix + KV reuse* (`<input> <prompt> <cue>`): the input's keys/values do not depend on the candidate,
+  so they are computed once per example (kept in a byte-bounded LRU store) and each row runs only the
+  prompt and cue tokens.
+- *prefix sharing* (`<prompt> <input> <cue>`): each candidate's prompt is encoded once per call and its
+  keys/values are shared by all examples, instead of once per (candidate, example).
+Rows are grouped into forward batches sized from a memory budget, and only the label position's logits
+are computed.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..constants import DEFAULT_KV_CACHE_MB, DEFAULT_MEMORY_BUDGET_MB, EMBEDDED_MODEL
+from ..errors import ConfigError, TaskError
+from ..models import load_model
+from ..prompts import HardPrompt, Prompt, SoftPrompt, prompt_kind
+from ..tasks import Example, Placement, TaskFormat, verbalizer_token_ids
+from ..vocab import Vocabulary
+from .base import Capabilities, CallStats, check_scores
+from .kvcache import KVStore
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """Token ids of a batch of examples under one format."""
+
+    lead: list[int]  # special tokens that start every sequence (BOS / CLS), maybe empty
+    heads: list[list[int]]  # each example's input part
+    cue: list[int]  # the text between input and label word
+    label_ids: list[int]
+
+
+class LocalBackend:
+    """Scores prompts with a local model. `model` is a name/path for `load_model` or a loaded model.
+
+    >>> backend = LocalBackend("tiny")
+    >>> fmt = TaskFormat(Template("{text} It was{label}"), {"neg": " terrible", "pos": " great"})
+    >>> backend.score([HardPrompt((), "")], [Example("a film", "pos")], fmt).shape
+    (1, 1, 2)
+    """
+
+    def __init__(
+        self,
+        model: str | Any = EMBEDDED_MODEL,
+        tokenizer: Any = None,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+        kv_cache_mb: float = DEFAULT_KV_CACHE_MB,
+        kv_reuse: bool = True,
+        max_input_tokens: int | None = None,
+    ):
+        if isinstance(model, str):
+            self.name = f"local:{model}"
+            model, tokenizer = load_model(model, dtype=dtype, device=device)
+        else:
+            if tokenizer is None:
+                raise ConfigError("LocalBackend(model=<loaded model>) also needs tokenizer=")
+            self.name = f"local:{type(model).__name__}"
+            model = model.to(device).eval()
+        self.model, self.tokenizer = model, tokenizer
+        self.device = torch.device(device)
+        self.is_masked = "MaskedLM" in type(model).__name__
+        self.memory_budget_bytes = int(memory_budget_mb * 2**20)
+        self.kv_reuse = kv_reuse and not self.is_masked
+        self.max_input_tokens = max_input_tokens
+        self.kv_store = KVStore(int(kv_cache_mb * 2**20))
+        self.capabilities = Capabilities(soft=True, hard=True, gradients=True)
+        self.stats = CallStats()
+        self.batch_log: list[tuple[int, int]] = []  # (rows, estimated bytes) of every forward batch
+        self._cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._keeps_logits = "logits_to_keep" in params
+        self._vocab: Vocabulary | None = None
+        self._label_ids: dict[tuple[str, ...], list[int]] = {}
+
+    # ------------------------------------------------------------------ public
+
+    def vocabulary(self) -> Vocabulary:
+        if self._vocab is None:
+            self._vocab = Vocabulary.from_model(self.model, self.tokenizer)
+        return self._vocab
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self._cfg, "max_position_embeddings", 2048))
+
+    def score(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat) -> np.ndarray:
+        """Label log-probs (P, B, L) for every prompt on every example."""
+        if not examples:
+            raise TaskError("score() got no examples; give at least one")
+        prompt_kind(list(prompts))
+        with torch.inference_mode():
+            logp = self.label_logprobs(self.prompt_embeds(prompts), examples, fmt)
+        self.stats.add(len(prompts), len(examples))
+        out = logp.float().cpu().numpy()
+        return check_scores(out, len(prompts), len(examples), len(fmt.labels), self.name)
+
+    def prompt_embeds(self, prompts: Sequence[Prompt]) -> torch.Tensor:
+        """(P, n, hidden) input embeddings of a batch of prompts (hard prompts are looked up)."""
+        lengths = {p.n_tokens for p in prompts}
+        if len(lengths) != 1:
+            raise ValueError(f"all prompts in one call must have the same length, got {sorted(lengths)}")
+        table = self.model.get_input_embeddings()
+        if isinstance(prompts[0], SoftPrompt):
+            hidden = table.weight.shape[1]
+            if prompts[0].embeds.shape[1] != hidden:
+                raise ConfigError(f"soft prompt width {prompts[0].embeds.shape[1]} != model hidden size {hidden}")
+            stacked = torch.stack([p.embeds for p in prompts])  # type: ignore[union-attr]
+        else:
+            ids = torch.tensor([list(p.token_ids) for p in prompts], dtype=torch.long, device=self.device)
+            stacked = table(ids.view(len(prompts), -1))
+        return stacked.to(device=self.device, dtype=table.weight.dtype)
+
+    def label_logprobs(self, prompt_embeds: torch.Tensor, examples: Sequence[Example], fmt: TaskFormat) -> torch.Tensor:
+        """Differentiable (P, B, L) label log-probs; gradient baselines call this outside inference_mode."""
+        enc = self._encode(examples, fmt, prompt_embeds.shape[1])
+        reuse = self.kv_reuse and not torch.is_grad_enabled()
+        if reuse and fmt.placement is Placement.SUFFIX:
+            logp = self._suffix_path(prompt_embeds, enc)
+        elif reuse and prompt_embeds.shape[1] + len(enc.lead) > 0:
+            logp = self._prefix_path(prompt_embeds, enc)
+        else:
+            logp = self._full_path(prompt_embeds, enc, fmt.placement)
+        return logp.view(prompt_embeds.shape[0], len(examples), len(enc.label_ids))
+
+    # ------------------------------------------------------------------ encoding
+
+    def _encode(self, examples: Sequence[Example], fmt: TaskFormat, n_prompt: int) -> _Encoded:
+        key = tuple(fmt.verbalizer.items())
+        if key not in self._label_ids:
+            self._label_ids[key] = verbalizer_token_ids(self.tokenizer, fmt)
+        special = self.tokenizer("", add_special_tokens=True)["input_ids"]
+        lead = special[:1] if special and (self.is_masked or special[0] == self.tokenizer.bos_token_id) else []
+        cue = self._ids(fmt.template.render(examples[0]).cue)
+        extra = len(lead) + n_prompt + len(cue) + (2 if self.is_masked else 0)
+        heads = []
+        for i, ex in enumerate(examples):
+            ids = self._ids(fmt.render(ex).head)
+            if not ids:
+                raise TaskError(f"example {i} has an empty input text; remove it from the data")
+            budget = self.context_length - extra
+            if self.max_input_tokens is not None:
+                ids = ids[: min(self.max_input_tokens, budget)]
+            elif len(ids) > budget:
+                raise TaskError(
+                    f"example {i} ({ex.text[:40]!r}...) is {len(ids)} tokens; with the prompt ({n_prompt}) and "
+                    f"template ({extra - n_prompt}) it overflows the model's context of {self.context_length}. "
+                    f"Set max_input_tokens (e.g. {budget}) to truncate inputs, or shorten them"
+                )
+            heads.append(ids)
+        return _Encoded(lead, heads, cue, self._label_ids[key])
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False) if text else []
+
+    def _embed_ids(self, ids: list[int]) -> torch.Tensor:
+        return self.model.get_input_embeddings()(torch.tensor(ids, dtype=torch.long, device=self.device))
+
+    # ------------------------------------------------------------------ memory-sized batches
+
+    def _row_bytes(self, cached_len: int, new_len: int) -> int:
+        """Conservative bytes one row needs in a forward: KV of all layers, per-layer activations, logits."""
+        c = self._cfg
+        elt = self.model.get_input_embeddings().weight.element_size()
+        heads = c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+        kv_heads = getattr(c, "num_key_value_heads", None) or heads
+        total = cached_len + new_len
+        kv = 2 * c.num_hidden_layers * kv_heads * head_dim * total * elt
+        act = new_len * (12 * c.hidden_size + 4 * getattr(c, "intermediate_size", 4 * c.hidden_size)) * elt
+        attn = 2 * heads * new_len * total * 4
+        logits = 2 * getattr(c, "vocab_size", 50000) * 4 * (new_len if self.is_masked or not self._keeps_logits else 1)
+        return kv + act + attn + logits
+
+    def _chunks(self, n_rows: int, cached_len: int, new_len: int) -> list[slice]:
+        per_row = self._row_bytes(cached_len, new_len)
+        if per_row > self.memory_budget_bytes:
+            raise ConfigError(
+                f"memory_budget_mb={self.memory_budget_bytes / 2**20:.0f} is too small for one sequence of "
+                f"{cached_len + new_len} tokens (needs ~{per_row / 2**20:.1f} MB); raise memory_budget_mb"
+            )
+        rows = max(1, self.memory_budget_bytes // per_row)
+        for start in range(0, n_rows, rows):
+            n = min(rows, n_rows - start)
+            self.batch_log.append((n, n * per_row))
+        return [slice(s, min(s + rows, n_rows)) for s in range(0, n_rows, rows)]
+
+    # ------------------------------------------------------------------ forward helpers
+
+    def _forward_last(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any = None) -> torch.Tensor:
+        """Log-softmax over the vocabulary at the last position of each row (causal LMs)."""
+        kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions}
+        if cache is not None:
+            kwargs[self._cache_kw] = cache
+            kwargs["use_cache"] = True
+        else:
+            kwargs["use_cache"] = False
+        if self._keeps_logits:
+            kwargs["logits_to_keep"] = 1
+        self.stats.forward_passes += 1
+        self.stats.tokens_processed += int(embeds.shape[0] * embeds.shape[1])
+        logits = self.model(**kwargs).logits[:, -1]
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    def _context_kv(self, contexts: list[list[int]]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Keys/values of each context (trimmed to its length), from the store or computed left-padded."""
+        out: list[Any] = [self.kv_store.get(tuple(c)) for c in contexts]
+        todo = [i for i, e in enumerate(out) if e is None]
+        if todo:
+            longest = max(len(contexts[i]) for i in todo)
+            for part in self._chunks(len(todo), 0, longest):
+                idx = todo[part]
+                embeds, mask = _left_pad([self._embed_ids(contexts[i]) for i in idx])
+                kwargs = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": _positions(mask),
+                          "use_cache": True, self._cache_kw: self._new_cache()}
+                if self._keeps_logits:
+                    kwargs["logits_to_keep"] = 1
+                self.stats.forward_passes += 1
+                self.stats.tokens_processed += int(mask.numel())
+                result = self.model(**kwargs)
+                layers = _cache_layers(getattr(result, "cache", None) or result.past_key_values)
+                for row, i in enumerate(idx):
+                    length = len(contexts[i])
+                    entry = [(k[row, :, -length:].clone(), v[row, :, -length:].clone()) for k, v in layers]
+                    self.kv_store.put(tuple(contexts[i]), entry)
+                    out[i] = entry
+        return out
+
+    def _new_cache(self, layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=layers, config=self.model.config) if layers else DynamicCache(config=self.model.config)
+
+    # ------------------------------------------------------------------ the three paths
+
+    def _suffix_path(self, prompt_embeds: torch.Tensor, enc: _Encoded) -> torch.Tensor:
+        P, B = prompt_embeds.shape[0], len(enc.heads)
+        contexts = [enc.lead + h for h in enc.heads]
+        kv = self._context_kv(contexts)
+        lengths = torch.tensor([len(c) for c in contexts], device=self.device)
+        longest = int(lengths.max())
+        padded = [_pad_left_kv([e[layer] for e in kv], longest) for layer in range(len(kv[0]))]
+        ctx_mask = (torch.arange(longest, device=self.device)[None] >= (longest - lengths)[:, None]).long()
+        cue = self._embed_ids(enc.cue) if enc.cue else prompt_embeds.new_zeros(0, prompt_embeds.shape[2])
+        tail_len = prompt_embeds.shape[1] + cue.shape[0]
+        if tail_len == 0:
+            raise TaskError("nothing to score after the input: give the template a cue or use a prompt of >=1 token")
+        results = []
+        for part in self._chunks(P * B, longest, tail_len):
+            rows = torch.arange(part.start, part.stop, device=self.device)
+            p_idx, b_idx = rows // B, rows % B
+            tail = torch.cat([prompt_embeds[p_idx], cue.expand(len(rows), -1, -1)], dim=1)
+            mask = torch.cat([ctx_mask[b_idx], ctx_mask.new_ones(len(rows), tail_len)], dim=1)
+            positions = lengths[b_idx, None] + torch.arange(tail_len, device=self.device)[None]
+            cache = self._new_cache([(k[b_idx], v[b_idx]) for k, v in padded])
+            results.append(self._forward_last(tail, mask, positions, cache)[:, enc.label_ids])
+        return torch.cat(results)
+
+    def _prefix_path(self, prompt_embeds: torch.Tensor, enc: _Encoded) -> torch.Tensor:
+        P, B = prompt_embeds.shape[0], len(enc.heads)
+        lead = self._embed_ids(enc.lead).expand(P, -1, -1) if enc.lead else prompt_embeds[:, :0]
+        ctx = torch.cat([lead, prompt_embeds], dim=1)
+        ctx_len = ctx.shape[1]
+        ones = torch.ones(P, ctx_len, dtype=torch.long, device=self.device)
+        result = self.model(inputs_embeds=ctx, attention_mask=ones, position_ids=_positions(ones), use_cache=True,
+                            **{self._cache_kw: self._new_cache()}, **({"logits_to_keep": 1} if self._keeps_logits else {}))
+        self.stats.forward_passes += 1
+        self.stats.tokens_processed += P * ctx_len
+        layers = _cache_layers(getattr(result, "cache", None) or result.past_key_values)
+        tails, tail_mask = _left_pad([self._embed_ids(h + enc.cue) for h in enc.heads])
+        results = []
+        for part in self._chunks(P * B, ctx_len, tails.shape[1]):
+            rows = torch.arange(part.start, part.stop, device=self.device)
+            p_idx, b_idx = rows // B, rows % B
+            mask = torch.cat([ones[p_idx], tail_mask[b_idx]], dim=1)
+            positions = ctx_len + (tail_mask[b_idx].cumsum(1) - 1).clamp(min=0)
+            cache = self._new_cache([(k[p_idx], v[p_idx]) for k, v in layers])
+            results.append(self._forward_last(tails[b_idx], mask, positions, cache)[:, enc.label_ids])
+        return torch.cat(results)
+
+    def _full_path(self, prompt_embeds: torch.Tensor, enc: _Encoded, placement: Placement) -> torch.Tensor:
+        P, B = prompt_embeds.shape[0], len(enc.heads)
+        emb = self._embed_ids
+        lead = emb(enc.lead) if enc.lead else prompt_embeds[0, :0]
+        tail_ids = enc.cue + ([self.tokenizer.mask_token_id, self.tokenizer.sep_token_id or self.tokenizer.eos_token_id]
+                              if self.is_masked else [])
+        tail = emb(tail_ids) if tail_ids else lead[:0]
+        heads = [emb(h) for h in enc.heads]
+        longest = len(enc.lead) + prompt_embeds.shape[1] + max(map(len, enc.heads)) + len(tail_ids)
+        results = []
+        for part in self._chunks(P * B, 0, longest):
+            seqs = []
+            for r in range(part.start, part.stop):
+                p, b = divmod(r, B)
+                middle = [prompt_embeds[p], heads[b]] if placement is Placement.PREFIX else [heads[b], prompt_embeds[p]]
+                seqs.append(torch.cat([lead, *middle, tail]))
+            if self.is_masked:
+                results.append(self._masked_scores(seqs, len(tail_ids) - 1)[:, enc.label_ids])
+            else:
+                embeds, mask = _left_pad(seqs)
+                results.append(self._forward_last(embeds, mask, _positions(mask))[:, enc.label_ids])
+        return torch.cat(results)
+
+    def _masked_scores(self, seqs: list[torch.Tensor], mask_from_end: int) -> torch.Tensor:
+        embeds, mask = _right_pad(seqs)
+        self.stats.forward_passes += 1
+        self.stats.tokens_processed += int(mask.numel())
+        logits = self.model(inputs_embeds=embeds, attention_mask=mask).logits
+        where = mask.sum(1) - 1 - mask_from_end
+        return torch.log_softmax(logits[torch.arange(len(seqs)), where].float(), dim=-1)
+
+
+# ---------------------------------------------------------------------- tensor helpers
+
+
+def _left_pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(s.shape[0] for s in seqs)
+    out = seqs[0].new_zeros(len(seqs), longest, seqs[0].shape[-1])
+    mask = torch.zeros(len(seqs), longest, dtype=torch.long, device=seqs[0].device)
+    for i, s in enumerate(seqs):
+        if s.shape[0]:
+            out[i, longest - s.shape[0]:] = s
+            mask[i, longest - s.shape[0]:] = 1
+    return out, mask
+
+
+def _right_pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(s.shape[0] for s in seqs)
+    out = seqs[0].new_zeros(len(seqs), longest, seqs[0].shape[-1])
+    mask = torch.zeros(len(seqs), longest, dtype=torch.long, device=seqs[0].device)
+    for i, s in enumerate(seqs):
+        out[i, : s.shape[0]] = s
+        mask[i, : s.shape[0]] = 1
+    return out, mask
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token (left padding)."""
+    return (mask.cumsum(1) - 1).clamp(min=0)
+
+
+def _pad_left_kv(entries: list[tuple[torch.Tensor, torch.Tensor]], longest: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack per-example (kv_heads, len, dim) keys and values into (B, kv_heads, longest, dim), zero-padded left."""
+    k0 = entries[0][0]
+    keys = k0.new_zeros(len(entries), k0.shape[0], longest, k0.shape[2])
+    values = keys.clone()
+    for i, (k, v) in enumerate(entries):
+        keys[i, :, longest - k.shape[1]:] = k
+        values[i, :, longest - v.shape[1]:] = v
+    return keys, values
+
+
+def _cache_layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return [(k, v) for k, v in cache.to_legacy_cache()]

