@@ -20,3 +20,14 @@ CPU_PROMPT_TOKENS = 5
 CPU_INTRINSIC_DIM = 100
 CPU_POPSIZE = 10
 CPU_BUDGET_CALLS = 300
+
+# Remote backend (bbtune/backends/remote.py): retries, timeouts and limits of the OpenAI-compatible client
+OPENAI_API_KEY_ENV = "OPENAI_API_KEY"  # read when API_KEY_ENV is unset
+CONNECT_TIMEOUT_S = 10.0
+MAX_RETRY_AFTER_S = 60.0  # a longer Retry-After is capped to this (a run should not stall for an hour)
+REPLICA_COOLDOWN_S = 5.0  # a replica that failed gets no new requests for this long
+DEFAULT_TOP_K = 5  # OpenAI's /v1/completions returns at most 5 logprobs
+DEFAULT_REMOTE_BATCH = 8  # prompts per /v1/completions request where the server accepts lists
+PROMPT_TOKEN_MARGIN = 4  # added to each local token count when reserving budget (BOS, tokenizer drift)
+CHAT_TOKEN_MARGIN = 48  # the chat template's role markers, which only the server sees
+PROBE_TOLERANCE = 1e-3  # log-probs of the same input, asked twice or in a list, must agree this closely

@@ -318,3 +318,42 @@ def _find(data_dir: Path, names: Sequence[str], required: bool = True) -> str | 
     if required:
         raise TaskError(f"{data_dir} has none of {list(names)}")
     return None
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """How to build a few-shot task from files (the CLI's task flags)."""
+
+    data: str = field(default="", metadata={"help": "folder with train.jsonl/test.jsonl (or .csv); 'demo' = built-in"})
+    preset: str = field(default="sentiment", metadata={"help": f"template + verbalizer preset: {sorted(PRESETS)}"})
+    k: int = field(default=16, metadata={"help": "examples per class in train and in dev"})
+    data_seed: int = field(default=13, metadata={"help": "seed of the few-shot sample"})
+    template: str = field(default="", metadata={"help": "template overriding the preset's, e.g. '{text} It was{label}'"})
+    verbalizer: str = field(default="", metadata={"help": "JSON label->word overriding the preset's"})
+    placement: Placement = field(default=Placement.SUFFIX, metadata={"help": "prompt before (prefix) or after (suffix) the input"})
+    test_limit: int = field(default=0, metadata={"help": "score at most this many test examples (0 = all)"})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "placement", Placement(self.placement))
+        if self.k < 1:
+            raise TaskError(f"k must be >= 1, got {self.k}")
+        if self.verbalizer:
+            try:
+                parsed = json.loads(self.verbalizer)
+            except json.JSONDecodeError as err:
+                raise TaskError(f"verbalizer must be JSON like '{{\"positive\": \" great\"}}': {err.msg}") from err
+            if not isinstance(parsed, dict):
+                raise TaskError("verbalizer must be a JSON object mapping label -> word")
+
+    def load(self) -> Task:
+        data = demo_data_dir() if self.data in ("", "demo") else Path(self.data)
+        return load_task(
+            data, self.preset, k=self.k, seed=self.data_seed, template=self.template or None,
+            verbalizer=json.loads(self.verbalizer) if self.verbalizer else None, placement=self.placement,
+            test_limit=self.test_limit or None, name=None if self.data not in ("", "demo") else "demo-sentiment",
+        )
+
+
+def demo_data_dir() -> Path:
+    """The small sentiment set shipped with bbtune (48 training-pool and 32 test sentences, written for it)."""
+    return Path(__file__).parent / "data" / "demo"

@@ -6,7 +6,7 @@ length. When the byte budget is full the least recently used entry goes; a miss 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Hashable
+from typing import Any, Hashable
 
 import torch
 
@@ -54,3 +54,61 @@ class KVStore:
     def clear(self) -> None:
         self._entries.clear()
         self.bytes_used = 0
+
+
+# ---------------------------------------------------------------------- transformers caches
+
+
+def new_cache(config: Any, layers: list[LayerKV] | None = None, past_len: int = 0) -> Any:
+    """A transformers `DynamicCache`, empty or holding `layers`.
+
+    With `past_len`, each layer's tensors are buffers (rows, kv_heads, past_len + new, head_dim) whose first
+    `past_len` positions hold the past; the forward writes its new keys/values into the rest instead of
+    concatenating (which would copy the whole past once per layer per forward).
+    """
+    from transformers import DynamicCache
+
+    if not layers:
+        return DynamicCache(config=config)
+    cache = DynamicCache(config=config)
+    slots = getattr(cache, "layers", None)
+    if past_len and slots is not None and len(slots) == len(layers) and all(type(s) is DynamicLayer for s in slots):
+        cache.layers = [_BufferLayer(k, v, past_len) for k, v in layers]
+        return cache
+    trimmed = [(k[:, :, :past_len], v[:, :, :past_len]) for k, v in layers] if past_len else layers
+    return DynamicCache(ddp_cache_data=trimmed, config=config)
+
+
+def cache_layers(cache: Any) -> list[LayerKV]:
+    """Per layer (keys, values) of a transformers cache, old (legacy tuples) or new (`.layers`) style."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return [(k, v) for k, v in cache.to_legacy_cache()]
+
+
+try:
+    from transformers.cache_utils import DynamicLayer
+except ImportError:  # transformers < 4.56 has no per-layer cache objects; new_cache falls back to DynamicCache
+    DynamicLayer = None  # type: ignore[assignment,misc]
+else:
+
+    class _BufferLayer(DynamicLayer):  # type: ignore[no-redef]
+        """A full-attention cache layer whose past already sits at the front of a buffer with room for the new tokens."""
+
+        _layer_type = None  # do not register in transformers' layer-type table
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, past_len: int):
+            super().__init__()
+            self._buffers = (keys, values)
+            self.keys, self.values = keys[:, :, :past_len], values[:, :, :past_len]
+            self.device, self.is_initialized = keys.device, True
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> LayerKV:
+            start, end = self.keys.shape[2], self.keys.shape[2] + key_states.shape[2]
+            keys, values = self._buffers
+            if end > keys.shape[2]:  # more tokens than planned: grow like a DynamicLayer
+                return super().update(key_states, value_states, *args, **kwargs)
+            keys[:, :, start:end] = key_states
+            values[:, :, start:end] = value_states
+            self.keys, self.values = keys[:, :, :end], values[:, :, :end]
+            return self.keys, self.values

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from ..prompts import HardPrompt, Prompt, SoftPrompt, prompt_kind
 from ..tasks import Example, Placement, TaskFormat, verbalizer_token_ids
 from ..vocab import Vocabulary
 from .base import Capabilities, CallStats, check_scores
-from .kvcache import KVStore
+from .kvcache import KVStore, LayerKV, cache_layers, new_cache
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,15 @@ class _Encoded:
     heads: list[list[int]]  # each example's input part
     cue: list[int]  # the text between input and label word
     label_ids: list[int]
+
+
+class ForwardBatch(NamedTuple):
+    """One planned forward batch: its rows, their estimated bytes, and per row the cached and new tokens."""
+
+    rows: int
+    nbytes: int
+    cached: int
+    new: int
 
 
 class LocalBackend:
@@ -77,13 +86,14 @@ class LocalBackend:
         self.kv_store = KVStore(int(kv_cache_mb * 2**20))
         self.capabilities = Capabilities(soft=True, hard=True, gradients=True)
         self.stats = CallStats()
-        self.batch_log: list[tuple[int, int]] = []  # (rows, estimated bytes) of every forward batch
+        self.batch_log: list[ForwardBatch] = []  # every forward batch, as sized by the memory budget
         self._cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         params = inspect.signature(model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
         self._keeps_logits = "logits_to_keep" in params
         self._vocab: Vocabulary | None = None
         self._label_ids: dict[tuple[str, ...], list[int]] = {}
+        self._padded: tuple[tuple[tuple[int, ...], ...], list[LayerKV]] | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -184,89 +194,127 @@ class LocalBackend:
         logits = 2 * getattr(c, "vocab_size", 50000) * 4 * (new_len if self.is_masked or not self._keeps_logits else 1)
         return kv + act + attn + logits
 
-    def _chunks(self, n_rows: int, cached_len: int, new_len: int) -> list[slice]:
+    def _chunks(self, n_rows: int, cached_len: int, new_len: int, group: int = 1) -> list[slice]:
+        """Slices of rows, each a forward batch within the memory budget, as even as possible.
+
+        With `group` > 1 (rows come in runs of `group`, one per candidate) a batch holds whole runs when the
+        budget allows, so the shared keys/values can be tiled in by broadcasting instead of gathered.
+        """
         per_row = self._row_bytes(cached_len, new_len)
         if per_row > self.memory_budget_bytes:
             raise ConfigError(
-                f"memory_budget_mb={self.memory_budget_bytes / 2**20:.0f} is too small for one sequence of "
+                f"memory_budget_mb={self.memory_budget_bytes / 2**20:g} is too small for one sequence of "
                 f"{cached_len + new_len} tokens (needs ~{per_row / 2**20:.1f} MB); raise memory_budget_mb"
             )
-        rows = max(1, self.memory_budget_bytes // per_row)
-        for start in range(0, n_rows, rows):
-            n = min(rows, n_rows - start)
-            self.batch_log.append((n, n * per_row))
-        return [slice(s, min(s + rows, n_rows)) for s in range(0, n_rows, rows)]
+        unit = group if group > 1 and n_rows % group == 0 and self.memory_budget_bytes // per_row >= group else 1
+        units, max_units = n_rows // unit, self.memory_budget_bytes // (per_row * unit)
+        n_batches = -(-units // max_units)
+        size = -(-units // n_batches) * unit  # even batches: 320 rows in 2 x 160, not 314 + 6
+        out = [slice(s, min(s + size, n_rows)) for s in range(0, n_rows, size)]
+        self.batch_log.extend(ForwardBatch(s.stop - s.start, (s.stop - s.start) * per_row, cached_len, new_len) for s in out)
+        return out
 
     # ------------------------------------------------------------------ forward helpers
 
     def _forward_last(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any = None) -> torch.Tensor:
         """Log-softmax over the vocabulary at the last position of each row (causal LMs)."""
-        kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions}
-        if cache is not None:
-            kwargs[self._cache_kw] = cache
-            kwargs["use_cache"] = True
-        else:
-            kwargs["use_cache"] = False
-        if self._keeps_logits:
-            kwargs["logits_to_keep"] = 1
         self.stats.forward_passes += 1
         self.stats.tokens_processed += int(embeds.shape[0] * embeds.shape[1])
-        logits = self.model(**kwargs).logits[:, -1]
+        logits = self._model_forward(embeds, mask, positions, cache).logits[:, -1]
         return torch.log_softmax(logits.float(), dim=-1)
 
-    def _context_kv(self, contexts: list[list[int]]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    def _model_forward(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> Any:
+        kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions,
+                                  "use_cache": cache is not None}
+        if cache is not None:
+            kwargs[self._cache_kw] = cache
+        if self._keeps_logits:
+            kwargs["logits_to_keep"] = 1
+        return self.model(**kwargs)
+
+    def _prefill(self, embeds: torch.Tensor, mask: torch.Tensor) -> list[LayerKV]:
+        """Keys/values of every layer, (rows, kv_heads, length, head_dim), for left-padded rows."""
+        self.stats.forward_passes += 1
+        self.stats.tokens_processed += int(mask.numel())
+        cache = new_cache(self.model.config)
+        result = self._model_forward(embeds, mask, _positions(mask), cache)
+        return cache_layers(getattr(result, "cache", None) or getattr(result, "past_key_values", None) or cache)
+
+    def _context_kv(self, contexts: list[list[int]]) -> list[list[LayerKV]]:
         """Keys/values of each context (trimmed to its length), from the store or computed left-padded."""
-        out: list[Any] = [self.kv_store.get(tuple(c)) for c in contexts]
-        todo = [i for i, e in enumerate(out) if e is None]
+        keys = [tuple(c) for c in contexts]
+        found: dict[tuple[int, ...], Any] = {k: self.kv_store.get(k) for k in dict.fromkeys(keys)}
+        todo = [k for k, entry in found.items() if entry is None]
         if todo:
-            longest = max(len(contexts[i]) for i in todo)
-            for part in self._chunks(len(todo), 0, longest):
-                idx = todo[part]
-                embeds, mask = _left_pad([self._embed_ids(contexts[i]) for i in idx])
-                kwargs = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": _positions(mask),
-                          "use_cache": True, self._cache_kw: self._new_cache()}
-                if self._keeps_logits:
-                    kwargs["logits_to_keep"] = 1
-                self.stats.forward_passes += 1
-                self.stats.tokens_processed += int(mask.numel())
-                result = self.model(**kwargs)
-                layers = _cache_layers(getattr(result, "cache", None) or result.past_key_values)
-                for row, i in enumerate(idx):
-                    length = len(contexts[i])
-                    entry = [(k[row, :, -length:].clone(), v[row, :, -length:].clone()) for k, v in layers]
-                    self.kv_store.put(tuple(contexts[i]), entry)
-                    out[i] = entry
-        return out
+            for part in self._chunks(len(todo), 0, max(map(len, todo))):
+                batch = todo[part]
+                layers = self._prefill(*_left_pad([self._embed_ids(list(k)) for k in batch]))
+                for row, key in enumerate(batch):
+                    entry = [(k[row, :, -len(key):].clone(), v[row, :, -len(key):].clone()) for k, v in layers]
+                    self.kv_store.put(key, entry)
+                    found[key] = entry
+        return [found[k] for k in keys]
 
-    def _new_cache(self, layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Any:
-        from transformers import DynamicCache
+    def _shared_cache(self, past: list[LayerKV], rows: slice, group: int, per_example: bool, new_len: int) -> Any:
+        """A cache whose row r starts with past[r % group] (per_example) or past[r // group] (per candidate).
 
-        return DynamicCache(ddp_cache_data=layers, config=self.model.config) if layers else DynamicCache(config=self.model.config)
+        Each layer's keys/values are written once into a buffer with room for the `new_len` tokens the forward
+        appends, so tiling costs one copy and the forward none (a plain DynamicCache costs three).
+        """
+        n, past_len = rows.stop - rows.start, past[0][0].shape[2]
+        whole = rows.start % group == 0 and n % group == 0
+        if whole:  # broadcast one run of `group` rows over each candidate
+            src = slice(None) if per_example else slice(rows.start // group, rows.stop // group)
+        else:
+            r = torch.arange(rows.start, rows.stop, device=self.device)
+            index = r % group if per_example else r // group
+
+        def tile(x: torch.Tensor) -> torch.Tensor:
+            buf = x.new_empty(n, x.shape[1], past_len + new_len, x.shape[3])
+            if whole:
+                shaped = x[None] if per_example else x[src, None]
+                buf[:, :, :past_len].view(-1, group, *x.shape[1:]).copy_(shaped)
+            else:
+                buf[:, :, :past_len] = x[index]
+            return buf
+
+        return new_cache(self.model.config, [(tile(k), tile(v)) for k, v in past], past_len)
 
     # ------------------------------------------------------------------ the three paths
 
     def _suffix_path(self, prompt_embeds: torch.Tensor, enc: _Encoded) -> torch.Tensor:
         P, B = prompt_embeds.shape[0], len(enc.heads)
         contexts = [enc.lead + h for h in enc.heads]
-        kv = self._context_kv(contexts)
-        lengths = torch.tensor([len(c) for c in contexts], device=self.device)
-        longest = int(lengths.max())
-        padded = [_pad_left_kv([e[layer] for e in kv], longest) for layer in range(len(kv[0]))]
-        ctx_mask = (torch.arange(longest, device=self.device)[None] >= (longest - lengths)[:, None]).long()
+        lengths = [len(c) for c in contexts]
+        longest = max(lengths)
+        padded = self._padded_contexts(contexts)
+        ctx_mask = _left_mask(lengths, self.device)
         cue = self._embed_ids(enc.cue) if enc.cue else prompt_embeds.new_zeros(0, prompt_embeds.shape[2])
         tail_len = prompt_embeds.shape[1] + cue.shape[0]
         if tail_len == 0:
             raise TaskError("nothing to score after the input: give the template a cue or use a prompt of >=1 token")
+        starts = torch.tensor(lengths, device=self.device)[:, None] + torch.arange(tail_len, device=self.device)
         results = []
-        for part in self._chunks(P * B, longest, tail_len):
+        for part in self._chunks(P * B, longest, tail_len, group=B):
             rows = torch.arange(part.start, part.stop, device=self.device)
             p_idx, b_idx = rows // B, rows % B
             tail = torch.cat([prompt_embeds[p_idx], cue.expand(len(rows), -1, -1)], dim=1)
             mask = torch.cat([ctx_mask[b_idx], ctx_mask.new_ones(len(rows), tail_len)], dim=1)
-            positions = lengths[b_idx, None] + torch.arange(tail_len, device=self.device)[None]
-            cache = self._new_cache([(k[b_idx], v[b_idx]) for k, v in padded])
-            results.append(self._forward_last(tail, mask, positions, cache)[:, enc.label_ids])
+            cache = self._shared_cache(padded, part, B, per_example=True, new_len=tail_len)
+            results.append(self._forward_last(tail, mask, starts[b_idx], cache)[:, enc.label_ids])
         return torch.cat(results)
+
+    def _padded_contexts(self, contexts: list[list[int]]) -> list[LayerKV]:
+        """Per layer, the contexts' keys/values stacked (B, kv_heads, longest, head_dim), zero-padded on the left.
+
+        The tuner scores the same examples generation after generation, so the last batch's stack is kept.
+        """
+        key = tuple(map(tuple, contexts))
+        if self._padded is None or self._padded[0] != key:
+            kv = self._context_kv(contexts)
+            longest = max(map(len, contexts))
+            self._padded = (key, [_pad_left_kv([e[layer] for e in kv], longest) for layer in range(len(kv[0]))])
+        return self._padded[1]
 
     def _prefix_path(self, prompt_embeds: torch.Tensor, enc: _Encoded) -> torch.Tensor:
         P, B = prompt_embeds.shape[0], len(enc.heads)
@@ -274,20 +322,18 @@ class LocalBackend:
         ctx = torch.cat([lead, prompt_embeds], dim=1)
         ctx_len = ctx.shape[1]
         ones = torch.ones(P, ctx_len, dtype=torch.long, device=self.device)
-        result = self.model(inputs_embeds=ctx, attention_mask=ones, position_ids=_positions(ones), use_cache=True,
-                            **{self._cache_kw: self._new_cache()}, **({"logits_to_keep": 1} if self._keeps_logits else {}))
-        self.stats.forward_passes += 1
-        self.stats.tokens_processed += P * ctx_len
-        layers = _cache_layers(getattr(result, "cache", None) or result.past_key_values)
+        # each candidate's prompt is encoded once, then shared by all B examples
+        parts = [self._prefill(ctx[s], ones[s]) for s in self._chunks(P, 0, ctx_len)]
+        prompt_kv = [(torch.cat([p[i][0] for p in parts]), torch.cat([p[i][1] for p in parts])) for i in range(len(parts[0]))]
         tails, tail_mask = _left_pad([self._embed_ids(h + enc.cue) for h in enc.heads])
+        positions = ctx_len + _positions(tail_mask)
         results = []
-        for part in self._chunks(P * B, ctx_len, tails.shape[1]):
+        for part in self._chunks(P * B, ctx_len, tails.shape[1], group=B):
             rows = torch.arange(part.start, part.stop, device=self.device)
             p_idx, b_idx = rows // B, rows % B
             mask = torch.cat([ones[p_idx], tail_mask[b_idx]], dim=1)
-            positions = ctx_len + (tail_mask[b_idx].cumsum(1) - 1).clamp(min=0)
-            cache = self._new_cache([(k[p_idx], v[p_idx]) for k, v in layers])
-            results.append(self._forward_last(tails[b_idx], mask, positions, cache)[:, enc.label_ids])
+            cache = self._shared_cache(prompt_kv, part, B, per_example=False, new_len=tails.shape[1])
+            results.append(self._forward_last(tails[b_idx], mask, positions[b_idx], cache)[:, enc.label_ids])
         return torch.cat(results)
 
     def _full_path(self, prompt_embeds: torch.Tensor, enc: _Encoded, placement: Placement) -> torch.Tensor:
@@ -328,12 +374,18 @@ class LocalBackend:
 def _left_pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     longest = max(s.shape[0] for s in seqs)
     out = seqs[0].new_zeros(len(seqs), longest, seqs[0].shape[-1])
-    mask = torch.zeros(len(seqs), longest, dtype=torch.long, device=seqs[0].device)
+    mask = _left_mask([s.shape[0] for s in seqs], seqs[0].device)
     for i, s in enumerate(seqs):
         if s.shape[0]:
             out[i, longest - s.shape[0]:] = s
-            mask[i, longest - s.shape[0]:] = 1
     return out, mask
+
+
+def _left_mask(lengths: list[int], device: torch.device) -> torch.Tensor:
+    """(rows, longest) attention mask of left-padded rows: 1 on each row's last `length` positions."""
+    longest = max(lengths)
+    starts = torch.tensor([longest - n for n in lengths], device=device)
+    return (torch.arange(longest, device=device)[None] >= starts[:, None]).long()
 
 
 def _right_pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -351,7 +403,7 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(1) - 1).clamp(min=0)
 
 
-def _pad_left_kv(entries: list[tuple[torch.Tensor, torch.Tensor]], longest: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad_left_kv(entries: list[LayerKV], longest: int) -> LayerKV:
     """Stack per-example (kv_heads, len, dim) keys and values into (B, kv_heads, longest, dim), zero-padded left."""
     k0 = entries[0][0]
     keys = k0.new_zeros(len(entries), k0.shape[0], longest, k0.shape[2])
@@ -360,9 +412,3 @@ def _pad_left_kv(entries: list[tuple[torch.Tensor, torch.Tensor]], longest: int)
         keys[i, :, longest - k.shape[1]:] = k
         values[i, :, longest - v.shape[1]:] = v
     return keys, values
-
-
-def _cache_layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    if hasattr(cache, "layers"):
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    return [(k, v) for k, v in cache.to_legacy_cache()]

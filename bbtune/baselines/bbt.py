@@ -1,0 +1,43 @@
+"""BBT's own methods in the common record: soft, soft-then-discretized, hard (projection in the loop), and
+random search; each is one `tune()` run read into `MethodResult`s.
+
+A soft run also yields its discretized prompt (nearest tokens of the best soft prompt), so one search gives two
+records that share its cost; the second says so in its `note`.
+
+    >>> # soft, discrete = run_bbt(task, backend, TuneConfig(mode="soft", seed=13), "bbt_soft", "bbt_discrete")
+"""
+from __future__ import annotations
+
+from ..backends.base import Backend
+from ..tasks import Task
+from ..tuner import Mode, TuneConfig, TuneResult, tune
+from .record import Measurement, MethodResult, Meter
+
+
+def run_bbt(task: Task, backend: Backend, config: TuneConfig, name: str,
+            discrete_name: str | None = None) -> tuple[MethodResult, MethodResult | None]:
+    """Run BBT once; returns the searched prompt's record and, for a soft search, its discretization's."""
+    with Meter(backend) as meter:
+        result = tune(task, backend, config, progress=False)
+    placement = task.format.placement.value
+    searched = _searched(name, result, meter.measurement, placement)
+    if discrete_name is None or config.mode is Mode.HARD:
+        return searched, None
+    return searched, _discretized(discrete_name, result, meter.measurement, placement, shared_with=name)
+
+
+def _searched(name: str, result: TuneResult, cost: Measurement, placement: str) -> MethodResult:
+    m = result.metrics
+    curve = tuple((int(row["calls"]), float(row["best_dev_acc"])) for row in result.curve if "best_dev_acc" in row)
+    hard = result.soft_prompt is None
+    return MethodResult(name, int(m["seed"]), placement, float(m["dev_acc"]), m.get("test_acc"), train_calls=int(m["calls"]),
+                        cost=cost, curve=curve, prompt_text=result.hard_prompt.text if hard else None,
+                        best=result.best_prompt)
+
+
+def _discretized(name: str, result: TuneResult, cost: Measurement, placement: str, shared_with: str) -> MethodResult:
+    m = result.metrics
+    dev = float(m["hard_dev_acc"])
+    return MethodResult(name, int(m["seed"]), placement, dev, m.get("hard_test_acc"), train_calls=int(m["calls"]), cost=cost,
+                        curve=((int(m["calls"]), dev),), prompt_text=result.hard_prompt.text, best=result.hard_prompt,
+                        note=f"nearest tokens of {shared_with}'s prompt; same search, cost shared")

@@ -1,0 +1,152 @@
+"""The training loop the gradient baselines share: n prompt vectors, frozen model, AdamW on few-shot train.
+
+Soft prompt tuning and PEZ differ only in how the trainable vectors meet the model (a `PromptView`): prompt
+tuning feeds them as they are; PEZ feeds their nearest tokens and passes the gradient back to them. Both
+select by dev accuracy (ties broken by dev loss), evaluated every `eval_every` steps, and are counted like
+BBT: each step is one model call (one prompt on one batch) plus one backward pass.
+
+The learning rate is in units of the model's embedding std (BBT's subspace uses the same scale), so one
+setting means the same step on a model whose embeddings are 0.02 or 0.14 wide.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol
+
+import numpy as np
+import torch
+
+from ..backends.base import Backend
+from ..constants import CPU_PROMPT_TOKENS
+from ..errors import ConfigError
+from ..evaluate import evaluate
+from ..prompts import HardPrompt, Prompt
+from ..subspace import P0Init, Subspace, SubspaceConfig
+from ..tasks import Task
+from ..vocab import Vocabulary
+from .record import MethodResult, Meter, test_accuracy
+
+
+@dataclass(frozen=True)
+class GradientConfig:
+    prompt_tokens: int = field(default=CPU_PROMPT_TOKENS, metadata={"help": "number of trainable prompt tokens n"})
+    steps: int = field(default=100, metadata={"help": "optimizer steps (one model call + one backward each)"})
+    lr: float = field(default=0.3, metadata={"help": "AdamW learning rate, in units of the embedding std"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    batch_size: int = field(default=8, metadata={"help": "training examples per step; 0 = the whole train split"})
+    eval_every: int = field(default=20, metadata={"help": "evaluate on dev every N steps (and at the end)"})
+    seed: int = field(default=42, metadata={"help": "seed of the initial prompt and the batch order"})
+
+    def __post_init__(self) -> None:
+        for name in ("prompt_tokens", "steps", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size < 0:
+            raise ConfigError(f"batch_size must be >= 0 (0 = whole train split), got {self.batch_size}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+class PromptView(Protocol):
+    """How trainable vectors (n, H) become what the model sees and what is reported."""
+
+    def point(self, param: torch.Tensor) -> torch.Tensor:
+        """(n, H) embeddings fed to the model; differentiable with respect to `param`."""
+        ...
+
+    def prompt(self, param: torch.Tensor) -> Prompt:
+        """The prompt the current vectors stand for (evaluated on dev, reported, transferred)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Trained:
+    best: Prompt
+    dev_acc: float
+    steps: int
+    curve: tuple[tuple[int, float], ...]  # (train calls, best dev accuracy so far)
+    losses: tuple[float, ...]  # training-batch loss at every step
+
+
+def initial_embeds(vocab: Vocabulary, n: int, init: P0Init | str, text: str, seed: int,
+                   allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, H) start vectors, drawn exactly as BBT draws its p0 (random words, a text, or zeros)."""
+    config = SubspaceConfig(prompt_tokens=n, intrinsic_dim=1, p0=P0Init(init), p0_text=text)
+    return Subspace.build(vocab, config, seed, allowed=allowed).p0  # A (d=1) is built and dropped; only p0 is used
+
+
+def train_prompt(task: Task, backend: Backend, init: torch.Tensor, view: PromptView, config: GradientConfig) -> Trained:
+    """Minimise label cross-entropy on `task.train` with AdamW; keep the prompt with the best dev accuracy."""
+    backend.capabilities.require("gradients", backend.name)
+    fmt, model = task.format, backend.model  # type: ignore[attr-defined]
+    table = model.get_input_embeddings().weight
+    param = torch.nn.Parameter(init.detach().to(device=table.device, dtype=torch.float32).clone())
+    scale = float(backend.vocabulary().embeddings.std())
+    opt = torch.optim.AdamW([param], lr=config.lr * scale, weight_decay=config.weight_decay)
+    labels = torch.as_tensor(fmt.label_ids(task.train), device=table.device)
+    rng = np.random.default_rng(config.seed)
+    best: tuple[float, float, Prompt | None] = (-math.inf, math.inf, None)
+    curve: list[tuple[int, float]] = []
+    losses: list[float] = []
+
+    def check(step: int) -> None:
+        nonlocal best
+        prompt = view.prompt(param)
+        dev = evaluate(backend, prompt, task.dev, fmt)
+        if (dev.accuracy, -dev.loss) > (best[0], -best[1]):
+            best = (dev.accuracy, dev.loss, prompt)
+        curve.append((step, best[0]))
+
+    check(0)
+    with frozen(model):
+        for step, idx in zip(range(1, config.steps + 1), _batches(len(task.train), config.batch_size, rng)):
+            batch = [task.train[i] for i in idx]
+            logp = backend.label_logprobs(view.point(param)[None].to(table.dtype), batch, fmt)[0]  # type: ignore[attr-defined]
+            loss = torch.nn.functional.cross_entropy(logp.float(), labels[idx])  # softmax over the label words only
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+            backend.stats.add(1, len(batch))
+            backend.stats.backward_passes += 1
+            if step % config.eval_every == 0 or step == config.steps:
+                check(step)
+    assert best[2] is not None
+    return Trained(best[2], best[0], config.steps, tuple(curve), tuple(losses))
+
+
+def run_gradient_method(method: str, task: Task, backend: Backend, init: torch.Tensor, view: PromptView,
+                        config: GradientConfig) -> MethodResult:
+    """Train, then score the dev-selected prompt on test; the whole run is measured."""
+    with Meter(backend) as meter:
+        trained = train_prompt(task, backend, init, view, config)
+        test = test_accuracy(backend, trained.best, task)
+    text = trained.best.text if isinstance(trained.best, HardPrompt) else None
+    return MethodResult(method, config.seed, task.format.placement.value, trained.dev_acc, test, train_calls=trained.steps, cost=meter.measurement,
+                        curve=trained.curve, prompt_text=text, best=trained.best)
+
+
+def _batches(n: int, size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Endless seeded epochs of shuffled indices, cut into batches (size 0 = everything each step)."""
+    size = size or n
+    while True:
+        order = rng.permutation(n)
+        for start in range(0, n - size + 1 if n >= size else 1, size):
+            yield order[start : start + size]
+
+
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[None]:
+    """No weight gradients during training (only the prompt learns); restores the flags afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

@@ -1,0 +1,29 @@
+"""The manual prompt: the task's template alone, zero-shot, no tuning. The floor every tuned prompt must beat.
+
+    >>> # run_manual(task, LocalBackend("smollm2")).test_acc
+"""
+from __future__ import annotations
+
+from ..backends.base import Backend
+from ..evaluate import evaluate
+from ..prompts import HardPrompt
+from ..tasks import Task
+from .record import MethodResult, Meter, test_accuracy
+
+EMPTY_PROMPT = HardPrompt((), "")
+
+
+def run_manual(task: Task, backend: Backend, seed: int = 0) -> MethodResult:
+    """Score the template with an empty prompt on dev and test. `seed` only labels the record (nothing is random)."""
+    return fixed_prompt_result("manual", EMPTY_PROMPT, task, backend, seed)
+
+
+def fixed_prompt_result(method: str, prompt: HardPrompt, task: Task, backend: Backend, seed: int,
+                        note: str = "") -> MethodResult:
+    """Dev and test accuracy of a prompt that is not tuned (manual, in-context): zero training calls."""
+    with Meter(backend) as meter:
+        dev = evaluate(backend, prompt, task.dev, task.format)
+        test = test_accuracy(backend, prompt, task)
+    return MethodResult(method, seed, task.format.placement.value, dev.accuracy, test, train_calls=0,
+                        cost=meter.measurement, curve=((0, dev.accuracy),), prompt_text=prompt.text, best=prompt,
+                        note=note)

@@ -1,0 +1,156 @@
+"""The `bbtune` command. Its flags are generated from the config dataclasses, never listed twice.
+
+    bbtune demo                       # manual vs BBT soft vs discretized vs hard, on the built-in data
+    bbtune tune --data DIR --preset sentiment --mode hard --run-dir runs/x
+    bbtune tune --resume runs/x       # continue a killed run; same result as an uninterrupted one
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import json
+import sys
+import time
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+from .backends.factory import LocalConfig
+from .errors import BBTuneError
+from .evaluate import evaluate
+from .prompts import HardPrompt
+from .results import RunFolder
+from .table import markdown_table
+from .tasks import TaskConfig
+from .tuner import Mode, TuneConfig, TuneResult, tune
+
+CONFIGS = {"task": TaskConfig, "backend": LocalConfig, "tune": TuneConfig}
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
+    """One flag per field: `--intrinsic-dim`, with the field's help, default and choices."""
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        help_ = f"{f.metadata.get('help', '')} (default: {_show(f.default)})"
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
+        elif isinstance(kind, type) and issubclass(kind, enum.Enum):
+            group.add_argument(flag, choices=[e.value for e in kind], default=f.default.value, help=help_)
+        elif typing.get_origin(kind) is tuple:
+            group.add_argument(flag, nargs="*", default=list(f.default), help=help_)
+        else:
+            group.add_argument(flag, type=kind, default=f.default, help=help_)
+
+
+def _show(value: Any) -> str:
+    return repr(value.value if isinstance(value, enum.Enum) else value)
+
+
+def from_args(cls: type, ns: argparse.Namespace | dict[str, Any]) -> Any:
+    values = vars(ns) if isinstance(ns, argparse.Namespace) else ns
+    return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bbtune", description="Black-box prompt tuning for models you can only query")
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("tune", help="run Black-Box Tuning on a task and write a run folder")
+    for title, cls in CONFIGS.items():
+        add_dataclass_args(t, cls, title)
+    t.add_argument("--run-dir", default="", help="results folder (default: runs/<task>-<mode>-<seed>)")
+    t.add_argument("--resume", default="", metavar="RUN_DIR", help="continue the run in RUN_DIR with its saved config")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d = sub.add_parser("demo", help="tune on the built-in sentiment set and print manual vs BBT results")
+    d.add_argument("--model", default=LocalConfig.model, help="model to tune (default: embedded SmolLM2-135M)")
+    d.add_argument("--budget-calls", type=int, default=200, help="model calls per tuning run")
+    d.add_argument("--out", default="runs/demo", help="folder for the two run folders and summary files")
+    d.add_argument("--seed", type=int, default=42)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "tune":
+            result = _tune_command(args)
+            print(summary_table([("bbtune " + result.metrics["mode"], result)]))
+            print(f"\nresults in {result.run_dir}")
+        elif args.command == "demo":
+            print(run_demo(args.model, args.budget_calls, Path(args.out), args.seed))
+    except BBTuneError as err:
+        print(f"bbtune: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nbbtune: interrupted; finished generations are checkpointed, continue with --resume RUN_DIR",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+def _tune_command(args: argparse.Namespace) -> TuneResult:
+    if args.resume:
+        saved = RunFolder(args.resume).read_json("config.json")
+        configs = {name: from_args(cls, saved["cli"][name]) for name, cls in CONFIGS.items()}
+        run_dir, resume = Path(args.resume), True
+    else:
+        configs = {name: from_args(cls, args) for name, cls in CONFIGS.items()}
+        cfg = configs["tune"]
+        run_dir = Path(args.run_dir or f"runs/{Path(configs['task'].data or 'demo').name}-{cfg.mode.value}-{cfg.seed}")
+        resume = False
+    task = configs["task"].load()
+    backend = configs["backend"].build()
+    cli_config = {name: dataclasses.asdict(c) for name, c in configs.items()}
+    return tune(task, backend, configs["tune"], run_dir, progress=not args.no_progress, resume=resume,
+                extra_config={"cli": cli_config})
+
+
+def summary_table(results: Sequence[tuple[str, TuneResult | dict[str, Any]]]) -> str:
+    rows = []
+    for name, res in results:
+        m = res.metrics if isinstance(res, TuneResult) else res
+        rows.append({"method": name, "dev acc": m.get("dev_acc"), "test acc": m.get("test_acc"),
+                     "calls": m.get("calls", 0), "time s": m.get("wall_s"), "prompt": _short(m.get("prompt_shown"))})
+        if "hard_test_acc" in m:
+            rows.append({"method": f"  {name} -> nearest tokens", "dev acc": m.get("hard_dev_acc"),
+                         "test acc": m.get("hard_test_acc"), "calls": "", "time s": None, "prompt": _short(m.get("hard_prompt"))})
+        elif m.get("mode") == "hard":
+            rows[-1]["prompt"] = _short(m.get("hard_prompt"))
+    return markdown_table(rows, ["method", "dev acc", "test acc", "calls", "time s", "prompt"])
+
+
+def _short(text: str | None, width: int = 40) -> str | None:
+    if text is None:
+        return None
+    shown = json.dumps(text, ensure_ascii=False)
+    return shown if len(shown) <= width else shown[: width - 4] + '..."'
+
+
+def run_demo(model: str, budget_calls: int, out: Path, seed: int) -> str:
+    """Manual prompt, BBT soft (+ its nearest tokens) and BBT hard on the built-in set; returns the table."""
+    task_cfg = TaskConfig(data="demo", k=8)
+    task = task_cfg.load()
+    backend = LocalConfig(model=model).build()
+    started = time.perf_counter()
+    manual = HardPrompt((), "")
+    results: list[tuple[str, Any]] = [("manual prompt (template only)", {
+        "dev_acc": evaluate(backend, manual, task.dev, task.format).accuracy,
+        "test_acc": evaluate(backend, manual, task.test, task.format).accuracy,
+        "calls": 0, "wall_s": round(time.perf_counter() - started, 2), "prompt_shown": task.format.template.pattern})]
+    for mode in (Mode.SOFT, Mode.HARD):
+        cfg = TuneConfig(mode=mode, budget_calls=budget_calls, seed=seed, eval_every=40)
+        cli = {"task": dataclasses.asdict(task_cfg), "backend": dataclasses.asdict(LocalConfig(model=model)),
+               "tune": dataclasses.asdict(cfg)}
+        print(f"tuning a {mode.value} prompt ({budget_calls} calls)...", file=sys.stderr)
+        results.append((f"BBT {mode.value}", tune(task, backend, cfg, out / mode.value, extra_config={"cli": cli})))
+    table = summary_table(results)
+    RunFolder(out).write_json("summary.json", {name: (r.metrics if isinstance(r, TuneResult) else r) for name, r in results})
+    (out / "summary.md").write_text(table + "\n")
+    return f"{table}\n\nrun folders and summary in {out}/"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Nearest-token projection (PEZ, Wen et al. 2023): each continuous prompt vector -> its closest token.
+
+The result is a `HardPrompt` any text API accepts. Special and unprintable tokens are never chosen, and a
+user block-list removes more; `round_trip` checks that the decoded text tokenizes back to the same ids
+(when it does not, an API would see a different prompt than the one that was scored).
+
+Example:
+    >>> vocab_emb = torch.eye(3)
+    >>> nearest_ids(torch.tensor([[0.9, 0.1, 0.0]]), vocab_emb, torch.ones(3, dtype=torch.bool)).tolist()
+    [0]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Iterable
+
+import torch
+
+from .prompts import HardPrompt
+from .vocab import Vocabulary
+
+
+class Metric(str, Enum):
+    COSINE = "cosine"
+    DOT = "dot"
+
+
+def nearest_ids(embeds: torch.Tensor, table: torch.Tensor, allowed: torch.Tensor, metric: Metric | str = Metric.COSINE) -> torch.Tensor:
+    """Index of the allowed row of `table` (V, H) nearest to each row of `embeds` (..., H)."""
+    metric = Metric(metric)
+    e, t = embeds.float(), table.float()
+    if metric is Metric.COSINE:
+        e = torch.nn.functional.normalize(e, dim=-1)
+        t = torch.nn.functional.normalize(t, dim=-1)
+    sims = e @ t.T
+    sims[..., ~allowed] = -float("inf")
+    return sims.argmax(dim=-1)
+
+
+@dataclass(frozen=True)
+class RoundTrip:
+    """Whether `text` re-tokenizes to the prompt's ids; `reencoded` is what an API would really see."""
+
+    ok: bool
+    reencoded: tuple[int, ...]
+
+
+class Discretizer:
+    """Projects soft prompts onto a vocabulary, with the allowed-token mask computed once.
+
+    >>> # d = Discretizer(backend.vocabulary(), metric="cosine", vocab_filter="words", block=["hate"])
+    >>> # d.project(soft_prompt.embeds).text
+    """
+
+    def __init__(self, vocab: Vocabulary, metric: Metric | str = Metric.COSINE, vocab_filter: str = "words",
+                 block: Iterable[str] = ()):
+        self.vocab = vocab
+        self.metric = Metric(metric)
+        self.allowed = vocab.allowed_mask(vocab_filter, block)
+        # keeping only allowed rows, normalised once, makes projection one small matmul per batch
+        self._allowed_ids = torch.nonzero(self.allowed).flatten()
+        table = vocab.embeddings.float()[self._allowed_ids]
+        self._table = torch.nn.functional.normalize(table, dim=-1) if self.metric is Metric.COSINE else table
+
+    def ids(self, embeds: torch.Tensor) -> torch.Tensor:
+        """(..., n) nearest allowed token ids for (..., n, H) embeddings."""
+        e = embeds.float().to(self._table.device)
+        if self.metric is Metric.COSINE:
+            e = torch.nn.functional.normalize(e, dim=-1)
+        return self._allowed_ids[(e @ self._table.T).argmax(dim=-1)]
+
+    def project(self, embeds: torch.Tensor) -> HardPrompt:
+        return self.to_prompt(self.ids(embeds).tolist())
+
+    def to_prompt(self, ids: list[int]) -> HardPrompt:
+        tok = self.vocab.tokenizer
+        return HardPrompt(tuple(ids), tok.decode(ids), tuple(tok.convert_ids_to_tokens(ids)))
+
+    def round_trip(self, prompt: HardPrompt) -> RoundTrip:
+        again = tuple(self.vocab.tokenizer.encode(prompt.text, add_special_tokens=False))
+        return RoundTrip(again == prompt.token_ids, again)

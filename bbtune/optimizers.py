@@ -1,0 +1,143 @@
+"""Derivative-free optimizers speaking ask/tell (pycma's OOOptimizer shape).
+
+The tuner owns the loop, the budget and checkpoints; an optimizer only proposes points (`ask`) and learns
+from their losses (`tell`). Each owns a `numpy.random.Generator`, never the global RNG, so pickling the
+optimizer captures all its randomness and a resumed run continues with exactly the same candidates.
+
+Example:
+    >>> opt = make_optimizer(OptimizerConfig(popsize=4), dim=3, seed=0)
+    >>> X = opt.ask(); opt.tell(X, (X ** 2).sum(axis=1)); X.shape
+    (4, 3)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+import cma
+import numpy as np
+
+from .constants import CPU_POPSIZE
+from .errors import ConfigError
+
+
+class OptimizerName(str, Enum):
+    CMA = "cma"
+    RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    optimizer: OptimizerName = field(default=OptimizerName.CMA, metadata={"help": "cma (CMA-ES) or random (search)"})
+    popsize: int = field(default=CPU_POPSIZE, metadata={"help": "candidates per generation"})
+    sigma0: float = field(default=1.0, metadata={"help": "initial step size in z-space"})
+    bound: float = field(default=0.0, metadata={"help": "box bound |z_i| <= bound; 0 means unbounded"})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "optimizer", OptimizerName(self.optimizer))
+        if self.popsize < 2:
+            raise ConfigError(f"popsize must be >= 2, got {self.popsize}")
+        if self.sigma0 <= 0:
+            raise ConfigError(f"sigma0 must be > 0, got {self.sigma0}")
+        if self.bound < 0:
+            raise ConfigError(f"bound must be >= 0 (0 = unbounded), got {self.bound}")
+
+
+class Optimizer(Protocol):
+    popsize: int
+
+    def ask(self) -> np.ndarray:
+        """(popsize, dim) candidates."""
+        ...
+
+    def tell(self, candidates: np.ndarray, losses: np.ndarray) -> None: ...
+
+    def stop(self) -> bool:
+        """True when the optimizer has converged and more calls would be wasted."""
+        ...
+
+    @property
+    def best(self) -> tuple[np.ndarray, float]:
+        """Best point seen and its loss."""
+        ...
+
+
+class _Randn:
+    """Picklable `randn(lam, N)` for cma, drawing from our own generator."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+
+    def __call__(self, *shape: int) -> np.ndarray:
+        return self.rng.standard_normal(shape)
+
+
+class CMAES:
+    """CMA-ES through `cma`, started at z = 0 (that is, at p0)."""
+
+    def __init__(self, dim: int, config: OptimizerConfig, seed: int):
+        opts = {"popsize": config.popsize, "seed": math.nan, "randn": _Randn(np.random.default_rng(seed)),
+                "verbose": -9, "tolfun": 1e-11, "tolx": 1e-11}
+        if config.bound:
+            opts["bounds"] = [-config.bound, config.bound]
+        self.popsize = config.popsize
+        self.es = cma.CMAEvolutionStrategy(np.zeros(dim), config.sigma0, opts)
+        self._best = (np.zeros(dim), math.inf)
+
+    def ask(self) -> np.ndarray:
+        return np.asarray(self.es.ask())
+
+    def tell(self, candidates: np.ndarray, losses: np.ndarray) -> None:
+        self.es.tell(list(candidates), [float(v) for v in losses])
+        _keep_best(self, candidates, losses)
+
+    def stop(self) -> bool:
+        return bool(self.es.stop())
+
+    @property
+    def best(self) -> tuple[np.ndarray, float]:
+        return self._best
+
+    @property
+    def sigma(self) -> float:
+        return float(self.es.sigma)
+
+
+class RandomSearch:
+    """Pure random search: z ~ N(0, sigma0^2 I), clipped to the bound. A floor any optimizer must beat."""
+
+    def __init__(self, dim: int, config: OptimizerConfig, seed: int):
+        self.popsize, self.dim, self.config = config.popsize, dim, config
+        self.rng = np.random.default_rng(seed)
+        self._best = (np.zeros(dim), math.inf)
+
+    def ask(self) -> np.ndarray:
+        X = self.rng.standard_normal((self.popsize, self.dim)) * self.config.sigma0
+        return np.clip(X, -self.config.bound, self.config.bound) if self.config.bound else X
+
+    def tell(self, candidates: np.ndarray, losses: np.ndarray) -> None:
+        _keep_best(self, candidates, losses)
+
+    def stop(self) -> bool:
+        return False
+
+    @property
+    def best(self) -> tuple[np.ndarray, float]:
+        return self._best
+
+    @property
+    def sigma(self) -> float:
+        return self.config.sigma0
+
+
+def _keep_best(opt: CMAES | RandomSearch, candidates: np.ndarray, losses: np.ndarray) -> None:
+    i = int(np.argmin(losses))
+    if losses[i] < opt._best[1]:
+        opt._best = (np.array(candidates[i]), float(losses[i]))
+
+
+def make_optimizer(config: OptimizerConfig, dim: int, seed: int) -> Optimizer:
+    cls = {OptimizerName.CMA: CMAES, OptimizerName.RANDOM: RandomSearch}[config.optimizer]
+    return cls(dim, config, seed)

@@ -1,0 +1,146 @@
+"""The HTTP layer: a threaded stdlib server (HTTP/1.1 keep-alive) around `MockApp`, startable in a thread.
+
+Stdlib rather than an ASGI server because two faults need the raw socket: closing a connection without a
+reply, and closing it half way through a body. A thread per connection keeps added latency concurrent.
+
+    >>> with MockServer(ServerConfig(model="tiny", port=0)) as server:   # doctest: +SKIP
+    ...     print(server.url)                                              # http://127.0.0.1:PORT/v1
+"""
+from __future__ import annotations
+
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from .app import MockApp, Reply
+from .config import FaultConfig, FaultKind, ServerConfig
+from .scorer import Scorer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: "_HTTPServer"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        reply = self.server.app.handle(self.command, self.path, dict(self.headers.items()), body)
+        if reply.action is FaultKind.DROP:
+            self._drop()
+            return
+        self.send_response(reply.status)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(reply.body)))
+        self.end_headers()
+        if reply.action is FaultKind.TRUNCATED:
+            self.wfile.write(reply.body[: len(reply.body) // 2])
+            self.wfile.flush()
+            self._drop()
+            return
+        self.wfile.write(reply.body)
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    do_GET = do_POST = _serve
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], app: MockApp, verbose: bool):
+        self.app, self.verbose = app, verbose
+        self.connections: set[socket.socket] = set()
+        self._conn_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._conn_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conn_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Cut open keep-alive connections too, so a stopped server looks dead to its clients."""
+        with self._conn_lock:
+            open_now = list(self.connections)
+        for conn in open_now:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class MockServer:
+    """An OpenAI-compatible server over a local model, with fault injection.
+
+    `start()` binds (port 0 picks a free one) and serves in a daemon thread; `stop()` shuts it down. Also a
+    context manager. `url` is the base URL a client wants (ends in ``/v1``).
+    """
+
+    def __init__(self, config: ServerConfig = ServerConfig(), faults: FaultConfig = FaultConfig(), *,
+                 scorer: Scorer | None = None, verbose: bool = False):
+        self.config = config
+        self.app = MockApp(config, faults, scorer)
+        self.verbose = verbose
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError("the mock server is not started; call start() first")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.port}/v1"
+
+    def stats(self) -> dict[str, Any]:
+        return self.app.stats()
+
+    def start(self) -> "MockServer":
+        self._httpd = _HTTPServer((self.config.host, self.config.port), self.app, self.verbose)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"mock-server:{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in the calling thread (the command line) until interrupted."""
+        self._httpd = _HTTPServer((self.config.host, self.config.port), self.app, self.verbose)
+        try:
+            self._httpd.serve_forever()
+        finally:
+            self._httpd.server_close()
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd.close_connections()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._httpd = self._thread = None
+
+    def __enter__(self) -> "MockServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,35 @@
+"""Shared fixtures: the tiny in-process model (fast) and a tiny task; the real SmolLM2 only where marked."""
+from __future__ import annotations
+
+import pytest
+
+from bbtune.tasks import Example, Task, TaskFormat, Template
+
+POS = ["a great film", "I love it", "an excellent and moving story", "good fun for everyone", "wonderful acting",
+       "the story is great", "an excellent film", "I love the ending"]
+NEG = ["a terrible film", "I hate it", "a boring movie with bad jokes", "the ending is awful", "bad acting",
+       "the story is boring", "an awful film", "I hate the jokes"]
+
+
+@pytest.fixture(scope="session")
+def tiny_backend():
+    from bbtune.backends.local import LocalBackend
+
+    return LocalBackend("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_task() -> Task:
+    fmt = TaskFormat(Template("{text} It was{label}"), {"negative": " terrible", "positive": " great"})
+    ex = [Example(t, "positive") for t in POS] + [Example(t, "negative") for t in NEG]
+    train = tuple(ex[0:4] + ex[8:12])
+    dev = tuple(ex[4:6] + ex[12:14])
+    test = tuple(ex[6:8] + ex[14:16])
+    return Task("tiny-sentiment", fmt, train, dev, test)
+
+
+@pytest.fixture(scope="session")
+def smollm2_backend():
+    from bbtune.backends.local import LocalBackend
+
+    return LocalBackend("smollm2")

@@ -1,0 +1,221 @@
+"""Baselines on the tiny model: each learns (loss goes down), is seeded, is counted, and PEZ stays on real tokens."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from bbtune.backends.base import Capabilities
+from bbtune.backends.local import LocalBackend
+from bbtune.baselines import (InContextConfig, MethodResult, Meter, PEZConfig, PromptTuningConfig, run_in_context,
+                              run_manual, run_pez, run_prompt_tuning)
+from bbtune.baselines.bbt import run_bbt
+from bbtune.baselines.gradient import GradientConfig, frozen, initial_embeds, train_prompt
+from bbtune.baselines.incontext import sample_demonstrations
+from bbtune.baselines.pez import _Projected
+from bbtune.baselines.prompt_tuning import _AsIs
+from bbtune.discretize import Discretizer
+from bbtune.errors import CapabilityError, ConfigError, TaskError
+from bbtune.prompts import HardPrompt, SoftPrompt
+from bbtune.tasks import Placement
+from bbtune.tuner import TuneConfig
+
+FAST = dict(steps=6, eval_every=3, batch_size=4, prompt_tokens=3)
+
+
+def _learning_task(task):
+    """Dev = train, so dev selection sees the training loss the test asks about."""
+    return replace(task, dev=task.train)
+
+
+# ---------------------------------------------------------------------- prompt tuning
+
+
+def test_prompt_tuning_loss_decreases(tiny_backend, tiny_task):
+    vocab = tiny_backend.vocabulary()
+    config = PromptTuningConfig(steps=25, batch_size=0, eval_every=25, prompt_tokens=3, seed=0)
+    init = initial_embeds(vocab, 3, "vocab", "", seed=0)
+    trained = train_prompt(_learning_task(tiny_task), tiny_backend, init, _AsIs(), config)
+    assert trained.losses[-1] < trained.losses[0] - 0.01
+    assert isinstance(trained.best, SoftPrompt) and trained.best.embeds.shape == init.shape
+
+
+def test_prompt_tuning_record_counts_calls_and_passes(tiny_backend, tiny_task):
+    result = run_prompt_tuning(tiny_task, tiny_backend, PromptTuningConfig(**FAST, seed=1))
+    assert result.method == "prompt_tuning" and result.seed == 1 and result.prompt_text is None
+    assert result.train_calls == 6 and result.cost.backward_passes == 6
+    evals = len(result.curve) + 1  # dev at steps 0, 3, 6, then the test set once (each fits one chunk)
+    assert result.cost.calls == 6 + evals
+    assert [x for x, _ in result.curve] == [0, 3, 6]
+    best_so_far = [acc for _, acc in result.curve]
+    assert best_so_far == sorted(best_so_far) and result.dev_acc == best_so_far[-1]
+    assert 0.0 <= result.test_acc <= 1.0 and result.cost.peak_mem_mb > 0
+
+
+def test_prompt_tuning_is_seeded(tiny_backend, tiny_task):
+    a, b, c = (run_prompt_tuning(tiny_task, tiny_backend, PromptTuningConfig(**FAST, seed=s)) for s in (3, 3, 4))
+    torch.testing.assert_close(a.best.embeds, b.best.embeds)
+    assert not torch.equal(a.best.embeds, c.best.embeds)
+
+
+def test_prompt_tuning_text_init_starts_at_the_text(tiny_backend):
+    vocab = tiny_backend.vocabulary()
+    ids = vocab.tokenizer.encode(" great film", add_special_tokens=False)
+    init = initial_embeds(vocab, len(ids), "text", " great film", seed=0)
+    torch.testing.assert_close(init, vocab.embeddings[ids])
+
+
+# ---------------------------------------------------------------------- PEZ
+
+
+class _Spy(_Projected):
+    """Records every projected prompt fed to the model, to check them all."""
+
+    def __init__(self, backend, discretizer):
+        super().__init__(backend, discretizer)
+        self.fed: list[tuple[HardPrompt, torch.Tensor]] = []
+
+    def point(self, param):
+        out = super().point(param)
+        self.fed.append((self.prompt(param), out.detach()))
+        return out
+
+
+def test_pez_always_feeds_and_yields_valid_token_ids(tiny_backend, tiny_task):
+    vocab = tiny_backend.vocabulary()
+    disc = Discretizer(vocab, block=["great", "terrible"])
+    spy = _Spy(tiny_backend, disc)
+    init = initial_embeds(vocab, 4, "vocab", "", seed=0, allowed=disc.allowed)
+    trained = train_prompt(tiny_task, tiny_backend, init, spy, PEZConfig(steps=8, eval_every=4, batch_size=4, seed=0))
+    assert len(spy.fed) == 8
+    for prompt, fed in spy.fed + [(trained.best, None)]:
+        ids = torch.tensor(prompt.token_ids)
+        assert len(ids) == 4 and bool(disc.allowed[ids].all())
+        assert all(t.strip().lower() not in ("great", "terrible") for t in map(vocab.tokenizer.decode, ids.tolist()))
+        assert prompt.text == vocab.tokenizer.decode(prompt.token_ids)
+        if fed is not None:  # the model saw exactly those tokens' embeddings, not the continuous vectors
+            torch.testing.assert_close(fed, vocab.embeddings[ids])
+
+
+def test_pez_loss_decreases(tiny_backend, tiny_task):
+    result = run_pez(_learning_task(tiny_task), tiny_backend,
+                     PEZConfig(steps=20, eval_every=2, batch_size=0, prompt_tokens=3, seed=0))
+    start = tiny_backend.score([result.best], tiny_task.train, tiny_task.format)  # noqa: F841 - scores it once
+    vocab = tiny_backend.vocabulary()
+    disc = Discretizer(vocab)
+    init = disc.project(initial_embeds(vocab, 3, "vocab", "", seed=0, allowed=disc.allowed))
+    from bbtune.evaluate import evaluate
+
+    before = evaluate(tiny_backend, init, tiny_task.train, tiny_task.format).loss
+    after = evaluate(tiny_backend, result.best, tiny_task.train, tiny_task.format).loss
+    assert after < before
+    assert isinstance(result.best, HardPrompt) and result.prompt_text == result.best.text
+
+
+def test_pez_record(tiny_backend, tiny_task):
+    result = run_pez(tiny_task, tiny_backend, PEZConfig(**FAST, seed=2))
+    assert result.method == "pez" and result.train_calls == 6 and result.cost.backward_passes == 6
+    assert isinstance(result.best, HardPrompt) and result.best.n_tokens == 3
+    assert result.as_dict()["prompt_kind"] == "hard"
+
+
+# ---------------------------------------------------------------------- manual and in-context
+
+
+def test_manual_is_the_template_alone(tiny_backend, tiny_task):
+    result = run_manual(tiny_task, tiny_backend, seed=7)
+    assert result.prompt_text == "" and result.best == HardPrompt((), "")
+    assert result.train_calls == 0 and result.cost.calls == 2 and result.cost.backward_passes == 0
+    assert result.curve == ((0, result.dev_acc),)
+
+
+def test_in_context_demonstrations(tiny_backend, tiny_task):
+    config = InContextConfig(shots_per_class=2, seed=5)
+    result = run_in_context(tiny_task, tiny_backend, config)
+    demos = sample_demonstrations(tiny_task, 2, seed=5)
+    assert sorted(d.label for d in demos) == ["negative"] * 2 + ["positive"] * 2
+    assert all(d in tiny_task.train for d in demos)
+    for d in demos:
+        word = tiny_task.format.verbalizer[d.label]
+        assert f"{d.text} It was{word}\n" in result.prompt_text
+    assert result.placement == "prefix" and result.note.startswith("2 per class")
+    assert run_in_context(tiny_task, tiny_backend, config).prompt_text == result.prompt_text  # seeded
+    assert sample_demonstrations(tiny_task, 2, seed=6) != demos
+
+
+def test_in_context_needs_enough_examples(tiny_backend, tiny_task):
+    with pytest.raises(TaskError, match="shots_per_class"):
+        run_in_context(tiny_task, tiny_backend, InContextConfig(shots_per_class=50))
+
+
+# ---------------------------------------------------------------------- BBT records
+
+
+def test_bbt_soft_and_discrete_share_one_search(tiny_backend, tiny_task):
+    config = TuneConfig(budget_calls=12, popsize=4, intrinsic_dim=4, prompt_tokens=3, eval_every=4, seed=0)
+    soft, discrete = run_bbt(tiny_task, tiny_backend, config, "bbt_soft", "bbt_discrete")
+    assert isinstance(soft.best, SoftPrompt) and soft.prompt_text is None and soft.train_calls == 12
+    assert isinstance(discrete.best, HardPrompt) and discrete.prompt_text == discrete.best.text
+    assert discrete.cost == soft.cost and "shared" in discrete.note
+    assert soft.curve[0][0] == 0 and soft.curve[-1][0] == 12
+    hard, none = run_bbt(tiny_task, tiny_backend, replace(config, mode="hard"), "bbt_hard", "unused")
+    assert none is None and isinstance(hard.best, HardPrompt) and hard.prompt_text == hard.best.text
+
+
+# ---------------------------------------------------------------------- plumbing
+
+
+def test_gradient_methods_need_a_gradient_backend(tiny_task):
+    backend = LocalBackend("tiny")
+    backend.capabilities = Capabilities(soft=True, hard=True, gradients=False)
+    with pytest.raises(CapabilityError, match="gradient"):
+        run_prompt_tuning(tiny_task, backend, PromptTuningConfig(**FAST))
+
+
+def test_frozen_restores_requires_grad(tiny_backend):
+    params = list(tiny_backend.model.parameters())
+    params[0].requires_grad_(False)
+    before = [p.requires_grad for p in params]
+    with frozen(tiny_backend.model):
+        assert not any(p.requires_grad for p in params)
+    assert [p.requires_grad for p in params] == before
+    params[0].requires_grad_(True)
+
+
+def test_meter_measures_only_its_own_block(tiny_backend, tiny_task):
+    tiny_backend.score([HardPrompt((), "")], tiny_task.dev, tiny_task.format)
+    with Meter(tiny_backend) as meter:
+        tiny_backend.score([HardPrompt((), "")] * 3, tiny_task.dev, tiny_task.format)
+    m = meter.measurement
+    assert m.calls == 3 and m.forward_passes >= 1 and m.backward_passes == 0 and m.wall_s > 0
+    assert m.mem_kind in ("rss_peak", "rss_peak_lifetime") and m.peak_mem_mb > 0
+
+
+def test_result_as_dict_is_flat_json(tiny_backend, tiny_task):
+    d = run_manual(tiny_task, tiny_backend).as_dict()
+    assert {"method", "seed", "dev_acc", "test_acc", "calls", "forward_passes", "backward_passes", "wall_s",
+            "peak_mem_mb", "curve", "prompt_text"} <= set(d) and "best" not in d
+    assert isinstance(MethodResult.__dataclass_fields__["best"].compare, bool)
+
+
+@pytest.mark.parametrize("cls, kwargs, field", [
+    (GradientConfig, {"steps": 0}, "steps"),
+    (GradientConfig, {"prompt_tokens": 0}, "prompt_tokens"),
+    (GradientConfig, {"eval_every": 0}, "eval_every"),
+    (GradientConfig, {"batch_size": -1}, "batch_size"),
+    (GradientConfig, {"lr": 0}, "lr"),
+    (GradientConfig, {"weight_decay": -1}, "weight_decay"),
+    (PromptTuningConfig, {"init": "text"}, "init_text"),
+    (PEZConfig, {"vocab_filter": "emoji"}, "vocab_filter"),
+    (InContextConfig, {"shots_per_class": 0}, "shots_per_class"),
+    (InContextConfig, {"separator": ""}, "separator"),
+])
+def test_configs_name_the_bad_field(cls, kwargs, field):
+    with pytest.raises(ConfigError, match=field):
+        cls(**kwargs)
+
+
+def test_unknown_init_is_a_value_error():
+    with pytest.raises(ValueError):
+        PromptTuningConfig(init="glove")

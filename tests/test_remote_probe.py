@@ -1,0 +1,140 @@
+"""The capability probe: servers that lack a feature, or answer wrongly instead of refusing."""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import httpx
+import numpy as np
+import pytest
+
+from bbtune.backends.remote import RemoteBackend
+from bbtune.errors import CapabilityError
+from mock_server import MockApp, mock_transport
+
+from test_remote_backend import EXAMPLES, FMT, PROMPTS, make_app, make_backend
+
+
+def tampered(app: MockApp, edit: Callable[[dict[str, Any], dict[str, Any]], None]) -> httpx.MockTransport:
+    """The mock, with `edit(request_body, reply_body)` applied to every successful scoring reply."""
+    inner = mock_transport(app)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        reply = inner.handle_request(request)
+        if request.method != "POST" or reply.status_code != 200:
+            return reply
+        body = json.loads(reply.read())
+        edit(json.loads(request.read()), body)
+        return httpx.Response(200, json=body)
+
+    return httpx.MockTransport(handle)
+
+
+def probed(transport: httpx.AsyncBaseTransport, **config: Any) -> RemoteBackend:
+    return make_backend(transport, probe=True, **config)
+
+
+def test_a_well_behaved_server_passes_every_check() -> None:
+    with probed(mock_transport(make_app())) as backend:
+        report = backend.check()
+    assert report.checks == ["model listed", "repeatable", "top-k is a sorted distribution", "lists match single prompts"]
+    assert report.batch_size == 4 and report.models == ["tiny"]
+
+
+def _shuffle_lists(request: dict[str, Any], reply: dict[str, Any]) -> None:
+    if isinstance(request.get("prompt"), list):  # a server that mixes up the answers of a batch
+        for i, choice in enumerate(reply["choices"]):
+            choice["index"] = len(reply["choices"]) - 1 - i
+
+
+def test_lists_that_disagree_with_single_prompts_fall_back_to_one_per_request() -> None:
+    app = make_app()
+    with probed(tampered(app, _shuffle_lists)) as backend:
+        scores = backend.score(PROMPTS, EXAMPLES, FMT)
+        assert backend.batch_size_ == 1 and "one prompt per request" in backend.probe_.notes[-1]  # type: ignore[union-attr]
+    with make_backend(mock_transport(app), batch_size=1) as honest:
+        np.testing.assert_allclose(scores, honest.score(PROMPTS, EXAMPLES, FMT), atol=1e-6)
+
+
+def test_a_server_that_refuses_lists_gets_one_prompt_per_request() -> None:
+    with probed(mock_transport(make_app(list_prompts=False))) as backend:
+        backend.score(PROMPTS, EXAMPLES, FMT)
+        assert backend.batch_size_ == 1 and backend.stats.errors == {"BadRequestError": 1}
+
+
+def test_a_top_k_deeper_than_the_server_allows_falls_back_to_5() -> None:
+    with probed(mock_transport(make_app(max_logprobs=5)), top_k=50) as backend:
+        backend.score(PROMPTS, EXAMPLES, FMT)
+        assert backend.top_k_ == 5 and "refused top_k=50" in backend.probe_.notes[0]  # type: ignore[union-attr]
+
+
+def _jitter(request: dict[str, Any], reply: dict[str, Any]) -> None:
+    _jitter.calls = getattr(_jitter, "calls", 0) + 1  # type: ignore[attr-defined]
+    for choice in reply["choices"]:
+        top = choice["logprobs"]["top_logprobs"][-1]
+        for token in top:
+            top[token] -= 0.01 * _jitter.calls  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_jitter, "not reproducible"),
+    (lambda req, rep: [c["logprobs"]["top_logprobs"][-1].update({"zz-late": -0.0001}) for c in rep["choices"]],
+     "not sorted"),
+    (lambda req, rep: [c["logprobs"].update(top_logprobs=[{t: v / 100 for t, v in c["logprobs"]["top_logprobs"][-1].items()}])
+                       for c in rep["choices"]], "sum to"),
+    (lambda req, rep: [c.update(logprobs=None) for c in rep["choices"]], "use mode='chat'"),
+])
+def test_servers_that_answer_wrongly_are_refused_with_a_reason(edit: Callable, message: str) -> None:
+    with probed(tampered(make_app(), edit)) as backend, pytest.raises(CapabilityError, match=message):
+        backend.score(PROMPTS, EXAMPLES, FMT)
+
+
+@pytest.mark.parametrize("server, mode, message", [
+    ({"echo": "ignore"}, "echo", "llama.cpp ignores echo.*mode='top_logprobs'"),
+    ({"echo": "reject"}, "echo", "mode='top_logprobs'"),
+    ({"prompt_embeds": False}, "prompt_embeds", "--enable-prompt-embeds"),
+])
+def test_missing_features_name_the_mode_to_use_instead(server: dict, mode: str, message: str) -> None:
+    with probed(mock_transport(make_app(**server)), mode=mode) as backend, pytest.raises(CapabilityError, match=message):
+        backend.check()
+
+
+def test_a_server_without_chat_is_told_to_use_completions() -> None:
+    inner = mock_transport(make_app())
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/chat/completions"):
+            return httpx.Response(404, json={"error": {"message": "Not Found", "type": "not_found"}})
+        return inner.handle_request(request)
+
+    with probed(httpx.MockTransport(handle), mode="chat", top_k=20) as backend, pytest.raises(
+            CapabilityError, match="use mode='top_logprobs'"):
+        backend.check()
+
+
+def test_prompt_embeds_probe_compares_embeddings_with_text() -> None:
+    with probed(mock_transport(make_app()), mode="prompt_embeds") as backend:
+        assert "prompt_embeds match text" in backend.check().checks
+
+    def off_by_one_token(request: dict[str, Any], reply: dict[str, Any]) -> None:
+        if "prompt_embeds" in request:  # a server that reads the embeddings wrongly
+            for c in reply["choices"]:
+                top = c["logprobs"]["top_logprobs"][-1]
+                c["logprobs"]["top_logprobs"][-1] = {t: v - 0.5 for t, v in top.items()}
+
+    with probed(tampered(make_app(), off_by_one_token), mode="prompt_embeds") as backend, pytest.raises(
+            CapabilityError, match="reads the embeddings differently"):
+        backend.check()
+
+
+def test_a_model_missing_from_models_is_a_note_not_an_error() -> None:
+    inner = mock_transport(make_app())
+
+    def handle(request: httpx.Request) -> httpx.Response:  # llama.cpp lists its file name, answers to any name
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "model.gguf"}]})
+        return inner.handle_request(request)
+
+    with probed(httpx.MockTransport(handle)) as backend:
+        backend.score(PROMPTS, EXAMPLES, FMT)
+        assert "not in /models" in backend.probe_.notes[0] and "model listed" not in backend.probe_.checks  # type: ignore[union-attr]

@@ -1,0 +1,102 @@
+import json
+
+import pytest
+
+from bbtune.errors import TaskError, VerbalizerError
+from bbtune.models import build_tiny_tokenizer
+from bbtune.tasks import (Example, Placement, Task, TaskConfig, TaskFormat, Template, demo_data_dir, few_shot_split,
+                          load_examples, load_task, verbalizer_token_ids)
+
+
+def test_template_splits_input_from_cue():
+    r = Template("Review: {text} It was{label}").render(Example("fine", "pos"))
+    assert (r.head, r.cue) == ("Review: fine", " It was")
+
+
+def test_pair_template_keeps_both_inputs_in_head():
+    r = Template("{text} ? {text_b} Answer:{label}").render(Example("a", "yes", "b"))
+    assert (r.head, r.cue) == ("a ? b", " Answer:")
+
+
+@pytest.mark.parametrize("pattern, needle", [("{label} {text}", "must end"), ("It was{label}", "no {text}"),
+                                             ("{text} {foo}{label}", "unknown slot")])
+def test_bad_templates_say_what_is_wrong(pattern, needle):
+    with pytest.raises(TaskError, match=needle.replace("{", r"\{").replace("}", r"\}")):
+        Template(pattern)
+
+
+def test_unknown_label_is_named():
+    fmt = TaskFormat(Template(), {"negative": " bad", "positive": " good"})
+    with pytest.raises(VerbalizerError, match="'neutral'.*known labels"):
+        fmt.label_index("neutral")
+
+
+def test_multi_token_word_suggests_single_token_variant():
+    tok = build_tiny_tokenizer()
+    fmt = TaskFormat(Template(), {"negative": "terrible", "positive": " great"})
+    assert len(tok.encode("terrible", add_special_tokens=False)) > 1
+    with pytest.raises(VerbalizerError, match=r"'terrible'.*tokens.*use ' terrible' \(1 token\)"):
+        verbalizer_token_ids(tok, fmt)
+
+
+def test_single_token_words_give_ids():
+    tok = build_tiny_tokenizer()
+    ids = verbalizer_token_ids(tok, TaskFormat(Template(), {"negative": " terrible", "positive": " great"}))
+    assert ids == [tok.encode(" terrible", add_special_tokens=False)[0], tok.encode(" great", add_special_tokens=False)[0]]
+
+
+def test_few_shot_split_is_seeded_disjoint_and_balanced():
+    pool = [Example(f"t{i}", "a" if i % 2 else "b") for i in range(40)]
+    train, dev = few_shot_split(pool, ["a", "b"], k=4, seed=1)
+    assert len(train) == len(dev) == 8
+    assert not set(train) & set(dev)
+    assert sorted(e.label for e in train) == ["a"] * 4 + ["b"] * 4
+    assert (train, dev) == tuple(few_shot_split(pool, ["a", "b"], k=4, seed=1))
+    assert train != few_shot_split(pool, ["a", "b"], k=4, seed=2)[0]
+
+
+def test_too_few_examples_for_k_is_an_error():
+    pool = [Example("x", "a")] * 3 + [Example("y", "b")] * 10
+    with pytest.raises(TaskError, match="'a' has 3 examples"):
+        few_shot_split(pool, ["a", "b"], k=2, seed=0)
+
+
+def test_empty_file_and_empty_split_errors(tmp_path):
+    (tmp_path / "train.jsonl").write_text("")
+    with pytest.raises(TaskError, match="no examples"):
+        load_examples(tmp_path / "train.jsonl")
+    fmt = TaskFormat(Template(), {"a": " x"})
+    with pytest.raises(TaskError, match="empty dev split"):
+        Task("t", fmt, (Example("x", "a"),), ())
+
+
+def test_csv_and_jsonl_load_the_same(tmp_path):
+    rows = [{"text": "good", "label": 1}, {"text": "bad", "label": 0}]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "d.csv").write_text("text,label\ngood,1\nbad,0\n")
+    names = {"1": "positive", "0": "negative"}
+    assert load_examples(tmp_path / "d.jsonl", label_names=names) == load_examples(tmp_path / "d.csv", label_names=names)
+
+
+def test_bad_json_line_is_reported_with_its_number(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"text": "a", "label": "x"}\n{oops\n')
+    with pytest.raises(TaskError, match="line 2"):
+        load_examples(tmp_path / "d.jsonl")
+
+
+def test_label_outside_verbalizer_in_data_fails_at_load(tmp_path):
+    (tmp_path / "train.jsonl").write_text(json.dumps({"text": "meh", "label": "neutral"}) + "\n")
+    with pytest.raises(VerbalizerError, match="'neutral'"):
+        load_task(tmp_path, "sentiment", k=1)
+
+
+def test_demo_task_loads_with_placement():
+    task = TaskConfig(data="demo", k=8, placement="prefix").load()
+    assert len(task.train) == len(task.dev) == 16 and len(task.test) == 32
+    assert task.format.placement is Placement.PREFIX
+    assert (demo_data_dir() / "train.jsonl").exists()
+
+
+def test_task_config_rejects_bad_verbalizer_json():
+    with pytest.raises(TaskError, match="JSON"):
+        TaskConfig(verbalizer="{not json")

@@ -1,0 +1,140 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bbtune.backends.base import Capabilities
+from bbtune.discretize import Discretizer
+from bbtune.errors import CapabilityError, CheckpointError, ConfigError
+from bbtune.prompts import HardPrompt, SoftPrompt
+from bbtune.results import RunFolder
+from bbtune.subspace import Subspace, SubspaceConfig
+from bbtune.tuner import TuneConfig, Tuner, calibrate_hard_scale, tune
+
+FAST = dict(prompt_tokens=3, intrinsic_dim=20, popsize=6, eval_every=12)
+
+
+class CountingBackend:
+    """Wraps a backend and records every batch it is asked to score."""
+
+    def __init__(self, inner, soft=True):
+        self.inner, self.name, self.stats = inner, "counting", inner.stats
+        self.capabilities = Capabilities(soft=soft, hard=True)
+        self.batches: list[list] = []
+
+    def score(self, prompts, examples, fmt):
+        self.batches.append(list(prompts))
+        return self.inner.score(prompts, examples, fmt)
+
+    def vocabulary(self):
+        return self.inner.vocabulary()
+
+
+@pytest.mark.parametrize("budget", [12, 30, 35])
+def test_budget_is_counted_in_model_calls_and_never_exceeded(tiny_backend, tiny_task, budget):
+    backend = CountingBackend(tiny_backend)
+    res = tune(tiny_task, backend, TuneConfig(budget_calls=budget, **FAST), progress=False)
+    train_calls = sum(len(b) for b in backend.batches if len(b) == 6)
+    assert res.metrics["calls"] == train_calls == (budget // 6) * 6 <= budget
+    assert res.metrics["generations"] == budget // 6
+    assert res.metrics["eval_calls"] >= 1
+
+
+def test_same_seed_same_result_other_seed_other(tiny_backend, tiny_task):
+    runs = [tune(tiny_task, tiny_backend, TuneConfig(budget_calls=18, seed=s, **FAST), progress=False) for s in (1, 1, 2)]
+    assert np.array_equal(runs[0].best_z, runs[1].best_z)
+    assert runs[0].curve == runs[1].curve
+    assert not np.array_equal(runs[0].best_z, runs[2].best_z)
+
+
+def test_soft_mode_on_text_only_backend_is_refused(tiny_backend, tiny_task):
+    with pytest.raises(CapabilityError, match="cannot score soft prompts"):
+        tune(tiny_task, CountingBackend(tiny_backend, soft=False), TuneConfig(budget_calls=12, **FAST), progress=False)
+
+
+def test_hard_mode_scores_only_hard_prompts_that_really_differ(tiny_backend, tiny_task):
+    backend = CountingBackend(tiny_backend, soft=False)
+    res = tune(tiny_task, backend, TuneConfig(mode="hard", budget_calls=30, **FAST), progress=False)
+    assert all(isinstance(p, HardPrompt) for b in backend.batches for p in b)
+    first_gen = backend.batches[2]  # after the p0 train and dev scoring
+    assert len({p.token_ids for p in first_gen}) >= 3
+    p0_ids = backend.batches[0][0].token_ids
+    changed = np.mean([np.not_equal(p.token_ids, p0_ids).mean() for p in first_gen])
+    assert 0.15 < changed < 0.8
+    assert isinstance(res.best_prompt, HardPrompt) and res.soft_prompt is None
+    assert res.metrics["hard_change_at_sigma0"] == pytest.approx(0.4, abs=0.15)
+
+
+def test_calibration_hits_the_target_share(tiny_backend):
+    vocab = tiny_backend.vocabulary()
+    disc = Discretizer(vocab)
+    sub = Subspace.build(vocab, SubspaceConfig(prompt_tokens=4, intrinsic_dim=30), seed=0, allowed=disc.allowed)
+    for target in (0.2, 0.6):
+        scale, share = calibrate_hard_scale(sub, disc, sigma0=1.0, target=target, seed=0)
+        assert share == pytest.approx(target, abs=0.12)
+    low, _ = calibrate_hard_scale(sub, disc, 1.0, 0.2, 0)
+    high, _ = calibrate_hard_scale(sub, disc, 1.0, 0.6, 0)
+    assert low < high
+
+
+def test_run_folder_has_every_artifact(tiny_backend, tiny_task, tmp_path):
+    res = tune(tiny_task, tiny_backend, TuneConfig(budget_calls=18, **FAST), tmp_path / "run", progress=False)
+    folder = RunFolder(tmp_path / "run")
+    cfg = folder.read_json("config.json")
+    assert cfg["tune"]["budget_calls"] == 18 and cfg["task"]["template"] == "{text} It was{label}"
+    curve = folder.read_curve()
+    assert [int(r["calls"]) for r in curve] == [0, 6, 12, 18]
+    assert curve[0]["dev_acc"] != "" and curve[-1]["dev_acc"] != ""
+    tensors = folder.load_tensors("best_prompt.safetensors")
+    assert tensors["soft_prompt"].shape == (3, 32) and torch.allclose(tensors["z"].double(), torch.as_tensor(res.best_z))
+    hard = folder.read_json("hard_prompt.json")
+    assert hard["text"] == res.hard_prompt.text and len(hard["token_ids"]) == 3
+    metrics = folder.read_json("metrics.json")
+    for key in ("dev_acc", "test_acc", "hard_dev_acc", "hard_test_acc", "calls", "wall_s", "backend_stats"):
+        assert key in metrics
+    assert metrics["dev_acc"] == max(float(r["dev_acc"]) for r in curve if r["dev_acc"])
+
+
+def test_resume_continues_to_the_same_result(tiny_backend, tiny_task, tmp_path):
+    cfg = TuneConfig(budget_calls=30, **FAST)
+    full = tune(tiny_task, tiny_backend, cfg, tmp_path / "full", progress=False)
+    short = TuneConfig(**{**cfg.__dict__, "budget_calls": 12})
+    tune(tiny_task, tiny_backend, short, tmp_path / "part", progress=False)
+    # pretend the run was stopped after 12 calls: same folder, original budget
+    ckpt = RunFolder(tmp_path / "part").load_checkpoint()
+    ckpt["config"]["budget_calls"] = 30
+    RunFolder(tmp_path / "part").save_checkpoint(ckpt)
+    resumed = tune(tiny_task, tiny_backend, cfg, tmp_path / "part", progress=False, resume=True)
+    assert np.array_equal(resumed.best_z, full.best_z)
+    strip = lambda curve: [{k: v for k, v in r.items()} for r in curve]  # noqa: E731
+    assert strip(resumed.curve) == strip(full.curve)
+
+
+def test_resume_refuses_another_config(tiny_backend, tiny_task, tmp_path):
+    tune(tiny_task, tiny_backend, TuneConfig(budget_calls=12, **FAST), tmp_path / "r", progress=False)
+    with pytest.raises(CheckpointError, match="another config"):
+        tune(tiny_task, tiny_backend, TuneConfig(budget_calls=12, seed=9, **FAST), tmp_path / "r", progress=False,
+             resume=True)
+    with pytest.raises(CheckpointError, match="never finished a generation"):
+        tune(tiny_task, tiny_backend, TuneConfig(budget_calls=12, **FAST), tmp_path / "empty", progress=False, resume=True)
+
+
+@pytest.mark.parametrize("kw, field", [({"budget_calls": 3}, "budget_calls"), ({"eval_every": 0}, "eval_every"),
+                                       ({"hard_change": 1.5}, "hard_change"), ({"vocab_filter": "emoji"}, "vocab_filter")])
+def test_bad_tune_config_names_the_field(kw, field):
+    with pytest.raises(ConfigError, match=field):
+        TuneConfig(**kw)
+
+
+@pytest.mark.real_model
+def test_smollm2_end_to_end_train_loss_goes_down(smollm2_backend):
+    from bbtune.tasks import TaskConfig
+
+    task = TaskConfig(data="demo", k=4).load()
+    res = tune(task, smollm2_backend, TuneConfig(prompt_tokens=3, intrinsic_dim=20, popsize=6, budget_calls=36,
+                                                 eval_every=36, sigma0=1.0), progress=False)
+    later = [r["train_loss"] for r in res.curve[1:]]
+    assert min(later) < res.curve[0]["train_loss"]
+    assert res.metrics["calls"] == 36 and 0.0 <= res.metrics["test_acc"] <= 1.0
+    json.dumps(res.metrics)
