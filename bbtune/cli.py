@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .backends.factory import LocalConfig
+from .backends.remote import RemoteConfig
 from .errors import BBTuneError
 from .evaluate import evaluate
 from .prompts import HardPrompt
@@ -26,15 +27,16 @@ from .tasks import TaskConfig
 from .tuner import Mode, TuneConfig, TuneResult, tune
 
 CONFIGS = {"task": TaskConfig, "backend": LocalConfig, "tune": TuneConfig}
+REMOTE_PREFIX = "remote_"  # remote flags are --remote-*, so --model stays the local model's
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str, prefix: str = "") -> None:
     """One flag per field: `--intrinsic-dim`, with the field's help, default and choices."""
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
-        flag = "--" + f.name.replace("_", "-")
+        flag = "--" + (prefix + f.name).replace("_", "-")
         help_ = f"{f.metadata.get('help', '')} (default: {_show(f.default)})"
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
@@ -50,9 +52,9 @@ def _show(value: Any) -> str:
     return repr(value.value if isinstance(value, enum.Enum) else value)
 
 
-def from_args(cls: type, ns: argparse.Namespace | dict[str, Any]) -> Any:
+def from_args(cls: type, ns: argparse.Namespace | dict[str, Any], prefix: str = "") -> Any:
     values = vars(ns) if isinstance(ns, argparse.Namespace) else ns
-    return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+    return cls(**{f.name: values[prefix + f.name] for f in dataclasses.fields(cls) if prefix + f.name in values})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tune", help="run Black-Box Tuning on a task and write a run folder")
     for title, cls in CONFIGS.items():
         add_dataclass_args(t, cls, title)
+    t.add_argument("--backend", choices=["local", "remote"], default="local",
+                   help="score with a local model or an OpenAI-compatible server (--remote-* flags)")
+    add_dataclass_args(t, RemoteConfig, "remote backend (with --backend remote)", prefix=REMOTE_PREFIX)
     t.add_argument("--run-dir", default="", help="results folder (default: runs/<task>-<mode>-<seed>)")
     t.add_argument("--resume", default="", metavar="RUN_DIR", help="continue the run in RUN_DIR with its saved config")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -93,17 +98,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _tune_command(args: argparse.Namespace) -> TuneResult:
     if args.resume:
-        saved = RunFolder(args.resume).read_json("config.json")
-        configs = {name: from_args(cls, saved["cli"][name]) for name, cls in CONFIGS.items()}
+        saved = RunFolder(args.resume).read_json("config.json")["cli"]
+        configs = {name: from_args(cls, saved[name]) for name, cls in CONFIGS.items()}
+        # header values are never saved (they may hold credentials), so a resumed remote run has none
+        kind = saved.get("backend_kind", "local")
+        remote = from_args(RemoteConfig, {**saved.get("remote", {}), "extra_headers": ()})
         run_dir, resume = Path(args.resume), True
     else:
         configs = {name: from_args(cls, args) for name, cls in CONFIGS.items()}
+        kind, remote = args.backend, from_args(RemoteConfig, args, REMOTE_PREFIX)
         cfg = configs["tune"]
         run_dir = Path(args.run_dir or f"runs/{Path(configs['task'].data or 'demo').name}-{cfg.mode.value}-{cfg.seed}")
         resume = False
     task = configs["task"].load()
-    backend = configs["backend"].build()
-    cli_config = {name: dataclasses.asdict(c) for name, c in configs.items()}
+    backend = remote.build() if kind == "remote" else configs["backend"].build()
+    # RemoteConfig holds only the *name* of the key's variable; public() also drops header values and URL credentials
+    cli_config = {**{name: dataclasses.asdict(c) for name, c in configs.items()}, "backend_kind": kind,
+                  "remote": remote.public()}
     return tune(task, backend, configs["tune"], run_dir, progress=not args.no_progress, resume=resume,
                 extra_config={"cli": cli_config})
 

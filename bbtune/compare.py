@@ -14,26 +14,27 @@ methods' randomness, so every method sees the same data for a given seed.
 Transfer: each hard prompt found is scored again on a second backend (another local model, or a text-only API
 through the remote backend), since a prompt that works elsewhere is the point of a hard prompt.
 
-    >>> # report = run_compare(CompareConfig(data="../shared/data/sst2", model="smollm2", out="reports/x"))
+    >>> # report = run_compare(CompareConfig(out="reports/x", seeds=(13, 42)),
+    >>> #                      TaskConfig(data="../shared/data/sst2", test_limit=200), LocalConfig(model="smollm2"))
     >>> # report.summary()[0]["test_acc_mean"]
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from .backends.base import Backend
-from .baselines import InContextConfig, MethodResult, PEZConfig, PromptTuningConfig
+from .backends.factory import LocalConfig
+from .baselines import InContextConfig, Measurement, MethodResult, PEZConfig, PromptTuningConfig
 from .baselines.bbt import run_bbt
 from .baselines.incontext import run_in_context
 from .baselines.manual import run_manual
 from .baselines.pez import run_pez
 from .baselines.prompt_tuning import run_prompt_tuning
-from .backends.factory import LocalConfig
 from .errors import BBTuneError, ConfigError
 from .evaluate import evaluate
 from .prompts import HardPrompt
@@ -129,8 +130,8 @@ class Comparison:
 
 def compare(task: Task | Callable[[int], Task], backend: Backend, methods: Sequence[str] = METHODS,
             seeds: Sequence[int] = (13, 42, 100), settings: MethodSettings = MethodSettings(),
-            out_dir: str | Path | None = None, transfer_to: Backend | None = None, progress: bool = True,
-            record: dict[str, Any] | None = None) -> Comparison:
+            out_dir: str | Path | None = None, transfer_to: Backend | None = None, transfer_limit: int | None = None,
+            progress: bool = True, record: dict[str, Any] | None = None) -> Comparison:
     """Run every method on every seed; write the report folder (after each run, so a killed run keeps its rows).
 
     `task` is one Task (same data for all seeds) or a function seed -> Task (a few-shot split per seed).
@@ -152,24 +153,30 @@ def compare(task: Task | Callable[[int], Task], backend: Backend, methods: Seque
             if report.out_dir:
                 write_report(report, plot=False)
         if transfer_to is not None:
-            report.transfer += transfer_scores([r for r in report.results if r.seed == seed], session.task, transfer_to)
+            found = [r for r in report.results if r.seed == seed]
+            report.transfer += transfer_scores(found, session.task, backend, transfer_to, transfer_limit)
     bar.close()
     if report.out_dir:
         write_report(report)
     return report
 
 
-def transfer_scores(results: Sequence[MethodResult], task: Task, target: Backend) -> list[dict[str, Any]]:
-    """Test accuracy on `target` of every hard prompt in `results`, scored with the placement it was found with."""
+def transfer_scores(results: Sequence[MethodResult], task: Task, source: Backend, target: Backend,
+                    limit: int | None = None) -> list[dict[str, Any]]:
+    """Accuracy of every hard prompt in `results` on `source` and on `target`, on the same examples (the first
+    `limit` of test, or of dev when there is no test), each scored with the placement it was found with."""
+    examples = (task.test or task.dev)[:limit]
     rows = []
-    examples = task.test or task.dev
     for r in results:
         if not isinstance(r.best, HardPrompt):
             continue
         fmt = replace(task.format, placement=Placement(r.placement))
-        acc = evaluate(target, retokenize(r.best, target), examples, fmt).accuracy
-        rows.append({"method": r.method, "seed": r.seed, "prompt": r.prompt_text, "source_acc": r.test_acc,
-                     "target": target.name, "target_acc": acc, "split": "test" if task.test else "dev"})
+        missing = target.stats.labels_missing  # label words absent from a top-k reply: their scores are bounds
+        rows.append({"method": r.method, "seed": r.seed, "prompt": r.prompt_text, "n": len(examples),
+                     "split": "test" if task.test else "dev", "source": source.name, "target": target.name,
+                     "source_acc": evaluate(source, r.best, examples, fmt).accuracy,
+                     "target_acc": evaluate(target, retokenize(r.best, target), examples, fmt).accuracy,
+                     "target_labels_missing": target.stats.labels_missing - missing})
     return rows
 
 
@@ -234,6 +241,22 @@ def write_report(report: Comparison, plot: bool = True) -> None:
     (report.out_dir / REPORT_MD).write_text(markdown(report, with_plot=(report.out_dir / PLOT_PNG).exists()))
 
 
+def read_report(folder: str | Path) -> Comparison:
+    """A report folder's `results.json` back as a `Comparison` (prompt objects are not kept: `best` is None), so
+    the table and plot of a finished or interrupted run can be written again: `write_report(read_report(f))`."""
+    data = RunFolder(folder).read_json(RESULTS_JSON)
+    cost_fields = {f.name for f in fields(Measurement)}
+    own = {f.name for f in fields(MethodResult)} - {"cost", "curve", "best"}
+    results = [MethodResult(**{k: v for k, v in run.items() if k in own},
+                            cost=Measurement(**{k: v for k, v in run.items() if k in cost_fields}),
+                            curve=tuple((int(x), float(y)) for x, y in run["curve"])) for run in data["runs"]]
+    s = data["settings"]
+    settings = MethodSettings(TuneConfig(**s["bbt"]), PromptTuningConfig(**s["prompt_tuning"]), PEZConfig(**s["pez"]),
+                              InContextConfig(**s["in_context"]))
+    return Comparison(data["task"], data["backend"], tuple(data["methods"]), tuple(data["seeds"]), settings, results,
+                      data["transfer"], Path(folder), data.get("config", {}))
+
+
 def markdown(report: Comparison, with_plot: bool = True) -> str:
     seeds = ", ".join(map(str, report.seeds))
     rows = [{"method": s["method"], "dev acc": _pct(s["dev_acc_mean"], s["dev_acc_std"]),
@@ -273,13 +296,17 @@ def _transfer_table(transfer: Sequence[Mapping[str, Any]]) -> list[str]:
     if not transfer:
         return []
     rows = [{"method": r["method"], "seed": r["seed"], "source acc": _acc(r["source_acc"]),
-             "target acc": _acc(r["target_acc"]), "prompt": _cell(r["prompt"]) or "(template only)"} for r in transfer]
+             "target acc": _acc(r["target_acc"]), "labels missing": r["target_labels_missing"],
+             "prompt": _cell(r["prompt"]) or "(template only)"} for r in transfer]
     by_method: dict[str, list[float]] = {}
     for r in transfer:
         by_method.setdefault(r["method"], []).append(r["target_acc"])
     first = transfer[0]
     return [f"## Transfer of hard prompts to {first['target']}", "",
-            f"Each hard prompt scored on the {first['split']} split by the other backend, with the same template.", "",
+            f"Each hard prompt scored on the same {first['n']} {first['split']} examples by {first['source']} (source) "
+            f"and {first['target']} (target), with the same template and placement; the target gets the text. "
+            "*labels missing*: label words absent from the target's top-k replies (their scores are upper bounds).",
+            "",
             markdown_table(rows, list(rows[0])), "",
             "Mean target accuracy: " + ", ".join(f"{m} {_pct(*_mean_std(v))}" for m, v in by_method.items()), ""]
 
@@ -299,33 +326,36 @@ def plot_accuracy_vs_calls(report: Comparison, path: Path) -> None:
     """Left: best dev accuracy so far against training calls. Right: test accuracy against all model calls."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # the object API, so a user's pyplot backend is left alone
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-    fig = Figure(figsize=(13, 5.2), dpi=120)
+    fig = Figure(figsize=(13, 6.4), dpi=120)
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
-    x_max = max([x for r in report.results for x, _ in r.curve] + [1])
     colors = {m: f"C{i}" for i, m in enumerate(report.methods)}
     markers = dict(zip(report.methods, "osD^vP*Xhp<>"))  # distinct shapes, so coinciding points stay apart
     for method in report.methods:
         runs = [r for r in report.results if r.method == method]
         if runs:
-            _plot_curve(left, method, runs, colors[method], x_max)
+            _plot_curve(left, method, runs, colors[method])
             _plot_final(right, method, runs, colors[method], markers[method])
     left.set(xlabel="training calls (prompts scored on the training batch)", ylabel="best dev accuracy so far",
              title="Dev accuracy during tuning")
     right.set(xlabel="model calls in total (training + dev selection + test)", ylabel="test accuracy",
               title="Final test accuracy against cost", xscale="log")
+    right.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    right.xaxis.set_major_formatter(ScalarFormatter())  # plain numbers on the log axis
+    right.xaxis.set_minor_formatter(NullFormatter())
     for ax in (left, right):
         ax.grid(alpha=0.3)
-    left.legend(loc="lower right", fontsize=8)
-    right.legend(loc="lower right", fontsize=8)
+        # below the axes, so no legend hides the points that sit at chance level
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=8, frameon=False)
     fig.suptitle(f"{report.task} on {report.backend}: mean ± std over seeds {', '.join(map(str, report.seeds))}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
 
 
-def _plot_curve(ax: Any, method: str, runs: Sequence[MethodResult], color: str, x_max: int) -> None:
+def _plot_curve(ax: Any, method: str, runs: Sequence[MethodResult], color: str) -> None:
     """Mean ± std of best-so-far step curves; an untuned method is a dashed level, a single point a marker."""
     xs = sorted({x for r in runs for x, _ in r.curve})
     if xs == [0]:
@@ -387,6 +417,7 @@ class CompareConfig:
     transfer_model: str = field(default="", metadata={"help": "score hard prompts again on this local model"})
     transfer_url: str = field(default="", metadata={"help": "...or on this OpenAI-compatible server (base URL)"})
     transfer_served_model: str = field(default="tiny", metadata={"help": "model name the transfer server knows"})
+    transfer_limit: int = field(default=0, metadata={"help": "transfer: score this many test examples; 0 = all"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", check_methods(self.methods))
@@ -395,6 +426,8 @@ class CompareConfig:
             raise ConfigError("seeds must list at least one seed")
         if self.transfer_model and self.transfer_url:
             raise ConfigError("give transfer_model or transfer_url, not both")
+        if self.transfer_limit < 0:
+            raise ConfigError(f"transfer_limit must be >= 0 (0 = all), got {self.transfer_limit}")
         self.settings(TuneConfig())  # the per-method configs check grad_steps, pt_lr, shots_per_class, ...
 
     def settings(self, tune: TuneConfig) -> MethodSettings:
@@ -420,7 +453,8 @@ def run_compare(config: CompareConfig, task: TaskConfig = TaskConfig(), backend:
     target = transfer_to or _transfer_backend(config, backend)
     record = {"task": asdict(task), "backend": asdict(backend), "compare": asdict(config)}
     return compare(lambda seed: replace(task, data_seed=seed).load(), model, config.methods, config.seeds,
-                   config.settings(tune), config.out, transfer_to=target, progress=progress, record=record)
+                   config.settings(tune), config.out, transfer_to=target, transfer_limit=config.transfer_limit or None,
+                   progress=progress, record=record)
 
 
 def _transfer_backend(config: CompareConfig, backend: LocalConfig) -> Backend | None:

@@ -113,7 +113,9 @@ _TINY_CORPUS = (
     "It was great . It was terrible . the story is fine but the ending is awful . good fun for everyone . "
     "world news sports business science technology market team game election players company research "
     "this news is about the world . I love it . I hate it . not good , not bad . an excellent and moving story . "
-    "Question : Answer : Yes No Maybe true false the same thing both sentences mean ."
+    "Question : Answer : Yes No Maybe true false the same thing both sentences mean . "
+    # the presets' template words, so every preset works on the tiny model
+    + "Review : Sentiment : positive negative News : Category : politics technology sports business . " * 3
 )
 
 

@@ -259,10 +259,14 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "sentiment": Preset("{text} It was{label}", {"negative": " terrible", "positive": " great"}),
+    # Chosen on SmolLM2-135M few-shot train+dev (never test): zero-shot 75% vs 50% for BBT's
+    # "{text} It was{label}" with " terrible"/" great", which that model answers with " great" for everything.
+    "sentiment": Preset("Review: {text}\nSentiment:{label}", {"negative": " negative", "positive": " positive"}),
+    "sentiment-bbt": Preset("{text} It was{label}", {"negative": " terrible", "positive": " great"}),
+    # 69% zero-shot on AG News few-shot train+dev vs 55% for "{text} This news is about{label}".
     "topic": Preset(
-        "{text} This news is about{label}",
-        {"world": " world", "sports": " sports", "business": " business", "science": " science"},
+        "News: {text}\nCategory:{label}",
+        {"world": " politics", "sports": " sports", "business": " business", "science": " technology"},
     ),
     "nli": Preset(
         "{text}\nQuestion: {text_b} Yes, No or Maybe?\nAnswer:{label}",

@@ -26,7 +26,7 @@ import torch
 from .backends.base import Backend
 from .constants import CPU_BUDGET_CALLS
 from .discretize import Discretizer, Metric
-from .errors import CheckpointError, ConfigError
+from .errors import BudgetExceeded, CheckpointError, ConfigError
 from .evaluate import Evaluation, evaluate
 from .losses import Loss, per_prompt_loss
 from .optimizers import OptimizerConfig, make_optimizer
@@ -97,6 +97,7 @@ class _State:
     curve: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
     converged: bool = False
+    stopped_by: str = ""  # why the run ended before its call budget (a remote hard limit), if it did
 
 
 class Tuner:
@@ -147,7 +148,11 @@ class Tuner:
         try:
             while state.calls + self.config.popsize <= self.config.budget_calls and not state.converged:
                 started = time.perf_counter()
-                self._generation(state)
+                try:
+                    self._generation(state)
+                except BudgetExceeded as err:  # a backend's own hard limit: keep what is finished
+                    state.stopped_by = str(err)
+                    break
                 state.elapsed_s += time.perf_counter() - started
                 self._checkpoint(state)
                 bar.update(self.config.popsize)
@@ -254,8 +259,13 @@ class Tuner:
         if soft is not None:
             evals += [("hard_dev", hard, task.dev), ("hard_test", hard, task.test)]
         for name, prompt, examples in evals:
-            if examples:
-                metrics.update(evaluate(self.backend, prompt, examples, fmt).as_dict(name))
+            if examples and not state.stopped_by:
+                try:
+                    metrics.update(evaluate(self.backend, prompt, examples, fmt).as_dict(name))
+                except BudgetExceeded as err:
+                    state.stopped_by = str(err)
+        if state.stopped_by:
+            metrics["stopped_by"] = state.stopped_by
         metrics["backend_stats"] = _stats(self.backend)
         result = TuneResult(best, hard, soft, z, metrics, state.curve, self.folder.path if self.folder else None)
         if self.folder:

@@ -58,25 +58,40 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inject a fault; repeatable (kinds: 429, 500, 503, malformed, truncated, drop)")
     parser.add_argument("--faults-config", help="JSON file with FaultConfig fields (replaces the fault flags)")
     parser.add_argument("--verbose", action="store_true", help="log every request")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch intra-op threads (0 = torch's default); forwards run one at a time, and on a "
+                             "busy CPU more threads make small models much slower")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def configs(args: argparse.Namespace) -> tuple[ServerConfig, FaultConfig]:
+    """The two configs the parsed flags describe (the key read from --api-key-env if given)."""
     config = ServerConfig(**_pick(ServerConfig, args))
     if args.api_key_env:
         key = os.environ.get(args.api_key_env)
         if not key:
-            print(f"error: ${args.api_key_env} is not set", file=sys.stderr)
-            return 2
+            raise SystemExit(f"error: ${args.api_key_env} is not set")
         config = replace(config, api_key=key)
     faults = (FaultConfig.from_json(args.faults_config) if args.faults_config
               else FaultConfig(rules=tuple(args.fault), **_pick(FaultConfig, args)))
+    return config, faults
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    config, faults = configs(args)
     server = MockServer(config, faults, verbose=args.verbose)
-    print(f"mock server: model {config.name!r} at http://{config.host}:{config.port}/v1 "
-          f"(key {'required' if config.api_key else 'not checked'}; faults: {len(faults.rules)} rule(s))", flush=True)
+
+    def announce(url: str) -> None:
+        print(f"mock server: model {config.name!r} at {url} (key {'required' if config.api_key else 'not checked'}; "
+              f"{len(faults.rules)} fault rule(s); stats at {url.removesuffix('/v1')}/stats)", flush=True)
+
     try:
-        server.serve_forever()
+        server.serve_forever(announce)
     except KeyboardInterrupt:
         pass
     return 0

@@ -61,7 +61,7 @@ def _check_model(cfg: ServerConfig, body: Mapping[str, Any]) -> None:
 class _Run:
     """One sequence's prompt log-probs and what was generated after it."""
 
-    prompt_rows: torch.Tensor  # (n, vocab): row t predicts token t+1
+    prompt_rows: torch.Tensor  # (n, vocab): row t predicts token t+1 (only the last row unless echo)
     generated: list[int] = field(default_factory=list)
     rows: list[torch.Tensor] = field(default_factory=list)  # the distribution each generated token came from
     stopped: bool = False
@@ -84,7 +84,7 @@ def _sampling(body: Mapping[str, Any]) -> tuple[float, dict[int, float], torch.G
     return float(temperature), bias, gen
 
 
-def _decode(scorer: Scorer, embeds: torch.Tensor, max_tokens: int, body: Mapping[str, Any]) -> _Run:
+def _decode(scorer: Scorer, embeds: torch.Tensor, max_tokens: int, body: Mapping[str, Any], echo: bool = False) -> _Run:
     temperature, bias, gen = _sampling(body)
     if embeds.shape[0] == 0:
         raise _bad("the prompt is empty", "prompt")
@@ -93,7 +93,7 @@ def _decode(scorer: Scorer, embeds: torch.Tensor, max_tokens: int, body: Mapping
                    f"{embeds.shape[0]} and max_tokens is {max_tokens}", "max_tokens")
     if bias and max(bias) >= scorer.vocab_size:
         raise _bad(f"logit_bias token id {max(bias)} is outside the vocabulary", "logit_bias")
-    rows = scorer.logprobs(embeds, bias)
+    rows = scorer.logprobs(embeds, bias, every_position=echo)
     run = _Run(rows)
     eos = scorer.tokenizer.eos_token_id
     for step in range(max_tokens):
@@ -106,7 +106,7 @@ def _decode(scorer: Scorer, embeds: torch.Tensor, max_tokens: int, body: Mapping
             break
         if step + 1 < max_tokens:
             embeds = torch.cat([embeds, scorer.embed([token])])
-            rows = scorer.logprobs(embeds, bias)
+            rows = scorer.logprobs(embeds, bias, every_position=False)
     return run
 
 
@@ -181,7 +181,7 @@ def completions(scorer: Scorer, cfg: ServerConfig, body: Mapping[str, Any]) -> d
         raise _bad("'echo' is not supported with prompt_embeds", "echo")
     out, prompt_tokens, completion_tokens = [], 0, 0
     for index, item in enumerate(inputs):
-        run = _decode(scorer, item.embeds, max_tokens, body)
+        run = _decode(scorer, item.embeds, max_tokens, body, echo=echo)
         prompt_tokens += item.embeds.shape[0]
         completion_tokens += len(run.generated)
         out.append(_completion_choice(scorer, cfg, index, item, run, echo, k))
@@ -252,8 +252,8 @@ def chat_completions(scorer: Scorer, cfg: ServerConfig, body: Mapping[str, Any])
     texts = scorer.token_texts
     content = [
         {"token": texts[t], "logprob": float(row[t]), "bytes": list(texts[t].encode()),
-         "top_logprobs": [{"token": tok, "logprob": lp, "bytes": list(tok.encode())}
-                          for tok, lp in list(_top_dict(scorer, row, k or 0, t).items())[: k or 0]]}
+         "top_logprobs": [{"token": texts[i], "logprob": lp, "bytes": list(texts[i].encode())}
+                          for i, lp in scorer.top(row, k or 0)]}
         for t, row in zip(run.generated, run.rows)
     ]
     text = "".join(texts[t] for t in run.generated if t != scorer.tokenizer.eos_token_id)

@@ -122,8 +122,8 @@ class MockApp:
         if not given.startswith("Bearer ") or not given[7:]:
             msg = "You didn't provide an API key. Provide it in an Authorization header (Bearer auth)."
         elif given[7:] != key:
-            shown = given[7:]
-            msg = f"Incorrect API key provided: {shown[:3]}***{shown[-4:] if len(shown) > 8 else ''}."
+            shown = given[7:]  # masked as OpenAI does: a client must not print even this
+            msg = f"Incorrect API key provided: {shown[:3] + '***' + shown[-4:] if len(shown) >= 12 else '***'}."
         else:
             return None
         return _error(api.ApiError(401, msg, code="invalid_api_key"))

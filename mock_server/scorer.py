@@ -5,6 +5,7 @@ and the numbers match `LocalBackend` on the same model to float tolerance.
 """
 from __future__ import annotations
 
+import inspect
 import threading
 from functools import cached_property, lru_cache
 from typing import Any, Sequence
@@ -20,6 +21,7 @@ class Scorer:
     def __init__(self, model: str = "tiny", *, loaded: tuple[Any, Any] | None = None):
         self.model, self.tokenizer = loaded if loaded is not None else load_model(model)
         self._lock = threading.Lock()
+        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
     @property
     def hidden_size(self) -> int:
@@ -53,16 +55,18 @@ class Scorer:
         with torch.inference_mode():
             return self.model.get_input_embeddings()(torch.tensor(list(ids), dtype=torch.long))
 
-    def logprobs(self, embeds: torch.Tensor, bias: dict[int, float] | None = None) -> torch.Tensor:
-        """(seq_len, vocab) log-probs of the token after each position; `bias` is added to the logits."""
+    def logprobs(self, embeds: torch.Tensor, bias: dict[int, float] | None = None, every_position: bool = True) -> torch.Tensor:
+        """(seq_len, vocab) log-probs of the token after each position, or (1, vocab) for the last one only
+        (the LM head over every position is a fifth of a small model's work); `bias` is added to the logits."""
         table = self.model.get_input_embeddings().weight
+        keep = {"logits_to_keep": 1} if self._keeps_logits and not every_position else {}
         with self._lock, torch.inference_mode():
-            logits = self.model(inputs_embeds=embeds.to(table.dtype)[None], use_cache=False).logits[0].float()
-        logits = logits[:, : self.vocab_size]
-        if bias:
-            ids = torch.tensor(list(bias), dtype=torch.long)
-            logits[:, ids] += torch.tensor(list(bias.values()), dtype=logits.dtype)
-        return torch.log_softmax(logits, dim=-1)
+            logits = self.model(inputs_embeds=embeds.to(table.dtype)[None], use_cache=False, **keep).logits[0].float()
+            logits = logits[:, : self.vocab_size].clone()
+            if bias:
+                ids = torch.tensor(list(bias), dtype=torch.long)
+                logits[:, ids] += torch.tensor(list(bias.values()), dtype=logits.dtype)
+            return torch.log_softmax(logits if every_position else logits[-1:], dim=-1)
 
     def top(self, row: torch.Tensor, k: int) -> list[tuple[int, float]]:
         """The k most likely (id, log-prob), best first."""

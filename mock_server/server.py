@@ -11,15 +11,16 @@ from __future__ import annotations
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 
-from .app import MockApp, Reply
+from .app import MockApp
 from .config import FaultConfig, FaultKind, ServerConfig
 from .scorer import Scorer
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes; Nagle would hold the body ~40 ms
     server: "_HTTPServer"
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
@@ -122,9 +123,10 @@ class MockServer:
         self._thread.start()
         return self
 
-    def serve_forever(self) -> None:
-        """Serve in the calling thread (the command line) until interrupted."""
+    def serve_forever(self, announce: Callable[[str], None] = lambda url: None) -> None:
+        """Serve in the calling thread (the command line) until interrupted; `announce` gets the bound URL."""
         self._httpd = _HTTPServer((self.config.host, self.config.port), self.app, self.verbose)
+        announce(self.url)
         try:
             self._httpd.serve_forever()
         finally:

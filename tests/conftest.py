@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
+
+# One thread: on 2 shared cores torch's default oversubscribes and tiny forwards get ~100x slower.
+torch.set_num_threads(1)
 
 from bbtune.tasks import Example, Task, TaskFormat, Template
 

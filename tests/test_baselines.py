@@ -8,7 +8,7 @@ import torch
 
 from bbtune.backends.base import Capabilities
 from bbtune.backends.local import LocalBackend
-from bbtune.baselines import (InContextConfig, MethodResult, Meter, PEZConfig, PromptTuningConfig, run_in_context,
+from bbtune.baselines import (InContextConfig, Meter, PEZConfig, PromptTuningConfig, run_in_context,
                               run_manual, run_pez, run_prompt_tuning)
 from bbtune.baselines.bbt import run_bbt
 from bbtune.baselines.gradient import GradientConfig, frozen, initial_embeds, train_prompt
@@ -17,16 +17,18 @@ from bbtune.baselines.pez import _Projected
 from bbtune.baselines.prompt_tuning import _AsIs
 from bbtune.discretize import Discretizer
 from bbtune.errors import CapabilityError, ConfigError, TaskError
+from bbtune.evaluate import evaluate
 from bbtune.prompts import HardPrompt, SoftPrompt
-from bbtune.tasks import Placement
 from bbtune.tuner import TuneConfig
 
 FAST = dict(steps=6, eval_every=3, batch_size=4, prompt_tokens=3)
 
 
 def _learning_task(task):
-    """Dev = train, so dev selection sees the training loss the test asks about."""
-    return replace(task, dev=task.train)
+    """One label only, dev = train: a random tiny model cannot separate classes, but a prompt can always learn
+    to favour one label word, so the loss has room to fall."""
+    positives = tuple(ex for ex in task.train if ex.label == "positive")
+    return replace(task, train=positives, dev=positives)
 
 
 # ---------------------------------------------------------------------- prompt tuning
@@ -34,10 +36,11 @@ def _learning_task(task):
 
 def test_prompt_tuning_loss_decreases(tiny_backend, tiny_task):
     vocab = tiny_backend.vocabulary()
-    config = PromptTuningConfig(steps=25, batch_size=0, eval_every=25, prompt_tokens=3, seed=0)
+    config = PromptTuningConfig(steps=10, batch_size=0, eval_every=10, prompt_tokens=3, lr=1.0, seed=0)
     init = initial_embeds(vocab, 3, "vocab", "", seed=0)
     trained = train_prompt(_learning_task(tiny_task), tiny_backend, init, _AsIs(), config)
-    assert trained.losses[-1] < trained.losses[0] - 0.01
+    assert trained.losses[-1] < trained.losses[0] - 0.02
+    assert all(b <= a + 1e-4 for a, b in zip(trained.losses, trained.losses[1:]))  # full batch: steady descent
     assert isinstance(trained.best, SoftPrompt) and trained.best.embeds.shape == init.shape
 
 
@@ -99,17 +102,14 @@ def test_pez_always_feeds_and_yields_valid_token_ids(tiny_backend, tiny_task):
 
 
 def test_pez_loss_decreases(tiny_backend, tiny_task):
-    result = run_pez(_learning_task(tiny_task), tiny_backend,
-                     PEZConfig(steps=20, eval_every=2, batch_size=0, prompt_tokens=3, seed=0))
-    start = tiny_backend.score([result.best], tiny_task.train, tiny_task.format)  # noqa: F841 - scores it once
+    task = _learning_task(tiny_task)
+    result = run_pez(task, tiny_backend, PEZConfig(steps=10, eval_every=2, batch_size=0, prompt_tokens=3, seed=0))
     vocab = tiny_backend.vocabulary()
     disc = Discretizer(vocab)
-    init = disc.project(initial_embeds(vocab, 3, "vocab", "", seed=0, allowed=disc.allowed))
-    from bbtune.evaluate import evaluate
-
-    before = evaluate(tiny_backend, init, tiny_task.train, tiny_task.format).loss
-    after = evaluate(tiny_backend, result.best, tiny_task.train, tiny_task.format).loss
-    assert after < before
+    init = disc.project(initial_embeds(vocab, 3, "vocab", "", seed=0, allowed=disc.allowed))  # PEZ's start
+    before = evaluate(tiny_backend, init, task.train, task.format).loss
+    after = evaluate(tiny_backend, result.best, task.train, task.format).loss
+    assert after < before - 0.005
     assert isinstance(result.best, HardPrompt) and result.prompt_text == result.best.text
 
 
@@ -196,7 +196,6 @@ def test_result_as_dict_is_flat_json(tiny_backend, tiny_task):
     d = run_manual(tiny_task, tiny_backend).as_dict()
     assert {"method", "seed", "dev_acc", "test_acc", "calls", "forward_passes", "backward_passes", "wall_s",
             "peak_mem_mb", "curve", "prompt_text"} <= set(d) and "best" not in d
-    assert isinstance(MethodResult.__dataclass_fields__["best"].compare, bool)
 
 
 @pytest.mark.parametrize("cls, kwargs, field", [

@@ -3,6 +3,7 @@ cache, replicas. No sockets, no sleeping: the retry wait is recorded instead."""
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 
 
 import httpx
@@ -31,7 +32,22 @@ from mock_server import FaultConfig, FaultRule, MockApp, ServerConfig, mock_tran
 FMT = TaskFormat(Template("{text} It was{label}"), {"neg": " terrible", "pos": " great"})
 EXAMPLES = [Example("the film was great and fun", "pos"), Example("a boring movie with bad jokes", "neg"),
             Example("I love it", "pos")]
-PROMPTS = [HardPrompt((328, 325), " great terrible"), HardPrompt((276, 351), " theil"), HardPrompt((325, 325), " terrible terrible")]
+
+
+def hard(*words: str) -> HardPrompt:
+    """A hard prompt of single-token words of the tiny tokenizer, whose text re-tokenizes to the same ids (so
+    the local backend, fed ids, and a server, fed text, see the same input)."""
+    tok = shared_scorer("tiny").tokenizer
+    pieces = [tok.encode(w, add_special_tokens=False) for w in words]
+    assert all(len(p) == 1 for p in pieces), f"{words} are not all single tokens: {pieces}"
+    ids, text = tuple(p[0] for p in pieces), "".join(words)
+    assert tok.encode(text, add_special_tokens=False) == list(ids), f"{words} do not round-trip"
+    return HardPrompt(ids, text)
+
+
+@lru_cache(maxsize=1)
+def prompts() -> list[HardPrompt]:
+    return [hard(" great", " terrible"), hard(" the", " story"), hard(" terrible", " terrible")]
 URL = "http://mock.test/v1"
 
 
@@ -68,6 +84,15 @@ def failing_first(app: MockApp, n: int, status: int, headers: dict[str, str] | N
     return transport
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The tiny model gains nothing from intra-op threads, and on a busy 2-core box they cost ~100x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def local() -> LocalBackend:
     return LocalBackend("tiny")
@@ -76,16 +101,16 @@ def local() -> LocalBackend:
 @pytest.fixture(scope="module")
 def clean_scores() -> np.ndarray:
     with make_backend(mock_transport(make_app())) as backend:
-        return backend.score(PROMPTS, EXAMPLES, FMT)
+        return backend.score(prompts(), EXAMPLES, FMT)
 
 
 def test_scores_match_the_local_backend_on_the_same_model(local: LocalBackend, clean_scores: np.ndarray) -> None:
-    np.testing.assert_allclose(clean_scores, local.score(PROMPTS, EXAMPLES, FMT), atol=1e-4)
+    np.testing.assert_allclose(clean_scores, local.score(prompts(), EXAMPLES, FMT), atol=1e-4)
 
 
 def test_labels_outside_a_small_top_k_are_bounded_and_counted(clean_scores: np.ndarray) -> None:
     with make_backend(mock_transport(make_app()), top_k=3) as backend:
-        bounded = backend.score(PROMPTS, EXAMPLES, FMT)
+        bounded = backend.score(prompts(), EXAMPLES, FMT)
         assert backend.stats.labels_missing > 0 and backend.stats.missing_rate == pytest.approx(
             backend.stats.labels_missing / backend.stats.labels_scored)
     assert np.all(bounded >= clean_scores - 1e-5)  # an upper bound, never below the true value
@@ -102,7 +127,7 @@ def test_retryable_statuses_are_retried_with_the_right_wait(status: int, headers
     sleeps = Sleeps()
     transport = failing_first(make_app(), 1, status, headers)
     with make_backend(transport, sleeps, batch_size=9) as backend:
-        np.testing.assert_allclose(backend.score(PROMPTS, EXAMPLES, FMT), clean_scores, atol=1e-6)
+        np.testing.assert_allclose(backend.score(prompts(), EXAMPLES, FMT), clean_scores, atol=1e-6)
         assert backend.stats.retries == 1 and backend.stats.requests == 2
     if expected_wait is not None:
         assert sleeps == expected_wait
@@ -116,7 +141,7 @@ def test_other_4xx_fail_at_once_with_a_typed_error(status: int, error: type) -> 
     sleeps = Sleeps()
     transport = failing_first(make_app(), 100, status)
     with make_backend(transport, sleeps, batch_size=9) as backend, pytest.raises(error) as info:
-        backend.score(PROMPTS, EXAMPLES, FMT)
+        backend.score(prompts(), EXAMPLES, FMT)
     status_error = info.value if status != 404 else info.value.__cause__  # a missing endpoint: use another mode
     assert isinstance(status_error, (BadRequestError, AuthenticationError, NotFoundError))
     assert status_error.status_code == status and len(transport.seen) == 1 and sleeps == []  # type: ignore[attr-defined]
@@ -125,7 +150,7 @@ def test_other_4xx_fail_at_once_with_a_typed_error(status: int, error: type) -> 
 def test_retries_give_up_with_the_last_error() -> None:
     transport = failing_first(make_app(), 100, 429)
     with make_backend(transport, batch_size=9, max_retries=3) as backend, pytest.raises(RateLimitError, match="429"):
-        backend.score(PROMPTS, EXAMPLES, FMT)
+        backend.score(prompts(), EXAMPLES, FMT)
     assert len(transport.seen) == 4  # type: ignore[attr-defined]
 
 
@@ -134,10 +159,10 @@ def test_a_wrong_key_says_what_to_do_and_never_shows_the_key(monkeypatch: pytest
     monkeypatch.setenv("BBTUNE_API_KEY", secret)
     with make_backend(mock_transport(make_app(api_key="the-right-key"))) as backend:
         with pytest.raises(AuthenticationError) as info:
-            backend.score(PROMPTS, EXAMPLES, FMT)
+            backend.score(prompts(), EXAMPLES, FMT)
         text = str(info.value) + json.dumps(info.value.body) + repr(backend) + json.dumps(backend.describe())
     assert "$BBTUNE_API_KEY was rejected" in str(info.value)
-    assert secret not in text and secret[-12:] not in text
+    assert secret not in text and secret[-4:] not in text  # nor the tail the server echoes back masked
 
 
 def test_a_missing_key_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,7 +170,7 @@ def test_a_missing_key_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with make_backend(mock_transport(make_app(api_key="k"))) as backend, pytest.raises(AuthenticationError,
                                                                                          match=r"set \$BBTUNE_API_KEY"):
-        backend.score(PROMPTS, EXAMPLES, FMT)
+        backend.score(prompts(), EXAMPLES, FMT)
 
 
 def test_the_openai_variable_is_the_fallback_and_the_key_goes_in_a_bearer_header(monkeypatch: pytest.MonkeyPatch,
@@ -154,13 +179,13 @@ def test_the_openai_variable_is_the_fallback_and_the_key_goes_in_a_bearer_header
     monkeypatch.setenv("OPENAI_API_KEY", "k-openai")
     app = make_app(api_key="k-openai")
     with make_backend(mock_transport(app), extra_headers={"X-Team": "nlp"}) as backend:
-        np.testing.assert_allclose(backend.score(PROMPTS, EXAMPLES, FMT), clean_scores, atol=1e-6)
+        np.testing.assert_allclose(backend.score(prompts(), EXAMPLES, FMT), clean_scores, atol=1e-6)
 
 
 def test_an_unknown_model_is_named_in_the_error() -> None:
     with make_backend(mock_transport(make_app()), model="gpt-nope") as backend, pytest.raises(
             NotFoundError, match=r"model 'gpt-nope' is not served .*/models"):
-        backend.score(PROMPTS, EXAMPLES, FMT)
+        backend.score(prompts(), EXAMPLES, FMT)
 
 
 def test_a_reply_of_the_wrong_shape_is_an_error_not_a_zero_score() -> None:
@@ -174,7 +199,7 @@ def test_a_reply_of_the_wrong_shape_is_an_error_not_a_zero_score() -> None:
 
     with make_backend(httpx.MockTransport(handle), batch_size=9) as backend, pytest.raises(
             MalformedResponseError, match="no top_logprobs"):
-        backend.score(PROMPTS, EXAMPLES, FMT)
+        backend.score(prompts(), EXAMPLES, FMT)
     assert backend.stats.retries == 0
 
 
@@ -182,7 +207,7 @@ def test_a_reply_of_the_wrong_shape_is_an_error_not_a_zero_score() -> None:
 def test_transient_faults_are_retried_to_the_same_scores(fault: str, clean_scores: np.ndarray) -> None:
     app = make_app(faults=FaultConfig(rules=(FaultRule(fault, every=2, limit=2),), retry_after_s=0))
     with make_backend(mock_transport(app), concurrency=1) as backend:
-        np.testing.assert_allclose(backend.score(PROMPTS, EXAMPLES, FMT), clean_scores, atol=1e-6)
+        np.testing.assert_allclose(backend.score(prompts(), EXAMPLES, FMT), clean_scores, atol=1e-6)
         assert backend.stats.retries == 2 and app.faults.fired[fault] == 2
 
 
@@ -190,14 +215,14 @@ def test_the_request_limit_is_never_crossed_even_in_flight() -> None:
     app = make_app()
     with make_backend(mock_transport(app), batch_size=1, concurrency=4, max_requests=5) as backend:
         with pytest.raises(BudgetExceeded, match="max_requests=5"):
-            backend.score(PROMPTS, EXAMPLES, FMT)  # 9 rows, one per request
+            backend.score(prompts(), EXAMPLES, FMT)  # 9 rows, one per request
         assert app.requests == 5 and backend.stats.requests == 5
 
 
 def test_retries_count_against_the_request_limit() -> None:
     transport = failing_first(make_app(), 100, 500)
     with make_backend(transport, batch_size=9, max_requests=3) as backend, pytest.raises(BudgetExceeded):
-        backend.score(PROMPTS, EXAMPLES, FMT)
+        backend.score(prompts(), EXAMPLES, FMT)
     assert len(transport.seen) == 3  # type: ignore[attr-defined]
 
 
@@ -205,25 +230,25 @@ def test_token_and_cost_limits_stop_before_sending() -> None:
     app = make_app()
     with make_backend(mock_transport(app), batch_size=3, max_tokens=60) as backend:
         with pytest.raises(BudgetExceeded, match="max_tokens=60"):
-            backend.score(PROMPTS, EXAMPLES, FMT)
+            backend.score(prompts(), EXAMPLES, FMT)
         assert backend.stats.prompt_tokens + backend.stats.completion_tokens <= 60
     with make_backend(mock_transport(app), price_prompt_per_mtok=1e4, max_cost=0.5) as backend:
         with pytest.raises(BudgetExceeded, match="max_cost"):
-            backend.score(PROMPTS, EXAMPLES, FMT)
+            backend.score(prompts(), EXAMPLES, FMT)
         assert 0 < backend.stats.cost <= 0.5
 
 
 def test_the_cache_makes_a_rerun_free(tmp_path, clean_scores: np.ndarray) -> None:
     app = make_app()
     with make_backend(mock_transport(app), cache_dir=str(tmp_path), probe=True) as first:
-        np.testing.assert_allclose(first.score(PROMPTS, EXAMPLES, FMT), clean_scores, atol=1e-6)
+        np.testing.assert_allclose(first.score(prompts(), EXAMPLES, FMT), clean_scores, atol=1e-6)
     sent = app.requests
     with make_backend(mock_transport(app), cache_dir=str(tmp_path), probe=True) as again:
-        np.testing.assert_allclose(again.score(PROMPTS, EXAMPLES, FMT), clean_scores, atol=0)
+        np.testing.assert_allclose(again.score(prompts(), EXAMPLES, FMT), clean_scores, atol=0)
         assert again.stats.requests == 0 and again.stats.cache_hits > 0
         assert again.probe_ is not None and "repeatable" in again.probe_.checks
     assert app.requests == sent
-    other = [HardPrompt((328, 328), " great great")]
+    other = [hard(" great", " great")]
     with make_backend(mock_transport(app), cache_dir=str(tmp_path)) as third:
         third.score(other, EXAMPLES, FMT)
     assert app.requests > sent  # a new request is not a hit
@@ -238,8 +263,8 @@ def test_a_dead_replica_hands_its_requests_to_the_other(clean_scores: np.ndarray
         return inner.handle_request(request)
 
     with make_backend(httpx.MockTransport(handle), sleeps, base_url=("http://dead.test/v1", URL), batch_size=1,
-                      concurrency=(2, 2)) as backend:
-        np.testing.assert_allclose(backend.score(PROMPTS, EXAMPLES, FMT), clean_scores, atol=1e-6)
+                      replica_concurrency=(2, 2)) as backend:
+        np.testing.assert_allclose(backend.score(prompts(), EXAMPLES, FMT), clean_scores, atol=1e-6)
         stats = backend.stats
     assert stats.failovers >= 1 and stats.endpoints["http://dead.test/v1"] >= 1 and set(sleeps) <= {0.0}
     assert stats.endpoints[URL] == 9  # every row answered by the live replica
@@ -252,20 +277,20 @@ def test_all_replicas_down_is_a_connection_error_after_retries() -> None:
     sleeps = Sleeps()
     with make_backend(httpx.MockTransport(handle), sleeps, max_retries=2, batch_size=9) as backend, pytest.raises(
             APIConnectionError, match="is the server running"):
-        backend.score(PROMPTS, EXAMPLES, FMT)
+        backend.score(prompts(), EXAMPLES, FMT)
     assert len(sleeps) == 2
 
 
 def test_server_errors_are_typed() -> None:
     with make_backend(failing_first(make_app(), 100, 503), max_retries=0, batch_size=9) as backend, pytest.raises(
             ServerError):
-        backend.score(PROMPTS, EXAMPLES, FMT)
+        backend.score(prompts(), EXAMPLES, FMT)
 
 
 def test_verbalizer_words_must_be_single_tokens_of_the_local_tokenizer() -> None:
     fmt = TaskFormat(Template("{text} It was{label}"), {"neg": " terrible", "pos": " wonderfulness"})
     with make_backend(mock_transport(make_app())) as backend, pytest.raises(VerbalizerError, match="tokens"):
-        backend.score(PROMPTS, EXAMPLES, fmt)
+        backend.score(prompts(), EXAMPLES, fmt)
 
 
 def test_soft_prompts_need_the_prompt_embeds_mode() -> None:
@@ -276,10 +301,10 @@ def test_soft_prompts_need_the_prompt_embeds_mode() -> None:
 
 
 def test_echo_and_prompt_embeds_modes_match_local_scores(local: LocalBackend) -> None:
-    expected = local.score(PROMPTS, EXAMPLES, FMT)
+    expected = local.score(prompts(), EXAMPLES, FMT)
     for mode in ("echo", "prompt_embeds"):
         with make_backend(mock_transport(make_app()), mode=mode, probe=True) as backend:
-            np.testing.assert_allclose(backend.score(PROMPTS, EXAMPLES, FMT), expected, atol=1e-4, err_msg=mode)
+            np.testing.assert_allclose(backend.score(prompts(), EXAMPLES, FMT), expected, atol=1e-4, err_msg=mode)
     soft = [SoftPrompt(torch.randn(3, 32, generator=torch.Generator().manual_seed(i)) * 0.05) for i in range(2)]
     with make_backend(mock_transport(make_app()), mode="prompt_embeds") as backend:
         assert backend.capabilities.soft
@@ -288,7 +313,7 @@ def test_echo_and_prompt_embeds_modes_match_local_scores(local: LocalBackend) ->
 
 def test_config_errors_name_the_field() -> None:
     for kwargs, field in [({"base_url": "localhost:8000"}, "base_url"), ({"mode": "psychic"}, "mode"),
-                          ({"top_k": 0}, "top_k"), ({"concurrency": (1, 2)}, "concurrency"),
+                          ({"top_k": 0}, "top_k"), ({"replica_concurrency": (1, 2)}, "replica_concurrency"),
                           ({"mode": "prompt_embeds"}, "local_model"), ({"max_requests": -1}, "max_requests"),
                           ({"mode": "chat", "top_k": 21}, "top_k")]:
         with pytest.raises(ValueError, match=field):

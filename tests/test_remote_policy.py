@@ -78,6 +78,12 @@ def test_label_scores_accept_vllm_token_id_spelling() -> None:
     assert missing == 0 and scores.tolist() == [-1.5, -0.3]
 
 
+def test_the_next_token_is_the_first_position_even_if_more_were_generated() -> None:
+    choice = {"index": 0, "logprobs": {"tokens": ["x", "y"], "token_logprobs": [-0.1, -0.2],
+                                       "top_logprobs": [{" good": -0.1}, {" bad": -0.2}]}}
+    assert wire.completion_top(choice) == {" good": -0.1}
+
+
 def test_choices_come_back_in_prompt_order_by_index() -> None:
     reply = {"choices": [_completion({"b": -1.0}, 1), _completion({"a": -1.0}, 0)]}
     assert [wire.completion_top(c) for c in wire.choices(reply, 2)] == [{"a": -1.0}, {"b": -1.0}]

@@ -12,7 +12,7 @@ from bbtune.backends.remote import RemoteBackend
 from bbtune.errors import CapabilityError
 from mock_server import MockApp, mock_transport
 
-from test_remote_backend import EXAMPLES, FMT, PROMPTS, make_app, make_backend
+from test_remote_backend import EXAMPLES, FMT, prompts, make_app, make_backend, one_torch_thread  # noqa: F401
 
 
 def tampered(app: MockApp, edit: Callable[[dict[str, Any], dict[str, Any]], None]) -> httpx.MockTransport:
@@ -50,43 +50,43 @@ def _shuffle_lists(request: dict[str, Any], reply: dict[str, Any]) -> None:
 def test_lists_that_disagree_with_single_prompts_fall_back_to_one_per_request() -> None:
     app = make_app()
     with probed(tampered(app, _shuffle_lists)) as backend:
-        scores = backend.score(PROMPTS, EXAMPLES, FMT)
+        scores = backend.score(prompts(), EXAMPLES, FMT)
         assert backend.batch_size_ == 1 and "one prompt per request" in backend.probe_.notes[-1]  # type: ignore[union-attr]
     with make_backend(mock_transport(app), batch_size=1) as honest:
-        np.testing.assert_allclose(scores, honest.score(PROMPTS, EXAMPLES, FMT), atol=1e-6)
+        np.testing.assert_allclose(scores, honest.score(prompts(), EXAMPLES, FMT), atol=1e-6)
 
 
 def test_a_server_that_refuses_lists_gets_one_prompt_per_request() -> None:
     with probed(mock_transport(make_app(list_prompts=False))) as backend:
-        backend.score(PROMPTS, EXAMPLES, FMT)
+        backend.score(prompts(), EXAMPLES, FMT)
         assert backend.batch_size_ == 1 and backend.stats.errors == {"BadRequestError": 1}
 
 
 def test_a_top_k_deeper_than_the_server_allows_falls_back_to_5() -> None:
     with probed(mock_transport(make_app(max_logprobs=5)), top_k=50) as backend:
-        backend.score(PROMPTS, EXAMPLES, FMT)
+        backend.score(prompts(), EXAMPLES, FMT)
         assert backend.top_k_ == 5 and "refused top_k=50" in backend.probe_.notes[0]  # type: ignore[union-attr]
 
 
 def _jitter(request: dict[str, Any], reply: dict[str, Any]) -> None:
     _jitter.calls = getattr(_jitter, "calls", 0) + 1  # type: ignore[attr-defined]
     for choice in reply["choices"]:
-        top = choice["logprobs"]["top_logprobs"][-1]
+        top = choice["logprobs"]["top_logprobs"][0]
         for token in top:
             top[token] -= 0.01 * _jitter.calls  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("edit, message", [
     (_jitter, "not reproducible"),
-    (lambda req, rep: [c["logprobs"]["top_logprobs"][-1].update({"zz-late": -0.0001}) for c in rep["choices"]],
+    (lambda req, rep: [c["logprobs"]["top_logprobs"][0].update({"zz-late": -0.0001}) for c in rep["choices"]],
      "not sorted"),
-    (lambda req, rep: [c["logprobs"].update(top_logprobs=[{t: v / 100 for t, v in c["logprobs"]["top_logprobs"][-1].items()}])
+    (lambda req, rep: [c["logprobs"].update(top_logprobs=[{t: v / 100 for t, v in c["logprobs"]["top_logprobs"][0].items()}])
                        for c in rep["choices"]], "sum to"),
     (lambda req, rep: [c.update(logprobs=None) for c in rep["choices"]], "use mode='chat'"),
 ])
 def test_servers_that_answer_wrongly_are_refused_with_a_reason(edit: Callable, message: str) -> None:
     with probed(tampered(make_app(), edit)) as backend, pytest.raises(CapabilityError, match=message):
-        backend.score(PROMPTS, EXAMPLES, FMT)
+        backend.score(prompts(), EXAMPLES, FMT)
 
 
 @pytest.mark.parametrize("server, mode, message", [
@@ -119,8 +119,8 @@ def test_prompt_embeds_probe_compares_embeddings_with_text() -> None:
     def off_by_one_token(request: dict[str, Any], reply: dict[str, Any]) -> None:
         if "prompt_embeds" in request:  # a server that reads the embeddings wrongly
             for c in reply["choices"]:
-                top = c["logprobs"]["top_logprobs"][-1]
-                c["logprobs"]["top_logprobs"][-1] = {t: v - 0.5 for t, v in top.items()}
+                top = c["logprobs"]["top_logprobs"][0]
+                c["logprobs"]["top_logprobs"][0] = {t: v - 0.5 for t, v in top.items()}
 
     with probed(tampered(make_app(), off_by_one_token), mode="prompt_embeds") as backend, pytest.raises(
             CapabilityError, match="reads the embeddings differently"):
@@ -136,5 +136,5 @@ def test_a_model_missing_from_models_is_a_note_not_an_error() -> None:
         return inner.handle_request(request)
 
     with probed(httpx.MockTransport(handle)) as backend:
-        backend.score(PROMPTS, EXAMPLES, FMT)
+        backend.score(prompts(), EXAMPLES, FMT)
         assert "not in /models" in backend.probe_.notes[0] and "model listed" not in backend.probe_.checks  # type: ignore[union-attr]

@@ -138,3 +138,26 @@ def test_smollm2_end_to_end_train_loss_goes_down(smollm2_backend):
     assert min(later) < res.curve[0]["train_loss"]
     assert res.metrics["calls"] == 36 and 0.0 <= res.metrics["test_acc"] <= 1.0
     json.dumps(res.metrics)
+
+
+class LimitedBackend(CountingBackend):
+    """Raises BudgetExceeded once it has scored `limit` batches, like a remote backend at its request limit."""
+
+    def __init__(self, inner, limit):
+        super().__init__(inner)
+        self.limit = limit
+
+    def score(self, prompts, examples, fmt):
+        from bbtune.errors import BudgetExceeded
+
+        if len(self.batches) >= self.limit:
+            raise BudgetExceeded("max_requests=3 reached")
+        return super().score(prompts, examples, fmt)
+
+
+def test_a_backend_hard_limit_ends_the_run_with_its_results_written(tiny_backend, tiny_task, tmp_path):
+    res = tune(tiny_task, LimitedBackend(tiny_backend, limit=4), TuneConfig(budget_calls=60, **FAST), tmp_path / "r",
+               progress=False)
+    assert res.metrics["calls"] == 12 and "max_requests=3" in res.metrics["stopped_by"]
+    assert "test_acc" not in res.metrics
+    assert RunFolder(tmp_path / "r").read_json("metrics.json")["stopped_by"] == res.metrics["stopped_by"]

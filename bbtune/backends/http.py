@@ -27,7 +27,7 @@ from ..errors import (
     RateLimitError,
     ServerError,
 )
-from .accounting import Meter, RemoteStats
+from .accounting import Meter, RemoteStats, Reservation
 from .cache import ResponseCache, request_key
 from .replicas import Replica, ReplicaPool
 from .retry import retry_after_s, retrying
@@ -49,7 +49,11 @@ class KeyInfo:
     value: str | None
 
     def redact(self, text: str) -> str:
-        return text.replace(self.value, "***") if self.value else text
+        """`text` without the key, nor the masked tail servers echo back (OpenAI: 'sk-ab***wxyz')."""
+        if not self.value:
+            return text
+        text = text.replace(self.value, "***")
+        return text.replace(self.value[-4:], "****") if len(self.value) >= 12 else text
 
 
 def status_error(response: httpx.Response, replica: str, path: str, model: str, key: KeyInfo) -> APIStatusError:
@@ -160,26 +164,33 @@ class ApiClient:
             except httpx.TransportError as err:
                 self.meter.settle(held, None, billed=not isinstance(err, httpx.ConnectError))
                 raise self._failed(replica, self._no_reply(err, replica, path)) from err
+            except BaseException:  # cancelled (a sibling request failed): the server may have done the work
+                self.meter.settle(held, None, billed=True)
+                raise
             finally:
                 self.stats.server_seconds += time.perf_counter() - started
-            if response.status_code >= 400:
-                self.meter.settle(held, None, billed=False)
-                error = status_error(response, replica.name, path, self.model, self.key)
-                if error.status_code == 429 or error.status_code >= 500:
-                    self.pool.mark_down(replica, getattr(error, "retry_after", None))
-                raise self._counted(error)
-            try:
-                reply = response.json()
-            except ValueError as err:
-                self.meter.settle(held, None, billed=True)
-                raise self._counted(InvalidJSONError(f"{replica.name}{path} answered {response.status_code} with a "
-                                                     f"body that is not JSON: {response.text[:80]!r}")) from err
-            if not isinstance(reply, dict):
-                self.meter.settle(held, None, billed=True)
-                raise self._counted(MalformedResponseError(f"{replica.name}{path} answered with JSON that is not "
-                                                           f"an object: {str(reply)[:80]}"))
-            self.meter.settle(held, reply.get("usage"), billed=True)
-            return reply
+            return self._read(response, held, replica, path)
+
+    def _read(self, response: httpx.Response, held: Reservation, replica: Replica, path: str) -> dict[str, Any]:
+        """The reply's JSON object, or the typed error; settles the reservation either way."""
+        if response.status_code >= 400:
+            self.meter.settle(held, None, billed=False)  # providers do not bill refused requests
+            error = status_error(response, replica.name, path, self.model, self.key)
+            if error.status_code == 429 or error.status_code >= 500:
+                self.pool.mark_down(replica, getattr(error, "retry_after", None))
+            raise self._counted(error)
+        try:
+            reply = response.json()
+        except ValueError as err:
+            self.meter.settle(held, None, billed=True)
+            raise self._counted(InvalidJSONError(f"{replica.name}{path} answered {response.status_code} with a "
+                                                 f"body that is not JSON: {response.text[:80]!r}")) from err
+        if not isinstance(reply, dict):
+            self.meter.settle(held, None, billed=True)
+            raise self._counted(MalformedResponseError(f"{replica.name}{path} answered with JSON that is not an "
+                                                       f"object: {str(reply)[:80]}"))
+        self.meter.settle(held, reply.get("usage"), billed=True)
+        return reply
 
     def _no_reply(self, err: httpx.TransportError, replica: Replica, path: str) -> APIConnectionError:
         what = f"{replica.name}{path}: {type(err).__name__}: {self.key.redact(str(err)) or 'no reply'}"

@@ -2,11 +2,13 @@
 
 Entries are (keys, values) per layer, each (kv_heads, length, head_dim), trimmed to the example's real
 length. When the byte budget is full the least recently used entry goes; a miss is simply recomputed.
+Also here: building transformers caches from such tensors without extra copies (`new_cache`).
 """
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
-from typing import Any, Hashable
+from typing import Any, Callable, Hashable
 
 import torch
 
@@ -21,6 +23,7 @@ class KVStore:
         self.hits = 0
         self.misses = 0
         self.evictions = 0
+        self._stacked: tuple[Hashable, list[LayerKV]] | None = None
 
     @staticmethod
     def size_of(entry: list[LayerKV]) -> int:
@@ -51,8 +54,21 @@ class KVStore:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def stacked(self, key: Hashable, build: Callable[[], list[LayerKV]]) -> list[LayerKV]:
+        """A one-slot memo for the current batch's entries stacked and padded, which a tuner asks for again
+        every generation; `build` runs only when the batch changes. Held outside `max_bytes`."""
+        if self._stacked is None or self._stacked[0] != key:
+            self._stacked = None  # let the old stack go before the new one is built
+            self._stacked = (key, build())
+        return self._stacked[1]
+
+    @property
+    def stacked_bytes(self) -> int:
+        return self.size_of(self._stacked[1]) if self._stacked else 0
+
     def clear(self) -> None:
         self._entries.clear()
+        self._stacked = None
         self.bytes_used = 0
 
 
@@ -77,6 +93,11 @@ def new_cache(config: Any, layers: list[LayerKV] | None = None, past_len: int = 
         return cache
     trimmed = [(k[:, :, :past_len], v[:, :, :past_len]) for k, v in layers] if past_len else layers
     return DynamicCache(ddp_cache_data=trimmed, config=config)
+
+
+def cache_kwarg(model: Any) -> str:
+    """The name `model.forward` takes its cache under (`past_key_values` became `cache` in transformers 5.x)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def cache_layers(cache: Any) -> list[LayerKV]:

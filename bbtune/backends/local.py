@@ -4,17 +4,20 @@ Three scoring paths give the same log-probs (tests hold them to float tolerance)
 - *full*: every (candidate, example) row is one whole sequence. Masked LMs and gradients use it.
 - *suffix + KV reuse* (`<input> <prompt> <cue>`): the input's keys/values do not depend on the candidate,
   so they are computed once per example (kept in a byte-bounded LRU store) and each row runs only the
-  prompt and cue tokens.
+  prompt and cue tokens. The stacked, padded keys/values of the current examples are kept between calls,
+  since a tuner scores the same examples every generation.
 - *prefix sharing* (`<prompt> <input> <cue>`): each candidate's prompt is encoded once per call and its
   keys/values are shared by all examples, instead of once per (candidate, example).
-Rows are grouped into forward batches sized from a memory budget, and only the label position's logits
-are computed.
+The population x examples rows are flattened into forward batches sized from a memory budget (even, and
+holding whole candidates where they fit); only the label position's logits are computed, and shared
+keys/values are written once into a buffer the forward appends to, so a batch costs what a bare forward of
+the same shape costs (benchmarks/eval_speed.py measures it). Repeated hard prompts are scored once.
 """
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +29,11 @@ from ..prompts import HardPrompt, Prompt, SoftPrompt, prompt_kind
 from ..tasks import Example, Placement, TaskFormat, verbalizer_token_ids
 from ..vocab import Vocabulary
 from .base import Capabilities, CallStats, check_scores
-from .kvcache import KVStore, LayerKV, cache_layers, new_cache
+from .kvcache import KVStore, LayerKV, cache_kwarg, cache_layers, new_cache
+
+
+PAD_SLACK = 1.25  # a (examples x candidates) block may pad its inputs to at most 1.25x their real tokens ...
+MIN_ROWS = 64  # ... once it has this many rows (below it, fewer forwards matter more than padding)
 
 
 @dataclass(frozen=True)
@@ -88,12 +95,10 @@ class LocalBackend:
         self.stats = CallStats()
         self.batch_log: list[ForwardBatch] = []  # every forward batch, as sized by the memory budget
         self._cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        params = inspect.signature(model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
-        self._keeps_logits = "logits_to_keep" in params
+        self._cache_kw = cache_kwarg(model)
+        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._vocab: Vocabulary | None = None
         self._label_ids: dict[tuple[str, ...], list[int]] = {}
-        self._padded: tuple[tuple[tuple[int, ...], ...], list[LayerKV]] | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -111,8 +116,9 @@ class LocalBackend:
         if not examples:
             raise TaskError("score() got no examples; give at least one")
         prompt_kind(list(prompts))
+        unique, where = _distinct(prompts)  # discretized populations often repeat a hard prompt
         with torch.inference_mode():
-            logp = self.label_logprobs(self.prompt_embeds(prompts), examples, fmt)
+            logp = self.label_logprobs(self.prompt_embeds(unique), examples, fmt)[where]
         self.stats.add(len(prompts), len(examples))
         out = logp.float().cpu().numpy()
         return check_scores(out, len(prompts), len(examples), len(fmt.labels), self.name)
@@ -194,25 +200,54 @@ class LocalBackend:
         logits = 2 * getattr(c, "vocab_size", 50000) * 4 * (new_len if self.is_masked or not self._keeps_logits else 1)
         return kv + act + attn + logits
 
-    def _chunks(self, n_rows: int, cached_len: int, new_len: int, group: int = 1) -> list[slice]:
-        """Slices of rows, each a forward batch within the memory budget, as even as possible.
-
-        With `group` > 1 (rows come in runs of `group`, one per candidate) a batch holds whole runs when the
-        budget allows, so the shared keys/values can be tiled in by broadcasting instead of gathered.
-        """
+    def _per_row(self, cached_len: int, new_len: int) -> int:
         per_row = self._row_bytes(cached_len, new_len)
         if per_row > self.memory_budget_bytes:
             raise ConfigError(
-                f"memory_budget_mb={self.memory_budget_bytes / 2**20:g} is too small for one sequence of "
-                f"{cached_len + new_len} tokens (needs ~{per_row / 2**20:.1f} MB); raise memory_budget_mb"
+                f"memory_budget_mb={self.memory_budget_bytes / 2**20:.3g} is too small for one sequence of "
+                f"{cached_len + new_len} tokens (needs ~{per_row / 2**20:.3g} MB); raise memory_budget_mb"
             )
-        unit = group if group > 1 and n_rows % group == 0 and self.memory_budget_bytes // per_row >= group else 1
-        units, max_units = n_rows // unit, self.memory_budget_bytes // (per_row * unit)
-        n_batches = -(-units // max_units)
-        size = -(-units // n_batches) * unit  # even batches: 320 rows in 2 x 160, not 314 + 6
-        out = [slice(s, min(s + size, n_rows)) for s in range(0, n_rows, size)]
-        self.batch_log.extend(ForwardBatch(s.stop - s.start, (s.stop - s.start) * per_row, cached_len, new_len) for s in out)
-        return out
+        return per_row
+
+    def _log(self, rows: int, per_row: int, cached_len: int, new_len: int) -> None:
+        self.batch_log.append(ForwardBatch(rows, rows * per_row, cached_len, new_len))
+
+    def _chunks(self, n_rows: int, cached_len: int, new_len: int) -> list[slice]:
+        """Slices of rows, each a forward batch within the memory budget, as even as possible (2 x 160, not 314 + 6)."""
+        per_row = self._per_row(cached_len, new_len)
+        n_batches = -(-n_rows // (self.memory_budget_bytes // per_row))
+        bounds = [i * n_rows // n_batches for i in range(n_batches + 1)]
+        for start, stop in zip(bounds, bounds[1:]):
+            self._log(stop - start, per_row, cached_len, new_len)
+        return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
+
+    def _blocks(self, lengths: list[int], P: int, shape: Callable[[int], tuple[int, int]]) -> list[tuple[slice, slice]]:
+        """Forward batches of (examples x candidates) over examples sorted by length (`lengths` ascending).
+
+        A block is cut where the memory budget is full, or where padding its inputs to the longest would waste
+        more than `PAD_SLACK` once it has `MIN_ROWS` rows. `shape(longest)` gives a row's (cached, new) tokens.
+        """
+        blocks, start, budget = [], 0, self.memory_budget_bytes
+        while start < len(lengths):
+            per_row = self._per_row(*shape(lengths[start]))
+            if P * per_row > budget:  # one example's candidates do not fit together: split them
+                step = budget // per_row
+                blocks += [(slice(start, start + 1), slice(c, min(c + step, P))) for c in range(0, P, step)]
+                start += 1
+                continue
+            end, total = start + 1, lengths[start]
+            while end < len(lengths):
+                n, longest = end + 1 - start, lengths[end]
+                tight = n * longest <= PAD_SLACK * (total + longest) or (n - 1) * P < MIN_ROWS
+                if not tight or n * P * self._row_bytes(*shape(longest)) > budget:
+                    break
+                end, total = end + 1, total + longest
+            blocks.append((slice(start, end), slice(0, P)))
+            start = end
+        for ex, cand in blocks:
+            cached, new = shape(lengths[ex.stop - 1])
+            self._log((ex.stop - ex.start) * (cand.stop - cand.start), self._row_bytes(cached, new), cached, new)
+        return blocks
 
     # ------------------------------------------------------------------ forward helpers
 
@@ -255,66 +290,66 @@ class LocalBackend:
                     found[key] = entry
         return [found[k] for k in keys]
 
-    def _shared_cache(self, past: list[LayerKV], rows: slice, group: int, per_example: bool, new_len: int) -> Any:
-        """A cache whose row r starts with past[r % group] (per_example) or past[r // group] (per candidate).
+    def _shared_cache(self, past: list[LayerKV], rows: tuple[int, int], new_len: int) -> Any:
+        """A cache for a block of (examples x candidates) rows, whose past keys/values broadcast from `past`:
+        per layer (examples or 1, candidates or 1, kv_heads, length, head_dim).
 
-        Each layer's keys/values are written once into a buffer with room for the `new_len` tokens the forward
-        appends, so tiling costs one copy and the forward none (a plain DynamicCache costs three).
+        Each layer is written once into a buffer with room for the `new_len` tokens the forward appends, so
+        tiling costs one copy and the forward none (a plain DynamicCache would copy three times).
         """
-        n, past_len = rows.stop - rows.start, past[0][0].shape[2]
-        whole = rows.start % group == 0 and n % group == 0
-        if whole:  # broadcast one run of `group` rows over each candidate
-            src = slice(None) if per_example else slice(rows.start // group, rows.stop // group)
-        else:
-            r = torch.arange(rows.start, rows.stop, device=self.device)
-            index = r % group if per_example else r // group
+        past_len = past[0][0].shape[3]
 
         def tile(x: torch.Tensor) -> torch.Tensor:
-            buf = x.new_empty(n, x.shape[1], past_len + new_len, x.shape[3])
-            if whole:
-                shaped = x[None] if per_example else x[src, None]
-                buf[:, :, :past_len].view(-1, group, *x.shape[1:]).copy_(shaped)
-            else:
-                buf[:, :, :past_len] = x[index]
+            buf = x.new_empty(rows[0] * rows[1], x.shape[2], past_len + new_len, x.shape[4])
+            buf[:, :, :past_len].view(*rows, *x.shape[2:]).copy_(x)
             return buf
 
         return new_cache(self.model.config, [(tile(k), tile(v)) for k, v in past], past_len)
+
+    def _blockwise(self, lengths: list[int], order: list[int], P: int, label_ids: list[int],
+                   shape: Callable[[int], tuple[int, int]], forward: Callable[[slice, slice], torch.Tensor]) -> torch.Tensor:
+        """(P * B, labels) log-probs, row p * B + b, from `forward(examples, candidates)` run over `_blocks`;
+        each block's rows are example-major, examples in `order` (sorted by length)."""
+        where = torch.tensor(order, device=self.device)
+        out = torch.empty(P, len(order), len(label_ids), device=self.device)
+        for ex, cand in self._blocks(lengths, P, shape):
+            logp = forward(ex, cand)[:, label_ids]
+            out[cand, where[ex]] = logp.view(ex.stop - ex.start, cand.stop - cand.start, -1).transpose(0, 1)
+        return out.view(P * len(order), -1)
 
     # ------------------------------------------------------------------ the three paths
 
     def _suffix_path(self, prompt_embeds: torch.Tensor, enc: _Encoded) -> torch.Tensor:
         P, B = prompt_embeds.shape[0], len(enc.heads)
         contexts = [enc.lead + h for h in enc.heads]
-        lengths = [len(c) for c in contexts]
-        longest = max(lengths)
-        padded = self._padded_contexts(contexts)
-        ctx_mask = _left_mask(lengths, self.device)
+        order = sorted(range(B), key=lambda b: len(contexts[b]))
+        lengths = [len(contexts[b]) for b in order]
+        stack = self._padded_contexts([contexts[b] for b in order])
         cue = self._embed_ids(enc.cue) if enc.cue else prompt_embeds.new_zeros(0, prompt_embeds.shape[2])
-        tail_len = prompt_embeds.shape[1] + cue.shape[0]
-        if tail_len == 0:
+        tail = torch.cat([prompt_embeds, cue.expand(P, -1, -1)], dim=1)  # (P, prompt + cue, hidden)
+        if tail.shape[1] == 0:
             raise TaskError("nothing to score after the input: give the template a cue or use a prompt of >=1 token")
-        starts = torch.tensor(lengths, device=self.device)[:, None] + torch.arange(tail_len, device=self.device)
-        results = []
-        for part in self._chunks(P * B, longest, tail_len, group=B):
-            rows = torch.arange(part.start, part.stop, device=self.device)
-            p_idx, b_idx = rows // B, rows % B
-            tail = torch.cat([prompt_embeds[p_idx], cue.expand(len(rows), -1, -1)], dim=1)
-            mask = torch.cat([ctx_mask[b_idx], ctx_mask.new_ones(len(rows), tail_len)], dim=1)
-            cache = self._shared_cache(padded, part, B, per_example=True, new_len=tail_len)
-            results.append(self._forward_last(tail, mask, starts[b_idx], cache)[:, enc.label_ids])
-        return torch.cat(results)
+        steps = torch.arange(tail.shape[1], device=self.device)
+
+        def forward(ex: slice, cand: slice) -> torch.Tensor:
+            n_c, longest = cand.stop - cand.start, lengths[ex.stop - 1]
+            past = [(k[ex, None, :, -longest:], v[ex, None, :, -longest:]) for k, v in stack]
+            ctx_mask = _left_mask(lengths[ex], self.device).repeat_interleave(n_c, 0)
+            mask = torch.cat([ctx_mask, ctx_mask.new_ones(len(ctx_mask), tail.shape[1])], dim=1)
+            positions = (torch.tensor(lengths[ex], device=self.device)[:, None] + steps).repeat_interleave(n_c, 0)
+            cache = self._shared_cache(past, (ex.stop - ex.start, n_c), tail.shape[1])
+            return self._forward_last(tail[cand].repeat(ex.stop - ex.start, 1, 1), mask, positions, cache)
+
+        return self._blockwise(lengths, order, P, enc.label_ids, lambda n: (n, tail.shape[1]), forward)
 
     def _padded_contexts(self, contexts: list[list[int]]) -> list[LayerKV]:
-        """Per layer, the contexts' keys/values stacked (B, kv_heads, longest, head_dim), zero-padded on the left.
+        """Per layer, the contexts' keys/values stacked (B, kv_heads, longest, head_dim), zero-padded on the left."""
 
-        The tuner scores the same examples generation after generation, so the last batch's stack is kept.
-        """
-        key = tuple(map(tuple, contexts))
-        if self._padded is None or self._padded[0] != key:
-            kv = self._context_kv(contexts)
-            longest = max(map(len, contexts))
-            self._padded = (key, [_pad_left_kv([e[layer] for e in kv], longest) for layer in range(len(kv[0]))])
-        return self._padded[1]
+        def build() -> list[LayerKV]:
+            kv, longest = self._context_kv(contexts), max(map(len, contexts))
+            return [_pad_left_kv([e[layer] for e in kv], longest) for layer in range(len(kv[0]))]
+
+        return self.kv_store.stacked(tuple(map(tuple, contexts)), build)
 
     def _prefix_path(self, prompt_embeds: torch.Tensor, enc: _Encoded) -> torch.Tensor:
         P, B = prompt_embeds.shape[0], len(enc.heads)
@@ -325,16 +360,19 @@ class LocalBackend:
         # each candidate's prompt is encoded once, then shared by all B examples
         parts = [self._prefill(ctx[s], ones[s]) for s in self._chunks(P, 0, ctx_len)]
         prompt_kv = [(torch.cat([p[i][0] for p in parts]), torch.cat([p[i][1] for p in parts])) for i in range(len(parts[0]))]
-        tails, tail_mask = _left_pad([self._embed_ids(h + enc.cue) for h in enc.heads])
-        positions = ctx_len + _positions(tail_mask)
-        results = []
-        for part in self._chunks(P * B, ctx_len, tails.shape[1], group=B):
-            rows = torch.arange(part.start, part.stop, device=self.device)
-            p_idx, b_idx = rows // B, rows % B
-            mask = torch.cat([ones[p_idx], tail_mask[b_idx]], dim=1)
-            cache = self._shared_cache(prompt_kv, part, B, per_example=False, new_len=tails.shape[1])
-            results.append(self._forward_last(tails[b_idx], mask, positions[b_idx], cache)[:, enc.label_ids])
-        return torch.cat(results)
+        order = sorted(range(B), key=lambda b: len(enc.heads[b]))
+        tails = [self._embed_ids(enc.heads[b] + enc.cue) for b in order]
+
+        def forward(ex: slice, cand: slice) -> torch.Tensor:
+            n_c = cand.stop - cand.start
+            embeds, tail_mask = _left_pad(tails[ex])
+            past = [(k[None, cand], v[None, cand]) for k, v in prompt_kv]
+            mask = torch.cat([ones[:1].expand(len(tail_mask), -1), tail_mask], dim=1).repeat_interleave(n_c, 0)
+            positions = (ctx_len + _positions(tail_mask)).repeat_interleave(n_c, 0)
+            cache = self._shared_cache(past, (ex.stop - ex.start, n_c), embeds.shape[1])
+            return self._forward_last(embeds.repeat_interleave(n_c, 0), mask, positions, cache)
+
+        return self._blockwise([len(t) for t in tails], order, P, enc.label_ids, lambda n: (ctx_len, n), forward)
 
     def _full_path(self, prompt_embeds: torch.Tensor, enc: _Encoded, placement: Placement) -> torch.Tensor:
         P, B = prompt_embeds.shape[0], len(enc.heads)
@@ -353,7 +391,7 @@ class LocalBackend:
                 middle = [prompt_embeds[p], heads[b]] if placement is Placement.PREFIX else [heads[b], prompt_embeds[p]]
                 seqs.append(torch.cat([lead, *middle, tail]))
             if self.is_masked:
-                results.append(self._masked_scores(seqs, len(tail_ids) - 1)[:, enc.label_ids])
+                results.append(self._masked_scores(seqs, 1)[:, enc.label_ids])  # <mask> </s> ends each row
             else:
                 embeds, mask = _left_pad(seqs)
                 results.append(self._forward_last(embeds, mask, _positions(mask))[:, enc.label_ids])
@@ -365,10 +403,18 @@ class LocalBackend:
         self.stats.tokens_processed += int(mask.numel())
         logits = self.model(inputs_embeds=embeds, attention_mask=mask).logits
         where = mask.sum(1) - 1 - mask_from_end
-        return torch.log_softmax(logits[torch.arange(len(seqs)), where].float(), dim=-1)
+        return torch.log_softmax(logits[torch.arange(len(seqs), device=logits.device), where].float(), dim=-1)
 
 
 # ---------------------------------------------------------------------- tensor helpers
+
+
+def _distinct(prompts: Sequence[Prompt]) -> tuple[list[Prompt], list[int]]:
+    """Prompts with repeated hard prompts dropped, and for each input prompt its index among them."""
+    first: dict[Any, int] = {}
+    where = [first.setdefault(p.token_ids if isinstance(p, HardPrompt) else id(p), len(first)) for p in prompts]
+    unique = list({i: p for p, i in zip(prompts, where)}.values())
+    return unique, where
 
 
 def _left_pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,11 +24,9 @@ import torch
 
 from ..constants import DEFAULT_TOP_K
 from ..errors import BadRequestError, CapabilityError, MalformedResponseError, NotFoundError
-from . import wire
 from .wire import ScoreMode
 
 if TYPE_CHECKING:
-    from ..tasks import TaskFormat
     from .remote import ProbeReport, RemoteBackend
 
 PROBE_TEXTS = ("The film was great and the acting was wonderful. It was", "The market fell today. This news is about")
@@ -60,7 +58,7 @@ def explain(err: BaseException, mode: ScoreMode) -> BaseException:
     return err
 
 
-def run_probe(backend: "RemoteBackend", fmt: "TaskFormat | None" = None) -> "ProbeReport":
+def run_probe(backend: "RemoteBackend") -> "ProbeReport":
     from .remote import ProbeReport
 
     cfg = backend.config
@@ -68,9 +66,7 @@ def run_probe(backend: "RemoteBackend", fmt: "TaskFormat | None" = None) -> "Pro
     _models(backend, report)
     probe = _Probe(backend, report)
     first = probe.first()
-    again = probe.ask([0], salt="probe-repeat")[0]
-    probe.same(first, again, "the same prompt asked twice")
-    report.checks.append("repeatable")
+    probe.repeatable(first)
     if cfg.mode is not ScoreMode.ECHO:
         _distribution(first, report, cfg.probe_tolerance)
     if cfg.mode.takes_lists and backend.batch_size_ > 1:
@@ -137,7 +133,7 @@ class _Probe:
     def _batches(self, items: list[Any], size: int) -> list[Any]:
         b, mode = self.backend, self.mode
         if mode is ScoreMode.PROMPT_EMBEDS:
-            return b._embeds_items([wire.encode_embeds(e) for e in items], [e.shape[0] for e in items], size)
+            return b._embeds_items(items, size)
         if mode is ScoreMode.ECHO:
             return b._echo_items(items, size)
         return b._text_items(list(items), size)
@@ -160,12 +156,14 @@ class _Probe:
         except MalformedResponseError as err:
             raise CapabilityError(f"{err}\n  -> {USE_INSTEAD[self.mode]}") from err
 
-    def same(self, a: Any, b: Any, what: str) -> bool:
-        ok = _agree(a, b, self.tol)
-        if not ok:
-            raise CapabilityError(f"{what} got different log-probs ({_show(a)} vs {_show(b)}); the server's scores "
-                                  "are not reproducible (sampling on? batching noise?) and cannot be trusted")
-        return ok
+    def repeatable(self, first: Any) -> None:
+        """The same prompt asked again (a separate request, also in the cache) must give the same numbers."""
+        again = self.ask([0], salt="probe-repeat")[0]
+        if not _agree(first, again, self.tol):
+            raise CapabilityError(f"the same prompt asked twice got different log-probs ({_show(first)} vs "
+                                  f"{_show(again)}); the server's scores are not reproducible (sampling on? batching "
+                                  "noise?) and cannot be trusted")
+        self.report.checks.append("repeatable")
 
     def lists(self, first: Any) -> None:
         """Two prompts in one request must give what two single requests give; else one prompt per request."""

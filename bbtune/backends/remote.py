@@ -11,10 +11,13 @@ Which server supports which mode:
 
 | mode | OpenAI | vLLM | llama.cpp server | mock |
 |---|---|---|---|---|
-| top_logprobs | yes (k <= 5; instruct models) | yes (k <= --max-logprobs) | yes | yes |
-| chat | yes (k <= 20) | yes | yes | yes |
-| echo | babbage/davinci-002 only | yes | no (ignores echo) | yes |
-| prompt_embeds (soft) | no | --enable-prompt-embeds | no | yes |
+| top_logprobs (bounded) | completion models, k <= 5 | yes, k <= --max-logprobs | yes | yes |
+| chat (bounded) | yes, k <= 20 | yes | yes | yes |
+| echo (exact) | base models only; gpt-3.5-turbo-instruct refuses | yes | no: ignores echo | yes |
+| prompt_embeds (soft; bounded) | no | with --enable-prompt-embeds | no | yes |
+
+"Bounded": a label outside the top-k gets the k-th value (an upper bound), counted in `stats.missing_rate`;
+ask for a deep top-k where the server allows it (vLLM ``--max-logprobs``). The probe finds out the rest.
 
     >>> backend = RemoteBackend(RemoteConfig(base_url=server.url, model="tiny", local_model="tiny"))  # doctest: +SKIP
     >>> backend.score([HardPrompt((), "")], [Example("a film", "pos")], fmt).shape                    # doctest: +SKIP
@@ -44,7 +47,7 @@ from ..constants import (
     PROMPT_TOKEN_MARGIN,
 )
 from ..errors import ConfigError, TaskError
-from ..prompts import HardPrompt, Prompt, SoftPrompt, prompt_kind
+from ..prompts import HardPrompt, Prompt, prompt_kind
 from ..tasks import Example, Placement, TaskFormat, verbalizer_token_ids
 from ..vocab import Vocabulary
 from . import wire
@@ -64,46 +67,50 @@ def _h(default: Any, help: str) -> Any:  # noqa: A002 - the CLI reads `help`
 @dataclass(frozen=True)
 class RemoteConfig:
     """Where the server is, how to score on it, and what a run may spend. The API key is never a field:
-    it is read from the environment variable `api_key_env` (then ``OPENAI_API_KEY``)."""
+    it is read from the environment variable `api_key_env` (then ``OPENAI_API_KEY``). Plain field types
+    (0 / '' = off) so the command line can be generated from it."""
 
-    base_url: str | tuple[str, ...] = _h("http://127.0.0.1:8000/v1", "server base URL; several (tuple or "
-                                         "comma-separated) = replicas of the same model")
+    base_url: str = _h("http://127.0.0.1:8000/v1", "server base URL; several, comma-separated = replicas of one model")
     model: str = _h("tiny", "model name the server knows")
     mode: ScoreMode = _h(ScoreMode.TOP_LOGPROBS, "top_logprobs, chat, echo or prompt_embeds (soft prompts)")
-    local_model: str | None = _h(None, "the same model locally ('tiny', 'smollm2', HF dir, .gguf): tokenizer, "
-                                       "verbalizer check, vocabulary, prompt embeddings")
+    local_model: str = _h("", "the same model locally ('tiny', 'smollm2', HF dir, .gguf): tokenizer, verbalizer "
+                              "check, vocabulary, prompt embeddings ('' = none)")
     api_key_env: str = _h(API_KEY_ENV, f"environment variable holding the API key (else ${OPENAI_API_KEY_ENV})")
     top_k: int = _h(DEFAULT_TOP_K, "log-probs asked per position (OpenAI completions: <= 5, chat: <= 20)")
     batch_size: int = _h(DEFAULT_REMOTE_BATCH, "prompts per request where the server takes lists")
-    concurrency: int | tuple[int, ...] = _h(DEFAULT_CONCURRENCY, "requests in flight per replica (one value, or "
-                                                                  "one per base_url, comma-separated)")
+    concurrency: int = _h(DEFAULT_CONCURRENCY, "requests in flight per replica")
+    replica_concurrency: tuple[int, ...] = _h((), "one limit per base_url, overriding concurrency")
     timeout_s: float = _h(DEFAULT_TIMEOUT_S, "seconds to wait for one reply")
     max_retries: int = _h(DEFAULT_MAX_RETRIES, "retries of a failed request (429, 5xx, dropped, timed out)")
-    cache_dir: str | None = _h(None, "folder of cached replies; a rerun pays nothing twice")
-    max_requests: int | None = _h(None, "hard limit on HTTP requests (retries included)")
-    max_tokens: int | None = _h(None, "hard limit on prompt + completion tokens")
-    max_cost: float | None = _h(None, "hard limit on estimated cost")
+    cache_dir: str = _h("", "folder of cached replies, so a rerun pays nothing twice ('' = no cache)")
+    max_requests: int = _h(0, "hard limit on HTTP requests, retries included (0 = none)")
+    max_tokens: int = _h(0, "hard limit on prompt + completion tokens (0 = none)")
+    max_cost: float = _h(0.0, "hard limit on the estimated cost (0 = none)")
     price_prompt_per_mtok: float = _h(0.0, "price per million prompt tokens")
     price_completion_per_mtok: float = _h(0.0, "price per million completion tokens")
-    extra_headers: tuple[tuple[str, str], ...] = _h((), "more HTTP headers: (name, value) pairs or 'Name: value'")
+    extra_headers: tuple[str, ...] = _h((), "more HTTP headers, each 'Name: value'")
     probe: bool = _h(True, "check the server's capabilities and consistency before the first score")
     probe_tolerance: float = _h(PROBE_TOLERANCE, "how closely repeated log-probs must agree")
 
     def __post_init__(self) -> None:
-        urls = self.base_url.split(",") if isinstance(self.base_url, str) else list(self.base_url)
-        urls = [u.strip().rstrip("/") for u in urls if u.strip()]
+        raw = self.base_url.split(",") if isinstance(self.base_url, str) else list(self.base_url)
+        urls = [u.strip().rstrip("/") for u in raw if u.strip()]
         if not urls or any(not u.startswith(("http://", "https://")) for u in urls):
             raise ConfigError(f"base_url must be http(s) URL(s), e.g. 'http://localhost:8000/v1'; got {self.base_url!r}")
-        object.__setattr__(self, "base_url", tuple(urls))
-        conc = _ints(self.concurrency, len(urls))
-        if len(conc) != len(urls) or any(c < 1 for c in conc):
-            raise ConfigError(f"concurrency must be >= 1, one value or one per base_url ({len(urls)}); got {self.concurrency!r}")
-        object.__setattr__(self, "concurrency", conc)
+        object.__setattr__(self, "base_url", ",".join(urls))
+        object.__setattr__(self, "replica_concurrency", tuple(int(c) for c in self.replica_concurrency))
+        if self.replica_concurrency and len(self.replica_concurrency) != len(urls):
+            raise ConfigError(f"replica_concurrency needs one value per base_url ({len(urls)}), "
+                              f"got {self.replica_concurrency}")
         try:
             object.__setattr__(self, "mode", ScoreMode(self.mode))
         except ValueError:
             raise ConfigError(f"mode {self.mode!r} is not one of {[m.value for m in ScoreMode]}") from None
         object.__setattr__(self, "extra_headers", _headers(self.extra_headers))
+        for name in ("local_model", "cache_dir"):
+            object.__setattr__(self, name, getattr(self, name) or "")
+        for name in ("max_requests", "max_tokens", "max_cost"):
+            object.__setattr__(self, name, getattr(self, name) or 0)
         self._check_numbers()
         if self.mode is ScoreMode.PROMPT_EMBEDS and not self.local_model:
             raise ConfigError("mode='prompt_embeds' needs local_model= (the same model locally, to embed prompts)")
@@ -113,11 +120,12 @@ class RemoteConfig:
         for name, ok, rule in (
             ("top_k", 1 <= self.top_k <= top_cap, f"in [1, {top_cap}]"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("concurrency", self.concurrency >= 1 and all(c >= 1 for c in self.replica_concurrency), ">= 1"),
             ("timeout_s", self.timeout_s > 0, "> 0"),
             ("max_retries", self.max_retries >= 0, ">= 0"),
-            ("max_requests", self.max_requests is None or self.max_requests >= 0, ">= 0 or None"),
-            ("max_tokens", self.max_tokens is None or self.max_tokens >= 0, ">= 0 or None"),
-            ("max_cost", self.max_cost is None or self.max_cost >= 0, ">= 0 or None"),
+            ("max_requests", self.max_requests >= 0, ">= 0 (0 = no limit)"),
+            ("max_tokens", self.max_tokens >= 0, ">= 0 (0 = no limit)"),
+            ("max_cost", self.max_cost >= 0, ">= 0 (0 = no limit)"),
             ("price_prompt_per_mtok", self.price_prompt_per_mtok >= 0, ">= 0"),
             ("price_completion_per_mtok", self.price_completion_per_mtok >= 0, ">= 0"),
             ("probe_tolerance", self.probe_tolerance >= 0, ">= 0"),
@@ -125,43 +133,47 @@ class RemoteConfig:
             if not ok:
                 raise ConfigError(f"RemoteConfig.{name} must be {rule}, got {getattr(self, name)!r}")
 
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return tuple(self.base_url.split(","))
+
+    @property
+    def limits(self) -> tuple[int, ...]:
+        """In-flight requests allowed per replica."""
+        return self.replica_concurrency or (self.concurrency,) * len(self.urls)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return dict(h.split(":", 1) for h in self.extra_headers)  # type: ignore[misc]
+
     def build(self, **kwargs: Any) -> "RemoteBackend":
         return RemoteBackend(self, **kwargs)
 
     def public(self) -> dict[str, Any]:
-        """The config for the results folder (URLs without credentials; headers by name only)."""
+        """The config for the results folder: URLs without credentials, header names without values."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["base_url"] = [display_url(u) for u in self.base_url]
-        out["mode"] = self.mode.value
-        out["extra_headers"] = [k for k, _ in self.extra_headers]
+        out.update(base_url=",".join(display_url(u) for u in self.urls), mode=self.mode.value,
+                   extra_headers=[h.split(":", 1)[0] for h in self.extra_headers])
         return out
 
 
-def _ints(value: int | str | Sequence[int], n: int) -> tuple[int, ...]:
-    """One int for all replicas, one per replica, or the same as a comma-separated string (command line)."""
-    if isinstance(value, str):
-        value = [int(v) for v in value.split(",") if v.strip()]
-    if isinstance(value, int):
-        return (value,) * n
-    return tuple(int(v) for v in value) if len(value) != 1 else (int(value[0]),) * n
-
-
-def _headers(value: Mapping[str, str] | Sequence[tuple[str, str] | str]) -> tuple[tuple[str, str], ...]:
-    """A mapping, (name, value) pairs, or 'Name: value' strings (command line)."""
+def _headers(value: Mapping[str, str] | Sequence[tuple[str, str] | str]) -> tuple[str, ...]:
+    """'Name: value' strings from a mapping, (name, value) pairs, or such strings (command line)."""
     items = value.items() if isinstance(value, Mapping) else value
     out = []
     for item in items:
         name, sep, val = item.partition(":") if isinstance(item, str) else (item[0], ":", item[1])
         if not sep or not name.strip():
             raise ConfigError(f"extra_headers entry {item!r} is not 'Name: value'")
-        out.append((name.strip(), str(val).strip()))
+        out.append(f"{name.strip()}:{str(val).strip()}")
     return tuple(out)
 
 
 @dataclass(frozen=True)
 class _Batch:
-    """One request: its body, how to read its reply, and the tokens to reserve for it."""
+    """One request: where it goes, its body, how to read its reply, and the tokens to reserve for it."""
 
+    path: str
     body: dict[str, Any]
     parse: Callable[[dict[str, Any]], list[Any]]
     estimate: tuple[int, int]
@@ -191,7 +203,7 @@ class RemoteBackend:
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep, **overrides: Any):
         self.config = config if config is not None else RemoteConfig(**overrides)
         cfg = self.config
-        self.name = f"remote:{cfg.model}@{display_url(cfg.base_url[0])}"
+        self.name = f"remote:{cfg.model}@{display_url(cfg.urls[0])}"
         self.capabilities = Capabilities(soft=cfg.mode is ScoreMode.PROMPT_EMBEDS, hard=True, gradients=False)
         self.stats = RemoteStats()
         self.probe_: ProbeReport | None = None
@@ -221,11 +233,12 @@ class RemoteBackend:
         self.stats.add(P, B)
         return check_scores(flat.reshape(P, B, L), P, B, L, self.name)
 
-    def check(self, fmt: TaskFormat | None = None) -> ProbeReport:
-        """Probe the server once: model served, features of the mode, and consistent numbers (see probe.py)."""
+    def check(self) -> ProbeReport:
+        """Probe the server: model served, features of the mode, consistent numbers (see probe.py). Runs
+        before the first score unless ``probe=False``; may lower `batch_size_` / `top_k_` (see the report)."""
         from .probe import run_probe
 
-        self.probe_ = run_probe(self, fmt)
+        self.probe_ = run_probe(self)
         return self.probe_
 
     def vocabulary(self) -> Vocabulary:
@@ -309,35 +322,38 @@ class RemoteBackend:
 
     def _inputs(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat) -> list[_Batch]:
         if self.config.mode is ScoreMode.PROMPT_EMBEDS:
-            embeds = self._sequence_embeds(prompts, examples, fmt)
-            return self._embeds_items([wire.encode_embeds(e) for e in embeds], [e.shape[0] for e in embeds])
+            return self._embeds_items(self._sequence_embeds(prompts, examples, fmt))
         return self._text_items(self._texts(prompts, examples, fmt))
 
-    def _chunks(self, n: int, size: int | None) -> list[slice]:
+    def _split(self, items: Sequence[Any], size: int | None, path: str, body: Callable[[Sequence[Any]], dict[str, Any]],
+               parse: Callable[[Sequence[Any]], Callable[[dict[str, Any]], list[Any]]],
+               tokens: Callable[[Any], int]) -> list[_Batch]:
+        """One request per chunk of `items` (`size`, default `batch_size_`), with its parser and token estimate."""
         size = size or self.batch_size_
-        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+        parts = [items[i : i + size] for i in range(0, len(items), size)]
+        return [_Batch(path, body(part), parse(part), (sum(map(tokens, part)), len(part))) for part in parts]
 
-    def _text_items(self, texts: list[str], size: int | None = None) -> list[_Batch]:
-        cfg, k = self.config, self.top_k_
-        if cfg.mode is ScoreMode.CHAT:
-            return [_Batch(wire.chat_body(cfg.model, t, k), lambda r: [wire.chat_top(wire.choices(r, 1)[0])],
-                           (self._count_tokens(t), 1)) for t in texts]
-        return [_Batch(wire.top_logprob_body(cfg.model, texts[s], k), _top_parser(s.stop - s.start),
-                       (sum(map(self._count_tokens, texts[s])), s.stop - s.start)) for s in self._chunks(len(texts), size)]
+    def _text_items(self, texts: Sequence[str], size: int | None = None) -> list[_Batch]:
+        model, k = self.config.model, self.top_k_
+        if self.config.mode is ScoreMode.CHAT:  # chat takes one conversation per request
+            return self._split(texts, 1, wire.CHAT, lambda part: wire.chat_body(model, part[0], k),
+                               lambda part: _chat_parser, self._count_tokens)
+        return self._split(texts, size, wire.COMPLETIONS, lambda part: wire.top_logprob_body(model, part, k),
+                           lambda part: _top_parser(len(part)), self._count_tokens)
 
-    def _embeds_items(self, encoded: list[str], lengths: list[int], size: int | None = None) -> list[_Batch]:
-        return [_Batch(wire.embeds_body(self.config.model, encoded[s], self.top_k_), _top_parser(s.stop - s.start),
-                       (sum(lengths[s]) + PROMPT_TOKEN_MARGIN, s.stop - s.start)) for s in self._chunks(len(encoded), size)]
+    def _embeds_items(self, embeds: Sequence[torch.Tensor], size: int | None = None) -> list[_Batch]:
+        model, k = self.config.model, self.top_k_
+        return self._split(embeds, size, wire.COMPLETIONS,
+                           lambda part: wire.embeds_body(model, [wire.encode_embeds(e) for e in part], k),
+                           lambda part: _top_parser(len(part)), lambda e: int(e.shape[0]) + PROMPT_TOKEN_MARGIN)
 
-    def _echo_items(self, pairs: list[tuple[str, str]], size: int | None = None) -> list[_Batch]:
+    def _echo_items(self, pairs: Sequence[tuple[str, str]], size: int | None = None) -> list[_Batch]:
         """(text ending in the label word, the word) pairs."""
-        texts = [t for t, _ in pairs]
-
-        def parser(part: list[tuple[str, str]]) -> Callable[[dict[str, Any]], list[Any]]:
+        def parser(part: Sequence[tuple[str, str]]) -> Callable[[dict[str, Any]], list[Any]]:
             return lambda r: [wire.echo_label_logprob(c, t, w) for c, (t, w) in zip(wire.choices(r, len(part)), part)]
 
-        return [_Batch(wire.echo_body(self.config.model, texts[s]), parser(pairs[s]),
-                       (sum(map(self._count_tokens, texts[s])), s.stop - s.start)) for s in self._chunks(len(texts), size)]
+        return self._split(pairs, size, wire.COMPLETIONS, lambda part: wire.echo_body(self.config.model, [t for t, _ in part]),
+                           parser, lambda pair: self._count_tokens(pair[0]))
 
     # ------------------------------------------------------------------ sending
 
@@ -348,11 +364,11 @@ class RemoteBackend:
                 OPENAI_API_KEY_ENV if os.environ.get(OPENAI_API_KEY_ENV) else cfg.api_key_env)
             stats = self.stats
             self._api = ApiClient(
-                ReplicaPool(cfg.base_url, cfg.concurrency),  # type: ignore[arg-type]
-                Meter(Limits(cfg.max_requests, cfg.max_tokens, cfg.max_cost),
+                ReplicaPool(cfg.urls, cfg.limits),
+                Meter(Limits(cfg.max_requests or None, cfg.max_tokens or None, cfg.max_cost or None),
                       Prices(cfg.price_prompt_per_mtok, cfg.price_completion_per_mtok), stats),
                 stats, model=cfg.model, key=KeyInfo(env, os.environ.get(env) or None),
-                headers={"User-Agent": "bbtune", **dict(cfg.extra_headers)}, timeout_s=cfg.timeout_s,
+                headers={"User-Agent": "bbtune", **cfg.headers}, timeout_s=cfg.timeout_s,
                 max_retries=cfg.max_retries, cache=ResponseCache(cfg.cache_dir) if cfg.cache_dir else None,
                 transport=self._transport, sleep=self._sleep)
         return self._api
@@ -364,8 +380,8 @@ class RemoteBackend:
         api = self._client()
 
         async def all_of() -> list[list[Any]]:
-            tasks = [asyncio.ensure_future(api.call(self.config.mode.path, b.body, b.parse, estimate=b.estimate,
-                                                    salt=salt)) for b in batches]
+            tasks = [asyncio.ensure_future(api.call(b.path, b.body, b.parse, estimate=b.estimate, salt=salt))
+                     for b in batches]
             try:
                 return await asyncio.gather(*tasks)
             except BaseException:
@@ -391,3 +407,7 @@ class RemoteBackend:
 
 def _top_parser(n: int) -> Callable[[dict[str, Any]], list[Any]]:
     return lambda reply: [wire.completion_top(c) for c in wire.choices(reply, n)]
+
+
+def _chat_parser(reply: dict[str, Any]) -> list[Any]:
+    return [wire.chat_top(wire.choices(reply, 1)[0])]

@@ -44,10 +44,6 @@ class ScoreMode(str, Enum):
     PROMPT_EMBEDS = "prompt_embeds"
 
     @property
-    def path(self) -> str:
-        return CHAT if self is ScoreMode.CHAT else COMPLETIONS
-
-    @property
     def takes_lists(self) -> bool:
         """Whether one request can carry several prompts (chat cannot)."""
         return self is not ScoreMode.CHAT
@@ -135,12 +131,13 @@ def _logprob(value: Any, where: str) -> float:
 
 
 def completion_top(choice: Mapping[str, Any]) -> dict[str, float]:
-    """The next token's top-k {token: log-prob} from a /v1/completions choice."""
+    """The next token's top-k {token: log-prob} from a /v1/completions choice (the first generated position,
+    even if a server ignores max_tokens=1 and generates more)."""
     logprobs = choice.get("logprobs")
     tops = logprobs.get("top_logprobs") if isinstance(logprobs, Mapping) else None
-    if not isinstance(tops, list) or not tops or not isinstance(tops[-1], Mapping) or not tops[-1]:
+    if not isinstance(tops, list) or not tops or not isinstance(tops[0], Mapping) or not tops[0]:
         raise _fail("no top_logprobs for the next token (does the server return logprobs?)")
-    return {str(t): _logprob(v, f"top_logprobs[{t!r}]") for t, v in tops[-1].items()}
+    return {str(t): _logprob(v, f"top_logprobs[{t!r}]") for t, v in tops[0].items()}
 
 
 def chat_top(choice: Mapping[str, Any]) -> dict[str, float]:
@@ -209,7 +206,7 @@ def echo_label_logprob(choice: Mapping[str, Any], prompt: str, word: str) -> flo
     if not isinstance(offsets, list) or len(offsets) != len(tokens):
         offsets = list(np.cumsum([0] + [len(str(t)) for t in tokens[:-1]]))
     inside = [i for i, off in enumerate(offsets) if isinstance(off, (int, np.integer)) and off < len(prompt)]
-    if not inside or len(inside) < 2:
+    if len(inside) < 2:  # the context and the word at least
         raise _fail("the echo reply does not cover the prompt (the server ignores echo)")
     last = inside[-1]
     if str(tokens[last]) != word or offsets[last] != len(prompt) - len(word):

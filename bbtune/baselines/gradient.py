@@ -110,7 +110,7 @@ def train_prompt(task: Task, backend: Backend, init: torch.Tensor, view: PromptV
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             backend.stats.add(1, len(batch))
             backend.stats.backward_passes += 1
             if step % config.eval_every == 0 or step == config.steps:

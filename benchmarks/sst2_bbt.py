@@ -1,0 +1,78 @@
+"""BBT on SST-2 16-shot with SmolLM2: manual prompt vs BBT soft vs its nearest tokens vs BBT hard (in the loop).
+
+    python benchmarks/sst2_bbt.py --seeds 13 42 100 --budget 300
+Prints a table and writes JSON (default benchmarks/results/sst2_bbt.json). Data: ../shared/data/sst2 (never copied).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from bbtune.backends.factory import LocalConfig
+from bbtune.evaluate import evaluate
+from bbtune.prompts import HardPrompt
+from bbtune.table import markdown_table
+from bbtune.tasks import TaskConfig
+from bbtune.tuner import TuneConfig, tune
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "sst2"))
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[13, 42, 100])
+    ap.add_argument("--modes", nargs="+", default=["soft", "hard"], choices=["soft", "hard"])
+    ap.add_argument("--budget", type=int, default=300)
+    ap.add_argument("--prompt-tokens", type=int, default=5)
+    ap.add_argument("--intrinsic-dim", type=int, default=100)
+    ap.add_argument("--popsize", type=int, default=10)
+    ap.add_argument("--sigma0", type=float, default=1.0)
+    ap.add_argument("--placement", default="suffix", choices=["prefix", "suffix"])
+    ap.add_argument("--test-limit", type=int, default=0, help="0 = the full 872-sentence test set")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sst2_bbt.json"))
+    args = ap.parse_args()
+
+    backend = LocalConfig(model=args.model).build()
+    rows, runs = [], []
+    for seed in args.seeds:
+        task = TaskConfig(data=args.data, k=16, data_seed=seed, placement=args.placement, test_limit=args.test_limit).load()
+        started = time.perf_counter()
+        manual = {"dev": evaluate(backend, HardPrompt((), ""), task.dev, task.format).accuracy,
+                  "test": evaluate(backend, HardPrompt((), ""), task.test, task.format).accuracy}
+        runs.append({"seed": seed, "method": "manual", "dev_acc": manual["dev"], "test_acc": manual["test"], "calls": 0,
+                     "wall_s": time.perf_counter() - started})
+        for mode in args.modes:
+            cfg = TuneConfig(mode=mode, budget_calls=args.budget, prompt_tokens=args.prompt_tokens, seed=seed,
+                             intrinsic_dim=args.intrinsic_dim, popsize=args.popsize, sigma0=args.sigma0)
+            res = tune(task, backend, cfg, ROOT / "runs" / f"sst2-{mode}-{seed}", progress=False)
+            m = res.metrics
+            runs.append({"seed": seed, "method": f"bbt_{mode}", "dev_acc": m["dev_acc"], "test_acc": m["test_acc"],
+                         "calls": m["calls"], "wall_s": m["wall_s"], "prompt": m["hard_prompt"]})
+            if mode == "soft":
+                runs.append({"seed": seed, "method": "bbt_soft_discretized", "dev_acc": m["hard_dev_acc"],
+                             "test_acc": m["hard_test_acc"], "calls": 0, "wall_s": 0.0, "prompt": m["hard_prompt"]})
+            print(json.dumps(runs[-1]), flush=True)
+    for method in dict.fromkeys(r["method"] for r in runs):
+        mine = [r for r in runs if r["method"] == method]
+        rows.append({"method": method, **{f"{k} mean": statistics.mean(r[k] for r in mine) for k in ("dev_acc", "test_acc")},
+                     "test std": statistics.pstdev(r["test_acc"] for r in mine), "calls": mine[0]["calls"],
+                     "wall s / seed": statistics.mean(r["wall_s"] for r in mine)})
+    table = markdown_table(rows, ["method", "dev_acc mean", "test_acc mean", "test std", "calls", "wall s / seed"])
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "summary": rows, "runs": runs, "machine": {
+        "cpu_threads": torch.get_num_threads(), "platform": platform.platform()}}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

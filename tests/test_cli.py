@@ -1,0 +1,43 @@
+import json
+
+import pytest
+
+from bbtune.cli import build_parser, from_args, main
+from bbtune.tuner import TuneConfig
+
+
+def test_every_config_field_is_a_flag_with_its_default():
+    ns = build_parser().parse_args(["tune"])
+    assert from_args(TuneConfig, ns) == TuneConfig()
+    ns = build_parser().parse_args(["tune", "--intrinsic-dim", "7", "--mode", "hard", "--block-list", "bad", "ugly"])
+    cfg = from_args(TuneConfig, ns)
+    assert (cfg.intrinsic_dim, cfg.mode.value, cfg.block_list) == (7, "hard", ("bad", "ugly"))
+
+
+def test_bad_input_exits_2_with_a_message(capsys, tmp_path):
+    assert main(["tune", "--data", str(tmp_path / "nowhere"), "--model", "tiny", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "bbtune: error:" in err and "nowhere" in err
+
+
+def test_tune_writes_a_run_folder_and_prints_the_table(capsys, tmp_path):
+    code = main(["tune", "--data", "demo", "--k", "4", "--model", "tiny", "--prompt-tokens", "2", "--intrinsic-dim", "8",
+                 "--popsize", "4", "--budget-calls", "8", "--mode", "hard", "--run-dir", str(tmp_path / "r"), "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| bbtune hard" in out and "test acc" in out
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["cli"]["tune"]["mode"] == "hard" and saved["cli"]["backend"]["model"] == "tiny"
+
+
+def test_resume_of_a_folder_that_is_not_a_run(capsys, tmp_path):
+    assert main(["tune", "--resume", str(tmp_path)]) == 2
+    assert "config.json is missing" in capsys.readouterr().err
+
+
+def test_demo_runs_on_the_tiny_model(capsys, tmp_path):
+    assert main(["demo", "--model", "tiny", "--budget-calls", "20", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for name in ("manual prompt", "BBT soft", "nearest tokens", "BBT hard"):
+        assert name in out
+    assert (tmp_path / "summary.md").exists() and (tmp_path / "soft" / "metrics.json").exists()
