@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from .backends.factory import LocalConfig
 from .backends.remote import RemoteConfig
+from .compare import CompareConfig, run_compare
 from .errors import BBTuneError
 from .evaluate import evaluate
 from .prompts import HardPrompt
@@ -43,7 +44,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str, p
         elif isinstance(kind, type) and issubclass(kind, enum.Enum):
             group.add_argument(flag, choices=[e.value for e in kind], default=f.default.value, help=help_)
         elif typing.get_origin(kind) is tuple:
-            group.add_argument(flag, nargs="*", default=list(f.default), help=help_)
+            group.add_argument(flag, nargs="*", type=typing.get_args(kind)[0], default=list(f.default), help=help_)
         else:
             group.add_argument(flag, type=kind, default=f.default, help=help_)
 
@@ -69,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--run-dir", default="", help="results folder (default: runs/<task>-<mode>-<seed>)")
     t.add_argument("--resume", default="", metavar="RUN_DIR", help="continue the run in RUN_DIR with its saved config")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c = sub.add_parser("compare", help="run several methods x seeds on one task and write a report folder")
+    for title, cls in {**CONFIGS, "compare": CompareConfig}.items():
+        add_dataclass_args(c, cls, title)
     d = sub.add_parser("demo", help="tune on the built-in sentiment set and print manual vs BBT results")
     d.add_argument("--model", default=LocalConfig.model, help="model to tune (default: embedded SmolLM2-135M)")
     d.add_argument("--budget-calls", type=int, default=200, help="model calls per tuning run")
@@ -84,6 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = _tune_command(args)
             print(summary_table([("bbtune " + result.metrics["mode"], result)]))
             print(f"\nresults in {result.run_dir}")
+        elif args.command == "compare":
+            configs = {name: from_args(cls, args) for name, cls in CONFIGS.items()}
+            comparison = run_compare(from_args(CompareConfig, args), configs["task"], configs["backend"], configs["tune"])
+            print(markdown_table(comparison.summary(), list(comparison.summary()[0])))
+            print(f"\nreport in {comparison.out_dir}")
         elif args.command == "demo":
             print(run_demo(args.model, args.budget_calls, Path(args.out), args.seed))
     except BBTuneError as err:

@@ -33,7 +33,7 @@ from bbtune.constants import DEFAULT_MEMORY_BUDGET_MB
 from bbtune.prompts import SoftPrompt
 from bbtune.tasks import Task, load_task
 
-DATA = Path(os.environ.get("BBTUNE_SST2", "/work/shared/data/sst2"))
+DATA = Path(os.environ.get("BBTUNE_SST2") or Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,12 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def population(backend: LocalBackend, n: int, tokens: int, gen: torch.Generator) -> list[SoftPrompt]:
-    """Fresh soft prompts, as CMA-ES gives each generation: vocabulary embeddings plus noise."""
-    table = backend.vocabulary().embeddings
+def population(table: torch.Tensor, n: int, tokens: int, gen: torch.Generator) -> list[SoftPrompt]:
+    """Fresh soft prompts, as CMA-ES gives each generation: rows of the embedding `table` plus noise."""
     ids = torch.randint(0, table.shape[0], (n, tokens), generator=gen)
-    noise = torch.randn(n, tokens, table.shape[1], generator=gen) * table.std()
-    return [SoftPrompt(e) for e in table[ids] + 0.1 * noise]
+    return [SoftPrompt(e) for e in table[ids] + 0.01 * torch.randn(n, tokens, table.shape[1], generator=gen)]
 
 
 class Timing:
@@ -91,13 +89,14 @@ class Bench:
         self.task: Task = load_task(args.data, "sentiment", k=args.k, seed=args.seed)
         self.examples = list(self.task.train)
         self.gen = torch.Generator().manual_seed(args.seed)
+        self.table = self.backend.vocabulary().embeddings
 
     def generation(self, placement: str, kv_reuse: bool) -> Callable[[], Timing]:
         """A callable that scores one fresh population and returns its timing."""
         fmt = self.task.with_placement(placement).format
 
         def run() -> Timing:
-            prompts = population(self.backend, self.args.popsize, self.args.prompt_tokens, self.gen)
+            prompts = population(self.table, self.args.popsize, self.args.prompt_tokens, self.gen)
             self.backend.kv_reuse = kv_reuse
             tokens = self.backend.stats.tokens_processed
             with Timing(self.backend.device) as t:

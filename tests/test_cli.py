@@ -12,6 +12,9 @@ def test_every_config_field_is_a_flag_with_its_default():
     ns = build_parser().parse_args(["tune", "--intrinsic-dim", "7", "--mode", "hard", "--block-list", "bad", "ugly"])
     cfg = from_args(TuneConfig, ns)
     assert (cfg.intrinsic_dim, cfg.mode.value, cfg.block_list) == (7, "hard", ("bad", "ugly"))
+    from bbtune.compare import CompareConfig
+
+    assert from_args(CompareConfig, build_parser().parse_args(["compare", "--seeds", "3", "4"])).seeds == (3, 4)
 
 
 def test_bad_input_exits_2_with_a_message(capsys, tmp_path):
@@ -41,3 +44,13 @@ def test_demo_runs_on_the_tiny_model(capsys, tmp_path):
     for name in ("manual prompt", "BBT soft", "nearest tokens", "BBT hard"):
         assert name in out
     assert (tmp_path / "summary.md").exists() and (tmp_path / "soft" / "metrics.json").exists()
+
+
+def test_compare_command_writes_a_report(capsys, tmp_path):
+    code = main(["compare", "--data", "demo", "--k", "4", "--model", "tiny", "--prompt-tokens", "2", "--intrinsic-dim", "8",
+                 "--popsize", "4", "--budget-calls", "8", "--methods", "manual", "bbt_soft", "--seeds", "1", "2",
+                 "--grad-steps", "2", "--out", str(tmp_path / "rep")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "manual" in out and "bbt_soft" in out
+    assert (tmp_path / "rep" / "report.md").exists()

@@ -11,7 +11,7 @@ import torch
 from bbtune.backends.local import LocalBackend
 from bbtune.errors import ConfigError, TaskError, VerbalizerError
 from bbtune.prompts import HardPrompt, SoftPrompt
-from bbtune.tasks import Example, Placement, TaskFormat, Template
+from bbtune.tasks import Example, TaskFormat, Template
 
 TOL = 1e-5
 TEXTS = ["a great film", "I love it and the acting was wonderful , the story is fine", "bad",

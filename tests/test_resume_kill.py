@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import torch
+
 from bbtune.cli import main
 
 ARGS = ["--data", "demo", "--k", "8", "--model", "tiny", "--prompt-tokens", "3", "--intrinsic-dim", "20",
@@ -20,8 +22,10 @@ def _without_timing(metrics: dict) -> dict:
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert main(["tune", *ARGS, "--run-dir", str(tmp_path / "full")]) == 0
     killed = tmp_path / "killed"
+    # same thread count as this process (conftest), so float sums run in the same order in both
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen([sys.executable, "-m", "bbtune.cli", "tune", *ARGS, "--run-dir", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         deadline = time.time() + 300
         while not (killed / "checkpoint.pkl").exists():

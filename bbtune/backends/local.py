@@ -58,6 +58,7 @@ class ForwardBatch(NamedTuple):
 class LocalBackend:
     """Scores prompts with a local model. `model` is a name/path for `load_model` or a loaded model.
 
+    >>> from bbtune.tasks import Example, TaskFormat, Template
     >>> backend = LocalBackend("tiny")
     >>> fmt = TaskFormat(Template("{text} It was{label}"), {"neg": " terrible", "pos": " great"})
     >>> backend.score([HardPrompt((), "")], [Example("a film", "pos")], fmt).shape

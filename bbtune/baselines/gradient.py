@@ -74,7 +74,8 @@ class Trained:
 
 def initial_embeds(vocab: Vocabulary, n: int, init: P0Init | str, text: str, seed: int,
                    allowed: torch.Tensor | None = None) -> torch.Tensor:
-    """(n, H) start vectors, drawn exactly as BBT draws its p0 (random words, a text, or zeros)."""
+    """(n, H) start vectors, drawn the way BBT draws its p0 (random words, a text, or zeros); the words are not
+    BBT's own for the same seed, because BBT draws its larger `A` first."""
     config = SubspaceConfig(prompt_tokens=n, intrinsic_dim=1, p0=P0Init(init), p0_text=text)
     return Subspace.build(vocab, config, seed, allowed=allowed).p0  # A (d=1) is built and dropped; only p0 is used
 
@@ -126,8 +127,9 @@ def run_gradient_method(method: str, task: Task, backend: Backend, init: torch.T
         trained = train_prompt(task, backend, init, view, config)
         test = test_accuracy(backend, trained.best, task)
     text = trained.best.text if isinstance(trained.best, HardPrompt) else None
-    return MethodResult(method, config.seed, task.format.placement.value, trained.dev_acc, test, train_calls=trained.steps, cost=meter.measurement,
-                        curve=trained.curve, prompt_text=text, best=trained.best)
+    return MethodResult(method, config.seed, task.format.placement.value, trained.dev_acc, test,
+                        train_calls=trained.steps, cost=meter.measurement, curve=trained.curve, prompt_text=text,
+                        best=trained.best)
 
 
 def _batches(n: int, size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:

@@ -1,5 +1,5 @@
 """Soft prompt tuning (Lester et al., 2021): n trainable input embeddings before a frozen model, trained by
-gradient descent. The gradient upper bound BBT is measured against: same n, same data, same start point.
+gradient descent. The gradient upper bound BBT is measured against: same n, same data, started like BBT's p0.
 
     >>> # run_prompt_tuning(task, LocalBackend("tiny"), PromptTuningConfig(steps=20, seed=0)).dev_acc
 """
