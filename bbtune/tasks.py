@@ -78,7 +78,7 @@ class Template:
 
     def render(self, example: Example) -> Rendered:
         body = self.pattern[: -len("{label}")]
-        last_slot = max(body.rfind("{text}") + len("{text}"), body.rfind("{text_b}") + len("{text_b}"))
+        last_slot = max(body.rfind(slot) + len(slot) for slot in ("{text}", "{text_b}") if slot in body)
         if self.is_pair and example.text_b is None:
             raise TaskError(f"template {self.pattern!r} needs text_b but the example has none: {example.text[:60]!r}")
         fill = {"text": example.text, "text_b": example.text_b or ""}

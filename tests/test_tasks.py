@@ -13,6 +13,11 @@ def test_template_splits_input_from_cue():
     assert (r.head, r.cue) == ("Review: fine", " It was")
 
 
+def test_input_first_template_keeps_the_space_in_the_cue():
+    r = Template("{text} It was{label}").render(Example("fine", "pos"))
+    assert (r.head, r.cue) == ("fine", " It was")
+
+
 def test_pair_template_keeps_both_inputs_in_head():
     r = Template("{text} ? {text_b} Answer:{label}").render(Example("a", "yes", "b"))
     assert (r.head, r.cue) == ("a ? b", " Answer:")

@@ -45,7 +45,7 @@ def test_same_seed_same_result_other_seed_other(tiny_backend, tiny_task):
     runs = [tune(tiny_task, tiny_backend, TuneConfig(budget_calls=18, seed=s, **FAST), progress=False) for s in (1, 1, 2)]
     assert np.array_equal(runs[0].best_z, runs[1].best_z)
     assert runs[0].curve == runs[1].curve
-    assert not np.array_equal(runs[0].best_z, runs[2].best_z)
+    assert [r.get("train_loss") for r in runs[0].curve] != [r.get("train_loss") for r in runs[2].curve]
 
 
 def test_soft_mode_on_text_only_backend_is_refused(tiny_backend, tiny_task):
