@@ -28,14 +28,21 @@ class Metric(str, Enum):
 
 def nearest_ids(embeds: torch.Tensor, table: torch.Tensor, allowed: torch.Tensor, metric: Metric | str = Metric.COSINE) -> torch.Tensor:
     """Index of the allowed row of `table` (V, H) nearest to each row of `embeds` (..., H)."""
-    metric = Metric(metric)
-    e, t = embeds.float(), table.float()
+    rows = torch.nonzero(allowed).flatten()
+    return rows[_nearest_rows(embeds, _prepare(table[rows], Metric(metric)), Metric(metric))]
+
+
+def _prepare(table: torch.Tensor, metric: Metric) -> torch.Tensor:
+    table = table.float()
+    return torch.nn.functional.normalize(table, dim=-1) if metric is Metric.COSINE else table
+
+
+def _nearest_rows(embeds: torch.Tensor, prepared: torch.Tensor, metric: Metric) -> torch.Tensor:
+    """Row of a `_prepare`d table nearest to each embedding; the one place the metric is applied."""
+    e = embeds.float().to(prepared.device)
     if metric is Metric.COSINE:
         e = torch.nn.functional.normalize(e, dim=-1)
-        t = torch.nn.functional.normalize(t, dim=-1)
-    sims = e @ t.T
-    sims[..., ~allowed] = -float("inf")
-    return sims.argmax(dim=-1)
+    return (e @ prepared.T).argmax(dim=-1)
 
 
 @dataclass(frozen=True)
@@ -58,17 +65,13 @@ class Discretizer:
         self.vocab = vocab
         self.metric = Metric(metric)
         self.allowed = vocab.allowed_mask(vocab_filter, block)
-        # keeping only allowed rows, normalised once, makes projection one small matmul per batch
+        # keeping only allowed rows, prepared once, makes projection one small matmul per batch
         self._allowed_ids = torch.nonzero(self.allowed).flatten()
-        table = vocab.embeddings.float()[self._allowed_ids]
-        self._table = torch.nn.functional.normalize(table, dim=-1) if self.metric is Metric.COSINE else table
+        self._table = _prepare(vocab.embeddings[self._allowed_ids], self.metric)
 
     def ids(self, embeds: torch.Tensor) -> torch.Tensor:
         """(..., n) nearest allowed token ids for (..., n, H) embeddings."""
-        e = embeds.float().to(self._table.device)
-        if self.metric is Metric.COSINE:
-            e = torch.nn.functional.normalize(e, dim=-1)
-        return self._allowed_ids[(e @ self._table.T).argmax(dim=-1)]
+        return self._allowed_ids[_nearest_rows(embeds, self._table, self.metric)]
 
     def project(self, embeds: torch.Tensor) -> HardPrompt:
         return self.to_prompt(self.ids(embeds).tolist())
