@@ -6,7 +6,7 @@ is real text, kept with the token ids it came from, so any text-only API can use
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Sequence, Union
 
 import torch
 
@@ -51,3 +51,14 @@ def prompt_kind(prompts: list[Prompt] | tuple[Prompt, ...]) -> str:
     if len(kinds) != 1:
         raise ValueError(f"a batch of prompts must be all soft or all hard, got {sorted(kinds)}")
     return kinds.pop()
+
+
+def distinct_prompts(prompts: Sequence[Prompt]) -> tuple[list[Prompt], list[int]]:
+    """Prompts with repeated hard prompts dropped, and for each input prompt its index among them.
+
+    Hard searches often propose the same token sequence twice in a generation; scoring it once saves a
+    forward pass (local) or a paid request (remote). Soft prompts are never merged."""
+    first: dict[object, int] = {}
+    where = [first.setdefault(p.token_ids if isinstance(p, HardPrompt) else id(p), len(first)) for p in prompts]
+    unique = list({i: p for p, i in zip(prompts, where)}.values())
+    return unique, where

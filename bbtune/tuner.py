@@ -30,7 +30,7 @@ from .errors import BudgetExceeded, CheckpointError, ConfigError
 from .evaluate import Evaluation, evaluate
 from .losses import Loss, per_prompt_loss
 from .optimizers import OptimizerConfig, make_optimizer
-from .prompts import HardPrompt, Prompt, SoftPrompt
+from .prompts import HardPrompt, Prompt, SoftPrompt, distinct_prompts
 from .results import RunFolder, to_jsonable
 from .subspace import Subspace, SubspaceConfig
 from .tasks import Task
@@ -184,13 +184,10 @@ class Tuner:
         state.curve.append(row)
 
     def _score_unique(self, prompts: list[Prompt]) -> np.ndarray:
-        """Score a population; identical hard candidates are scored once (common late in a hard search)."""
-        if self.config.mode is Mode.SOFT:
-            return self.backend.score(prompts, self.task.train, self.task.format)
-        keys = [p.token_ids for p in prompts]  # type: ignore[union-attr]
-        unique = list(dict.fromkeys(keys))
-        scores = self.backend.score([prompts[keys.index(k)] for k in unique], self.task.train, self.task.format)
-        return scores[[unique.index(k) for k in keys]]
+        """Score a population; identical hard candidates are scored once (common late in a hard search).
+        The budget still counts every candidate, as BBT counts calls, so runs stay comparable."""
+        unique, where = distinct_prompts(prompts)
+        return self.backend.score(unique, self.task.train, self.task.format)[where]
 
     def _start_point(self, state: _State) -> None:
         """Curve row for p0 (z = 0), where every search starts: its train loss and dev accuracy."""

@@ -66,6 +66,18 @@ def test_hard_mode_scores_only_hard_prompts_that_really_differ(tiny_backend, tin
     assert res.metrics["hard_change_at_sigma0"] == pytest.approx(0.4, abs=0.15)
 
 
+def test_repeated_hard_candidates_are_scored_once_and_each_gets_its_score(tiny_backend, tiny_task):
+    backend = CountingBackend(tiny_backend, soft=False)
+    tuner = Tuner(tiny_task, backend, TuneConfig(mode="hard", budget_calls=12, **FAST))
+    tuner._setup()
+    a, b = HardPrompt((5, 6, 7), "a"), HardPrompt((8, 9, 10), "b")
+    scores = tuner._score_unique([a, b, a, a])
+    assert [p.token_ids for p in backend.batches[-1]] == [a.token_ids, b.token_ids]
+    alone = tiny_backend.score([a, b], tiny_task.train, tiny_task.format)
+    assert np.allclose(scores, alone[[0, 1, 0, 0]])
+    assert not np.allclose(scores[0], scores[1])
+
+
 def test_calibration_hits_the_target_share(tiny_backend):
     vocab = tiny_backend.vocabulary()
     disc = Discretizer(vocab)

@@ -25,7 +25,7 @@ import torch
 from ..constants import DEFAULT_KV_CACHE_MB, DEFAULT_MEMORY_BUDGET_MB, EMBEDDED_MODEL
 from ..errors import ConfigError, TaskError
 from ..models import load_model
-from ..prompts import HardPrompt, Prompt, SoftPrompt, prompt_kind
+from ..prompts import HardPrompt, Prompt, SoftPrompt, distinct_prompts, prompt_kind
 from ..tasks import Example, Placement, TaskFormat, verbalizer_token_ids
 from ..vocab import Vocabulary
 from .base import Capabilities, CallStats, check_scores
@@ -117,7 +117,7 @@ class LocalBackend:
         if not examples:
             raise TaskError("score() got no examples; give at least one")
         prompt_kind(list(prompts))
-        unique, where = _distinct(prompts)  # discretized populations often repeat a hard prompt
+        unique, where = distinct_prompts(prompts)  # discretized populations often repeat a hard prompt
         with torch.inference_mode():
             logp = self.label_logprobs(self.prompt_embeds(unique), examples, fmt)[where]
         self.stats.add(len(prompts), len(examples))
@@ -280,9 +280,9 @@ class LocalBackend:
         """Keys/values of each context (trimmed to its length), from the store or computed left-padded."""
         keys = [tuple(c) for c in contexts]
         found: dict[tuple[int, ...], Any] = {k: self.kv_store.get(k) for k in dict.fromkeys(keys)}
-        todo = [k for k, entry in found.items() if entry is None]
+        todo = sorted((k for k, entry in found.items() if entry is None), key=len)  # similar lengths pad little
         if todo:
-            for part in self._chunks(len(todo), 0, max(map(len, todo))):
+            for part, _ in self._blocks([len(k) for k in todo], 1, lambda n: (0, n)):
                 batch = todo[part]
                 layers = self._prefill(*_left_pad([self._embed_ids(list(k)) for k in batch]))
                 for row, key in enumerate(batch):
@@ -410,12 +410,6 @@ class LocalBackend:
 # ---------------------------------------------------------------------- tensor helpers
 
 
-def _distinct(prompts: Sequence[Prompt]) -> tuple[list[Prompt], list[int]]:
-    """Prompts with repeated hard prompts dropped, and for each input prompt its index among them."""
-    first: dict[Any, int] = {}
-    where = [first.setdefault(p.token_ids if isinstance(p, HardPrompt) else id(p), len(first)) for p in prompts]
-    unique = list({i: p for p, i in zip(prompts, where)}.values())
-    return unique, where
 
 
 def _left_pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
