@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from bbtune.backends.base import Backend
 from bbtune.backends.factory import LocalConfig
 from bbtune.evaluate import evaluate
 from bbtune.prompts import HardPrompt
@@ -45,8 +46,8 @@ def main() -> None:
     backend = LocalConfig(model=args.model).build()
     rows, runs = [], []
     for seed in args.seeds:
-        for placement in args.placements:
-            runs += run_seed(backend, args, seed, placement)
+        for i, placement in enumerate(args.placements):  # the manual prompt has no tokens to place: score it once
+            runs += run_seed(backend, args, seed, placement, with_manual=i == 0)
     for placement, method in dict.fromkeys((r["placement"], r["method"]) for r in runs):
         mine = [r for r in runs if (r["placement"], r["method"]) == (placement, method)]
         rows.append({"placement": placement, "method": method, **{f"{k} mean": statistics.mean(r[k] for r in mine) for k in ("dev_acc", "test_acc")},
@@ -63,15 +64,17 @@ def main() -> None:
     print(f"wrote {out}")
 
 
-def run_seed(backend, args: argparse.Namespace, seed: int, placement: str) -> list[dict]:
+def run_seed(backend: Backend, args: argparse.Namespace, seed: int, placement: str, with_manual: bool) -> list[dict]:
     """Manual prompt and each BBT mode on one few-shot split. `wall_s` is the search (with its dev checks);
     `total_s` also counts the final test evaluations, i.e. what a user waits for."""
     task = TaskConfig(data=args.data, k=16, data_seed=seed, placement=placement, test_limit=args.test_limit).load()
-    started = time.perf_counter()
-    dev, test = (evaluate(backend, HardPrompt((), ""), split, task.format).accuracy for split in (task.dev, task.test))
-    elapsed = time.perf_counter() - started
-    runs = [{"seed": seed, "placement": placement, "method": "manual", "dev_acc": dev, "test_acc": test, "calls": 0,
-             "wall_s": elapsed, "total_s": elapsed}]
+    runs = []
+    if with_manual:
+        started = time.perf_counter()
+        dev, test = (evaluate(backend, HardPrompt((), ""), split, task.format).accuracy for split in (task.dev, task.test))
+        elapsed = time.perf_counter() - started
+        runs.append({"seed": seed, "placement": "-", "method": "manual", "dev_acc": dev, "test_acc": test, "calls": 0,
+                     "wall_s": elapsed, "total_s": elapsed})
     for mode in args.modes:
         cfg = TuneConfig(mode=mode, budget_calls=args.budget, prompt_tokens=args.prompt_tokens, seed=seed,
                          intrinsic_dim=args.intrinsic_dim, popsize=args.popsize, sigma0=args.sigma0)

@@ -410,8 +410,6 @@ class LocalBackend:
 # ---------------------------------------------------------------------- tensor helpers
 
 
-
-
 def _left_pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     longest = max(s.shape[0] for s in seqs)
     out = seqs[0].new_zeros(len(seqs), longest, seqs[0].shape[-1])
