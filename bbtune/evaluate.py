@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from .backends.base import Backend
+from .calibration import apply_bias
 from .losses import accuracy, per_prompt_loss
 from .prompts import Prompt
 from .tasks import Example, TaskFormat
@@ -22,12 +23,24 @@ class Evaluation:
         return {f"{prefix}_acc": self.accuracy, f"{prefix}_loss": self.loss, f"{prefix}_n": self.n}
 
 
-def evaluate(backend: Backend, prompt: Prompt, examples: Sequence[Example], fmt: TaskFormat, chunk: int = 64) -> Evaluation:
-    """Accuracy and CE of one prompt on `examples`; counts as len(examples)/chunk model calls."""
+def evaluate(backend: Backend, prompt: Prompt, examples: Sequence[Example], fmt: TaskFormat, chunk: int = 64,
+             label_bias: np.ndarray | None = None) -> Evaluation:
+    """Accuracy and CE of one prompt on `examples` (with a calibration bias per label, if given);
+    counts as len(examples)/chunk model calls."""
+    return evaluation(score_examples(backend, prompt, examples, fmt, chunk), fmt.label_ids(examples), label_bias)
+
+
+def score_examples(backend: Backend, prompt: Prompt, examples: Sequence[Example], fmt: TaskFormat,
+                   chunk: int = 64) -> np.ndarray:
+    """(1, B, L) label scores of one prompt, in chunks of `chunk` examples (one model call each)."""
     if not examples:
         raise ValueError("evaluate() got no examples")
-    scores = np.concatenate(
+    return np.concatenate(
         [backend.score([prompt], examples[i : i + chunk], fmt) for i in range(0, len(examples), chunk)], axis=1
     )
-    labels = fmt.label_ids(examples)
-    return Evaluation(float(accuracy(scores, labels)[0]), float(per_prompt_loss(scores, labels)[0]), len(examples))
+
+
+def evaluation(scores: np.ndarray, labels: np.ndarray, label_bias: np.ndarray | None = None) -> Evaluation:
+    """Accuracy and CE of (1, B, L) scores; one set of scores serves raw and calibrated numbers alike."""
+    scores = apply_bias(scores, label_bias)
+    return Evaluation(float(accuracy(scores, labels)[0]), float(per_prompt_loss(scores, labels)[0]), scores.shape[1])

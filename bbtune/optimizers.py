@@ -34,6 +34,8 @@ class OptimizerConfig:
     popsize: int = field(default=CPU_POPSIZE, metadata={"help": "candidates per generation"})
     sigma0: float = field(default=1.0, metadata={"help": "initial step size in z-space"})
     bound: float = field(default=0.0, metadata={"help": "box bound |z_i| <= bound; 0 means unbounded"})
+    early_stop: bool = field(default=False, metadata={
+        "help": "also stop at pycma's convergence tests (tolfun, tolx, flat fitness, stagnation); default: the budget ends a run"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "optimizer", OptimizerName(self.optimizer))
@@ -58,6 +60,10 @@ class Optimizer(Protocol):
         """True when the optimizer has converged and more calls would be wasted."""
         ...
 
+    def stop_reasons(self) -> dict[str, float]:
+        """Which termination criteria hold now (pycma's `es.stop()`), for the run's metrics."""
+        ...
+
     @property
     def best(self) -> tuple[np.ndarray, float]:
         """Best point seen and its loss."""
@@ -74,12 +80,21 @@ class _Randn:
         return self.rng.standard_normal(shape)
 
 
+# pycma's convergence tests, switched off so that the call budget ends a run: with few noisy evaluations
+# (32 examples, hard prompts that often tie) they fire long before the budget is spent (tolflatfitness=1
+# ended hard runs after 84 of 300 calls). The numerical safeguards (tolconditioncov, tolfacupx, tolupsigma) stay.
+_BUDGET_ENDS_RUN = {"tolfun": 0.0, "tolfunhist": 0.0, "tolfunrel": 0.0, "tolx": 0.0, "tolflatfitness": 10**9,
+                    "tolstagnation": 10**9, "tolxstagnation": False, "maxiter": math.inf}
+
+
 class CMAES:
     """CMA-ES through `cma`, started at z = 0 (that is, at p0)."""
 
     def __init__(self, dim: int, config: OptimizerConfig, seed: int):
-        opts = {"popsize": config.popsize, "seed": math.nan, "randn": _Randn(np.random.default_rng(seed)),
-                "verbose": -9, "tolfun": 1e-11, "tolx": 1e-11}
+        opts: dict = {"popsize": config.popsize, "seed": math.nan, "randn": _Randn(np.random.default_rng(seed)),
+                      "verbose": -9}
+        if not config.early_stop:
+            opts.update(_BUDGET_ENDS_RUN)
         if config.bound:
             opts["bounds"] = [-config.bound, config.bound]
         self.popsize = config.popsize
@@ -95,6 +110,9 @@ class CMAES:
 
     def stop(self) -> bool:
         return bool(self.es.stop())
+
+    def stop_reasons(self) -> dict[str, float]:
+        return {str(k): _plain(v) for k, v in self.es.stop().items()}
 
     @property
     def best(self) -> tuple[np.ndarray, float]:
@@ -123,6 +141,9 @@ class RandomSearch:
     def stop(self) -> bool:
         return False
 
+    def stop_reasons(self) -> dict[str, float]:
+        return {}
+
     @property
     def best(self) -> tuple[np.ndarray, float]:
         return self._best
@@ -130,6 +151,12 @@ class RandomSearch:
     @property
     def sigma(self) -> float:
         return self.config.sigma0
+
+
+def _plain(value: object) -> float:
+    """pycma reports a criterion's threshold as a number, list or array; metrics.json wants one number."""
+    arr = np.asarray(value, dtype=float).ravel()
+    return float(arr[0]) if arr.size else math.nan
 
 
 def _keep_best(opt: CMAES | RandomSearch, candidates: np.ndarray, losses: np.ndarray) -> None:

@@ -3,8 +3,9 @@
 ``z`` has the low intrinsic dimension d that CMA-ES searches; ``A`` (n*hidden x d) is fixed and random; ``p0``
 is where the search starts (zeros, the embeddings of a text, or of random vocabulary words). BBT draws A from
 N(0, std_A) with ``std_A = alpha * std_hat / (sqrt(d) * sigma)``, where ``std_hat`` is the std of the model's
-input embeddings and sigma CMA-ES's initial step, so a step of size sigma moves each prompt coordinate by about
-``alpha * std_hat``: the scale of real embeddings. 'uniform' draws A from U(-a, a) with the same std.
+input embeddings and sigma CMA-ES's initial step (``sigma0``: one value for both, as in BBT), so a step of size
+sigma moves each prompt coordinate by about ``alpha * std_hat``: the scale of real embeddings. Changing ``sigma0``
+therefore rescales z only; the step in embedding space is set by ``alpha``. 'uniform' draws A from U(-a, a) with the same std.
 
 Example:
     >>> sub = Subspace.build(vocab, SubspaceConfig(prompt_tokens=5, intrinsic_dim=100), seed=0)
@@ -43,7 +44,6 @@ class SubspaceConfig:
     intrinsic_dim: int = field(default=CPU_INTRINSIC_DIM, metadata={"help": "dimension d of z"})
     projection: Projection = field(default=Projection.NORMAL, metadata={"help": "distribution of A"})
     alpha: float = field(default=1.0, metadata={"help": "scale of A relative to the BBT std rule"})
-    sigma: float = field(default=1.0, metadata={"help": "CMA-ES sigma0 that the std rule assumes"})
     p0: P0Init = field(default=P0Init.VOCAB, metadata={"help": "start point p0: zeros, vocab or text"})
     p0_text: str = field(default="", metadata={"help": "text whose embeddings are p0 (with p0=text)"})
 
@@ -53,8 +53,8 @@ class SubspaceConfig:
         for name in ("prompt_tokens", "intrinsic_dim"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.alpha <= 0 or self.sigma <= 0:
-            raise ConfigError(f"alpha and sigma must be > 0, got alpha={self.alpha}, sigma={self.sigma}")
+        if self.alpha <= 0:
+            raise ConfigError(f"alpha must be > 0, got {self.alpha}")
         if self.p0 is P0Init.TEXT and not self.p0_text:
             raise ConfigError("p0='text' needs p0_text (e.g. a manual prompt of prompt_tokens tokens)")
 
@@ -90,11 +90,14 @@ class Subspace:
         return replace(self, A=self.A * factor)
 
     @classmethod
-    def build(cls, vocab: Vocabulary, config: SubspaceConfig, seed: int, allowed: torch.Tensor | None = None) -> "Subspace":
+    def build(cls, vocab: Vocabulary, config: SubspaceConfig, seed: int, allowed: torch.Tensor | None = None,
+              sigma0: float = 1.0) -> "Subspace":
+        """`sigma0` is the optimizer's initial step: the std rule divides by it, so the step in embedding space
+        is ``alpha * std_hat`` whatever sigma0 is."""
         emb = vocab.embeddings.float()
         n, hidden, d = config.prompt_tokens, emb.shape[1], config.intrinsic_dim
         gen = torch.Generator().manual_seed(seed)
-        std = config.alpha * float(emb.std()) / (np.sqrt(d) * config.sigma)
+        std = config.alpha * float(emb.std()) / (np.sqrt(d) * sigma0)
         if config.projection is Projection.NORMAL:
             A = torch.randn(n * hidden, d, generator=gen) * std
         else:

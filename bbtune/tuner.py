@@ -27,7 +27,8 @@ from .backends.base import Backend
 from .constants import CPU_BUDGET_CALLS
 from .discretize import Discretizer, Metric
 from .errors import BudgetExceeded, CheckpointError, ConfigError
-from .evaluate import Evaluation, evaluate
+from .calibration import apply_bias, fit_label_biases
+from .evaluate import Evaluation, evaluate, evaluation, score_examples
 from .losses import Loss, per_prompt_loss
 from .optimizers import OptimizerConfig, make_optimizer
 from .prompts import HardPrompt, Prompt, SoftPrompt, distinct_prompts
@@ -39,6 +40,17 @@ from .tasks import Task
 class Mode(str, Enum):
     SOFT = "soft"
     HARD = "hard"
+
+
+class Selection(str, Enum):
+    """How the returned prompt is chosen among the points evaluated on dev (lower key wins)."""
+
+    DEV_ACC = "dev_acc"  # dev accuracy, ties broken by dev cross-entropy
+    DEV_LOSS = "dev_loss"  # dev cross-entropy
+    TRAIN_DEV_LOSS = "train_dev_loss"  # cross-entropy on train and dev together (more sentences, less noise)
+
+
+MANUAL = HardPrompt((), "")  # the template alone: the baseline every tuned prompt must beat
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,12 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
     vocab_filter: str = field(default="words", metadata={"help": "tokens a hard prompt may use: words, printable, all"})
     block_list: tuple[str, ...] = field(default=(), metadata={"help": "words a hard prompt must never use"})
     hard_change: float = field(default=0.4, metadata={"help": "hard mode: share of tokens a step of sigma0 changes"})
+    calibrate: bool = field(default=True, metadata={
+        "help": "fit one bias per label word for every candidate on train (label scores only: works through any API)"})
+    select: Selection = field(default=Selection.TRAIN_DEV_LOSS, metadata={
+        "help": "how the result is chosen among dev-evaluated points: dev_acc, dev_loss or train_dev_loss"})
+    keep_manual: bool = field(default=True, metadata={
+        "help": "return the manual prompt (template alone) when no tuned prompt beats it on dev by --select"})
 
     def __post_init__(self) -> None:
         SubspaceConfig.__post_init__(self)
@@ -61,6 +79,7 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
         object.__setattr__(self, "mode", Mode(self.mode))
         object.__setattr__(self, "loss", Loss(self.loss))
         object.__setattr__(self, "metric", Metric(self.metric))
+        object.__setattr__(self, "select", Selection(self.select))
         object.__setattr__(self, "block_list", tuple(self.block_list))
         if self.budget_calls < self.popsize:
             raise ConfigError(f"budget_calls={self.budget_calls} is below one generation (popsize={self.popsize})")
@@ -81,6 +100,7 @@ class TuneResult:
     metrics: dict[str, Any]
     curve: list[dict[str, Any]]
     run_dir: Path | None = None
+    discretized: HardPrompt | None = None  # soft mode: nearest tokens of the tuned soft prompt (even if not selected)
 
 
 @dataclass
@@ -92,11 +112,15 @@ class _State:
     eval_calls: int = 0
     next_eval: int = 0
     best_z: np.ndarray | None = None
-    best_dev: tuple[float, float] = (-math.inf, math.inf)  # (acc, loss)
+    best_bias: np.ndarray | None = None  # calibration of the selected point (None without --calibrate)
+    best_key: tuple[float, ...] = (math.inf,)  # selection key of the selected point (lower wins)
+    best_dev: tuple[float, float] = (-math.inf, math.inf)  # (acc, loss) of the selected point
+    manual: dict[str, Any] = field(default_factory=dict)  # the manual prompt's train/dev numbers and key
     best_train_loss: float = math.inf
     curve: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
     converged: bool = False
+    stop_reasons: dict[str, float] = field(default_factory=dict)  # the optimizer's termination criteria that held
     stopped_by: str = ""  # why the run ended before its call budget (a remote hard limit), if it did
 
 
@@ -120,7 +144,7 @@ class Tuner:
         self.backend.capabilities.require(cfg.mode.value, self.backend.name)
         vocab = self.backend.vocabulary()
         self.discretizer_ = Discretizer(vocab, cfg.metric, cfg.vocab_filter, cfg.block_list)
-        self.subspace_ = Subspace.build(vocab, cfg, cfg.seed, allowed=self.discretizer_.allowed)
+        self.subspace_ = Subspace.build(vocab, cfg, cfg.seed, allowed=self.discretizer_.allowed, sigma0=cfg.sigma0)
         self.hard_scale_, self.hard_change_ = 1.0, None
         if cfg.mode is Mode.HARD:
             self.hard_scale_, self.hard_change_ = calibrate_hard_scale(
@@ -128,6 +152,7 @@ class Tuner:
             self.subspace_ = self.subspace_.rescaled(self.hard_scale_)
         self.optimizer_ = make_optimizer(cfg, self.subspace_.dim, cfg.seed)
         self.train_labels_ = self.task.format.label_ids(self.task.train)
+        self.eval_points_: list[dict[str, Any]] = []  # every dev-evaluated point (z, bias, numbers): for studies
 
     def _prompts(self, Z: np.ndarray) -> list[Prompt]:
         embeds = self.subspace_.embeds(Z)
@@ -142,6 +167,7 @@ class Tuner:
         state = self._resume() if resume else _State()
         if not resume:
             self._write_config()
+            self._manual_point(state)
             self._start_point(state)
             state.next_eval = self.config.eval_every
         bar = _progress(self.config.budget_calls, state.calls, self.progress)
@@ -166,46 +192,86 @@ class Tuner:
         Z = self.optimizer_.ask()
         prompts = self._prompts(Z)
         scores = self._score_unique(prompts)
-        losses = per_prompt_loss(scores, self.train_labels_, cfg.loss)
+        biases = self._biases(scores)
+        losses = per_prompt_loss(apply_bias(scores, biases), self.train_labels_, cfg.loss)
         self.optimizer_.tell(Z, losses)
         state.generation += 1
         state.calls += len(prompts)
         best = int(np.argmin(losses))
         state.best_train_loss = min(state.best_train_loss, float(losses[best]))
-        state.converged = self.optimizer_.stop()
+        state.stop_reasons = self.optimizer_.stop_reasons()
+        state.converged = bool(state.stop_reasons)
         row: dict[str, Any] = {"generation": state.generation, "calls": state.calls, "train_loss": float(losses[best]),
                                "train_loss_mean": float(losses.mean()), "best_train_loss": state.best_train_loss,
                                "sigma": float(getattr(self.optimizer_, "sigma", cfg.sigma0))}
         if cfg.mode is Mode.HARD:
             row["distinct_prompts"] = len({p.token_ids for p in prompts})  # type: ignore[union-attr]
         if state.calls >= state.next_eval or state.converged or state.calls + cfg.popsize > cfg.budget_calls:
-            self._eval_point(state, Z[best], row)
+            self._eval_point(state, Z[best], scores[best], _row_bias(biases, best), row)
             state.next_eval = state.calls + cfg.eval_every
         state.curve.append(row)
 
     def _score_unique(self, prompts: list[Prompt]) -> np.ndarray:
         """Score a population; identical hard candidates are scored once (common late in a hard search).
-        The budget still counts every candidate, as BBT counts calls, so runs stay comparable."""
+        The budget still counts every candidate, as BBT counts calls, and so do the backend's counters (the
+        skipped repeats are booked as calls answered without a model pass), so runs stay comparable."""
         unique, where = distinct_prompts(prompts)
-        return self.backend.score(unique, self.task.train, self.task.format)[where]
+        scores = self.backend.score(unique, self.task.train, self.task.format)[where]
+        self.backend.stats.add(len(prompts) - len(unique), len(self.task.train))
+        return scores
+
+    def _biases(self, scores: np.ndarray) -> np.ndarray | None:
+        """Per-candidate label biases fitted on its own training scores (None without --calibrate)."""
+        return fit_label_biases(scores, self.train_labels_) if self.config.calibrate else None
+
+    def _manual_point(self, state: _State) -> None:
+        """Score the manual prompt (the template alone) on train and dev: the baseline the result must beat."""
+        if not self.backend.capabilities.hard:
+            return
+        scores = self.backend.score([MANUAL], self.task.train, self.task.format)
+        state.eval_calls += 1
+        bias = _row_bias(self._biases(scores), 0)
+        dev = evaluate(self.backend, MANUAL, self.task.dev, self.task.format, label_bias=bias)
+        state.eval_calls += math.ceil(len(self.task.dev) / 64)
+        state.manual = {"dev_acc": dev.accuracy, "dev_loss": dev.loss, "bias": bias,
+                        "key": self._selection_key(scores[0], bias, dev)}
 
     def _start_point(self, state: _State) -> None:
         """Curve row for p0 (z = 0), where every search starts: its train loss and dev accuracy."""
         z = np.zeros(self.subspace_.dim)
         scores = self.backend.score(self._prompts(z[None]), self.task.train, self.task.format)
         state.eval_calls += 1
-        loss = float(per_prompt_loss(scores, self.train_labels_, self.config.loss)[0])
+        biases = self._biases(scores)
+        loss = float(per_prompt_loss(apply_bias(scores, biases), self.train_labels_, self.config.loss)[0])
         row: dict[str, Any] = {"generation": 0, "calls": 0, "train_loss": loss, "best_train_loss": loss}
         state.best_train_loss = loss
-        self._eval_point(state, z, row)
+        self._eval_point(state, z, scores[0], _row_bias(biases, 0), row)
         state.curve.append(row)
 
-    def _eval_point(self, state: _State, z: np.ndarray, row: dict[str, Any]) -> None:
-        dev = evaluate(self.backend, self._prompts(z[None])[0], self.task.dev, self.task.format)
+    def _eval_point(self, state: _State, z: np.ndarray, train_scores: np.ndarray, bias: np.ndarray | None,
+                    row: dict[str, Any]) -> None:
+        """Score a generation's best on dev (with the bias fitted on its training scores) and keep it if
+        it wins by the selection rule."""
+        dev = evaluate(self.backend, self._prompts(z[None])[0], self.task.dev, self.task.format, label_bias=bias)
         state.eval_calls += math.ceil(len(self.task.dev) / 64)
-        if (dev.accuracy, -dev.loss) > (state.best_dev[0], -state.best_dev[1]):
-            state.best_dev, state.best_z = (dev.accuracy, dev.loss), np.array(z)
+        key = self._selection_key(train_scores, bias, dev)
+        if key < state.best_key:
+            state.best_key, state.best_z, state.best_bias = key, np.array(z), bias
+            state.best_dev = (dev.accuracy, dev.loss)
         row.update(dev_acc=dev.accuracy, dev_loss=dev.loss, best_dev_acc=state.best_dev[0])
+        self.eval_points_.append({"z": np.array(z), "bias": bias, "calls": state.calls, "dev_acc": dev.accuracy,
+                                  "dev_loss": dev.loss, "train_ce": _ce(train_scores, self.train_labels_, bias)})
+
+    def _selection_key(self, train_scores: np.ndarray, bias: np.ndarray | None, dev: Evaluation) -> tuple[float, ...]:
+        """Lower wins. `train_scores` (B, L) are the point's training scores, `dev` its dev evaluation."""
+        rule = self.config.select
+        if rule is Selection.DEV_ACC:
+            return (-dev.accuracy, dev.loss)
+        if rule is Selection.DEV_LOSS:
+            return (dev.loss,)
+        n_train = len(self.train_labels_)
+        train_ce = _ce(train_scores, self.train_labels_, bias)
+        return ((train_ce * n_train + dev.loss * dev.n) / (n_train + dev.n),)
 
     # ------------------------------------------------------------------ persistence
 
@@ -239,35 +305,65 @@ class Tuner:
     # ------------------------------------------------------------------ final numbers
 
     def _finish(self, state: _State) -> TuneResult:
-        task, fmt = self.task, self.task.format
+        task = self.task
         z = state.best_z if state.best_z is not None else self.optimizer_.best[0]
-        best = self._prompts(z[None])[0]
-        soft = self.subspace_.soft_prompt(z) if self.config.mode is Mode.SOFT else None
-        hard = best if isinstance(best, HardPrompt) else self.discretizer_.project(best.embeds)
+        keep_manual = self.config.keep_manual and bool(state.manual) and state.manual["key"] <= state.best_key
+        tuned = self._prompts(z[None])[0]
+        best, bias = (MANUAL, state.manual["bias"]) if keep_manual else (tuned, state.best_bias)
+        soft = self.subspace_.soft_prompt(z) if self.config.mode is Mode.SOFT and not keep_manual else None
+        discretized = None if isinstance(tuned, HardPrompt) else self.discretizer_.project(tuned.embeds)
+        hard = best if isinstance(best, HardPrompt) else discretized
+        assert hard is not None
         round_trip = self.discretizer_.round_trip(hard)
         metrics: dict[str, Any] = {
             "mode": self.config.mode.value, "seed": self.config.seed, "calls": state.calls, "eval_calls": state.eval_calls,
-            "generations": state.generation, "converged": state.converged, "wall_s": round(state.elapsed_s, 2),
-            "initial_train_loss": state.curve[0]["train_loss"], "best_train_loss": state.best_train_loss, "dev_acc": state.best_dev[0], "dev_loss": state.best_dev[1],
-            "hard_prompt": hard.text, "hard_round_trip_ok": round_trip.ok, "hard_scale": self.hard_scale_,
-            "hard_change_at_sigma0": self.hard_change_, "backend": self.backend.name,
+            "generations": state.generation, "converged": state.converged, "stop_reasons": state.stop_reasons,
+            "wall_s": round(state.elapsed_s, 2), "initial_train_loss": state.curve[0]["train_loss"],
+            "best_train_loss": state.best_train_loss, "selected": "manual" if keep_manual else "tuned",
+            "select_rule": self.config.select.value,
+            "dev_acc": state.manual["dev_acc"] if keep_manual else state.best_dev[0],
+            "dev_loss": state.manual["dev_loss"] if keep_manual else state.best_dev[1],
+            "tuned_dev_acc": state.best_dev[0], "hard_prompt": hard.text, "hard_round_trip_ok": round_trip.ok,
+            "discretized_prompt": discretized.text if discretized else None,
+            "hard_scale": self.hard_scale_, "hard_change_at_sigma0": self.hard_change_, "backend": self.backend.name,
         }
-        evals: list[tuple[str, Prompt, Any]] = [("test", best, task.test)]
-        if soft is not None:
-            evals += [("hard_dev", hard, task.dev), ("hard_test", hard, task.test)]
-        for name, prompt, examples in evals:
-            if examples and not state.stopped_by:
-                try:
-                    metrics.update(evaluate(self.backend, prompt, examples, fmt).as_dict(name))
-                except BudgetExceeded as err:
-                    state.stopped_by = str(err)
+        if bias is not None:
+            metrics["label_bias"] = dict(zip(task.format.labels, map(float, bias)))
+        if state.manual:
+            metrics.update(manual_dev_acc=state.manual["dev_acc"], manual_dev_loss=state.manual["dev_loss"])
+        if not state.stopped_by:
+            try:
+                self._final_scores(metrics, best, bias, discretized, state)
+            except BudgetExceeded as err:
+                state.stopped_by = str(err)
         if state.stopped_by:
             metrics["stopped_by"] = state.stopped_by
         metrics["backend_stats"] = _stats(self.backend)
-        result = TuneResult(best, hard, soft, z, metrics, state.curve, self.folder.path if self.folder else None)
+        result = TuneResult(best, hard, soft, z, metrics, state.curve, self.folder.path if self.folder else None,
+                            discretized)
         if self.folder:
             self._write_results(result, round_trip.reencoded)
         return result
+
+    def _final_scores(self, metrics: dict[str, Any], best: Prompt, bias: np.ndarray | None,
+                      discretized: HardPrompt | None, state: _State) -> None:
+        """Test numbers of the result, of the manual prompt beside it (raw, and calibrated where the run
+        calibrates: same scores, no extra calls), and of a soft result's nearest tokens."""
+        task, fmt = self.task, self.task.format
+        if task.test:
+            labels = fmt.label_ids(task.test)
+            metrics.update(evaluate(self.backend, best, task.test, fmt, label_bias=bias).as_dict("test"))
+            if state.manual:
+                manual = score_examples(self.backend, MANUAL, task.test, fmt)
+                metrics["manual_test_acc"] = evaluation(manual, labels).accuracy
+                if state.manual["bias"] is not None:
+                    metrics["manual_calibrated_test_acc"] = evaluation(manual, labels, state.manual["bias"]).accuracy
+                metrics["gain_over_manual"] = metrics["test_acc"] - metrics["manual_test_acc"]
+        if discretized is not None:  # the nearest tokens are another prompt: their own bias, fitted on train
+            hard_bias = _row_bias(self._biases(self.backend.score([discretized], task.train, fmt)), 0)
+            metrics.update(evaluate(self.backend, discretized, task.dev, fmt, label_bias=hard_bias).as_dict("hard_dev"))
+            if task.test:
+                metrics.update(evaluate(self.backend, discretized, task.test, fmt, label_bias=hard_bias).as_dict("hard_test"))
 
     def _write_results(self, result: TuneResult, reencoded: tuple[int, ...]) -> None:
         assert self.folder is not None
@@ -307,6 +403,15 @@ def calibrate_hard_scale(subspace: Subspace, discretizer: Discretizer, sigma0: f
         mid = math.sqrt(lo * hi)
         lo, hi = (mid, hi) if share(mid) < target else (lo, mid)
     return hi, share(hi)
+
+
+def _row_bias(biases: np.ndarray | None, row: int) -> np.ndarray | None:
+    return None if biases is None else biases[row]
+
+
+def _ce(scores: np.ndarray, labels: np.ndarray, bias: np.ndarray | None) -> float:
+    """Cross-entropy of (B, L) scores, calibrated by `bias` where given."""
+    return float(per_prompt_loss(apply_bias(scores[None], bias), labels)[0])
 
 
 def _describe_task(task: Task) -> dict[str, Any]:

@@ -15,8 +15,8 @@ def vocab():
 
 
 def test_normal_projection_follows_bbt_std_rule(vocab):
-    cfg = SubspaceConfig(prompt_tokens=4, intrinsic_dim=50, alpha=1.0, sigma=1.0)
-    sub = Subspace.build(vocab, cfg, seed=0)
+    cfg = SubspaceConfig(prompt_tokens=4, intrinsic_dim=50, alpha=1.0)
+    sub = Subspace.build(vocab, cfg, seed=0, sigma0=1.0)
     expected = float(vocab.embeddings.std()) / np.sqrt(50)
     assert sub.A.shape == (4 * 64, 50)
     assert float(sub.A.std()) == pytest.approx(expected, rel=0.05)
@@ -24,10 +24,20 @@ def test_normal_projection_follows_bbt_std_rule(vocab):
 
 
 def test_a_step_of_sigma_moves_coordinates_by_alpha_times_embedding_std(vocab):
-    sub = Subspace.build(vocab, SubspaceConfig(prompt_tokens=4, intrinsic_dim=50, alpha=2.0, sigma=0.5), seed=0)
+    sub = Subspace.build(vocab, SubspaceConfig(prompt_tokens=4, intrinsic_dim=50, alpha=2.0), seed=0, sigma0=0.5)
     z = np.random.default_rng(0).standard_normal((200, 50)) * 0.5
     moved = (sub.embeds(z) - sub.p0).std()
     assert float(moved) == pytest.approx(2.0 * float(vocab.embeddings.std()), rel=0.1)
+
+
+def test_sigma0_rescales_z_only_the_embedding_step_stays_alpha_times_std(vocab):
+    """One sigma for the std rule and CMA-ES (BBT): halving sigma0 doubles A, so a step of sigma0 in z
+    moves the prompt by the same amount in embedding space."""
+    cfg = SubspaceConfig(prompt_tokens=4, intrinsic_dim=50)
+    z = np.random.default_rng(0).standard_normal((200, 50))
+    moved = [float((Subspace.build(vocab, cfg, seed=0, sigma0=s).embeds(z * s) - Subspace.build(vocab, cfg, seed=0).p0).std())
+             for s in (1.0, 0.25)]
+    assert moved[0] == pytest.approx(moved[1], rel=1e-4)
 
 
 def test_uniform_projection_has_the_same_std(vocab):

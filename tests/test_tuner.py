@@ -57,9 +57,10 @@ def test_hard_mode_scores_only_hard_prompts_that_really_differ(tiny_backend, tin
     backend = CountingBackend(tiny_backend, soft=False)
     res = tune(tiny_task, backend, TuneConfig(mode="hard", budget_calls=30, **FAST), progress=False)
     assert all(isinstance(p, HardPrompt) for b in backend.batches for p in b)
-    first_gen = backend.batches[2]  # after the p0 train and dev scoring
+    first_gen = backend.batches[4]  # after the manual prompt's and p0's train and dev scoring
     assert len({p.token_ids for p in first_gen}) >= 3
-    p0_ids = backend.batches[0][0].token_ids
+    assert backend.batches[0][0].token_ids == ()  # the manual prompt: the template alone
+    p0_ids = backend.batches[2][0].token_ids
     changed = np.mean([np.not_equal(p.token_ids, p0_ids).mean() for p in first_gen])
     assert 0.15 < changed < 0.8
     assert isinstance(res.best_prompt, HardPrompt) and res.soft_prompt is None
@@ -168,7 +169,8 @@ class LimitedBackend(CountingBackend):
 
 
 def test_a_backend_hard_limit_ends_the_run_with_its_results_written(tiny_backend, tiny_task, tmp_path):
-    res = tune(tiny_task, LimitedBackend(tiny_backend, limit=4), TuneConfig(budget_calls=60, **FAST), tmp_path / "r",
+    # 6 batches: the manual prompt and p0 on train and dev, then two generations of 6 calls
+    res = tune(tiny_task, LimitedBackend(tiny_backend, limit=6), TuneConfig(budget_calls=60, **FAST), tmp_path / "r",
                progress=False)
     assert res.metrics["calls"] == 12 and "max_requests=3" in res.metrics["stopped_by"]
     assert "test_acc" not in res.metrics

@@ -38,6 +38,7 @@ def _searched(name: str, result: TuneResult, cost: Measurement, placement: str) 
 def _discretized(name: str, result: TuneResult, cost: Measurement, placement: str, shared_with: str) -> MethodResult:
     m = result.metrics
     dev = float(m["hard_dev_acc"])
+    assert result.discretized is not None
     return MethodResult(name, int(m["seed"]), placement, dev, m.get("hard_test_acc"), train_calls=int(m["calls"]), cost=cost,
-                        curve=((int(m["calls"]), dev),), prompt_text=result.hard_prompt.text, best=result.hard_prompt,
+                        curve=((int(m["calls"]), dev),), prompt_text=result.discretized.text, best=result.discretized,
                         note=f"nearest tokens of {shared_with}'s prompt; same search, cost shared")
