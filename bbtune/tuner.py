@@ -154,6 +154,10 @@ class Tuner:
         self.train_labels_ = self.task.format.label_ids(self.task.train)
         self.eval_points_: list[dict[str, Any]] = []  # every dev-evaluated point (z, bias, numbers): for studies
 
+    def prompt(self, z: np.ndarray) -> Prompt:
+        """The prompt a point z of the subspace stands for (soft, or its nearest tokens in hard mode)."""
+        return self._prompts(np.asarray(z)[None])[0]
+
     def _prompts(self, Z: np.ndarray) -> list[Prompt]:
         embeds = self.subspace_.embeds(Z)
         if self.config.mode is Mode.SOFT:
@@ -231,10 +235,13 @@ class Tuner:
         scores = self.backend.score([MANUAL], self.task.train, self.task.format)
         state.eval_calls += 1
         bias = _row_bias(self._biases(scores), 0)
-        dev = evaluate(self.backend, MANUAL, self.task.dev, self.task.format, label_bias=bias)
+        dev_scores = score_examples(self.backend, MANUAL, self.task.dev, self.task.format)
         state.eval_calls += math.ceil(len(self.task.dev) / 64)
-        state.manual = {"dev_acc": dev.accuracy, "dev_loss": dev.loss, "bias": bias,
-                        "key": self._selection_key(scores[0], bias, dev)}
+        dev_labels = self.task.format.label_ids(self.task.dev)
+        raw, calibrated = evaluation(dev_scores, dev_labels), evaluation(dev_scores, dev_labels, bias)
+        state.manual = {"dev_acc": raw.accuracy, "dev_loss": raw.loss, "bias": bias,
+                        "selected_dev": (calibrated.accuracy, calibrated.loss),  # as a candidate: calibrated like them
+                        "key": self._selection_key(scores[0], bias, calibrated)}
 
     def _start_point(self, state: _State) -> None:
         """Curve row for p0 (z = 0), where every search starts: its train loss and dev accuracy."""
@@ -321,8 +328,8 @@ class Tuner:
             "wall_s": round(state.elapsed_s, 2), "initial_train_loss": state.curve[0]["train_loss"],
             "best_train_loss": state.best_train_loss, "selected": "manual" if keep_manual else "tuned",
             "select_rule": self.config.select.value,
-            "dev_acc": state.manual["dev_acc"] if keep_manual else state.best_dev[0],
-            "dev_loss": state.manual["dev_loss"] if keep_manual else state.best_dev[1],
+            "dev_acc": state.manual["selected_dev"][0] if keep_manual else state.best_dev[0],
+            "dev_loss": state.manual["selected_dev"][1] if keep_manual else state.best_dev[1],
             "tuned_dev_acc": state.best_dev[0], "hard_prompt": hard.text, "hard_round_trip_ok": round_trip.ok,
             "discretized_prompt": discretized.text if discretized else None,
             "hard_scale": self.hard_scale_, "hard_change_at_sigma0": self.hard_change_, "backend": self.backend.name,
@@ -331,6 +338,8 @@ class Tuner:
             metrics["label_bias"] = dict(zip(task.format.labels, map(float, bias)))
         if state.manual:
             metrics.update(manual_dev_acc=state.manual["dev_acc"], manual_dev_loss=state.manual["dev_loss"])
+            if state.manual["bias"] is not None:
+                metrics["manual_calibrated_dev_acc"] = state.manual["selected_dev"][0]
         if not state.stopped_by:
             try:
                 self._final_scores(metrics, best, bias, discretized, state)

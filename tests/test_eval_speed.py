@@ -28,4 +28,14 @@ def test_eval_speed_writes_every_line(tmp_path):
     tokens = result["tokens_per_generation"]
     assert tokens["suffix"] == tokens["raw"] and tokens["suffix"] % (3 * 8) == 0  # 3 prompts x 8 examples x tail
     assert tokens["naive"] > tokens["prefix"] > tokens["suffix"]
-    assert result["suffix_ratio_to_raw"] > 0 and result["speedup_suffix_vs_naive"] > 0
+    # The work KV reuse saves is what the speed-up claim rests on: the suffix path runs 3x fewer tokens than the naive one
+    # even on these short demo sentences (timings are the benchmark's job, not a unit test's).
+    assert tokens["naive"] >= 3 * tokens["suffix"]
+
+
+def test_committed_speed_benchmark_meets_the_targets_the_readme_claims():
+    """README: the scoring path runs at >= 0.9x raw forward throughput, and KV reuse is >= 3x the naive path."""
+    recorded = json.loads((SCRIPT.parent / "results" / "eval_speed.json").read_text())
+    assert recorded["setting"]["model"] == "smollm2"
+    assert recorded["suffix_ratio_to_raw"] >= 0.9
+    assert recorded["speedup_suffix_vs_naive"] >= 3.0

@@ -8,17 +8,30 @@ from bbtune.optimizers import OptimizerConfig, make_optimizer
 
 
 @pytest.mark.parametrize("name", ["cma", "random"])
-def test_ask_tell_shapes_and_progress_on_a_sphere(name):
+def test_ask_tell_shapes_and_best_is_the_best_told(name):
     opt = make_optimizer(OptimizerConfig(optimizer=name, popsize=8, sigma0=0.5), dim=5, seed=0)
-    first = None
-    for _ in range(40):
+    told = []
+    for _ in range(10):
         X = opt.ask()
         assert X.shape == (8, 5)
         f = ((X - 1.0) ** 2).sum(axis=1)
         opt.tell(X, f)
-        first = first if first is not None else f.min()
-    assert opt.best[1] < first
+        told += list(f)
+    assert opt.best[1] == min(told)
     assert opt.best[1] == pytest.approx(((opt.best[0] - 1.0) ** 2).sum())
+
+
+def test_cma_spends_its_budget_and_reports_why_it_would_stop():
+    """The budget ends a run: a flat fitness (every candidate ties, common for hard prompts) does not stop
+    CMA-ES unless early_stop is asked for, and the reasons pycma gives are reported."""
+    budget_bound = make_optimizer(OptimizerConfig(popsize=6), dim=4, seed=0)
+    early = make_optimizer(OptimizerConfig(popsize=6, early_stop=True), dim=4, seed=0)
+    for opt in (budget_bound, early):
+        for _ in range(5):
+            X = opt.ask()
+            opt.tell(X, np.ones(len(X)))
+    assert not budget_bound.stop() and budget_bound.stop_reasons() == {}
+    assert early.stop() and {"tolfun", "tolflatfitness"} & set(early.stop_reasons())
 
 
 def test_cma_beats_random_search_on_a_sphere():

@@ -106,7 +106,10 @@ def test_run_folder_has_every_artifact(tiny_backend, tiny_task, tmp_path):
     metrics = folder.read_json("metrics.json")
     for key in ("dev_acc", "test_acc", "hard_dev_acc", "hard_test_acc", "calls", "wall_s", "backend_stats"):
         assert key in metrics
-    assert metrics["dev_acc"] == max(float(r["dev_acc"]) for r in curve if r["dev_acc"])
+    selected = {"tuned": [float(r["dev_acc"]) for r in curve if r["dev_acc"]], "manual": [metrics["manual_calibrated_dev_acc"]]}
+    assert metrics["dev_acc"] in selected[metrics["selected"]]
+    assert {"manual_test_acc", "gain_over_manual", "label_bias", "stop_reasons"} <= set(metrics)
+    assert metrics["gain_over_manual"] == pytest.approx(metrics["test_acc"] - metrics["manual_test_acc"])
 
 
 def test_resume_continues_to_the_same_result(tiny_backend, tiny_task, tmp_path):
@@ -175,3 +178,68 @@ def test_a_backend_hard_limit_ends_the_run_with_its_results_written(tiny_backend
     assert res.metrics["calls"] == 12 and "max_requests=3" in res.metrics["stopped_by"]
     assert "test_acc" not in res.metrics
     assert RunFolder(tmp_path / "r").read_json("metrics.json")["stopped_by"] == res.metrics["stopped_by"]
+
+
+class QuadraticBackend:
+    """A synthetic backend with a known optimum: the correct label's log-prob is -|p - target|^2 (scaled), the
+    other label's 0, so the training loss falls exactly as a soft prompt approaches `target`."""
+
+    name, capabilities = "quadratic", Capabilities(soft=True, hard=True)
+
+    def __init__(self, inner, target):
+        self.inner, self.target, self.stats = inner, target, inner.stats
+
+    def score(self, prompts, examples, fmt):
+        dist = np.array([float(((p.embeds - self.target) ** 2).sum()) if isinstance(p, SoftPrompt) else 1e3 for p in prompts])
+        labels = fmt.label_ids(examples)
+        out = np.zeros((len(prompts), len(examples), 2))
+        out[:, np.arange(len(examples)), labels] = -dist[:, None] / float((self.target ** 2).sum())
+        out[:, np.arange(len(examples)), 1 - labels] = -0.5
+        return out
+
+    def vocabulary(self):
+        return self.inner.vocabulary()
+
+
+class NoOpCMA:
+    """CMA-ES that never learns: `tell` is ignored, so it keeps sampling around p0 with the initial step."""
+
+    def __init__(self, inner):
+        self.inner, self.popsize = inner, inner.popsize
+
+    def ask(self):
+        return self.inner.ask()
+
+    def tell(self, candidates, losses):
+        self.inner.es.ask()  # keep pycma's ask/tell pairing without updating the distribution
+
+    def stop(self):
+        return False
+
+    def stop_reasons(self):
+        return {}
+
+    @property
+    def best(self):
+        return self.inner.best
+
+
+def test_cma_es_reaches_a_loss_that_random_search_and_a_no_op_optimizer_do_not(tiny_backend, tiny_task, monkeypatch):
+    import bbtune.tuner as tuner_module
+    from bbtune.optimizers import make_optimizer
+
+    cfg = dict(prompt_tokens=3, intrinsic_dim=10, popsize=8, eval_every=400, budget_calls=400, calibrate=False,
+               keep_manual=False, seed=0)
+    vocab = tiny_backend.vocabulary()
+    sub = Subspace.build(vocab, SubspaceConfig(prompt_tokens=3, intrinsic_dim=10), seed=0,
+                         allowed=Discretizer(vocab).allowed)
+    z_star = np.random.default_rng(1).standard_normal(10) * 1.5
+    backend = QuadraticBackend(tiny_backend, sub.soft_prompt(z_star).embeds)
+    finals = {}
+    for name in ("cma", "random"):
+        finals[name] = tune(tiny_task, backend, TuneConfig(optimizer=name, **cfg), progress=False).metrics["best_train_loss"]
+    monkeypatch.setattr(tuner_module, "make_optimizer", lambda c, dim, seed: NoOpCMA(make_optimizer(c, dim, seed)))
+    finals["noop"] = tune(tiny_task, backend, TuneConfig(**cfg), progress=False).metrics["best_train_loss"]
+    optimum = float(-np.log(1 / (1 + np.exp(-0.5))))  # distance 0: gold log-prob 0 against the other's -0.5
+    assert finals["cma"] < optimum + 0.01
+    assert finals["random"] > optimum + 0.05 and finals["noop"] > optimum + 0.05

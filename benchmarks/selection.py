@@ -1,0 +1,116 @@
+"""Which selection rule generalizes? Evidence from held-out splits of the training pool, never the test set.
+
+One BBT run per seed (and per calibration setting) evaluates its generation-best candidate on dev every
+``--eval-every`` calls; each of those points is then scored on a held-out split drawn from the training pool
+(disjoint from the few-shot train and dev). For each rule we report the held-out accuracy of the point it
+would pick, and the manual prompt's, on the same split.
+
+    python benchmarks/selection.py --seeds 13 42 100 --budget 300 --heldout 300
+Prints a table and writes JSON (default benchmarks/results/selection_sst2.json). Data: ../shared/data/sst2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from bbtune.backends.factory import LocalConfig
+from bbtune.calibration import fit_label_bias
+from bbtune.evaluate import evaluation, score_examples
+from bbtune.table import markdown_table
+from bbtune.tasks import Task, TaskConfig, load_examples, subsample
+from bbtune.tuner import MANUAL, Selection, TuneConfig, Tuner
+
+ROOT = Path(__file__).resolve().parents[1]
+RULES = ("dev_acc", "dev_loss", "train_dev_loss", "train_loss", "last")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "sst2"))
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--preset", default="sentiment")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[13, 42, 100])
+    ap.add_argument("--budget", type=int, default=300)
+    ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--eval-every", type=int, default=30)
+    ap.add_argument("--heldout", type=int, default=300, help="held-out sentences from the training pool")
+    ap.add_argument("--calibrate", nargs="+", default=["on", "off"], choices=["on", "off"])
+    ap.add_argument("--mode", default="soft", choices=["soft", "hard"])
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "selection_sst2.json"))
+    args = ap.parse_args(argv)
+
+    backend = LocalConfig(model=args.model).build()
+    runs = []
+    for seed in args.seeds:
+        task = TaskConfig(data=args.data, preset=args.preset, k=args.k, data_seed=seed, test_limit=1).load()
+        heldout = heldout_split(task, Path(args.data) / "train.jsonl", args.heldout, seed)
+        for calibrate in args.calibrate:
+            cfg = TuneConfig(mode=args.mode, budget_calls=args.budget, seed=seed, eval_every=args.eval_every,
+                             calibrate=calibrate == "on", select=Selection.DEV_ACC)
+            tuner = Tuner(task, backend, cfg, progress=False)
+            tuner.run()
+            runs.append(score_rules(tuner, heldout, seed, calibrate))
+            print(json.dumps(runs[-1]), flush=True)
+    rows = []
+    for calibrate in args.calibrate:
+        mine = [r for r in runs if r["calibrate"] == calibrate]
+        for rule in ("manual", "manual_calibrated") + RULES:
+            accs = [r["heldout_acc"][rule] for r in mine]
+            rows.append({"calibrate": calibrate, "rule": rule, "held-out acc mean": statistics.mean(accs),
+                         "std": statistics.pstdev(accs), "per seed": " ".join(f"{a:.3f}" for a in accs)})
+    print(markdown_table(rows, ["calibrate", "rule", "held-out acc mean", "std", "per seed"]))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "summary": rows, "runs": runs}, indent=2))
+    print(f"wrote {out}")
+
+
+def heldout_split(task: Task, train_file: Path, size: int, seed: int) -> tuple:
+    """`size` training-pool sentences that are in neither the few-shot train nor dev set."""
+    used = {(e.text, e.label) for e in task.train + task.dev}
+    pool = [e for e in load_examples(train_file) if (e.text, e.label) not in used]
+    return subsample(pool, size, seed + 1)
+
+
+def score_rules(tuner: Tuner, heldout: tuple, seed: int, calibrate: str) -> dict[str, Any]:
+    """Held-out accuracy of the point each rule picks (a rule picks the lowest key among evaluated points)."""
+    fmt, points = tuner.task.format, tuner.eval_points_
+    labels = fmt.label_ids(heldout)
+    n_train, n_dev = len(tuner.task.train), len(tuner.task.dev)
+    keys = {
+        "dev_acc": lambda p: (-p["dev_acc"], p["dev_loss"]),
+        "dev_loss": lambda p: (p["dev_loss"],),
+        "train_dev_loss": lambda p: ((p["train_ce"] * n_train + p["dev_loss"] * n_dev) / (n_train + n_dev),),
+        "train_loss": lambda p: (p["train_ce"],),
+        "last": lambda p: (-p["calls"],),
+    }
+    acc: dict[str, float] = {}
+    cache: dict[int, float] = {}
+    for rule, key in keys.items():
+        i = min(range(len(points)), key=lambda j: key(points[j]))
+        if i not in cache:
+            prompt = tuner.prompt(points[i]["z"])
+            cache[i] = evaluation(score_examples(tuner.backend, prompt, heldout, fmt), labels, points[i]["bias"]).accuracy
+        acc[rule] = cache[i]
+    manual = score_examples(tuner.backend, MANUAL, heldout, fmt)
+    acc["manual"] = evaluation(manual, labels).accuracy
+    acc["manual_calibrated"] = evaluation(manual, labels, manual_bias(tuner)).accuracy
+    return {"seed": seed, "calibrate": calibrate, "heldout_acc": acc, "n_points": len(points),
+            "points": [{k: v for k, v in p.items() if k not in ("z", "bias")} for p in points]}
+
+
+def manual_bias(tuner: Tuner) -> np.ndarray | None:
+    """The manual prompt's bias as the run fitted it on train (None when the run does not calibrate)."""
+    if not tuner.config.calibrate:
+        return None
+    train = score_examples(tuner.backend, MANUAL, tuner.task.train, tuner.task.format)[0]
+    return fit_label_bias(train, tuner.train_labels_)
+
+
+if __name__ == "__main__":
+    main()
