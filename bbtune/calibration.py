@@ -3,7 +3,7 @@
 Why: a small LM prefers some label words whatever the input (SmolLM2-135M answers `` great`` after
 ``It was`` for almost every review), so a prompt is judged mostly by that preference and not by how well it
 separates the classes. Fitting ``b`` for each candidate (cross-entropy on its own training scores, a convex
-problem in L-1 free numbers, solved by a few Newton steps) makes the loss measure what the prompt adds
+problem in L-1 free numbers) makes the loss measure what the prompt adds
 beyond a bias. It needs only label scores, so it works through any API, like contextual or batch
 calibration (Zhao et al., 2021; Zhou et al., 2024), but learned from the few-shot labels.
 
@@ -13,6 +13,7 @@ calibration (Zhao et al., 2021; Zhou et al., 2024), but learned from the few-sho
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import minimize
 
 from .losses import label_log_softmax
 
@@ -21,26 +22,25 @@ from .losses import label_log_softmax
 DEFAULT_L2 = 0.01
 
 
-def fit_label_bias(logp: np.ndarray, labels: np.ndarray, l2: float = DEFAULT_L2, steps: int = 25) -> np.ndarray:
+def fit_label_bias(logp: np.ndarray, labels: np.ndarray, l2: float = DEFAULT_L2) -> np.ndarray:
     """(L,) bias minimising mean CE of ``logp + b`` (B, L) on `labels` (B,) plus ``l2/2 * |b|^2``.
 
-    Rows with a missing label score (NaN) are left out of the fit; with no usable row the bias is zero.
+    Convex and smooth, so L-BFGS finds the optimum even when label scores are tens of nats apart (where a
+    plain Newton step overshoots). Rows with a missing label score (NaN) are left out; with none left, zero.
     """
     usable = np.all(np.isfinite(logp), axis=1)
     logp, labels = logp[usable], labels[usable]
     n_labels = logp.shape[1]
-    bias = np.zeros(n_labels)
     if len(labels) == 0:
-        return bias
+        return np.zeros(n_labels)
     onehot = np.eye(n_labels)[labels]
-    for _ in range(steps):
-        probs = np.exp(label_log_softmax(logp + bias))
-        grad = (probs - onehot).mean(axis=0) + l2 * bias
-        hess = (np.einsum("bi,ij->ij", probs, np.eye(n_labels)) - probs.T @ probs) / len(labels) + l2 * np.eye(n_labels)
-        step = np.linalg.solve(hess, grad)
-        bias -= step
-        if np.abs(step).max() < 1e-8:
-            break
+
+    def objective(bias: np.ndarray) -> tuple[float, np.ndarray]:
+        logq = label_log_softmax(logp + bias)
+        loss = -(logq * onehot).sum(axis=1).mean() + 0.5 * l2 * bias @ bias
+        return float(loss), (np.exp(logq) - onehot).mean(axis=0) + l2 * bias
+
+    bias = minimize(objective, np.zeros(n_labels), jac=True, method="L-BFGS-B").x
     return bias - bias.mean()
 
 
