@@ -3,6 +3,8 @@
     bbtune demo                       # manual vs BBT soft vs discretized vs hard, on the built-in data
     bbtune tune --data DIR --preset sentiment --mode hard --run-dir runs/x
     bbtune tune --resume runs/x       # continue a killed run; same result as an uninterrupted one
+    bbtune predict runs/x --input new.jsonl --output predictions.jsonl
+    bbtune export runs/x --format text   # the template with the tuned prompt in place (or peft, json)
 """
 from __future__ import annotations
 
@@ -21,10 +23,12 @@ from .backends.remote import RemoteConfig
 from .compare import CompareConfig, run_compare
 from .errors import BBTuneError
 from .evaluate import evaluate
+from .export import export
 from .prompts import HardPrompt
 from .results import RunFolder
+from .runs import load_run
 from .table import markdown_table
-from .tasks import TaskConfig
+from .tasks import FieldMap, TaskConfig, parse_label_names, read_inputs
 from .tuner import Mode, TuneConfig, TuneResult, tune
 
 CONFIGS = {"task": TaskConfig, "backend": LocalConfig, "tune": TuneConfig}
@@ -78,7 +82,27 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--budget-calls", type=int, default=200, help="model calls per tuning run")
     d.add_argument("--out", default="runs/demo", help="folder for the two run folders and summary files")
     d.add_argument("--seed", type=int, default=42)
+    _add_use_commands(sub)
     return parser
+
+
+def _add_use_commands(sub: Any) -> None:
+    """`predict` and `export`: use what `tune` wrote in a run folder."""
+    p = sub.add_parser("predict", help="classify inputs with a finished run's prompt (JSONL out)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by bbtune tune")
+    p.add_argument("--input", required=True, help="JSONL, CSV or TSV file of inputs (labels, if present, are scored)")
+    p.add_argument("--output", default="", help="JSONL file for the predictions (default: standard output)")
+    p.add_argument("--model", default="", help="score with this local model instead of the run's backend")
+    for name, default, help_ in (("text-field", "text", "field holding the input text"),
+                                 ("text-b-field", "", "field holding a pair's second text"),
+                                 ("label-field", "label", "field holding gold labels, if any"),
+                                 ("label-names", "", "rename label values: 'negative,positive' or JSON")):
+        p.add_argument("--" + name, default=default, help=f"{help_} (default: {default!r})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e = sub.add_parser("export", help="write a finished run's prompt as a PEFT adapter, a template text or JSON")
+    e.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by bbtune tune")
+    e.add_argument("--format", default="text", help="peft (adapter folder), text (template with the prompt) or json")
+    e.add_argument("--out", default="", help="file (text, json) or folder (peft; default RUN_DIR/peft)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"\nreport in {comparison.out_dir}")
         elif args.command == "demo":
             print(run_demo(args.model, args.budget_calls, Path(args.out), args.seed))
+        elif args.command == "predict":
+            _predict_command(args)
+        elif args.command == "export":
+            print(export(args.run_dir, args.format, args.out or None))
     except BBTuneError as err:
         print(f"bbtune: error: {err}", file=sys.stderr)
         return 2
@@ -126,6 +154,25 @@ def _tune_command(args: argparse.Namespace) -> TuneResult:
                   "remote": remote.public()}
     return tune(task, backend, configs["tune"], run_dir, progress=not args.no_progress, resume=resume,
                 extra_config={"cli": cli_config})
+
+
+def _predict_command(args: argparse.Namespace) -> None:
+    """Predictions as JSONL (one row per input); accuracy on stderr when the inputs carry labels."""
+    run = load_run(args.run_dir)
+    fields = FieldMap(args.text_field, args.text_b_field or None, args.label_field, parse_label_names(args.label_names))
+    examples = read_inputs(args.input, fields)
+    backend = LocalConfig(model=args.model).build() if args.model else None
+    predictions = run.predict_examples(examples, backend=backend, progress=not args.no_progress)
+    lines = [json.dumps({"text": ex.text, **({"text_b": ex.text_b} if ex.text_b is not None else {}),
+                         "label": p.label, "probs": p.probs, **({"gold": ex.label} if ex.label else {})},
+                        ensure_ascii=False) for ex, p in zip(examples, predictions)]
+    if args.output:
+        Path(args.output).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    else:
+        print("\n".join(lines))
+    if examples and all(ex.label for ex in examples):
+        correct = sum(ex.label == p.label for ex, p in zip(examples, predictions))
+        print(f"accuracy {correct / len(examples):.4f} ({correct}/{len(examples)})", file=sys.stderr)
 
 
 def summary_table(results: Sequence[tuple[str, TuneResult | dict[str, Any]]]) -> str:

@@ -16,14 +16,19 @@ Writing the files needs no PEFT install; only loading them does.
 """
 from __future__ import annotations
 
+import json
 import warnings
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .prompts import SoftPrompt
 from .results import RunFolder
 from .tasks import Placement, TaskFormat, Template
+
+if TYPE_CHECKING:
+    from .runs import TunedRun
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS, BBTUNE_INFO = "adapter_config.json", "adapter_model.safetensors", "bbtune_prompt.json"
 PEFT_TASK_TYPES = ("CAUSAL_LM", "SEQ_2_SEQ_LM", "SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
@@ -81,3 +86,50 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, model_config: Any = 
     fmt = TaskFormat(Template(task["template"]), task["verbalizer"], task["placement"]) if task else None
     return export_peft(SoftPrompt(tensors["soft_prompt"]), out_dir, model_config=model_config, base_model=base_model,
                        fmt=fmt)
+
+
+class ExportFormat(str, Enum):
+    """What `bbtune export` writes."""
+
+    PEFT = "peft"  # a PEFT prompt-tuning adapter folder (soft runs)
+    TEXT = "text"  # the template with the hard prompt in place, ready to paste
+    JSON = "json"  # template, prompt, verbalizer, placement, calibration and the run's accuracy
+
+
+def export_format(name: str) -> ExportFormat:
+    try:
+        return ExportFormat(name)
+    except ValueError:
+        raise ConfigError(f"unknown export format {name!r}; use --format "
+                          f"{', '.join(f.value for f in ExportFormat)}") from None
+
+
+def run_summary(run: "TunedRun") -> dict[str, Any]:
+    """What `--format json` writes: everything needed to use the prompt without bbtune."""
+    m = run.metrics
+    bias = None if run.label_bias is None else dict(zip(run.format.labels, map(float, run.label_bias)))
+    return {"template": run.template_text(), "prompt": run.prompt_text, "placement": run.format.placement.value,
+            "verbalizer": dict(run.format.verbalizer), "label_bias": bias, "mode": m.get("mode"),
+            "selected": m.get("selected"), "backend": m.get("backend"), "dev_acc": m.get("dev_acc"),
+            "test_acc": m.get("test_acc"), "manual_test_acc": m.get("manual_test_acc")}
+
+
+def export(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> str:
+    """`bbtune export`: write the run's prompt as `fmt` to `out` (peft: a folder, default RUN_DIR/peft); returns
+    the text (text/json) or a line naming the folder (peft)."""
+    from .runs import load_run
+
+    kind = export_format(fmt)
+    run = load_run(run_dir)  # a missing or unfinished run folder fails here, whatever the format
+    if kind is ExportFormat.PEFT:
+        folder = export_run(run_dir, out or run.path / "peft", base_model=_base_model(run.config))
+        return f"PEFT adapter in {folder}/ (PeftModel.from_pretrained(base_model, '{folder}'))"
+    text = run.template_text() if kind is ExportFormat.TEXT else json.dumps(run_summary(run), indent=2,
+                                                                              ensure_ascii=False)
+    if out:
+        Path(out).write_text(text + "\n", encoding="utf-8")
+    return text
+
+
+def _base_model(config: dict[str, Any]) -> str | None:
+    return ((config.get("cli") or {}).get("backend") or {}).get("model")

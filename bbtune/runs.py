@@ -1,0 +1,157 @@
+"""Using a finished run: `load_run(dir)` rebuilds what `tune` wrote (the selected prompt, the task format and
+the per-label calibration) and `predict(texts)` classifies new inputs exactly as the run scored its test set:
+same prompt, same placement, scores ``log p(label word) + label_bias`` (bias from metrics.json's
+``label_bias`` or a ``calibration.json``), argmax, chunks of 64 like `evaluate`.
+
+    >>> # run = load_run("runs/sst2-hard-42")
+    >>> # run.predict(["a moving, funny film"])[0].label
+    'positive'
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .backends.base import Backend
+from .errors import CheckpointError
+from .evaluate import score_examples
+from .losses import label_log_softmax
+from .prompts import HardPrompt, Prompt, SoftPrompt
+from .results import RunFolder
+from .tasks import Example, Placement, TaskFormat, Template
+
+CALIBRATION_JSON = "calibration.json"
+CHUNK = 64  # examples per model call, as `evaluate` scores a test set (same batches, same numbers)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One classified input: the label, and the calibrated label log-scores and probabilities (over labels)."""
+
+    label: str
+    scores: dict[str, float]
+    probs: dict[str, float]
+
+
+@dataclass
+class TunedRun:
+    """A finished run folder, ready to classify. `backend` is built from the run's config when first needed."""
+
+    path: Path
+    format: TaskFormat
+    prompt: Prompt
+    label_bias: np.ndarray | None
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+    backend: Backend | None = field(default=None, repr=False)
+
+    @property
+    def prompt_text(self) -> str:
+        """The text a person pastes: the hard prompt (for a soft run, its nearest tokens)."""
+        return self.metrics.get("hard_prompt") or ""
+
+    def template_text(self) -> str:
+        """The task's template with the prompt text in place (prefix: before the input; suffix: before the cue)."""
+        rendered = self.format.template.render(Example("{text}", "", "{text_b}"))
+        body = (self.prompt_text + rendered.head if self.format.placement is Placement.PREFIX
+                else rendered.head + self.prompt_text)
+        return body + rendered.cue + "{label}"
+
+    def predict(self, texts: Sequence[str], text_b: Sequence[str] | None = None, *, backend: Backend | None = None,
+                progress: bool = False) -> list[Prediction]:
+        """Classify `texts` (and their `text_b` for a pair task) through `backend` (default: the run's own)."""
+        examples = [Example(t, "", text_b[i] if text_b is not None else None) for i, t in enumerate(texts)]
+        return self.predict_examples(examples, backend=backend, progress=progress)
+
+    def predict_examples(self, examples: Sequence[Example], *, backend: Backend | None = None,
+                         progress: bool = False) -> list[Prediction]:
+        scores = self.scores(examples, backend=backend, progress=progress)
+        probs = np.exp(label_log_softmax(scores))
+        labels = self.format.labels
+        return [Prediction(labels[int(np.argmax(s))], dict(zip(labels, map(float, s))), dict(zip(labels, map(float, p))))
+                for s, p in zip(scores, probs)]
+
+    def scores(self, examples: Sequence[Example], *, backend: Backend | None = None,
+               progress: bool = False) -> np.ndarray:
+        """(B, L) calibrated label log-scores of `examples`, one model call per chunk of 64."""
+        backend = backend or self.default_backend()
+        out = []
+        for start in _bar(range(0, len(examples), CHUNK), len(examples), progress):
+            out.append(score_examples(backend, self.prompt, examples[start : start + CHUNK], self.format, CHUNK)[0])
+        scores = np.concatenate(out) if out else np.zeros((0, len(self.format.labels)))
+        return scores + self.label_bias if self.label_bias is not None else scores
+
+    def default_backend(self) -> Backend:
+        if self.backend is None:
+            self.backend = saved_backend(self.config)
+        return self.backend
+
+
+def load_run(run_dir: str | Path, backend: Backend | None = None) -> TunedRun:
+    """The finished run in `run_dir`; a missing folder or an unfinished run is a `CheckpointError`."""
+    folder = RunFolder(run_dir)
+    if not folder.path.is_dir():
+        raise CheckpointError(f"run folder {folder.path} does not exist; give the --run-dir a `bbtune tune` wrote")
+    config = folder.read_json("config.json")
+    if not (folder.path / "metrics.json").exists():
+        raise CheckpointError(f"{folder.path} holds no metrics.json: the run has not finished; finish it with "
+                              f"`bbtune tune --resume {folder.path}`")
+    metrics = folder.read_json("metrics.json")
+    task = config["task"]
+    fmt = TaskFormat(Template(task["template"]), task["verbalizer"], task["placement"])
+    return TunedRun(folder.path, fmt, _prompt(folder), _label_bias(folder, metrics, fmt), metrics, config, backend)
+
+
+def _prompt(folder: RunFolder) -> Prompt:
+    """The selected prompt: the tuned soft prompt where the run kept one, else the hard prompt's tokens."""
+    if (folder.path / "best_prompt.safetensors").exists():
+        tensors = folder.load_tensors("best_prompt.safetensors")
+        if "soft_prompt" in tensors:
+            return SoftPrompt(tensors["soft_prompt"])
+    hard = folder.read_json("hard_prompt.json")
+    return HardPrompt(tuple(hard["token_ids"]), hard["text"], tuple(hard.get("tokens", ())))
+
+
+def _label_bias(folder: RunFolder, metrics: dict[str, Any], fmt: TaskFormat) -> np.ndarray | None:
+    """Per-label bias in the format's label order, from metrics.json or calibration.json (None: uncalibrated)."""
+    bias = metrics.get("label_bias")
+    if bias is None and (folder.path / CALIBRATION_JSON).exists():
+        bias = folder.read_json(CALIBRATION_JSON).get("label_bias")
+    if bias is None:
+        return None
+    if isinstance(bias, dict):
+        return np.array([float(bias[label]) for label in fmt.labels])
+    return np.asarray(bias, dtype=float)
+
+
+def saved_backend(config: dict[str, Any]) -> Backend:
+    """The backend a run was tuned with, from its config.json (CLI runs keep the whole backend config; a run
+    started from Python keeps the local model's name). Remote runs get no header values: they are never saved."""
+    from .backends.factory import LocalConfig
+    from .backends.remote import RemoteConfig
+
+    cli = config.get("cli")
+    if cli is None:
+        name = str(config.get("backend", ""))
+        if not name.startswith("local:"):
+            raise CheckpointError(f"cannot rebuild backend {name!r} from the run folder; pass a backend (--model)")
+        return LocalConfig(model=name[len("local:"):]).build()
+    if cli.get("backend_kind") == "remote":
+        return RemoteConfig(**_known(RemoteConfig, {**cli["remote"], "extra_headers": ()})).build()
+    return LocalConfig(**_known(LocalConfig, cli["backend"])).build()
+
+
+def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    names = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+    return {k: v for k, v in values.items() if k in names}
+
+
+def _bar(steps: Iterable[int], total: int, enabled: bool) -> Iterable[int]:
+    if not enabled:
+        return steps
+    from tqdm.auto import tqdm
+
+    return tqdm(steps, total=-(-total // CHUNK), unit="batch", desc="bbtune predict", dynamic_ncols=True)
