@@ -36,6 +36,7 @@ class P0Init(str, Enum):
     ZEROS = "zeros"
     VOCAB = "vocab"  # embeddings of n random (readable) vocabulary words
     TEXT = "text"  # embeddings of p0_text, which must be exactly n tokens
+    CUE = "cue"  # the template's own cue words ("\nSentiment:"): the prompt replaces them, so z = 0 is the manual prompt
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,9 @@ class SubspaceConfig:
     intrinsic_dim: int = field(default=CPU_INTRINSIC_DIM, metadata={"help": "dimension d of z"})
     projection: Projection = field(default=Projection.NORMAL, metadata={"help": "distribution of A"})
     alpha: float = field(default=1.0, metadata={"help": "scale of A relative to the BBT std rule"})
-    p0: P0Init = field(default=P0Init.VOCAB, metadata={"help": "start point p0: zeros, vocab or text"})
+    p0: P0Init = field(default=P0Init.VOCAB, metadata={
+        "help": "start point p0: zeros, vocab (random words), text (--p0-text), or cue (the template's own cue words, "
+                "which the prompt then replaces: the search starts at the manual prompt; prompt length = the cue's)"})
     p0_text: str = field(default="", metadata={"help": "text whose embeddings are p0 (with p0=text)"})
 
     def __post_init__(self) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,8 @@ from .losses import Loss, per_prompt_loss
 from .optimizers import OptimizerConfig, make_optimizer
 from .prompts import HardPrompt, Prompt, SoftPrompt, distinct_prompts
 from .results import RunFolder, to_jsonable
-from .subspace import Subspace, SubspaceConfig
-from .tasks import Task
+from .subspace import P0Init, Subspace, SubspaceConfig
+from .tasks import Placement, Task
 
 
 class Mode(str, Enum):
@@ -143,8 +143,10 @@ class Tuner:
         cfg = self.config
         self.backend.capabilities.require(cfg.mode.value, self.backend.name)
         vocab = self.backend.vocabulary()
+        self.manual_ = MANUAL
+        space = self._prompt_in_place_of_cue(vocab) if cfg.p0 is P0Init.CUE else cfg
         self.discretizer_ = Discretizer(vocab, cfg.metric, cfg.vocab_filter, cfg.block_list)
-        self.subspace_ = Subspace.build(vocab, cfg, cfg.seed, allowed=self.discretizer_.allowed, sigma0=cfg.sigma0)
+        self.subspace_ = Subspace.build(vocab, space, cfg.seed, allowed=self.discretizer_.allowed, sigma0=cfg.sigma0)
         self.hard_scale_, self.hard_change_ = 1.0, None
         if cfg.mode is Mode.HARD:
             self.hard_scale_, self.hard_change_ = calibrate_hard_scale(
@@ -153,6 +155,20 @@ class Tuner:
         self.optimizer_ = make_optimizer(cfg, self.subspace_.dim, cfg.seed)
         self.train_labels_ = self.task.format.label_ids(self.task.train)
         self.eval_points_: list[dict[str, Any]] = []  # every dev-evaluated point (z, bias, numbers): for studies
+
+    def _prompt_in_place_of_cue(self, vocab: Any) -> SubspaceConfig:
+        """``--p0 cue``: the search runs on the template without its cue, p0 is the cue's own words, so z = 0 is
+        exactly the manual prompt and every step is measured against it (the prompt has the cue's length)."""
+        if self.task.format.placement is not Placement.SUFFIX:
+            raise ConfigError("--p0 cue replaces the words before the label, so it needs --placement suffix")
+        template, cue = self.task.format.template.without_cue()
+        ids = tuple(vocab.tokenizer.encode(cue, add_special_tokens=False))
+        if not ids:
+            raise ConfigError(f"template {self.task.format.template.pattern!r} has no cue words between the input and "
+                              "{label} for --p0 cue to start from; add some (e.g. '\nSentiment:') or use --p0 vocab")
+        self.task = self.task.with_template(template)
+        self.manual_ = HardPrompt(ids, cue)
+        return replace(self.config, p0=P0Init.TEXT, p0_text=cue, prompt_tokens=len(ids))
 
     def prompt(self, z: np.ndarray) -> Prompt:
         """The prompt a point z of the subspace stands for (soft, or its nearest tokens in hard mode)."""
@@ -232,10 +248,10 @@ class Tuner:
         """Score the manual prompt (the template alone) on train and dev: the baseline the result must beat."""
         if not self.backend.capabilities.hard:
             return
-        scores = self.backend.score([MANUAL], self.task.train, self.task.format)
+        scores = self.backend.score([self.manual_], self.task.train, self.task.format)
         state.eval_calls += 1
         bias = _row_bias(self._biases(scores), 0)
-        dev_scores = score_examples(self.backend, MANUAL, self.task.dev, self.task.format)
+        dev_scores = score_examples(self.backend, self.manual_, self.task.dev, self.task.format)
         state.eval_calls += math.ceil(len(self.task.dev) / 64)
         dev_labels = self.task.format.label_ids(self.task.dev)
         raw, calibrated = evaluation(dev_scores, dev_labels), evaluation(dev_scores, dev_labels, bias)
@@ -316,7 +332,7 @@ class Tuner:
         z = state.best_z if state.best_z is not None else self.optimizer_.best[0]
         keep_manual = self.config.keep_manual and bool(state.manual) and state.manual["key"] <= state.best_key
         tuned = self._prompts(z[None])[0]
-        best, bias = (MANUAL, state.manual["bias"]) if keep_manual else (tuned, state.best_bias)
+        best, bias = (self.manual_, state.manual["bias"]) if keep_manual else (tuned, state.best_bias)
         soft = self.subspace_.soft_prompt(z) if self.config.mode is Mode.SOFT and not keep_manual else None
         discretized = None if isinstance(tuned, HardPrompt) else self.discretizer_.project(tuned.embeds)
         hard = best if isinstance(best, HardPrompt) else discretized
@@ -363,7 +379,7 @@ class Tuner:
             labels = fmt.label_ids(task.test)
             metrics.update(evaluate(self.backend, best, task.test, fmt, label_bias=bias).as_dict("test"))
             if state.manual:
-                manual = score_examples(self.backend, MANUAL, task.test, fmt)
+                manual = score_examples(self.backend, self.manual_, task.test, fmt)
                 metrics["manual_test_acc"] = evaluation(manual, labels).accuracy
                 if state.manual["bias"] is not None:
                     metrics["manual_calibrated_test_acc"] = evaluation(manual, labels, state.manual["bias"]).accuracy

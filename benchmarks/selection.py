@@ -23,7 +23,7 @@ from bbtune.calibration import fit_label_bias
 from bbtune.evaluate import evaluation, score_examples
 from bbtune.table import markdown_table
 from bbtune.tasks import Task, TaskConfig, load_examples, subsample
-from bbtune.tuner import MANUAL, Selection, TuneConfig, Tuner
+from bbtune.tuner import Selection, TuneConfig, Tuner
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ("dev_acc", "dev_loss", "train_dev_loss", "train_loss", "last")
@@ -41,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--heldout", type=int, default=300, help="held-out sentences from the training pool")
     ap.add_argument("--calibrate", nargs="+", default=["on", "off"], choices=["on", "off"])
     ap.add_argument("--mode", default="soft", choices=["soft", "hard"])
+    ap.add_argument("--p0", default="vocab", choices=["vocab", "cue"])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "selection_sst2.json"))
     args = ap.parse_args(argv)
 
@@ -51,10 +52,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         heldout = heldout_split(task, Path(args.data) / "train.jsonl", args.heldout, seed)
         for calibrate in args.calibrate:
             cfg = TuneConfig(mode=args.mode, budget_calls=args.budget, seed=seed, eval_every=args.eval_every,
-                             calibrate=calibrate == "on", select=Selection.DEV_ACC)
+                             calibrate=calibrate == "on", select=Selection.DEV_ACC, p0=args.p0)
             tuner = Tuner(task, backend, cfg, progress=False)
             tuner.run()
-            runs.append(score_rules(tuner, heldout, seed, calibrate))
+            runs.append({"p0": args.p0, **score_rules(tuner, heldout, seed, calibrate)})
             print(json.dumps(runs[-1]), flush=True)
     rows = []
     for calibrate in args.calibrate:
@@ -97,7 +98,7 @@ def score_rules(tuner: Tuner, heldout: tuple, seed: int, calibrate: str) -> dict
             prompt = tuner.prompt(points[i]["z"])
             cache[i] = evaluation(score_examples(tuner.backend, prompt, heldout, fmt), labels, points[i]["bias"]).accuracy
         acc[rule] = cache[i]
-    manual = score_examples(tuner.backend, MANUAL, heldout, fmt)
+    manual = score_examples(tuner.backend, tuner.manual_, heldout, fmt)
     acc["manual"] = evaluation(manual, labels).accuracy
     acc["manual_calibrated"] = evaluation(manual, labels, manual_bias(tuner)).accuracy
     return {"seed": seed, "calibrate": calibrate, "heldout_acc": acc, "n_points": len(points),
@@ -108,7 +109,7 @@ def manual_bias(tuner: Tuner) -> np.ndarray | None:
     """The manual prompt's bias as the run fitted it on train (None when the run does not calibrate)."""
     if not tuner.config.calibrate:
         return None
-    train = score_examples(tuner.backend, MANUAL, tuner.task.train, tuner.task.format)[0]
+    train = score_examples(tuner.backend, tuner.manual_, tuner.task.train, tuner.task.format)[0]
     return fit_label_bias(train, tuner.train_labels_)
 
 

@@ -243,3 +243,27 @@ def test_cma_es_reaches_a_loss_that_random_search_and_a_no_op_optimizer_do_not(t
     optimum = float(-np.log(1 / (1 + np.exp(-0.5))))  # distance 0: gold log-prob 0 against the other's -0.5
     assert finals["cma"] < optimum + 0.01
     assert finals["random"] > optimum + 0.05 and finals["noop"] > optimum + 0.05
+
+
+def test_p0_cue_starts_the_search_at_the_manual_prompt(tiny_backend, tiny_task):
+    """--p0 cue: the prompt takes the place of the template's cue (' It was'), so z = 0 scores exactly like the
+    manual prompt on the original template, and the run reports the manual prompt beside the tuned one."""
+    from bbtune.evaluate import score_examples
+
+    tuner = Tuner(tiny_task, tiny_backend, TuneConfig(p0="cue", budget_calls=12, **FAST))
+    res = tuner.run()
+    assert tuner.task.format.template.pattern == "{text}{label}" and tuner.subspace_.n_tokens == 2
+    start = score_examples(tiny_backend, tuner.prompt(np.zeros(tuner.subspace_.dim)), tiny_task.dev, tuner.task.format)
+    manual = score_examples(tiny_backend, HardPrompt((), ""), tiny_task.dev, tiny_task.format)
+    assert np.allclose(start, manual, atol=1e-5)
+    assert res.metrics["manual_dev_acc"] == pytest.approx(float((manual[0].argmax(1) == tiny_task.format.label_ids(tiny_task.dev)).mean()))
+
+
+def test_p0_cue_needs_cue_words_and_suffix_placement(tiny_backend, tiny_task):
+    from bbtune.tasks import Template
+
+    no_cue = tiny_task.with_template(Template("{text}{label}"))
+    with pytest.raises(ConfigError, match="no cue words"):
+        tune(no_cue, tiny_backend, TuneConfig(p0="cue", budget_calls=12, **FAST), progress=False)
+    with pytest.raises(ConfigError, match="placement suffix"):
+        tune(tiny_task.with_placement("prefix"), tiny_backend, TuneConfig(p0="cue", budget_calls=12, **FAST), progress=False)
