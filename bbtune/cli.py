@@ -13,7 +13,6 @@ import dataclasses
 import enum
 import json
 import sys
-import time
 import typing
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,15 +20,16 @@ from typing import Any, Sequence
 from .backends.factory import LocalConfig
 from .backends.remote import RemoteConfig
 from .compare import CompareConfig, run_compare
+from .dryrun import dry_run_tune
 from .errors import BBTuneError
-from .evaluate import evaluate
 from .export import export
-from .prompts import HardPrompt
 from .results import RunFolder
 from .runs import load_run
 from .table import markdown_table
 from .tasks import FieldMap, TaskConfig, parse_label_names, read_inputs
-from .tuner import Mode, TuneConfig, TuneResult, tune
+from .demo import run_demo
+from .summary import summary_table
+from .tuner import TuneConfig, TuneResult, tune
 
 CONFIGS = {"task": TaskConfig, "backend": LocalConfig, "tune": TuneConfig}
 REMOTE_PREFIX = "remote_"  # remote flags are --remote-*, so --model stays the local model's
@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--run-dir", default="", help="results folder (default: runs/<task>-<mode>-<seed>)")
     t.add_argument("--resume", default="", metavar="RUN_DIR", help="continue the run in RUN_DIR with its saved config")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--dry-run", action="store_true",
+                   help="print the calls, requests, tokens and cost the run would spend at most; send nothing")
     c = sub.add_parser("compare", help="run several methods x seeds on one task and write a report folder")
     for title, cls in {**CONFIGS, "compare": CompareConfig}.items():
         add_dataclass_args(c, cls, title)
@@ -81,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default=LocalConfig.model, help="model to tune (default: embedded SmolLM2-135M)")
     d.add_argument("--budget-calls", type=int, default=200, help="model calls per tuning run")
     d.add_argument("--out", default="runs/demo", help="folder for the two run folders and summary files")
-    d.add_argument("--seed", type=int, default=42)
+    d.add_argument("--seed", type=int, default=42, help="first few-shot seed")
+    d.add_argument("--seeds", type=int, default=1, help="how many few-shot splits (seed, seed+1, ...): mean and spread")
     _add_use_commands(sub)
     return parser
 
@@ -108,7 +111,9 @@ def _add_use_commands(sub: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "tune":
+        if args.command == "tune" and args.dry_run:
+            print(_dry_run_tune(args))
+        elif args.command == "tune":
             result = _tune_command(args)
             print(summary_table([("bbtune " + result.metrics["mode"], result)]))
             print(f"\nresults in {result.run_dir}")
@@ -118,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(markdown_table(comparison.summary(), list(comparison.summary()[0])))
             print(f"\nreport in {comparison.out_dir}")
         elif args.command == "demo":
-            print(run_demo(args.model, args.budget_calls, Path(args.out), args.seed))
+            print(run_demo(args.model, args.budget_calls, Path(args.out), args.seed, args.seeds))
         elif args.command == "predict":
             _predict_command(args)
         elif args.command == "export":
@@ -156,6 +161,13 @@ def _tune_command(args: argparse.Namespace) -> TuneResult:
                 extra_config={"cli": cli_config})
 
 
+def _dry_run_tune(args: argparse.Namespace) -> str:
+    configs = {name: from_args(cls, args) for name, cls in CONFIGS.items()}
+    remote = from_args(RemoteConfig, args, REMOTE_PREFIX)
+    estimate = dry_run_tune(configs["task"].load(), configs["tune"], args.backend, configs["backend"], remote)
+    return f"dry run: nothing was sent; this run would spend at most\n\n{estimate.table()}"
+
+
 def _predict_command(args: argparse.Namespace) -> None:
     """Predictions as JSONL (one row per input); accuracy on stderr when the inputs carry labels."""
     run = load_run(args.run_dir)
@@ -173,63 +185,6 @@ def _predict_command(args: argparse.Namespace) -> None:
     if examples and all(ex.label for ex in examples):
         correct = sum(ex.label == p.label for ex, p in zip(examples, predictions))
         print(f"accuracy {correct / len(examples):.4f} ({correct}/{len(examples)})", file=sys.stderr)
-
-
-def summary_table(results: Sequence[tuple[str, TuneResult | dict[str, Any]]]) -> str:
-    """Manual prompt and tuned results side by side, with each one's test gain over the manual prompt."""
-    rows, manual_test = [], None
-    for name, res in results:
-        m = res.metrics if isinstance(res, TuneResult) else res
-        if "manual_test_acc" in m and manual_test is None:  # a tuned run scores the manual prompt beside itself
-            manual_test = m["manual_test_acc"]
-            rows.append({"method": "manual prompt (template alone)", "dev acc": m.get("manual_dev_acc"),
-                         "test acc": manual_test, "calls": 0})
-            if "manual_calibrated_test_acc" in m:
-                rows.append({"method": "  + label calibration", "dev acc": m.get("manual_calibrated_dev_acc"),
-                             "test acc": m["manual_calibrated_test_acc"], "calls": 0})
-        kept = " (kept the manual prompt: tuning did not beat it on dev)" if m.get("selected") == "manual" else ""
-        rows.append({"method": name + kept, "dev acc": m.get("dev_acc"), "test acc": m.get("test_acc"),
-                     "calls": m.get("calls", 0), "time s": m.get("wall_s"), "prompt": _short(m.get("prompt_shown"))})
-        if "hard_test_acc" in m:
-            rows.append({"method": f"  {name} -> nearest tokens", "dev acc": m.get("hard_dev_acc"),
-                         "test acc": m.get("hard_test_acc"), "calls": "", "time s": None,
-                         "prompt": _short(m.get("discretized_prompt", m.get("hard_prompt")))})
-        elif m.get("mode") == "hard":
-            rows[-1]["prompt"] = _short(m.get("hard_prompt"))
-    for row in rows:
-        if manual_test is not None and isinstance(row.get("test acc"), float):
-            row["gain vs manual"] = f"{100 * (row['test acc'] - manual_test):+.1f} pts"
-    return markdown_table(rows, ["method", "dev acc", "test acc", "gain vs manual", "calls", "time s", "prompt"])
-
-
-def _short(text: str | None, width: int = 40) -> str | None:
-    if text is None:
-        return None
-    shown = json.dumps(text, ensure_ascii=False)
-    return shown if len(shown) <= width else shown[: width - 4] + '..."'
-
-
-def run_demo(model: str, budget_calls: int, out: Path, seed: int) -> str:
-    """Manual prompt, BBT soft (+ its nearest tokens) and BBT hard on the built-in set; returns the table."""
-    task_cfg = TaskConfig(data="demo", k=8)
-    task = task_cfg.load()
-    backend = LocalConfig(model=model).build()
-    started = time.perf_counter()
-    manual = HardPrompt((), "")
-    results: list[tuple[str, Any]] = [("manual prompt (template only)", {
-        "dev_acc": evaluate(backend, manual, task.dev, task.format).accuracy,
-        "test_acc": evaluate(backend, manual, task.test, task.format).accuracy,
-        "calls": 0, "wall_s": round(time.perf_counter() - started, 2), "prompt_shown": task.format.template.pattern})]
-    for mode in (Mode.SOFT, Mode.HARD):
-        cfg = TuneConfig(mode=mode, budget_calls=budget_calls, seed=seed, eval_every=40)
-        cli = {"task": dataclasses.asdict(task_cfg), "backend": dataclasses.asdict(LocalConfig(model=model)),
-               "tune": dataclasses.asdict(cfg)}
-        print(f"tuning a {mode.value} prompt ({budget_calls} calls)...", file=sys.stderr)
-        results.append((f"BBT {mode.value}", tune(task, backend, cfg, out / mode.value, extra_config={"cli": cli})))
-    table = summary_table(results)
-    RunFolder(out).write_json("summary.json", {name: (r.metrics if isinstance(r, TuneResult) else r) for name, r in results})
-    (out / "summary.md").write_text(table + "\n")
-    return f"{table}\n\nrun folders and summary in {out}/"
 
 
 if __name__ == "__main__":

@@ -41,9 +41,13 @@ def test_resume_of_a_folder_that_is_not_a_run(capsys, tmp_path):
 def test_demo_runs_on_the_tiny_model(capsys, tmp_path):
     assert main(["demo", "--model", "tiny", "--budget-calls", "20", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    for name in ("manual prompt", "BBT soft", "nearest tokens", "BBT hard"):
+    for name in ("manual prompt", "BBT soft", "nearest tokens", "BBT hard", "240 test reviews"):
         assert name in out
-    assert (tmp_path / "summary.md").exists() and (tmp_path / "soft" / "metrics.json").exists()
+    soft = json.loads((tmp_path / "soft" / "metrics.json").read_text())
+    gain = 100 * soft["gain_over_manual"]
+    verdict = "beat" if gain > 0 else "did not beat"
+    assert f"BBT soft {verdict} the manual prompt: {gain:+.1f} points on test." in out
+    assert (tmp_path / "summary.md").read_text().strip() in out
 
 
 def test_compare_command_writes_a_report(capsys, tmp_path):

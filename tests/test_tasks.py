@@ -97,9 +97,25 @@ def test_label_outside_verbalizer_in_data_fails_at_load(tmp_path):
 
 def test_demo_task_loads_with_placement():
     task = TaskConfig(data="demo", k=8, placement="prefix").load()
-    assert len(task.train) == len(task.dev) == 16 and len(task.test) == 32
+    assert len(task.train) == len(task.dev) == 16 and len(task.test) == 240
     assert task.format.placement is Placement.PREFIX
     assert (demo_data_dir() / "train.jsonl").exists()
+
+
+def test_demo_task_works_with_the_default_k_and_is_built_as_documented():
+    """`bbtune tune --data demo` with its defaults: k = 16 per class fits the 48-per-class pool, and the files are
+    exactly what bbtune/data/generate_demo.py writes (so the set can be rebuilt and reviewed)."""
+    import importlib.util
+
+    task = TaskConfig(data="demo").load()
+    assert len(task.train) == len(task.dev) == 32 and len(task.test) >= 200
+    spec = importlib.util.spec_from_file_location("generate_demo", demo_data_dir().parent / "generate_demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    pool, test = module.build()
+    written = [json.loads(line) for line in (demo_data_dir() / "test.jsonl").read_text().splitlines()]
+    assert written == test and len(pool) == 96
+    assert not {r["text"] for r in pool} & {r["text"] for r in test}
 
 
 def test_task_config_rejects_bad_verbalizer_json():

@@ -1,0 +1,42 @@
+"""The table a tuning run prints: the manual prompt and the tuned results side by side, with the gain."""
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+from .table import markdown_table
+from .tuner import TuneResult
+
+
+def summary_table(results: Sequence[tuple[str, TuneResult | dict[str, Any]]]) -> str:
+    """Manual prompt and tuned results side by side, with each one's test gain over the manual prompt."""
+    rows, manual_test = [], None
+    for name, res in results:
+        m = res.metrics if isinstance(res, TuneResult) else res
+        if "manual_test_acc" in m and manual_test is None:  # a tuned run scores the manual prompt beside itself
+            manual_test = m["manual_test_acc"]
+            rows.append({"method": "manual prompt (template alone)", "dev acc": m.get("manual_dev_acc"),
+                         "test acc": manual_test, "calls": 0})
+            if "manual_calibrated_test_acc" in m:
+                rows.append({"method": "  + label calibration", "dev acc": m.get("manual_calibrated_dev_acc"),
+                             "test acc": m["manual_calibrated_test_acc"], "calls": 0})
+        kept = " (kept the manual prompt: tuning did not beat it on dev)" if m.get("selected") == "manual" else ""
+        rows.append({"method": name + kept, "dev acc": m.get("dev_acc"), "test acc": m.get("test_acc"),
+                     "calls": m.get("calls", 0), "time s": m.get("wall_s"), "prompt": _short(m.get("prompt_shown"))})
+        if "hard_test_acc" in m:
+            rows.append({"method": f"  {name} -> nearest tokens", "dev acc": m.get("hard_dev_acc"),
+                         "test acc": m.get("hard_test_acc"), "calls": "", "time s": None,
+                         "prompt": _short(m.get("discretized_prompt", m.get("hard_prompt")))})
+        elif m.get("mode") == "hard":
+            rows[-1]["prompt"] = _short(m.get("hard_prompt"))
+    for row in rows:
+        if manual_test is not None and isinstance(row.get("test acc"), float):
+            row["gain vs manual"] = f"{100 * (row['test acc'] - manual_test):+.1f} pts"
+    return markdown_table(rows, ["method", "dev acc", "test acc", "gain vs manual", "calls", "time s", "prompt"])
+
+
+def _short(text: str | None, width: int = 40) -> str | None:
+    if text is None:
+        return None
+    shown = json.dumps(text, ensure_ascii=False)
+    return shown if len(shown) <= width else shown[: width - 4] + '..."'
