@@ -1,0 +1,198 @@
+"""`--dry-run`: what a run would spend at most, before it sends a single request.
+
+The real `Tuner` (or `compare`) runs against a `ShapeBackend`, which scores nothing (seeded noise) but records
+every call it is asked for: which prompts on which examples. The run's shape (generations, dev evaluations in
+chunks of 64, the manual and start points, final test scores, a soft run's nearest tokens) thus comes from
+the tuner itself and follows it as it changes. `price` then costs each recorded call the way the remote
+backend sends it: every rendered text tokenized by the real tokenizer, plus the meter's `PROMPT_TOKEN_MARGIN`
+(and `CHAT_TOKEN_MARGIN` in chat mode) per text; one request per `batch_size` texts (chat: one per text; echo:
+one text per label word); one completion token per text; cost from the ``--remote-price-*`` flags.
+
+Why it is an upper bound: candidates the tuner would skip as repeats are priced as if sent, cached replies as
+if paid, and the probe as `PROBE_REQUESTS` requests as large as the largest request of the run. Not included:
+retries (a 429 or 5xx is not billed, but a dropped request may be).
+
+    >>> # print(dry_run_tune(task, RemoteConfig(local_model="smollm2", price_prompt_per_mtok=0.5), TuneConfig()))
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from .backends.base import Backend, CallStats, Capabilities
+from .constants import CHAT_TOKEN_MARGIN, PROMPT_TOKEN_MARGIN
+from .prompts import HardPrompt, Prompt, SoftPrompt
+from .tasks import Example, Placement, TaskFormat
+
+PROBE_REQUESTS = 10  # the probe's requests at most: /models, first, repeat, lists, top-k step-downs, a sample
+
+
+@dataclass
+class _Call:
+    prompts: tuple[Prompt, ...]
+    examples: tuple[Example, ...]
+    fmt: TaskFormat
+
+
+class _ShapeStats(CallStats):
+    """CallStats that also sees the tuner book the repeats it skipped, so the shape prices them as sent."""
+
+    def __init__(self, owner: "ShapeBackend"):
+        super().__init__()
+        self.owner = owner
+
+    def add(self, n_prompts: int, n_examples: int) -> None:
+        super().add(n_prompts, n_examples)
+        if not self.owner.scoring and n_prompts and self.owner.calls:
+            last = self.owner.calls[-1]
+            self.owner.calls.append(_Call(last.prompts[:1] * n_prompts, last.examples[:n_examples], last.fmt))
+
+
+class ShapeBackend:
+    """A Backend that records what it is asked to score and answers seeded noise; nothing leaves the machine.
+
+    `reference` gives the vocabulary and tokenizer (the real model's: a LocalBackend); `capabilities` are those
+    of the backend the real run would use."""
+
+    def __init__(self, reference: Backend, capabilities: Capabilities, name: str, seed: int = 0):
+        self.reference, self.capabilities, self.name = reference, capabilities, f"dry-run:{name}"
+        self.calls: list[_Call] = []
+        self.scoring = False
+        self.stats = _ShapeStats(self)
+        self._rng = np.random.default_rng(seed)
+
+    def vocabulary(self) -> Any:
+        return self.reference.vocabulary()
+
+    def score(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat) -> np.ndarray:
+        self.calls.append(_Call(tuple(prompts), tuple(examples), fmt))
+        self.scoring = True
+        try:
+            self.stats.add(len(prompts), len(examples))
+        finally:
+            self.scoring = False
+        return -np.abs(self._rng.normal(1.0, 0.5, (len(prompts), len(examples), len(fmt.labels))))
+
+
+@dataclass
+class Estimate:
+    """What a run would spend at most. `requests`/`cost` are None for a local backend (nothing is sent)."""
+
+    calls: int = 0
+    examples_scored: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    requests: int | None = None
+    cost: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def table(self) -> str:
+        from .table import markdown_table
+
+        rows = [{"": "model calls (prompt x batch)", "at most": self.calls},
+                {"": "examples scored", "at most": self.examples_scored},
+                {"": "HTTP requests", "at most": "- (local)" if self.requests is None else self.requests},
+                {"": "prompt tokens", "at most": self.prompt_tokens},
+                {"": "completion tokens", "at most": self.completion_tokens},
+                {"": "cost", "at most": "- (local)" if self.cost is None else f"${self.cost:.4f}"}]
+        return "\n".join([markdown_table(rows, ["", "at most"]), *self.notes])
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """How texts become requests and money: the remote backend's mode, batch size and prices (None = local)."""
+
+    mode: str = "local"
+    batch_size: int = 1
+    prompt_per_mtok: float = 0.0
+    completion_per_mtok: float = 0.0
+    extra_tokens: int = 0  # tokens every text carries besides itself (chat role markers, an instruction)
+    probe: bool = False
+
+    @classmethod
+    def remote(cls, config: Any, tokenizer: Any) -> "Pricing":
+        chat = config.mode.value == "chat"
+        instruction = getattr(config, "chat_instruction", "") if chat else ""
+        extra = (CHAT_TOKEN_MARGIN + len(tokenizer.encode(instruction, add_special_tokens=False))) if chat else 0
+        batch = 1 if chat else config.batch_size
+        return cls(config.mode.value, batch, config.price_prompt_per_mtok, config.price_completion_per_mtok,
+                   extra, config.probe)
+
+
+def price(calls: Sequence[_Call], tokenizer: Any, pricing: Pricing) -> Estimate:
+    """The most the recorded `calls` cost when sent as `pricing` says (see the module docstring)."""
+    est = Estimate()
+    largest = 0
+    for call in calls:
+        rows = _row_tokens(call, tokenizer)
+        if pricing.mode == "echo":
+            rows = [n + 1 for n in rows for _ in call.fmt.labels]  # the text with each label word appended
+        per_text = [n + (PROMPT_TOKEN_MARGIN + pricing.extra_tokens if pricing.mode != "local" else 0) for n in rows]
+        est.calls += len(call.prompts)
+        est.examples_scored += len(call.prompts) * len(call.examples)
+        est.prompt_tokens += sum(per_text)
+        if pricing.mode != "local":
+            est.requests = (est.requests or 0) + math.ceil(len(per_text) / pricing.batch_size)
+            est.completion_tokens += len(per_text)
+            largest = max(largest, sum(sorted(per_text)[-pricing.batch_size:]))
+    if pricing.mode != "local":
+        if pricing.probe:
+            est.requests = (est.requests or 0) + PROBE_REQUESTS
+            est.prompt_tokens += PROBE_REQUESTS * largest
+            est.completion_tokens += PROBE_REQUESTS * pricing.batch_size
+            est.notes.append(f"includes the probe as {PROBE_REQUESTS} requests of the run's largest size")
+        est.cost = (est.prompt_tokens * pricing.prompt_per_mtok + est.completion_tokens * pricing.completion_per_mtok) / 1e6
+        est.notes.append("not included: retries of failed requests; cached replies are counted as paid")
+    return est
+
+
+def _row_tokens(call: _Call, tokenizer: Any) -> list[int]:
+    """Tokens of every (prompt, example) input as the server reads it; a soft prompt counts its vectors."""
+    out = []
+    for prompt in call.prompts:
+        text = prompt.text if isinstance(prompt, HardPrompt) else ""
+        extra = prompt.n_tokens if isinstance(prompt, SoftPrompt) else 0
+        texts = [_compose(call.fmt, text, ex) for ex in call.examples]
+        out += [len(ids) + extra for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+    return out
+
+
+def _compose(fmt: TaskFormat, prompt_text: str, example: Example) -> str:
+    r = fmt.render(example)
+    return prompt_text + r.head + r.cue if fmt.placement is Placement.PREFIX else r.head + prompt_text + r.cue
+
+
+# ---------------------------------------------------------------------- the CLI's entry points
+
+
+def shape_backend(kind: str, local: Any, remote: Any) -> tuple[ShapeBackend, Pricing]:
+    """A ShapeBackend standing for the backend the CLI would build (`local`: LocalConfig, `remote`: RemoteConfig),
+    with the pricing of that backend; only the local reference model is loaded."""
+    from .backends.local import LocalBackend
+
+    if kind == "remote":
+        if not remote.local_model:
+            from .errors import ConfigError
+
+            raise ConfigError("--dry-run counts tokens with the model's own tokenizer: set --remote-local-model "
+                              "to the same model locally (a HF folder, a .gguf, 'smollm2' or 'tiny')")
+        reference = LocalBackend(remote.local_model)
+        caps = Capabilities(soft=remote.mode.value == "prompt_embeds", hard=True, gradients=False)
+        return ShapeBackend(reference, caps, f"remote:{remote.model}"), Pricing.remote(remote, reference.tokenizer)
+    reference = local.build()
+    return ShapeBackend(reference, reference.capabilities, reference.name), Pricing()
+
+
+def dry_run_tune(task: Any, tune_config: Any, kind: str, local: Any, remote: Any) -> Estimate:
+    """What `bbtune tune` with these configs would spend at most (no run folder is written)."""
+    from .tuner import tune
+
+    backend, pricing = shape_backend(kind, local, remote)
+    tune(task, backend, tune_config, None, progress=False)
+    return price(backend.calls, backend.vocabulary().tokenizer, pricing)

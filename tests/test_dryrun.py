@@ -1,0 +1,58 @@
+"""--dry-run: the estimate is at least what a run through the mock server really spends, and close to it."""
+from __future__ import annotations
+
+import pytest
+
+from bbtune.backends.factory import LocalConfig
+from bbtune.backends.remote import RemoteConfig
+from bbtune.cli import main
+from bbtune.dryrun import PROBE_REQUESTS, dry_run_tune
+from bbtune.tuner import TuneConfig, tune
+from mock_server import MockServer, ServerConfig, shared_scorer
+
+HARD = TuneConfig(mode="hard", budget_calls=18, popsize=6, prompt_tokens=3, intrinsic_dim=20, eval_every=12, seed=5)
+
+
+@pytest.fixture(scope="module")
+def server():
+    server = MockServer(ServerConfig(model="tiny", port=0, max_logprobs=400), scorer=shared_scorer("tiny")).start()
+    yield server
+    server.stop()
+
+
+def _config(server: MockServer, **kw) -> RemoteConfig:
+    return RemoteConfig(base_url=server.url, model="tiny", local_model="tiny", top_k=400, price_prompt_per_mtok=2.0,
+                        price_completion_per_mtok=8.0, **kw)
+
+
+@pytest.mark.parametrize("mode,probe", [("top_logprobs", False), ("top_logprobs", True), ("echo", False)])
+def test_estimate_bounds_a_real_run_and_is_close(server, tiny_task, mode, probe):
+    config = _config(server, mode=mode, probe=probe, batch_size=4)
+    before = server.stats()
+    with config.build() as backend:
+        tune(tiny_task, backend, HARD, progress=False)
+        spent = backend.stats.as_dict()
+    served = server.stats()  # what the server saw: requests and tokens, /models included
+    assert served["prompt_tokens"] - before["prompt_tokens"] == spent["prompt_tokens"]
+    est = dry_run_tune(tiny_task, HARD, "remote", LocalConfig(model="tiny"), config)
+    assert served["requests"] - before["requests"] <= est.requests
+    print(mode, probe, {k: spent[k] for k in ("requests", "prompt_tokens", "completion_tokens", "cost")}, est)
+    # close: repeats the tuner skips are priced as sent (a few %), the probe as PROBE_REQUESTS large requests,
+    # and every text carries the meter's PROMPT_TOKEN_MARGIN (tiny's texts are short, so that is ~40% here)
+    assert spent["requests"] <= est.requests <= 1.1 * spent["requests"] + (PROBE_REQUESTS if probe else 0)
+    assert spent["prompt_tokens"] <= est.prompt_tokens <= 1.6 * spent["prompt_tokens"]
+    assert spent["completion_tokens"] <= est.completion_tokens <= 1.3 * spent["completion_tokens"]
+    assert spent["cost"] <= est.cost <= 1.6 * spent["cost"]
+    assert est.calls >= HARD.budget_calls
+
+
+def test_cli_dry_run_sends_nothing(server, capsys, tmp_path):
+    before = server.stats()["requests"]
+    args = ["tune", "--dry-run", "--backend", "remote", "--remote-base-url", server.url, "--remote-local-model", "tiny",
+            "--remote-price-prompt-per-mtok", "1", "--model", "tiny", "--k", "4", "--budget-calls", "20",
+            "--popsize", "5", "--mode", "hard", "--run-dir", str(tmp_path / "never")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "HTTP requests" in out and "$0.0" in out
+    assert not (tmp_path / "never").exists()
+    assert server.stats()["requests"] == before
