@@ -61,10 +61,13 @@ class Discretizer:
     """
 
     def __init__(self, vocab: Vocabulary, metric: Metric | str = Metric.COSINE, vocab_filter: str = "words",
-                 block: Iterable[str] = ()):
+                 block: Iterable[str] = (), also_allow: Iterable[int] = ()):
+        """`also_allow`: token ids allowed whatever the filter (a start prompt's own tokens, so that p0 projects
+        onto itself)."""
         self.vocab = vocab
         self.metric = Metric(metric)
         self.allowed = vocab.allowed_mask(vocab_filter, block)
+        self.allowed[list(also_allow)] = True
         # keeping only allowed rows, prepared once, makes projection one small matmul per batch
         self._allowed_ids = torch.nonzero(self.allowed).flatten()
         self._table = _prepare(vocab.embeddings[self._allowed_ids], self.metric)

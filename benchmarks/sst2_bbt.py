@@ -1,8 +1,11 @@
-"""BBT on SST-2 16-shot with SmolLM2: manual prompt vs BBT soft vs its nearest tokens vs BBT hard (in the loop).
+"""BBT on SST-2 16-shot with SmolLM2: manual prompt vs BBT soft vs its nearest tokens vs BBT hard (in the loop),
+each with its gain over the manual prompt per seed, and the goal check of issue 11.
 
     python benchmarks/sst2_bbt.py --seeds 13 42 100 --budget 300
     python benchmarks/sst2_bbt.py --placements suffix prefix --modes soft --out benchmarks/results/placement_sst2.json
+    python benchmarks/agnews_bbt.py           # the AG News twin (same script, topic preset)
 Prints a table and writes JSON (default benchmarks/results/sst2_bbt.json). Data: ../shared/data/sst2 (never copied).
+Every tuned run scores the manual prompt beside itself (same split, same scores for the raw and calibrated rows).
 """
 from __future__ import annotations
 
@@ -17,8 +20,6 @@ import torch
 
 from bbtune.backends.base import Backend
 from bbtune.backends.factory import LocalConfig
-from bbtune.evaluate import evaluate
-from bbtune.prompts import HardPrompt
 from bbtune.table import markdown_table
 from bbtune.tasks import TaskConfig
 from bbtune.tuner import TuneConfig, tune
@@ -26,9 +27,17 @@ from bbtune.tuner import TuneConfig, tune
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
+GOALS = {"sst2": {"bbt_soft": 85.0, "bbt_hard": 82.0, "gain": 4.0}, "agnews": {"gain": 5.0}}
+
+
+def main(argv: list[str] | None = None, data: str = "sst2", preset: str = "sentiment") -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "sst2"))
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / data))
+    ap.add_argument("--preset", default=preset)
+    ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--p0", default="cue", choices=["vocab", "cue", "zeros"])
+    ap.add_argument("--calibrate", default="on", choices=["on", "off"])
+    ap.add_argument("--select", default="train_dev_loss", choices=["dev_acc", "dev_loss", "train_dev_loss"])
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--seeds", type=int, nargs="+", default=[13, 42, 100])
     ap.add_argument("--modes", nargs="+", default=["soft", "hard"], choices=["soft", "hard"])
@@ -40,55 +49,79 @@ def main() -> None:
     ap.add_argument("--placements", nargs="+", default=["suffix"], choices=["prefix", "suffix"],
                     help="where the prompt sits; several compare placements on the same seeds and settings")
     ap.add_argument("--test-limit", type=int, default=0, help="0 = the full 872-sentence test set")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sst2_bbt.json"))
-    args = ap.parse_args()
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"{data}_bbt.json"))
+    args = ap.parse_args(argv)
 
     backend = LocalConfig(model=args.model).build()
     rows, runs = [], []
     for seed in args.seeds:
-        for i, placement in enumerate(args.placements):  # the manual prompt has no tokens to place: score it once
+        for i, placement in enumerate(args.placements):  # the manual prompt has no tokens to place: report it once
             runs += run_seed(backend, args, seed, placement, with_manual=i == 0)
     for placement, method in dict.fromkeys((r["placement"], r["method"]) for r in runs):
         mine = [r for r in runs if (r["placement"], r["method"]) == (placement, method)]
-        rows.append({"placement": placement, "method": method, **{f"{k} mean": statistics.mean(r[k] for r in mine) for k in ("dev_acc", "test_acc")},
-                     "test std": statistics.pstdev(r["test_acc"] for r in mine), "calls": mine[0]["calls"],
+        rows.append({"placement": placement, "method": method, **{f"{k} mean": 100 * statistics.mean(r[k] for r in mine) for k in ("dev_acc", "test_acc")},
+                     "test std": 100 * statistics.pstdev(r["test_acc"] for r in mine),
+                     "gain per seed": " ".join(f"{100 * r['gain']:+.1f}" for r in mine), "calls": mine[0]["calls"],
                      "tuning s / seed": statistics.mean(r["wall_s"] for r in mine),
                      "total s / seed": statistics.mean(r["total_s"] for r in mine)})
-    table = markdown_table(rows, ["placement", "method", "dev_acc mean", "test_acc mean", "test std", "calls",
-                                  "tuning s / seed", "total s / seed"])
+    table = markdown_table(rows, ["placement", "method", "dev_acc mean", "test_acc mean", "test std", "gain per seed",
+                                  "calls", "tuning s / seed", "total s / seed"])
     print(table)
+    goal = goal_check(runs, GOALS.get(data, {}))
+    print("\n".join(f"goal {name}: {'met' if ok else 'NOT met'} ({detail})" for name, (ok, detail) in goal.items()))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "summary": rows, "runs": runs, "machine": {
+    out.write_text(json.dumps({"args": vars(args), "summary": rows, "goal": goal, "runs": runs, "machine": {
         "cpu_threads": torch.get_num_threads(), "platform": platform.platform()}}, indent=2))
     print(f"wrote {out}")
+
+
+def goal_check(runs: list[dict], goals: dict[str, float]) -> dict[str, tuple[bool, str]]:
+    """Issue 11's targets: mean test accuracy per method, and a gain over the manual prompt on every seed."""
+    out = {}
+    for method in ("bbt_soft", "bbt_hard"):
+        mine = [r for r in runs if r["method"] == method]
+        if not mine:
+            continue
+        mean = 100 * statistics.mean(r["test_acc"] for r in mine)
+        if method in goals:
+            out[f"{method} >= {goals[method]}"] = (mean >= goals[method], f"mean {mean:.1f}")
+        gains = [100 * r["gain"] for r in mine]
+        out[f"{method} >= manual + {goals['gain']} on every seed"] = (min(gains) >= goals["gain"],
+                                                                      "gains " + ", ".join(f"{g:+.1f}" for g in gains))
+    return out
 
 
 def run_seed(backend: Backend, args: argparse.Namespace, seed: int, placement: str, with_manual: bool) -> list[dict]:
     """Manual prompt and each BBT mode on one few-shot split. `wall_s` is the search (with its dev checks);
     `total_s` also counts the final test evaluations, i.e. what a user waits for."""
-    task = TaskConfig(data=args.data, k=16, data_seed=seed, placement=placement, test_limit=args.test_limit).load()
+    task = TaskConfig(data=args.data, preset=args.preset, k=args.k, data_seed=seed, placement=placement,
+                      test_limit=args.test_limit).load()
     runs = []
-    if with_manual:
-        started = time.perf_counter()
-        dev, test = (evaluate(backend, HardPrompt((), ""), split, task.format).accuracy for split in (task.dev, task.test))
-        elapsed = time.perf_counter() - started
-        runs.append({"seed": seed, "placement": "-", "method": "manual", "dev_acc": dev, "test_acc": test, "calls": 0,
-                     "wall_s": elapsed, "total_s": elapsed})
-    for mode in args.modes:
+    p0 = args.p0 if placement == "suffix" else "vocab"  # the cue start needs the prompt where the cue is
+    for i, mode in enumerate(args.modes):
         cfg = TuneConfig(mode=mode, budget_calls=args.budget, prompt_tokens=args.prompt_tokens, seed=seed,
-                         intrinsic_dim=args.intrinsic_dim, popsize=args.popsize, sigma0=args.sigma0)
+                         intrinsic_dim=args.intrinsic_dim, popsize=args.popsize, sigma0=args.sigma0, p0=p0,
+                         calibrate=args.calibrate == "on", select=args.select)
         started = time.perf_counter()
-        res = tune(task, backend, cfg, ROOT / "runs" / f"sst2-{placement}-{mode}-{seed}", progress=False)
+        res = tune(task, backend, cfg, ROOT / "runs" / f"{Path(args.data).name}-{placement}-{mode}-{seed}", progress=False)
         m, total = res.metrics, time.perf_counter() - started
+        manual = m["manual_test_acc"]
+        if with_manual and i == 0:
+            runs.append({"seed": seed, "placement": "-", "method": "manual", "dev_acc": m["manual_dev_acc"],
+                         "test_acc": manual, "gain": 0.0, "calls": 0, "wall_s": 0.0, "total_s": 0.0})
+            if "manual_calibrated_test_acc" in m:
+                runs.append({"seed": seed, "placement": "-", "method": "manual_calibrated",
+                             "dev_acc": m["manual_calibrated_dev_acc"], "test_acc": m["manual_calibrated_test_acc"],
+                             "gain": m["manual_calibrated_test_acc"] - manual, "calls": 0, "wall_s": 0.0, "total_s": 0.0})
         runs.append({"seed": seed, "placement": placement, "method": f"bbt_{mode}", "dev_acc": m["dev_acc"],
-                     "test_acc": m["test_acc"], "calls": m["calls"], "wall_s": m["wall_s"], "total_s": total,
-                     "initial_train_loss": m["initial_train_loss"], "best_train_loss": m["best_train_loss"],
-                     "prompt": m["hard_prompt"]})
+                     "test_acc": m["test_acc"], "gain": m["test_acc"] - manual, "calls": m["calls"], "wall_s": m["wall_s"],
+                     "total_s": total, "selected": m["selected"], "initial_train_loss": m["initial_train_loss"],
+                     "best_train_loss": m["best_train_loss"], "stop_reasons": m["stop_reasons"], "prompt": m["hard_prompt"]})
         if mode == "soft":
             runs.append({"seed": seed, "placement": placement, "method": "bbt_soft_discretized",
-                         "dev_acc": m["hard_dev_acc"], "test_acc": m["hard_test_acc"], "calls": 0, "wall_s": 0.0,
-                         "total_s": 0.0, "prompt": m["hard_prompt"]})
+                         "dev_acc": m["hard_dev_acc"], "test_acc": m["hard_test_acc"], "gain": m["hard_test_acc"] - manual,
+                         "calls": 0, "wall_s": 0.0, "total_s": 0.0, "prompt": m["discretized_prompt"]})
     for run in runs:
         print(json.dumps(run), flush=True)
     return runs

@@ -63,3 +63,12 @@ def test_round_trip_detects_a_mismatch(vocab):
         assert not trip.ok and trip.reencoded == tuple(tok.encode(" great", add_special_tokens=False))
     else:
         pytest.skip("tokenizer has no split pieces for ' great'")
+
+
+def test_also_allow_lets_a_start_prompt_project_onto_itself(vocab):
+    words = Discretizer(vocab, "cosine", "words")
+    outside = int(torch.nonzero(~words.allowed).flatten()[-1])  # a token the words filter refuses
+    assert int(words.ids(vocab.embeddings[outside][None])[0]) != outside
+    with_it = Discretizer(vocab, "cosine", "words", also_allow=[outside])
+    assert int(with_it.ids(vocab.embeddings[outside][None])[0]) == outside
+    assert with_it.allowed.sum() == words.allowed.sum() + 1

@@ -119,7 +119,7 @@ def test_resume_continues_to_the_same_result(tiny_backend, tiny_task, tmp_path):
     tune(tiny_task, tiny_backend, short, tmp_path / "part", progress=False)
     # pretend the run was stopped after 12 calls: same folder, original budget
     ckpt = RunFolder(tmp_path / "part").load_checkpoint()
-    ckpt["config"]["budget_calls"] = 30
+    ckpt["run_config"]["tune"]["budget_calls"] = 30
     RunFolder(tmp_path / "part").save_checkpoint(ckpt)
     resumed = tune(tiny_task, tiny_backend, cfg, tmp_path / "part", progress=False, resume=True)
     assert np.array_equal(resumed.best_z, full.best_z)
@@ -132,7 +132,7 @@ def test_resume_refuses_another_config(tiny_backend, tiny_task, tmp_path):
     with pytest.raises(CheckpointError, match="another config"):
         tune(tiny_task, tiny_backend, TuneConfig(budget_calls=12, seed=9, **FAST), tmp_path / "r", progress=False,
              resume=True)
-    with pytest.raises(CheckpointError, match="never finished a generation"):
+    with pytest.raises(CheckpointError, match="not a run that can resume"):
         tune(tiny_task, tiny_backend, TuneConfig(budget_calls=12, **FAST), tmp_path / "empty", progress=False, resume=True)
 
 
@@ -257,6 +257,14 @@ def test_p0_cue_starts_the_search_at_the_manual_prompt(tiny_backend, tiny_task):
     manual = score_examples(tiny_backend, HardPrompt((), ""), tiny_task.dev, tiny_task.format)
     assert np.allclose(start, manual, atol=1e-5)
     assert res.metrics["manual_dev_acc"] == pytest.approx(float((manual[0].argmax(1) == tiny_task.format.label_ids(tiny_task.dev)).mean()))
+
+
+def test_p0_cue_in_hard_mode_starts_from_the_cue_tokens_themselves(tiny_backend, tiny_task):
+    tuner = Tuner(tiny_task, tiny_backend, TuneConfig(mode="hard", p0="cue", vocab_filter="words", budget_calls=12, **FAST))
+    tuner.run()
+    cue_ids = tuple(tiny_backend.tokenizer.encode(" It was", add_special_tokens=False))
+    assert tuner.manual_.token_ids == cue_ids
+    assert tuner.prompt(np.zeros(tuner.subspace_.dim)).token_ids == cue_ids
 
 
 def test_p0_cue_needs_cue_words_and_suffix_placement(tiny_backend, tiny_task):
