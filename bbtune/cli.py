@@ -14,15 +14,21 @@ import enum
 import json
 import sys
 import typing
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from .backends.factory import LocalConfig
+from .backends.base import Backend
+from .backends.factory import LocalConfig, transfer_backend
 from .backends.remote import RemoteConfig
-from .compare import CompareConfig, run_compare
+from .backends.retry import should_retry
+from .baselines import InContextConfig, PEZConfig, PromptTuningConfig
+from .compare import METHODS, Comparison, MethodSettings, check_methods, compare
 from .dryrun import dry_run_tune
-from .errors import BBTuneError
+from .endings import EPILOG, Ending, budget_rounding, ending_line, gave_up_line
+from .errors import BackendError, BBTuneError, ConfigError
 from .export import export
+from .resume import given_dests, resumed_remote, split_settings
 from .results import RunFolder
 from .runs import load_run
 from .table import markdown_table
@@ -33,6 +39,64 @@ from .tuner import TuneConfig, TuneResult, tune
 
 CONFIGS = {"task": TaskConfig, "backend": LocalConfig, "tune": TuneConfig}
 REMOTE_PREFIX = "remote_"  # remote flags are --remote-*, so --model stays the local model's
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """What `bbtune compare` adds to the task, backend and tune configs (field names unique across all four, so
+    the CLI puts them in one namespace). BBT's sizes, `prompt_tokens`, `eval_every` and PEZ's token filter come
+    from the `TuneConfig`, so every method gets the same prompt length and vocabulary."""
+
+    methods: tuple[str, ...] = field(default=METHODS, metadata={"help": f"methods to run, from {', '.join(METHODS)}"})
+    seeds: tuple[int, ...] = field(default=(13, 42, 100), metadata={"help": "seeds; each draws a few-shot split"})
+    out: str = field(default="reports/compare", metadata={"help": "report folder"})
+    grad_steps: int = field(default=100, metadata={"help": "prompt tuning and PEZ: gradient steps (one call each)"})
+    grad_batch_size: int = field(default=8, metadata={"help": "prompt tuning and PEZ: examples per step; 0 = all"})
+    pt_lr: float = field(default=0.3, metadata={"help": "prompt tuning: learning rate in embedding stds"})
+    pez_lr: float = field(default=1.0, metadata={"help": "PEZ: learning rate in embedding stds"})
+    shots_per_class: int = field(default=1, metadata={"help": "in-context: demonstrations per label"})
+    transfer_model: str = field(default="", metadata={"help": "score hard prompts again on this local model"})
+    transfer_url: str = field(default="", metadata={"help": "...or on this OpenAI-compatible server (base URL)"})
+    transfer_served_model: str = field(default="tiny", metadata={"help": "model name the transfer server knows"})
+    transfer_limit: int = field(default=0, metadata={"help": "transfer: score this many test examples; 0 = all"})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", check_methods(self.methods))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        if not self.seeds:
+            raise ConfigError("seeds must list at least one seed")
+        if self.transfer_model and self.transfer_url:
+            raise ConfigError("give transfer_model or transfer_url, not both")
+        if self.transfer_limit < 0:
+            raise ConfigError(f"transfer_limit must be >= 0 (0 = all), got {self.transfer_limit}")
+        self.settings(TuneConfig())  # the per-method configs check grad_steps, pt_lr, shots_per_class, ...
+
+    def settings(self, tune: TuneConfig) -> MethodSettings:
+        gradient = {"prompt_tokens": tune.prompt_tokens, "eval_every": tune.eval_every, "steps": self.grad_steps,
+                    "batch_size": self.grad_batch_size}
+        return MethodSettings(
+            bbt=tune,
+            prompt_tuning=PromptTuningConfig(lr=self.pt_lr, **gradient),
+            pez=PEZConfig(lr=self.pez_lr, metric=tune.metric, vocab_filter=tune.vocab_filter,
+                          block_list=tune.block_list, **gradient),
+            in_context=InContextConfig(shots_per_class=self.shots_per_class),
+        )
+
+
+def run_compare(config: CompareConfig, task: TaskConfig = TaskConfig(), backend: LocalConfig = LocalConfig(),
+                tune: TuneConfig = TuneConfig(), *, transfer_to: Backend | None = None,
+                progress: bool = True) -> Comparison:
+    """`bbtune compare`: build the backend and the per-seed tasks (`data_seed` <- seed), run, write `config.out`.
+
+    `transfer_to` (any Backend) overrides `config.transfer_model` / `config.transfer_url`.
+    """
+    model = backend.build()
+    target = transfer_to or transfer_backend(backend, config.transfer_model, config.transfer_url,
+                                             config.transfer_served_model)
+    record = {"task": asdict(task), "backend": asdict(backend), "compare": asdict(config)}
+    return compare(lambda seed: replace(task, data_seed=seed).load(), model, config.methods, config.seeds,
+                   config.settings(tune), config.out, transfer_to=target, transfer_limit=config.transfer_limit or None,
+                   progress=progress, record=record)
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str, prefix: str = "") -> None:
@@ -65,14 +129,17 @@ def from_args(cls: type, ns: argparse.Namespace | dict[str, Any], prefix: str = 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bbtune", description="Black-box prompt tuning for models you can only query")
     sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("tune", help="run Black-Box Tuning on a task and write a run folder")
+    t = sub.add_parser("tune", help="run Black-Box Tuning on a task and write a run folder", epilog=EPILOG)
     for title, cls in CONFIGS.items():
         add_dataclass_args(t, cls, title)
     t.add_argument("--backend", choices=["local", "remote"], default="local",
                    help="score with a local model or an OpenAI-compatible server (--remote-* flags)")
     add_dataclass_args(t, RemoteConfig, "remote backend (with --backend remote)", prefix=REMOTE_PREFIX)
     t.add_argument("--run-dir", default="", help="results folder (default: runs/<task>-<mode>-<seed>)")
-    t.add_argument("--resume", default="", metavar="RUN_DIR", help="continue the run in RUN_DIR with its saved config")
+    t.add_argument("--resume", default="", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR with its saved config (limits, retries, timeouts, concurrency "
+                        "may be given again to change them)")
+    t.add_argument("--overwrite", action="store_true", help="replace the run already in --run-dir (else refused)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--dry-run", action="store_true",
                    help="print the calls, requests, tokens and cost the run would spend at most; send nothing")
@@ -114,9 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "tune" and args.dry_run:
             print(_dry_run_tune(args))
         elif args.command == "tune":
-            result = _tune_command(args)
-            print(summary_table([("bbtune " + result.metrics["mode"], result)]))
-            print(f"\nresults in {result.run_dir}")
+            return _tune_main(args, sys.argv[1:] if argv is None else argv)
         elif args.command == "compare":
             configs = {name: from_args(cls, args) for name, cls in CONFIGS.items()}
             comparison = run_compare(from_args(CompareConfig, args), configs["task"], configs["backend"], configs["tune"])
@@ -138,13 +203,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _tune_command(args: argparse.Namespace) -> TuneResult:
+def _tune_main(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Run `tune`, print the table and how the run ended; the exit code says whether the result is usable
+    (see `bbtune.endings`)."""
+    try:
+        result, tune_cfg = _tune_command(args, given_dests(argv))
+    except BackendError as err:
+        if not should_retry(err):
+            raise
+        retries = getattr(args, "remote_max_retries", RemoteConfig.max_retries)
+        print(f"bbtune: {gave_up_line(err, retries, args.resume or args.run_dir or 'RUN_DIR')}", file=sys.stderr)
+        return Ending.GAVE_UP.exit_code
+    print(summary_table([("bbtune " + result.metrics["mode"], result)]))
+    print(f"\nresults in {result.run_dir}")
+    ending = Ending(result.metrics["ending"])
+    print(f"bbtune: {ending_line(result.metrics, tune_cfg.budget_calls, tune_cfg.popsize)}",
+          file=sys.stderr if ending.exit_code else sys.stdout)
+    return ending.exit_code
+
+
+def _tune_command(args: argparse.Namespace, given: set[str]) -> tuple[TuneResult, TuneConfig]:
     if args.resume:
-        saved = RunFolder(args.resume).read_json("config.json")["cli"]
+        folder = RunFolder(args.resume)
+        saved_all = folder.read_json("config.json")
+        saved = saved_all["cli"]
         configs = {name: from_args(cls, saved[name]) for name, cls in CONFIGS.items()}
-        # header values are never saved (they may hold credentials), so a resumed remote run has none
         kind = saved.get("backend_kind", "local")
-        remote = from_args(RemoteConfig, {**saved.get("remote", {}), "extra_headers": ()})
+        remote, applied = resumed_remote(saved, saved_all.get("settings") or {}, vars(args), given)
+        for line in applied:
+            print(f"bbtune: applied to the resumed run: {line}", file=sys.stderr)
         run_dir, resume = Path(args.resume), True
     else:
         configs = {name: from_args(cls, args) for name, cls in CONFIGS.items()}
@@ -153,12 +240,24 @@ def _tune_command(args: argparse.Namespace) -> TuneResult:
         run_dir = Path(args.run_dir or f"runs/{Path(configs['task'].data or 'demo').name}-{cfg.mode.value}-{cfg.seed}")
         resume = False
     task = configs["task"].load()
+    _notes(task, configs["tune"])
     backend = remote.build() if kind == "remote" else configs["backend"].build()
     # RemoteConfig holds only the *name* of the key's variable; public() also drops header values and URL credentials
-    cli_config = {**{name: dataclasses.asdict(c) for name, c in configs.items()}, "backend_kind": kind,
-                  "remote": remote.public()}
-    return tune(task, backend, configs["tune"], run_dir, progress=not args.no_progress, resume=resume,
-                extra_config={"cli": cli_config})
+    fixed, settings = split_settings(remote)
+    cli_config = {**{name: dataclasses.asdict(c) for name, c in configs.items()}, "backend_kind": kind, "remote": fixed}
+    result = tune(task, backend, configs["tune"], run_dir, progress=not args.no_progress, resume=resume,
+                  extra_config={"cli": cli_config}, overwrite=args.overwrite, settings={"remote": settings})
+    return result, configs["tune"]
+
+
+def _notes(task: Any, cfg: TuneConfig) -> None:
+    """Say what a run will silently do otherwise: no test split, a budget rounded down to whole generations."""
+    if not task.test:
+        print("bbtune: note: the task has no test split (no test file found): only dev numbers are reported",
+              file=sys.stderr)
+    rounding = budget_rounding(cfg.budget_calls, cfg.popsize)
+    if rounding:
+        print(f"bbtune: note: {rounding}", file=sys.stderr)
 
 
 def _dry_run_tune(args: argparse.Namespace) -> str:

@@ -18,7 +18,8 @@ from typing import Iterator
 
 from bbtune.backends.base import Backend
 from bbtune.backends.factory import LocalConfig
-from bbtune.compare import METHODS, CompareConfig, run_compare
+from bbtune.cli import CompareConfig, run_compare
+from bbtune.compare import METHODS
 from bbtune.tasks import TaskConfig
 from bbtune.tuner import TuneConfig
 

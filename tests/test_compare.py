@@ -9,8 +9,9 @@ import pytest
 from bbtune.backends.factory import LocalConfig
 from bbtune.backends.local import LocalBackend
 from bbtune.baselines import Measurement, MethodResult
-from bbtune.compare import (METHODS, PLOT_PNG, REPORT_MD, RESULTS_JSON, CompareConfig, MethodSettings, _step_value,
-                            compare, read_report, retokenize, run_compare, summarize, transfer_scores, write_report)
+from bbtune.cli import CompareConfig, run_compare
+from bbtune.compare import METHODS, MethodSettings, compare, retokenize, transfer_scores
+from bbtune.report import PLOT_PNG, REPORT_MD, RESULTS_JSON, _step_value, read_report, summarize, write_report
 from bbtune.errors import ConfigError
 from bbtune.models import build_tiny_model
 from bbtune.prompts import HardPrompt

@@ -37,3 +37,17 @@ class LocalConfig:
         dtype = self.dtype if self.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
         return LocalBackend(self.model, device=device, dtype=dtype, memory_budget_mb=self.memory_budget_mb,
                             kv_cache_mb=self.kv_cache_mb, max_input_tokens=self.max_input_tokens or None)
+
+
+def transfer_backend(local: LocalConfig, model: str = "", url: str = "", served_model: str = "tiny") -> Backend | None:
+    """A second backend to score prompts on: another local `model` on `local`'s device, or the OpenAI-compatible
+    server at `url` serving `served_model` (the model wins if both are given); None when neither is."""
+    if model:
+        from dataclasses import replace
+
+        return replace(local, model=model).build()
+    if url:
+        from .remote import RemoteConfig
+
+        return RemoteConfig(base_url=url, model=served_model).build()
+    return None
