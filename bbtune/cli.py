@@ -24,7 +24,7 @@ from .backends.remote import RemoteConfig
 from .backends.retry import should_retry
 from .baselines import InContextConfig, PEZConfig, PromptTuningConfig
 from .compare import METHODS, Comparison, MethodSettings, check_methods, compare
-from .dryrun import dry_run_tune
+from .dryrun import dry_run_compare, dry_run_tune
 from .endings import EPILOG, Ending, budget_rounding, ending_line, gave_up_line
 from .errors import BackendError, BBTuneError, ConfigError
 from .export import export
@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="run several methods x seeds on one task and write a report folder")
     for title, cls in {**CONFIGS, "compare": CompareConfig}.items():
         add_dataclass_args(c, cls, title)
+    c.add_argument("--dry-run", action="store_true",
+                   help="print the calls, requests, tokens and cost the comparison would spend at most; send nothing")
     d = sub.add_parser("demo", help="tune on the built-in sentiment set and print manual vs BBT results")
     d.add_argument("--model", default=LocalConfig.model, help="model to tune (default: embedded SmolLM2-135M)")
     d.add_argument("--budget-calls", type=int, default=200, help="model calls per tuning run")
@@ -182,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(_dry_run_tune(args))
         elif args.command == "tune":
             return _tune_main(args, sys.argv[1:] if argv is None else argv)
+        elif args.command == "compare" and args.dry_run:
+            print(_dry_run_compare(args))
         elif args.command == "compare":
             configs = {name: from_args(cls, args) for name, cls in CONFIGS.items()}
             comparison = run_compare(from_args(CompareConfig, args), configs["task"], configs["backend"], configs["tune"])
@@ -265,6 +269,13 @@ def _dry_run_tune(args: argparse.Namespace) -> str:
     remote = from_args(RemoteConfig, args, REMOTE_PREFIX)
     estimate = dry_run_tune(configs["task"].load(), configs["tune"], args.backend, configs["backend"], remote)
     return f"dry run: nothing was sent; this run would spend at most\n\n{estimate.table()}"
+
+
+def _dry_run_compare(args: argparse.Namespace) -> str:
+    configs = {name: from_args(cls, args) for name, cls in CONFIGS.items()}
+    estimates = dry_run_compare(from_args(CompareConfig, args), configs["task"], configs["backend"], configs["tune"])
+    parts = [f"## {name}\n\n{est.table()}" for name, est in estimates.items()]
+    return "dry run: nothing was sent; this comparison would spend at most\n\n" + "\n\n".join(parts)
 
 
 def _predict_command(args: argparse.Namespace) -> None:

@@ -137,7 +137,8 @@ def compare(task: Task | Callable[[int], Task], backend: Backend, methods: Seque
             result = session.run(method)
             report.results.append(result)
             bar.update(1)
-            bar.write(_one_line(result))
+            if progress:
+                bar.write(_one_line(result))
             if report.out_dir:
                 write_report(report, plot=False)
         if transfer_to is not None:

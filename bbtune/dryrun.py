@@ -196,3 +196,41 @@ def dry_run_tune(task: Any, tune_config: Any, kind: str, local: Any, remote: Any
     backend, pricing = shape_backend(kind, local, remote)
     tune(task, backend, tune_config, None, progress=False)
     return price(backend.calls, backend.vocabulary().tokenizer, pricing)
+
+
+GRADIENT_METHODS = ("prompt_tuning", "pez")  # local gradient steps: no requests, counted from their settings
+
+
+def dry_run_compare(config: Any, task: Any, local: Any, tune_config: Any) -> dict[str, Estimate]:
+    """What `bbtune compare` would spend at most: the methods on the local model and, with a transfer server
+    (`config.transfer_url`), the requests the transfer scores send. Keys: 'methods', and 'transfer' if any."""
+    from dataclasses import replace
+
+    from .backends.remote import RemoteConfig
+    from .compare import compare
+
+    backend, pricing = shape_backend("local", local, None)
+    backend.capabilities = replace(backend.capabilities, gradients=False)
+    target, target_pricing = None, Pricing()
+    if config.transfer_url:
+        remote = RemoteConfig(base_url=config.transfer_url, model=config.transfer_served_model)
+        target = ShapeBackend(backend.reference, Capabilities(soft=False), f"remote:{remote.model}")
+        target_pricing = Pricing.remote(remote, backend.vocabulary().tokenizer)
+    elif config.transfer_model:
+        target, target_pricing = shape_backend("local", replace(local, model=config.transfer_model), None)
+    methods = [m for m in config.methods if m not in GRADIENT_METHODS]
+    if methods:
+        compare(lambda seed: replace(task, data_seed=seed).load(), backend, methods, config.seeds,
+                config.settings(tune_config), None, transfer_to=target, transfer_limit=config.transfer_limit or None,
+                progress=False)
+    out = {"methods": price(backend.calls, backend.vocabulary().tokenizer, pricing)}
+    for method in set(config.methods) & set(GRADIENT_METHODS):
+        steps = config.grad_steps * len(config.seeds)
+        out["methods"].calls += steps
+        out["methods"].notes.append(f"{method}: {config.grad_steps} local gradient steps per seed (counted as calls; "
+                                    "their dev/test scoring is not)")
+    if target is not None:
+        out["transfer"] = price(target.calls, backend.vocabulary().tokenizer, target_pricing)
+        if config.transfer_url:
+            out["transfer"].notes.append("transfer texts counted with the tuned model's tokenizer")
+    return out

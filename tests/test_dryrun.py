@@ -56,3 +56,17 @@ def test_cli_dry_run_sends_nothing(server, capsys, tmp_path):
     assert "HTTP requests" in out and "$0.0" in out
     assert not (tmp_path / "never").exists()
     assert server.stats()["requests"] == before
+
+
+def test_compare_dry_run_counts_what_compare_calls(tmp_path, capsys):
+    from bbtune.cli import CompareConfig, run_compare
+    from bbtune.dryrun import dry_run_compare
+    from bbtune.tasks import TaskConfig
+
+    config = CompareConfig(methods=("manual", "in_context", "bbt_hard"), seeds=(3, 4), out=str(tmp_path / "r"))
+    task, local, tune_cfg = TaskConfig(data="demo", k=4, test_limit=40), LocalConfig(model="tiny"), HARD
+    est = dry_run_compare(config, task, local, tune_cfg)["methods"]
+    assert not (tmp_path / "r").exists() and capsys.readouterr().out == ""  # no report, no fake accuracies shown
+    report = run_compare(config, task, local, tune_cfg, progress=False)
+    spent = sum(r.cost.calls for r in report.results)
+    assert spent <= est.calls <= 1.1 * spent
