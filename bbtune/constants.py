@@ -21,13 +21,23 @@ CPU_INTRINSIC_DIM = 100
 CPU_POPSIZE = 10
 CPU_BUDGET_CALLS = 300
 
+# Readable hard prompts (bbtune/fluency.py, vocab filter 'common')
+COMMON_WORD_RANK = 10000  # 'common' words are among the first ids of a BPE vocabulary (merge order = frequency)
+WORD_PIECE_MIN_P = 0.3  # a token after which the model expects more letters this often is a word piece ('researc')
+FLUENCY_BATCH = 512  # texts per forward when scoring prompt fluency or testing words
+
 # Remote backend (bbtune/backends/remote.py): retries, timeouts and limits of the OpenAI-compatible client
 OPENAI_API_KEY_ENV = "OPENAI_API_KEY"  # read when API_KEY_ENV is unset
 CONNECT_TIMEOUT_S = 10.0
 MAX_RETRY_AFTER_S = 60.0  # a longer Retry-After is capped to this (a run should not stall for an hour)
 REPLICA_COOLDOWN_S = 5.0  # a replica that failed gets no new requests for this long
-DEFAULT_TOP_K = 5  # OpenAI's /v1/completions returns at most 5 logprobs
+DEFAULT_TOP_K = 20  # asked first; the probe steps down (TOP_K_STEPS) where a server refuses (OpenAI completions: 5)
+TOP_K_STEPS = (20, 10, 5, 1)
 DEFAULT_REMOTE_BATCH = 8  # prompts per /v1/completions request where the server accepts lists
 PROMPT_TOKEN_MARGIN = 4  # added to each local token count when reserving budget (BOS, tokenizer drift)
 CHAT_TOKEN_MARGIN = 48  # the chat template's role markers, which only the server sees
 PROBE_TOLERANCE = 1e-3  # log-probs of the same input, asked twice or in a list, must agree this closely
+LOGIT_BIAS = 100.0  # on every label token: OpenAI's maximum, enough to put every label word at the top
+DEFAULT_MAX_MISSING = 0.05  # share of label scores the probe's sample may miss before a run is refused
+PROBE_SAMPLE = 8  # examples of the task the probe scores to measure the missing rate
+DEFAULT_CHAT_INSTRUCTION = "Answer with one word: {labels}.\n"  # puts SmolLM2-Instruct's answer words in its top 20

@@ -84,7 +84,8 @@ def _sampling(body: Mapping[str, Any]) -> tuple[float, dict[int, float], torch.G
     return float(temperature), bias, gen
 
 
-def _decode(scorer: Scorer, embeds: torch.Tensor, max_tokens: int, body: Mapping[str, Any], echo: bool = False) -> _Run:
+def _decode(scorer: Scorer, embeds: torch.Tensor, max_tokens: int, body: Mapping[str, Any], echo: bool = False,
+            ignore_bias: bool = False) -> _Run:
     temperature, bias, gen = _sampling(body)
     if embeds.shape[0] == 0:
         raise _bad("the prompt is empty", "prompt")
@@ -93,7 +94,7 @@ def _decode(scorer: Scorer, embeds: torch.Tensor, max_tokens: int, body: Mapping
                    f"{embeds.shape[0]} and max_tokens is {max_tokens}", "max_tokens")
     if bias and max(bias) >= scorer.vocab_size:
         raise _bad(f"logit_bias token id {max(bias)} is outside the vocabulary", "logit_bias")
-    rows = scorer.logprobs(embeds, bias, every_position=echo)
+    rows = scorer.logprobs(embeds, None if ignore_bias else bias, every_position=echo)
     run = _Run(rows)
     eos = scorer.tokenizer.eos_token_id
     for step in range(max_tokens):
@@ -106,7 +107,7 @@ def _decode(scorer: Scorer, embeds: torch.Tensor, max_tokens: int, body: Mapping
             break
         if step + 1 < max_tokens:
             embeds = torch.cat([embeds, scorer.embed([token])])
-            rows = scorer.logprobs(embeds, bias, every_position=False)
+            rows = scorer.logprobs(embeds, None if ignore_bias else bias, every_position=False)
     return run
 
 
@@ -175,13 +176,15 @@ def completions(scorer: Scorer, cfg: ServerConfig, body: Mapping[str, Any]) -> d
     if echo and k is not None and cfg.echo is EchoSupport.REJECT:
         raise _bad("Setting 'echo' and 'logprobs' at the same time is not supported for this model.", "echo")
     inputs = _completion_inputs(scorer, cfg, body)
+    if len(inputs) > 1 and cfg.refuse_lists:
+        raise ApiError(500, "Internal Server Error", type="server_error")
     if len(inputs) > 1 and not cfg.list_prompts:
         raise _bad("this server takes one prompt per request; send a string, not a list", "prompt")
     if echo and any(i.ids is None for i in inputs):
         raise _bad("'echo' is not supported with prompt_embeds", "echo")
     out, prompt_tokens, completion_tokens = [], 0, 0
     for index, item in enumerate(inputs):
-        run = _decode(scorer, item.embeds, max_tokens, body, echo=echo)
+        run = _decode(scorer, item.embeds, max_tokens, body, echo=echo, ignore_bias=cfg.ignore_logit_bias)
         prompt_tokens += item.embeds.shape[0]
         completion_tokens += len(run.generated)
         out.append(_completion_choice(scorer, cfg, index, item, run, echo, k))
@@ -201,10 +204,12 @@ def _completion_choice(scorer: Scorer, cfg: ServerConfig, index: int, item: _Inp
     values: list[float | None] = []
     tops: list[dict[str, float] | None] = []
     if echo and cfg.echo is EchoSupport.FULL and item.ids:
+        shift = int(cfg.wrong_echo)  # an off-by-one alignment bug: the row after the right one
         for t, token in enumerate(item.ids):
+            row = run.prompt_rows[min(t - 1 + shift, len(item.ids) - 1)]
             tokens.append(texts[token])
-            values.append(None if t == 0 else float(run.prompt_rows[t - 1, token]))
-            tops.append(None if t == 0 else _top_dict(scorer, run.prompt_rows[t - 1], k, token))
+            values.append(None if t == 0 else float(row[token]))
+            tops.append(None if t == 0 else _top_dict(scorer, row, k, token))
     for token, row in zip(run.generated, run.rows):
         tokens.append(texts[token])
         values.append(float(row[token]))
@@ -248,7 +253,7 @@ def chat_completions(scorer: Scorer, cfg: ServerConfig, body: Mapping[str, Any])
     if k is not None and not want:
         raise _bad("'top_logprobs' requires 'logprobs' to be true", "top_logprobs")
     ids = scorer.chat_ids([_message_text(m) for m in messages])
-    run = _decode(scorer, scorer.embed(ids), max_tokens or 16, body)
+    run = _decode(scorer, scorer.embed(ids), max_tokens or 16, body, ignore_bias=cfg.ignore_logit_bias)
     texts = scorer.token_texts
     content = [
         {"token": texts[t], "logprob": float(row[t]), "bytes": list(texts[t].encode()),

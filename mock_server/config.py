@@ -111,6 +111,9 @@ class ServerConfig:
     echo: EchoSupport = _f(EchoSupport.FULL, "echo with logprobs: full (OpenAI, vLLM), reject, ignore (llama.cpp)")
     prompt_embeds: bool = _f(True, "accept vLLM's prompt_embeds field on /v1/completions")
     aliases: tuple[str, ...] = _f((), "more model names to answer to")
+    refuse_lists: bool = _f(False, "answer HTTP 500 to a list of prompts (as some real servers do)")
+    ignore_logit_bias: bool = _f(False, "accept logit_bias but do not apply it (as some real servers do)")
+    wrong_echo: bool = _f(False, "echo each prompt token's log-prob from the wrong position (off by one)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "echo", EchoSupport(self.echo))

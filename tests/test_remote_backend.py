@@ -108,14 +108,44 @@ def test_scores_match_the_local_backend_on_the_same_model(local: LocalBackend, c
     np.testing.assert_allclose(clean_scores, local.score(prompts(), EXAMPLES, FMT), atol=1e-4)
 
 
-def test_labels_outside_a_small_top_k_are_bounded_and_counted(clean_scores: np.ndarray) -> None:
+def test_labels_outside_a_small_top_k_are_missing_and_counted(clean_scores: np.ndarray) -> None:
     with make_backend(mock_transport(make_app()), top_k=3) as backend:
-        bounded = backend.score(prompts(), EXAMPLES, FMT)
+        scores = backend.score(prompts(), EXAMPLES, FMT)
         assert backend.stats.labels_missing > 0 and backend.stats.missing_rate == pytest.approx(
             backend.stats.labels_missing / backend.stats.labels_scored)
-    assert np.all(bounded >= clean_scores - 1e-5)  # an upper bound, never below the true value
-    found = np.isclose(bounded, clean_scores, atol=1e-5)
-    assert found.sum() == bounded.size - backend.stats.labels_missing
+    missing = np.isnan(scores)
+    assert missing.sum() == backend.stats.labels_missing  # never a bound: NaN, counted
+    np.testing.assert_allclose(scores[~missing], clean_scores[~missing], atol=1e-5)
+
+
+def _chat_reference(instruction: str) -> np.ndarray:
+    """Exact chat-mode label log-probs computed on the model itself: the chat template around the same text,
+    each label the logsumexp of its single-token spellings."""
+    from bbtune.backends.wire import LabelKeys
+
+    scorer = shared_scorer("tiny")
+    labels = LabelKeys.chat(list(FMT.verbalizer.values()), scorer.tokenizer)
+    out = []
+    for p in prompts():
+        for ex in EXAMPLES:
+            r = FMT.render(ex)
+            ids = scorer.chat_ids([{"role": "user", "content": instruction + r.head + p.text + r.cue}])
+            row = scorer.logprobs(scorer.embed(ids), None, every_position=False)[-1]
+            out.append([float(torch.logsumexp(row[[int(k[1].split(":")[1]) for k in v]], 0)) for v in labels.variants])
+    return np.array(out).reshape(len(prompts()), len(EXAMPLES), -1)
+
+
+@pytest.mark.parametrize("mode, top_k", [("top_logprobs", 5), ("top_logprobs", 400), ("chat", 5), ("echo", 5),
+                                         ("prompt_embeds", 5)])
+def test_every_mode_gives_the_exact_label_differences(mode: str, top_k: int, local: LocalBackend) -> None:
+    """What the losses use (label log-prob differences) equals the exact local numbers for the same text, with
+    OpenAI's k = 5 too (the probe turns logit_bias on; echo is exact by construction)."""
+    with make_backend(mock_transport(make_app()), mode=mode, top_k=top_k, probe=True) as backend:
+        scores = backend.score(prompts(), EXAMPLES, FMT)
+        assert backend.stats.labels_missing == 0
+        instruction = backend.texts(prompts()[:1], EXAMPLES[:1], FMT)[0].split(EXAMPLES[0].text)[0]
+    exact = _chat_reference(instruction) if mode == "chat" else local.score(prompts(), EXAMPLES, FMT)
+    np.testing.assert_allclose(np.diff(scores, axis=-1), np.diff(exact, axis=-1), atol=2e-3)
 
 
 @pytest.mark.parametrize("status, headers, expected_wait", [
@@ -214,7 +244,7 @@ def test_transient_faults_are_retried_to_the_same_scores(fault: str, clean_score
 def test_the_request_limit_is_never_crossed_even_in_flight() -> None:
     app = make_app()
     with make_backend(mock_transport(app), batch_size=1, concurrency=4, max_requests=5) as backend:
-        with pytest.raises(BudgetExceeded, match="max_requests=5"):
+        with pytest.raises(BudgetExceeded, match="remote-max-requests 5"):
             backend.score(prompts(), EXAMPLES, FMT)  # 9 rows, one per request
         assert app.requests == 5 and backend.stats.requests == 5
 
@@ -229,21 +259,21 @@ def test_retries_count_against_the_request_limit() -> None:
 def test_token_and_cost_limits_stop_before_sending() -> None:
     app = make_app()
     with make_backend(mock_transport(app), batch_size=3, max_tokens=60) as backend:
-        with pytest.raises(BudgetExceeded, match="max_tokens=60"):
+        with pytest.raises(BudgetExceeded, match="max.tokens.60"):
             backend.score(prompts(), EXAMPLES, FMT)
         assert backend.stats.prompt_tokens + backend.stats.completion_tokens <= 60
     with make_backend(mock_transport(app), price_prompt_per_mtok=1e4, max_cost=0.5) as backend:
-        with pytest.raises(BudgetExceeded, match="max_cost"):
+        with pytest.raises(BudgetExceeded, match="max.cost"):
             backend.score(prompts(), EXAMPLES, FMT)
         assert 0 < backend.stats.cost <= 0.5
 
 
 def test_the_cache_makes_a_rerun_free(tmp_path, clean_scores: np.ndarray) -> None:
     app = make_app()
-    with make_backend(mock_transport(app), cache_dir=str(tmp_path), probe=True) as first:
+    with make_backend(mock_transport(app), cache_dir=str(tmp_path), probe=True, logit_bias="off") as first:
         np.testing.assert_allclose(first.score(prompts(), EXAMPLES, FMT), clean_scores, atol=1e-6)
     sent = app.requests
-    with make_backend(mock_transport(app), cache_dir=str(tmp_path), probe=True) as again:
+    with make_backend(mock_transport(app), cache_dir=str(tmp_path), probe=True, logit_bias="off") as again:
         np.testing.assert_allclose(again.score(prompts(), EXAMPLES, FMT), clean_scores, atol=0)
         assert again.stats.requests == 0 and again.stats.cache_hits > 0
         assert again.probe_ is not None and "repeatable" in again.probe_.checks
@@ -303,7 +333,7 @@ def test_soft_prompts_need_the_prompt_embeds_mode() -> None:
 def test_echo_and_prompt_embeds_modes_match_local_scores(local: LocalBackend) -> None:
     expected = local.score(prompts(), EXAMPLES, FMT)
     for mode in ("echo", "prompt_embeds"):
-        with make_backend(mock_transport(make_app()), mode=mode, probe=True) as backend:
+        with make_backend(mock_transport(make_app()), mode=mode, probe=True, logit_bias="off") as backend:
             np.testing.assert_allclose(backend.score(prompts(), EXAMPLES, FMT), expected, atol=1e-4, err_msg=mode)
     soft = [SoftPrompt(torch.randn(3, 32, generator=torch.Generator().manual_seed(i)) * 0.05) for i in range(2)]
     with make_backend(mock_transport(make_app()), mode="prompt_embeds") as backend:

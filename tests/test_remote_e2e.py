@@ -53,7 +53,7 @@ def clean_run(clean_server: MockServer, cache_dir, tiny_task: Task) -> tuple[Tun
 
 def same_run(a: TuneResult, b: TuneResult) -> None:
     assert a.curve == b.curve and a.hard_prompt == b.hard_prompt and np.array_equal(a.best_z, b.best_z)
-    drop = ("wall_s", "backend_stats", "backend")  # timing, counters, and the URL differ
+    drop = ("wall_s", "backend_stats", "backend", "config_fingerprint")  # timing, counters, URL and limits differ
     assert {k: v for k, v in a.metrics.items() if k not in drop} == {k: v for k, v in b.metrics.items() if k not in drop}
 
 
@@ -79,9 +79,10 @@ def test_a_run_never_crosses_its_request_limit(tiny_task: Task) -> None:
     try:
         with remote(server.url, max_requests=20) as backend:
             result = tune(tiny_task, backend, HARD, progress=False)  # stops cleanly, keeping finished generations
-        assert "max_requests=20" in result.metrics["stopped_by"]
+        assert "remote-max-requests 20" in result.metrics["stopped_by"]
         assert result.metrics["calls"] < HARD.budget_calls
-        assert server.stats()["requests"] == backend.stats.requests == 20
+        # a request reserved, then cancelled when a sibling hit the limit, may never reach the server
+        assert server.stats()["requests"] <= backend.stats.requests == 20
     finally:
         server.stop()
 
@@ -106,8 +107,8 @@ def test_soft_prompts_over_prompt_embeds_score_like_the_local_backend(clean_serv
         over_wire = tune(tiny_task, backend, soft, progress=False)
         prompt = over_wire.soft_prompt
         assert prompt is not None and backend.stats.labels_missing == 0
-        np.testing.assert_allclose(backend.score([prompt], tiny_task.dev, tiny_task.format),
-                                   tiny_backend.score([prompt], tiny_task.dev, tiny_task.format), atol=1e-4)
+        np.testing.assert_allclose(np.diff(backend.score([prompt], tiny_task.dev, tiny_task.format)),  # logit_bias on
+                                   np.diff(tiny_backend.score([prompt], tiny_task.dev, tiny_task.format)), atol=1e-4)
     np.testing.assert_allclose([r["train_loss"] for r in over_wire.curve[1:]],
                                [r["train_loss"] for r in local.curve[1:]], atol=1e-4)
 

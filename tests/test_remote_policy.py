@@ -60,6 +60,13 @@ def test_wait_honours_retry_after_with_a_cap() -> None:
 
 # ---------------------------------------------------------------------- parsing replies
 
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
+    from mock_server import shared_scorer
+
+    return shared_scorer("tiny").tokenizer
+
 LABELS = wire.LabelKeys.build([" good", " bad"], [7, 9], [" good", " bad"])
 
 
@@ -67,10 +74,31 @@ def _completion(top: dict, index: int = 0) -> dict:
     return {"index": index, "text": "x", "logprobs": {"tokens": ["x"], "token_logprobs": [-0.1], "top_logprobs": [top]}}
 
 
-def test_label_scores_bound_missing_labels_by_kth_value() -> None:
+def test_a_label_missing_from_the_list_is_nan_never_a_bound() -> None:
     scores, missing = wire.label_scores({" the": -0.5, " good": -1.0, " a": -2.0}, LABELS)
     assert missing == 1
-    np.testing.assert_allclose(scores, [-1.0, -2.0])  # ' bad' is not listed: at most the k-th (last) value
+    np.testing.assert_allclose(scores, [-1.0, np.nan])  # ' bad' is not listed: unknown, not the k-th value
+
+
+def test_chat_labels_match_every_spelling_and_add_up_their_probabilities() -> None:
+    labels = wire.LabelKeys.chat([" positive", " negative"], None)
+    top = {"Positive": np.log(0.3), " positive": np.log(0.1), "NEGATIVE": np.log(0.05), "I": np.log(0.2)}
+    scores, missing = wire.label_scores(top, labels)
+    assert missing == 0
+    np.testing.assert_allclose(np.exp(scores), [0.4, 0.05])  # logsumexp of the variants found
+
+
+def test_chat_variants_keep_only_single_tokens_and_give_their_ids_for_logit_bias(tiny_tokenizer) -> None:
+    labels = wire.LabelKeys.chat([" great", " terrible"], tiny_tokenizer)
+    for variants in labels.variants:
+        for text, id_key in variants:
+            assert tiny_tokenizer.encode(text, add_special_tokens=False) == [int(id_key.split(":")[1])]
+    assert len(labels.token_ids) == sum(map(len, labels.variants)) >= 2
+
+
+def test_logit_bias_goes_on_the_wire_as_string_ids() -> None:
+    assert wire.top_logprob_body("m", ["x"], 5, {7: 100.0})["logit_bias"] == {"7": 100.0}
+    assert "logit_bias" not in wire.chat_body("m", "x", 5, None)
 
 
 def test_label_scores_accept_vllm_token_id_spelling() -> None:
@@ -182,7 +210,7 @@ def test_meter_reserves_before_sending_so_in_flight_requests_count() -> None:
     stats = RemoteStats()
     meter = Meter(Limits(max_requests=2), Prices(), stats)
     a, b = meter.reserve(10, 1), meter.reserve(10, 1)
-    with pytest.raises(BudgetExceeded, match="max_requests=2"):
+    with pytest.raises(BudgetExceeded, match="remote-max-requests 2"):
         meter.reserve(10, 1)
     meter.settle(a, {"prompt_tokens": 8, "completion_tokens": 1}, billed=True)
     meter.settle(b, None, billed=False)
@@ -193,11 +221,11 @@ def test_meter_token_and_cost_limits_use_usage_and_prices() -> None:
     stats = RemoteStats()
     meter = Meter(Limits(max_tokens=100, max_cost=0.4), Prices(prompt_per_mtok=5000, completion_per_mtok=10000), stats)
     held = meter.reserve(60, 1)
-    with pytest.raises(BudgetExceeded, match="max_tokens=100"):
+    with pytest.raises(BudgetExceeded, match="max.tokens.100"):
         meter.reserve(40, 1)  # 61 in flight + 41 > 100
     meter.settle(held, {"prompt_tokens": 50, "completion_tokens": 1}, billed=True)
     assert stats.cost == pytest.approx((50 * 5000 + 10000) / 1e6)  # booked from usage, not the estimate
-    with pytest.raises(BudgetExceeded, match="max_cost"):
+    with pytest.raises(BudgetExceeded, match="max.cost"):
         meter.reserve(45, 1)  # 97 tokens fit, but $0.26 + $0.235 > $0.40
     assert stats.requests == 1
 

@@ -12,7 +12,15 @@ from bbtune.backends.remote import RemoteBackend
 from bbtune.errors import CapabilityError
 from mock_server import MockApp, mock_transport
 
-from test_remote_backend import EXAMPLES, FMT, prompts, make_app, make_backend, one_torch_thread  # noqa: F401
+from test_remote_backend import (  # noqa: F401
+    EXAMPLES,
+    FMT,
+    clean_scores,
+    make_app,
+    make_backend,
+    one_torch_thread,
+    prompts,
+)
 
 
 def tampered(app: MockApp, edit: Callable[[dict[str, Any], dict[str, Any]], None]) -> httpx.MockTransport:
@@ -49,7 +57,7 @@ def _shuffle_lists(request: dict[str, Any], reply: dict[str, Any]) -> None:
 
 def test_lists_that_disagree_with_single_prompts_fall_back_to_one_per_request() -> None:
     app = make_app()
-    with probed(tampered(app, _shuffle_lists)) as backend:
+    with probed(tampered(app, _shuffle_lists), logit_bias="off") as backend:
         scores = backend.score(prompts(), EXAMPLES, FMT)
         assert backend.batch_size_ == 1 and "one prompt per request" in backend.probe_.notes[-1]  # type: ignore[union-attr]
     with make_backend(mock_transport(app), batch_size=1) as honest:
@@ -62,10 +70,52 @@ def test_a_server_that_refuses_lists_gets_one_prompt_per_request() -> None:
         assert backend.batch_size_ == 1 and backend.stats.errors == {"BadRequestError": 1}
 
 
-def test_a_top_k_deeper_than_the_server_allows_falls_back_to_5() -> None:
-    with probed(mock_transport(make_app(max_logprobs=5)), top_k=50) as backend:
+def test_a_server_that_answers_lists_with_http_500_gets_one_prompt_per_request(caplog) -> None:
+    with probed(mock_transport(make_app(refuse_lists=True))) as backend:
         backend.score(prompts(), EXAMPLES, FMT)
-        assert backend.top_k_ == 5 and "refused top_k=50" in backend.probe_.notes[0]  # type: ignore[union-attr]
+        assert backend.batch_size_ == 1 and backend.probe_.batch_size == 1  # type: ignore[union-attr]
+        assert backend.stats.errors == {"ServerError": 3} and backend.stats.retries == 2  # not retried 6 times
+    assert [r.message for r in caplog.records if "one prompt per request" in r.message] != []
+
+
+@pytest.mark.parametrize("server_max, asked, found", [(5, 50, 5), (12, 20, 10), (1, 20, 1), (20, 20, 20)])
+def test_the_deepest_top_k_the_server_accepts_is_found(server_max: int, asked: int, found: int) -> None:
+    with probed(mock_transport(make_app(max_logprobs=server_max)), top_k=asked) as backend:
+        backend.check()
+        assert backend.top_k_ == backend.probe_.top_k == found  # type: ignore[union-attr]
+        assert (f"refused top_k={asked}" in " ".join(backend.probe_.notes)) is (found != asked)  # type: ignore[union-attr]
+
+
+def test_echo_is_cross_checked_against_the_top_k_of_the_same_position() -> None:
+    with probed(mock_transport(make_app()), mode="echo") as backend:
+        assert "echo matches top-k" in backend.check().checks
+    with probed(mock_transport(make_app(wrong_echo=True)), mode="echo") as backend, pytest.raises(
+            CapabilityError, match="echoed log-probs are misaligned"):
+        backend.check()
+
+
+def test_logit_bias_is_used_where_the_server_honours_it(clean_scores: np.ndarray) -> None:
+    with probed(mock_transport(make_app()), top_k=2) as backend:
+        scores = backend.score(prompts(), EXAMPLES, FMT)
+        assert backend.logit_bias_ == backend.probe_.logit_bias == 100.0  # type: ignore[union-attr]
+        assert backend.stats.labels_missing == 0
+    # the biased distribution's log-probs: label differences are the true ones
+    np.testing.assert_allclose(np.diff(scores, axis=-1), np.diff(clean_scores, axis=-1), atol=1e-3)
+
+
+def test_a_server_that_ignores_logit_bias_is_refused_when_labels_go_missing() -> None:
+    with probed(mock_transport(make_app(ignore_logit_bias=True)), top_k=2) as backend, pytest.raises(
+            CapabilityError, match=r"missing from the server's top-2.*--remote-mode echo.*--remote-logit-bias.*"
+                                   r"--verbalizer.*--remote-top-k"):
+        backend.score(prompts(), EXAMPLES, FMT)
+    assert backend.logit_bias_ == 0.0
+
+
+def test_missing_labels_within_the_allowed_share_are_nan_and_counted() -> None:
+    with probed(mock_transport(make_app()), top_k=2, logit_bias="off", max_missing=1.0) as backend:
+        scores = backend.score(prompts(), EXAMPLES, FMT)
+        assert np.isnan(scores).sum() == backend.stats.labels_missing > 0
+        assert backend.probe_.sample_missing_rate > 0  # type: ignore[union-attr]
 
 
 def _jitter(request: dict[str, Any], reply: dict[str, Any]) -> None:
@@ -82,7 +132,7 @@ def _jitter(request: dict[str, Any], reply: dict[str, Any]) -> None:
      "not sorted"),
     (lambda req, rep: [c["logprobs"].update(top_logprobs=[{t: v / 100 for t, v in c["logprobs"]["top_logprobs"][0].items()}])
                        for c in rep["choices"]], "sum to"),
-    (lambda req, rep: [c.update(logprobs=None) for c in rep["choices"]], "use mode='chat'"),
+    (lambda req, rep: [c.update(logprobs=None) for c in rep["choices"]], "use --remote-mode chat"),
 ])
 def test_servers_that_answer_wrongly_are_refused_with_a_reason(edit: Callable, message: str) -> None:
     with probed(tampered(make_app(), edit)) as backend, pytest.raises(CapabilityError, match=message):
@@ -90,8 +140,8 @@ def test_servers_that_answer_wrongly_are_refused_with_a_reason(edit: Callable, m
 
 
 @pytest.mark.parametrize("server, mode, message", [
-    ({"echo": "ignore"}, "echo", "llama.cpp ignores echo.*mode='top_logprobs'"),
-    ({"echo": "reject"}, "echo", "mode='top_logprobs'"),
+    ({"echo": "ignore"}, "echo", "llama.cpp ignores echo.*--remote-mode top_logprobs"),
+    ({"echo": "reject"}, "echo", "--remote-mode top_logprobs"),
     ({"prompt_embeds": False}, "prompt_embeds", "--enable-prompt-embeds"),
 ])
 def test_missing_features_name_the_mode_to_use_instead(server: dict, mode: str, message: str) -> None:
@@ -108,7 +158,7 @@ def test_a_server_without_chat_is_told_to_use_completions() -> None:
         return inner.handle_request(request)
 
     with probed(httpx.MockTransport(handle), mode="chat", top_k=20) as backend, pytest.raises(
-            CapabilityError, match="use mode='top_logprobs'"):
+            CapabilityError, match="use --remote-mode top_logprobs"):
         backend.check()
 
 

@@ -47,7 +47,7 @@ class CallStats:
     forward_passes: int = 0
     backward_passes: int = 0
     tokens_processed: int = 0
-    labels_missing: int = 0  # label words absent from a top-k reply (remote top-logprobs scoring)
+    labels_missing: int = 0  # label scores that are NaN: absent from a top-k reply (remote top-k scoring)
 
     def add(self, n_prompts: int, n_examples: int) -> None:
         self.calls += n_prompts
@@ -75,10 +75,13 @@ class Backend(Protocol):
 
 
 def check_scores(scores: np.ndarray, n_prompts: int, n_examples: int, n_labels: int, source: str) -> np.ndarray:
-    """Guard the seam: shape and finiteness, so a backend bug never turns into a silent wrong loss."""
+    """Guard the seam: shape, and numbers that are log-probs or an honest NaN ("missing": the server did not
+    give this label's log-prob; `bbtune.losses` says what it costs). An infinity is a bug upstream and never
+    reaches a loss."""
     expected = (n_prompts, n_examples, n_labels)
     if scores.shape != expected:
         raise AssertionError(f"{source} returned scores of shape {scores.shape}, expected {expected}")
-    if not np.all(np.isfinite(scores)):
-        raise CapabilityError(f"{source} returned non-finite log-probs; its scores cannot be trusted")
+    known = scores[~np.isnan(scores)]
+    if not np.all(np.isfinite(known)):
+        raise CapabilityError(f"{source} returned infinite log-probs; its scores cannot be trusted")
     return scores

@@ -130,16 +130,18 @@ class ApiClient:
             self._client = None
 
     async def call(self, path: str, body: Mapping[str, Any] | None, parse: Callable[[dict[str, Any]], T], *,
-                   estimate: tuple[int, int] = (0, 0), salt: str = "", method: str = "POST") -> T:
+                   estimate: tuple[int, int] = (0, 0), salt: str = "", method: str = "POST",
+                   retries: int | None = None) -> T:
         """One request, parsed. `estimate` (prompt, completion tokens) is reserved against the limits; `salt`
-        keeps deliberate repeats apart in the cache."""
+        keeps deliberate repeats apart in the cache; `retries` overrides `max_retries` for this request."""
         key = request_key(self.namespace, f"{method} {path}", body or {}, self.headers, salt) if self.cache is not None else None
         if key is not None and (hit := self.cache.get(key)) is not None:  # type: ignore[union-attr]
             result = parse(hit)
             self.stats.cache_hits += 1
             return result
         reply: dict[str, Any] | None = None
-        async for attempt in retrying(self.max_retries, self.sleep, immediate=lambda exc: self.pool.can_fail_over(),
+        tries = self.max_retries if retries is None else retries
+        async for attempt in retrying(tries, self.sleep, immediate=lambda exc: self.pool.can_fail_over(),
                                       on_retry=self._count_retry):
             with attempt:
                 reply = await self._send(method, path, body, estimate)

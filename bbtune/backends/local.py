@@ -100,6 +100,7 @@ class LocalBackend:
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._vocab: Vocabulary | None = None
         self._label_ids: dict[tuple[str, ...], list[int]] = {}
+        self.text_stats = TextExactStats()  # how hard prompts were scored as their text (repairs, row-by-row)
 
     # ------------------------------------------------------------------ public
 
@@ -119,7 +120,10 @@ class LocalBackend:
         prompt_kind(list(prompts))
         unique, where = distinct_prompts(prompts)  # discretized populations often repeat a hard prompt
         with torch.inference_mode():
-            logp = self.label_logprobs(self.prompt_embeds(unique), examples, fmt)[where]
+            if isinstance(unique[0], HardPrompt) and not self.is_masked:
+                logp = self._text_exact_logprobs(unique, examples, fmt)[where]  # type: ignore[arg-type]
+            else:
+                logp = self.label_logprobs(self.prompt_embeds(unique), examples, fmt)[where]
         self.stats.add(len(prompts), len(examples))
         out = logp.float().cpu().numpy()
         return check_scores(out, len(prompts), len(examples), len(fmt.labels), self.name)
@@ -152,14 +156,82 @@ class LocalBackend:
             logp = self._full_path(prompt_embeds, enc, fmt.placement)
         return logp.view(prompt_embeds.shape[0], len(examples), len(enc.label_ids))
 
+    def input_embeds(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat) -> list[torch.Tensor]:
+        """Each (prompt, example) row's whole input as float32 embeddings (lead, prompt/head by placement, cue),
+        row p * B + b: what a ``prompt_embeds`` server must see to score like this backend."""
+        with torch.inference_mode():
+            table = self.prompt_embeds(prompts).float().cpu()
+            enc = self._encode(examples, fmt, table.shape[1])
+            lead, cue = self.embed_text_ids(enc.lead), self.embed_text_ids(enc.cue)
+            heads = [self.embed_text_ids(h) for h in enc.heads]
+        prefix = fmt.placement is Placement.PREFIX
+        return [torch.cat([lead, *((p, h) if prefix else (h, p)), cue]) for p in table for h in heads]
+
+    def embed_text_ids(self, ids: Sequence[int]) -> torch.Tensor:
+        """(len(ids), hidden) float32 CPU input embeddings of token ids."""
+        with torch.inference_mode():
+            return self._embed_ids(list(ids)).float().cpu()
+
+    def text_ids(self, prompt: HardPrompt, examples: Sequence[Example], fmt: TaskFormat) -> list[list[int]]:
+        """Per example, the token ids of the whole input string with the prompt's text in place, tokenized
+        whole: what a text API sees (a mock or vLLM server tokenizes the same string the same way)."""
+        texts = [fmt.text(ex, prompt.text) for ex in examples]
+        return [self._lead() + ids for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    # ------------------------------------------------------------------ hard prompts scored as their text
+
+    def _text_exact_logprobs(self, prompts: Sequence[HardPrompt], examples: Sequence[Example], fmt: TaskFormat) -> torch.Tensor:
+        """(P, B, L) log-probs of hard prompts scored as their text, so local and API scores of a prompt agree.
+
+        Token ids need not survive decode -> encode, and a prompt's first or last token can merge with the
+        text around it. Where a prompt's text tokenizes to the same ids inside every example (the usual case:
+        its own ids, or repaired ones), those ids go through the shared-KV paths; a prompt whose tokens depend
+        on the example is scored row by row from the whole string's ids.
+        """
+        enc = self._encode(examples, fmt, 0)
+        out = torch.empty(len(prompts), len(examples), len(enc.label_ids), device=self.device)
+        rows = [self.text_ids(p, examples, fmt) for p in prompts]
+        shared = [_prompt_part(r, enc, fmt.placement) for r in rows]
+        groups: dict[int, list[int]] = {}  # one forward path per prompt length
+        for i, ids in enumerate(shared):
+            if ids is not None:
+                groups.setdefault(len(ids), []).append(i)
+        for idx in groups.values():
+            embeds = self.prompt_embeds([HardPrompt(shared[i], prompts[i].text) for i in idx])  # type: ignore[arg-type]
+            out[idx] = self.label_logprobs(embeds, examples, fmt)
+        apart = [i for i, ids in enumerate(shared) if ids is None]
+        if apart:
+            flat = [row for i in apart for row in rows[i]]
+            out[apart] = self._rows_path(flat, enc.label_ids).view(len(apart), len(examples), -1)
+        self.text_stats.add(len(prompts), sum(s is not None and s != p.token_ids for s, p in zip(shared, prompts)), len(apart))
+        return out
+
+    def _rows_path(self, rows: list[list[int]], label_ids: list[int]) -> torch.Tensor:
+        """(len(rows), labels) log-probs after each whole token sequence (causal LMs), in blocks of similar length."""
+        for row in rows:
+            if len(row) > self.context_length:
+                raise TaskError(f"an input of {len(row)} tokens overflows the model's context of "
+                                f"{self.context_length}; shorten the inputs or the prompt")
+        order = sorted(range(len(rows)), key=lambda r: len(rows[r]))
+        out = torch.empty(len(rows), len(label_ids), device=self.device)
+        for part, _ in self._blocks([len(rows[r]) for r in order], 1, lambda n: (0, n)):
+            idx = order[part]
+            embeds, mask = _left_pad([self._embed_ids(rows[r]) for r in idx])
+            out[idx] = self._forward_last(embeds, mask, _positions(mask))[:, label_ids]
+        return out
+
     # ------------------------------------------------------------------ encoding
+
+    def _lead(self) -> list[int]:
+        """Special tokens that start every sequence (BOS / CLS), as the tokenizer adds them; maybe none."""
+        special = self.tokenizer("", add_special_tokens=True)["input_ids"]
+        return special[:1] if special and (self.is_masked or special[0] == self.tokenizer.bos_token_id) else []
 
     def _encode(self, examples: Sequence[Example], fmt: TaskFormat, n_prompt: int) -> _Encoded:
         key = tuple(fmt.verbalizer.items())
         if key not in self._label_ids:
             self._label_ids[key] = verbalizer_token_ids(self.tokenizer, fmt)
-        special = self.tokenizer("", add_special_tokens=True)["input_ids"]
-        lead = special[:1] if special and (self.is_masked or special[0] == self.tokenizer.bos_token_id) else []
+        lead = self._lead()
         cue = self._ids(fmt.template.render(examples[0]).cue)
         extra = len(lead) + n_prompt + len(cue) + (2 if self.is_masked else 0)
         heads = []
@@ -405,6 +477,35 @@ class LocalBackend:
         logits = self.model(inputs_embeds=embeds, attention_mask=mask).logits
         where = mask.sum(1) - 1 - mask_from_end
         return torch.log_softmax(logits[torch.arange(len(seqs), device=logits.device), where].float(), dim=-1)
+
+
+@dataclass
+class TextExactStats:
+    """How hard prompts were scored as text: `repaired` scored with ids other than their own (their text
+    re-tokenizes differently in context), `row_by_row` whose ids depend on the example."""
+
+    prompts: int = 0
+    repaired: int = 0
+    row_by_row: int = 0
+
+    def add(self, prompts: int, repaired: int, row_by_row: int) -> None:
+        self.prompts, self.repaired, self.row_by_row = (self.prompts + prompts, self.repaired + repaired,
+                                                        self.row_by_row + row_by_row)
+
+
+def _prompt_part(rows: list[list[int]], enc: _Encoded, placement: Placement) -> tuple[int, ...] | None:
+    """The prompt's ids in whole-string rows, when every row is lead + head + ids + cue (suffix) or
+    lead + ids + head + cue (prefix) with the same ids; None when the prompt's tokens depend on the example
+    or merge with the head or cue."""
+    found = set()
+    for row, head in zip(rows, enc.heads):
+        before = enc.lead + (head if placement is Placement.SUFFIX else [])
+        after = ([] if placement is Placement.SUFFIX else head) + enc.cue
+        end = len(row) - len(after)
+        if end < len(before) or row[: len(before)] != before or row[end:] != after:
+            return None
+        found.add(tuple(row[len(before): end]))
+    return found.pop() if len(found) == 1 else None
 
 
 # ---------------------------------------------------------------------- tensor helpers

@@ -1,44 +1,61 @@
 """Before a run trusts a server's numbers: what it supports, and whether its answers are consistent.
 
-Servers differ (lists of prompts, echo, logprobs depth, prompt_embeds) and some answer wrongly instead of
-refusing (llama.cpp ignores ``echo``; a server may cap top-k silently or batch lists differently). The probe
-sends a handful of requests in the run's mode and checks:
+Servers differ (lists of prompts, echo, logprobs depth, prompt_embeds, logit_bias) and some answer wrongly
+instead of refusing (llama.cpp ignores ``echo``; a server may cap top-k silently or batch lists differently).
+The probe sends a handful of requests in the run's mode and adapts where it can, refuses where it must:
 
 1. ``/models`` lists the model (a note if not: llama.cpp answers to any name);
-2. the mode's feature works; a refusal becomes a `CapabilityError` that names the mode to use instead
-   (a top-k deeper than the server allows falls back to 5, OpenAI's limit);
+2. the mode's feature works; a refused top-k steps down (`TOP_K_STEPS`: 20, 10, 5, 1) to the deepest the server
+   accepts; a refused feature becomes a `CapabilityError` that names the mode to use instead;
 3. the same prompt twice gives the same log-probs (within ``probe_tolerance``);
 4. a top-k list is a distribution: sorted, log-probs <= 0, probabilities summing to at most 1;
-5. a list of two prompts gives what the two single requests give; if not (or lists are refused), the run
-   falls back to one prompt per request;
-6. ``prompt_embeds`` of a text give what the text itself gives (the server reads our encoding right).
+5. echo: the label token's echoed log-prob equals its value in the top-k of the same position (asked without
+   echo); a server whose echo is misaligned is refused;
+6. a list of two prompts gives what the two single requests give; any error or disagreement means one prompt
+   per request (logged once, recorded in the report);
+7. ``prompt_embeds`` of a text give what the text itself gives (the server reads our encoding right);
+8. on a sample of the task (the first score call's prompt and examples): ``logit_bias`` on the label tokens
+   is used only if the server honours it (label differences unchanged, labels present, their probability
+   raised), and the run stops if more than ``max_missing`` of the sample's label scores are still missing.
 
-Probe requests go through the cache like any other, so a rerun with the cache probes for free.
+Arrows run one way: this module knows the wire format (`wire`) and a `Target` (what `RemoteBackend` offers
+publicly), never the backend's insides. Probe requests go through the cache like any other.
 """
 from __future__ import annotations
 
+import logging
 import math
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
-import torch
+import numpy as np
 
-from ..constants import DEFAULT_TOP_K
-from ..errors import BadRequestError, CapabilityError, MalformedResponseError, NotFoundError
-from .wire import ScoreMode
+from ..constants import PROBE_SAMPLE, TOP_K_STEPS
+from ..errors import (
+    APIConnectionError,
+    BackendError,
+    BadRequestError,
+    CapabilityError,
+    MalformedResponseError,
+    NotFoundError,
+    ServerError,
+)
+from ..prompts import Prompt
+from ..tasks import Example, TaskFormat
+from . import wire
+from .wire import ProbeReport, ScoreMode
 
-if TYPE_CHECKING:
-    from .remote import ProbeReport, RemoteBackend
+log = logging.getLogger("bbtune")
 
 PROBE_TEXTS = ("The film was great and the acting was wonderful. It was", "The market fell today. This news is about")
 
 USE_INSTEAD = {
-    ScoreMode.TOP_LOGPROBS: "the server gives no next-token logprobs on /completions: use mode='chat' "
+    ScoreMode.TOP_LOGPROBS: "the server gives no next-token logprobs on /completions: use --remote-mode chat "
                             "(top_logprobs on chat completions) or a server that does (vLLM, llama.cpp)",
-    ScoreMode.CHAT: "the server gives no top_logprobs on /chat/completions: use mode='top_logprobs'",
+    ScoreMode.CHAT: "the server gives no top_logprobs on /chat/completions: use --remote-mode top_logprobs",
     ScoreMode.ECHO: "the server does not return the prompt's log-probs with echo (llama.cpp ignores echo, "
-                    "gpt-3.5-turbo-instruct refuses echo with logprobs): use mode='top_logprobs'",
+                    "gpt-3.5-turbo-instruct refuses echo with logprobs): use --remote-mode top_logprobs",
     ScoreMode.PROMPT_EMBEDS: "the server does not accept prompt_embeds (start vLLM with --enable-prompt-embeds), "
-                             "or tune hard prompts with mode='top_logprobs' or 'echo'",
+                             "or tune hard prompts with --remote-mode top_logprobs or echo",
 }
 _FEATURE_WORDS = {
     ScoreMode.TOP_LOGPROBS: ("logprobs",),
@@ -46,6 +63,30 @@ _FEATURE_WORDS = {
     ScoreMode.ECHO: ("echo", "logprobs"),
     ScoreMode.PROMPT_EMBEDS: ("prompt_embeds", "prompt-embeds", "embeds"),
 }
+LIST_PROBE_RETRIES = 2  # enough to ride out a transient fault, few enough not to wait long on a server that refuses
+_REFUSALS = (BadRequestError, ServerError, MalformedResponseError, CapabilityError)  # "no" in its many shapes
+Sample = tuple[Prompt, Sequence[Example], TaskFormat]
+
+
+class Target(Protocol):
+    """What the probe needs from a backend (`RemoteBackend` offers it): its settings, request builders, sender."""
+
+    config: Any
+    top_k_: int
+    batch_size_: int
+    logit_bias_: float
+
+    @property
+    def tokenizer(self) -> Any | None: ...
+    def reference(self) -> Any: ...
+    def count_tokens(self, text: str) -> int: ...
+    def shape(self, bias_ids: Sequence[int] = (), bias: float = 0.0) -> wire.Shape: ...
+    def requests(self, shape: wire.Shape, items: Sequence[Any], size: int | None = None) -> list[wire.Request]: ...
+    def send(self, requests: list[wire.Request], salt: str = "", retries: int | None = None) -> list[Any]: ...
+    def get(self, path: str, parse: Callable[[dict[str, Any]], Any]) -> Any: ...
+    def label_keys(self, fmt: TaskFormat) -> wire.LabelKeys: ...
+    def label_logprobs(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat, *,
+                       bias: float = 0.0, salt: str = "") -> np.ndarray: ...
 
 
 def explain(err: BaseException, mode: ScoreMode) -> BaseException:
@@ -58,25 +99,28 @@ def explain(err: BaseException, mode: ScoreMode) -> BaseException:
     return err
 
 
-def run_probe(backend: "RemoteBackend") -> "ProbeReport":
-    from .remote import ProbeReport
-
-    cfg = backend.config
-    report = ProbeReport(mode=cfg.mode.value, top_k=backend.top_k_, batch_size=backend.batch_size_)
-    _models(backend, report)
-    probe = _Probe(backend, report)
+def run_probe(target: Target, sample: Sample | None = None) -> ProbeReport:
+    """Probe `target` (see the module docstring); may lower its `top_k_` / `batch_size_`, set `logit_bias_`."""
+    cfg = target.config
+    report = ProbeReport(mode=cfg.mode.value, top_k=target.top_k_, batch_size=target.batch_size_)
+    _models(target, report)
+    probe = _Probe(target, report)
     first = probe.first()
     probe.repeatable(first)
-    if cfg.mode is not ScoreMode.ECHO:
+    if cfg.mode is ScoreMode.ECHO:
+        probe.echo_matches_top_k(first)
+    else:
         _distribution(first, report, cfg.probe_tolerance)
-    if cfg.mode.takes_lists and backend.batch_size_ > 1:
+    if cfg.mode.takes_lists and target.batch_size_ > 1:
         probe.lists(first)
     if cfg.mode is ScoreMode.PROMPT_EMBEDS:
         probe.embeds_match_text(first)
+    if sample is not None and cfg.mode is not ScoreMode.ECHO:
+        _Sampled(target, report, sample).run()
     return report
 
 
-def _models(backend: "RemoteBackend", report: "ProbeReport") -> None:
+def _models(target: Target, report: ProbeReport) -> None:
     def parse(reply: dict[str, Any]) -> list[str]:
         data = reply.get("data")
         if not isinstance(data, list):
@@ -84,18 +128,18 @@ def _models(backend: "RemoteBackend", report: "ProbeReport") -> None:
         return [str(m.get("id")) for m in data if isinstance(m, Mapping)]
 
     try:
-        report.models = backend._loop.run(backend._client().call("/models", None, parse, method="GET"))
+        report.models = target.get("/models", parse)
     except (NotFoundError, MalformedResponseError, BadRequestError) as err:
         report.notes.append(f"no usable /models ({type(err).__name__}); the model name is checked by the first request")
         return
-    if backend.config.model not in report.models:
-        report.notes.append(f"model {backend.config.model!r} is not in /models {report.models[:10]}; "
+    if target.config.model not in report.models:
+        report.notes.append(f"model {target.config.model!r} is not in /models {report.models[:10]}; "
                             "some servers (llama.cpp) answer to any name")
     else:
         report.checks.append("model listed")
 
 
-def _distribution(top: Mapping[str, float], report: "ProbeReport", tol: float) -> None:
+def _distribution(top: Mapping[str, float], report: ProbeReport, tol: float) -> None:
     values = list(top.values())
     if any(b > a + tol for a, b in zip(values, values[1:])):
         raise CapabilityError(f"the server's top-k list is not sorted by log-prob ({values[:5]}); "
@@ -107,54 +151,59 @@ def _distribution(top: Mapping[str, float], report: "ProbeReport", tol: float) -
     report.top_k_returned = len(values)
     if len(values) < report.top_k:
         report.notes.append(f"asked for {report.top_k} logprobs, the server returned {len(values)}; "
-                            "missing labels are bounded by the last one returned")
+                            "labels outside them are missing")
     report.checks.append("top-k is a sorted distribution")
 
 
 class _Probe:
-    """The probe's requests, built by the backend's own request builders (so the probe tests what runs)."""
+    """The probe's requests, built by the target's own request builders (so the probe tests what runs)."""
 
-    def __init__(self, backend: "RemoteBackend", report: "ProbeReport"):
-        self.backend, self.report = backend, report
-        self.mode, self.tol = backend.config.mode, backend.config.probe_tolerance
+    def __init__(self, target: Target, report: ProbeReport):
+        self.target, self.report = target, report
+        self.mode, self.tol = target.config.mode, target.config.probe_tolerance
         self.items = [self._item(t) for t in PROBE_TEXTS]
 
     def _item(self, text: str) -> Any:
-        tok = self.backend.tokenizer
+        tok = self.target.tokenizer
         if self.mode is ScoreMode.PROMPT_EMBEDS:
-            ids = tok(text, add_special_tokens=True)["input_ids"]
-            with torch.inference_mode():
-                return self.backend._reference()._embed_ids(list(ids)).float()
+            return self.target.reference().embed_text_ids(tok(text, add_special_tokens=True)["input_ids"])
         if self.mode is ScoreMode.ECHO:  # the text's own last token plays the label word
             word = tok.decode(tok(text, add_special_tokens=False)["input_ids"][-1:]) if tok is not None else " about"
             return (text if text.endswith(word) else text + word), word
         return text
 
-    def _batches(self, items: list[Any], size: int) -> list[Any]:
-        b, mode = self.backend, self.mode
-        if mode is ScoreMode.PROMPT_EMBEDS:
-            return b._embeds_items(items, size)
-        if mode is ScoreMode.ECHO:
-            return b._echo_items(items, size)
-        return b._text_items(list(items), size)
-
-    def ask(self, which: list[int], salt: str = "", together: bool = False) -> list[Any]:
+    def ask(self, which: list[int], salt: str = "", together: bool = False, retries: int | None = None) -> list[Any]:
         items = [self.items[i] for i in which]
-        batches = self._batches(items, len(items) if together else 1)
-        return self.backend._run(batches, salt=salt)
+        size = len(items) if together else 1
+        t = self.target
+        if self.mode is ScoreMode.ECHO:
+            requests = wire.echo_requests(t.shape(), items, lambda pair: t.count_tokens(pair[0]), size)
+        else:
+            requests = t.requests(t.shape(), items, size)
+        return t.send(requests, salt=salt, retries=retries)
 
     def first(self) -> Any:
-        """The first request; a too-deep top-k falls back to 5, a refused feature says what to use instead."""
-        try:
-            return self.ask([0])[0]
-        except CapabilityError as err:
-            if self.backend.top_k_ <= DEFAULT_TOP_K or "logprobs" not in str(err):
-                raise
-            self.report.notes.append(f"the server refused top_k={self.backend.top_k_}; using {DEFAULT_TOP_K}")
-            self.backend.top_k_ = self.report.top_k = DEFAULT_TOP_K
-            return self.ask([0])[0]
-        except MalformedResponseError as err:
-            raise CapabilityError(f"{err}\n  -> {USE_INSTEAD[self.mode]}") from err
+        """The first request at the deepest top-k the server accepts (stepping down on a refusal); a refused
+        feature says what to use instead."""
+        asked = self.target.top_k_
+        steps = [asked] + [k for k in TOP_K_STEPS if k < asked]
+        if self.mode is ScoreMode.ECHO:  # echo asks logprobs=1 whatever top_k says
+            steps = steps[:1]
+        for i, k in enumerate(steps):
+            self.target.top_k_ = self.report.top_k = k
+            try:
+                reply = self.ask([0], retries=0 if i + 1 < len(steps) else None)[0]
+            except MalformedResponseError as err:
+                raise CapabilityError(f"{err}\n  -> {USE_INSTEAD[self.mode]}") from err
+            except (CapabilityError, BadRequestError, ServerError) as err:
+                refused_depth = not isinstance(err, CapabilityError) or "logprobs" in str(err).splitlines()[0]
+                if i + 1 == len(steps) or not refused_depth:
+                    raise
+                continue
+            if k != asked:
+                self.report.notes.append(f"the server refused top_k={asked}; using {k}, the deepest it accepts")
+            return reply
+        raise AssertionError("unreachable: the last step re-raises")
 
     def repeatable(self, first: Any) -> None:
         """The same prompt asked again (a separate request, also in the cache) must give the same numbers."""
@@ -165,26 +214,48 @@ class _Probe:
                                   "noise?) and cannot be trusted")
         self.report.checks.append("repeatable")
 
-    def lists(self, first: Any) -> None:
-        """Two prompts in one request must give what two single requests give; else one prompt per request."""
+    def echo_matches_top_k(self, echoed: float) -> None:
+        """The echoed log-prob of the last token must be its log-prob in the top-k of the same position."""
+        text, word = self.items[0]
+        t = self.target
+        shape = wire.Shape(t.config.model, ScoreMode.TOP_LOGPROBS, t.top_k_, 1)
         try:
-            together = self.ask([0, 1], together=True)
+            top = t.send(wire.text_requests(shape, [text[: -len(word)]], t.count_tokens), retries=0)[0]
+        except (*_REFUSALS, NotFoundError) as err:
+            self.report.notes.append(f"echo not cross-checked: top-k of the same position refused ({type(err).__name__})")
+            return
+        if word not in top:
+            self.report.notes.append(f"echo not cross-checked: {word!r} is not in the top-{t.top_k_} of its position")
+            return
+        if abs(top[word] - echoed) > max(self.tol, 1e-3):
+            raise CapabilityError(
+                f"echo gave {word!r} the log-prob {echoed:.4f}, but the top-k of the same position gives "
+                f"{top[word]:.4f}: the server's echoed log-probs are misaligned and cannot be trusted; "
+                "use --remote-mode top_logprobs")
+        self.report.checks.append("echo matches top-k")
+
+    def lists(self, first: Any) -> None:
+        """Two prompts in one request must give what two single requests give; any error (after a couple of
+        retries), or a disagreement, means one prompt per request from now on."""
+        try:
+            together = self.ask([0, 1], together=True, retries=LIST_PROBE_RETRIES)
             second = self.ask([1])[0]
             if not (_agree(together[0], first, self.tol) and _agree(together[1], second, self.tol)):
                 raise MalformedResponseError(f"a list of two prompts gave {_show(together[0])}, {_show(together[1])}; "
                                              f"one at a time gave {_show(first)}, {_show(second)}")
-        except (BadRequestError, MalformedResponseError, CapabilityError) as err:
-            self.backend.batch_size_ = self.report.batch_size = 1
-            self.report.notes.append(f"lists of prompts unusable ({str(err).splitlines()[0][:200]}); "
-                                     "sending one prompt per request")
+        except (BackendError, CapabilityError) as err:
+            self.target.batch_size_ = self.report.batch_size = 1
+            note = f"lists of prompts unusable ({str(err).splitlines()[0][:200]}); sending one prompt per request"
+            self.report.notes.append(note)
+            log.warning("bbtune: %s", note)
             return
         self.report.checks.append("lists match single prompts")
 
     def embeds_match_text(self, first: Any) -> None:
-        b = self.backend
+        t = self.target
         try:
-            as_text = b._run(b._text_items([PROBE_TEXTS[0]], 1))[0]
-        except (BadRequestError, MalformedResponseError, CapabilityError) as err:
+            as_text = t.send(wire.text_requests(t.shape(), [PROBE_TEXTS[0]], t.count_tokens))[0]
+        except (*_REFUSALS, NotFoundError, APIConnectionError) as err:
             self.report.notes.append(f"could not compare prompt_embeds with text ({type(err).__name__})")
             return
         if not _agree(first, as_text, max(self.tol, 1e-3)):
@@ -192,6 +263,79 @@ class _Probe:
                 f"prompt_embeds of a text gave {_show(first)} but the text itself gave {_show(as_text)}: the server "
                 "reads the embeddings differently (another model, dtype, or special tokens?)")
         self.report.checks.append("prompt_embeds match text")
+
+
+class _Sampled:
+    """Checks on a sample of the task itself: logit_bias, then the share of label scores missing."""
+
+    def __init__(self, target: Target, report: ProbeReport, sample: Sample):
+        self.target, self.report = target, report
+        prompt, examples, self.fmt = sample
+        self.prompt, self.examples = prompt, list(examples)[:PROBE_SAMPLE]
+        self.cfg = target.config
+
+    def scores(self, bias: float) -> np.ndarray:
+        return self.target.label_logprobs([self.prompt], self.examples, self.fmt, bias=bias)[0]
+
+    def run(self) -> None:
+        scores = self.scores(0.0)
+        if self.cfg.bias:
+            scores = self.try_bias(scores)
+        missing = float(np.isnan(scores).mean())
+        self.report.sample_missing_rate = missing
+        if missing > self.cfg.max_missing:
+            raise CapabilityError(missing_message(missing, len(self.examples), self.target.top_k_, self.cfg))
+        self.report.checks.append(f"labels missing on the sample: {missing:.0%}")
+
+    def try_bias(self, plain: np.ndarray) -> np.ndarray:
+        """The biased scores if the server honours logit_bias (the backend then uses it), else `plain`."""
+        if not self.target.label_keys(self.fmt).token_ids:
+            self.report.notes.append("logit_bias not used: it needs the label token ids (set --remote-local-model)")
+            return plain
+        bias = self.cfg.bias
+        try:
+            biased = self.scores(bias)
+        except (*_REFUSALS, NotFoundError) as err:
+            self.report.notes.append(f"logit_bias not used: the server refused it ({str(err).splitlines()[0][:160]})")
+            return plain
+        problem = bias_problem(plain, biased, max(self.cfg.probe_tolerance, 2e-3))
+        if problem:
+            self.report.notes.append(f"logit_bias not used: {problem}")
+            return plain
+        self.target.logit_bias_ = self.report.logit_bias = bias
+        self.report.checks.append("logit_bias keeps label differences")
+        return biased
+
+
+def bias_problem(plain: np.ndarray, biased: np.ndarray, tol: float) -> str:
+    """Why biased label scores (B, L) cannot stand in for `plain` ones, or '' if they can: every label present,
+    the labels' probability raised (the server applied the bias), and the differences between labels unchanged
+    where `plain` has them all.
+
+    >>> bias_problem(np.log([[0.2, 0.1]]), np.log([[0.6, 0.3]]), 1e-3)
+    ''
+    """
+    if np.isnan(biased).any():
+        return "labels are still missing with the bias (the server ignores logit_bias?)"
+    if np.exp(biased).sum(axis=1).min() < 0.5:
+        return "the labels' probability did not rise to the top (the server ignores or caps logit_bias)"
+    full = ~np.isnan(plain).any(axis=1)
+    moved = (biased - biased[:, :1]) - (plain - plain[:, :1])
+    if full.any() and np.abs(moved[full]).max() > tol:
+        return (f"it changes the differences between labels (by up to {np.abs(moved[full]).max():.4f}), "
+                "so the server does not add it to the logits as OpenAI documents")
+    return ""
+
+
+def missing_message(missing: float, n: int, k: int, cfg: Any) -> str:
+    """The refusal when too many label scores are missing, naming every fix."""
+    chat = ("; in chat mode name the answer words with --remote-chat-instruction"
+            if cfg.mode is ScoreMode.CHAT else "")
+    return (f"{missing:.0%} of the label scores on the probe's sample of {n} examples are missing from the server's "
+            f"top-{k} list (allowed: --remote-max-missing {cfg.max_missing:g}); a missing label cannot be ranked. "
+            "Fixes: --remote-mode echo (exact scores, where the server supports echo); --remote-logit-bias auto "
+            "(needs a server that honours logit_bias and --remote-local-model); label words the model says more "
+            f"readily (--verbalizer); a deeper --remote-top-k (vLLM: --max-logprobs){chat}")
 
 
 def _agree(a: Any, b: Any, tol: float) -> bool:

@@ -16,8 +16,10 @@ Which server supports which mode:
 | echo (exact) | base models only; gpt-3.5-turbo-instruct refuses | yes | no: ignores echo | yes |
 | prompt_embeds (soft; bounded) | no | with --enable-prompt-embeds | no | yes |
 
-"Bounded": a label outside the top-k gets the k-th value (an upper bound), counted in `stats.missing_rate`;
-ask for a deep top-k where the server allows it (vLLM ``--max-logprobs``). The probe finds out the rest.
+"Bounded": a label outside the top-k is *missing*: its score is NaN, counted in `stats.missing_rate`, and the
+loss gives it a documented meaning (`bbtune.losses`). The probe finds the deepest top-k the server accepts,
+turns on ``logit_bias`` on the label tokens where the server honours it (labels then always make the list),
+and refuses a run whose sample misses more than ``max_missing`` of its labels.
 
     >>> backend = RemoteBackend(RemoteConfig(base_url=server.url, model="tiny", local_model="tiny"))  # doctest: +SKIP
     >>> backend.score([HardPrompt((), "")], [Example("a film", "pos")], fmt).shape                    # doctest: +SKIP
@@ -28,11 +30,11 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 import httpx
 import numpy as np
-import torch
 
 from ..constants import (
     API_KEY_ENV,
@@ -43,6 +45,9 @@ from ..constants import (
     DEFAULT_TIMEOUT_S,
     DEFAULT_TOP_K,
     OPENAI_API_KEY_ENV,
+    DEFAULT_CHAT_INSTRUCTION,
+    DEFAULT_MAX_MISSING,
+    LOGIT_BIAS,
     PROBE_TOLERANCE,
     PROMPT_TOKEN_MARGIN,
 )
@@ -51,13 +56,14 @@ from ..prompts import HardPrompt, Prompt, prompt_kind
 from ..tasks import Example, Placement, TaskFormat, verbalizer_token_ids
 from ..vocab import Vocabulary
 from . import wire
-from .accounting import Limits, Meter, Prices, RemoteStats
+from .accounting import Ledger, Limits, Meter, Prices, RemoteStats, restore
 from .base import Capabilities, check_scores
 from .cache import ResponseCache
 from .http import ApiClient, KeyInfo
 from .loop import LoopThread
 from .replicas import ReplicaPool, display_url
-from .wire import LabelKeys, ScoreMode
+from .probe import explain, run_probe
+from .wire import LabelKeys, ProbeReport, ScoreMode
 
 
 def _h(default: Any, help: str) -> Any:  # noqa: A002 - the CLI reads `help`
@@ -76,7 +82,7 @@ class RemoteConfig:
     local_model: str = _h("", "the same model locally ('tiny', 'smollm2', HF dir, .gguf): tokenizer, verbalizer "
                               "check, vocabulary, prompt embeddings ('' = none)")
     api_key_env: str = _h(API_KEY_ENV, f"environment variable holding the API key (else ${OPENAI_API_KEY_ENV})")
-    top_k: int = _h(DEFAULT_TOP_K, "log-probs asked per position (OpenAI completions: <= 5, chat: <= 20)")
+    top_k: int = _h(DEFAULT_TOP_K, "deepest log-probs asked per position; the probe steps down (20, 10, 5, 1) where the server refuses")
     batch_size: int = _h(DEFAULT_REMOTE_BATCH, "prompts per request where the server takes lists")
     concurrency: int = _h(DEFAULT_CONCURRENCY, "requests in flight per replica")
     replica_concurrency: tuple[int, ...] = _h((), "one limit per base_url, overriding concurrency")
@@ -91,6 +97,12 @@ class RemoteConfig:
     extra_headers: tuple[str, ...] = _h((), "more HTTP headers, each 'Name: value'")
     probe: bool = _h(True, "check the server's capabilities and consistency before the first score")
     probe_tolerance: float = _h(PROBE_TOLERANCE, "how closely repeated log-probs must agree")
+    logit_bias: str = _h("auto", f"bias on every label token so labels enter the top-k (differences kept): 'auto' "
+                                 f"({LOGIT_BIAS:g} where the probe finds it honoured), 'off', or a number in (0, 100]")
+    max_missing: float = _h(DEFAULT_MAX_MISSING, "largest share of label scores missing from the top-k on the probe's "
+                                                 "sample before the run stops (0..1)")
+    chat_instruction: str = _h(DEFAULT_CHAT_INSTRUCTION, "chat mode: text put before each message, {labels} = the "
+                                                         "answer words ('' = none)")
 
     def __post_init__(self) -> None:
         raw = self.base_url.split(",") if isinstance(self.base_url, str) else list(self.base_url)
@@ -112,6 +124,7 @@ class RemoteConfig:
         for name in ("max_requests", "max_tokens", "max_cost"):
             object.__setattr__(self, name, getattr(self, name) or 0)
         self._check_numbers()
+        self._check_bias()
         if self.mode is ScoreMode.PROMPT_EMBEDS and not self.local_model:
             raise ConfigError("mode='prompt_embeds' needs local_model= (the same model locally, to embed prompts)")
 
@@ -129,9 +142,27 @@ class RemoteConfig:
             ("price_prompt_per_mtok", self.price_prompt_per_mtok >= 0, ">= 0"),
             ("price_completion_per_mtok", self.price_completion_per_mtok >= 0, ">= 0"),
             ("probe_tolerance", self.probe_tolerance >= 0, ">= 0"),
+            ("max_missing", 0 <= self.max_missing <= 1, "in [0, 1]"),
         ):
             if not ok:
                 raise ConfigError(f"RemoteConfig.{name} must be {rule}, got {getattr(self, name)!r}")
+
+    def _check_bias(self) -> None:
+        value = str(self.logit_bias).strip().lower()
+        object.__setattr__(self, "logit_bias", value)
+        if value in ("auto", "off"):
+            return
+        try:
+            ok = 0 < float(value) <= 100
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"--remote-logit-bias must be 'auto', 'off' or a number in (0, 100], got {self.logit_bias!r}")
+
+    @property
+    def bias(self) -> float:
+        """The label-token bias to try (0 = off)."""
+        return 0.0 if self.logit_bias == "off" else LOGIT_BIAS if self.logit_bias == "auto" else float(self.logit_bias)
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -169,29 +200,6 @@ def _headers(value: Mapping[str, str] | Sequence[tuple[str, str] | str]) -> tupl
     return tuple(out)
 
 
-@dataclass(frozen=True)
-class _Batch:
-    """One request: where it goes, its body, how to read its reply, and the tokens to reserve for it."""
-
-    path: str
-    body: dict[str, Any]
-    parse: Callable[[dict[str, Any]], list[Any]]
-    estimate: tuple[int, int]
-
-
-@dataclass
-class ProbeReport:
-    """What `RemoteBackend.check()` found; saved with the run's stats."""
-
-    mode: str
-    top_k: int
-    batch_size: int
-    top_k_returned: int | None = None
-    models: list[str] | None = None
-    checks: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
 class RemoteBackend:
     """Scores prompts through an OpenAI-compatible server (see the module docstring).
 
@@ -208,41 +216,55 @@ class RemoteBackend:
         self.stats = RemoteStats()
         self.probe_: ProbeReport | None = None
         self.top_k_, self.batch_size_ = cfg.top_k, (cfg.batch_size if cfg.mode.takes_lists else 1)
+        self.logit_bias_ = 0.0  # set by the probe where the server honours it (or by the config without a probe)
+        if not cfg.probe and cfg.logit_bias not in ("auto", "off"):
+            self.logit_bias_ = cfg.bias
         self._transport, self._sleep = transport, sleep
         self._loop = LoopThread()
         self._api: ApiClient | None = None
         self._local: Any = None
+        self.ledger_: Ledger | None = None  # the run folder's write-ahead ledger (keep_books)
+        self._replies_dir = self.config.cache_dir
 
     # ------------------------------------------------------------------ public
 
     def score(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat) -> np.ndarray:
-        """Label log-probs (P, B, L); labels missing from a top-k list get the k-th value (counted in stats)."""
+        """Label log-probs (P, B, L); NaN for a label missing from a top-k list (counted in stats)."""
         if not examples:
             raise TaskError("score() got no examples; give at least one")
         self.capabilities.require(prompt_kind(list(prompts)), self.name)
         if self.config.probe and self.probe_ is None:
-            self.check()
-        labels = self._label_keys(fmt)
-        P, B, L = len(prompts), len(examples), len(labels.spellings)
+            self.check((prompts[0], examples, fmt))
+        scores = self.label_logprobs(prompts, examples, fmt, bias=self.logit_bias_)
+        self.stats.count_labels(scores.size, int(np.isnan(scores).sum()))
+        self.stats.add(len(prompts), len(examples))
+        return check_scores(scores, len(prompts), len(examples), len(fmt.labels), self.name)
+
+    def label_logprobs(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat, *,
+                       bias: float = 0.0, salt: str = "") -> np.ndarray:
+        """(P, B, L) label log-probs as the server gives them (NaN = missing), with `bias` on every label token;
+        counts nothing (the probe uses it too)."""
+        labels = self.label_keys(fmt)
+        P, B, L = len(prompts), len(examples), labels.n_labels
         if self.config.mode is ScoreMode.ECHO:
-            pairs = [(t + w, w) for t in self._texts(prompts, examples, fmt) for w in fmt.verbalizer.values()]
-            flat = np.array(self._run(self._echo_items(pairs)), dtype=np.float64)
+            pairs = [(t + w, w) for t in self.texts(prompts, examples, fmt) for w in fmt.verbalizer.values()]
+            flat = np.array(self.send(wire.echo_requests(self.shape(), pairs, lambda p: self.count_tokens(p[0]))),
+                            dtype=np.float64)
         else:
-            tops = self._run(self._inputs(prompts, examples, fmt))
-            flat = np.stack([self._read_labels(top, labels) for top in tops])
-        self.stats.add(P, B)
-        return check_scores(flat.reshape(P, B, L), P, B, L, self.name)
+            shape = self.shape(labels.token_ids if bias else (), bias)
+            tops = self.send(self.requests(shape, self.inputs(prompts, examples, fmt)), salt=salt)
+            flat = np.stack([wire.label_scores(top, labels)[0] for top in tops])
+        return flat.reshape(P, B, L)
 
-    def check(self) -> ProbeReport:
-        """Probe the server: model served, features of the mode, consistent numbers (see probe.py). Runs
-        before the first score unless ``probe=False``; may lower `batch_size_` / `top_k_` (see the report)."""
-        from .probe import run_probe
-
-        self.probe_ = run_probe(self)
+    def check(self, sample: tuple[Prompt, Sequence[Example], TaskFormat] | None = None) -> ProbeReport:
+        """Probe the server: model served, features of the mode, consistent numbers, and on `sample` (a prompt,
+        examples, their format) logit_bias and the missing rate (see probe.py). Runs before the first score
+        unless ``probe=False``; may lower `batch_size_` / `top_k_` and set `logit_bias_` (see the report)."""
+        self.probe_ = run_probe(self, sample)
         return self.probe_
 
     def vocabulary(self) -> Vocabulary:
-        return self._reference().vocabulary()
+        return self.reference().vocabulary()
 
     def describe(self) -> dict[str, Any]:
         """Config, probe findings and stats, for the results folder; never the key."""
@@ -266,12 +288,12 @@ class RemoteBackend:
 
     # ------------------------------------------------------------------ local side: tokenizer, embeddings
 
-    def _reference(self) -> Any:
+    def reference(self) -> Any:
         """A LocalBackend over `local_model`: the tokenizer, the embedding table, the input layout."""
         if self._local is None:
             if not self.config.local_model:
                 raise ConfigError(
-                    "this needs the model's tokenizer/embeddings: set RemoteConfig.local_model to the same model "
+                    "this needs the model's tokenizer/embeddings: set --remote-local-model to the same model "
                     "(a HF directory, a .gguf file, 'smollm2' or 'tiny')")
             from .local import LocalBackend
 
@@ -280,17 +302,20 @@ class RemoteBackend:
 
     @property
     def tokenizer(self) -> Any | None:
-        return self._reference().tokenizer if self.config.local_model else None
+        return self.reference().tokenizer if self.config.local_model else None
 
-    def _label_keys(self, fmt: TaskFormat) -> LabelKeys:
+    def label_keys(self, fmt: TaskFormat) -> LabelKeys:
+        """How the labels appear in a reply: chat matches every spelling of the word, completions the word's token."""
         words = list(fmt.verbalizer.values())
         tok = self.tokenizer
+        if self.config.mode is ScoreMode.CHAT:
+            return LabelKeys.chat(words, tok)
         if tok is None:
             return LabelKeys.build(words, None, None)
         ids = verbalizer_token_ids(tok, fmt)  # raises VerbalizerError for a word that is not one token
         return LabelKeys.build(words, ids, [tok.decode([i]) for i in ids])
 
-    def _count_tokens(self, text: str) -> int:
+    def count_tokens(self, text: str) -> int:
         """Upper estimate of a text's tokens for the budget: exact with the local tokenizer, else its bytes
         (a byte-level BPE token is at least one byte)."""
         tok = self.tokenizer
@@ -299,63 +324,58 @@ class RemoteBackend:
 
     # ------------------------------------------------------------------ building requests
 
-    def _texts(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat) -> list[str]:
-        """Row (p, b) = p * B + b: prefix ``prompt + head + cue``, suffix ``head + prompt + cue``."""
+    def shape(self, bias_ids: Sequence[int] = (), bias: float = 0.0) -> wire.Shape:
+        """How requests are built now (the probe's findings), with `bias` on the tokens `bias_ids`."""
+        cfg = self.config
+        return wire.Shape(cfg.model, cfg.mode, self.top_k_, self.batch_size_,
+                          {t: bias for t in bias_ids} if bias and bias_ids else None)
+
+    def texts(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat) -> list[str]:
+        """Row (p, b) = p * B + b: prefix ``prompt + head + cue``, suffix ``head + prompt + cue``; in chat mode
+        after the instruction that names the answer words."""
+        lead = self._instruction(fmt)
         out = []
         for prompt in prompts:
             assert isinstance(prompt, HardPrompt)
             for ex in examples:
                 r = fmt.render(ex)
-                out.append(prompt.text + r.head + r.cue if fmt.placement is Placement.PREFIX else r.head + prompt.text + r.cue)
+                body = prompt.text + r.head + r.cue if fmt.placement is Placement.PREFIX else r.head + prompt.text + r.cue
+                out.append(lead + body)
         return out
 
-    def _sequence_embeds(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat) -> list[torch.Tensor]:
-        """Each row's full input embeddings, in LocalBackend's order (lead, prompt/head by placement, cue)."""
-        local = self._reference()
-        with torch.inference_mode():
-            table = local.prompt_embeds(prompts).float().cpu()
-            enc = local._encode(examples, fmt, table.shape[1])
-            lead, cue = local._embed_ids(enc.lead).float(), local._embed_ids(enc.cue).float()
-            heads = [local._embed_ids(h).float() for h in enc.heads]
-        prefix = fmt.placement is Placement.PREFIX
-        return [torch.cat([lead, *((p, h) if prefix else (h, p)), cue]) for p in table for h in heads]
+    def _instruction(self, fmt: TaskFormat) -> str:
+        template = self.config.chat_instruction
+        if self.config.mode is not ScoreMode.CHAT or not template:
+            return ""
+        words = [w.strip() for w in fmt.verbalizer.values()]
+        named = ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
+        return template.replace("{labels}", named)
 
-    def _inputs(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat) -> list[_Batch]:
+    def inputs(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat) -> list[Any]:
+        """What goes over the wire for each row: texts, or input embeddings (prompt_embeds)."""
         if self.config.mode is ScoreMode.PROMPT_EMBEDS:
-            return self._embeds_items(self._sequence_embeds(prompts, examples, fmt))
-        return self._text_items(self._texts(prompts, examples, fmt))
+            return self.reference().input_embeds(prompts, examples, fmt)
+        return self.texts(prompts, examples, fmt)
 
-    def _split(self, items: Sequence[Any], size: int | None, path: str, body: Callable[[Sequence[Any]], dict[str, Any]],
-               parse: Callable[[Sequence[Any]], Callable[[dict[str, Any]], list[Any]]],
-               tokens: Callable[[Any], int]) -> list[_Batch]:
-        """One request per chunk of `items` (`size`, default `batch_size_`), with its parser and token estimate."""
-        size = size or self.batch_size_
-        parts = [items[i : i + size] for i in range(0, len(items), size)]
-        return [_Batch(path, body(part), parse(part), (sum(map(tokens, part)), len(part))) for part in parts]
-
-    def _text_items(self, texts: Sequence[str], size: int | None = None) -> list[_Batch]:
-        model, k = self.config.model, self.top_k_
-        if self.config.mode is ScoreMode.CHAT:  # chat takes one conversation per request
-            return self._split(texts, 1, wire.CHAT, lambda part: wire.chat_body(model, part[0], k),
-                               lambda part: _chat_parser, self._count_tokens)
-        return self._split(texts, size, wire.COMPLETIONS, lambda part: wire.top_logprob_body(model, part, k),
-                           lambda part: _top_parser(len(part)), self._count_tokens)
-
-    def _embeds_items(self, embeds: Sequence[torch.Tensor], size: int | None = None) -> list[_Batch]:
-        model, k = self.config.model, self.top_k_
-        return self._split(embeds, size, wire.COMPLETIONS,
-                           lambda part: wire.embeds_body(model, [wire.encode_embeds(e) for e in part], k),
-                           lambda part: _top_parser(len(part)), lambda e: int(e.shape[0]) + PROMPT_TOKEN_MARGIN)
-
-    def _echo_items(self, pairs: Sequence[tuple[str, str]], size: int | None = None) -> list[_Batch]:
-        """(text ending in the label word, the word) pairs."""
-        def parser(part: Sequence[tuple[str, str]]) -> Callable[[dict[str, Any]], list[Any]]:
-            return lambda r: [wire.echo_label_logprob(c, t, w) for c, (t, w) in zip(wire.choices(r, len(part)), part)]
-
-        return self._split(pairs, size, wire.COMPLETIONS, lambda part: wire.echo_body(self.config.model, [t for t, _ in part]),
-                           parser, lambda pair: self._count_tokens(pair[0]))
+    def requests(self, shape: wire.Shape, items: Sequence[Any], size: int | None = None) -> list[wire.Request]:
+        """Top-k requests for texts or input embeddings, in chunks of `size` (default the shape's batch size)."""
+        if self.config.mode is ScoreMode.PROMPT_EMBEDS:
+            return wire.embeds_requests(shape, items, lambda e: int(e.shape[0]) + PROMPT_TOKEN_MARGIN, size)
+        return wire.text_requests(shape, items, self.count_tokens, size)
 
     # ------------------------------------------------------------------ sending
+
+    def keep_books(self, ledger: Path, replies: Path, resume: bool) -> None:
+        """Book every request in the write-ahead `ledger` (and keep replies in `replies` unless --remote-cache-dir
+        is set), so a run killed at any instant and resumed neither forgets a request nor pays twice for an
+        answer; on `resume` the spending counters start from the ledger's totals."""
+        self.ledger_ = Ledger(ledger)
+        if resume:
+            restore(self.stats, self.ledger_.spent())
+        self._replies_dir = self.config.cache_dir or str(replies)
+        if self._api is not None:  # a client made before (a probe by hand) gets the books too
+            self._api.meter.ledger = self.ledger_
+            self._api.cache = self._api.cache or ResponseCache(self._replies_dir)
 
     def _client(self) -> ApiClient:
         if self._api is None:
@@ -366,22 +386,25 @@ class RemoteBackend:
             self._api = ApiClient(
                 ReplicaPool(cfg.urls, cfg.limits),
                 Meter(Limits(cfg.max_requests or None, cfg.max_tokens or None, cfg.max_cost or None),
-                      Prices(cfg.price_prompt_per_mtok, cfg.price_completion_per_mtok), stats),
+                      Prices(cfg.price_prompt_per_mtok, cfg.price_completion_per_mtok), stats, self.ledger_),
                 stats, model=cfg.model, key=KeyInfo(env, os.environ.get(env) or None),
                 headers={"User-Agent": "bbtune", **cfg.headers}, timeout_s=cfg.timeout_s,
-                max_retries=cfg.max_retries, cache=ResponseCache(cfg.cache_dir) if cfg.cache_dir else None,
+                max_retries=cfg.max_retries, cache=ResponseCache(self._replies_dir) if self._replies_dir else None,
                 transport=self._transport, sleep=self._sleep)
         return self._api
 
-    def _run(self, batches: list[_Batch], salt: str = "") -> list[Any]:
-        """Send all batches concurrently; their parsed items, flattened in order."""
-        from .probe import explain
+    def get(self, path: str, parse: Callable[[dict[str, Any]], Any]) -> Any:
+        """One GET (e.g. ``/models``), parsed."""
+        return self._loop.run(self._client().call(path, None, parse, method="GET"))
 
+    def send(self, requests: list[wire.Request], salt: str = "", retries: int | None = None) -> list[Any]:
+        """Send all requests concurrently; their parsed items, flattened in order. `salt` keeps deliberate
+        repeats apart in the cache; `retries` overrides the configured count (the probe sends some with none)."""
         api = self._client()
 
         async def all_of() -> list[list[Any]]:
-            tasks = [asyncio.ensure_future(api.call(b.path, b.body, b.parse, estimate=b.estimate, salt=salt))
-                     for b in batches]
+            tasks = [asyncio.ensure_future(api.call(r.path, r.body, r.parse, estimate=r.estimate, salt=salt,
+                                                    retries=retries)) for r in requests]
             try:
                 return await asyncio.gather(*tasks)
             except BaseException:
@@ -398,16 +421,3 @@ class RemoteBackend:
                 raise
             raise better from err
         return [item for part in parts for item in part]
-
-    def _read_labels(self, top: Mapping[str, float], labels: LabelKeys) -> np.ndarray:
-        scores, missing = wire.label_scores(top, labels)
-        self.stats.count_labels(len(scores), missing)
-        return scores
-
-
-def _top_parser(n: int) -> Callable[[dict[str, Any]], list[Any]]:
-    return lambda reply: [wire.completion_top(c) for c in wire.choices(reply, n)]
-
-
-def _chat_parser(reply: dict[str, Any]) -> list[Any]:
-    return [wire.chat_top(wire.choices(reply, 1)[0])]

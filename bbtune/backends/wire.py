@@ -1,15 +1,28 @@
-"""What goes over the wire for each scoring mode: request bodies in, label log-probs out.
+"""What goes over the wire for each scoring mode: request bodies in, label log-probs out, and what the probe
+found. `remote.py` and `probe.py` both import this module; it imports neither.
 
 Modes (`ScoreMode`), one request shape each:
 
 - ``top_logprobs``: ``/v1/completions`` with ``max_tokens=1, logprobs=k``; the label words' log-probs are read
-  from the top-k list of the next token. A label absent from the list is bounded by the k-th value (its true
-  log-prob is at most that) and counted as missing.
-- ``chat``: ``/v1/chat/completions`` with ``logprobs=true, top_logprobs=k``; read like ``top_logprobs``.
+  from the top-k list of the next token.
+- ``chat``: ``/v1/chat/completions`` with ``logprobs=true, top_logprobs=k``; read like ``top_logprobs``, but a
+  label matches its word in every spelling the model may answer with (see `label_variants`).
 - ``echo``: ``/v1/completions`` with ``prompt + label word``, ``echo=true``: the label token's own log-prob,
   exact, one prompt per label.
 - ``prompt_embeds``: ``/v1/completions`` with ``prompt_embeds`` (vLLM's encoding: base64 of a ``torch.save``d
   float tensor of shape (seq_len, hidden)); read like ``top_logprobs``. Soft prompts go over the wire this way.
+
+**A missing label is NaN, never a bound.** A label absent from a top-k list has an unknown log-prob (below the
+k-th value); `label_scores` gives it NaN, the run counts it (``missing_rate``) and the loss decides what it
+means (`bbtune.losses`). Two remedies keep labels in the list:
+
+- ``logit_bias``: the same bias on every label token (all spellings). The server then returns log-probs of the
+  *biased* distribution: every label's log-prob moves by the same amount (``+bias - log Z'``), so the
+  differences between labels, which is all the losses use (they renormalise over the labels), are the true ones.
+  The probe checks a server honours it before a run relies on it.
+- chat variants: an instruct model answers ``Positive`` or ``positive`` rather than the template's
+  `` positive``; the probabilities of one label's variants (distinct tokens, disjoint events) add up, so the
+  label's log-prob is their logsumexp.
 
 Parsers check the reply's shape and values and raise `MalformedResponseError`; they never fill in a zero.
 
@@ -21,9 +34,9 @@ from __future__ import annotations
 import base64
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -80,12 +93,21 @@ def _one_or_list(items: Sequence[Any]) -> Any:
     return items[0] if len(items) == 1 else list(items)
 
 
-def top_logprob_body(model: str, texts: Sequence[str], k: int) -> dict[str, Any]:
-    return {"model": model, "prompt": _one_or_list(texts), "max_tokens": 1, "temperature": 0, "logprobs": k}
+def _with_bias(body: dict[str, Any], bias: Mapping[int, float] | None) -> dict[str, Any]:
+    """OpenAI's ``logit_bias``: token ids as strings (JSON keys) to a number in [-100, 100]."""
+    if bias:
+        body["logit_bias"] = {str(t): float(v) for t, v in sorted(bias.items())}
+    return body
 
 
-def embeds_body(model: str, encoded: Sequence[str], k: int) -> dict[str, Any]:
-    return {"model": model, "prompt_embeds": _one_or_list(encoded), "max_tokens": 1, "temperature": 0, "logprobs": k}
+def top_logprob_body(model: str, texts: Sequence[str], k: int, bias: Mapping[int, float] | None = None) -> dict[str, Any]:
+    return _with_bias({"model": model, "prompt": _one_or_list(texts), "max_tokens": 1, "temperature": 0,
+                       "logprobs": k}, bias)
+
+
+def embeds_body(model: str, encoded: Sequence[str], k: int, bias: Mapping[int, float] | None = None) -> dict[str, Any]:
+    return _with_bias({"model": model, "prompt_embeds": _one_or_list(encoded), "max_tokens": 1, "temperature": 0,
+                       "logprobs": k}, bias)
 
 
 def echo_body(model: str, texts: Sequence[str]) -> dict[str, Any]:
@@ -94,9 +116,92 @@ def echo_body(model: str, texts: Sequence[str]) -> dict[str, Any]:
             "echo": True}
 
 
-def chat_body(model: str, text: str, k: int) -> dict[str, Any]:
-    return {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 1, "temperature": 0,
-            "logprobs": True, "top_logprobs": k}
+def chat_body(model: str, text: str, k: int, bias: Mapping[int, float] | None = None) -> dict[str, Any]:
+    return _with_bias({"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 1,
+                       "temperature": 0, "logprobs": True, "top_logprobs": k}, bias)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request: where it goes, its body, how to read its reply, and the tokens to reserve for it."""
+
+    path: str
+    body: dict[str, Any]
+    parse: Callable[[dict[str, Any]], list[Any]]
+    estimate: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How requests are built right now; the probe may lower `top_k` and `batch_size` or drop `bias`."""
+
+    model: str
+    mode: ScoreMode
+    top_k: int
+    batch_size: int
+    bias: Mapping[int, float] | None = None
+
+
+def _split(items: Sequence[Any], size: int, path: str, body: Callable[[Sequence[Any]], dict[str, Any]],
+           parse: Callable[[Sequence[Any]], Callable[[dict[str, Any]], list[Any]]],
+           tokens: Callable[[Any], int]) -> list[Request]:
+    parts = [items[i : i + size] for i in range(0, len(items), size)]
+    return [Request(path, body(part), parse(part), (sum(map(tokens, part)), len(part))) for part in parts]
+
+
+def _top_parser(part: Sequence[Any]) -> Callable[[dict[str, Any]], list[Any]]:
+    return lambda reply: [completion_top(c) for c in choices(reply, len(part))]
+
+
+def _chat_parser(part: Sequence[Any]) -> Callable[[dict[str, Any]], list[Any]]:
+    return lambda reply: [chat_top(choices(reply, 1)[0])]
+
+
+def _echo_parser(part: Sequence[tuple[str, str]]) -> Callable[[dict[str, Any]], list[Any]]:
+    return lambda reply: [echo_label_logprob(c, t, w) for c, (t, w) in zip(choices(reply, len(part)), part)]
+
+
+def text_requests(shape: Shape, texts: Sequence[str], tokens: Callable[[str], int],
+                  size: int | None = None) -> list[Request]:
+    """Top-k requests for texts: completions in chunks of `size` (default the shape's), chat one per request."""
+    model, k, bias = shape.model, shape.top_k, shape.bias
+    if shape.mode is ScoreMode.CHAT:
+        return _split(texts, 1, CHAT, lambda part: chat_body(model, part[0], k, bias), _chat_parser, tokens)
+    return _split(texts, size or shape.batch_size, COMPLETIONS, lambda part: top_logprob_body(model, part, k, bias),
+                  _top_parser, tokens)
+
+
+def embeds_requests(shape: Shape, embeds: Sequence[torch.Tensor], tokens: Callable[[torch.Tensor], int],
+                    size: int | None = None) -> list[Request]:
+    """Top-k requests for (seq_len, hidden) input embeddings."""
+    model, k, bias = shape.model, shape.top_k, shape.bias
+    return _split(embeds, size or shape.batch_size, COMPLETIONS,
+                  lambda part: embeds_body(model, [encode_embeds(e) for e in part], k, bias), _top_parser, tokens)
+
+
+def echo_requests(shape: Shape, pairs: Sequence[tuple[str, str]], tokens: Callable[[tuple[str, str]], int],
+                  size: int | None = None) -> list[Request]:
+    """Echo requests for (text ending in the label word, the word) pairs."""
+    return _split(pairs, size or shape.batch_size, COMPLETIONS, lambda part: echo_body(shape.model, [t for t, _ in part]),
+                  _echo_parser, tokens)
+
+
+# ---------------------------------------------------------------------- what the probe found
+
+
+@dataclass
+class ProbeReport:
+    """What the probe found and decided; saved in the run folder (config/metrics) with the backend's stats."""
+
+    mode: str
+    top_k: int  # the deepest k the server accepted (asked for first: the configured one)
+    batch_size: int  # 1 when lists of prompts were refused or answered differently
+    logit_bias: float = 0.0  # the bias added to every label token (0 = none)
+    top_k_returned: int | None = None
+    sample_missing_rate: float | None = None  # labels missing on the probe's sample of the task, as run
+    models: list[str] | None = None
+    checks: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------- replies
@@ -159,12 +264,16 @@ def chat_top(choice: Mapping[str, Any]) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class LabelKeys:
-    """How each label's token may be spelled in a top-k list: its text, or vLLM's ``token_id:N``."""
+    """How each label may appear in a top-k list: per label its variants (distinct tokens: `` positive``,
+    ``Positive``), per variant its spellings (the text, or vLLM's ``token_id:N``); `token_ids` of all variants
+    (for ``logit_bias``; empty without a local tokenizer)."""
 
-    spellings: tuple[tuple[str, ...], ...]
+    variants: tuple[tuple[tuple[str, ...], ...], ...]
+    token_ids: tuple[int, ...] = ()
 
     @classmethod
     def build(cls, words: Sequence[str], token_ids: Sequence[int] | None, decoded: Sequence[str] | None) -> "LabelKeys":
+        """One variant per label: the word itself (completion modes, where the template fixes the spelling)."""
         out = []
         for j, word in enumerate(words):
             keys = [word]
@@ -172,21 +281,65 @@ class LabelKeys:
                 keys.append(decoded[j])
             if token_ids is not None:
                 keys.append(f"token_id:{token_ids[j]}")
-            out.append(tuple(keys))
-        return cls(tuple(out))
+            out.append((tuple(keys),))
+        return cls(tuple(out), tuple(token_ids or ()))
+
+    @classmethod
+    def chat(cls, words: Sequence[str], tokenizer: Any | None) -> "LabelKeys":
+        """Every spelling of each word an answer may start with (see `label_variants`); with a tokenizer only
+        the single-token ones, which are the only ones a first-token top-k list can hold."""
+        out, ids, taken = [], [], set()
+        for word in words:
+            variants = []
+            for text in label_variants(word):
+                if text in taken:  # two labels never share a variant
+                    continue
+                taken.add(text)
+                if tokenizer is None:
+                    variants.append((text,))
+                    continue
+                piece = tokenizer.encode(text, add_special_tokens=False)
+                if len(piece) == 1:
+                    variants.append((text, f"token_id:{piece[0]}"))
+                    ids.append(piece[0])
+            out.append(tuple(variants))
+        return cls(tuple(out), tuple(ids))
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.variants)
+
+
+def label_variants(word: str) -> list[str]:
+    """The word as the template spells it first, then with and without a leading space, in lower case,
+    Capitalized and UPPER case.
+
+    >>> label_variants(" positive")[:4]
+    [' positive', 'positive', ' Positive', 'Positive']
+    """
+    core = word.strip()
+    out = [word]
+    for cased in (core.lower(), core.capitalize(), core.upper()):
+        for text in (" " + cased, cased):
+            if text not in out:
+                out.append(text)
+    return out
 
 
 def label_scores(top: Mapping[str, float], labels: LabelKeys) -> tuple[np.ndarray, int]:
-    """Each label's log-prob from a top-k dict; a label not in it gets the k-th (smallest) value, an upper
-    bound on its true log-prob. Returns (scores, number of labels missing)."""
-    floor = min(top.values())
-    out = np.empty(len(labels.spellings))
-    missing = 0
-    for j, keys in enumerate(labels.spellings):
-        hit = next((top[k] for k in keys if k in top), None)
-        if hit is None:
-            missing += 1
-        out[j] = floor if hit is None else hit
+    """Each label's log-prob from a top-k dict: the logsumexp of its variants found there (distinct tokens,
+    so their probabilities add); NaN for a label none of whose variants is listed (its log-prob is unknown,
+    below the k-th value). Returns (scores, number of labels missing).
+
+    >>> label_scores({" a": -0.5, "A": -1.0}, LabelKeys(((("\u0020a",), ("A",)), (("b",),))))[1]
+    1
+    """
+    out = np.full(labels.n_labels, np.nan)
+    for j, variants in enumerate(labels.variants):
+        hits = [next(top[k] for k in keys if k in top) for keys in variants if any(k in top for k in keys)]
+        if hits:
+            out[j] = float(np.logaddexp.reduce(hits))
+    missing = int(np.isnan(out).sum())
     return out, missing
 
 
