@@ -128,6 +128,16 @@ class TaskFormat:
     def render(self, example: Example) -> Rendered:
         return self.template.render(example)
 
+    def text(self, example: Example, prompt_text: str) -> str:
+        """The whole input string with a hard prompt's text in its slot: what a text API receives, and what a
+        local backend must tokenize whole to score a hard prompt as that API does.
+
+        >>> TaskFormat(Template("{text} It was{label}"), {"p": " great"}).text(Example("A film.", "p"), " Honest")
+        'A film. Honest It was'
+        """
+        r = self.render(example)
+        return prompt_text + r.head + r.cue if self.placement is Placement.PREFIX else r.head + prompt_text + r.cue
+
 
 class _Tokenizer(Protocol):
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
