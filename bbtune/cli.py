@@ -165,6 +165,9 @@ def _add_use_commands(sub: Any) -> None:
     p.add_argument("--input", required=True, help="JSONL, CSV or TSV file of inputs (labels, if present, are scored)")
     p.add_argument("--output", default="", help="JSONL file for the predictions (default: standard output)")
     p.add_argument("--model", default="", help="score with this local model instead of the run's backend")
+    p.add_argument("--backend", choices=["run", "remote"], default="run",
+                   help="the run's own backend (or --model), or an OpenAI-compatible server (--remote-* flags)")
+    add_dataclass_args(p, RemoteConfig, "remote backend (with --backend remote)", prefix=REMOTE_PREFIX)
     for name, default, help_ in (("text-field", "text", "field holding the input text"),
                                  ("text-b-field", "", "field holding a pair's second text"),
                                  ("label-field", "label", "field holding gold labels, if any"),
@@ -283,7 +286,8 @@ def _predict_command(args: argparse.Namespace) -> None:
     run = load_run(args.run_dir)
     fields = FieldMap(args.text_field, args.text_b_field or None, args.label_field, parse_label_names(args.label_names))
     examples = read_inputs(args.input, fields)
-    backend = LocalConfig(model=args.model).build() if args.model else None
+    backend = (from_args(RemoteConfig, args, REMOTE_PREFIX).build() if args.backend == "remote"
+               else LocalConfig(model=args.model).build() if args.model else None)
     predictions = run.predict_examples(examples, backend=backend, progress=not args.no_progress)
     lines = [json.dumps({"text": ex.text, **({"text_b": ex.text_b} if ex.text_b is not None else {}),
                          "label": p.label, "probs": p.probs, **({"gold": ex.label} if ex.label else {})},

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConfigError
 from .prompts import SoftPrompt
 from .results import RunFolder
-from .tasks import Placement, TaskFormat, Template
+from .tasks import Placement, TaskFormat
 
 if TYPE_CHECKING:
     from .runs import TunedRun
@@ -82,8 +82,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, model_config: Any = 
     tensors = run.load_tensors("best_prompt.safetensors")
     if "soft_prompt" not in tensors:
         raise ConfigError(f"{run.path} holds no soft prompt (a hard-mode run); its prompt is text: hard_prompt.json")
+    from .runs import saved_format  # runs reads what tune wrote; export only needs the format from it
+
     task = run.read_json("config.json").get("task")
-    fmt = TaskFormat(Template(task["template"]), task["verbalizer"], task["placement"]) if task else None
+    fmt = saved_format(task) if task else None
     return export_peft(SoftPrompt(tensors["soft_prompt"]), out_dir, model_config=model_config, base_model=base_model,
                        fmt=fmt)
 

@@ -100,9 +100,13 @@ def load_run(run_dir: str | Path, backend: Backend | None = None) -> TunedRun:
         raise CheckpointError(f"{folder.path} holds no metrics.json: the run has not finished; finish it with "
                               f"`bbtune tune --resume {folder.path}`")
     metrics = folder.read_json("metrics.json")
-    task = config["task"]
-    fmt = TaskFormat(Template(task["template"]), task["verbalizer"], task["placement"])
+    fmt = saved_format(config["task"])
     return TunedRun(folder.path, fmt, _prompt(folder), _label_bias(folder, metrics, fmt), metrics, config, backend)
+
+
+def saved_format(task: dict[str, Any]) -> TaskFormat:
+    """The task format a run was tuned with, from config.json's ``task`` entry."""
+    return TaskFormat(Template(task["template"]), task["verbalizer"], task["placement"])
 
 
 def _prompt(folder: RunFolder) -> Prompt:

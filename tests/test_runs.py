@@ -94,3 +94,25 @@ def test_predict_command_writes_jsonl(hard_run, tiny_task, tmp_path, capsys):
 def test_python_dash_m_bbtune():
     done = subprocess.run([sys.executable, "-m", "bbtune", "export", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "--format" in done.stdout
+
+
+def test_predict_through_another_backend_a_server(hard_run, tiny_task, tiny_backend, tmp_path):
+    from mock_server import MockServer, ServerConfig, shared_scorer
+
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(json.dumps({"text": ex.text}) + "\n" for ex in tiny_task.test))
+    out = tmp_path / "out.jsonl"
+    server = MockServer(ServerConfig(model="tiny", port=0, max_logprobs=400), scorer=shared_scorer("tiny")).start()
+    try:
+        assert main(["predict", str(hard_run.run_dir), "--input", str(inputs), "--output", str(out), "--no-progress",
+                     "--backend", "remote", "--remote-base-url", server.url, "--remote-local-model", "tiny",
+                     "--remote-top-k", "400", "--remote-mode", "echo"]) == 0
+        served = server.stats()["requests"]
+    finally:
+        server.stop()
+    assert served > 0
+    remote = [json.loads(line) for line in out.read_text().splitlines()]
+    local = bbtune.load_run(hard_run.run_dir, backend=tiny_backend).predict([ex.text for ex in tiny_task.test])
+    assert [r["label"] for r in remote] == [p.label for p in local]
+    for r, p in zip(remote, local):
+        assert r["probs"] == pytest.approx(p.probs, abs=1e-3)
