@@ -53,7 +53,7 @@ from ..constants import (
 )
 from ..errors import ConfigError, TaskError
 from ..prompts import HardPrompt, Prompt, prompt_kind
-from ..tasks import Example, Placement, TaskFormat, verbalizer_token_ids
+from ..tasks import Example, TaskFormat, verbalizer_token_ids
 from ..vocab import Vocabulary
 from . import wire
 from .accounting import Ledger, Limits, Meter, Prices, RemoteStats, restore
@@ -338,9 +338,7 @@ class RemoteBackend:
         for prompt in prompts:
             assert isinstance(prompt, HardPrompt)
             for ex in examples:
-                r = fmt.render(ex)
-                body = prompt.text + r.head + r.cue if fmt.placement is Placement.PREFIX else r.head + prompt.text + r.cue
-                out.append(lead + body)
+                out.append(lead + fmt.text(ex, prompt.text))
         return out
 
     def _instruction(self, fmt: TaskFormat) -> str:
