@@ -25,7 +25,7 @@ import numpy as np
 from .backends.base import Backend, CallStats, Capabilities
 from .constants import CHAT_TOKEN_MARGIN, PROMPT_TOKEN_MARGIN
 from .prompts import HardPrompt, Prompt, SoftPrompt
-from .tasks import Example, Placement, TaskFormat
+from .tasks import Example, TaskFormat
 
 PROBE_REQUESTS = 10  # the probe's requests at most: /models, first, repeat, lists, top-k step-downs, a sample
 
@@ -158,14 +158,9 @@ def _row_tokens(call: _Call, tokenizer: Any) -> list[int]:
     for prompt in call.prompts:
         text = prompt.text if isinstance(prompt, HardPrompt) else ""
         extra = prompt.n_tokens if isinstance(prompt, SoftPrompt) else 0
-        texts = [_compose(call.fmt, text, ex) for ex in call.examples]
+        texts = [call.fmt.text(ex, text) for ex in call.examples]
         out += [len(ids) + extra for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
     return out
-
-
-def _compose(fmt: TaskFormat, prompt_text: str, example: Example) -> str:
-    r = fmt.render(example)
-    return prompt_text + r.head + r.cue if fmt.placement is Placement.PREFIX else r.head + prompt_text + r.cue
 
 
 # ---------------------------------------------------------------------- the CLI's entry points

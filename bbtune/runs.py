@@ -21,7 +21,7 @@ from .evaluate import score_examples
 from .losses import label_log_softmax
 from .prompts import HardPrompt, Prompt, SoftPrompt
 from .results import RunFolder
-from .tasks import Example, Placement, TaskFormat, Template
+from .tasks import Example, TaskFormat, Template
 
 CALIBRATION_JSON = "calibration.json"
 CHUNK = 64  # examples per model call, as `evaluate` scores a test set (same batches, same numbers)
@@ -55,10 +55,7 @@ class TunedRun:
 
     def template_text(self) -> str:
         """The task's template with the prompt text in place (prefix: before the input; suffix: before the cue)."""
-        rendered = self.format.template.render(Example("{text}", "", "{text_b}"))
-        body = (self.prompt_text + rendered.head if self.format.placement is Placement.PREFIX
-                else rendered.head + self.prompt_text)
-        return body + rendered.cue + "{label}"
+        return self.format.text(Example("{text}", "", "{text_b}"), self.prompt_text) + "{label}"
 
     def predict(self, texts: Sequence[str], text_b: Sequence[str] | None = None, *, backend: Backend | None = None,
                 progress: bool = False) -> list[Prediction]:
