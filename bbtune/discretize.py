@@ -61,12 +61,15 @@ class Discretizer:
     """
 
     def __init__(self, vocab: Vocabulary, metric: Metric | str = Metric.COSINE, vocab_filter: str = "words",
-                 block: Iterable[str] = (), also_allow: Iterable[int] = ()):
+                 block: Iterable[str] = (), also_allow: Iterable[int] = (), within: torch.Tensor | None = None):
         """`also_allow`: token ids allowed whatever the filter (a start prompt's own tokens, so that p0 projects
-        onto itself)."""
+        onto itself). `within`: a mask the filter's tokens must also be in (one a model narrowed, e.g.
+        `fluency.whole_words`)."""
         self.vocab = vocab
         self.metric = Metric(metric)
         self.allowed = vocab.allowed_mask(vocab_filter, block)
+        if within is not None:
+            self.allowed &= within
         self.allowed[list(also_allow)] = True
         # keeping only allowed rows, prepared once, makes projection one small matmul per batch
         self._allowed_ids = torch.nonzero(self.allowed).flatten()

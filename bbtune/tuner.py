@@ -27,6 +27,7 @@ from .backends.base import Backend
 from .constants import CPU_BUDGET_CALLS
 from .discretize import Discretizer, Metric
 from .errors import BudgetExceeded, CheckpointError, ConfigError
+from .fluency import prompt_nll, text_scorer, whole_words
 from .calibration import apply_bias, fit_label_biases
 from .evaluate import Evaluation, evaluate, evaluation, score_examples
 from .losses import Loss, per_prompt_loss
@@ -35,6 +36,7 @@ from .prompts import HardPrompt, Prompt, SoftPrompt, distinct_prompts
 from .results import RunFolder, to_jsonable
 from .subspace import P0Init, Subspace, SubspaceConfig
 from .tasks import Placement, Task
+from .vocab import FILTERS
 
 
 class Mode(str, Enum):
@@ -63,9 +65,13 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
     eval_every: int = field(default=50, metadata={"help": "evaluate the generation's best on dev every N calls"})
     seed: int = field(default=42, metadata={"help": "seed of A, p0 and the optimizer"})
     metric: Metric = field(default=Metric.COSINE, metadata={"help": "nearest-token metric: cosine or dot"})
-    vocab_filter: str = field(default="words", metadata={"help": "tokens a hard prompt may use: words, printable, all"})
+    vocab_filter: str = field(default="words", metadata={
+        "help": "tokens a hard prompt may use: words, common (frequent whole words: readable), printable, all"})
     block_list: tuple[str, ...] = field(default=(), metadata={"help": "words a hard prompt must never use"})
     hard_change: float = field(default=0.4, metadata={"help": "hard mode: share of tokens a step of sigma0 changes"})
+    fluency: float = field(default=0.0, metadata={
+        "help": "hard mode: weight of the prompt's log-perplexity under the model in the loss (0 = off; "
+                "0.05 with --vocab-filter common gives readable prompts)"})
     calibrate: bool = field(default=True, metadata={
         "help": "fit one bias per label word for every candidate on train (label scores only: works through any API)"})
     select: Selection = field(default=Selection.TRAIN_DEV_LOSS, metadata={
@@ -87,8 +93,10 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
             raise ConfigError(f"eval_every must be >= 1 call, got {self.eval_every}")
         if not 0 < self.hard_change < 1:
             raise ConfigError(f"hard_change must be in (0, 1), got {self.hard_change}")
-        if self.vocab_filter not in ("words", "printable", "all"):
-            raise ConfigError(f"vocab_filter must be words, printable or all, got {self.vocab_filter!r}")
+        if self.vocab_filter not in FILTERS:
+            raise ConfigError(f"vocab_filter must be one of {', '.join(FILTERS)}, got {self.vocab_filter!r}")
+        if self.fluency < 0 or (self.fluency and self.mode is not Mode.HARD):
+            raise ConfigError(f"fluency={self.fluency}: give --fluency a weight >= 0 (0 = off), with --mode hard")
 
 
 @dataclass
@@ -145,7 +153,9 @@ class Tuner:
         vocab = self.backend.vocabulary()
         self.manual_ = MANUAL
         space = self._prompt_in_place_of_cue(vocab) if cfg.p0 is P0Init.CUE else cfg
-        self.discretizer_ = Discretizer(vocab, cfg.metric, cfg.vocab_filter, cfg.block_list)
+        self.scorer_ = text_scorer(self.backend) if cfg.fluency or cfg.vocab_filter == "common" else None
+        within = whole_words(self.scorer_, vocab.allowed_mask("common")) if cfg.vocab_filter == "common" else None
+        self.discretizer_ = Discretizer(vocab, cfg.metric, cfg.vocab_filter, cfg.block_list, within=within)
         self.subspace_ = Subspace.build(vocab, space, cfg.seed, allowed=self.discretizer_.allowed, sigma0=cfg.sigma0)
         self.hard_scale_, self.hard_change_ = 1.0, None
         if cfg.mode is Mode.HARD:
@@ -213,7 +223,7 @@ class Tuner:
         prompts = self._prompts(Z)
         scores = self._score_unique(prompts)
         biases = self._biases(scores)
-        losses = per_prompt_loss(apply_bias(scores, biases), self.train_labels_, cfg.loss)
+        losses = per_prompt_loss(apply_bias(scores, biases), self.train_labels_, cfg.loss) + self._fluency_term(prompts)
         self.optimizer_.tell(Z, losses)
         state.generation += 1
         state.calls += len(prompts)
@@ -240,6 +250,11 @@ class Tuner:
         self.backend.stats.add(len(prompts) - len(unique), len(self.task.train))
         return scores
 
+    def _fluency_term(self, prompts: list[Prompt]) -> np.ndarray | float:
+        """``--fluency w``: w * each prompt's mean NLL per token under the model (PEZ's fluency penalty), so the
+        search trades task loss for text the model, and a reader, finds likely."""
+        return self.config.fluency * prompt_nll(self.scorer_, prompts) if self.config.fluency else 0.0
+
     def _biases(self, scores: np.ndarray) -> np.ndarray | None:
         """Per-candidate label biases fitted on its own training scores (None without --calibrate)."""
         return fit_label_biases(scores, self.train_labels_) if self.config.calibrate else None
@@ -265,7 +280,8 @@ class Tuner:
         scores = self.backend.score(self._prompts(z[None]), self.task.train, self.task.format)
         state.eval_calls += 1
         biases = self._biases(scores)
-        loss = float(per_prompt_loss(apply_bias(scores, biases), self.train_labels_, self.config.loss)[0])
+        loss = float((per_prompt_loss(apply_bias(scores, biases), self.train_labels_, self.config.loss)
+                      + self._fluency_term(self._prompts(z[None])))[0])
         row: dict[str, Any] = {"generation": 0, "calls": 0, "train_loss": loss, "best_train_loss": loss}
         state.best_train_loss = loss
         self._eval_point(state, z, scores[0], _row_bias(biases, 0), row)

@@ -12,7 +12,11 @@ from typing import Any, Iterable
 
 import torch
 
+from .constants import COMMON_WORD_RANK
+
 _WORD = re.compile(r"^ ?[A-Za-z]+$")
+_COMMON = re.compile(r"^ [a-z]{3,}$")  # a lower-case word of >= 3 letters that starts a new word
+FILTERS = ("words", "common", "printable", "all")
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,12 +41,14 @@ class Vocabulary:
     def allowed_mask(self, mode: str = "words", block: Iterable[str] = ()) -> torch.Tensor:
         """Boolean mask of tokens a hard prompt may use.
 
-        'words': alphabetic tokens with an optional leading space (readable prompts, round-trip safe);
-        'printable': any token that decodes to printable text without special tokens; 'all': every
+        'words': alphabetic tokens with an optional leading space (round-trip safe, but word pieces too);
+        'common': lower-case words of >= 3 letters after a space among the first `COMMON_WORD_RANK` ids (a BPE
+        vocabulary is in merge order, so low ids are frequent strings: no names, few pieces; `fluency.whole_words`
+        removes the pieces left); 'printable': any token that decodes to printable text without special tokens; 'all': every
         non-special token. Tokens whose stripped text is in `block` are excluded.
         """
-        if mode not in ("words", "printable", "all"):
-            raise ValueError(f"vocab filter {mode!r} is not one of 'words', 'printable', 'all'")
+        if mode not in FILTERS:
+            raise ValueError(f"vocab filter {mode!r} is not one of {', '.join(FILTERS)}")
         special = set(getattr(self.tokenizer, "all_special_ids", []) or [])
         blocked = {b.strip().lower() for b in block}
         mask = torch.zeros(self.size, dtype=torch.bool)
@@ -51,6 +57,8 @@ class Vocabulary:
                 continue
             if mode == "words":
                 ok = bool(_WORD.match(text))
+            elif mode == "common":
+                ok = i < COMMON_WORD_RANK and bool(_COMMON.match(text))
             elif mode == "printable":
                 ok = text.strip() != "" and text.isprintable() and "\ufffd" not in text
             else:
