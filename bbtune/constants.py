@@ -26,11 +26,6 @@ COMMON_WORD_RANK = 10000  # 'common' words are among the first ids of a BPE voca
 WORD_PIECE_MIN_P = 0.3  # a token after which the model expects more letters this often is a word piece ('researc')
 FLUENCY_BATCH = 512  # texts per forward when scoring prompt fluency or testing words
 
-# Readable hard prompts (bbtune/fluency.py, vocab filter 'common')
-COMMON_WORD_RANK = 10000  # 'common' words are among the first ids of a BPE vocabulary (merge order = frequency)
-WORD_PIECE_MIN_P = 0.3  # a token after which the model expects more letters this often is a word piece ('researc')
-FLUENCY_BATCH = 512  # texts per forward when scoring prompt fluency or testing words
-
 # Remote backend (bbtune/backends/remote.py): retries, timeouts and limits of the OpenAI-compatible client
 OPENAI_API_KEY_ENV = "OPENAI_API_KEY"  # read when API_KEY_ENV is unset
 CONNECT_TIMEOUT_S = 10.0
