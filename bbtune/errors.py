@@ -7,6 +7,7 @@
     ├── CapabilityError                   a backend cannot do what the run asks (soft prompts, echo, ...)
     ├── BudgetExceeded                    a hard limit (calls, requests, tokens, cost) would be crossed
     ├── CheckpointError                   a run folder cannot be resumed
+    │   └── RunFolderError                in use by another process, or holds another run
     └── BackendError                      anything that went wrong talking to a model
         ├── APIConnectionError            no reply at all (refused, dropped, timed out)
         │   └── APITimeoutError
@@ -49,6 +50,10 @@ class BudgetExceeded(BBTuneError):
 
 class CheckpointError(BBTuneError):
     """A run folder is missing files or belongs to a different config."""
+
+
+class RunFolderError(CheckpointError):
+    """The run folder is locked by another process, or holds a run that must not be overwritten."""
 
 
 class BackendError(BBTuneError):

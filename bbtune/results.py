@@ -6,29 +6,45 @@
       best_prompt.safetensors   z and the soft prompt (n x hidden)
       hard_prompt.json     text, token ids, tokens, round-trip check
       metrics.json         final numbers
-      checkpoint.pkl       optimizer + run state after the last finished generation
+      checkpoint.pkl       optimizer + run state after the last finished generation (and the resolved config)
+      ledger.jsonl         every paid request, booked (fsynced) before it is sent (remote backends)
+      replies/             server replies by request, so a resumed run pays nothing twice
+      .lock                held (flock) by the one process writing the folder; holds its pid
 
 Every file is written to a temp file, fsynced, then renamed, so a run killed at any instant leaves either the
-old or the new version, never half a file.
+old or the new version, never half a file. The results (prompt files, curve, metrics) are written only when
+the run ends, metrics.json last: a folder with metrics.json is finished, and its files came from the config
+named by the fingerprint they carry. A folder holding another run is never reused without ``--overwrite``.
 """
 from __future__ import annotations
 
 import csv
+import fcntl
+import hashlib
 import io
 import json
 import os
 import pickle
+import shutil
 import tempfile
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, RunFolderError
 
 CHECKPOINT = "checkpoint.pkl"
+CONFIG = "config.json"
+METRICS = "metrics.json"
+LEDGER = "ledger.jsonl"
+REPLIES = "replies"
+LOCK = ".lock"
+RUN_FILES = (CONFIG, CHECKPOINT, LEDGER, REPLIES, "curve.csv", "best_prompt.safetensors", "hard_prompt.json",
+             METRICS, "calibration.json")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -59,9 +75,82 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def fingerprint(obj: Any) -> str:
+    """sha256 of `obj` as canonical JSON: equal configs, equal fingerprints."""
+    blob = json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def changed_fields(saved: Any, now: Any, where: str = "") -> list[str]:
+    """Dotted names of the fields that differ, with both values: ``task.template: 'a' -> 'b'``."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [change for key in sorted(set(saved) | set(now), key=str)
+                for change in changed_fields(saved.get(key), now.get(key), f"{where}.{key}" if where else str(key))]
+    if to_jsonable(saved) == to_jsonable(now):
+        return []
+    return [f"{where or 'config'}: {_short(saved)} -> {_short(now)}"]
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 class RunFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder's exclusive lock while a run writes it; a second writer fails at once, naming the
+        holder. flock dies with its process, so a killed run never leaves a stale lock."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with (self.path / LOCK).open("a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                raise RunFolderError(f"{self.path} is being written by another bbtune run (pid {holder}); wait for it "
+                                     "to end, or use another --run-dir") from None
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            try:
+                yield
+            finally:
+                f.truncate(0)
+
+    def claim(self, overwrite: bool) -> None:
+        """Make sure a new run may write here: the folder is new or empty, or `overwrite` clears the old run."""
+        kind = self.holds()
+        if kind is None:
+            return
+        if not overwrite:
+            what, fix = {"finished": ("a finished run", "replace it with --overwrite, or use another --run-dir"),
+                         "unfinished": ("an unfinished run", f"continue it with --resume {self.path}, replace it with "
+                                                             "--overwrite, or use another --run-dir"),
+                         "foreign": ("files that are not a bbtune run", "use another --run-dir (--overwrite writes "
+                                                                       "beside them)")}[kind]
+            raise RunFolderError(f"{self.path} already holds {what}; {fix}")
+        for name in RUN_FILES:
+            target = self.path / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+
+    def holds(self) -> str | None:
+        """What the folder holds: None (nothing), 'finished', 'unfinished' (a run that can resume) or 'foreign'."""
+        if not self.path.exists():
+            return None
+        names = {p.name for p in self.path.iterdir()} - {LOCK}
+        if not names:
+            return None
+        if METRICS in names:
+            return "finished"
+        return "unfinished" if names & {CONFIG, CHECKPOINT, LEDGER} else "foreign"
 
     def write_json(self, name: str, obj: Any) -> None:
         atomic_write(self.path / name, (json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False) + "\n").encode())
@@ -102,6 +191,7 @@ class RunFolder:
     def load_checkpoint(self) -> dict[str, Any]:
         file = self.path / CHECKPOINT
         if not file.exists():
-            raise CheckpointError(f"no {CHECKPOINT} in {self.path}: the run never finished a generation; start it again")
+            raise CheckpointError(f"no {CHECKPOINT} in {self.path}: not a run that can resume (is it a bbtune run "
+                              "folder?); start a new run with --run-dir")
         with file.open("rb") as f:
             return pickle.load(f)

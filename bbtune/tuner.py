@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 from .backends.base import Backend
 from .constants import CPU_BUDGET_CALLS
 from .discretize import Discretizer, Metric
+from .endings import ending_of
 from .errors import BudgetExceeded, CheckpointError, ConfigError
 from .fluency import prompt_nll, text_scorer, whole_words
 from .calibration import apply_bias, fit_label_biases
@@ -33,7 +35,7 @@ from .evaluate import Evaluation, evaluate, evaluation, score_examples
 from .losses import Loss, per_prompt_loss
 from .optimizers import OptimizerConfig, make_optimizer
 from .prompts import HardPrompt, Prompt, SoftPrompt, distinct_prompts
-from .results import RunFolder, to_jsonable
+from .results import CONFIG, LEDGER, METRICS, REPLIES, RunFolder, changed_fields, fingerprint, to_jsonable
 from .subspace import P0Init, Subspace, SubspaceConfig
 from .tasks import Placement, Task
 from .vocab import FILTERS
@@ -139,11 +141,14 @@ class Tuner:
     """
 
     def __init__(self, task: Task, backend: Backend, config: TuneConfig = TuneConfig(), run_dir: str | Path | None = None,
-                 *, progress: bool = True, extra_config: dict[str, Any] | None = None):
+                 *, progress: bool = True, extra_config: dict[str, Any] | None = None, overwrite: bool = False,
+                 settings: dict[str, Any] | None = None):
         self.task, self.backend, self.config = task, backend, config
         self.folder = RunFolder(run_dir) if run_dir else None
         self.progress = progress
-        self.extra_config = extra_config or {}
+        self.extra_config = extra_config or {}  # saved and fingerprinted: --resume must rebuild the same
+        self.settings = settings or {}  # saved, not fingerprinted: what --resume may change (limits, retries)
+        self.overwrite = overwrite
 
     # ------------------------------------------------------------------ setup
 
@@ -155,7 +160,8 @@ class Tuner:
         space = self._prompt_in_place_of_cue(vocab) if cfg.p0 is P0Init.CUE else cfg
         self.scorer_ = text_scorer(self.backend) if cfg.fluency or cfg.vocab_filter == "common" else None
         within = whole_words(self.scorer_, vocab.allowed_mask("common")) if cfg.vocab_filter == "common" else None
-        self.discretizer_ = Discretizer(vocab, cfg.metric, cfg.vocab_filter, cfg.block_list, within=within)
+        self.discretizer_ = Discretizer(vocab, cfg.metric, cfg.vocab_filter, cfg.block_list,
+                                        also_allow=self.manual_.token_ids, within=within)
         self.subspace_ = Subspace.build(vocab, space, cfg.seed, allowed=self.discretizer_.allowed, sigma0=cfg.sigma0)
         self.hard_scale_, self.hard_change_ = 1.0, None
         if cfg.mode is Mode.HARD:
@@ -193,13 +199,19 @@ class Tuner:
     # ------------------------------------------------------------------ the loop
 
     def run(self, resume: bool = False) -> TuneResult:
+        """The whole run, holding the run folder's lock (a second writer fails at once)."""
+        with self.folder.lock() if self.folder else nullcontext():
+            return self._run(resume)
+
+    def _run(self, resume: bool) -> TuneResult:
         self._setup()
-        state = self._resume() if resume else _State()
-        if not resume:
-            self._write_config()
+        state = self._resume() if resume else self._begin()
+        self._keep_books(resume)
+        if not state.curve:  # a new run, or one killed before its start point was checkpointed
             self._manual_point(state)
             self._start_point(state)
             state.next_eval = self.config.eval_every
+            self._checkpoint(state)
         bar = _progress(self.config.budget_calls, state.calls, self.progress)
         try:
             while state.calls + self.config.popsize <= self.config.budget_calls and not state.converged:
@@ -212,7 +224,8 @@ class Tuner:
                 state.elapsed_s += time.perf_counter() - started
                 self._checkpoint(state)
                 bar.update(self.config.popsize)
-                bar.set_postfix(loss=f"{state.best_train_loss:.3f}", dev=f"{state.best_dev[0]:.3f}")
+                bar.set_postfix(loss=f"{state.best_train_loss:.3f}", dev=f"{state.best_dev[0]:.3f}",
+                                **_missing_postfix(self.backend))
         finally:
             bar.close()
         return self._finish(state)
@@ -314,27 +327,53 @@ class Tuner:
 
     # ------------------------------------------------------------------ persistence
 
-    def _write_config(self) -> None:
+    def _run_config(self) -> dict[str, Any]:
+        """The resolved config that decides what the run computes: saved, fingerprinted, matched by --resume."""
+        return to_jsonable({"tune": asdict(self.config), "task": _describe_task(self.task), "backend": self.backend.name,
+                            **self.extra_config})
+
+    def _begin(self) -> _State:
+        """A new run: claim the folder (one holding another run only with overwrite), then write the config and a
+        checkpoint before the first request, so that even a run killed at once resumes, and keeps its ledger."""
+        state = _State()
         if self.folder:
-            self.folder.write_json("config.json", {
-                "tune": asdict(self.config), "task": _describe_task(self.task), "backend": self.backend.name,
-                **self.extra_config})
+            self.folder.claim(self.overwrite)
+            run_config = self._run_config()
+            self.folder.write_json(CONFIG, {**run_config, "settings": self.settings,
+                                            "fingerprint": fingerprint(run_config)})
+            self._checkpoint(state)
+        return state
+
+    def _save_settings(self) -> None:
+        """A resumed run's changed settings (raised limits, ...) are saved, so the next resume keeps them."""
+        saved = self.folder.read_json(CONFIG) if self.folder and (self.folder.path / CONFIG).exists() else None
+        if saved is not None and self.settings and saved.get("settings") != to_jsonable(self.settings):
+            self.folder.write_json(CONFIG, {**saved, "settings": self.settings})  # type: ignore[union-attr]
+
+    def _keep_books(self, resume: bool) -> None:
+        """Backends that pay per request (remote) book each one in the folder's ledger before sending it."""
+        books = getattr(self.backend, "keep_books", None)
+        if self.folder and books is not None:
+            books(self.folder.path / LEDGER, self.folder.path / REPLIES, resume)
 
     def _checkpoint(self, state: _State) -> None:
         if not self.folder:
             return
-        self.folder.save_checkpoint({"fingerprint": self.subspace_.fingerprint(), "config": to_jsonable(asdict(self.config)),
+        self.folder.save_checkpoint({"fingerprint": self.subspace_.fingerprint(), "run_config": self._run_config(),
                                      "optimizer": self.optimizer_, "state": state, "backend_stats": _stats(self.backend)})
-        self.folder.write_curve(state.curve)
 
     def _resume(self) -> _State:
         if not self.folder:
             raise CheckpointError("resume needs a run_dir")
         ckpt = self.folder.load_checkpoint()
-        if ckpt["config"] != to_jsonable(asdict(self.config)):
-            raise CheckpointError(f"{self.folder.path} was made with another config; resume with the same one")
+        changed = changed_fields(ckpt.get("run_config", {}), self._run_config())
+        if changed:
+            raise CheckpointError(f"{self.folder.path} was made with another config: {'; '.join(changed)}; resume "
+                                  "with the saved config (config.json must not be edited), or start a new run "
+                                  "(another --run-dir, or --overwrite)")
         if ckpt["fingerprint"] != self.subspace_.fingerprint():
             raise CheckpointError("the rebuilt subspace differs from the checkpoint's (another model or vocabulary?)")
+        self._save_settings()
         self.optimizer_ = ckpt["optimizer"]
         for name, value in ckpt["backend_stats"].items():
             if hasattr(self.backend.stats, name):
@@ -380,6 +419,12 @@ class Tuner:
         if state.stopped_by:
             metrics["stopped_by"] = state.stopped_by
         metrics["backend_stats"] = _stats(self.backend)
+        metrics["missing_rate"] = metrics["backend_stats"].get("missing_rate", 0.0)  # NaN label scores (losses.py)
+        probe = getattr(self.backend, "probe_", None)  # what the server supports, as the run used it
+        if probe is not None:
+            metrics["probe"] = asdict(probe)
+        metrics["ending"] = ending_of(metrics, state.curve).value
+        metrics["config_fingerprint"] = fingerprint(self._run_config())
         result = TuneResult(best, hard, soft, z, metrics, state.curve, self.folder.path if self.folder else None,
                             discretized)
         if self.folder:
@@ -414,15 +459,18 @@ class Tuner:
         self.folder.save_tensors("best_prompt.safetensors", tensors)
         hp = result.hard_prompt
         self.folder.write_json("hard_prompt.json", {"text": hp.text, "token_ids": hp.token_ids, "tokens": hp.tokens,
-                                                    "round_trip_ok": reencoded == hp.token_ids, "reencoded_ids": reencoded})
-        self.folder.write_json("metrics.json", result.metrics)
+                                                    "round_trip_ok": reencoded == hp.token_ids, "reencoded_ids": reencoded,
+                                                    "config_fingerprint": result.metrics["config_fingerprint"]})
         self.folder.write_curve(result.curve)
+        self.folder.write_json(METRICS, result.metrics)  # last: a folder with metrics.json is finished
 
 
 def tune(task: Task, backend: Backend, config: TuneConfig = TuneConfig(), run_dir: str | Path | None = None, *,
-         progress: bool = True, resume: bool = False, extra_config: dict[str, Any] | None = None) -> TuneResult:
+         progress: bool = True, resume: bool = False, extra_config: dict[str, Any] | None = None,
+         overwrite: bool = False, settings: dict[str, Any] | None = None) -> TuneResult:
     """Run BBT and return the result; see `Tuner`."""
-    return Tuner(task, backend, config, run_dir, progress=progress, extra_config=extra_config).run(resume=resume)
+    return Tuner(task, backend, config, run_dir, progress=progress, extra_config=extra_config, overwrite=overwrite,
+                 settings=settings).run(resume=resume)
 
 
 def calibrate_hard_scale(subspace: Subspace, discretizer: Discretizer, sigma0: float, target: float, seed: int,
@@ -457,13 +505,22 @@ def _ce(scores: np.ndarray, labels: np.ndarray, bias: np.ndarray | None) -> floa
 
 def _describe_task(task: Task) -> dict[str, Any]:
     fmt = task.format
+    splits = {name: [[ex.text, getattr(ex, "text_b", None), ex.label] for ex in getattr(task, name)]
+              for name in ("train", "dev", "test")}
     return {"name": task.name, "template": fmt.template.pattern, "verbalizer": dict(fmt.verbalizer),
-            "placement": fmt.placement.value, "n_train": len(task.train), "n_dev": len(task.dev), "n_test": len(task.test)}
+            "placement": fmt.placement.value, "n_train": len(task.train), "n_dev": len(task.dev), "n_test": len(task.test),
+            "data_sha256": fingerprint(splits)}  # the examples themselves: an edited data file is another task
 
 
 def _stats(backend: Backend) -> dict[str, Any]:
     stats = backend.stats
     return stats.as_dict() if hasattr(stats, "as_dict") else dict(vars(stats))
+
+
+def _missing_postfix(backend: Backend) -> dict[str, str]:
+    """The running share of missing label scores, for backends that can miss any (remote top-k)."""
+    rate = getattr(backend.stats, "missing_rate", None)
+    return {} if rate is None else {"missing": f"{rate:.1%}"}
 
 
 class _NoBar:
