@@ -4,7 +4,7 @@
 
 Methods (all BBT hard mode, projection in the loop, preset ``sentiment``): ``printable`` (unconstrained: any
 printable token), ``words`` (alphabetic tokens, today's default), ``common`` (frequent whole words), ``fluent``
-(common words + the ``--fluency`` term). Each tuned prompt's test accuracy, its gain over the manual prompt (the
+(common words + the ``--fluency`` term, starting from an instruction, ``--instruction``). Each tuned prompt's test accuracy, its gain over the manual prompt (the
 template alone) and its perplexity under the model (read as the start of a document) are reported; the returned
 prompt is always the tuned one (``keep_manual=False``), so the table measures the search, not the fallback.
 Prints a table and writes JSON (default benchmarks/results/fluency.json). Data: ../shared/data/sst2 (never copied).
@@ -27,7 +27,9 @@ from bbtune.tasks import TaskConfig
 from bbtune.tuner import TuneConfig, tune
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = {"printable": ("printable", 0.0), "words": ("words", 0.0), "common": ("common", 0.0), "fluent": ("common", None)}
+# method -> (vocab filter, fluency weight (None: --fluency), start from --instruction)
+METHODS = {"printable": ("printable", 0.0, False), "words": ("words", 0.0, False), "common": ("common", 0.0, False),
+           "fluent": ("common", None, True)}
 
 
 def main() -> None:
@@ -37,6 +39,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[13, 42, 100])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--fluency", type=float, default=0.05, help="weight of the fluency term for the 'fluent' method")
+    ap.add_argument("--instruction", default=" how does the writer feel",
+                    help="the 'fluent' search starts here (p0): words of the common vocabulary, --prompt-tokens of them")
     ap.add_argument("--budget", type=int, default=200)
     ap.add_argument("--test-limit", type=int, default=300, help="seeded test subsample (0 = all 872 sentences)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fluency.json"))
@@ -44,22 +48,26 @@ def main() -> None:
 
     backend = LocalConfig(model=args.model).build()
     scorer = text_scorer(backend)
-    runs = [run_one(backend, scorer, args, seed, method) for seed in args.seeds for method in args.methods]
-    rows = summarize(runs)
-    print(markdown_table(rows, ["method", "test_acc mean", "manual test_acc", "gain mean", "share of printable gain",
-                                "ppl median", "ppl geomean", "s / seed"]))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "summary": rows, "runs": runs}, indent=2))
+    runs: list[dict[str, Any]] = []
+    for seed in args.seeds:
+        for method in args.methods:  # written after every run: a slow machine still leaves the finished ones
+            runs.append(run_one(backend, scorer, args, seed, method))
+            rows = summarize(runs)
+            out.write_text(json.dumps({"args": vars(args), "summary": rows, "runs": runs}, indent=2))
+    print(markdown_table(rows, ["method", "test_acc mean", "manual test_acc", "gain mean", "share of printable gain",
+                                "ppl median", "ppl geomean", "s / seed"]))
     print(f"wrote {out}")
 
 
 def run_one(backend: Backend, scorer: TextScorer, args: argparse.Namespace, seed: int, method: str) -> dict[str, Any]:
     """One hard search on one few-shot split; the prompt's perplexity is read by `scorer` (the same model)."""
-    vocab_filter, weight = METHODS[method]
+    vocab_filter, weight, instructed = METHODS[method]
     task = TaskConfig(data=args.data, k=16, data_seed=seed, test_limit=args.test_limit).load()
+    start = {"p0": "text", "p0_text": args.instruction} if instructed else {}
     cfg = TuneConfig(mode="hard", budget_calls=args.budget, seed=seed, vocab_filter=vocab_filter,
-                     fluency=args.fluency if weight is None else weight, keep_manual=False)
+                     fluency=args.fluency if weight is None else weight, keep_manual=False, **start)
     started = time.perf_counter()
     m = tune(task, backend, cfg, progress=False).metrics
     run = {"seed": seed, "method": method, "prompt": m["hard_prompt"], "perplexity": perplexity(scorer, m["hard_prompt"]),
