@@ -1,0 +1,67 @@
+"""An OpenAI-compatible server that is not ours: llama-cpp-python's, on the embedded SmolLM2 GGUF (the `server`
+extra). `bbtune tune --backend remote` tunes a hard prompt through it to the end, and the server's label scores
+of the tuned prompt agree with the local model's exact scores of the same text.
+
+Opt-in (a few minutes on 2 CPU cores): ``pytest -m real_server``. Its findings about the server (lists of
+prompts refused, echo log-probs shifted by one, logit_bias not reflected in log-probs) are in
+benchmarks/servers.py's table.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bbtune.backends.local import LocalBackend
+from bbtune.backends.remote import RemoteBackend, RemoteConfig
+from bbtune.cli import main
+from bbtune.prompts import HardPrompt
+from bbtune.tasks import TaskConfig
+
+pytestmark = [
+    pytest.mark.real_server,
+    pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                       reason="llama-cpp-python is not installed: pip install -e '.[server]'"),
+]
+SERVERS = Path(__file__).resolve().parents[1] / "benchmarks" / "servers.py"
+MARGIN_TOL = 0.35  # nats: llama.cpp computes with quantized activations, the local model in float32 (measured <= 0.17)
+
+
+def _servers_module():
+    spec = importlib.util.spec_from_file_location("bench_servers", SERVERS)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+@pytest.fixture(scope="module")
+def llama_url():
+    with _servers_module().llama_server() as url:
+        yield url
+
+
+def test_a_hard_prompt_tuned_through_llama_cpp_scores_like_the_local_model(llama_url: str, tmp_path: Path,
+                                                                            smollm2_backend: LocalBackend) -> None:
+    run_dir = tmp_path / "run"
+    task_flags = ["--data", "demo", "--k", "4", "--test-limit", "8"]
+    code = main(["tune", *task_flags, "--mode", "hard", "--budget-calls", "8", "--popsize", "4", "--prompt-tokens", "3",
+                 "--intrinsic-dim", "20", "--eval-every", "8", "--backend", "remote", "--remote-base-url", llama_url,
+                 "--remote-model", "smollm2", "--remote-local-model", "smollm2", "--remote-top-k", "1000",
+                 "--run-dir", str(run_dir), "--no-progress"])
+    assert code in (0, None)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["calls"] == 8 and metrics["test_acc"] is not None  # the run ended on its budget
+    assert metrics["backend_stats"]["missing_rate"] == 0
+    saved = json.loads((run_dir / "hard_prompt.json").read_text())
+    tuned = HardPrompt(tuple(saved["token_ids"]), saved["text"])
+    task = TaskConfig(data="demo", k=4, test_limit=8).load()
+    cfg = RemoteConfig(base_url=llama_url, model="smollm2", local_model="smollm2", top_k=1000)
+    with RemoteBackend(cfg) as remote:
+        there = remote.score([tuned], task.test, task.format)
+    here = smollm2_backend.score([tuned], task.test, task.format)
+    margin = lambda s: s[..., 1] - s[..., 0]  # noqa: E731
+    np.testing.assert_allclose(margin(there), margin(here), atol=MARGIN_TOL)
+    assert (there.argmax(-1) == here.argmax(-1)).mean() >= 0.75
