@@ -33,6 +33,7 @@ MAX_RETRY_AFTER_S = 60.0  # a longer Retry-After is capped to this (a run should
 REPLICA_COOLDOWN_S = 5.0  # a replica that failed gets no new requests for this long
 DEFAULT_TOP_K = 20  # asked first; the probe steps down (TOP_K_STEPS) where a server refuses (OpenAI completions: 5)
 TOP_K_STEPS = (20, 10, 5, 1)
+DEEP_TOP_K_STEPS = (100, 1000)  # tried when labels go missing and logit_bias is not honoured (llama.cpp has no cap)
 DEFAULT_REMOTE_BATCH = 8  # prompts per /v1/completions request where the server accepts lists
 PROMPT_TOKEN_MARGIN = 4  # added to each local token count when reserving budget (BOS, tokenizer drift)
 CHAT_TOKEN_MARGIN = 48  # the chat template's role markers, which only the server sees

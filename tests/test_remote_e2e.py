@@ -140,3 +140,12 @@ def test_failover_between_two_replicas(tiny_backend: LocalBackend) -> None:
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_run_records_its_missing_rate_and_the_probe_report(clean_server: MockServer, tiny_task: Task) -> None:
+    """Missing labels are allowed here (--remote-max-missing 1) but never hidden: metrics.json says how many."""
+    small = TuneConfig(mode="hard", budget_calls=6, popsize=6, prompt_tokens=3, intrinsic_dim=20, eval_every=6, seed=5)
+    with remote(clean_server.url, top_k=2, logit_bias="off", max_missing=1.0) as backend:
+        result = tune(tiny_task, backend, small, progress=False)
+        assert 0 < result.metrics["missing_rate"] == backend.stats.missing_rate
+    assert result.metrics["probe"]["top_k"] == 2 and result.metrics["probe"]["sample_missing_rate"] > 0

@@ -104,11 +104,20 @@ def test_logit_bias_is_used_where_the_server_honours_it(clean_scores: np.ndarray
 
 
 def test_a_server_that_ignores_logit_bias_is_refused_when_labels_go_missing() -> None:
-    with probed(mock_transport(make_app(ignore_logit_bias=True)), top_k=2) as backend, pytest.raises(
+    with probed(mock_transport(make_app(ignore_logit_bias=True, max_logprobs=20)), top_k=2) as backend, pytest.raises(
             CapabilityError, match=r"missing from the server's top-2.*--remote-mode echo.*--remote-logit-bias.*"
                                    r"--verbalizer.*--remote-top-k"):
         backend.score(prompts(), EXAMPLES, FMT)
     assert backend.logit_bias_ == 0.0
+
+
+def test_without_logit_bias_the_probe_asks_deeper_lists_where_the_server_accepts_them() -> None:
+    with probed(mock_transport(make_app(ignore_logit_bias=True, max_logprobs=1000)), top_k=2) as backend:
+        backend.score(prompts(), EXAMPLES, FMT)
+        report = backend.probe_
+        assert backend.logit_bias_ == 0.0 and backend.top_k_ == report.top_k in (100, 1000)  # type: ignore[union-attr]
+        assert "asking top-100" in " ".join(report.notes)  # type: ignore[union-attr]
+        assert report.sample_missing_rate <= 0.05  # type: ignore[union-attr]
 
 
 def test_missing_labels_within_the_allowed_share_are_nan_and_counted() -> None:

@@ -15,8 +15,10 @@ The probe sends a handful of requests in the run's mode and adapts where it can,
    per request (logged once, recorded in the report);
 7. ``prompt_embeds`` of a text give what the text itself gives (the server reads our encoding right);
 8. on a sample of the task (the first score call's prompt and examples): ``logit_bias`` on the label tokens
-   is used only if the server honours it (label differences unchanged, labels present, their probability
-   raised), and the run stops if more than ``max_missing`` of the sample's label scores are still missing.
+   is used only if the server honours it in the log-probs it reports (label differences unchanged, labels
+   present, their probability raised: llama.cpp applies it to sampling only); without it, too many missing
+   labels make the probe ask deeper top-k lists (`DEEP_TOP_K_STEPS`) where the server accepts them; the run
+   stops if more than ``max_missing`` of the sample's label scores are still missing.
 
 Arrows run one way: this module knows the wire format (`wire`) and a `Target` (what `RemoteBackend` offers
 publicly), never the backend's insides. Probe requests go through the cache like any other.
@@ -29,7 +31,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from ..constants import PROBE_SAMPLE, TOP_K_STEPS
+from ..constants import DEEP_TOP_K_STEPS, PROBE_SAMPLE, TOP_K_STEPS
 from ..errors import (
     APIConnectionError,
     BackendError,
@@ -281,11 +283,32 @@ class _Sampled:
         scores = self.scores(0.0)
         if self.cfg.bias:
             scores = self.try_bias(scores)
+        if self.target.logit_bias_ == 0 and np.isnan(scores).mean() > self.cfg.max_missing:
+            scores = self.deepen(scores)
         missing = float(np.isnan(scores).mean())
         self.report.sample_missing_rate = missing
         if missing > self.cfg.max_missing:
             raise CapabilityError(missing_message(missing, len(self.examples), self.target.top_k_, self.cfg))
         self.report.checks.append(f"labels missing on the sample: {missing:.0%}")
+
+    def deepen(self, scores: np.ndarray) -> np.ndarray:
+        """Too many labels missing and no logit_bias: ask deeper top-k lists (`DEEP_TOP_K_STEPS`) while the server
+        accepts them (llama.cpp and vLLM with a high --max-logprobs do), until enough labels are listed."""
+        for k in (k for k in DEEP_TOP_K_STEPS if k > self.target.top_k_):
+            before = self.target.top_k_
+            self.target.top_k_ = self.report.top_k = k
+            try:
+                deeper = self.scores(0.0)
+            except (*_REFUSALS, NotFoundError) as err:
+                self.target.top_k_ = self.report.top_k = before
+                self.report.notes.append(f"a top-{k} list was refused ({type(err).__name__}); keeping top-{before}")
+                break
+            self.report.notes.append(f"{np.isnan(scores).mean():.0%} of the sample's labels missing from the top-"
+                                     f"{before}: asking top-{k} ({np.isnan(deeper).mean():.0%} missing)")
+            scores = deeper
+            if np.isnan(scores).mean() <= self.cfg.max_missing:
+                break
+        return scores
 
     def try_bias(self, plain: np.ndarray) -> np.ndarray:
         """The biased scores if the server honours logit_bias (the backend then uses it), else `plain`."""
