@@ -86,6 +86,13 @@ class Discretizer:
         tok = self.vocab.tokenizer
         return HardPrompt(tuple(ids), tok.decode(ids), tuple(tok.convert_ids_to_tokens(ids)))
 
+    def random_prompts(self, n: int, tokens: int, seed: int) -> list[HardPrompt]:
+        """`n` prompts of `tokens` allowed tokens drawn uniformly: any prompt a hard search may propose, for
+        checks that must hold for every one (local scores equal a server's scores of the same text)."""
+        gen = torch.Generator().manual_seed(seed)
+        picks = torch.randint(0, len(self._allowed_ids), (n, tokens), generator=gen)
+        return [self.to_prompt(self._allowed_ids[row].tolist()) for row in picks]
+
     def round_trip(self, prompt: HardPrompt) -> RoundTrip:
         again = tuple(self.vocab.tokenizer.encode(prompt.text, add_special_tokens=False))
         return RoundTrip(again == prompt.token_ids, again)

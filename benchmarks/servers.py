@@ -10,7 +10,7 @@ not compared (the server wraps the text in its chat template).
 
     python benchmarks/servers.py            # prints the table, writes benchmarks/results/servers.json
 
-Small on purpose (2 shared CPU cores): SST-2 k=8 per class, --budget-calls 16, --test-limit 48 test sentences.
+Small on purpose (2 shared CPU cores): SST-2 k=4 per class, --budget-calls 12, --test-limit 32 test sentences.
 """
 from __future__ import annotations
 
@@ -32,12 +32,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bbtune.backends.local import LocalBackend  # noqa: E402
 from bbtune.backends.remote import RemoteBackend, RemoteConfig  # noqa: E402
 from bbtune.discretize import Discretizer  # noqa: E402
 from bbtune.errors import BBTuneError  # noqa: E402
 from bbtune.models import embedded_gguf  # noqa: E402
-from bbtune.prompts import HardPrompt  # noqa: E402
 from bbtune.table import markdown_table  # noqa: E402
 from bbtune.tasks import Task, TaskConfig  # noqa: E402
 from bbtune.tuner import TuneConfig, tune  # noqa: E402
@@ -112,14 +110,6 @@ def mock_server() -> Iterator[str]:
 # ---------------------------------------------------------------------- measurements
 
 
-def random_prompts(local: LocalBackend, n: int, tokens: int, seed: int) -> list[HardPrompt]:
-    """Random token sequences of the `words` filter, as a hard search proposes them."""
-    d = Discretizer(local.vocabulary(), vocab_filter="words")
-    allowed = torch.nonzero(d.allowed).flatten()
-    gen = torch.Generator().manual_seed(seed)
-    return [d.to_prompt(allowed[torch.randint(0, len(allowed), (tokens,), generator=gen)].tolist()) for _ in range(n)]
-
-
 def agreement(remote: np.ndarray, local: np.ndarray) -> dict[str, Any]:
     """Largest gap between remote and local label margins (rows with no missing label) and argmax agreement."""
     ok = ~np.isnan(remote).any(axis=-1)
@@ -149,7 +139,8 @@ def one_run(name: str, url: str, mode: str, task: Task, cfg: TuneConfig, n_promp
                    manual_test_acc=result.metrics.get("manual_test_acc"), hard_prompt=result.hard_prompt.text)
         if mode != "chat":
             local = backend.reference()  # the local model on the same text: exact scores
-            prompts = random_prompts(local, n_prompts, cfg.prompt_tokens, cfg.seed) + [result.hard_prompt]
+            prompts = Discretizer(local.vocabulary()).random_prompts(n_prompts, cfg.prompt_tokens, cfg.seed)
+            prompts.append(result.hard_prompt)
             row.update(agreement(backend.score(prompts, task.test, task.format), local.score(prompts, task.test, task.format)))
     return _cells(row)
 
@@ -179,10 +170,10 @@ def _cells(row: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "sst2"))
-    ap.add_argument("--k", type=int, default=8, help="training examples per class (dev the same)")
-    ap.add_argument("--test-limit", type=int, default=48)
-    ap.add_argument("--budget-calls", type=int, default=16)
-    ap.add_argument("--prompts", type=int, default=4, help="random hard prompts compared with local scores")
+    ap.add_argument("--k", type=int, default=4, help="training examples per class (dev the same)")
+    ap.add_argument("--test-limit", type=int, default=32)
+    ap.add_argument("--budget-calls", type=int, default=12)
+    ap.add_argument("--prompts", type=int, default=3, help="random hard prompts compared with local scores")
     ap.add_argument("--servers", default="mock,llama-cpp")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "servers.json"))
     args = ap.parse_args()
@@ -191,8 +182,7 @@ def main() -> None:
     cfg = TuneConfig(mode="hard", budget_calls=args.budget_calls, popsize=4, prompt_tokens=3, intrinsic_dim=20,
                      eval_every=8, seed=0)
     plans = {"mock": (mock_server, [("top_logprobs", {}), ("echo", {}), ("chat", {})]),
-             "llama-cpp": (llama_server, [("top_logprobs", {}), ("top_logprobs", {"top_k": 1000}), ("echo", {}),
-                                          ("chat", {})])}
+             "llama-cpp": (llama_server, [("top_logprobs", {}), ("echo", {}), ("chat", {})])}
     rows = []
     for name in args.servers.split(","):
         start_server, modes = plans[name]

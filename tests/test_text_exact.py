@@ -16,14 +16,6 @@ from mock_server import MockServer, ServerConfig, shared_scorer
 TOL = 1e-4
 
 
-def random_prompts(backend: LocalBackend, vocab_filter: str, n: int, tokens: int, seed: int) -> list[HardPrompt]:
-    """Random token sequences from a vocabulary filter, as a hard search could propose them."""
-    d = Discretizer(backend.vocabulary(), vocab_filter=vocab_filter)
-    allowed = torch.nonzero(d.allowed).flatten()
-    gen = torch.Generator().manual_seed(seed)
-    return [d.to_prompt(allowed[torch.randint(0, len(allowed), (tokens,), generator=gen)].tolist()) for _ in range(n)]
-
-
 def as_ids(backend: LocalBackend, prompts: list[HardPrompt], examples, fmt: TaskFormat) -> np.ndarray:
     """Scores of the prompts' token ids as fed in (what the backend did before it scored text)."""
     with torch.inference_mode():
@@ -44,7 +36,7 @@ def test_every_hard_prompt_scores_locally_as_the_server_scores_its_text(echo_ser
     local = LocalBackend("tiny")
     fmt = TaskFormat(tiny_task.format.template, tiny_task.format.verbalizer, placement)
     examples = tiny_task.test + tiny_task.dev
-    prompts = random_prompts(local, vocab_filter, n=40, tokens=5, seed=7)
+    prompts = Discretizer(local.vocabulary(), vocab_filter=vocab_filter).random_prompts(n=40, tokens=5, seed=7)
     cfg = RemoteConfig(base_url=echo_server.url, model="tiny", local_model="tiny", mode="echo")
     with RemoteBackend(cfg) as remote:
         over_wire = remote.score(prompts, examples, fmt)
