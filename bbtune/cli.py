@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import enum
 import json
+import re
 import sys
 import typing
 from dataclasses import asdict, dataclass, field, replace
@@ -117,6 +118,21 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str, p
             group.add_argument(flag, type=kind, default=f.default, help=help_)
 
 
+def flag_words(message: str) -> str:
+    """A config error in the command line's words: the Python API names fields (``max_input_tokens``,
+    ``RemoteConfig.timeout_s``, ``popsize=6``), the CLI user needs the flags (``--max-input-tokens``)."""
+    flags = {f.name: "--" + f.name.replace("_", "-") for cls in CONFIGS.values() for f in dataclasses.fields(cls)}
+    flags.update({f.name: "--" + (REMOTE_PREFIX + f.name).replace("_", "-") for f in dataclasses.fields(RemoteConfig)})
+
+    def swap(match: re.Match[str]) -> str:
+        name = match.group("name")
+        if name not in flags or not (match.group("cls") or match.group("eq") or "_" in name):
+            return match.group(0)
+        return flags[name] + (match.group("eq") or "")
+
+    return re.sub(r"(?<![\w./-])(?P<cls>RemoteConfig\.)?(?P<name>[a-z][a-z0-9_]*)\b(?P<eq>=)?", swap, message)
+
+
 def _show(value: Any) -> str:
     return repr(value.value if isinstance(value, enum.Enum) else value)
 
@@ -201,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "export":
             print(export(args.run_dir, args.format, args.out or None))
     except BBTuneError as err:
-        print(f"bbtune: error: {err}", file=sys.stderr)
+        print(f"bbtune: error: {flag_words(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nbbtune: interrupted; finished generations are checkpointed, continue with --resume RUN_DIR",
@@ -219,7 +235,8 @@ def _tune_main(args: argparse.Namespace, argv: Sequence[str]) -> int:
         if not should_retry(err):
             raise
         retries = getattr(args, "remote_max_retries", RemoteConfig.max_retries)
-        print(f"bbtune: {gave_up_line(err, retries, args.resume or args.run_dir or 'RUN_DIR')}", file=sys.stderr)
+        print(f"bbtune: {flag_words(gave_up_line(err, retries, args.resume or args.run_dir or 'RUN_DIR'))}",
+              file=sys.stderr)
         return Ending.GAVE_UP.exit_code
     print(summary_table([("bbtune " + result.metrics["mode"], result)]))
     print(f"\nresults in {result.run_dir}")

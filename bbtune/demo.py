@@ -39,7 +39,8 @@ def run_demo(model: str, budget_calls: int, out: Path, seed: int, seeds: int = 1
                    "tune": dataclasses.asdict(cfg)}
             print(f"seed {data_seed}: tuning a {mode.value} prompt ({budget_calls} calls)...", file=sys.stderr)
             run_dir = out / (f"{mode.value}-{data_seed}" if seeds > 1 else mode.value)
-            results.append((f"BBT {mode.value}", tune(task, backend, cfg, run_dir, extra_config={"cli": cli})))
+            result = tune(task, backend, cfg, run_dir, extra_config={"cli": cli}, overwrite=True)  # reruns replace it
+            results.append((f"BBT {mode.value}", result))
         per_seed.append(results)
     table = summary_table(per_seed[0]) if seeds == 1 else spread_table(per_seed)
     report = "\n\n".join([f"Built-in set: {len(task.test)} test reviews, k = {DEMO_K} per class for train and dev, "

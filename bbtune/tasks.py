@@ -15,7 +15,9 @@ Example:
 """
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import re
 from dataclasses import dataclass, field, replace
@@ -206,6 +208,7 @@ class FieldMap:
     text_b: str | None = None
     label: str = "label"
     label_names: Mapping[str, str] | None = None
+    encoding: str = "utf-8"  # of the files read (utf-8 also reads a byte-order mark)
 
     def examples(self, rows: Sequence[Mapping[str, Any]], source: str) -> list[Example]:
         """Rows (dicts) as examples; a row lacking a field is a `TaskError` naming the flag to set."""
@@ -256,24 +259,35 @@ def read_inputs(path: str | Path, fields: FieldMap) -> list[Example]:
     path = Path(path)
     if not path.exists():
         raise TaskError(f"input file {path} does not exist")
-    rows = _read_rows(path)
+    rows = _read_rows(path, fields.encoding)
     labelled = bool(fields.label) and bool(rows) and all(fields.label in row for row in rows)
     return replace(fields, label=fields.label if labelled else "").examples(rows, f"input file {path}")
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
+def _read_rows(path: Path, encoding: str = "utf-8") -> list[dict[str, Any]]:
+    """Rows of a JSONL, CSV or TSV file; a UTF-8 byte-order mark (Excel's CSV export) is read transparently."""
+    text = _decode(path, encoding)
     if path.suffix in (".csv", ".tsv"):
-        with path.open(newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
+        return list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix == ".tsv" else ","))
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise TaskError(f"{path}: line {n} is not valid JSON ({err.msg})") from err
+    for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 inside a JSON string is no line end
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise TaskError(f"{path}: line {n} is not valid JSON ({err.msg})") from err
     return rows
+
+
+def _decode(path: Path, encoding: str) -> str:
+    """The file's text; a byte that is not `encoding` is a TaskError naming the file, the line and --encoding."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding)
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise TaskError(f"{path}: line {line} is not valid {encoding} (byte {data[err.start]:#04x}); give the file's "
+                        "encoding with --encoding (e.g. --encoding cp1252 or latin-1), or save it as UTF-8") from None
 
 
 def few_shot_split(
@@ -386,7 +400,7 @@ def _source_splits(data: str, fields: FieldMap) -> tuple[list[Example], list[Exa
     if is_hf_data(data):
         return dataset_splits(data, fields)
     folder = Path(data)
-    read = lambda f: fields.examples(_read_rows(folder / f), f"data file {folder / f}")  # noqa: E731
+    read = lambda f: fields.examples(_read_rows(folder / f, fields.encoding), f"data file {folder / f}")  # noqa: E731
     train = read(_find(folder, ("train.jsonl", "train.csv", "train.tsv")))
     test_file = _find(folder, ("test.jsonl", "test.csv", "test.tsv"), required=False)
     return train, read(test_file) if test_file else []
@@ -419,9 +433,16 @@ class TaskConfig:
     label_field: str = field(default="label", metadata={"help": "field holding the label"})
     label_names: str = field(default="", metadata={
         "help": "rename label values: 'negative,positive' names 0, 1, ...; or JSON {\"0\": \"negative\"}"})
+    encoding: str = field(default="utf-8", metadata={
+        "help": "text encoding of the data files, e.g. cp1252 or latin-1 (utf-8 also reads a byte-order mark)"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "placement", Placement(self.placement))
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise TaskError(f"--encoding {self.encoding!r} is not an encoding Python knows (e.g. utf-8, cp1252, "
+                            "latin-1)") from None
         parse_label_names(self.label_names)  # a bad spec fails here, before any data is read
         if self.k < 1:
             raise TaskError(f"k must be >= 1, got {self.k}")
@@ -437,7 +458,7 @@ class TaskConfig:
         """The field mapping of the flags; a pair preset's text_b field unless --text-b-field names another."""
         preset_b = PRESETS[self.preset].text_b_field if self.preset in PRESETS else None
         return FieldMap(self.text_field, self.text_b_field or preset_b, self.label_field,
-                        parse_label_names(self.label_names))
+                        parse_label_names(self.label_names), self.encoding)
 
     def load(self) -> Task:
         data = demo_data_dir() if self.data in ("", "demo") else self.data

@@ -1,6 +1,7 @@
 """Pure pieces of the remote backend: retry policy, reply parsing, the prompt_embeds codec, cache keys, budget."""
 from __future__ import annotations
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -237,3 +238,13 @@ def test_stats_are_json_ready_and_report_the_missing_rate() -> None:
     stats.count_labels(8, 2)
     assert stats.missing_rate == 0.25
     assert json.loads(json.dumps(stats.as_dict()))["missing_rate"] == 0.25
+
+
+def test_credentials_in_the_base_url_are_reported_as_such_and_never_shown() -> None:
+    from bbtune.backends.http import KeyInfo, status_error
+
+    request = httpx.Request("POST", "http://ann:s3cret-pw@h:1/v1/completions")
+    reply = httpx.Response(401, json={"error": {"message": "bad credentials"}}, request=request)
+    message = str(status_error(reply, "http://h:1/v1", "/completions", "m", KeyInfo("BBTUNE_API_KEY", "sk-0123456789ab")))
+    assert "credentials written in the base URL" in message and "--remote-base-url" in message
+    assert "was rejected" not in message and "s3cret-pw" not in message and "ann" not in message

@@ -121,3 +121,35 @@ def test_demo_task_works_with_the_default_k_and_is_built_as_documented():
 def test_task_config_rejects_bad_verbalizer_json():
     with pytest.raises(TaskError, match="JSON"):
         TaskConfig(verbalizer="{not json")
+
+
+def _sentiment_folder(tmp_path, train: bytes, test: bytes | None = None):
+    (tmp_path / "train.csv").write_bytes(train)
+    if test is not None:
+        (tmp_path / "test.csv").write_bytes(test)
+    return tmp_path
+
+
+CSV_ROWS = "".join(f"{word} film {i},{label}\n" for i in range(4) for word, label in (("great", 1), ("awful", 0)))
+
+
+def test_a_byte_order_mark_is_read_transparently(tmp_path):
+    folder = _sentiment_folder(tmp_path, ("\ufefftext,label\n" + CSV_ROWS).encode("utf-8"))
+    task = TaskConfig(data=str(folder), k=2, label_names="negative,positive").load()
+    assert task.train[0].text.endswith(tuple(str(i) for i in range(4)))
+
+
+def test_a_non_utf8_file_names_the_file_the_line_and_the_flag(tmp_path):
+    body = ("text,label\n" + CSV_ROWS.replace("film 3", "caf\u00e9 3")).encode("cp1252")
+    folder = _sentiment_folder(tmp_path, body)
+    with pytest.raises(TaskError, match=r"train\.csv: line 8 is not valid utf-8.*--encoding"):
+        TaskConfig(data=str(folder), k=2, label_names="negative,positive").load()
+    task = TaskConfig(data=str(folder), k=2, label_names="negative,positive", encoding="cp1252").load()
+    texts = {ex.text for ex in task.train + task.dev}  # k=2 takes all 4 rows of each label
+    cafe = "caf\u00e9"
+    assert texts == {f"{w} {cafe if i == 3 else 'film'} {i}" for i in range(4) for w in ("great", "awful")}
+
+
+def test_an_unknown_encoding_is_refused_by_flag():
+    with pytest.raises(TaskError, match="--encoding 'utf-9'"):
+        TaskConfig(encoding="utf-9")

@@ -71,6 +71,9 @@ def status_error(response: httpx.Response, replica: str, path: str, model: str, 
         cls = AuthenticationError
         fix = (f"no API key was sent: set ${key.env} to this server's key" if not key.value
                else f"the key in ${key.env} was rejected: check it is a valid key for {replica}")
+        if _url_credentials(response):  # Basic auth from user:password@ in the URL, not the key
+            fix = ("the server refused the credentials written in the base URL (user:password@ in --remote-base-url, "
+                   f"not shown): check them, or send an API key through ${key.env} instead")
         msg = f"{where}: HTTP {status} ({detail}); {fix}"
     elif status == 404:
         cls = NotFoundError
@@ -87,6 +90,14 @@ def status_error(response: httpx.Response, replica: str, path: str, model: str, 
     error.retry_after = retry_after_s(response.headers)  # type: ignore[attr-defined]
     error.missing_endpoint = status == 404 and "lacks this endpoint" in msg  # type: ignore[attr-defined]
     return error
+
+
+def _url_credentials(response: httpx.Response) -> bool:
+    """Whether the request carried user:password@ in its URL (httpx sends them as Basic auth)."""
+    try:
+        return bool(response.request.url.userinfo)
+    except RuntimeError:  # a response built without a request
+        return False
 
 
 class ApiClient:

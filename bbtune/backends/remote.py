@@ -5,21 +5,25 @@ One `score()` call turns (prompts x examples) into requests for the configured `
 replicas), and reads the label words' log-probs back. Around each request: the on-disk cache, the
 budget (`max_requests`, `max_tokens`, `max_cost`, reserved before sending), retries with backoff, and
 typed errors. Before the first score a probe checks what the server supports and whether its numbers are
-consistent (`check()`), and falls back (lists of prompts -> one per request) or says which mode to use.
+consistent (`check()`, see `bbtune.backends.probe`), and adapts (one prompt per request, a shallower or deeper
+top-k, logit_bias on or off) or refuses with what to do instead.
 
 Which server supports which mode:
 
-| mode | OpenAI | vLLM | llama.cpp server | mock |
+| mode | OpenAI | vLLM | llama-cpp-python server | mock |
 |---|---|---|---|---|
-| top_logprobs (bounded) | completion models, k <= 5 | yes, k <= --max-logprobs | yes | yes |
-| chat (bounded) | yes, k <= 20 | yes | yes | yes |
-| echo (exact) | base models only; gpt-3.5-turbo-instruct refuses | yes | no: ignores echo | yes |
+| top_logprobs (bounded) | completion models, k <= 5 | yes, k <= --max-logprobs | yes, any k; lists -> HTTP 500 | yes |
+| chat (bounded) | yes, k <= 20 | yes | yes, any k | yes |
+| echo (exact) | base models only; gpt-3.5-turbo-instruct refuses | yes | no: log-probs shifted by one | yes |
 | prompt_embeds (soft; bounded) | no | with --enable-prompt-embeds | no | yes |
+| logit_bias in the log-probs | (the probe decides) | (the probe decides) | no: sampling only | yes |
 
 "Bounded": a label outside the top-k is *missing*: its score is NaN, counted in `stats.missing_rate`, and the
 loss gives it a documented meaning (`bbtune.losses`). The probe finds the deepest top-k the server accepts,
-turns on ``logit_bias`` on the label tokens where the server honours it (labels then always make the list),
-and refuses a run whose sample misses more than ``max_missing`` of its labels.
+turns on ``logit_bias`` on the label tokens where the server honours it (labels then always make the list;
+the log-probs are then those of the biased distribution, whose label *differences* are the true ones), asks
+deeper lists where it does not, and refuses a run whose sample misses more than ``max_missing`` of its
+labels. The probe's findings (`ProbeReport`) go into the run folder (``metrics.json``, key ``probe``).
 
     >>> backend = RemoteBackend(RemoteConfig(base_url=server.url, model="tiny", local_model="tiny"))  # doctest: +SKIP
     >>> backend.score([HardPrompt((), "")], [Example("a film", "pos")], fmt).shape                    # doctest: +SKIP
@@ -272,6 +276,8 @@ class RemoteBackend:
                 "probe": asdict(self.probe_) if self.probe_ else None}
 
     def close(self) -> None:
+        if self.ledger_ is not None:
+            self.ledger_.close()
         if self._api is not None:
             self._loop.run(self._api.aclose())
             self._api = None

@@ -1,0 +1,104 @@
+"""--resume checks the whole saved config, takes only the flags that cannot change the result, and every run
+ends with a line that says why (and an exit code that says whether the result is usable)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bbtune.backends.base import Capabilities
+from bbtune.cli import main
+from bbtune.endings import Ending, budget_rounding, ending_line, ending_of
+from bbtune.tuner import TuneConfig, tune
+from mock_server import FaultConfig, FaultRule, MockServer, ServerConfig, shared_scorer
+
+RUN = ["--data", "demo", "--k", "4", "--test-limit", "8", "--model", "tiny", "--prompt-tokens", "3",
+       "--intrinsic-dim", "20", "--popsize", "6", "--eval-every", "12", "--budget-calls", "12", "--no-progress"]
+
+
+@pytest.fixture
+def finished(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["tune", *RUN, "--run-dir", str(run_dir)]) == 0
+    capsys.readouterr()
+    return run_dir
+
+
+def _edit_config(run_dir, edit) -> None:
+    config = json.loads((run_dir / "config.json").read_text())
+    edit(config)
+    (run_dir / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda c: c["cli"]["task"].update(data_seed=14), ["cli.task.data_seed: 13 -> 14", "task.data_sha256"]),
+    (lambda c: c["cli"]["task"].update(template="{text} So it was{label}"), ["task.template", "cli.task.template"]),
+])
+def test_resume_refuses_an_edited_config_naming_the_field(finished, capsys, edit, named):
+    _edit_config(finished, edit)
+    assert main(["tune", "--resume", str(finished), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "another config" in err and all(name in err for name in named)
+
+
+def test_resume_applies_limits_and_refuses_what_changes_the_result(finished, capsys):
+    assert main(["tune", "--resume", str(finished), "--seed", "7", "--no-calibrate", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "refused: --calibrate (would change what the run computes), --seed (" in err
+    assert main(["tune", "--resume", str(finished), "--remote-max-retries", "9", "--remote-timeout-s", "5",
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "applied to the resumed run: --remote-max-retries 6 -> 9" in err and "--remote-timeout-s 60.0 -> 5" in err
+    settings = json.loads((finished / "config.json").read_text())["settings"]["remote"]
+    assert settings["max_retries"] == 9 and settings["timeout_s"] == 5  # the next resume keeps them
+
+
+class ConstantBackend:
+    """Every prompt scores the same: a search through it learns nothing."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.stats = inner, "constant", inner.stats
+        self.capabilities = Capabilities(soft=True, hard=True)
+
+    def score(self, prompts, examples, fmt):
+        return np.full((len(prompts), len(examples), len(fmt.labels)), -1.0)
+
+    def vocabulary(self):
+        return self.inner.vocabulary()
+
+
+def test_a_loss_that_never_moved_is_a_flat_ending(tiny_backend, tiny_task):
+    cfg = TuneConfig(budget_calls=18, prompt_tokens=3, intrinsic_dim=20, popsize=6, eval_every=6)
+    flat = tune(tiny_task, ConstantBackend(tiny_backend), cfg, progress=False)
+    assert flat.metrics["ending"] == "flat" and Ending.FLAT.exit_code == 4
+    assert "never moved" in ending_line(flat.metrics, 18, 6)
+    moved = tune(tiny_task, tiny_backend, cfg, progress=False)
+    assert moved.metrics["ending"] == "budget" and Ending.BUDGET.exit_code == 0
+
+
+@pytest.mark.parametrize("metrics, ending, words", [
+    ({"stopped_by": "request limit reached", "calls": 12}, Ending.LIMIT, "stopped by a limit after 12 of 30 calls"),
+    ({"converged": True, "stop_reasons": {"tolfun": 1e-11}, "calls": 18}, Ending.CONVERGED, "converged early after 18"),
+    ({"calls": 30}, Ending.BUDGET, "budget spent: 30 calls"),
+])
+def test_each_ending_says_why(metrics, ending, words):
+    curve = [{"train_loss": 1.0}, {"train_loss": 0.5}]
+    assert ending_of(metrics, curve) is ending
+    assert words in ending_line({**metrics, "ending": ending.value}, 30, 6)
+
+
+def test_budget_rounding_is_said():
+    assert budget_rounding(30, 6) is None
+    assert budget_rounding(32, 6) == "--budget-calls 32 is not a multiple of --popsize 6: the run makes 30 calls (5 generations)"
+
+
+def test_giving_up_after_retries_names_the_count_and_the_flags(tmp_path, capsys):
+    faults = FaultConfig(rules=(FaultRule("429", every=1),), retry_after_s=0)
+    with MockServer(ServerConfig(model="tiny", port=0), faults, scorer=shared_scorer("tiny")) as server:
+        code = main(["tune", *RUN, "--mode", "hard", "--backend", "remote", "--remote-base-url", server.url,
+                     "--remote-local-model", "tiny", "--remote-mode", "echo", "--remote-max-retries", "1",
+                     "--no-remote-probe", "--run-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == Ending.GAVE_UP.exit_code == 5
+    assert "gave up after 1 retries (--remote-max-retries 1)" in err and f"--resume {tmp_path / 'r'}" in err
