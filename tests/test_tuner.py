@@ -275,3 +275,25 @@ def test_p0_cue_needs_cue_words_and_suffix_placement(tiny_backend, tiny_task):
         tune(no_cue, tiny_backend, TuneConfig(p0="cue", budget_calls=12, **FAST), progress=False)
     with pytest.raises(ConfigError, match="placement suffix"):
         tune(tiny_task.with_placement("prefix"), tiny_backend, TuneConfig(p0="cue", budget_calls=12, **FAST), progress=False)
+
+
+class PromptsHurtBackend(QuadraticBackend):
+    """The template alone classifies every example right; any tuned prompt scores at random."""
+
+    def score(self, prompts, examples, fmt):
+        labels = fmt.label_ids(examples)
+        rng = np.random.default_rng(len(self.inner.stats.as_dict()) + len(examples))
+        out = rng.normal(size=(len(prompts), len(examples), 2))
+        for i, p in enumerate(prompts):
+            if isinstance(p, HardPrompt) and not p.token_ids:
+                out[i] = -2.0
+                out[i, np.arange(len(examples)), labels] = 0.0
+        return out
+
+
+def test_the_result_is_never_worse_than_the_manual_prompt_on_dev_by_the_rule_that_chose_it(tiny_backend, tiny_task):
+    backend = PromptsHurtBackend(tiny_backend, None)
+    kept = tune(tiny_task, backend, TuneConfig(budget_calls=24, **FAST), progress=False).metrics
+    assert kept["selected"] == "manual" and kept["dev_acc"] == 1.0 and kept["test_acc"] == kept["manual_test_acc"] == 1.0
+    forced = tune(tiny_task, backend, TuneConfig(budget_calls=24, keep_manual=False, **FAST), progress=False).metrics
+    assert forced["selected"] == "tuned" and forced["dev_acc"] < 1.0
