@@ -102,3 +102,15 @@ def test_giving_up_after_retries_names_the_count_and_the_flags(tmp_path, capsys)
     err = capsys.readouterr().err
     assert code == Ending.GAVE_UP.exit_code == 5
     assert "gave up after 1 retries (--remote-max-retries 1)" in err and f"--resume {tmp_path / 'r'}" in err
+
+
+def test_an_unfinished_folder_points_to_resume(finished, capsys):
+    (finished / "metrics.json").unlink()  # as a killed run leaves it
+    assert main(["tune", *RUN, "--run-dir", str(finished)]) == 2
+    assert f"an unfinished run; continue it with --resume {finished}" in capsys.readouterr().err
+
+
+def test_errors_name_flags_not_fields(tmp_path, capsys):
+    assert main(["tune", *RUN[:-3], "--budget-calls", "3", "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "--budget-calls" in err and "--popsize" in err and "budget_calls" not in err
