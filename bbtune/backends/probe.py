@@ -276,8 +276,8 @@ class _Sampled:
         self.prompt, self.examples = prompt, list(examples)[:PROBE_SAMPLE]
         self.cfg = target.config
 
-    def scores(self, bias: float) -> np.ndarray:
-        return self.target.label_logprobs([self.prompt], self.examples, self.fmt, bias=bias)[0]
+    def scores(self, bias: float, strict: bool = False) -> np.ndarray:
+        return self.target.label_logprobs([self.prompt], self.examples, self.fmt, bias=bias, strict=strict)[0]
 
     def run(self) -> None:
         scores = self.scores(0.0)
@@ -285,10 +285,13 @@ class _Sampled:
             scores = self.try_bias(scores)
         if self.target.logit_bias_ == 0 and np.isnan(scores).mean() > self.cfg.max_missing:
             scores = self.deepen(scores)
+            if self.cfg.bias and self.report.top_k > len(self.target.label_keys(self.fmt).token_ids):
+                scores = self.try_bias(scores)  # a deeper list may now hold every label spelling
         missing = float(np.isnan(scores).mean())
         self.report.sample_missing_rate = missing
         if missing > self.cfg.max_missing:
-            raise CapabilityError(missing_message(missing, len(self.examples), self.target.top_k_, self.cfg))
+            found = "".join(f"\n  probe: {note}" for note in self.report.notes)
+            raise CapabilityError(missing_message(missing, len(self.examples), self.target.top_k_, self.cfg) + found)
         self.report.checks.append(f"labels missing on the sample: {missing:.0%}")
 
     def deepen(self, scores: np.ndarray) -> np.ndarray:
@@ -312,8 +315,13 @@ class _Sampled:
 
     def try_bias(self, plain: np.ndarray) -> np.ndarray:
         """The biased scores if the server honours logit_bias (the backend then uses it), else `plain`."""
-        if not self.target.label_keys(self.fmt).token_ids:
+        n_tokens, k = len(self.target.label_keys(self.fmt).token_ids), self.target.top_k_
+        if not n_tokens:
             self.report.notes.append("logit_bias not used: it needs the label token ids (set --remote-local-model)")
+            return plain
+        if n_tokens > k:  # biased, they fill the list in their own order: a label could still fall off its end
+            self.report.notes.append(f"logit_bias not used: the labels have {n_tokens} tokens (spellings) and a "
+                                     f"top-{k} list cannot hold them all; ask --remote-top-k {n_tokens} or more")
             return plain
         bias = self.cfg.bias
         try:
@@ -321,7 +329,8 @@ class _Sampled:
         except (*_REFUSALS, NotFoundError) as err:
             self.report.notes.append(f"logit_bias not used: the server refused it ({str(err).splitlines()[0][:160]})")
             return plain
-        problem = bias_problem(plain, biased, max(self.cfg.probe_tolerance, 2e-3))
+        # compared where the unbiased list holds every spelling of every label (else its sums are partial)
+        problem = bias_problem(self.scores(0.0, strict=True), biased, max(self.cfg.probe_tolerance, 2e-3))
         if problem:
             self.report.notes.append(f"logit_bias not used: {problem}")
             return plain

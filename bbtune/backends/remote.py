@@ -245,9 +245,9 @@ class RemoteBackend:
         return check_scores(scores, len(prompts), len(examples), len(fmt.labels), self.name)
 
     def label_logprobs(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat, *,
-                       bias: float = 0.0, salt: str = "") -> np.ndarray:
-        """(P, B, L) label log-probs as the server gives them (NaN = missing), with `bias` on every label token;
-        counts nothing (the probe uses it too)."""
+                       bias: float = 0.0, salt: str = "", strict: bool = False) -> np.ndarray:
+        """(P, B, L) label log-probs as the server gives them (NaN = missing; with `strict` also a label with
+        any spelling unlisted), with `bias` on every label token; counts nothing (the probe uses it too)."""
         labels = self.label_keys(fmt)
         P, B, L = len(prompts), len(examples), labels.n_labels
         if self.config.mode is ScoreMode.ECHO:
@@ -257,7 +257,7 @@ class RemoteBackend:
         else:
             shape = self.shape(labels.token_ids if bias else (), bias)
             tops = self.send(self.requests(shape, self.inputs(prompts, examples, fmt)), salt=salt)
-            flat = np.stack([wire.label_scores(top, labels)[0] for top in tops])
+            flat = np.stack([wire.label_scores(top, labels, strict)[0] for top in tops])
         return flat.reshape(P, B, L)
 
     def check(self, sample: tuple[Prompt, Sequence[Example], TaskFormat] | None = None) -> ProbeReport:

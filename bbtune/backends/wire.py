@@ -326,18 +326,19 @@ def label_variants(word: str) -> list[str]:
     return out
 
 
-def label_scores(top: Mapping[str, float], labels: LabelKeys) -> tuple[np.ndarray, int]:
+def label_scores(top: Mapping[str, float], labels: LabelKeys, strict: bool = False) -> tuple[np.ndarray, int]:
     """Each label's log-prob from a top-k dict: the logsumexp of its variants found there (distinct tokens,
     so their probabilities add); NaN for a label none of whose variants is listed (its log-prob is unknown,
-    below the k-th value). Returns (scores, number of labels missing).
+    below the k-th value), or with `strict` for one with any variant unlisted (its sum is then partial).
+    Returns (scores, number of labels missing).
 
-    >>> label_scores({" a": -0.5, "A": -1.0}, LabelKeys(((("\u0020a",), ("A",)), (("b",),))))[1]
+    >>> label_scores({"a": -0.5, "A": -1.0}, LabelKeys(((("a",), ("A",)), (("b",),))))[1]
     1
     """
     out = np.full(labels.n_labels, np.nan)
     for j, variants in enumerate(labels.variants):
         hits = [next(top[k] for k in keys if k in top) for keys in variants if any(k in top for k in keys)]
-        if hits:
+        if hits and (len(hits) == len(variants) or not strict):
             out[j] = float(np.logaddexp.reduce(hits))
     missing = int(np.isnan(out).sum())
     return out, missing
