@@ -41,6 +41,8 @@ def score_examples(backend: Backend, prompt: Prompt, examples: Sequence[Example]
 
 
 def evaluation(scores: np.ndarray, labels: np.ndarray, label_bias: np.ndarray | None = None) -> Evaluation:
-    """Accuracy and CE of (1, B, L) scores; one set of scores serves raw and calibrated numbers alike."""
+    """Accuracy and CE of (1, B, L) scores; one set of scores serves raw and calibrated numbers alike. A missing
+    label score (NaN, from a remote top-k list) follows `bbtune.losses`' rule: an example whose gold label is
+    missing counts wrong and costs `MISSING_LABEL_LOSS`."""
     scores = apply_bias(scores, label_bias)
     return Evaluation(float(accuracy(scores, labels)[0]), float(per_prompt_loss(scores, labels)[0]), scores.shape[1])

@@ -248,3 +248,13 @@ def test_credentials_in_the_base_url_are_reported_as_such_and_never_shown() -> N
     message = str(status_error(reply, "http://h:1/v1", "/completions", "m", KeyInfo("BBTUNE_API_KEY", "sk-0123456789ab")))
     assert "credentials written in the base URL" in message and "--remote-base-url" in message
     assert "was rejected" not in message and "s3cret-pw" not in message and "ann" not in message
+
+
+def test_the_backend_seam_lets_an_honest_missing_through_but_not_an_infinity() -> None:
+    from bbtune.backends.base import check_scores
+    from bbtune.errors import CapabilityError
+
+    scores = np.array([[[-1.0, np.nan]]])
+    assert check_scores(scores, 1, 1, 2, "x") is scores
+    with pytest.raises(CapabilityError, match="infinite"):
+        check_scores(np.array([[[-1.0, -np.inf]]]), 1, 1, 2, "x")
