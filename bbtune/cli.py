@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .backends.base import Backend
+from .constants import CPU_PROMPT_TOKENS
 from .backends.factory import LocalConfig, transfer_backend
 from .backends.remote import RemoteConfig
 from .backends.retry import should_retry
@@ -73,7 +74,7 @@ class CompareConfig:
         self.settings(TuneConfig())  # the per-method configs check grad_steps, pt_lr, shots_per_class, ...
 
     def settings(self, tune: TuneConfig) -> MethodSettings:
-        gradient = {"prompt_tokens": tune.prompt_tokens, "eval_every": tune.eval_every, "steps": self.grad_steps,
+        gradient = {"prompt_tokens": tune.prompt_tokens or CPU_PROMPT_TOKENS, "eval_every": tune.eval_every, "steps": self.grad_steps,
                     "batch_size": self.grad_batch_size}
         return MethodSettings(
             bbt=tune,

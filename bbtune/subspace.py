@@ -32,32 +32,46 @@ class Projection(str, Enum):
     UNIFORM = "uniform"
 
 
+# Step sizes (alpha, in embedding stds) by start point. From random words, BBT's alpha = 1 (a step of sigma moves a
+# coordinate by one embedding std). From the template's cue, which already scores well, a step of 1 std replaces
+# the cue wholesale and every candidate scores worse than the start (SST-2, 10 candidates: train CE 0.46-0.53
+# against 0.375 at the cue); at 0.15 about a third of the candidates improve on it. See README, "Start point".
+ALPHA_FROM_WORDS = 1.0
+ALPHA_FROM_CUE = 0.15
+
+
 class P0Init(str, Enum):
     ZEROS = "zeros"
     VOCAB = "vocab"  # embeddings of n random (readable) vocabulary words
     TEXT = "text"  # embeddings of p0_text, which must be exactly n tokens
+    AUTO = "auto"  # cue where the template has one and the prompt sits after the input (suffix), else vocab
     CUE = "cue"  # the template's own cue words ("\nSentiment:"): the prompt replaces them, so z = 0 is the manual prompt
 
 
 @dataclass(frozen=True)
 class SubspaceConfig:
-    prompt_tokens: int = field(default=CPU_PROMPT_TOKENS, metadata={"help": "number of prompt tokens n"})
+    prompt_tokens: int = field(default=0, metadata={
+        "help": f"number of prompt tokens n; 0 = the cue's length when starting from the cue, else {CPU_PROMPT_TOKENS}"})
     intrinsic_dim: int = field(default=CPU_INTRINSIC_DIM, metadata={"help": "dimension d of z"})
     projection: Projection = field(default=Projection.NORMAL, metadata={"help": "distribution of A"})
-    alpha: float = field(default=1.0, metadata={"help": "scale of A relative to the BBT std rule"})
-    p0: P0Init = field(default=P0Init.VOCAB, metadata={
-        "help": "start point p0: zeros, vocab (random words), text (--p0-text), or cue (the template's own cue words, "
-                "which the prompt then replaces: the search starts at the manual prompt; prompt length = the cue's)"})
+    alpha: float = field(default=0.0, metadata={
+        "help": f"step in embedding space, in embedding stds (BBT's std rule); 0 = by start point: {ALPHA_FROM_WORDS} "
+                f"from random words or text, {ALPHA_FROM_CUE} from the cue"})
+    p0: P0Init = field(default=P0Init.AUTO, metadata={
+        "help": "start point p0: cue (the template's own cue words, which the prompt then replaces: the search starts "
+                "at the manual prompt; prompt length = the cue's), vocab (random words, BBT), text (--p0-text), zeros; "
+                "auto = cue where possible, else vocab"})
     p0_text: str = field(default="", metadata={"help": "text whose embeddings are p0 (with p0=text)"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "projection", Projection(self.projection))
         object.__setattr__(self, "p0", P0Init(self.p0))
-        for name in ("prompt_tokens", "intrinsic_dim"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.alpha <= 0:
-            raise ConfigError(f"alpha must be > 0, got {self.alpha}")
+        if self.prompt_tokens < 0:
+            raise ConfigError(f"--prompt-tokens must be >= 1 (or 0 = chosen by --p0), got {self.prompt_tokens}")
+        if self.intrinsic_dim < 1:
+            raise ConfigError(f"--intrinsic-dim must be >= 1, got {self.intrinsic_dim}")
+        if self.alpha < 0:
+            raise ConfigError(f"--alpha must be > 0 (or 0 = chosen by --p0), got {self.alpha}")
         if self.p0 is P0Init.TEXT and not self.p0_text:
             raise ConfigError("p0='text' needs p0_text (e.g. a manual prompt of prompt_tokens tokens)")
 
@@ -95,12 +109,13 @@ class Subspace:
     @classmethod
     def build(cls, vocab: Vocabulary, config: SubspaceConfig, seed: int, allowed: torch.Tensor | None = None,
               sigma0: float = 1.0) -> "Subspace":
+        config = replace(config, prompt_tokens=config.prompt_tokens or CPU_PROMPT_TOKENS)
         """`sigma0` is the optimizer's initial step: the std rule divides by it, so the step in embedding space
         is ``alpha * std_hat`` whatever sigma0 is."""
         emb = vocab.embeddings.float()
         n, hidden, d = config.prompt_tokens, emb.shape[1], config.intrinsic_dim
         gen = torch.Generator().manual_seed(seed)
-        std = config.alpha * float(emb.std()) / (np.sqrt(d) * sigma0)
+        std = (config.alpha or ALPHA_FROM_WORDS) * float(emb.std()) / (np.sqrt(d) * sigma0)
         if config.projection is Projection.NORMAL:
             A = torch.randn(n * hidden, d, generator=gen) * std
         else:

@@ -36,7 +36,7 @@ from .losses import Loss, per_prompt_loss
 from .optimizers import OptimizerConfig, make_optimizer
 from .prompts import HardPrompt, Prompt, SoftPrompt, distinct_prompts
 from .results import CONFIG, LEDGER, METRICS, REPLIES, RunFolder, changed_fields, fingerprint, to_jsonable
-from .subspace import P0Init, Subspace, SubspaceConfig
+from .subspace import ALPHA_FROM_CUE, P0Init, Subspace, SubspaceConfig
 from .tasks import Placement, Task
 from .vocab import FILTERS
 
@@ -157,7 +157,8 @@ class Tuner:
         self.backend.capabilities.require(cfg.mode.value, self.backend.name)
         vocab = self.backend.vocabulary()
         self.manual_ = MANUAL
-        space = self._prompt_in_place_of_cue(vocab) if cfg.p0 is P0Init.CUE else cfg
+        self.p0_ = self._resolve_p0()
+        space = self._prompt_in_place_of_cue(vocab) if self.p0_ is P0Init.CUE else replace(cfg, p0=self.p0_)
         self.scorer_ = text_scorer(self.backend) if cfg.fluency or cfg.vocab_filter == "common" else None
         within = whole_words(self.scorer_, vocab.allowed_mask("common")) if cfg.vocab_filter == "common" else None
         self.discretizer_ = Discretizer(vocab, cfg.metric, cfg.vocab_filter, cfg.block_list,
@@ -172,6 +173,15 @@ class Tuner:
         self.train_labels_ = self.task.format.label_ids(self.task.train)
         self.eval_points_: list[dict[str, Any]] = []  # every dev-evaluated point (z, bias, numbers): for studies
 
+    def _resolve_p0(self) -> P0Init:
+        """``--p0 auto``: start from the cue where the prompt can take its place, else from random words (BBT)."""
+        if self.config.p0 is not P0Init.AUTO:
+            return self.config.p0
+        cue = self.task.format.template.without_cue()[1]
+        wanted = self.config.prompt_tokens  # an explicit length other than the cue's asks for BBT's random words
+        fits = cue and (not wanted or wanted == len(self.backend.vocabulary().tokenizer.encode(cue, add_special_tokens=False)))
+        return P0Init.CUE if fits and self.task.format.placement is Placement.SUFFIX else P0Init.VOCAB
+
     def _prompt_in_place_of_cue(self, vocab: Any) -> SubspaceConfig:
         """``--p0 cue``: the search runs on the template without its cue, p0 is the cue's own words, so z = 0 is
         exactly the manual prompt and every step is measured against it (the prompt has the cue's length)."""
@@ -182,9 +192,13 @@ class Tuner:
         if not ids:
             raise ConfigError(f"template {self.task.format.template.pattern!r} has no cue words between the input and "
                               "{label} for --p0 cue to start from; add some (e.g. '\nSentiment:') or use --p0 vocab")
+        if self.config.prompt_tokens not in (0, len(ids)):
+            raise ConfigError(f"--p0 cue makes the prompt the cue {cue!r}, {len(ids)} tokens; drop --prompt-tokens "
+                              f"(or set it to {len(ids)}), or start from random words with --p0 vocab")
         self.task = self.task.with_template(template)
         self.manual_ = HardPrompt(ids, cue)
-        return replace(self.config, p0=P0Init.TEXT, p0_text=cue, prompt_tokens=len(ids))
+        return replace(self.config, p0=P0Init.TEXT, p0_text=cue, prompt_tokens=len(ids),
+                       alpha=self.config.alpha or ALPHA_FROM_CUE)
 
     def prompt(self, z: np.ndarray) -> Prompt:
         """The prompt a point z of the subspace stands for (soft, or its nearest tokens in hard mode)."""
@@ -398,7 +412,7 @@ class Tuner:
             "generations": state.generation, "converged": state.converged, "stop_reasons": state.stop_reasons,
             "wall_s": round(state.elapsed_s, 2), "initial_train_loss": state.curve[0]["train_loss"],
             "best_train_loss": state.best_train_loss, "selected": "manual" if keep_manual else "tuned",
-            "select_rule": self.config.select.value,
+            "select_rule": self.config.select.value, "p0": self.p0_.value, "prompt_tokens_used": self.subspace_.n_tokens,
             "dev_acc": state.manual["selected_dev"][0] if keep_manual else state.best_dev[0],
             "dev_loss": state.manual["selected_dev"][1] if keep_manual else state.best_dev[1],
             "tuned_dev_acc": state.best_dev[0], "hard_prompt": hard.text, "hard_round_trip_ok": round_trip.ok,

@@ -41,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--heldout", type=int, default=300, help="held-out sentences from the training pool")
     ap.add_argument("--calibrate", nargs="+", default=["on", "off"], choices=["on", "off"])
     ap.add_argument("--mode", default="soft", choices=["soft", "hard"])
+    ap.add_argument("--alpha", type=float, default=0.15, help="step in embedding space, in embedding stds")
     ap.add_argument("--p0", default="vocab", choices=["vocab", "cue"])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "selection_sst2.json"))
     args = ap.parse_args(argv)
@@ -52,10 +53,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         heldout = heldout_split(task, Path(args.data) / "train.jsonl", args.heldout, seed)
         for calibrate in args.calibrate:
             cfg = TuneConfig(mode=args.mode, budget_calls=args.budget, seed=seed, eval_every=args.eval_every,
-                             calibrate=calibrate == "on", select=Selection.DEV_ACC, p0=args.p0)
+                             calibrate=calibrate == "on", select=Selection.DEV_ACC, p0=args.p0, alpha=args.alpha)
             tuner = Tuner(task, backend, cfg, progress=False)
             tuner.run()
-            runs.append({"p0": args.p0, **score_rules(tuner, heldout, seed, calibrate)})
+            runs.append({"p0": args.p0, "alpha": args.alpha, **score_rules(tuner, heldout, seed, calibrate)})
             print(json.dumps(runs[-1]), flush=True)
     rows = []
     for calibrate in args.calibrate:

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None, data: str = "sst2", preset: str = "senti
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / data))
     ap.add_argument("--preset", default=preset)
     ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--alpha", type=float, default=0.15, help="step in embedding space, in embedding stds")
     ap.add_argument("--p0", default="cue", choices=["vocab", "cue", "zeros"])
     ap.add_argument("--calibrate", default="on", choices=["on", "off"])
     ap.add_argument("--select", default="train_dev_loss", choices=["dev_acc", "dev_loss", "train_dev_loss"])
@@ -101,7 +102,7 @@ def run_seed(backend: Backend, args: argparse.Namespace, seed: int, placement: s
     p0 = args.p0 if placement == "suffix" else "vocab"  # the cue start needs the prompt where the cue is
     for i, mode in enumerate(args.modes):
         cfg = TuneConfig(mode=mode, budget_calls=args.budget, prompt_tokens=args.prompt_tokens, seed=seed,
-                         intrinsic_dim=args.intrinsic_dim, popsize=args.popsize, sigma0=args.sigma0, p0=p0,
+                         intrinsic_dim=args.intrinsic_dim, popsize=args.popsize, sigma0=args.sigma0, p0=p0, alpha=args.alpha,
                          calibrate=args.calibrate == "on", select=args.select)
         started = time.perf_counter()
         res = tune(task, backend, cfg, ROOT / "runs" / f"{Path(args.data).name}-{placement}-{mode}-{seed}", progress=False)

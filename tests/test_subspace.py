@@ -71,7 +71,7 @@ def test_p0_text_of_wrong_length_names_the_fix(vocab):
         Subspace.build(vocab, SubspaceConfig(prompt_tokens=n + 1, intrinsic_dim=10, p0="text", p0_text=" great film"), seed=0)
 
 
-@pytest.mark.parametrize("field, value", [("prompt_tokens", 0), ("intrinsic_dim", 0), ("alpha", 0.0)])
-def test_bad_subspace_config(field, value):
-    with pytest.raises(ConfigError, match=field):
-        SubspaceConfig(**{field: value})
+@pytest.mark.parametrize("flag, value", [("prompt-tokens", -1), ("intrinsic-dim", 0), ("alpha", -0.5)])
+def test_bad_subspace_config_names_the_flag(flag, value):
+    with pytest.raises(ConfigError, match=f"--{flag}"):
+        SubspaceConfig(**{flag.replace("-", "_"): value})

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from bbtune.backends.base import Capabilities
+from bbtune.constants import CPU_PROMPT_TOKENS
 from bbtune.discretize import Discretizer
 from bbtune.errors import CapabilityError, CheckpointError, ConfigError
 from bbtune.prompts import HardPrompt, SoftPrompt
@@ -12,7 +13,7 @@ from bbtune.results import RunFolder
 from bbtune.subspace import Subspace, SubspaceConfig
 from bbtune.tuner import TuneConfig, Tuner, calibrate_hard_scale, tune
 
-FAST = dict(prompt_tokens=3, intrinsic_dim=20, popsize=6, eval_every=12)
+FAST = dict(prompt_tokens=3, intrinsic_dim=20, popsize=6, eval_every=12, p0="vocab")  # BBT's start: random words
 
 
 class CountingBackend:
@@ -228,7 +229,7 @@ def test_cma_es_reaches_a_loss_that_random_search_and_a_no_op_optimizer_do_not(t
     import bbtune.tuner as tuner_module
     from bbtune.optimizers import make_optimizer
 
-    cfg = dict(prompt_tokens=3, intrinsic_dim=10, popsize=8, eval_every=400, budget_calls=400, calibrate=False,
+    cfg = dict(prompt_tokens=3, intrinsic_dim=10, popsize=8, eval_every=400, budget_calls=400, calibrate=False, p0="vocab",
                keep_manual=False, seed=0)
     vocab = tiny_backend.vocabulary()
     sub = Subspace.build(vocab, SubspaceConfig(prompt_tokens=3, intrinsic_dim=10), seed=0,
@@ -250,7 +251,7 @@ def test_p0_cue_starts_the_search_at_the_manual_prompt(tiny_backend, tiny_task):
     manual prompt on the original template, and the run reports the manual prompt beside the tuned one."""
     from bbtune.evaluate import score_examples
 
-    tuner = Tuner(tiny_task, tiny_backend, TuneConfig(p0="cue", budget_calls=12, **FAST))
+    tuner = Tuner(tiny_task, tiny_backend, TuneConfig(**{**FAST, "p0": "cue", "prompt_tokens": 0}, budget_calls=12))
     res = tuner.run()
     assert tuner.task.format.template.pattern == "{text}{label}" and tuner.subspace_.n_tokens == 2
     start = score_examples(tiny_backend, tuner.prompt(np.zeros(tuner.subspace_.dim)), tiny_task.dev, tuner.task.format)
@@ -260,11 +261,24 @@ def test_p0_cue_starts_the_search_at_the_manual_prompt(tiny_backend, tiny_task):
 
 
 def test_p0_cue_in_hard_mode_starts_from_the_cue_tokens_themselves(tiny_backend, tiny_task):
-    tuner = Tuner(tiny_task, tiny_backend, TuneConfig(mode="hard", p0="cue", vocab_filter="words", budget_calls=12, **FAST))
+    tuner = Tuner(tiny_task, tiny_backend, TuneConfig(**{**FAST, "p0": "cue", "prompt_tokens": 0}, mode="hard", vocab_filter="words", budget_calls=12))
     tuner.run()
     cue_ids = tuple(tiny_backend.tokenizer.encode(" It was", add_special_tokens=False))
     assert tuner.manual_.token_ids == cue_ids
     assert tuner.prompt(np.zeros(tuner.subspace_.dim)).token_ids == cue_ids
+
+
+def test_p0_auto_is_the_cue_where_the_prompt_can_take_its_place_else_random_words(tiny_backend, tiny_task):
+    from bbtune.tasks import Template
+
+    auto = {**FAST, "p0": "auto", "prompt_tokens": 0, "budget_calls": 12}
+    assert tune(tiny_task, tiny_backend, TuneConfig(**auto), progress=False).metrics["p0"] == "cue"
+    asked_for_three = tune(tiny_task, tiny_backend, TuneConfig(**{**auto, "prompt_tokens": 3}), progress=False).metrics
+    assert asked_for_three["p0"] == "vocab" and asked_for_three["prompt_tokens_used"] == 3
+    prefix = tune(tiny_task.with_placement("prefix"), tiny_backend, TuneConfig(**auto), progress=False).metrics
+    assert prefix["p0"] == "vocab" and prefix["prompt_tokens_used"] == CPU_PROMPT_TOKENS
+    no_cue = Tuner(tiny_task.with_template(Template("{text}{label}")), tiny_backend, TuneConfig(**auto))
+    assert no_cue._resolve_p0().value == "vocab"
 
 
 def test_p0_cue_needs_cue_words_and_suffix_placement(tiny_backend, tiny_task):
@@ -272,9 +286,11 @@ def test_p0_cue_needs_cue_words_and_suffix_placement(tiny_backend, tiny_task):
 
     no_cue = tiny_task.with_template(Template("{text}{label}"))
     with pytest.raises(ConfigError, match="no cue words"):
-        tune(no_cue, tiny_backend, TuneConfig(p0="cue", budget_calls=12, **FAST), progress=False)
+        tune(no_cue, tiny_backend, TuneConfig(**{**FAST, "p0": "cue", "prompt_tokens": 0}, budget_calls=12), progress=False)
+    with pytest.raises(ConfigError, match="drop --prompt-tokens"):
+        tune(tiny_task, tiny_backend, TuneConfig(**{**FAST, "p0": "cue"}, budget_calls=12), progress=False)
     with pytest.raises(ConfigError, match="placement suffix"):
-        tune(tiny_task.with_placement("prefix"), tiny_backend, TuneConfig(p0="cue", budget_calls=12, **FAST), progress=False)
+        tune(tiny_task.with_placement("prefix"), tiny_backend, TuneConfig(**{**FAST, "p0": "cue", "prompt_tokens": 0}, budget_calls=12), progress=False)
 
 
 class PromptsHurtBackend(QuadraticBackend):
