@@ -295,8 +295,10 @@ class _Sampled:
         self.report.checks.append(f"labels missing on the sample: {missing:.0%}")
 
     def deepen(self, scores: np.ndarray) -> np.ndarray:
-        """Too many labels missing and no logit_bias: ask deeper top-k lists (`DEEP_TOP_K_STEPS`) while the server
-        accepts them (llama.cpp and vLLM with a high --max-logprobs do), until enough labels are listed."""
+        """Too many labels missing and no logit_bias: ask the deepest top-k list (`DEEP_TOP_K_STEPS`) the server
+        accepts (llama.cpp and vLLM with a high --max-logprobs do). Not just deep enough for the sample: the search
+        moves to prompts that push label words further down (on llama-cpp-python, top-100 sufficed for the probe's
+        sample while a run then missed 43% of its labels), so the run keeps the deepest list it can get."""
         for k in (k for k in DEEP_TOP_K_STEPS if k > self.target.top_k_):
             before = self.target.top_k_
             self.target.top_k_ = self.report.top_k = k
@@ -309,8 +311,6 @@ class _Sampled:
             self.report.notes.append(f"{np.isnan(scores).mean():.0%} of the sample's labels missing from the top-"
                                      f"{before}: asking top-{k} ({np.isnan(deeper).mean():.0%} missing)")
             scores = deeper
-            if np.isnan(scores).mean() <= self.cfg.max_missing:
-                break
         return scores
 
     def try_bias(self, plain: np.ndarray) -> np.ndarray:
