@@ -76,7 +76,7 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
                 "0.05 with --vocab-filter common gives readable prompts)"})
     calibrate: bool = field(default=True, metadata={
         "help": "fit one bias per label word for every candidate on train (label scores only: works through any API)"})
-    select: Selection = field(default=Selection.TRAIN_DEV_LOSS, metadata={
+    select: Selection = field(default=Selection.DEV_ACC, metadata={
         "help": "how the result is chosen among dev-evaluated points: dev_acc, dev_loss or train_dev_loss"})
     keep_manual: bool = field(default=True, metadata={
         "help": "return the manual prompt (template alone) when no tuned prompt beats it on dev by --select"})

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None, data: str = "sst2", preset: str = "senti
     ap.add_argument("--alpha", type=float, default=0.15, help="step in embedding space, in embedding stds")
     ap.add_argument("--p0", default="cue", choices=["vocab", "cue", "zeros"])
     ap.add_argument("--calibrate", default="on", choices=["on", "off"])
-    ap.add_argument("--select", default="train_dev_loss", choices=["dev_acc", "dev_loss", "train_dev_loss"])
+    ap.add_argument("--select", default="dev_acc", choices=["dev_acc", "dev_loss", "train_dev_loss"])
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--seeds", type=int, nargs="+", default=[13, 42, 100])
     ap.add_argument("--modes", nargs="+", default=["soft", "hard"], choices=["soft", "hard"])
