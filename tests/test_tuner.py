@@ -148,12 +148,13 @@ def test_bad_tune_config_names_the_field(kw, field):
 def test_smollm2_end_to_end_train_loss_goes_down(smollm2_backend):
     from bbtune.tasks import TaskConfig
 
-    task = TaskConfig(data="demo", k=4).load()
-    res = tune(task, smollm2_backend, TuneConfig(prompt_tokens=3, intrinsic_dim=20, popsize=6, budget_calls=36,
-                                                 eval_every=36, sigma0=1.0), progress=False)
+    task = TaskConfig(data="demo", k=4, test_limit=48).load()
+    res = tune(task, smollm2_backend, TuneConfig(intrinsic_dim=20, popsize=6, budget_calls=36, eval_every=36),
+               progress=False)
     later = [r["train_loss"] for r in res.curve[1:]]
     assert min(later) < res.curve[0]["train_loss"]
-    assert res.metrics["calls"] == 36 and 0.0 <= res.metrics["test_acc"] <= 1.0
+    assert res.metrics["calls"] == 36 and res.metrics["p0"] == "cue" and res.metrics["test_n"] == 48
+    assert res.metrics["gain_over_manual"] == pytest.approx(res.metrics["test_acc"] - res.metrics["manual_test_acc"])
     json.dumps(res.metrics)
 
 
