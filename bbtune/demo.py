@@ -71,10 +71,10 @@ def spread_table(per_seed: list[list[tuple[str, TuneResult]]]) -> str:
             columns[f"{name} -> nearest tokens"] = "hard_test_acc"
     rows: list[dict[str, Any]] = []
     first = {name: i for i, (name, _) in enumerate(per_seed[0])}
+    manual = [100 * results[0][1].metrics["manual_test_acc"] for results in per_seed]
     for label, key in columns.items():
         source = first.get(label.split(" -> ")[0], 0)
         values = [100 * results[source][1].metrics[key] for results in per_seed if key in results[source][1].metrics]
-        manual = [100 * results[0][1].metrics["manual_test_acc"] for results in per_seed]
         rows.append({"method": label, "test acc (mean ± std)": f"{statistics.mean(values):.1f} ± {statistics.pstdev(values):.1f}",
                      "gain vs manual": f"{statistics.mean(values) - statistics.mean(manual):+.1f} pts"})
     return markdown_table(rows, ["method", "test acc (mean ± std)", "gain vs manual"])

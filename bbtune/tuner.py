@@ -157,7 +157,7 @@ class Tuner:
         self.backend.capabilities.require(cfg.mode.value, self.backend.name)
         vocab = self.backend.vocabulary()
         self.manual_ = MANUAL
-        self.p0_ = self._resolve_p0()
+        self.p0_ = self._resolve_p0(vocab)
         space = self._prompt_in_place_of_cue(vocab) if self.p0_ is P0Init.CUE else replace(cfg, p0=self.p0_)
         self.scorer_ = text_scorer(self.backend) if cfg.fluency or cfg.vocab_filter == "common" else None
         within = whole_words(self.scorer_, vocab.allowed_mask("common")) if cfg.vocab_filter == "common" else None
@@ -172,23 +172,30 @@ class Tuner:
         self.optimizer_ = make_optimizer(cfg, self.subspace_.dim, cfg.seed)
         self.train_labels_ = self.task.format.label_ids(self.task.train)
         self.eval_points_: list[dict[str, Any]] = []  # every dev-evaluated point (z, bias, numbers): for studies
+        # fixed once the task is (a cue start changes its template); it hashes every example, so not per checkpoint
+        self.run_config_ = to_jsonable({"tune": asdict(cfg), "task": _describe_task(self.task),
+                                        "backend": self.backend.name, **self.extra_config})
 
-    def _resolve_p0(self) -> P0Init:
+    def _resolve_p0(self, vocab: Any) -> P0Init:
         """``--p0 auto``: start from the cue where the prompt can take its place, else from random words (BBT)."""
         if self.config.p0 is not P0Init.AUTO:
             return self.config.p0
-        cue = self.task.format.template.without_cue()[1]
+        ids = self._cue_ids(vocab)[2]
         wanted = self.config.prompt_tokens  # an explicit length other than the cue's asks for BBT's random words
-        fits = cue and (not wanted or wanted == len(self.backend.vocabulary().tokenizer.encode(cue, add_special_tokens=False)))
+        fits = ids and wanted in (0, len(ids))
         return P0Init.CUE if fits and self.task.format.placement is Placement.SUFFIX else P0Init.VOCAB
+
+    def _cue_ids(self, vocab: Any) -> tuple[Any, str, tuple[int, ...]]:
+        """The template without its cue, the cue, and the cue's token ids."""
+        template, cue = self.task.format.template.without_cue()
+        return template, cue, tuple(vocab.tokenizer.encode(cue, add_special_tokens=False))
 
     def _prompt_in_place_of_cue(self, vocab: Any) -> SubspaceConfig:
         """``--p0 cue``: the search runs on the template without its cue, p0 is the cue's own words, so z = 0 is
         exactly the manual prompt and every step is measured against it (the prompt has the cue's length)."""
         if self.task.format.placement is not Placement.SUFFIX:
             raise ConfigError("--p0 cue replaces the words before the label, so it needs --placement suffix")
-        template, cue = self.task.format.template.without_cue()
-        ids = tuple(vocab.tokenizer.encode(cue, add_special_tokens=False))
+        template, cue, ids = self._cue_ids(vocab)
         if not ids:
             raise ConfigError(f"template {self.task.format.template.pattern!r} has no cue words between the input and "
                               "{label} for --p0 cue to start from; add some (e.g. '\nSentiment:') or use --p0 vocab")
@@ -297,18 +304,20 @@ class Tuner:
         state.eval_calls += math.ceil(len(self.task.dev) / 64)
         dev_labels = self.task.format.label_ids(self.task.dev)
         raw, calibrated = evaluation(dev_scores, dev_labels), evaluation(dev_scores, dev_labels, bias)
+        train_ce = _ce(scores[0], self.train_labels_, bias)
         state.manual = {"dev_acc": raw.accuracy, "dev_loss": raw.loss, "bias": bias,
                         "selected_dev": (calibrated.accuracy, calibrated.loss),  # as a candidate: calibrated like them
-                        "key": self._selection_key(scores[0], bias, calibrated)}
+                        "key": selection_key(self.config.select, train_ce, len(self.train_labels_), calibrated)}
 
     def _start_point(self, state: _State) -> None:
         """Curve row for p0 (z = 0), where every search starts: its train loss and dev accuracy."""
         z = np.zeros(self.subspace_.dim)
-        scores = self.backend.score(self._prompts(z[None]), self.task.train, self.task.format)
+        p0 = [self.prompt(z)]
+        scores = self.backend.score(p0, self.task.train, self.task.format)
         state.eval_calls += 1
         biases = self._biases(scores)
         loss = float((per_prompt_loss(apply_bias(scores, biases), self.train_labels_, self.config.loss)
-                      + self._fluency_term(self._prompts(z[None])))[0])
+                      + self._fluency_term(p0))[0])
         row: dict[str, Any] = {"generation": 0, "calls": 0, "train_loss": loss, "best_train_loss": loss}
         state.best_train_loss = loss
         self._eval_point(state, z, scores[0], _row_bias(biases, 0), row)
@@ -318,33 +327,18 @@ class Tuner:
                     row: dict[str, Any]) -> None:
         """Score a generation's best on dev (with the bias fitted on its training scores) and keep it if
         it wins by the selection rule."""
-        dev = evaluate(self.backend, self._prompts(z[None])[0], self.task.dev, self.task.format, label_bias=bias)
+        dev = evaluate(self.backend, self.prompt(z), self.task.dev, self.task.format, label_bias=bias)
         state.eval_calls += math.ceil(len(self.task.dev) / 64)
-        key = self._selection_key(train_scores, bias, dev)
+        train_ce = _ce(train_scores, self.train_labels_, bias)
+        key = selection_key(self.config.select, train_ce, len(self.train_labels_), dev)
         if key < state.best_key:
             state.best_key, state.best_z, state.best_bias = key, np.array(z), bias
             state.best_dev = (dev.accuracy, dev.loss)
         row.update(dev_acc=dev.accuracy, dev_loss=dev.loss, best_dev_acc=state.best_dev[0])
         self.eval_points_.append({"z": np.array(z), "bias": bias, "calls": state.calls, "dev_acc": dev.accuracy,
-                                  "dev_loss": dev.loss, "train_ce": _ce(train_scores, self.train_labels_, bias)})
-
-    def _selection_key(self, train_scores: np.ndarray, bias: np.ndarray | None, dev: Evaluation) -> tuple[float, ...]:
-        """Lower wins. `train_scores` (B, L) are the point's training scores, `dev` its dev evaluation."""
-        rule = self.config.select
-        if rule is Selection.DEV_ACC:
-            return (-dev.accuracy, dev.loss)
-        if rule is Selection.DEV_LOSS:
-            return (dev.loss,)
-        n_train = len(self.train_labels_)
-        train_ce = _ce(train_scores, self.train_labels_, bias)
-        return ((train_ce * n_train + dev.loss * dev.n) / (n_train + dev.n),)
+                                  "dev_loss": dev.loss, "dev_n": dev.n, "train_ce": train_ce})
 
     # ------------------------------------------------------------------ persistence
-
-    def _run_config(self) -> dict[str, Any]:
-        """The resolved config that decides what the run computes: saved, fingerprinted, matched by --resume."""
-        return to_jsonable({"tune": asdict(self.config), "task": _describe_task(self.task), "backend": self.backend.name,
-                            **self.extra_config})
 
     def _begin(self) -> _State:
         """A new run: claim the folder (one holding another run only with overwrite), then write the config and a
@@ -352,7 +346,7 @@ class Tuner:
         state = _State()
         if self.folder:
             self.folder.claim(self.overwrite)
-            run_config = self._run_config()
+            run_config = self.run_config_
             self.folder.write_json(CONFIG, {**run_config, "settings": self.settings,
                                             "fingerprint": fingerprint(run_config)})
             self._checkpoint(state)
@@ -373,14 +367,14 @@ class Tuner:
     def _checkpoint(self, state: _State) -> None:
         if not self.folder:
             return
-        self.folder.save_checkpoint({"fingerprint": self.subspace_.fingerprint(), "run_config": self._run_config(),
+        self.folder.save_checkpoint({"fingerprint": self.subspace_.fingerprint(), "run_config": self.run_config_,
                                      "optimizer": self.optimizer_, "state": state, "backend_stats": _stats(self.backend)})
 
     def _resume(self) -> _State:
         if not self.folder:
             raise CheckpointError("resume needs a run_dir")
         ckpt = self.folder.load_checkpoint()
-        changed = changed_fields(ckpt.get("run_config", {}), self._run_config())
+        changed = changed_fields(ckpt.get("run_config", {}), self.run_config_)
         if changed:
             raise CheckpointError(f"{self.folder.path} was made with another config: {'; '.join(changed)}; resume "
                                   "with the saved config (config.json must not be edited), or start a new run "
@@ -400,7 +394,7 @@ class Tuner:
         task = self.task
         z = state.best_z if state.best_z is not None else self.optimizer_.best[0]
         keep_manual = self.config.keep_manual and bool(state.manual) and state.manual["key"] <= state.best_key
-        tuned = self._prompts(z[None])[0]
+        tuned = self.prompt(z)
         best, bias = (self.manual_, state.manual["bias"]) if keep_manual else (tuned, state.best_bias)
         soft = self.subspace_.soft_prompt(z) if self.config.mode is Mode.SOFT and not keep_manual else None
         discretized = None if isinstance(tuned, HardPrompt) else self.discretizer_.project(tuned.embeds)
@@ -438,7 +432,7 @@ class Tuner:
         if probe is not None:
             metrics["probe"] = asdict(probe)
         metrics["ending"] = ending_of(metrics, state.curve).value
-        metrics["config_fingerprint"] = fingerprint(self._run_config())
+        metrics["config_fingerprint"] = fingerprint(self.run_config_)
         result = TuneResult(best, hard, soft, z, metrics, state.curve, self.folder.path if self.folder else None,
                             discretized)
         if self.folder:
@@ -452,9 +446,11 @@ class Tuner:
         task, fmt = self.task, self.task.format
         if task.test:
             labels = fmt.label_ids(task.test)
-            metrics.update(evaluate(self.backend, best, task.test, fmt, label_bias=bias).as_dict("test"))
-            if state.manual:
-                manual = score_examples(self.backend, self.manual_, task.test, fmt)
+            manual = score_examples(self.backend, self.manual_, task.test, fmt) if state.manual else None
+            kept = manual is not None and best is self.manual_  # the manual prompt was kept: its scores are the result's
+            scores = manual if kept else score_examples(self.backend, best, task.test, fmt)
+            metrics.update(evaluation(scores, labels, bias).as_dict("test"))
+            if manual is not None:
                 metrics["manual_test_acc"] = evaluation(manual, labels).accuracy
                 if state.manual["bias"] is not None:
                     metrics["manual_calibrated_test_acc"] = evaluation(manual, labels, state.manual["bias"]).accuracy
@@ -506,6 +502,15 @@ def calibrate_hard_scale(subspace: Subspace, discretizer: Discretizer, sigma0: f
         mid = math.sqrt(lo * hi)
         lo, hi = (mid, hi) if share(mid) < target else (lo, mid)
     return hi, share(hi)
+
+
+def selection_key(rule: Selection, train_ce: float, n_train: int, dev: Evaluation) -> tuple[float, ...]:
+    """A dev-evaluated point's key under `rule` (lower wins), from its training CE and its dev evaluation."""
+    if rule is Selection.DEV_ACC:
+        return (-dev.accuracy, dev.loss)
+    if rule is Selection.DEV_LOSS:
+        return (dev.loss,)
+    return ((train_ce * n_train + dev.loss * dev.n) / (n_train + dev.n),)
 
 
 def _row_bias(biases: np.ndarray | None, row: int) -> np.ndarray | None:

@@ -14,16 +14,16 @@ import argparse
 import json
 import statistics
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from bbtune.backends.factory import LocalConfig
 from bbtune.calibration import fit_label_bias
-from bbtune.evaluate import evaluation, score_examples
+from bbtune.evaluate import Evaluation, evaluation, score_examples
 from bbtune.table import markdown_table
 from bbtune.tasks import Task, TaskConfig, load_examples, subsample
-from bbtune.tuner import Selection, TuneConfig, Tuner
+from bbtune.tuner import Selection, TuneConfig, Tuner, selection_key
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ("dev_acc", "dev_loss", "train_dev_loss", "train_loss", "last")
@@ -83,14 +83,13 @@ def score_rules(tuner: Tuner, heldout: tuple, seed: int, calibrate: str) -> dict
     """Held-out accuracy of the point each rule picks (a rule picks the lowest key among evaluated points)."""
     fmt, points = tuner.task.format, tuner.eval_points_
     labels = fmt.label_ids(heldout)
-    n_train, n_dev = len(tuner.task.train), len(tuner.task.dev)
-    keys = {
-        "dev_acc": lambda p: (-p["dev_acc"], p["dev_loss"]),
-        "dev_loss": lambda p: (p["dev_loss"],),
-        "train_dev_loss": lambda p: ((p["train_ce"] * n_train + p["dev_loss"] * n_dev) / (n_train + n_dev),),
-        "train_loss": lambda p: (p["train_ce"],),
-        "last": lambda p: (-p["calls"],),
-    }
+    n_train = len(tuner.task.train)
+
+    def tuner_rule(rule: Selection) -> Callable[[dict[str, Any]], tuple[float, ...]]:  # the tuner's own keys
+        return lambda p: selection_key(rule, p["train_ce"], n_train, Evaluation(p["dev_acc"], p["dev_loss"], p["dev_n"]))
+
+    keys = {**{rule.value: tuner_rule(rule) for rule in Selection},
+            "train_loss": lambda p: (p["train_ce"],), "last": lambda p: (-p["calls"],)}
     acc: dict[str, float] = {}
     cache: dict[int, float] = {}
     for rule, key in keys.items():

@@ -279,7 +279,7 @@ def test_p0_auto_is_the_cue_where_the_prompt_can_take_its_place_else_random_word
     prefix = tune(tiny_task.with_placement("prefix"), tiny_backend, TuneConfig(**auto), progress=False).metrics
     assert prefix["p0"] == "vocab" and prefix["prompt_tokens_used"] == CPU_PROMPT_TOKENS
     no_cue = Tuner(tiny_task.with_template(Template("{text}{label}")), tiny_backend, TuneConfig(**auto))
-    assert no_cue._resolve_p0().value == "vocab"
+    assert no_cue._resolve_p0(tiny_backend.vocabulary()).value == "vocab"
 
 
 def test_p0_cue_needs_cue_words_and_suffix_placement(tiny_backend, tiny_task):
