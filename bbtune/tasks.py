@@ -152,14 +152,14 @@ def verbalizer_token_ids(tokenizer: _Tokenizer, fmt: TaskFormat) -> list[int]:
     for label, word in fmt.verbalizer.items():
         pieces = tokenizer.encode(word, add_special_tokens=False)
         if len(pieces) != 1:
-            raise VerbalizerError(_multi_token_message(tokenizer, label, word, pieces))
+            raise VerbalizerError(multi_token_message(tokenizer, label, word, pieces))
         ids.append(pieces[0])
     if len(set(ids)) != len(ids):
         raise VerbalizerError(f"two labels share one verbalizer token: {fmt.verbalizer}; choose distinct words")
     return ids
 
 
-def _multi_token_message(tokenizer: _Tokenizer, label: str, word: str, pieces: list[int]) -> str:
+def multi_token_message(tokenizer: _Tokenizer, label: str, word: str, pieces: list[int]) -> str:
     shown = tokenizer.convert_ids_to_tokens(pieces)
     msg = f"verbalizer word {word!r} for label {label!r} is {len(pieces)} tokens for this tokenizer ({shown})"
     for alt in (" " + word.strip(), word.strip(), " " + word.strip().lower(), " " + word.strip().capitalize()):
@@ -335,11 +335,22 @@ class Preset:
     files: Mapping[str, str] = field(default_factory=lambda: {"train": "train.jsonl", "test": "test.jsonl"})
 
 
+CHATML_USER = "<|im_start|>user\n"
+CHATML_ASSISTANT = "<|im_end|>\n<|im_start|>assistant\n"
+
 PRESETS: dict[str, Preset] = {
     # Chosen on SmolLM2-135M few-shot train+dev (never test): zero-shot 75% vs 50% for BBT's
     # "{text} It was{label}" with " terrible"/" great", which that model answers with " great" for everything.
     "sentiment": Preset("Review: {text}\nSentiment:{label}", {"negative": " negative", "positive": " positive"}),
     "sentiment-bbt": Preset("{text} It was{label}", {"negative": " terrible", "positive": " great"}),
+    # For chat models in ChatML (SmolLM2-Instruct, Qwen): the instruction as a user turn, the answer as the
+    # assistant's. Chosen on 400 held-out training-pool sentences (never test) among 10 wordings: 84.5% zero-shot,
+    # 84.3% calibrated, vs 81.5% for "sentiment" on the same sentences. Naming the labels in the instruction
+    # ("... as positive or negative") fell to 66.5%. Only for ChatML models: elsewhere its tags are plain text.
+    "sentiment-chat": Preset(
+        CHATML_USER + "Classify the sentiment of this movie review.\n{text}" + CHATML_ASSISTANT + "Sentiment:{label}",
+        {"negative": " negative", "positive": " positive"},
+    ),
     # 69% zero-shot on AG News few-shot train+dev vs 55% for "{text} This news is about{label}".
     "topic": Preset(
         "News: {text}\nCategory:{label}",

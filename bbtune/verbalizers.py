@@ -36,7 +36,7 @@ from .calibration import DEFAULT_L2, fit_label_bias
 from .errors import VerbalizerError
 from .evaluate import evaluation
 from .prompts import Prompt
-from .tasks import Example, TaskFormat, _multi_token_message
+from .tasks import Example, TaskFormat, multi_token_message
 
 DEFAULT_MAX_MISSING = 0.05  # share of examples a word may be missing from a top-k reply and still compete
 DEFAULT_PER_LABEL = 4  # words per label kept for the combinations: 4 labels x 4 words = 256 fits
@@ -57,7 +57,7 @@ _TOPIC = {
 # Candidates per preset (aliases as in `tasks.PRESETS`); each list holds the preset's own word, so the preset's
 # verbalizer is always one of the combinations searched and can be compared on the same scores.
 PRESET_CANDIDATES: dict[str, dict[str, tuple[str, ...]]] = {
-    "sentiment": _SENTIMENT, "sst2": _SENTIMENT, "sentiment-bbt": _SENTIMENT, "topic": _TOPIC, "agnews": _TOPIC,
+    "sentiment": _SENTIMENT, "sst2": _SENTIMENT, "sentiment-bbt": _SENTIMENT, "sentiment-chat": _SENTIMENT, "topic": _TOPIC, "agnews": _TOPIC,
 }
 
 
@@ -208,7 +208,7 @@ def _single_tokens(tokenizer: Any, labels: Sequence[str], candidates: Mapping[st
                 continue
             pieces = tokenizer.encode(w, add_special_tokens=False)
             if len(pieces) != 1:
-                skipped[w] = _multi_token_message(tokenizer, lab, w, pieces)
+                skipped[w] = multi_token_message(tokenizer, lab, w, pieces)
             elif pieces[0] in token_word:
                 other = token_word[pieces[0]]
                 skipped[w] = f"same token as {other!r} (label {owners[words.index(other)]!r}), scored once"

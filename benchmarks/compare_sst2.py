@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/compare_sst2.py --data ../shared/data/sst2 --seeds 13 42 100 \\
         --out reports/compare_sst2
 
-Writes report.md, results.json and accuracy_vs_calls.png to --out. The defaults are the CPU sizes the README
-reports (5 prompt tokens, suffix placement, 100 test sentences, 60 BBT calls, 12 gradient steps of 8); the
+Writes report.md, results.json and accuracy_vs_calls.png to --out. The defaults are issue 11's real budget on
+CPU: BBT 300 calls from the cue (d=100, popsize 10, calibrated, as `bbtune tune`), prompt tuning and PEZ 100
+AdamW steps of 8 examples with 5 prompt tokens, one demonstration per class in context, the whole test set; the
 paper's BBT setting (d=500, popsize 20, 8000 calls) needs a GPU. With --transfer-mock the hard prompts are also
 scored, as text, through the remote backend against an in-process mock server serving the same model.
 """
@@ -32,14 +33,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--out", default="reports/compare_sst2", help="report folder")
     p.add_argument("--k", type=int, default=16, help="examples per class in train and in dev")
-    p.add_argument("--test-limit", type=int, default=100, help="test sentences scored (seeded subsample)")
+    p.add_argument("--test-limit", type=int, default=0, help="test sentences scored (seeded subsample); 0 = all")
     p.add_argument("--placement", default="suffix", choices=["prefix", "suffix"])
-    p.add_argument("--prompt-tokens", type=int, default=5)
-    p.add_argument("--budget", type=int, default=60, help="BBT / random search: training calls")
+    p.add_argument("--prompt-tokens", type=int, default=0, help="0 = BBT from the cue (its length), gradient methods 5")
+    p.add_argument("--budget", type=int, default=300, help="BBT / random search: training calls")
     p.add_argument("--popsize", type=int, default=10)
     p.add_argument("--intrinsic-dim", type=int, default=100)
-    p.add_argument("--eval-every", type=int, default=10, help="dev evaluation every N training calls")
-    p.add_argument("--steps", type=int, default=12, help="prompt tuning / PEZ: gradient steps")
+    p.add_argument("--eval-every", type=int, default=50, help="dev evaluation every N training calls")
+    p.add_argument("--steps", type=int, default=100, help="prompt tuning / PEZ: gradient steps")
     p.add_argument("--batch-size", type=int, default=8, help="prompt tuning / PEZ: examples per step")
     p.add_argument("--shots-per-class", type=int, default=1, help="in-context demonstrations per label")
     p.add_argument("--transfer-mock", action="store_true", help="also score hard prompts through a mock server")

@@ -153,3 +153,13 @@ def test_a_non_utf8_file_names_the_file_the_line_and_the_flag(tmp_path):
 def test_an_unknown_encoding_is_refused_by_flag():
     with pytest.raises(TaskError, match="--encoding 'utf-9'"):
         TaskConfig(encoding="utf-9")
+
+
+def test_chat_preset_puts_the_instruction_in_a_user_turn_and_the_label_in_the_assistant_turn():
+    from bbtune.tasks import PRESETS
+    fmt = TaskFormat(Template(PRESETS["sentiment-chat"].template), PRESETS["sentiment-chat"].verbalizer)
+    text = fmt.text(Example("A dull film.", "negative"), "")
+    assert text == ("<|im_start|>user\nClassify the sentiment of this movie review.\nA dull film.<|im_end|>\n"
+                    "<|im_start|>assistant\nSentiment:")
+    _, cue = fmt.template.without_cue()
+    assert cue == "<|im_end|>\n<|im_start|>assistant\nSentiment:"  # a cue-start search begins from the turn change
