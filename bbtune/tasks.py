@@ -344,7 +344,7 @@ PRESETS: dict[str, Preset] = {
     "sentiment": Preset("Review: {text}\nSentiment:{label}", {"negative": " negative", "positive": " positive"}),
     "sentiment-bbt": Preset("{text} It was{label}", {"negative": " terrible", "positive": " great"}),
     # For chat models in ChatML (SmolLM2-Instruct, Qwen): the instruction as a user turn, the answer as the
-    # assistant's. Chosen on 400 held-out training-pool sentences (never test) among 10 wordings: 84.5% zero-shot,
+    # assistant's. Chosen on 400 held-out training-pool sentences (not test) among 8 wordings: 84.5% zero-shot,
     # 84.3% calibrated, vs 81.5% for "sentiment" on the same sentences. Naming the labels in the instruction
     # ("... as positive or negative") fell to 66.5%. Only for ChatML models: elsewhere its tags are plain text.
     "sentiment-chat": Preset(
