@@ -122,7 +122,8 @@ def run_seed(backend: Backend, args: argparse.Namespace, seed: int, placement: s
                          intrinsic_dim=args.intrinsic_dim, popsize=args.popsize, sigma0=args.sigma0, p0=p0, alpha=args.alpha,
                          calibrate=args.calibrate == "on", select=args.select)
         started = time.perf_counter()
-        res = tune(task, backend, cfg, ROOT / "runs" / f"{Path(args.data).name}-{args.preset}-{placement}-{mode}-{seed}", progress=False)
+        res = tune(task, backend, cfg, ROOT / "runs" / (f"{Path(args.data).name}-{args.preset}-{placement}-{mode}-{seed}"
+                                                   f"-d{args.intrinsic_dim}-pop{args.popsize}-a{args.alpha}-b{args.budget}"), progress=False)
         m, total = res.metrics, time.perf_counter() - started
         manual = m["manual_test_acc"]
         if with_manual and i == 0:
