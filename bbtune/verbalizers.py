@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
+from scipy.special import logsumexp
 
 from .backends.base import Backend
 from .calibration import DEFAULT_L2, fit_label_bias
@@ -94,10 +95,8 @@ class CandidateScores:
         out = np.full((self.logp.shape[0], len(self.labels)), np.nan)
         for i, words in enumerate(self.kept.values()):
             cols = self.logp[:, [self.words.index(w) for w in words]]
-            listed = np.where(np.isnan(cols), -np.inf, cols)
-            top = listed.max(axis=1)
-            some = np.isfinite(top)
-            out[some, i] = top[some] + np.log(np.exp(listed[some] - top[some, None]).sum(axis=1))
+            total = logsumexp(np.where(np.isnan(cols), -np.inf, cols), axis=1)
+            out[:, i] = np.where(np.isfinite(total), total, np.nan)
         return out
 
 

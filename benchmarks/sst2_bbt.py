@@ -80,10 +80,9 @@ def main(argv: list[str] | None = None, data: str = "sst2", preset: str = "senti
     print(table)
     goal = goal_check(runs, GOALS.get(data, {}))
     if args.reference:
-        reference = {r["seed"]: r["test_acc"] for r in json.loads(Path(args.reference).read_text())["runs"]
-                     if r["method"] == "manual"}
-        preset = json.loads(Path(args.reference).read_text())["args"]["preset"]
-        goal |= goal_check(runs, GOALS.get(data, {}), reference, f"the {preset!r} manual prompt")
+        earlier = json.loads(Path(args.reference).read_text())
+        reference = {r["seed"]: r["test_acc"] for r in earlier["runs"] if r["method"] == "manual"}
+        goal |= goal_check(runs, GOALS.get(data, {}), reference, f"the {earlier['args']['preset']!r} manual prompt")
     print("\n".join(f"goal {name}: {'met' if ok else 'NOT met'} ({detail})" for name, (ok, detail) in goal.items()))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
