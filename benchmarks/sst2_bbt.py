@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None, data: str = "sst2", preset: str = "senti
     ap.add_argument("--intrinsic-dim", type=int, default=100)
     ap.add_argument("--popsize", type=int, default=10)
     ap.add_argument("--sigma0", type=float, default=1.0)
+    ap.add_argument("--loss", default="ce", choices=["ce", "hinge", "neg_acc"])
     ap.add_argument("--placements", nargs="+", default=["suffix"], choices=["prefix", "suffix"],
                     help="where the prompt sits; several compare placements on the same seeds and settings")
     ap.add_argument("--test-limit", type=int, default=0, help="0 = the full 872-sentence test set")
@@ -119,10 +120,11 @@ def run_seed(backend: Backend, args: argparse.Namespace, seed: int, placement: s
     for i, mode in enumerate(args.modes):
         cfg = TuneConfig(mode=mode, budget_calls=args.budget, prompt_tokens=args.prompt_tokens, seed=seed,
                          intrinsic_dim=args.intrinsic_dim, popsize=args.popsize, sigma0=args.sigma0, p0=p0, alpha=args.alpha,
-                         calibrate=args.calibrate == "on", select=args.select)
+                         loss=args.loss, calibrate=args.calibrate == "on", select=args.select)
         started = time.perf_counter()
         res = tune(task, backend, cfg, ROOT / "runs" / (f"{Path(args.data).name}-{args.preset}-{placement}-{mode}-{seed}"
-                                                   f"-d{args.intrinsic_dim}-pop{args.popsize}-a{args.alpha}-b{args.budget}"), progress=False)
+                                                   f"-d{args.intrinsic_dim}-pop{args.popsize}-a{args.alpha}-b{args.budget}"
+                                                   + ("" if args.loss == "ce" else f"-{args.loss}")), progress=False)
         m, total = res.metrics, time.perf_counter() - started
         manual = m["manual_test_acc"]
         if with_manual and i == 0:

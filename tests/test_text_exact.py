@@ -76,3 +76,25 @@ def test_a_prompt_that_merges_with_the_input_is_scored_row_by_row(tiny_backend: 
         label_ids = [tok.encode(w, add_special_tokens=False)[0] for w in fmt.verbalizer.values()]
         np.testing.assert_allclose(row, logp[label_ids].numpy(), atol=1e-5)
     assert tiny_backend.text_stats.row_by_row == before + 1
+
+
+def test_prompts_that_merge_with_the_input_reuse_its_keys_and_values(tiny_backend: LocalBackend) -> None:
+    """The row-by-row path runs an example's input once; later merging prompts run only their own tokens, and
+    score as the whole string does."""
+    tok = tiny_backend.tokenizer
+    fmt = TaskFormat(Template("{text}{label}"), {"negative": " terrible", "positive": " great"})
+    examples = [Example("I watched it twice and I would gladly watch it", "positive"),
+                Example("the plot made no sense at all in this dull film", "negative")]  # "its", "films"
+    first, second = (HardPrompt(tuple(tok.encode(t, add_special_tokens=False)), t) for t in ("s it was", "s was"))
+    tiny_backend.score([first], examples, fmt)
+    rows_before, tokens_before = tiny_backend.text_stats.row_by_row, tiny_backend.stats.tokens_processed
+    got = tiny_backend.score([second], examples, fmt)[0]
+    assert tiny_backend.text_stats.row_by_row == rows_before + 1  # it merged, so it took the row path
+    whole = [tok.encode(ex.text + second.text, add_special_tokens=False) for ex in examples]
+    ran = tiny_backend.stats.tokens_processed - tokens_before
+    assert ran <= len(examples) * 6 < sum(map(len, whole))  # the tails (merged token + prompt), not the inputs
+    label_ids = [tok.encode(w, add_special_tokens=False)[0] for w in fmt.verbalizer.values()]
+    for row, ids in zip(got, whole):
+        with torch.inference_mode():
+            logp = torch.log_softmax(tiny_backend.model(torch.tensor([ids])).logits[0, -1].float(), -1)
+        np.testing.assert_allclose(row, logp[label_ids].numpy(), atol=1e-5)

@@ -202,22 +202,37 @@ class LocalBackend:
         apart = [i for i, ids in enumerate(shared) if ids is None]
         if apart:
             flat = [row for i in apart for row in rows[i]]
-            out[apart] = self._rows_path(flat, enc.label_ids).view(len(apart), len(examples), -1)
+            before = [enc.lead + (h if fmt.placement is Placement.SUFFIX else []) for h in enc.heads] * len(apart)
+            out[apart] = self._rows_path(flat, before, enc.label_ids).view(len(apart), len(examples), -1)
         self.text_stats.add(len(prompts), sum(s is not None and s != p.token_ids for s, p in zip(shared, prompts)), len(apart))
         return out
 
-    def _rows_path(self, rows: list[list[int]], label_ids: list[int]) -> torch.Tensor:
-        """(len(rows), labels) log-probs after each whole token sequence (causal LMs), in blocks of similar length."""
+    def _rows_path(self, rows: list[list[int]], before: list[list[int]], label_ids: list[int]) -> torch.Tensor:
+        """(len(rows), labels) log-probs after each whole token sequence (causal LMs).
+
+        A row whose prompt merged with its input still shares most of its ids with the text before the prompt
+        (`before[r]`, e.g. the example's input): the keys/values of that common start come from the store
+        (computed once per example, then reused every generation) and only the rest of the row is run.
+        """
         for row in rows:
             if len(row) > self.context_length:
                 raise TaskError(f"an input of {len(row)} tokens overflows the model's context of "
                                 f"{self.context_length}; shorten the inputs or the prompt")
-        order = sorted(range(len(rows)), key=lambda r: len(rows[r]))
+        split = [max(1, min(_common_start(row, b), len(row) - 1)) for row, b in zip(rows, before)]
+        contexts, tails = [row[:n] for row, n in zip(rows, split)], [row[n:] for row, n in zip(rows, split)]
+        order = sorted(range(len(rows)), key=lambda r: len(contexts[r]))
+        lengths, longest_tail = [len(contexts[r]) for r in order], max(map(len, tails))
+        kv = self._context_kv([contexts[r] for r in order])
         out = torch.empty(len(rows), len(label_ids), device=self.device)
-        for part, _ in self._blocks([len(rows[r]) for r in order], 1, lambda n: (0, n)):
-            idx = order[part]
-            embeds, mask = _left_pad([self._embed_ids(rows[r]) for r in idx])
-            out[idx] = self._forward_last(embeds, mask, _positions(mask))[:, label_ids]
+        for part, _ in self._blocks(lengths, 1, lambda n: (n, longest_tail)):
+            idx, longest = order[part], lengths[part.stop - 1]
+            past = [(k[:, None], v[:, None]) for k, v in
+                    (_pad_left_kv([e[layer] for e in kv[part]], longest) for layer in range(len(kv[0])))]
+            embeds, tail_mask = _left_pad([self._embed_ids(tails[r]) for r in idx])
+            mask = torch.cat([_left_mask(lengths[part], self.device), tail_mask], dim=1)
+            positions = torch.tensor(lengths[part], device=self.device)[:, None] + _positions(tail_mask)
+            cache = self._shared_cache(past, (len(idx), 1), embeds.shape[1])
+            out[idx] = self._forward_last(embeds, mask, positions, cache)[:, label_ids]
         return out
 
     # ------------------------------------------------------------------ encoding
@@ -541,6 +556,16 @@ def _right_pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 def _positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids that start at 0 on each row's first real token (left padding)."""
     return (mask.cumsum(1) - 1).clamp(min=0)
+
+
+def _common_start(a: list[int], b: list[int]) -> int:
+    """How many leading ids two sequences share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _pad_left_kv(entries: list[LayerKV], longest: int) -> LayerKV:
