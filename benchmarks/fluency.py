@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from task_args import ROOT, add_task_args
 from bbtune.backends.base import Backend
 from bbtune.backends.factory import LocalConfig
 from bbtune.fluency import TextScorer, perplexity, text_scorer
@@ -26,7 +27,6 @@ from bbtune.table import markdown_table
 from bbtune.tasks import TaskConfig
 from bbtune.tuner import TuneConfig, tune
 
-ROOT = Path(__file__).resolve().parents[1]
 # method -> (vocab filter, fluency weight (None: --fluency), start from --instruction)
 METHODS = {"printable": ("printable", 0.0, False), "words": ("words", 0.0, False), "common": ("common", 0.0, False),
            "fluent": ("common", None, True)}
@@ -34,15 +34,12 @@ METHODS = {"printable": ("printable", 0.0, False), "words": ("words", 0.0, False
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "sst2"))
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[13, 42, 100])
+    add_task_args(ap, test_limit=300)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--fluency", type=float, default=0.05, help="weight of the fluency term for the 'fluent' method")
     ap.add_argument("--instruction", default=" how does the writer feel",
                     help="the 'fluent' search starts here (p0): words of the common vocabulary, --prompt-tokens of them")
     ap.add_argument("--budget", type=int, default=200)
-    ap.add_argument("--test-limit", type=int, default=300, help="seeded test subsample (0 = all 872 sentences)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fluency.json"))
     args = ap.parse_args()
 
@@ -64,7 +61,7 @@ def main() -> None:
 def run_one(backend: Backend, scorer: TextScorer, args: argparse.Namespace, seed: int, method: str) -> dict[str, Any]:
     """One hard search on one few-shot split; the prompt's perplexity is read by `scorer` (the same model)."""
     vocab_filter, weight, instructed = METHODS[method]
-    task = TaskConfig(data=args.data, k=16, data_seed=seed, test_limit=args.test_limit).load()
+    task = TaskConfig(data=args.data, preset=args.preset, k=args.k, data_seed=seed, test_limit=args.test_limit).load()
     start = {"p0": "text", "p0_text": args.instruction} if instructed else {}
     cfg = TuneConfig(mode="hard", budget_calls=args.budget, seed=seed, vocab_filter=vocab_filter,
                      fluency=args.fluency if weight is None else weight, keep_manual=False, **start)

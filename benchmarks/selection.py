@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from task_args import ROOT, add_task_args
 from bbtune.backends.factory import LocalConfig
 from bbtune.calibration import fit_label_bias
 from bbtune.evaluate import Evaluation, evaluation, score_examples
@@ -25,18 +26,13 @@ from bbtune.table import markdown_table
 from bbtune.tasks import Task, TaskConfig, load_examples, subsample
 from bbtune.tuner import Selection, TuneConfig, Tuner, selection_key
 
-ROOT = Path(__file__).resolve().parents[1]
 RULES = ("dev_acc", "dev_loss", "train_dev_loss", "train_loss", "last")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "sst2"))
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--preset", default="sentiment")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[13, 42, 100])
+    add_task_args(ap, test_limit=None)
     ap.add_argument("--budget", type=int, default=300)
-    ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--eval-every", type=int, default=30)
     ap.add_argument("--heldout", type=int, default=300, help="held-out sentences from the training pool")
     ap.add_argument("--calibrate", nargs="+", default=["on", "off"], choices=["on", "off"])

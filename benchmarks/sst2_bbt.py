@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from task_args import ROOT, add_task_args
 
 from bbtune.backends.base import Backend
 from bbtune.backends.factory import LocalConfig
@@ -26,23 +27,17 @@ from bbtune.table import markdown_table
 from bbtune.tasks import TaskConfig
 from bbtune.tuner import TuneConfig, tune
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 GOALS = {"sst2": {"bbt_soft": 85.0, "bbt_hard": 82.0, "gain": 4.0}, "agnews": {"gain": 5.0}}
 
 
 def main(argv: list[str] | None = None, data: str = "sst2", preset: str = "sentiment") -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / data))
-    ap.add_argument("--preset", default=preset)
-    ap.add_argument("--k", type=int, default=16)
+    add_task_args(ap, data, preset)
     ap.add_argument("--alpha", type=float, default=0.15, help="step in embedding space, in embedding stds")
     ap.add_argument("--p0", default="cue", choices=["vocab", "cue", "zeros"])
     ap.add_argument("--calibrate", default="on", choices=["on", "off"])
     ap.add_argument("--select", default="dev_acc", choices=["dev_acc", "dev_loss", "train_dev_loss"])
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[13, 42, 100])
     ap.add_argument("--modes", nargs="+", default=["soft", "hard"], choices=["soft", "hard"])
     ap.add_argument("--budget", type=int, default=300)
     ap.add_argument("--prompt-tokens", type=int, default=0, help="0 = the cue's length from the cue, else 5")
@@ -52,7 +47,6 @@ def main(argv: list[str] | None = None, data: str = "sst2", preset: str = "senti
     ap.add_argument("--loss", default="ce", choices=["ce", "hinge", "neg_acc"])
     ap.add_argument("--placements", nargs="+", default=["suffix"], choices=["prefix", "suffix"],
                     help="where the prompt sits; several compare placements on the same seeds and settings")
-    ap.add_argument("--test-limit", type=int, default=0, help="0 = the full 872-sentence test set")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"{data}_bbt.json"))
     ap.add_argument("--reference", default="", metavar="JSON",
                     help="an earlier output (e.g. the default preset's) whose manual prompt is a second baseline: "

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from task_args import ROOT, add_task_args
 from bbtune.backends.base import Backend
 from bbtune.backends.factory import LocalConfig
 from bbtune.calibration import fit_label_bias
@@ -33,18 +34,12 @@ from bbtune.tasks import TaskConfig
 from bbtune.tuner import MANUAL
 from bbtune.verbalizers import DEFAULT_PER_LABEL, PRESET_CANDIDATES, CandidateScores, candidate_scores, rank_verbalizers
 
-ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("preset", "train_best", "dev_best_top5", "ensemble", "all_pairs_mean")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "sst2"))
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--preset", default="sentiment")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[13, 42, 100])
-    ap.add_argument("--k", type=int, default=16)
-    ap.add_argument("--test-limit", type=int, default=0, help="score at most this many test sentences (0 = all)")
+    add_task_args(ap)
     ap.add_argument("--per-label", type=int, default=DEFAULT_PER_LABEL, help="words per label ranked (0 = all)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "verbalizers_sst2.json"))
     args = ap.parse_args(argv)
