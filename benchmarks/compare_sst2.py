@@ -4,23 +4,27 @@
         --out reports/compare_sst2
 
 Writes report.md, results.json and accuracy_vs_calls.png to --out. The defaults are issue 11's real budget on
-CPU: BBT 300 calls from the cue (d=100, popsize 10, calibrated, as `bbtune tune`), prompt tuning and PEZ 100
+CPU: BBT 300 calls from the cue (d=500, popsize 10, calibrated, as `bbtune tune`), prompt tuning and PEZ 100
 AdamW steps of 8 examples with 5 prompt tokens, one demonstration per class in context, the whole test set; the
-paper's BBT setting (d=500, popsize 20, 8000 calls) needs a GPU. With --transfer-mock the hard prompts are also
+paper's BBT setting (50 tokens, popsize 20, 8000 calls) needs a GPU. With --transfer-mock the hard prompts are also
 scored, as text, through the remote backend against an in-process mock server serving the same model.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 import time
+from pathlib import Path
 from typing import Iterator
 
 from bbtune.backends.base import Backend
 from bbtune.backends.factory import LocalConfig
 from bbtune.cli import CompareConfig, run_compare
-from bbtune.compare import METHODS
+from bbtune.compare import METHODS, Comparison
+from bbtune.constants import CPU_BUDGET_CALLS, CPU_INTRINSIC_DIM, CPU_POPSIZE
+from bbtune.report import read_report, write_report
 from bbtune.tasks import TaskConfig
 from bbtune.tuner import TuneConfig
 
@@ -36,9 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-limit", type=int, default=0, help="test sentences scored (seeded subsample); 0 = all")
     p.add_argument("--placement", default="suffix", choices=["prefix", "suffix"])
     p.add_argument("--prompt-tokens", type=int, default=0, help="0 = BBT from the cue (its length), gradient methods 5")
-    p.add_argument("--budget", type=int, default=300, help="BBT / random search: training calls")
-    p.add_argument("--popsize", type=int, default=10)
-    p.add_argument("--intrinsic-dim", type=int, default=100)
+    p.add_argument("--budget", type=int, default=CPU_BUDGET_CALLS, help="BBT / random search: training calls")
+    p.add_argument("--popsize", type=int, default=CPU_POPSIZE)
+    p.add_argument("--intrinsic-dim", type=int, default=CPU_INTRINSIC_DIM)
     p.add_argument("--eval-every", type=int, default=50, help="dev evaluation every N training calls")
     p.add_argument("--steps", type=int, default=100, help="prompt tuning / PEZ: gradient steps")
     p.add_argument("--batch-size", type=int, default=8, help="prompt tuning / PEZ: examples per step")
@@ -48,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--transfer-mode", default="echo", choices=["echo", "top_logprobs"],
                    help="how the mock is asked: echo (exact label log-probs) or top_logprobs (top-5, bounded)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--merge", nargs="+", default=[], metavar="FOLDER",
+                   help="no runs: merge the report folders of earlier runs (e.g. one process per seed) into --out")
     return p.parse_args(argv)
 
 
@@ -63,8 +69,24 @@ def mock_transfer_target(model: str, mode: str) -> Iterator[Backend]:
             yield remote
 
 
+def merge_reports(folders: list[str], out: str) -> Comparison:
+    """One report from several (one per seed, run in parallel): their runs side by side, the table and plot again."""
+    parts = [read_report(f) for f in folders]
+    first = parts[0]
+    merged = dataclasses.replace(first, seeds=tuple(s for p in parts for s in p.seeds), out_dir=Path(out),
+                                 results=[r for p in parts for r in p.results],
+                                 transfer=[t for p in parts for t in p.transfer])
+    Path(out).mkdir(parents=True, exist_ok=True)
+    write_report(merged)
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        merge_reports(args.merge, args.out)
+        print((Path(args.out) / "report.md").read_text())
+        return 0
     if args.threads:
         import torch
 

@@ -23,6 +23,7 @@ from task_args import ROOT, add_task_args
 
 from bbtune.backends.base import Backend
 from bbtune.backends.factory import LocalConfig
+from bbtune.constants import CPU_BUDGET_CALLS, CPU_INTRINSIC_DIM, CPU_POPSIZE
 from bbtune.table import markdown_table
 from bbtune.tasks import TaskConfig
 from bbtune.tuner import TuneConfig, tune
@@ -39,10 +40,10 @@ def main(argv: list[str] | None = None, data: str = "sst2", preset: str = "senti
     ap.add_argument("--calibrate", default="on", choices=["on", "off"])
     ap.add_argument("--select", default="dev_acc", choices=["dev_acc", "dev_loss", "train_dev_loss"])
     ap.add_argument("--modes", nargs="+", default=["soft", "hard"], choices=["soft", "hard"])
-    ap.add_argument("--budget", type=int, default=300)
+    ap.add_argument("--budget", type=int, default=CPU_BUDGET_CALLS)
     ap.add_argument("--prompt-tokens", type=int, default=0, help="0 = the cue's length from the cue, else 5")
-    ap.add_argument("--intrinsic-dim", type=int, default=100)
-    ap.add_argument("--popsize", type=int, default=10)
+    ap.add_argument("--intrinsic-dim", type=int, default=CPU_INTRINSIC_DIM)
+    ap.add_argument("--popsize", type=int, default=CPU_POPSIZE)
     ap.add_argument("--sigma0", type=float, default=1.0)
     ap.add_argument("--loss", default="ce", choices=["ce", "hinge", "neg_acc"])
     ap.add_argument("--placements", nargs="+", default=["suffix"], choices=["prefix", "suffix"],
