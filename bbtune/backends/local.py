@@ -45,6 +45,10 @@ class _Encoded:
     cue: list[int]  # the text between input and label word
     label_ids: list[int]
 
+    def before_prompt(self, placement: Placement) -> list[list[int]]:
+        """Per example, the ids a prompt follows: lead + input (suffix) or the lead alone (prefix)."""
+        return [self.lead + (head if placement is Placement.SUFFIX else []) for head in self.heads]
+
 
 class ForwardBatch(NamedTuple):
     """One planned forward batch: its rows, their estimated bytes, and per row the cached and new tokens."""
@@ -202,7 +206,7 @@ class LocalBackend:
         apart = [i for i, ids in enumerate(shared) if ids is None]
         if apart:
             flat = [row for i in apart for row in rows[i]]
-            before = [enc.lead + (h if fmt.placement is Placement.SUFFIX else []) for h in enc.heads] * len(apart)
+            before = enc.before_prompt(fmt.placement) * len(apart)
             out[apart] = self._rows_path(flat, before, enc.label_ids).view(len(apart), len(examples), -1)
         self.text_stats.add(len(prompts), sum(s is not None and s != p.token_ids for s, p in zip(shared, prompts)), len(apart))
         return out
@@ -513,8 +517,7 @@ def _prompt_part(rows: list[list[int]], enc: _Encoded, placement: Placement) -> 
     lead + ids + head + cue (prefix) with the same ids; None when the prompt's tokens depend on the example
     or merge with the head or cue."""
     found = set()
-    for row, head in zip(rows, enc.heads):
-        before = enc.lead + (head if placement is Placement.SUFFIX else [])
+    for row, head, before in zip(rows, enc.heads, enc.before_prompt(placement)):
         after = ([] if placement is Placement.SUFFIX else head) + enc.cue
         end = len(row) - len(after)
         if end < len(before) or row[: len(before)] != before or row[end:] != after:
