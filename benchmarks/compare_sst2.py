@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from task_args import add_task_args
 from bbtune.backends.base import Backend
 from bbtune.backends.factory import LocalConfig
 from bbtune.cli import CompareConfig, run_compare
@@ -31,13 +32,9 @@ from bbtune.tuner import TuneConfig
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="../shared/data/sst2", help="SST-2 folder (train.jsonl, test.jsonl)")
-    p.add_argument("--model", default="smollm2", help="local model")
-    p.add_argument("--seeds", type=int, nargs="+", default=[13, 42, 100], help="few-shot split and method seeds")
+    add_task_args(p)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--out", default="reports/compare_sst2", help="report folder")
-    p.add_argument("--k", type=int, default=16, help="examples per class in train and in dev")
-    p.add_argument("--test-limit", type=int, default=0, help="test sentences scored (seeded subsample); 0 = all")
     p.add_argument("--placement", default="suffix", choices=["prefix", "suffix"])
     p.add_argument("--prompt-tokens", type=int, default=0, help="0 = BBT from the cue (its length), gradient methods 5")
     p.add_argument("--budget", type=int, default=CPU_BUDGET_CALLS, help="BBT / random search: training calls")
@@ -91,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    task = TaskConfig(data=args.data, preset="sst2", k=args.k, placement=args.placement, test_limit=args.test_limit)
+    task = TaskConfig(data=args.data, preset=args.preset, k=args.k, placement=args.placement, test_limit=args.test_limit)
     backend = LocalConfig(model=args.model, device="cpu")
     tune = TuneConfig(prompt_tokens=args.prompt_tokens, budget_calls=args.budget, popsize=args.popsize,
                       intrinsic_dim=args.intrinsic_dim, eval_every=args.eval_every)

@@ -21,6 +21,7 @@ import numpy as np
 from task_args import ROOT, add_task_args
 from bbtune.backends.factory import LocalConfig
 from bbtune.calibration import fit_label_bias
+from bbtune.constants import CPU_BUDGET_CALLS
 from bbtune.evaluate import Evaluation, evaluation, score_examples
 from bbtune.table import markdown_table
 from bbtune.tasks import Task, TaskConfig, load_examples, subsample
@@ -32,7 +33,7 @@ RULES = ("dev_acc", "dev_loss", "train_dev_loss", "train_loss", "last")
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_task_args(ap, test_limit=None)
-    ap.add_argument("--budget", type=int, default=300)
+    ap.add_argument("--budget", type=int, default=CPU_BUDGET_CALLS)
     ap.add_argument("--eval-every", type=int, default=30)
     ap.add_argument("--heldout", type=int, default=300, help="held-out sentences from the training pool")
     ap.add_argument("--calibrate", nargs="+", default=["on", "off"], choices=["on", "off"])
