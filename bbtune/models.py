@@ -22,7 +22,7 @@ from .errors import ConfigError
 from .hub import cached_model_dir, is_hub_name
 
 EMBEDDED_ALIASES = {EMBEDDED_MODEL, "smollm2-135m", "smollm2-135m-instruct", "default"}
-TINY_ALIASES = {"tiny", "tiny-causal", "tiny-masked"}
+TINY_ALIASES = {"tiny", "tiny-causal", "tiny-masked", "tiny-gemma"}
 
 
 def cache_dir() -> Path:
@@ -46,7 +46,8 @@ def embedded_gguf() -> Path:
 def load_model(ref: str, *, dtype: str = "float32", device: str = "cpu", masked: bool | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) for `ref`: 'smollm2' (embedded), 'tiny'/'tiny-masked', a HF dir, a .gguf file or ORG/NAME."""
     if ref in TINY_ALIASES:
-        model, tok = build_tiny_model(masked=(ref == "tiny-masked") if masked is None else masked)
+        family = "gemma3" if ref == "tiny-gemma" else "llama"
+        model, tok = build_tiny_model(masked=(ref == "tiny-masked") if masked is None else masked, family=family)
     elif ref in EMBEDDED_ALIASES:
         model, tok = _load_dir(_converted_embedded(), masked=False, dtype=dtype)
     elif ref.endswith(".gguf"):
@@ -142,8 +143,15 @@ def build_tiny_tokenizer() -> Any:
     )
 
 
-def build_tiny_model(masked: bool = False, seed: int = 0, hidden: int = 32, layers: int = 2) -> tuple[Any, Any]:
-    """A randomly initialised Llama (causal) or RoBERTa (masked) small enough for unit tests (<1 s)."""
+TINY_FAMILIES = ("llama", "gemma3")
+
+
+def build_tiny_model(masked: bool = False, seed: int = 0, hidden: int = 32, layers: int = 2,
+                     family: str = "llama") -> tuple[Any, Any]:
+    """A randomly initialised Llama or Gemma 3 (causal) or RoBERTa (masked) small enough for unit tests (<1 s).
+
+    The Gemma 3 one keeps what sets the family apart for bbtune: its embedding module scales rows by
+    sqrt(hidden), so contract tests catch code that reads the weight rows as token embeddings."""
     from transformers import LlamaConfig, LlamaForCausalLM, RobertaConfig, RobertaForMaskedLM
 
     tok = build_tiny_tokenizer()
@@ -153,9 +161,20 @@ def build_tiny_model(masked: bool = False, seed: int = 0, hidden: int = 32, laye
                             intermediate_size=hidden * 2, max_position_embeddings=256, pad_token_id=tok.pad_token_id,
                             type_vocab_size=1)
         model = RobertaForMaskedLM(cfg)
-    else:
+    elif family == "gemma3":
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                               num_key_value_heads=2, head_dim=hidden // 4, intermediate_size=hidden * 2,
+                               max_position_embeddings=256, sliding_window=16, query_pre_attn_scalar=hidden // 4,
+                               pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                               eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+        model = Gemma3ForCausalLM(cfg)
+    elif family == "llama":
         cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
                           num_key_value_heads=2, intermediate_size=hidden * 2, max_position_embeddings=256,
                           pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
         model = LlamaForCausalLM(cfg)
+    else:
+        raise ConfigError(f"tiny model family {family!r} is not one of {', '.join(TINY_FAMILIES)}")
     return model.eval(), tok

@@ -305,7 +305,7 @@ class Tuner:
         dev_labels = self.task.format.label_ids(self.task.dev)
         raw, calibrated = evaluation(dev_scores, dev_labels), evaluation(dev_scores, dev_labels, bias)
         train_ce = _ce(scores[0], self.train_labels_, bias)
-        state.manual = {"dev_acc": raw.accuracy, "dev_loss": raw.loss, "bias": bias,
+        state.manual = {"dev_acc": raw.accuracy, "dev_loss": raw.loss, "bias": bias, "train_loss": train_ce,
                         "selected_dev": (calibrated.accuracy, calibrated.loss),  # as a candidate: calibrated like them
                         "key": selection_key(self.config.select, train_ce, len(self.train_labels_), calibrated)}
 
@@ -416,7 +416,8 @@ class Tuner:
         if bias is not None:
             metrics["label_bias"] = dict(zip(task.format.labels, map(float, bias)))
         if state.manual:
-            metrics.update(manual_dev_acc=state.manual["dev_acc"], manual_dev_loss=state.manual["dev_loss"])
+            metrics.update(manual_dev_acc=state.manual["dev_acc"], manual_dev_loss=state.manual["dev_loss"],
+                           manual_train_loss=state.manual.get("train_loss"))  # older checkpoints lack it
             if state.manual["bias"] is not None:
                 metrics["manual_calibrated_dev_acc"] = state.manual["selected_dev"][0]
         if not state.stopped_by:

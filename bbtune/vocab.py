@@ -1,7 +1,12 @@
-"""A model's vocabulary as bbtune needs it: tokenizer plus input-embedding matrix.
+"""A model's vocabulary as bbtune needs it: tokenizer plus the embedding of every token.
 
-Both the subspace (A's scale comes from embedding statistics) and discretization (nearest tokens) read it;
-a remote backend gets it from a local copy of the same model family (HF dir or GGUF).
+"The embedding of a token" has one definition in bbtune: what the model's input-embedding *module* outputs for
+its id (`token_embeddings`), which is what the text around a prompt goes through. It is not the module's weight
+row: Gemma's module multiplies the rows by ``embed_scale`` = sqrt(hidden) (25.3 for Gemma 3 270M), so prompts
+built from raw rows were 25 times too small next to the text. Reading the module's output takes the model's own
+scale, whatever its family calls it. The subspace (p0, A's std rule), discretization (nearest tokens, both
+metrics), the gradient baselines' start, ``prompt_embeds`` requests and PEFT export all read this space.
+A remote backend gets it from a local copy of the same model family (HF dir or GGUF).
 """
 from __future__ import annotations
 
@@ -14,20 +19,34 @@ import torch
 
 from .constants import COMMON_WORD_RANK
 
+_CHUNK = 32768  # ids embedded per call: bounds the extra memory for a 262k-token vocabulary
 _WORD = re.compile(r"^ ?[A-Za-z]+$")
 _COMMON = re.compile(r"^ [a-z]{3,}$")  # a lower-case word of >= 3 letters that starts a new word
 FILTERS = ("words", "common", "printable", "all")
 
 
+def token_embeddings(model: Any, ids: Iterable[int]) -> torch.Tensor:
+    """(len(ids), hidden) float32 CPU embeddings of token ids: the input-embedding module's output (scale included).
+
+    >>> # token_embeddings(model, [5, 7]) == model.get_input_embeddings()(torch.tensor([5, 7])) as float32
+    """
+    module = model.get_input_embeddings()
+    with torch.no_grad():
+        ids_tensor = torch.as_tensor(list(ids), dtype=torch.long, device=module.weight.device)
+        return module(ids_tensor).detach().float().cpu()
+
+
 @dataclass(frozen=True, eq=False)
 class Vocabulary:
     tokenizer: Any
-    embeddings: torch.Tensor  # (vocab, hidden), float32 on cpu
+    embeddings: torch.Tensor  # (vocab, hidden) float32 on cpu: `token_embeddings` of every id
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any) -> "Vocabulary":
-        weight = model.get_input_embeddings().weight.detach().float().cpu()
-        return cls(tokenizer, weight[: len(tokenizer)] if len(tokenizer) <= weight.shape[0] else weight)
+        rows = model.get_input_embeddings().weight.shape[0]
+        size = len(tokenizer) if len(tokenizer) <= rows else rows
+        chunks = [token_embeddings(model, range(start, min(start + _CHUNK, size))) for start in range(0, size, _CHUNK)]
+        return cls(tokenizer, torch.cat(chunks))
 
     @property
     def size(self) -> int:

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from bbtune.models import load_model
+from bbtune.vocab import token_embeddings
 
 
 class Scorer:
@@ -52,8 +53,8 @@ class Scorer:
         return self.encode("\n".join(str(m.get("content", "")) for m in messages))
 
     def embed(self, ids: Sequence[int]) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.model.get_input_embeddings()(torch.tensor(list(ids), dtype=torch.long))
+        """What a text's ids become before the first layer: the same space a `prompt_embeds` request is in."""
+        return token_embeddings(self.model, ids)
 
     def logprobs(self, embeds: torch.Tensor, bias: dict[int, float] | None = None, every_position: bool = True) -> torch.Tensor:
         """(seq_len, vocab) log-probs of the token after each position, or (1, vocab) for the last one only

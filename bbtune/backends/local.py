@@ -27,7 +27,7 @@ from ..errors import ConfigError, TaskError
 from ..models import load_model
 from ..prompts import HardPrompt, Prompt, SoftPrompt, distinct_prompts, prompt_kind
 from ..tasks import Example, Placement, TaskFormat, verbalizer_token_ids
-from ..vocab import Vocabulary
+from ..vocab import Vocabulary, token_embeddings
 from .base import Capabilities, CallStats, check_scores
 from .kvcache import KVStore, LayerKV, cache_kwarg, cache_layers, new_cache
 
@@ -172,9 +172,8 @@ class LocalBackend:
         return [torch.cat([lead, *((p, h) if prefix else (h, p)), cue]) for p in table for h in heads]
 
     def embed_text_ids(self, ids: Sequence[int]) -> torch.Tensor:
-        """(len(ids), hidden) float32 CPU input embeddings of token ids."""
-        with torch.inference_mode():
-            return self._embed_ids(list(ids)).float().cpu()
+        """(len(ids), hidden) float32 CPU input embeddings of token ids (`vocab.token_embeddings`)."""
+        return token_embeddings(self.model, ids)
 
     def text_ids(self, prompt: HardPrompt, examples: Sequence[Example], fmt: TaskFormat) -> list[list[int]]:
         """Per example, the token ids of the whole input string with the prompt's text in place, tokenized
