@@ -1,14 +1,48 @@
 """bbtune: black-box prompt tuning for language models you can only query.
 
-    >>> # import bbtune; bbtune.load_run("runs/x").predict(["a fine film"])
+BBT (Sun et al., 2022) searches a continuous prompt ``p = A z + p0`` with CMA-ES using scores alone; nearest
+tokens (PEZ) turn it into text any API accepts. Every run scores the manual prompt beside the tuned one and
+returns the better on dev.
+
+The calls a notebook makes:
+
+    >>> import bbtune
+    >>> task = bbtune.load_task("demo", k=8, seed=42)               # or a data folder, a file, hf:NAME
+    >>> run = bbtune.tune(task, model="tiny", budget_calls=20, popsize=10, progress=False)
+    >>> run.predict(["a wonderful film"])[0].label in task.format.labels
+    True
+    >>> run.metrics["selected"] in ("tuned", "manual")
+    True
+
+- `tune(task, model, **config)` -> `TunedRun` (`.predict`, `.metrics`, `.prompt_text`); `TuneConfig` holds
+  every setting (mode soft/hard, budget, sizes, selection).
+- `load_task(data, preset=..., k=16, seed=13)` -> `Task`; `TaskConfig` for every option.
+- `load_run(folder)` -> the `TunedRun` a run folder holds (what `bbtune predict` reads).
+- `compare(task, model, methods=..., seeds=...)` -> `Comparison`: BBT beside manual, in-context, prompt
+  tuning and PEZ.
+- `PromptClassifier`: a scikit-learn estimator (fit/predict/predict_proba/score) for pipelines and grid search.
+- Backends: `LocalBackend` (transformers, CPU/GPU), `RemoteBackend` + `RemoteConfig` (OpenAI-compatible APIs).
 """
-from typing import Any
+from importlib import metadata as _metadata
 
+from bbtune.api import backend_for, compare, load_task, tune
+from bbtune.app.comparison import Comparison, MethodSettings
+from bbtune.backends.base import Backend
+from bbtune.backends.local import LocalBackend
+from bbtune.backends.remote import RemoteBackend, RemoteConfig
+from bbtune.core.prompts import HardPrompt, SoftPrompt
+from bbtune.errors import BBTuneError
+from bbtune.estimator import PromptClassifier
+from bbtune.runs.load import Prediction, TunedRun, load_run
+from bbtune.runs.tuner import TuneConfig, TuneResult
+from bbtune.tasks import Example, Task, TaskConfig, TaskFormat, Template
 
-def __getattr__(name: str) -> Any:
-    """`bbtune.load_run` without importing torch on `import bbtune`."""
-    if name == "load_run":
-        from .runs import load_run
+try:
+    __version__ = _metadata.version("bbtune")
+except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
-        return load_run
-    raise AttributeError(f"module 'bbtune' has no attribute {name!r}")
+__all__ = ["Backend", "BBTuneError", "Comparison", "Example", "HardPrompt", "LocalBackend", "MethodSettings",
+           "Prediction", "PromptClassifier", "RemoteBackend", "RemoteConfig", "SoftPrompt", "Task", "TaskConfig",
+           "TaskFormat", "Template", "TuneConfig", "TuneResult", "TunedRun", "__version__", "backend_for", "compare",
+           "load_run", "load_task", "tune"]

@@ -1,6 +1,6 @@
 """`python -m bbtune` is the `bbtune` command."""
 import sys
 
-from .cli import main
+from bbtune.app.cli import main
 
 sys.exit(main())

@@ -20,14 +20,16 @@ from pathlib import Path
 from typing import Iterator
 
 from task_args import add_task_args
+
+from bbtune.app.cli import CompareConfig, run_compare
+from bbtune.app.compare import METHODS
+from bbtune.app.comparison import Comparison
+from bbtune.app.report import read_report, write_report
 from bbtune.backends.base import Backend
 from bbtune.backends.factory import LocalConfig
-from bbtune.cli import CompareConfig, run_compare
-from bbtune.compare import METHODS, Comparison
 from bbtune.constants import CPU_BUDGET_CALLS, CPU_INTRINSIC_DIM, CPU_POPSIZE
-from bbtune.report import read_report, write_report
+from bbtune.runs.tuner import TuneConfig
 from bbtune.tasks import TaskConfig
-from bbtune.tuner import TuneConfig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

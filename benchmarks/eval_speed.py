@@ -30,7 +30,7 @@ import torch
 from bbtune.backends.kvcache import new_cache
 from bbtune.backends.local import ForwardBatch, LocalBackend
 from bbtune.constants import DEFAULT_MEMORY_BUDGET_MB
-from bbtune.prompts import SoftPrompt
+from bbtune.core.prompts import SoftPrompt
 from bbtune.tasks import Task, load_task
 
 DATA = Path(os.environ.get("BBTUNE_SST2") or Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2")

@@ -28,7 +28,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bbtune.table import markdown_table  # noqa: E402
+from bbtune.core.table import markdown_table  # noqa: E402
 from mock_server import FaultConfig, MockServer, ServerConfig, shared_scorer  # noqa: E402
 
 RUN = ["--remote-mode", "echo", "--remote-model", "tiny", "--remote-local-model", "tiny", "--mode", "hard",
@@ -106,7 +106,7 @@ class Case:
 
 
 def bbtune(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "bbtune.cli", "tune", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "bbtune.app.cli", "tune", *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

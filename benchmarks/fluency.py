@@ -22,10 +22,10 @@ from typing import Any
 from task_args import ROOT, add_task_args
 from bbtune.backends.base import Backend
 from bbtune.backends.factory import LocalConfig
-from bbtune.fluency import TextScorer, perplexity, text_scorer
-from bbtune.table import markdown_table
+from bbtune.search.fluency import TextScorer, perplexity, text_scorer
+from bbtune.core.table import markdown_table
 from bbtune.tasks import TaskConfig
-from bbtune.tuner import TuneConfig, tune
+from bbtune.runs.tuner import TuneConfig, tune
 
 # method -> (vocab filter, fluency weight (None: --fluency), start from --instruction)
 METHODS = {"printable": ("printable", 0.0, False), "words": ("words", 0.0, False), "common": ("common", 0.0, False),

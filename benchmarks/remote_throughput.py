@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bbtune.backends.remote import RemoteBackend, RemoteConfig
-from bbtune.prompts import HardPrompt
+from bbtune.core.prompts import HardPrompt
 from bbtune.tasks import Example, TaskFormat, Template
 
 FMT = TaskFormat(Template("{text} It was{label}"), {"negative": " terrible", "positive": " great"})

@@ -20,12 +20,12 @@ import numpy as np
 
 from task_args import ROOT, add_task_args
 from bbtune.backends.factory import LocalConfig
-from bbtune.calibration import fit_label_bias
+from bbtune.search.calibration import fit_label_bias
 from bbtune.constants import CPU_BUDGET_CALLS
-from bbtune.evaluate import Evaluation, evaluation, score_examples
-from bbtune.table import markdown_table
+from bbtune.search.evaluate import Evaluation, evaluation, score_examples
+from bbtune.core.table import markdown_table
 from bbtune.tasks import Task, TaskConfig, load_examples, subsample
-from bbtune.tuner import Selection, TuneConfig, Tuner, selection_key
+from bbtune.runs.tuner import Selection, TuneConfig, Tuner, selection_key
 
 RULES = ("dev_acc", "dev_loss", "train_dev_loss", "train_loss", "last")
 

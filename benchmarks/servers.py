@@ -33,12 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bbtune.backends.remote import RemoteBackend, RemoteConfig  # noqa: E402
-from bbtune.discretize import Discretizer  # noqa: E402
+from bbtune.search.discretize import Discretizer  # noqa: E402
 from bbtune.errors import BBTuneError  # noqa: E402
-from bbtune.models import embedded_gguf  # noqa: E402
-from bbtune.table import markdown_table  # noqa: E402
+from bbtune.backends.models import embedded_gguf  # noqa: E402
+from bbtune.core.table import markdown_table  # noqa: E402
 from bbtune.tasks import Task, TaskConfig  # noqa: E402
-from bbtune.tuner import TuneConfig, tune  # noqa: E402
+from bbtune.runs.tuner import TuneConfig, tune  # noqa: E402
 
 LLAMA_MODEL = "smollm2"  # the alias the llama-cpp server answers to
 COLUMNS = ["server", "mode", "probe", "missing rate", "margin gap max", "argmax agree", "requests", "wall s",

@@ -24,9 +24,9 @@ from task_args import ROOT, add_task_args
 from bbtune.backends.base import Backend
 from bbtune.backends.factory import LocalConfig
 from bbtune.constants import CPU_BUDGET_CALLS, CPU_INTRINSIC_DIM, CPU_POPSIZE
-from bbtune.table import markdown_table
+from bbtune.core.table import markdown_table
 from bbtune.tasks import TaskConfig
-from bbtune.tuner import TuneConfig, tune
+from bbtune.runs.tuner import TuneConfig, tune
 
 
 GOALS = {"sst2": {"bbt_soft": 85.0, "bbt_hard": 82.0, "gain": 4.0}, "agnews": {"gain": 5.0}}

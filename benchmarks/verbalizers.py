@@ -1,6 +1,6 @@
 """Does choosing label words on the few-shot train set help on test? (issue 11's verbalizer lever)
 
-Per seed: the preset's candidate words (`bbtune.verbalizers.PRESET_CANDIDATES`) are scored once on train, dev
+Per seed: the preset's candidate words (`bbtune.search.verbalizers.PRESET_CANDIDATES`) are scored once on train, dev
 and test with the template alone (one wide score call per split). Every method's bias is fitted on train;
 reported is calibrated accuracy for
   preset           the preset's own verbalizer
@@ -27,12 +27,12 @@ import numpy as np
 from task_args import ROOT, add_task_args
 from bbtune.backends.base import Backend
 from bbtune.backends.factory import LocalConfig
-from bbtune.calibration import fit_label_bias
-from bbtune.evaluate import Evaluation, evaluation
-from bbtune.table import markdown_table
+from bbtune.search.calibration import fit_label_bias
+from bbtune.search.evaluate import Evaluation, evaluation
+from bbtune.core.table import markdown_table
 from bbtune.tasks import TaskConfig
-from bbtune.tuner import MANUAL
-from bbtune.verbalizers import DEFAULT_PER_LABEL, PRESET_CANDIDATES, CandidateScores, candidate_scores, rank_verbalizers
+from bbtune.runs.tuner import MANUAL
+from bbtune.search.verbalizers import DEFAULT_PER_LABEL, PRESET_CANDIDATES, CandidateScores, candidate_scores, rank_verbalizers
 
 METHODS = ("preset", "train_best", "dev_best_top5", "ensemble", "all_pairs_mean")
 

@@ -16,9 +16,8 @@ import argparse
 import json
 import tempfile
 
-from bbtune.backends.remote import RemoteBackend, RemoteConfig
-from bbtune.tasks import TaskConfig
-from bbtune.tuner import TuneConfig, tune
+from bbtune import RemoteBackend, RemoteConfig, TaskConfig, TuneConfig
+from bbtune.runs.tuner import tune  # the lower-level call: its TuneResult keeps the learning curve compared below
 from mock_server import FaultConfig, FaultRule, MockServer, ServerConfig, shared_scorer
 
 FAULTS = FaultConfig(rules=(FaultRule("drop", every=13, limit=1), FaultRule("429", every=5), FaultRule("500", every=7)),
@@ -33,14 +32,14 @@ def run(url: str, args: argparse.Namespace, cache_dir: str, config: TuneConfig, 
         return result, backend.stats.as_dict()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2", help="smollm2 (default) or tiny")
     parser.add_argument("--budget", type=int, default=30, help="model calls for the search")
     parser.add_argument("--k", type=int, default=4, help="training (and dev) examples per class")
     parser.add_argument("--mode", default="echo", choices=["echo", "top_logprobs", "chat", "prompt_embeds"],
                         help="scoring mode (echo: exact label log-probs; top_logprobs: bounded by the 20th value)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     task = TaskConfig(data="demo", k=args.k, test_limit=16).load()
     config = TuneConfig(mode="soft" if args.mode == "prompt_embeds" else "hard", budget_calls=args.budget, popsize=6, prompt_tokens=5, intrinsic_dim=50,
                         eval_every=30, seed=7)

@@ -24,10 +24,8 @@ import json
 import os
 import sys
 
-from bbtune.backends.remote import RemoteBackend, RemoteConfig
-from bbtune.errors import BBTuneError
-from bbtune.tasks import TaskConfig
-from bbtune.tuner import TuneConfig, tune
+import bbtune
+from bbtune import BBTuneError, RemoteBackend, RemoteConfig, TaskConfig, TuneConfig
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -57,14 +55,13 @@ def main() -> int:
         try:
             report = backend.check()
             print("server probe:", json.dumps({"checks": report.checks, "notes": report.notes}, indent=1))
-            result = tune(task, backend, config, run_dir=_env("BBTUNE_RUN_DIR", "runs/remote"),
-                          extra_config={"remote": backend.config.public()})
+            run = bbtune.tune(task, backend, config=config, run_dir=_env("BBTUNE_RUN_DIR", "runs/remote"))
         except BBTuneError as err:
             print(f"error: {err}", file=sys.stderr)
             print("usage so far:", json.dumps(backend.stats.as_dict()), file=sys.stderr)
             return 1
-        print(f"prompt {result.hard_prompt.text!r}: dev acc {result.metrics['dev_acc']:.3f}, "
-              f"test acc {result.metrics.get('test_acc', float('nan')):.3f}")
+        print(f"prompt {run.prompt_text!r}: dev acc {run.metrics['dev_acc']:.3f}, "
+              f"test acc {run.metrics.get('test_acc', float('nan')):.3f}")
         s = backend.stats
         print(f"{s.requests} requests ({s.retries} retries, {s.cache_hits} cache hits), "
               f"{s.prompt_tokens + s.completion_tokens} tokens, ~${s.cost:.4f}; "

@@ -1,4 +1,4 @@
-"""The mock's model: full-vocabulary log-probs from a model `bbtune.models.load_model` loads.
+"""The mock's model: full-vocabulary log-probs from a model `bbtune.backends.models.load_model` loads.
 
 Every sequence is run on its own (no padding), so a prompt gets the same numbers alone or inside a list,
 and the numbers match `LocalBackend` on the same model to float tolerance.
@@ -12,8 +12,8 @@ from typing import Any, Sequence
 
 import torch
 
-from bbtune.models import load_model
-from bbtune.vocab import token_embeddings
+from bbtune.backends.models import load_model
+from bbtune.core.vocab import token_embeddings
 
 
 class Scorer:

@@ -15,11 +15,11 @@ from bbtune.baselines.gradient import GradientConfig, frozen, initial_embeds, tr
 from bbtune.baselines.incontext import sample_demonstrations
 from bbtune.baselines.pez import _Projected
 from bbtune.baselines.prompt_tuning import _AsIs
-from bbtune.discretize import Discretizer
+from bbtune.search.discretize import Discretizer
 from bbtune.errors import CapabilityError, ConfigError, TaskError
-from bbtune.evaluate import evaluate
-from bbtune.prompts import HardPrompt, SoftPrompt
-from bbtune.tuner import TuneConfig
+from bbtune.search.evaluate import evaluate
+from bbtune.core.prompts import HardPrompt, SoftPrompt
+from bbtune.runs.tuner import TuneConfig
 
 FAST = dict(steps=6, eval_every=3, batch_size=4, prompt_tokens=3)
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from bbtune.calibration import apply_bias, fit_label_bias, fit_label_biases
+from bbtune.search.calibration import apply_bias, fit_label_bias, fit_label_biases
 
 
 def biased_scores(n=400, shift=(0.0, -3.0, 1.0), seed=0):

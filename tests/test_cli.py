@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from bbtune.cli import build_parser, from_args, main
-from bbtune.tuner import TuneConfig
+from bbtune.app.cli import build_parser, from_args, main
+from bbtune.runs.tuner import TuneConfig
 
 
 def test_every_config_field_is_a_flag_with_its_default():
@@ -12,7 +12,7 @@ def test_every_config_field_is_a_flag_with_its_default():
     ns = build_parser().parse_args(["tune", "--intrinsic-dim", "7", "--mode", "hard", "--block-list", "bad", "ugly"])
     cfg = from_args(TuneConfig, ns)
     assert (cfg.intrinsic_dim, cfg.mode.value, cfg.block_list) == (7, "hard", ("bad", "ugly"))
-    from bbtune.cli import CompareConfig
+    from bbtune.app.cli import CompareConfig
 
     assert from_args(CompareConfig, build_parser().parse_args(["compare", "--seeds", "3", "4"])).seeds == (3, 4)
 

@@ -6,17 +6,18 @@ from dataclasses import replace
 
 import pytest
 
+from bbtune.app.cli import CompareConfig, run_compare
+from bbtune.app.compare import METHODS, compare, retokenize, transfer_scores
+from bbtune.app.comparison import MethodSettings, summarize
+from bbtune.app.report import PLOT_PNG, REPORT_MD, RESULTS_JSON, _step_value, read_report, write_report
 from bbtune.backends.factory import LocalConfig
 from bbtune.backends.local import LocalBackend
+from bbtune.backends.models import build_tiny_model
 from bbtune.baselines import Measurement, MethodResult
-from bbtune.cli import CompareConfig, run_compare
-from bbtune.compare import METHODS, MethodSettings, compare, retokenize, transfer_scores
-from bbtune.report import PLOT_PNG, REPORT_MD, RESULTS_JSON, _step_value, read_report, summarize, write_report
+from bbtune.core.prompts import HardPrompt
 from bbtune.errors import ConfigError
-from bbtune.models import build_tiny_model
-from bbtune.prompts import HardPrompt
+from bbtune.runs.tuner import TuneConfig
 from bbtune.tasks import TaskConfig
-from bbtune.tuner import TuneConfig
 
 SEEDS = (1, 2)
 TUNE = TuneConfig(budget_calls=8, popsize=4, intrinsic_dim=4, prompt_tokens=3, eval_every=4)

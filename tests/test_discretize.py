@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from bbtune.discretize import Discretizer, nearest_ids
-from bbtune.models import build_tiny_tokenizer
-from bbtune.vocab import Vocabulary
+from bbtune.search.discretize import Discretizer, nearest_ids
+from bbtune.backends.models import build_tiny_tokenizer
+from bbtune.core.vocab import Vocabulary
 
 
 def test_nearest_on_a_known_matrix_cosine_vs_dot():

@@ -5,9 +5,9 @@ import pytest
 
 from bbtune.backends.factory import LocalConfig
 from bbtune.backends.remote import RemoteConfig
-from bbtune.cli import main
-from bbtune.dryrun import PROBE_REQUESTS, dry_run_tune
-from bbtune.tuner import TuneConfig, tune
+from bbtune.app.cli import main
+from bbtune.app.dryrun import PROBE_REQUESTS, dry_run_tune
+from bbtune.runs.tuner import TuneConfig, tune
 from mock_server import MockServer, ServerConfig, shared_scorer
 
 HARD = TuneConfig(mode="hard", budget_calls=18, popsize=6, prompt_tokens=3, intrinsic_dim=20, eval_every=12, seed=5)
@@ -59,8 +59,8 @@ def test_cli_dry_run_sends_nothing(server, capsys, tmp_path):
 
 
 def test_compare_dry_run_counts_what_compare_calls(tmp_path, capsys):
-    from bbtune.cli import CompareConfig, run_compare
-    from bbtune.dryrun import dry_run_compare
+    from bbtune.app.cli import CompareConfig, run_compare
+    from bbtune.app.dryrun import dry_run_compare
     from bbtune.tasks import TaskConfig
 
     config = CompareConfig(methods=("manual", "in_context", "bbt_hard"), seeds=(3, 4), out=str(tmp_path / "r"))

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from bbtune.backends.local import LocalBackend
-from bbtune.discretize import Discretizer, Metric
-from bbtune.export import export_peft
-from bbtune.prompts import HardPrompt, SoftPrompt
-from bbtune.subspace import P0Init, Subspace, SubspaceConfig
+from bbtune.search.discretize import Discretizer, Metric
+from bbtune.app.export import export_peft
+from bbtune.core.prompts import HardPrompt, SoftPrompt
+from bbtune.search.subspace import P0Init, Subspace, SubspaceConfig
 from bbtune.tasks import Example, Placement, TaskFormat, Template
-from bbtune.vocab import token_embeddings
+from bbtune.core.vocab import token_embeddings
 
 FAMILIES = ["tiny", "tiny-gemma"]
 TEXT = " the story is fine"
@@ -93,7 +93,7 @@ def test_the_subspace_steps_are_sized_in_the_models_space(backend):
 
 def test_an_exported_peft_prompt_scores_like_bbtune(backend, tmp_path):
     peft = pytest.importorskip("peft")
-    from bbtune.models import build_tiny_model
+    from bbtune.backends.models import build_tiny_model
 
     _, soft = text_prompts(backend)
     f = fmt("prefix")
@@ -115,7 +115,7 @@ def test_an_exported_peft_prompt_scores_like_bbtune(backend, tmp_path):
 def test_bbt_soft_starts_at_the_manual_prompt(backend, tiny_task):
     """Generation 0 of a soft run from the cue is the manual prompt: same (calibrated) train loss."""
     from bbtune.tasks import Task
-    from bbtune.tuner import TuneConfig, tune
+    from bbtune.runs.tuner import TuneConfig, tune
 
     cued = Task(tiny_task.name, TaskFormat(Template("Review: {text}\nSentiment:{label}"), tiny_task.format.verbalizer),
                 tiny_task.train, tiny_task.dev)

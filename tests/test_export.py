@@ -8,9 +8,9 @@ import torch
 
 from bbtune.backends.local import LocalBackend
 from bbtune.errors import ConfigError
-from bbtune.export import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BBTUNE_INFO, export_peft, export_run
-from bbtune.prompts import HardPrompt, SoftPrompt
-from bbtune.results import RunFolder
+from bbtune.app.export import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BBTUNE_INFO, export_peft, export_run
+from bbtune.core.prompts import HardPrompt, SoftPrompt
+from bbtune.runs.folder import RunFolder
 from bbtune.tasks import Example, Placement, TaskFormat, Template
 
 peft = pytest.importorskip("peft")
@@ -30,7 +30,7 @@ def prompt(backend: LocalBackend) -> SoftPrompt:
 
 
 def _load(backend: LocalBackend, folder):
-    from bbtune.models import build_tiny_model
+    from bbtune.backends.models import build_tiny_model
 
     base, _ = build_tiny_model()  # a fresh copy: PEFT wraps the model it is given
     return peft.PeftModel.from_pretrained(base, folder).eval()

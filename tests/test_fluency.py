@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from bbtune.errors import CapabilityError, ConfigError
-from bbtune.fluency import TextScorer, perplexity, prompt_nll, text_scorer, whole_words
-from bbtune.prompts import HardPrompt, SoftPrompt
-from bbtune.tuner import TuneConfig, tune
+from bbtune.search.fluency import TextScorer, perplexity, prompt_nll, text_scorer, whole_words
+from bbtune.core.prompts import HardPrompt, SoftPrompt
+from bbtune.runs.tuner import TuneConfig, tune
 
 
 @pytest.fixture(scope="module")

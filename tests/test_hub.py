@@ -6,8 +6,8 @@ import pytest
 
 from bbtune.backends.local import LocalBackend
 from bbtune.errors import ConfigError, TaskError
-from bbtune.models import build_tiny_model, load_model
-from bbtune.prompts import HardPrompt
+from bbtune.backends.models import build_tiny_model, load_model
+from bbtune.core.prompts import HardPrompt
 from bbtune.tasks import TaskConfig
 
 from conftest import NEG, POS
@@ -92,7 +92,7 @@ def test_hub_name_not_cached_fails_clearly():
 
 
 def test_cli_flags_reach_the_task(tmp_path):
-    from bbtune.cli import build_parser, from_args
+    from bbtune.app.cli import build_parser, from_args
 
     args = build_parser().parse_args(["tune", "--data", "hf:glue:sst2", "--text-field", "sentence",
                                       "--label-names", "negative,positive"])

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bbtune.backends.kvcache import KVStore, cache_kwarg, cache_layers, new_cache
-from bbtune.models import build_tiny_model
+from bbtune.backends.models import build_tiny_model
 
 
 def entry(length: int, layers: int = 2, fill: float = 0.0) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -10,7 +10,7 @@ import torch
 
 from bbtune.backends.local import LocalBackend
 from bbtune.errors import ConfigError, TaskError, VerbalizerError
-from bbtune.prompts import HardPrompt, SoftPrompt
+from bbtune.core.prompts import HardPrompt, SoftPrompt
 from bbtune.tasks import Example, TaskFormat, Template
 
 TOL = 1e-5

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from bbtune.losses import accuracy, label_log_softmax, per_prompt_loss
+from bbtune.search.losses import accuracy, label_log_softmax, per_prompt_loss
 
 
 def test_ce_is_renormalised_over_label_words():
@@ -44,7 +44,7 @@ def test_a_missing_label_ranks_below_every_listed_one():
 
 @pytest.mark.parametrize("kind", ["ce", "hinge"])
 def test_a_missing_gold_label_costs_the_fixed_loss_not_a_bound(kind):
-    from bbtune.losses import MISSING_LABEL_LOSS
+    from bbtune.search.losses import MISSING_LABEL_LOSS
 
     gold_missing = np.array([[[NAN, -1.0]]])
     assert per_prompt_loss(gold_missing, np.array([0]), kind)[0] == MISSING_LABEL_LOSS

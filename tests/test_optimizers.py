@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bbtune.errors import ConfigError
-from bbtune.optimizers import OptimizerConfig, make_optimizer
+from bbtune.search.optimizers import OptimizerConfig, make_optimizer
 
 
 @pytest.mark.parametrize("name", ["cma", "random"])

@@ -17,8 +17,8 @@ import pytest
 
 from bbtune.backends.local import LocalBackend
 from bbtune.backends.remote import RemoteBackend, RemoteConfig
-from bbtune.cli import main
-from bbtune.prompts import HardPrompt
+from bbtune.app.cli import main
+from bbtune.core.prompts import HardPrompt
 from bbtune.tasks import TaskConfig
 
 pytestmark = [

@@ -25,7 +25,7 @@ from bbtune.errors import (
     ServerError,
     VerbalizerError,
 )
-from bbtune.prompts import HardPrompt, SoftPrompt
+from bbtune.core.prompts import HardPrompt, SoftPrompt
 from bbtune.tasks import Example, TaskFormat, Template
 from mock_server import FaultConfig, FaultRule, MockApp, ServerConfig, mock_transport, shared_scorer
 

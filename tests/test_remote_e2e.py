@@ -11,7 +11,7 @@ import pytest
 from bbtune.backends.local import LocalBackend
 from bbtune.backends.remote import RemoteBackend, RemoteConfig
 from bbtune.tasks import Task
-from bbtune.tuner import TuneConfig, TuneResult, tune
+from bbtune.runs.tuner import TuneConfig, TuneResult, tune
 from mock_server import FaultConfig, FaultRule, MockServer, ServerConfig, shared_scorer
 
 from test_remote_backend import EXAMPLES, FMT, prompts, Sleeps, one_torch_thread  # noqa: F401

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from bbtune.backends.base import Capabilities
-from bbtune.cli import main
-from bbtune.endings import Ending, budget_rounding, ending_line, ending_of
-from bbtune.tuner import TuneConfig, tune
+from bbtune.app.cli import main
+from bbtune.runs.endings import Ending, budget_rounding, ending_line, ending_of
+from bbtune.runs.tuner import TuneConfig, tune
 from mock_server import FaultConfig, FaultRule, MockServer, ServerConfig, shared_scorer
 
 RUN = ["--data", "demo", "--k", "4", "--test-limit", "8", "--model", "tiny", "--prompt-tokens", "3",

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from bbtune.cli import main
+from bbtune.app.cli import main
 
 ARGS = ["--data", "demo", "--k", "8", "--model", "tiny", "--prompt-tokens", "3", "--intrinsic-dim", "20",
         "--popsize", "6", "--budget-calls", "600", "--eval-every", "60", "--no-progress"]
@@ -24,7 +24,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     killed = tmp_path / "killed"
     # same thread count as this process (conftest), so float sums run in the same order in both
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen([sys.executable, "-m", "bbtune.cli", "tune", *ARGS, "--run-dir", str(killed)],
+    proc = subprocess.Popen([sys.executable, "-m", "bbtune.app.cli", "tune", *ARGS, "--run-dir", str(killed)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         deadline = time.time() + 300

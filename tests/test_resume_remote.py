@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bbtune.backends.accounting import Ledger, Limits, Meter, Prices, RemoteStats
-from bbtune.cli import main
+from bbtune.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ["--data", "demo", "--k", "4", "--test-limit", "16", "--model", "tiny", "--prompt-tokens", "3",
@@ -60,7 +60,7 @@ def test_a_second_writer_fails_at_once_naming_the_first(tmp_path, capsys):
     run_dir = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     endless = ["--budget-calls", "600000", "--eval-every", "600000"]  # killed long before its end
-    first = subprocess.Popen([sys.executable, "-m", "bbtune.cli", "tune", *LOCAL, *endless, "--run-dir", str(run_dir)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    first = subprocess.Popen([sys.executable, "-m", "bbtune.app.cli", "tune", *LOCAL, *endless, "--run-dir", str(run_dir)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120

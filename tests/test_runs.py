@@ -9,10 +9,10 @@ import sys
 import pytest
 
 import bbtune
-from bbtune.cli import main
+from bbtune.app.cli import main
 from bbtune.errors import CheckpointError, ConfigError
-from bbtune.export import ADAPTER_CONFIG, export
-from bbtune.tuner import TuneConfig, tune
+from bbtune.app.export import ADAPTER_CONFIG, export
+from bbtune.runs.tuner import TuneConfig, tune
 
 
 def _run(tmp_path_factory, task, backend, mode: str):

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from bbtune.errors import ConfigError
-from bbtune.models import build_tiny_tokenizer
-from bbtune.subspace import Subspace, SubspaceConfig
-from bbtune.vocab import Vocabulary
+from bbtune.backends.models import build_tiny_tokenizer
+from bbtune.search.subspace import Subspace, SubspaceConfig
+from bbtune.core.vocab import Vocabulary
 
 
 @pytest.fixture(scope="module")

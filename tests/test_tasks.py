@@ -3,7 +3,7 @@ import json
 import pytest
 
 from bbtune.errors import TaskError, VerbalizerError
-from bbtune.models import build_tiny_tokenizer
+from bbtune.backends.models import build_tiny_tokenizer
 from bbtune.tasks import (Example, Placement, Task, TaskConfig, TaskFormat, Template, demo_data_dir, few_shot_split,
                           load_examples, load_task, verbalizer_token_ids)
 

@@ -8,8 +8,8 @@ import torch
 
 from bbtune.backends.local import LocalBackend
 from bbtune.backends.remote import RemoteBackend, RemoteConfig
-from bbtune.discretize import Discretizer
-from bbtune.prompts import HardPrompt
+from bbtune.search.discretize import Discretizer
+from bbtune.core.prompts import HardPrompt
 from bbtune.tasks import Example, Task, TaskFormat, Template
 from mock_server import MockServer, ServerConfig, shared_scorer
 

@@ -6,12 +6,12 @@ import torch
 
 from bbtune.backends.base import Capabilities
 from bbtune.constants import CPU_PROMPT_TOKENS
-from bbtune.discretize import Discretizer
+from bbtune.search.discretize import Discretizer
 from bbtune.errors import CapabilityError, CheckpointError, ConfigError
-from bbtune.prompts import HardPrompt, SoftPrompt
-from bbtune.results import RunFolder
-from bbtune.subspace import Subspace, SubspaceConfig
-from bbtune.tuner import TuneConfig, Tuner, calibrate_hard_scale, tune
+from bbtune.core.prompts import HardPrompt, SoftPrompt
+from bbtune.runs.folder import RunFolder
+from bbtune.search.subspace import Subspace, SubspaceConfig
+from bbtune.runs.tuner import TuneConfig, Tuner, calibrate_hard_scale, tune
 
 FAST = dict(prompt_tokens=3, intrinsic_dim=20, popsize=6, eval_every=12, p0="vocab")  # BBT's start: random words
 
@@ -227,8 +227,8 @@ class NoOpCMA:
 
 
 def test_cma_es_reaches_a_loss_that_random_search_and_a_no_op_optimizer_do_not(tiny_backend, tiny_task, monkeypatch):
-    import bbtune.tuner as tuner_module
-    from bbtune.optimizers import make_optimizer
+    import bbtune.runs.tuner as tuner_module
+    from bbtune.search.optimizers import make_optimizer
 
     cfg = dict(prompt_tokens=3, intrinsic_dim=10, popsize=8, eval_every=400, budget_calls=400, calibrate=False, p0="vocab",
                keep_manual=False, seed=0)
@@ -250,7 +250,7 @@ def test_cma_es_reaches_a_loss_that_random_search_and_a_no_op_optimizer_do_not(t
 def test_p0_cue_starts_the_search_at_the_manual_prompt(tiny_backend, tiny_task):
     """--p0 cue: the prompt takes the place of the template's cue (' It was'), so z = 0 scores exactly like the
     manual prompt on the original template, and the run reports the manual prompt beside the tuned one."""
-    from bbtune.evaluate import score_examples
+    from bbtune.search.evaluate import score_examples
 
     tuner = Tuner(tiny_task, tiny_backend, TuneConfig(**{**FAST, "p0": "cue", "prompt_tokens": 0}, budget_calls=12))
     res = tuner.run()

@@ -9,8 +9,8 @@ import pytest
 from bbtune.backends.base import Capabilities, CallStats
 from bbtune.errors import VerbalizerError
 from bbtune.tasks import PRESETS, Example, Placement, TaskFormat, Template
-from bbtune.tuner import MANUAL
-from bbtune.verbalizers import PRESET_CANDIDATES, CandidateScores, candidate_scores, rank_verbalizers
+from bbtune.runs.tuner import MANUAL
+from bbtune.search.verbalizers import PRESET_CANDIDATES, CandidateScores, candidate_scores, rank_verbalizers
 
 FMT = TaskFormat(Template("{text} It was{label}"), {"negative": " bad", "positive": " good"}, Placement.PREFIX)
 EXAMPLES = tuple(Example(f"review {i}", "positive" if i % 2 else "negative") for i in range(20))

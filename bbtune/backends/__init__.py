@@ -1,5 +1,5 @@
 """Backends: everything model- or server-specific lives behind `Backend.score`."""
-from .base import Backend, Capabilities, CallStats
-from .remote import RemoteBackend, RemoteConfig
+from bbtune.backends.base import Backend, Capabilities, CallStats
+from bbtune.backends.remote import RemoteBackend, RemoteConfig
 
 __all__ = ["Backend", "Capabilities", "CallStats", "RemoteBackend", "RemoteConfig"]

@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Mapping
 
-from ..errors import BudgetExceeded
-from .base import CallStats
+from bbtune.errors import BudgetExceeded
+from bbtune.backends.base import CallStats
 
 
 @dataclass

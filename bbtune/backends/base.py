@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from ..errors import CapabilityError
-from ..prompts import Prompt
+from bbtune.errors import CapabilityError
+from bbtune.core.prompts import Prompt
 
 if TYPE_CHECKING:
-    from ..tasks import Example, TaskFormat
-    from ..vocab import Vocabulary
+    from bbtune.tasks import Example, TaskFormat
+    from bbtune.core.vocab import Vocabulary
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class Backend(Protocol):
 
 def check_scores(scores: np.ndarray, n_prompts: int, n_examples: int, n_labels: int, source: str) -> np.ndarray:
     """Guard the seam: shape, and numbers that are log-probs or an honest NaN ("missing": the server did not
-    give this label's log-prob; `bbtune.losses` says what it costs). An infinity is a bug upstream and never
+    give this label's log-prob; `bbtune.search.losses` says what it costs). An infinity is a bug upstream and never
     reaches a loss."""
     expected = (n_prompts, n_examples, n_labels)
     if scores.shape != expected:

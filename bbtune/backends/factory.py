@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..constants import DEFAULT_KV_CACHE_MB, DEFAULT_MEMORY_BUDGET_MB, EMBEDDED_MODEL
-from ..errors import ConfigError
-from .base import Backend
+from bbtune.constants import DEFAULT_KV_CACHE_MB, DEFAULT_MEMORY_BUDGET_MB, EMBEDDED_MODEL
+from bbtune.errors import ConfigError
+from bbtune.backends.base import Backend
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class LocalConfig:
         return self.device
 
     def build(self) -> Backend:
-        from .local import LocalBackend
+        from bbtune.backends.local import LocalBackend
 
         device = self.resolved_device()
         dtype = self.dtype if self.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
@@ -47,7 +47,7 @@ def transfer_backend(local: LocalConfig, model: str = "", url: str = "", served_
 
         return replace(local, model=model).build()
     if url:
-        from .remote import RemoteConfig
+        from bbtune.backends.remote import RemoteConfig
 
         return RemoteConfig(base_url=url, model=served_model).build()
     return None

@@ -15,8 +15,8 @@ from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 import httpx
 
-from ..constants import CONNECT_TIMEOUT_S
-from ..errors import (
+from bbtune.constants import CONNECT_TIMEOUT_S
+from bbtune.errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
@@ -27,10 +27,10 @@ from ..errors import (
     RateLimitError,
     ServerError,
 )
-from .accounting import Meter, RemoteStats, Reservation
-from .cache import ResponseCache, request_key
-from .replicas import Replica, ReplicaPool
-from .retry import retry_after_s, retrying
+from bbtune.backends.accounting import Meter, RemoteStats, Reservation
+from bbtune.backends.cache import ResponseCache, request_key
+from bbtune.backends.replicas import Replica, ReplicaPool
+from bbtune.backends.retry import retry_after_s, retrying
 
 T = TypeVar("T")
 

@@ -22,14 +22,14 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from ..constants import DEFAULT_KV_CACHE_MB, DEFAULT_MEMORY_BUDGET_MB, EMBEDDED_MODEL
-from ..errors import ConfigError, TaskError
-from ..models import load_model
-from ..prompts import HardPrompt, Prompt, SoftPrompt, distinct_prompts, prompt_kind
-from ..tasks import Example, Placement, TaskFormat, verbalizer_token_ids
-from ..vocab import Vocabulary, token_embeddings
-from .base import Capabilities, CallStats, check_scores
-from .kvcache import KVStore, LayerKV, cache_kwarg, cache_layers, new_cache
+from bbtune.constants import DEFAULT_KV_CACHE_MB, DEFAULT_MEMORY_BUDGET_MB, EMBEDDED_MODEL
+from bbtune.errors import ConfigError, TaskError
+from bbtune.backends.models import load_model
+from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt, distinct_prompts, prompt_kind
+from bbtune.tasks import Example, Placement, TaskFormat, verbalizer_token_ids
+from bbtune.core.vocab import Vocabulary, token_embeddings
+from bbtune.backends.base import Capabilities, CallStats, check_scores
+from bbtune.backends.kvcache import KVStore, LayerKV, cache_kwarg, cache_layers, new_cache
 
 
 PAD_SLACK = 1.25  # a (examples x candidates) block may pad its inputs to at most 1.25x their real tokens ...

@@ -31,8 +31,8 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from ..constants import DEEP_TOP_K_STEPS, PROBE_SAMPLE, TOP_K_STEPS
-from ..errors import (
+from bbtune.constants import DEEP_TOP_K_STEPS, PROBE_SAMPLE, TOP_K_STEPS
+from bbtune.errors import (
     APIConnectionError,
     BackendError,
     BadRequestError,
@@ -41,10 +41,10 @@ from ..errors import (
     NotFoundError,
     ServerError,
 )
-from ..prompts import Prompt
-from ..tasks import Example, TaskFormat
-from . import wire
-from .wire import ProbeReport, ScoreMode
+from bbtune.core.prompts import Prompt
+from bbtune.tasks import Example, TaskFormat
+from bbtune.backends import wire
+from bbtune.backends.wire import ProbeReport, ScoreMode
 
 log = logging.getLogger("bbtune")
 

@@ -19,7 +19,7 @@ Which server supports which mode:
 | logit_bias in the log-probs | (the probe decides) | (the probe decides) | no: sampling only | yes |
 
 "Bounded": a label outside the top-k is *missing*: its score is NaN, counted in `stats.missing_rate`, and the
-loss gives it a documented meaning (`bbtune.losses`). The probe finds the deepest top-k the server accepts,
+loss gives it a documented meaning (`bbtune.search.losses`). The probe finds the deepest top-k the server accepts,
 turns on ``logit_bias`` on the label tokens where the server honours it (labels then always make the list;
 the log-probs are then those of the biased distribution, whose label *differences* are the true ones), asks
 deeper lists where it does not, and refuses a run whose sample misses more than ``max_missing`` of its
@@ -40,7 +40,7 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 import httpx
 import numpy as np
 
-from ..constants import (
+from bbtune.constants import (
     API_KEY_ENV,
     CHAT_TOKEN_MARGIN,
     DEFAULT_CONCURRENCY,
@@ -55,19 +55,19 @@ from ..constants import (
     PROBE_TOLERANCE,
     PROMPT_TOKEN_MARGIN,
 )
-from ..errors import ConfigError, TaskError
-from ..prompts import HardPrompt, Prompt, prompt_kind
-from ..tasks import Example, TaskFormat, verbalizer_token_ids
-from ..vocab import Vocabulary
-from . import wire
-from .accounting import Ledger, Limits, Meter, Prices, RemoteStats, restore
-from .base import Capabilities, check_scores
-from .cache import ResponseCache
-from .http import ApiClient, KeyInfo
-from .loop import LoopThread
-from .replicas import ReplicaPool, display_url
-from .probe import explain, run_probe
-from .wire import LabelKeys, ProbeReport, ScoreMode
+from bbtune.errors import ConfigError, TaskError
+from bbtune.core.prompts import HardPrompt, Prompt, prompt_kind
+from bbtune.tasks import Example, TaskFormat, verbalizer_token_ids
+from bbtune.core.vocab import Vocabulary
+from bbtune.backends import wire
+from bbtune.backends.accounting import Ledger, Limits, Meter, Prices, RemoteStats, restore
+from bbtune.backends.base import Capabilities, check_scores
+from bbtune.backends.cache import ResponseCache
+from bbtune.backends.http import ApiClient, KeyInfo
+from bbtune.backends.loop import LoopThread
+from bbtune.backends.replicas import ReplicaPool, display_url
+from bbtune.backends.probe import explain, run_probe
+from bbtune.backends.wire import LabelKeys, ProbeReport, ScoreMode
 
 
 def _h(default: Any, help: str) -> Any:  # noqa: A002 - the CLI reads `help`
@@ -301,7 +301,7 @@ class RemoteBackend:
                 raise ConfigError(
                     "this needs the model's tokenizer/embeddings: set --remote-local-model to the same model "
                     "(a HF directory, a .gguf file, 'smollm2' or 'tiny')")
-            from .local import LocalBackend
+            from bbtune.backends.local import LocalBackend
 
             self._local = LocalBackend(self.config.local_model)
         return self._local

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-from ..constants import REPLICA_COOLDOWN_S
+from bbtune.constants import REPLICA_COOLDOWN_S
 
 
 def display_url(url: str) -> str:

@@ -20,8 +20,8 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from ..constants import INITIAL_RETRY_DELAY_S, MAX_RETRY_AFTER_S, MAX_RETRY_DELAY_S
-from ..errors import APIConnectionError, APIStatusError
+from bbtune.constants import INITIAL_RETRY_DELAY_S, MAX_RETRY_AFTER_S, MAX_RETRY_DELAY_S
+from bbtune.errors import APIConnectionError, APIStatusError
 
 RETRY_STATUSES = frozenset({408, 409, 429})
 JITTER = 0.25

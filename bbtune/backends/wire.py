@@ -14,7 +14,7 @@ Modes (`ScoreMode`), one request shape each:
 
 **A missing label is NaN, never a bound.** A label absent from a top-k list has an unknown log-prob (below the
 k-th value); `label_scores` gives it NaN, the run counts it (``missing_rate``) and the loss decides what it
-means (`bbtune.losses`). Two remedies keep labels in the list:
+means (`bbtune.search.losses`). Two remedies keep labels in the list:
 
 - ``logit_bias``: the same bias on every label token (all spellings). The server then returns log-probs of the
   *biased* distribution: every label's log-prob moves by the same amount (``+bias - log Z'``), so the
@@ -41,7 +41,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..errors import MalformedResponseError
+from bbtune.errors import MalformedResponseError
 
 COMPLETIONS = "/completions"
 CHAT = "/chat/completions"

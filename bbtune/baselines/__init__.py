@@ -6,11 +6,11 @@
 - `pez`: hard prompt discovery by projected gradients (Wen et al.); needs a `LocalBackend`.
 - `bbt`: BBT soft / discretized / hard and random search, through the tuner.
 """
-from .incontext import InContextConfig, run_in_context
-from .manual import run_manual
-from .pez import PEZConfig, run_pez
-from .prompt_tuning import PromptTuningConfig, run_prompt_tuning
-from .record import Measurement, MethodResult, Meter
+from bbtune.baselines.incontext import InContextConfig, run_in_context
+from bbtune.baselines.manual import run_manual
+from bbtune.baselines.pez import PEZConfig, run_pez
+from bbtune.baselines.prompt_tuning import PromptTuningConfig, run_prompt_tuning
+from bbtune.baselines.record import Measurement, MethodResult, Meter
 
 __all__ = [
     "InContextConfig", "Measurement", "MethodResult", "Meter", "PEZConfig", "PromptTuningConfig",

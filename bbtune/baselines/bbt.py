@@ -8,10 +8,10 @@ records that share its cost; the second says so in its `note`.
 """
 from __future__ import annotations
 
-from ..backends.base import Backend
-from ..tasks import Task
-from ..tuner import Mode, TuneConfig, TuneResult, tune
-from .record import Measurement, MethodResult, Meter
+from bbtune.backends.base import Backend
+from bbtune.tasks import Task
+from bbtune.runs.tuner import Mode, TuneConfig, TuneResult, tune
+from bbtune.baselines.record import Measurement, MethodResult, Meter
 
 
 def run_bbt(task: Task, backend: Backend, config: TuneConfig, name: str,

@@ -18,15 +18,15 @@ from typing import Iterator, Protocol
 import numpy as np
 import torch
 
-from ..backends.base import Backend
-from ..constants import CPU_PROMPT_TOKENS
-from ..errors import ConfigError
-from ..evaluate import evaluate
-from ..prompts import HardPrompt, Prompt
-from ..subspace import P0Init, Subspace, SubspaceConfig
-from ..tasks import Task
-from ..vocab import Vocabulary
-from .record import MethodResult, Meter, test_accuracy
+from bbtune.backends.base import Backend
+from bbtune.constants import CPU_PROMPT_TOKENS
+from bbtune.errors import ConfigError
+from bbtune.search.evaluate import evaluate
+from bbtune.core.prompts import HardPrompt, Prompt
+from bbtune.search.subspace import P0Init, Subspace, SubspaceConfig
+from bbtune.tasks import Task
+from bbtune.core.vocab import Vocabulary
+from bbtune.baselines.record import MethodResult, Meter, test_accuracy
 
 
 @dataclass(frozen=True)

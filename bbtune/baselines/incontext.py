@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.base import Backend
-from ..errors import ConfigError, TaskError
-from ..prompts import HardPrompt
-from ..tasks import Example, Placement, Task, TaskFormat
-from .manual import fixed_prompt_result
-from .record import MethodResult
+from bbtune.backends.base import Backend
+from bbtune.errors import ConfigError, TaskError
+from bbtune.core.prompts import HardPrompt
+from bbtune.tasks import Example, Placement, Task, TaskFormat
+from bbtune.baselines.manual import fixed_prompt_result
+from bbtune.baselines.record import MethodResult
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,11 @@
 """
 from __future__ import annotations
 
-from ..backends.base import Backend
-from ..evaluate import evaluate
-from ..prompts import HardPrompt
-from ..tasks import Task
-from .record import MethodResult, Meter, test_accuracy
+from bbtune.backends.base import Backend
+from bbtune.search.evaluate import evaluate
+from bbtune.core.prompts import HardPrompt
+from bbtune.tasks import Task
+from bbtune.baselines.record import MethodResult, Meter, test_accuracy
 
 EMPTY_PROMPT = HardPrompt((), "")
 

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..backends.base import Backend
-from ..discretize import Discretizer, Metric
-from ..errors import ConfigError
-from ..prompts import HardPrompt
-from ..subspace import P0Init
-from ..tasks import Task
-from .gradient import GradientConfig, initial_embeds, run_gradient_method
-from .record import MethodResult
+from bbtune.backends.base import Backend
+from bbtune.search.discretize import Discretizer, Metric
+from bbtune.errors import ConfigError
+from bbtune.core.prompts import HardPrompt
+from bbtune.search.subspace import P0Init
+from bbtune.tasks import Task
+from bbtune.baselines.gradient import GradientConfig, initial_embeds, run_gradient_method
+from bbtune.baselines.record import MethodResult
 
 
 @dataclass(frozen=True)

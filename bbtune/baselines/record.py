@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from ..backends.base import Backend
-from ..evaluate import evaluate
-from ..prompts import HardPrompt, Prompt, SoftPrompt
-from ..tasks import Task
+from bbtune.backends.base import Backend
+from bbtune.search.evaluate import evaluate
+from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt
+from bbtune.tasks import Task
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")

@@ -25,9 +25,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .constants import FLUENCY_BATCH, WORD_PIECE_MIN_P
-from .errors import CapabilityError, ConfigError
-from .prompts import HardPrompt, Prompt
+from bbtune.constants import FLUENCY_BATCH, WORD_PIECE_MIN_P
+from bbtune.errors import CapabilityError, ConfigError
+from bbtune.core.prompts import HardPrompt, Prompt
 
 _LETTER = re.compile(r"^[A-Za-z]")  # a token that would continue the word before it
 _SCORERS: "weakref.WeakKeyDictionary[Any, TextScorer]" = weakref.WeakKeyDictionary()  # one per model

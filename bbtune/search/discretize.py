@@ -17,8 +17,8 @@ from typing import Iterable
 
 import torch
 
-from .prompts import HardPrompt
-from .vocab import Vocabulary
+from bbtune.core.prompts import HardPrompt
+from bbtune.core.vocab import Vocabulary
 
 
 class Metric(str, Enum):

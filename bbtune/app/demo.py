@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .backends.factory import LocalConfig
-from .results import RunFolder
-from .summary import summary_table
-from .table import markdown_table
-from .tasks import TaskConfig
-from .tuner import Mode, TuneConfig, TuneResult, tune
+from bbtune.app.summary import summary_table
+from bbtune.backends.factory import LocalConfig
+from bbtune.core.table import markdown_table
+from bbtune.runs.folder import RunFolder
+from bbtune.runs.tuner import Mode, TuneConfig, TuneResult, tune
+from bbtune.tasks import TaskConfig
 
 DEMO_PRESET = "sentiment-bbt"
 DEMO_K = 8  # per class for train and for dev, drawn from the 48-per-class pool: a few-shot run that takes minutes

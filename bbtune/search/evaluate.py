@@ -6,11 +6,11 @@ from typing import Sequence
 
 import numpy as np
 
-from .backends.base import Backend
-from .calibration import apply_bias
-from .losses import accuracy, per_prompt_loss
-from .prompts import Prompt
-from .tasks import Example, TaskFormat
+from bbtune.backends.base import Backend
+from bbtune.search.calibration import apply_bias
+from bbtune.search.losses import accuracy, per_prompt_loss
+from bbtune.core.prompts import Prompt
+from bbtune.tasks import Example, TaskFormat
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def score_examples(backend: Backend, prompt: Prompt, examples: Sequence[Example]
 
 def evaluation(scores: np.ndarray, labels: np.ndarray, label_bias: np.ndarray | None = None) -> Evaluation:
     """Accuracy and CE of (1, B, L) scores; one set of scores serves raw and calibrated numbers alike. A missing
-    label score (NaN, from a remote top-k list) follows `bbtune.losses`' rule: an example whose gold label is
+    label score (NaN, from a remote top-k list) follows `bbtune.search.losses`' rule: an example whose gold label is
     missing counts wrong and costs `MISSING_LABEL_LOSS`."""
     scores = apply_bias(scores, label_bias)
     return Evaluation(float(accuracy(scores, labels)[0]), float(per_prompt_loss(scores, labels)[0]), scores.shape[1])

@@ -35,7 +35,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from .errors import CheckpointError, RunFolderError
+from bbtune.errors import CheckpointError, RunFolderError
 
 CHECKPOINT = "checkpoint.pkl"
 CONFIG = "config.json"

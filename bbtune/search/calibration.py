@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize
 
-from .losses import label_log_softmax
+from bbtune.search.losses import label_log_softmax
 
 # A weak L2 prior: enough to make the fit unique (a constant shift of all biases changes nothing) and finite
 # when the classes are separable; small next to the log-prob gaps (several nats) that it must correct.

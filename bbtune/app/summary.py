@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
-from .table import markdown_table
-from .tuner import TuneResult
+from bbtune.core.table import markdown_table
+from bbtune.runs.tuner import TuneResult
 
 
 def summary_table(results: Sequence[tuple[str, TuneResult | dict[str, Any]]]) -> str:

@@ -19,25 +19,32 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from .backends.base import Backend
-from .constants import CPU_PROMPT_TOKENS
-from .backends.factory import LocalConfig, transfer_backend
-from .backends.remote import RemoteConfig
-from .backends.retry import should_retry
-from .baselines import InContextConfig, PEZConfig, PromptTuningConfig
-from .compare import METHODS, Comparison, MethodSettings, check_methods, compare
-from .dryrun import dry_run_compare, dry_run_tune
-from .endings import EPILOG, Ending, budget_rounding, ending_line, gave_up_line
-from .errors import BackendError, BBTuneError, ConfigError
-from .export import export
-from .resume import given_dests, resumed_remote, split_settings
-from .results import RunFolder
-from .runs import load_run
-from .table import markdown_table
-from .tasks import FieldMap, TaskConfig, parse_label_names, read_inputs
-from .demo import run_demo
-from .summary import summary_table
-from .tuner import TuneConfig, TuneResult, tune
+from bbtune.app.compare import METHODS, check_methods, compare
+from bbtune.app.comparison import Comparison, MethodSettings
+from bbtune.app.demo import run_demo
+from bbtune.app.dryrun import dry_run_compare, dry_run_tune
+from bbtune.app.export import export
+from bbtune.app.summary import summary_table
+from bbtune.backends.base import Backend
+from bbtune.backends.factory import LocalConfig, transfer_backend
+from bbtune.backends.remote import RemoteConfig
+from bbtune.backends.retry import should_retry
+from bbtune.baselines import InContextConfig, PEZConfig, PromptTuningConfig
+from bbtune.constants import CPU_PROMPT_TOKENS
+from bbtune.core.table import markdown_table
+from bbtune.errors import BackendError, BBTuneError, ConfigError
+from bbtune.runs.endings import (
+    EPILOG,
+    Ending,
+    budget_rounding,
+    ending_line,
+    gave_up_line,
+)
+from bbtune.runs.folder import RunFolder
+from bbtune.runs.load import load_run
+from bbtune.runs.resume import given_dests, resumed_remote, split_settings
+from bbtune.runs.tuner import TuneConfig, TuneResult, tune
+from bbtune.tasks import FieldMap, TaskConfig, parse_label_names, read_inputs
 
 CONFIGS = {"task": TaskConfig, "backend": LocalConfig, "tune": TuneConfig}
 REMOTE_PREFIX = "remote_"  # remote flags are --remote-*, so --model stays the local model's
@@ -229,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _tune_main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """Run `tune`, print the table and how the run ended; the exit code says whether the result is usable
-    (see `bbtune.endings`)."""
+    (see `bbtune.runs.endings`)."""
     try:
         result, tune_cfg = _tune_command(args, given_dests(argv))
     except BackendError as err:

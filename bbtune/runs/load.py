@@ -15,13 +15,14 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .backends.base import Backend
-from .errors import CheckpointError
-from .evaluate import score_examples
-from .losses import label_log_softmax
-from .prompts import HardPrompt, Prompt, SoftPrompt
-from .results import RunFolder
-from .tasks import Example, TaskFormat, Template
+from bbtune.backends.base import Backend
+from bbtune.errors import CheckpointError
+from bbtune.search.evaluate import score_examples
+from bbtune.search.losses import label_log_softmax
+from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt
+from bbtune.runs.folder import RunFolder
+from bbtune.runs.tuner import TuneResult
+from bbtune.tasks import Example, TaskFormat, Template
 
 CALIBRATION_JSON = "calibration.json"
 CHUNK = 64  # examples per model call, as `evaluate` scores a test set (same batches, same numbers)
@@ -40,7 +41,7 @@ class Prediction:
 class TunedRun:
     """A finished run folder, ready to classify. `backend` is built from the run's config when first needed."""
 
-    path: Path
+    path: Path | None  # None: a run tuned in memory (no run_dir)
     format: TaskFormat
     prompt: Prompt
     label_bias: np.ndarray | None
@@ -101,6 +102,15 @@ def load_run(run_dir: str | Path, backend: Backend | None = None) -> TunedRun:
     return TunedRun(folder.path, fmt, _prompt(folder), _label_bias(folder, metrics, fmt), metrics, config, backend)
 
 
+def tuned_run(result: TuneResult, fmt: TaskFormat, backend: Backend) -> TunedRun:
+    """The run a `Tuner` just finished, ready to predict through `backend`: read back from its folder where it
+    wrote one (exactly what `load_run` gives later), else built from the result in memory."""
+    if result.run_dir is not None:
+        return load_run(result.run_dir, backend)
+    bias = _label_bias(None, result.metrics, fmt)
+    return TunedRun(None, fmt, result.best_prompt, bias, result.metrics, {"backend": backend.name}, backend)
+
+
 def saved_format(task: dict[str, Any]) -> TaskFormat:
     """The task format a run was tuned with, from config.json's ``task`` entry."""
     return TaskFormat(Template(task["template"]), task["verbalizer"], task["placement"])
@@ -116,10 +126,10 @@ def _prompt(folder: RunFolder) -> Prompt:
     return HardPrompt(tuple(hard["token_ids"]), hard["text"], tuple(hard.get("tokens", ())))
 
 
-def _label_bias(folder: RunFolder, metrics: dict[str, Any], fmt: TaskFormat) -> np.ndarray | None:
+def _label_bias(folder: RunFolder | None, metrics: dict[str, Any], fmt: TaskFormat) -> np.ndarray | None:
     """Per-label bias in the format's label order, from metrics.json or calibration.json (None: uncalibrated)."""
     bias = metrics.get("label_bias")
-    if bias is None and (folder.path / CALIBRATION_JSON).exists():
+    if bias is None and folder is not None and (folder.path / CALIBRATION_JSON).exists():
         bias = folder.read_json(CALIBRATION_JSON).get("label_bias")
     if bias is None:
         return None
@@ -131,8 +141,8 @@ def _label_bias(folder: RunFolder, metrics: dict[str, Any], fmt: TaskFormat) -> 
 def saved_backend(config: dict[str, Any]) -> Backend:
     """The backend a run was tuned with, from its config.json (CLI runs keep the whole backend config; a run
     started from Python keeps the local model's name). Remote runs get no header values: they are never saved."""
-    from .backends.factory import LocalConfig
-    from .backends.remote import RemoteConfig
+    from bbtune.backends.factory import LocalConfig
+    from bbtune.backends.remote import RemoteConfig
 
     cli = config.get("cli")
     if cli is None:

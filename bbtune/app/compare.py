@@ -1,4 +1,4 @@
-"""Side by side: run methods x seeds on one task and backend; `bbtune.report` writes what they found.
+"""Side by side: run methods x seeds on one task and backend; `bbtune.app.report` writes what they found.
 
 Methods: ``manual``, ``in_context``, ``prompt_tuning``, ``pez``, ``bbt_soft``, ``bbt_discrete``, ``bbt_hard``,
 ``random_search``. ``bbt_discrete`` is the nearest-token projection of ``bbt_soft``'s prompt: the two share one
@@ -18,34 +18,26 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from .backends.base import Backend
-from .baselines import InContextConfig, MethodResult, PEZConfig, PromptTuningConfig
-from .baselines.bbt import run_bbt
-from .baselines.incontext import run_in_context
-from .baselines.manual import run_manual
-from .baselines.pez import run_pez
-from .baselines.prompt_tuning import run_prompt_tuning
-from .errors import BBTuneError, ConfigError
-from .evaluate import evaluate
-from .prompts import HardPrompt
-from .report import _acc, summarize, write_report
-from .tasks import Placement, Task
-from .tuner import TuneConfig
+from bbtune.app.comparison import Comparison, MethodSettings
+from bbtune.app.report import percent, write_report
+from bbtune.backends.base import Backend
+from bbtune.baselines import (
+    MethodResult,
+)
+from bbtune.baselines.bbt import run_bbt
+from bbtune.baselines.incontext import run_in_context
+from bbtune.baselines.manual import run_manual
+from bbtune.baselines.pez import run_pez
+from bbtune.baselines.prompt_tuning import run_prompt_tuning
+from bbtune.core.prompts import HardPrompt
+from bbtune.errors import BBTuneError, ConfigError
+from bbtune.search.evaluate import evaluate
+from bbtune.tasks import Placement, Task
 
 METHODS = ("manual", "in_context", "prompt_tuning", "pez", "bbt_soft", "bbt_discrete", "bbt_hard", "random_search")
 
 
 # ---------------------------------------------------------------------- what each method is run with
-
-
-@dataclass(frozen=True)
-class MethodSettings:
-    """One config per kind of method; `seed` in each is replaced by the run's seed."""
-
-    bbt: TuneConfig = TuneConfig()
-    prompt_tuning: PromptTuningConfig = PromptTuningConfig()
-    pez: PEZConfig = PEZConfig()
-    in_context: InContextConfig = InContextConfig()
 
 
 # name -> (mode, optimizer, record name of the search, record name of its discretization)
@@ -95,25 +87,6 @@ def check_methods(methods: Iterable[str]) -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------- running
-
-
-@dataclass
-class Comparison:
-    """Every run of a comparison; `summary()` is the table."""
-
-    task: str
-    backend: str
-    methods: tuple[str, ...]
-    seeds: tuple[int, ...]
-    settings: MethodSettings
-    results: list[MethodResult] = field(default_factory=list)
-    transfer: list[dict[str, Any]] = field(default_factory=list)
-    out_dir: Path | None = None
-    record: dict[str, Any] = field(default_factory=dict)  # how the run was configured, kept in results.json
-
-    def summary(self) -> list[dict[str, Any]]:
-        return [summarize(m, [r for r in self.results if r.method == m]) for m in self.methods
-                if any(r.method == m for r in self.results)]
 
 
 def compare(task: Task | Callable[[int], Task], backend: Backend, methods: Sequence[str] = METHODS,
@@ -180,7 +153,7 @@ def retokenize(prompt: HardPrompt, target: Backend) -> HardPrompt:
 
 
 def _one_line(r: MethodResult) -> str:
-    return (f"{r.method:>14} seed {r.seed:<4} dev {_acc(r.dev_acc):>5}  test {_acc(r.test_acc):>5}  calls {r.cost.calls:>5}"
+    return (f"{r.method:>14} seed {r.seed:<4} dev {percent(r.dev_acc):>5}  test {percent(r.test_acc):>5}  calls {r.cost.calls:>5}"
             f"  {r.cost.wall_s:7.1f} s" + (f"  {r.prompt_text!r}" if r.prompt_text and len(r.prompt_text) < 60 else ""))
 
 

@@ -1,10 +1,9 @@
-"""Hugging Face datasets and Hub models, read from what is already on disk: bbtune never downloads.
+"""Hugging Face datasets, read from what is already on disk: bbtune never downloads.
 
 ``--data hf:NAME[:CONFIG]`` loads a dataset with the optional `datasets` package (``pip install bbtune[hf]``):
 NAME is a folder written by ``DatasetDict.save_to_disk`` or a Hub name found in the local datasets cache
-(``$HF_DATASETS_CACHE``); ``--model ORG/NAME`` is a model found in the local Hub cache (``$HF_HUB_CACHE``).
-Both run with the Hub's offline switches on, so a set or model that is not cached fails with a message that
-says how to get it, instead of a download.
+(``$HF_DATASETS_CACHE``). It runs with the Hub's offline switches on (`offline`, which Hub models use too), so
+a set that is not cached fails with a message that says how to get it, instead of a download.
 
     >>> # splits = dataset_splits("hf:glue:sst2", FieldMap(text="sentence"))
 """
@@ -14,8 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, TaskError
-from .tasks import Example, FieldMap
+from bbtune.errors import ConfigError, TaskError
+from bbtune.tasks.data import FieldMap
+from bbtune.tasks.format import Example
 
 HF_PREFIX = "hf:"
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
@@ -26,7 +26,7 @@ def is_hf_data(data: str) -> bool:
     return data.startswith(HF_PREFIX)
 
 
-def _offline() -> None:
+def offline() -> None:
     """Switch the Hub libraries to their caches (also when they were imported before, which reads the switch)."""
     for name in OFFLINE_ENV:
         os.environ[name] = "1"
@@ -42,7 +42,7 @@ def _load(spec: str) -> Any:
         import datasets
     except ImportError:
         raise ConfigError(f"--data {spec} needs the datasets package: pip install 'bbtune[hf]' (or datasets)") from None
-    _offline()
+    offline()
     datasets.config.HF_HUB_OFFLINE = True
     if Path(name).is_dir():
         loaded = datasets.load_from_disk(name)
@@ -83,31 +83,3 @@ def _with_class_names(split: Any, fields: FieldMap) -> FieldMap:
     from dataclasses import replace
 
     return replace(fields, label_names={str(i): n for i, n in enumerate(names)})
-
-
-# ---------------------------------------------------------------- models
-
-
-def is_hub_name(ref: str) -> bool:
-    """'org/name' that is not a path on disk."""
-    parts = ref.split("/")
-    return len(parts) == 2 and all(parts) and not Path(ref).exists() and not ref.startswith((".", "~"))
-
-
-def cached_model_dir(repo_id: str) -> Path:
-    """The local snapshot folder of a Hub model, or a `ConfigError` saying how to get it there."""
-    _offline()
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        # the cache folder is read at call time, so $HF_HUB_CACHE set after import is honoured
-        return Path(snapshot_download(repo_id, local_files_only=True, cache_dir=os.environ.get("HF_HUB_CACHE")))
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError) as err:
-        from huggingface_hub.constants import HF_HUB_CACHE
-
-        raise ConfigError(
-            f"model {repo_id!r} is not in the local Hugging Face cache ({os.environ.get('HF_HUB_CACHE', HF_HUB_CACHE)})"
-            " and bbtune never "
-            f"downloads; run `huggingface-cli download {repo_id}` where there is internet (same HF_HUB_CACHE), "
-            "or pass the model's folder to --model") from err

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import torch
 
-from .constants import COMMON_WORD_RANK
+from bbtune.constants import COMMON_WORD_RANK
 
 _CHUNK = 32768  # ids embedded per call: bounds the extra memory for a 262k-token vocabulary
 _WORD = re.compile(r"^ ?[A-Za-z]+$")

@@ -24,21 +24,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backends.base import Backend
-from .constants import CPU_BUDGET_CALLS
-from .discretize import Discretizer, Metric
-from .endings import ending_of
-from .errors import BudgetExceeded, CheckpointError, ConfigError
-from .fluency import prompt_nll, text_scorer, whole_words
-from .calibration import apply_bias, fit_label_biases
-from .evaluate import Evaluation, evaluate, evaluation, score_examples
-from .losses import Loss, per_prompt_loss
-from .optimizers import OptimizerConfig, make_optimizer
-from .prompts import HardPrompt, Prompt, SoftPrompt, distinct_prompts
-from .results import CONFIG, LEDGER, METRICS, REPLIES, RunFolder, changed_fields, fingerprint, to_jsonable
-from .subspace import ALPHA_FROM_CUE, P0Init, Subspace, SubspaceConfig
-from .tasks import Placement, Task
-from .vocab import FILTERS
+from bbtune.backends.base import Backend
+from bbtune.constants import CPU_BUDGET_CALLS
+from bbtune.search.discretize import Discretizer, Metric
+from bbtune.runs.endings import ending_of
+from bbtune.errors import BudgetExceeded, CheckpointError, ConfigError
+from bbtune.search.fluency import prompt_nll, text_scorer, whole_words
+from bbtune.search.calibration import apply_bias, fit_label_biases
+from bbtune.search.evaluate import Evaluation, evaluate, evaluation, score_examples
+from bbtune.search.losses import Loss, per_prompt_loss
+from bbtune.search.optimizers import OptimizerConfig, make_optimizer
+from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt, distinct_prompts
+from bbtune.runs.folder import CONFIG, LEDGER, METRICS, REPLIES, RunFolder, changed_fields, fingerprint, to_jsonable
+from bbtune.search.subspace import ALPHA_FROM_CUE, P0Init, Subspace, SubspaceConfig
+from bbtune.tasks import Placement, Task
+from bbtune.core.vocab import FILTERS
 
 
 class Mode(str, Enum):
@@ -103,7 +103,7 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
 
 @dataclass
 class TuneResult:
-    best_prompt: Prompt  # what the search optimized (soft in soft mode, hard in hard mode)
+    best_prompt: Prompt  # the returned prompt: the tuned one (soft or hard, by mode), or the manual one where kept
     hard_prompt: HardPrompt  # the text prompt (discretized soft prompt, or the searched one)
     soft_prompt: SoftPrompt | None
     best_z: np.ndarray
@@ -154,6 +154,7 @@ class Tuner:
 
     def _setup(self) -> None:
         cfg = self.config
+        self.task_ = self.task  # what this run tunes (a cue start swaps its template); the input is never changed
         self.backend.capabilities.require(cfg.mode.value, self.backend.name)
         vocab = self.backend.vocabulary()
         self.manual_ = MANUAL
@@ -170,10 +171,10 @@ class Tuner:
                 self.subspace_, self.discretizer_, cfg.sigma0, cfg.hard_change, cfg.seed)
             self.subspace_ = self.subspace_.rescaled(self.hard_scale_)
         self.optimizer_ = make_optimizer(cfg, self.subspace_.dim, cfg.seed)
-        self.train_labels_ = self.task.format.label_ids(self.task.train)
+        self.train_labels_ = self.task_.format.label_ids(self.task_.train)
         self.eval_points_: list[dict[str, Any]] = []  # every dev-evaluated point (z, bias, numbers): for studies
         # fixed once the task is (a cue start changes its template); it hashes every example, so not per checkpoint
-        self.run_config_ = to_jsonable({"tune": asdict(cfg), "task": _describe_task(self.task),
+        self.run_config_ = to_jsonable({"tune": asdict(cfg), "task": _describe_task(self.task_),
                                         "backend": self.backend.name, **self.extra_config})
 
     def _resolve_p0(self, vocab: Any) -> P0Init:
@@ -183,26 +184,26 @@ class Tuner:
         ids = self._cue_ids(vocab)[2]
         wanted = self.config.prompt_tokens  # an explicit length other than the cue's asks for BBT's random words
         fits = ids and wanted in (0, len(ids))
-        return P0Init.CUE if fits and self.task.format.placement is Placement.SUFFIX else P0Init.VOCAB
+        return P0Init.CUE if fits and self.task_.format.placement is Placement.SUFFIX else P0Init.VOCAB
 
     def _cue_ids(self, vocab: Any) -> tuple[Any, str, tuple[int, ...]]:
         """The template without its cue, the cue, and the cue's token ids."""
-        template, cue = self.task.format.template.without_cue()
+        template, cue = self.task_.format.template.without_cue()
         return template, cue, tuple(vocab.tokenizer.encode(cue, add_special_tokens=False))
 
     def _prompt_in_place_of_cue(self, vocab: Any) -> SubspaceConfig:
         """``--p0 cue``: the search runs on the template without its cue, p0 is the cue's own words, so z = 0 is
         exactly the manual prompt and every step is measured against it (the prompt has the cue's length)."""
-        if self.task.format.placement is not Placement.SUFFIX:
+        if self.task_.format.placement is not Placement.SUFFIX:
             raise ConfigError("--p0 cue replaces the words before the label, so it needs --placement suffix")
         template, cue, ids = self._cue_ids(vocab)
         if not ids:
-            raise ConfigError(f"template {self.task.format.template.pattern!r} has no cue words between the input and "
+            raise ConfigError(f"template {self.task_.format.template.pattern!r} has no cue words between the input and "
                               "{label} for --p0 cue to start from; add some (e.g. '\nSentiment:') or use --p0 vocab")
         if self.config.prompt_tokens not in (0, len(ids)):
             raise ConfigError(f"--p0 cue makes the prompt the cue {cue!r}, {len(ids)} tokens; drop --prompt-tokens "
                               f"(or set it to {len(ids)}), or start from random words with --p0 vocab")
-        self.task = self.task.with_template(template)
+        self.task_ = self.task_.with_template(template)
         self.manual_ = HardPrompt(ids, cue)
         return replace(self.config, p0=P0Init.TEXT, p0_text=cue, prompt_tokens=len(ids),
                        alpha=self.config.alpha or ALPHA_FROM_CUE)
@@ -280,8 +281,8 @@ class Tuner:
         The budget still counts every candidate, as BBT counts calls, and so do the backend's counters (the
         skipped repeats are booked as calls answered without a model pass), so runs stay comparable."""
         unique, where = distinct_prompts(prompts)
-        scores = self.backend.score(unique, self.task.train, self.task.format)[where]
-        self.backend.stats.add(len(prompts) - len(unique), len(self.task.train))
+        scores = self.backend.score(unique, self.task_.train, self.task_.format)[where]
+        self.backend.stats.add(len(prompts) - len(unique), len(self.task_.train))
         return scores
 
     def _fluency_term(self, prompts: list[Prompt]) -> np.ndarray | float:
@@ -297,12 +298,12 @@ class Tuner:
         """Score the manual prompt (the template alone) on train and dev: the baseline the result must beat."""
         if not self.backend.capabilities.hard:
             return
-        scores = self.backend.score([self.manual_], self.task.train, self.task.format)
+        scores = self.backend.score([self.manual_], self.task_.train, self.task_.format)
         state.eval_calls += 1
         bias = _row_bias(self._biases(scores), 0)
-        dev_scores = score_examples(self.backend, self.manual_, self.task.dev, self.task.format)
-        state.eval_calls += math.ceil(len(self.task.dev) / 64)
-        dev_labels = self.task.format.label_ids(self.task.dev)
+        dev_scores = score_examples(self.backend, self.manual_, self.task_.dev, self.task_.format)
+        state.eval_calls += math.ceil(len(self.task_.dev) / 64)
+        dev_labels = self.task_.format.label_ids(self.task_.dev)
         raw, calibrated = evaluation(dev_scores, dev_labels), evaluation(dev_scores, dev_labels, bias)
         train_ce = _ce(scores[0], self.train_labels_, bias)
         state.manual = {"dev_acc": raw.accuracy, "dev_loss": raw.loss, "bias": bias, "train_loss": train_ce,
@@ -313,7 +314,7 @@ class Tuner:
         """Curve row for p0 (z = 0), where every search starts: its train loss and dev accuracy."""
         z = np.zeros(self.subspace_.dim)
         p0 = [self.prompt(z)]
-        scores = self.backend.score(p0, self.task.train, self.task.format)
+        scores = self.backend.score(p0, self.task_.train, self.task_.format)
         state.eval_calls += 1
         biases = self._biases(scores)
         loss = float((per_prompt_loss(apply_bias(scores, biases), self.train_labels_, self.config.loss)
@@ -327,8 +328,8 @@ class Tuner:
                     row: dict[str, Any]) -> None:
         """Score a generation's best on dev (with the bias fitted on its training scores) and keep it if
         it wins by the selection rule."""
-        dev = evaluate(self.backend, self.prompt(z), self.task.dev, self.task.format, label_bias=bias)
-        state.eval_calls += math.ceil(len(self.task.dev) / 64)
+        dev = evaluate(self.backend, self.prompt(z), self.task_.dev, self.task_.format, label_bias=bias)
+        state.eval_calls += math.ceil(len(self.task_.dev) / 64)
         train_ce = _ce(train_scores, self.train_labels_, bias)
         key = selection_key(self.config.select, train_ce, len(self.train_labels_), dev)
         if key < state.best_key:
@@ -391,7 +392,7 @@ class Tuner:
     # ------------------------------------------------------------------ final numbers
 
     def _finish(self, state: _State) -> TuneResult:
-        task = self.task
+        task = self.task_
         z = state.best_z if state.best_z is not None else self.optimizer_.best[0]
         keep_manual = self.config.keep_manual and bool(state.manual) and state.manual["key"] <= state.best_key
         tuned = self.prompt(z)
@@ -444,7 +445,7 @@ class Tuner:
                       discretized: HardPrompt | None, state: _State) -> None:
         """Test numbers of the result, of the manual prompt beside it (raw, and calibrated where the run
         calibrates: same scores, no extra calls), and of a soft result's nearest tokens."""
-        task, fmt = self.task, self.task.format
+        task, fmt = self.task_, self.task_.format
         if task.test:
             labels = fmt.label_ids(task.test)
             manual = score_examples(self.backend, self.manual_, task.test, fmt) if state.manual else None

@@ -32,12 +32,12 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 from scipy.special import logsumexp
 
-from .backends.base import Backend
-from .calibration import DEFAULT_L2, fit_label_bias
-from .errors import VerbalizerError
-from .evaluate import evaluation
-from .prompts import Prompt
-from .tasks import Example, TaskFormat, multi_token_message
+from bbtune.backends.base import Backend
+from bbtune.search.calibration import DEFAULT_L2, fit_label_bias
+from bbtune.errors import VerbalizerError
+from bbtune.search.evaluate import evaluation
+from bbtune.core.prompts import Prompt
+from bbtune.tasks import Example, TaskFormat, multi_token_message
 
 DEFAULT_MAX_MISSING = 0.05  # share of examples a word may be missing from a top-k reply and still compete
 DEFAULT_PER_LABEL = 4  # words per label kept for the combinations: 4 labels x 4 words = 256 fits

@@ -14,56 +14,37 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .baselines import InContextConfig, Measurement, MethodResult, PEZConfig, PromptTuningConfig
-from .results import RunFolder
-from .table import markdown_table
-from .tuner import TuneConfig
-
-if TYPE_CHECKING:
-    from .compare import Comparison
+from bbtune.app.comparison import Comparison, MethodSettings, mean_std
+from bbtune.baselines import (
+    InContextConfig,
+    Measurement,
+    MethodResult,
+    PEZConfig,
+    PromptTuningConfig,
+)
+from bbtune.core.table import markdown_table
+from bbtune.runs.folder import RunFolder
+from bbtune.runs.tuner import TuneConfig
 
 REPORT_MD, RESULTS_JSON, PLOT_PNG = "report.md", "results.json", "accuracy_vs_calls.png"
-
-
-# ---------------------------------------------------------------------- numbers
-
-
-def summarize(method: str, runs: Sequence[MethodResult]) -> dict[str, Any]:
-    """Mean and sample std over seeds of the accuracies; mean of the costs."""
-    row: dict[str, Any] = {"method": method, "seeds": [r.seed for r in runs]}
-    for key in ("dev_acc", "test_acc"):
-        values = [getattr(r, key) for r in runs if getattr(r, key) is not None]
-        row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(values)
-    for key in ("calls", "forward_passes", "backward_passes", "wall_s", "peak_mem_mb"):
-        row[key] = float(np.mean([getattr(r.cost, key) for r in runs]))
-    row["train_calls"] = float(np.mean([r.train_calls for r in runs]))
-    row["mem_kind"] = runs[0].cost.mem_kind
-    row["note"] = runs[0].note
-    return row
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def _pct(mean: float | None, std: float | None) -> str:
     return "–" if mean is None else f"{100 * mean:.1f} ± {100 * (std or 0):.1f}"
 
 
-def _acc(value: float | None) -> str:
+def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
 # ---------------------------------------------------------------------- the report folder
 
 
-def write_report(report: "Comparison", plot: bool = True) -> None:
+def write_report(report: Comparison, plot: bool = True) -> None:
     assert report.out_dir is not None
     folder = RunFolder(report.out_dir)
     folder.write_json(RESULTS_JSON, {
@@ -75,10 +56,9 @@ def write_report(report: "Comparison", plot: bool = True) -> None:
     (report.out_dir / REPORT_MD).write_text(markdown(report, with_plot=(report.out_dir / PLOT_PNG).exists()))
 
 
-def read_report(folder: str | Path) -> "Comparison":
+def read_report(folder: str | Path) -> Comparison:
     """A report folder's `results.json` back as a `Comparison` (prompt objects are not kept: `best` is None), so
     the table and plot of a finished or interrupted run can be written again: `write_report(read_report(f))`."""
-    from .compare import Comparison, MethodSettings  # compare writes reports: imported when read, not at load
 
     data = RunFolder(folder).read_json(RESULTS_JSON)
     cost_fields = {f.name for f in fields(Measurement)}
@@ -93,7 +73,7 @@ def read_report(folder: str | Path) -> "Comparison":
                       data["transfer"], Path(folder), data.get("config", {}))
 
 
-def markdown(report: "Comparison", with_plot: bool = True) -> str:
+def markdown(report: Comparison, with_plot: bool = True) -> str:
     seeds = ", ".join(map(str, report.seeds))
     rows = [{"method": s["method"], "dev acc": _pct(s["dev_acc_mean"], s["dev_acc_std"]),
              "test acc": _pct(s["test_acc_mean"], s["test_acc_std"]), "train calls": f"{s['train_calls']:.0f}",
@@ -121,7 +101,7 @@ _COLUMNS = (
 
 
 def _prompt_table(results: Sequence[MethodResult]) -> list[str]:
-    rows = [{"method": r.method, "seed": r.seed, "dev acc": _acc(r.dev_acc), "test acc": _acc(r.test_acc),
+    rows = [{"method": r.method, "seed": r.seed, "dev acc": percent(r.dev_acc), "test acc": percent(r.test_acc),
              "prompt": _cell(r.prompt_text)} for r in results if r.prompt_text]
     if not rows:
         return []
@@ -131,8 +111,8 @@ def _prompt_table(results: Sequence[MethodResult]) -> list[str]:
 def _transfer_table(transfer: Sequence[Mapping[str, Any]]) -> list[str]:
     if not transfer:
         return []
-    rows = [{"method": r["method"], "seed": r["seed"], "source acc": _acc(r["source_acc"]),
-             "target acc": _acc(r["target_acc"]), "labels missing": r["target_labels_missing"],
+    rows = [{"method": r["method"], "seed": r["seed"], "source acc": percent(r["source_acc"]),
+             "target acc": percent(r["target_acc"]), "labels missing": r["target_labels_missing"],
              "prompt": _cell(r["prompt"]) or "(template only)"} for r in transfer]
     by_method: dict[str, list[float]] = {}
     for r in transfer:
@@ -144,7 +124,7 @@ def _transfer_table(transfer: Sequence[Mapping[str, Any]]) -> list[str]:
             "*labels missing*: label words absent from the target's top-k replies (their scores are upper bounds).",
             "",
             markdown_table(rows, list(rows[0])), "",
-            "Mean target accuracy: " + ", ".join(f"{m} {_pct(*_mean_std(v))}" for m, v in by_method.items()), ""]
+            "Mean target accuracy: " + ", ".join(f"{m} {_pct(*mean_std(v))}" for m, v in by_method.items()), ""]
 
 
 def _cell(text: str | None, limit: int = 100) -> str:
@@ -158,10 +138,12 @@ def _cell(text: str | None, limit: int = 100) -> str:
 # ---------------------------------------------------------------------- the plot
 
 
-def plot_accuracy_vs_calls(report: "Comparison", path: Path) -> None:
+def plot_accuracy_vs_calls(report: Comparison, path: Path) -> None:
     """Left: best dev accuracy so far against training calls. Right: test accuracy against all model calls."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure  # the object API, so a user's pyplot backend is left alone
+    from matplotlib.figure import (
+        Figure,  # the object API, so a user's pyplot backend is left alone
+    )
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     fig = Figure(figsize=(13, 6.4), dpi=120)
@@ -195,11 +177,11 @@ def _plot_curve(ax: Any, method: str, runs: Sequence[MethodResult], color: str) 
     """Mean ± std of best-so-far step curves; an untuned method is a dashed level, a single point a marker."""
     xs = sorted({x for r in runs for x, _ in r.curve})
     if xs == [0]:
-        mean, _ = _mean_std([r.curve[-1][1] for r in runs])  # its spread is in the table; a band would cover all
+        mean, _ = mean_std([r.curve[-1][1] for r in runs])  # its spread is in the table; a band would cover all
         ax.axhline(mean, color=color, ls="--", lw=1.2, label=f"{method} (no tuning)")
         return
     if len(xs) == 1 or all(len(r.curve) == 1 for r in runs):
-        mean, std = _mean_std([r.curve[-1][1] for r in runs])
+        mean, std = mean_std([r.curve[-1][1] for r in runs])
         ax.errorbar([np.mean([r.curve[-1][0] for r in runs])], [mean], yerr=[std], fmt="D", color=color,
                     capsize=4, label=f"{method} (final)")
         return
@@ -221,6 +203,6 @@ def _plot_final(ax: Any, method: str, runs: Sequence[MethodResult], color: str, 
     tests = [r.test_acc for r in runs if r.test_acc is not None]
     if not tests:
         return
-    mean, std = _mean_std(tests)
+    mean, std = mean_std(tests)
     calls = float(np.mean([r.cost.calls for r in runs]))
     ax.errorbar([calls], [mean], yerr=[std], fmt=marker, color=color, capsize=4, ms=7, label=method)

@@ -19,8 +19,8 @@ from typing import Protocol
 import cma
 import numpy as np
 
-from .constants import CPU_POPSIZE
-from .errors import ConfigError
+from bbtune.constants import CPU_POPSIZE
+from bbtune.errors import ConfigError
 
 
 class OptimizerName(str, Enum):

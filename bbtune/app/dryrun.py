@@ -22,10 +22,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .backends.base import Backend, CallStats, Capabilities
-from .constants import CHAT_TOKEN_MARGIN, PROMPT_TOKEN_MARGIN
-from .prompts import HardPrompt, Prompt, SoftPrompt
-from .tasks import Example, TaskFormat
+from bbtune.backends.base import Backend, CallStats, Capabilities
+from bbtune.constants import CHAT_TOKEN_MARGIN, PROMPT_TOKEN_MARGIN
+from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt
+from bbtune.tasks import Example, TaskFormat
 
 PROBE_REQUESTS = 10  # the probe's requests at most: /models, first, repeat, lists, top-k step-downs, a sample
 
@@ -93,7 +93,7 @@ class Estimate:
         return asdict(self)
 
     def table(self) -> str:
-        from .table import markdown_table
+        from bbtune.core.table import markdown_table
 
         rows = [{"": "model calls (prompt x batch)", "at most": self.calls},
                 {"": "examples scored", "at most": self.examples_scored},
@@ -169,11 +169,11 @@ def _row_tokens(call: _Call, tokenizer: Any) -> list[int]:
 def shape_backend(kind: str, local: Any, remote: Any) -> tuple[ShapeBackend, Pricing]:
     """A ShapeBackend standing for the backend the CLI would build (`local`: LocalConfig, `remote`: RemoteConfig),
     with the pricing of that backend; only the local reference model is loaded."""
-    from .backends.local import LocalBackend
+    from bbtune.backends.local import LocalBackend
 
     if kind == "remote":
         if not remote.local_model:
-            from .errors import ConfigError
+            from bbtune.errors import ConfigError
 
             raise ConfigError("--dry-run counts tokens with the model's own tokenizer: set --remote-local-model "
                               "to the same model locally (a HF folder, a .gguf, 'smollm2' or 'tiny')")
@@ -186,7 +186,7 @@ def shape_backend(kind: str, local: Any, remote: Any) -> tuple[ShapeBackend, Pri
 
 def dry_run_tune(task: Any, tune_config: Any, kind: str, local: Any, remote: Any) -> Estimate:
     """What `bbtune tune` with these configs would spend at most (no run folder is written)."""
-    from .tuner import tune
+    from bbtune.runs.tuner import tune
 
     backend, pricing = shape_backend(kind, local, remote)
     tune(task, backend, tune_config, None, progress=False)
@@ -201,8 +201,8 @@ def dry_run_compare(config: Any, task: Any, local: Any, tune_config: Any) -> dic
     (`config.transfer_url`), the requests the transfer scores send. Keys: 'methods', and 'transfer' if any."""
     from dataclasses import replace
 
-    from .backends.remote import RemoteConfig
-    from .compare import compare
+    from bbtune.app.compare import compare
+    from bbtune.backends.remote import RemoteConfig
 
     backend, pricing = shape_backend("local", local, None)
     backend.capabilities = replace(backend.capabilities, gradients=False)

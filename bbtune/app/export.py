@@ -22,13 +22,13 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
-from .prompts import SoftPrompt
-from .results import RunFolder
-from .tasks import Placement, TaskFormat
+from bbtune.core.prompts import SoftPrompt
+from bbtune.errors import ConfigError
+from bbtune.runs.folder import RunFolder
+from bbtune.tasks import Placement, TaskFormat
 
 if TYPE_CHECKING:
-    from .runs import TunedRun
+    from bbtune.runs.load import TunedRun
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS, BBTUNE_INFO = "adapter_config.json", "adapter_model.safetensors", "bbtune_prompt.json"
 PEFT_TASK_TYPES = ("CAUSAL_LM", "SEQ_2_SEQ_LM", "SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
@@ -82,7 +82,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, model_config: Any = 
     tensors = run.load_tensors("best_prompt.safetensors")
     if "soft_prompt" not in tensors:
         raise ConfigError(f"{run.path} holds no soft prompt (a hard-mode run); its prompt is text: hard_prompt.json")
-    from .runs import saved_format  # runs reads what tune wrote; export only needs the format from it
+    from bbtune.runs.load import (
+        saved_format,  # runs reads what tune wrote; export only needs the format from it
+    )
 
     task = run.read_json("config.json").get("task")
     fmt = saved_format(task) if task else None
@@ -119,7 +121,7 @@ def run_summary(run: "TunedRun") -> dict[str, Any]:
 def export(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> str:
     """`bbtune export`: write the run's prompt as `fmt` to `out` (peft: a folder, default RUN_DIR/peft); returns
     the text (text/json) or a line naming the folder (peft)."""
-    from .runs import load_run
+    from bbtune.runs.load import load_run
 
     kind = export_format(fmt)
     run = load_run(run_dir)  # a missing or unfinished run folder fails here, whatever the format

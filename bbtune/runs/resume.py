@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-from .backends.remote import RemoteConfig
-from .errors import ConfigError
+from bbtune.backends.remote import RemoteConfig
+from bbtune.errors import ConfigError
 
 REMOTE_PREFIX = "remote_"
 RESUMABLE = ("max_requests", "max_tokens", "max_cost", "max_retries", "timeout_s", "concurrency",

@@ -1,0 +1,65 @@
+"""The calls a notebook makes: load a task, tune a prompt, classify with it, compare methods.
+
+Each takes plain values (a data folder, a model name) or the objects behind them (a `Task`, a `Backend`), and
+returns typed results. They are thin: the work is in `bbtune.runs.tuner.Tuner` and `bbtune.app.compare`.
+
+    >>> import bbtune
+    >>> run = bbtune.tune("demo", model="tiny", budget_calls=20, popsize=10, progress=False)
+    >>> run.predict(["a wonderful, moving film"])[0].label in run.format.labels
+    True
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from bbtune.app.compare import METHODS
+from bbtune.app.compare import compare as _run_compare
+from bbtune.app.comparison import Comparison, MethodSettings
+from bbtune.backends.base import Backend
+from bbtune.backends.factory import LocalConfig
+from bbtune.runs.load import TunedRun, tuned_run
+from bbtune.runs.tuner import TuneConfig, Tuner
+from bbtune.tasks import Task, TaskConfig
+
+
+def load_task(data: str, *, preset: str = "sentiment", k: int = 16, seed: int = 13, **options: Any) -> Task:
+    """A few-shot task from a data folder or file (train/test .jsonl/.csv/.tsv), ``hf:NAME`` or ``"demo"``.
+
+    `k` examples per class for train and as many for dev, drawn with `seed`; `options` are the other
+    `TaskConfig` fields (template, verbalizer, placement, test_limit, text_field, ...)."""
+    return TaskConfig(data=data, preset=preset, k=k, data_seed=seed, **options).load()
+
+
+def backend_for(model: str | Backend, **options: Any) -> Backend:
+    """A backend as given, or a local model by name (``"smollm2"``, ``"tiny"``, a HF folder, a .gguf file);
+    `options` are `LocalConfig` fields (device, dtype, memory_budget_mb, ...)."""
+    return model if not isinstance(model, str) else LocalConfig(model=model, **options).build()
+
+
+def tune(task: Task | str, model: str | Backend = "smollm2", *, config: TuneConfig | None = None,
+         run_dir: str | Path | None = None, overwrite: bool = False, progress: bool = True,
+         **options: Any) -> TunedRun:
+    """Tune a prompt for `task` on `model` and return the run, ready to `predict`.
+
+    `options` override `config`'s fields (mode="hard", budget_calls=300, seed=1, ...). With `run_dir` the run
+    is also written there (resumable, readable later with `load_run`). The run keeps the manual prompt when
+    tuning does not beat it on dev; ``run.metrics`` says which it returned and by what margin."""
+    task = task if isinstance(task, Task) else load_task(task)
+    backend = backend_for(model)
+    tuner = Tuner(task, backend, replace(config or TuneConfig(), **options), run_dir, progress=progress,
+                  overwrite=overwrite)
+    result = tuner.run()
+    return tuned_run(result, tuner.task_.format, backend)
+
+
+def compare(task: Task | str | Callable[[int], Task], model: str | Backend = "smollm2", *,
+            methods: Sequence[str] = METHODS, seeds: Sequence[int] = (13, 42, 100),
+            settings: MethodSettings = MethodSettings(), out_dir: str | Path | None = None,
+            progress: bool = True) -> Comparison:
+    """Run `methods` (manual, in_context, prompt_tuning, pez, bbt_soft, bbt_discrete, bbt_hard, random_search)
+    on every seed; a data string draws a new few-shot split per seed. With `out_dir`, the report (Markdown,
+    JSON, plot) is written there after every run."""
+    source: Task | Callable[[int], Task] = (lambda seed: load_task(task, seed=seed)) if isinstance(task, str) else task
+    return _run_compare(source, backend_for(model), methods, seeds, settings, out_dir, progress=progress)

@@ -1,0 +1,165 @@
+"""Tasks: labelled data, a template with slots for the input and the label word, and a verbalizer.
+
+A template is a string such as ``"{text} It was{label}"``: ``{text}`` (and ``{text_b}`` for pairs) take the
+input, ``{label}`` marks where the label word goes and must come last, because a causal LM scores the
+next token after the template. The verbalizer maps each label to one word, which must be a single token
+of the model's tokenizer (usually with its leading space: ``" great"``).
+
+Where the tuned prompt goes is a task option (`Placement`): before the input (BBT's prefix) or after it,
+just before the label cue. After the input lets a backend reuse the input's keys/values for every candidate.
+
+Example:
+    >>> fmt = TaskFormat(Template("{text} It was{label}"), {"negative": " bad", "positive": " good"})
+    >>> fmt.render(Example("a fine film", "positive"))
+    Rendered(head='a fine film', cue=' It was')
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Mapping, Protocol, Sequence
+
+import numpy as np
+
+from bbtune.errors import TaskError, VerbalizerError
+
+_SLOT = re.compile(r"\{(text|text_b|label)\}")
+
+
+class Placement(str, Enum):
+    """Where the tuned prompt sits in the model input."""
+
+    PREFIX = "prefix"  # <prompt> <input> <cue> [label]   (BBT)
+    SUFFIX = "suffix"  # <input> <prompt> <cue> [label]   (lets the input's KV cache be reused)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled input; `text_b` is the second sentence of a pair task."""
+
+    text: str
+    label: str
+    text_b: str | None = None
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """An example split around the prompt slot: `head` holds the input, `cue` leads to the label word."""
+
+    head: str
+    cue: str
+
+
+@dataclass(frozen=True)
+class Template:
+    """A pattern with `{text}`, optional `{text_b}`, and `{label}` last."""
+
+    pattern: str = "{text} It was{label}"
+
+    def __post_init__(self) -> None:
+        slots = _SLOT.findall(self.pattern)
+        if "text" not in slots:
+            raise TaskError(f"template {self.pattern!r} has no {{text}} slot; add one where the input goes")
+        if slots.count("label") != 1 or not self.pattern.endswith("{label}"):
+            raise TaskError(
+                f"template {self.pattern!r} must end with exactly one {{label}} slot "
+                "(a causal LM scores the label word as the next token), e.g. '{text} It was{label}'"
+            )
+        if re.sub(_SLOT, "", self.pattern).count("{") or re.sub(_SLOT, "", self.pattern).count("}"):
+            raise TaskError(f"template {self.pattern!r} has an unknown slot; use only {{text}}, {{text_b}}, {{label}}")
+
+    @property
+    def is_pair(self) -> bool:
+        return "{text_b}" in self.pattern
+
+    def render(self, example: Example) -> Rendered:
+        body, last_slot = self._body_and_cue_start()
+        if self.is_pair and example.text_b is None:
+            raise TaskError(f"template {self.pattern!r} needs text_b but the example has none: {example.text[:60]!r}")
+        fill = {"text": example.text, "text_b": example.text_b or ""}
+        head = _SLOT.sub(lambda m: fill[m.group(1)], body[:last_slot])
+        return Rendered(head=head, cue=body[last_slot:])
+
+    def without_cue(self) -> tuple["Template", str]:
+        """This template with its cue (the words between the last input slot and the label) removed, and the cue:
+        a tuned prompt can take the cue's place and start from its words."""
+        body, last_slot = self._body_and_cue_start()
+        return Template(body[:last_slot] + "{label}"), body[last_slot:]
+
+    def _body_and_cue_start(self) -> tuple[str, int]:
+        body = self.pattern[: -len("{label}")]
+        return body, max(body.rfind(slot) + len(slot) for slot in ("{text}", "{text_b}") if slot in body)
+
+
+@dataclass(frozen=True)
+class TaskFormat:
+    """What a backend needs to score examples: template, verbalizer (label -> word) and prompt placement."""
+
+    template: Template
+    verbalizer: Mapping[str, str]
+    placement: Placement = Placement.SUFFIX
+
+    def __post_init__(self) -> None:
+        if not self.verbalizer:
+            raise VerbalizerError("the verbalizer is empty; map every label to one word, e.g. {'positive': ' great'}")
+        object.__setattr__(self, "verbalizer", dict(self.verbalizer))
+        object.__setattr__(self, "placement", Placement(self.placement))
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.verbalizer)
+
+    def label_index(self, label: str) -> int:
+        try:
+            return self.labels.index(label)
+        except ValueError:
+            raise VerbalizerError(
+                f"label {label!r} has no verbalizer word; known labels: {list(self.labels)}. "
+                f"Add it to the verbalizer or fix the data"
+            ) from None
+
+    def label_ids(self, examples: Sequence[Example]) -> np.ndarray:
+        return np.array([self.label_index(e.label) for e in examples], dtype=np.int64)
+
+    def render(self, example: Example) -> Rendered:
+        return self.template.render(example)
+
+    def text(self, example: Example, prompt_text: str) -> str:
+        """The whole input string with a hard prompt's text in its slot: what a text API receives, and what a
+        local backend must tokenize whole to score a hard prompt as that API does.
+
+        >>> TaskFormat(Template("{text} It was{label}"), {"p": " great"}).text(Example("A film.", "p"), " Honest")
+        'A film. Honest It was'
+        """
+        r = self.render(example)
+        return prompt_text + r.head + r.cue if self.placement is Placement.PREFIX else r.head + prompt_text + r.cue
+
+
+class _Tokenizer(Protocol):
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]: ...
+
+
+def verbalizer_token_ids(tokenizer: _Tokenizer, fmt: TaskFormat) -> list[int]:
+    """One token id per label, or a `VerbalizerError` that says which word to use instead."""
+    ids: list[int] = []
+    for label, word in fmt.verbalizer.items():
+        pieces = tokenizer.encode(word, add_special_tokens=False)
+        if len(pieces) != 1:
+            raise VerbalizerError(multi_token_message(tokenizer, label, word, pieces))
+        ids.append(pieces[0])
+    if len(set(ids)) != len(ids):
+        raise VerbalizerError(f"two labels share one verbalizer token: {fmt.verbalizer}; choose distinct words")
+    return ids
+
+
+def multi_token_message(tokenizer: _Tokenizer, label: str, word: str, pieces: list[int]) -> str:
+    shown = tokenizer.convert_ids_to_tokens(pieces)
+    msg = f"verbalizer word {word!r} for label {label!r} is {len(pieces)} tokens for this tokenizer ({shown})"
+    for alt in (" " + word.strip(), word.strip(), " " + word.strip().lower(), " " + word.strip().capitalize()):
+        if alt != word and len(tokenizer.encode(alt, add_special_tokens=False)) == 1:
+            return msg + f"; use {alt!r} (1 token)"
+    return msg + "; choose a word that is a single token (most common words with a leading space are)"
+
+
