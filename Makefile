@@ -21,6 +21,7 @@ demo: setup
 	$(VENV)/bin/bbtune demo
 
 test: setup
+	$(VENV)/bin/ruff check bbtune tests benchmarks mock_server examples
 	$(PY) -m pytest -q
 
 test-all: setup

@@ -42,3 +42,4 @@ LOGIT_BIAS = 100.0  # on every label token: OpenAI's maximum, enough to put ever
 DEFAULT_MAX_MISSING = 0.05  # share of label scores the probe's sample may miss before a run is refused
 PROBE_SAMPLE = 8  # examples of the task the probe scores to measure the missing rate
 DEFAULT_CHAT_INSTRUCTION = "Answer with one word: {labels}.\n"  # puts SmolLM2-Instruct's answer words in its top 20
+EVAL_BATCH = 64  # examples per model call when a prompt is scored on dev, test or new inputs (same batches, same numbers)

@@ -15,7 +15,7 @@ import json
 import numpy as np
 from task_args import add_task_args
 
-from bbtune import HardPrompt, LocalBackend, SoftPrompt, TuneConfig, load_task, tune
+from bbtune import HardPrompt, LocalBackend, SoftPrompt, load_task, tune
 from bbtune.core.table import markdown_table
 from bbtune.search.evaluate import evaluate
 

@@ -1,6 +1,5 @@
 import json
 
-import pytest
 
 from bbtune.app.cli import build_parser, from_args, main
 from bbtune.runs.tuner import TuneConfig

@@ -94,7 +94,7 @@ def test_echo_is_cross_checked_against_the_top_k_of_the_same_position() -> None:
         backend.check()
 
 
-def test_logit_bias_is_used_where_the_server_honours_it(clean_scores: np.ndarray) -> None:
+def test_logit_bias_is_used_where_the_server_honours_it(clean_scores: np.ndarray) -> None:  # noqa: F811 (fixture)
     with probed(mock_transport(make_app()), top_k=2) as backend:
         scores = backend.score(prompts(), EXAMPLES, FMT)
         assert backend.logit_bias_ == backend.probe_.logit_bias == 100.0  # type: ignore[union-attr]

@@ -254,8 +254,9 @@ def test_p0_cue_starts_the_search_at_the_manual_prompt(tiny_backend, tiny_task):
 
     tuner = Tuner(tiny_task, tiny_backend, TuneConfig(**{**FAST, "p0": "cue", "prompt_tokens": 0}, budget_calls=12))
     res = tuner.run()
-    assert tuner.task.format.template.pattern == "{text}{label}" and tuner.subspace_.n_tokens == 2
-    start = score_examples(tiny_backend, tuner.prompt(np.zeros(tuner.subspace_.dim)), tiny_task.dev, tuner.task.format)
+    assert tuner.task_.format.template.pattern == "{text}{label}" and tuner.subspace_.n_tokens == 2
+    assert tuner.task is tiny_task and tiny_task.format.template.pattern == "{text} It was{label}"  # input untouched
+    start = score_examples(tiny_backend, tuner.prompt(np.zeros(tuner.subspace_.dim)), tiny_task.dev, tuner.task_.format)
     manual = score_examples(tiny_backend, HardPrompt((), ""), tiny_task.dev, tiny_task.format)
     assert np.allclose(start, manual, atol=1e-5)
     assert res.metrics["manual_dev_acc"] == pytest.approx(float((manual[0].argmax(1) == tiny_task.format.label_ids(tiny_task.dev)).mean()))

@@ -40,7 +40,7 @@ from bbtune.runs.endings import (
     ending_line,
     gave_up_line,
 )
-from bbtune.runs.folder import RunFolder
+from bbtune.runs.folder import CONFIG, RunFolder
 from bbtune.runs.load import load_run
 from bbtune.runs.resume import given_dests, resumed_remote, split_settings
 from bbtune.runs.tuner import TuneConfig, TuneResult, tune
@@ -257,7 +257,7 @@ def _tune_main(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _tune_command(args: argparse.Namespace, given: set[str]) -> tuple[TuneResult, TuneConfig]:
     if args.resume:
         folder = RunFolder(args.resume)
-        saved_all = folder.read_json("config.json")
+        saved_all = folder.read_json(CONFIG)
         saved = saved_all["cli"]
         configs = {name: from_args(cls, saved[name]) for name, cls in CONFIGS.items()}
         kind = saved.get("backend_kind", "local")

@@ -29,6 +29,7 @@ from bbtune.baselines.incontext import run_in_context
 from bbtune.baselines.manual import run_manual
 from bbtune.baselines.pez import run_pez
 from bbtune.baselines.prompt_tuning import run_prompt_tuning
+from bbtune.core.progress import progress_bar
 from bbtune.core.prompts import HardPrompt
 from bbtune.errors import BBTuneError, ConfigError
 from bbtune.search.evaluate import evaluate
@@ -102,7 +103,7 @@ def compare(task: Task | Callable[[int], Task], backend: Backend, methods: Seque
     first = task_for(seeds[0])
     report = Comparison(first.name, backend.name, methods, tuple(seeds), settings,
                         out_dir=Path(out_dir) if out_dir else None, record=record or {})
-    bar = _progress(len(methods) * len(seeds), progress)
+    bar = progress_bar(len(methods) * len(seeds), "run", desc="bbtune compare", enabled=progress)
     for seed in seeds:
         session = _Session(first if seed == seeds[0] else task_for(seed), backend, settings, seed)
         for method in methods:
@@ -155,9 +156,3 @@ def retokenize(prompt: HardPrompt, target: Backend) -> HardPrompt:
 def _one_line(r: MethodResult) -> str:
     return (f"{r.method:>14} seed {r.seed:<4} dev {percent(r.dev_acc):>5}  test {percent(r.test_acc):>5}  calls {r.cost.calls:>5}"
             f"  {r.cost.wall_s:7.1f} s" + (f"  {r.prompt_text!r}" if r.prompt_text and len(r.prompt_text) < 60 else ""))
-
-
-def _progress(total: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="run", dynamic_ncols=True, disable=not enabled)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from bbtune.core.prompts import SoftPrompt
 from bbtune.errors import ConfigError
-from bbtune.runs.folder import RunFolder
+from bbtune.runs.folder import BEST_PROMPT, CONFIG, RunFolder
 from bbtune.tasks import Placement, TaskFormat
 
 if TYPE_CHECKING:
@@ -79,14 +79,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, model_config: Any = 
                base_model: str | None = None) -> Path:
     """Export the soft prompt of a finished `tune()` run folder (soft mode) as a PEFT adapter."""
     run = RunFolder(run_dir)
-    tensors = run.load_tensors("best_prompt.safetensors")
+    tensors = run.load_tensors(BEST_PROMPT)
     if "soft_prompt" not in tensors:
         raise ConfigError(f"{run.path} holds no soft prompt (a hard-mode run); its prompt is text: hard_prompt.json")
     from bbtune.runs.load import (
         saved_format,  # runs reads what tune wrote; export only needs the format from it
     )
 
-    task = run.read_json("config.json").get("task")
+    task = run.read_json(CONFIG).get("task")
     fmt = saved_format(task) if task else None
     return export_peft(SoftPrompt(tensors["soft_prompt"]), out_dir, model_config=model_config, base_model=base_model,
                        fmt=fmt)

@@ -43,8 +43,11 @@ METRICS = "metrics.json"
 LEDGER = "ledger.jsonl"
 REPLIES = "replies"
 LOCK = ".lock"
-RUN_FILES = (CONFIG, CHECKPOINT, LEDGER, REPLIES, "curve.csv", "best_prompt.safetensors", "hard_prompt.json",
-             METRICS, "calibration.json")
+CURVE = "curve.csv"
+BEST_PROMPT = "best_prompt.safetensors"
+HARD_PROMPT = "hard_prompt.json"
+CALIBRATION = "calibration.json"
+RUN_FILES = (CONFIG, CHECKPOINT, LEDGER, REPLIES, CURVE, BEST_PROMPT, HARD_PROMPT, METRICS, CALIBRATION)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -169,10 +172,10 @@ class RunFolder:
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(to_jsonable(rows))
-        atomic_write(self.path / "curve.csv", buf.getvalue().encode())
+        atomic_write(self.path / CURVE, buf.getvalue().encode())
 
     def read_curve(self) -> list[dict[str, str]]:
-        with (self.path / "curve.csv").open() as f:
+        with (self.path / CURVE).open() as f:
             return list(csv.DictReader(f))
 
     def save_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> None:

@@ -1,7 +1,7 @@
 """Using a finished run: `load_run(dir)` rebuilds what `tune` wrote (the selected prompt, the task format and
 the per-label calibration) and `predict(texts)` classifies new inputs exactly as the run scored its test set:
 same prompt, same placement, scores ``log p(label word) + label_bias`` (bias from metrics.json's
-``label_bias`` or a ``calibration.json``), argmax, chunks of 64 like `evaluate`.
+``label_bias`` or a ``calibration.json``), argmax, chunks of `EVAL_BATCH` like `evaluate`.
 
     >>> # run = load_run("runs/sst2-hard-42")
     >>> # run.predict(["a moving, funny film"])[0].label
@@ -19,13 +19,13 @@ from bbtune.backends.base import Backend
 from bbtune.errors import CheckpointError
 from bbtune.search.evaluate import score_examples
 from bbtune.search.losses import label_log_softmax
+from bbtune.constants import EVAL_BATCH
+from bbtune.core.progress import progress_bar
 from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt
-from bbtune.runs.folder import RunFolder
+from bbtune.runs.folder import BEST_PROMPT, CALIBRATION, CONFIG, HARD_PROMPT, METRICS, RunFolder
 from bbtune.runs.tuner import TuneResult
 from bbtune.tasks import Example, TaskFormat, Template
 
-CALIBRATION_JSON = "calibration.json"
-CHUNK = 64  # examples per model call, as `evaluate` scores a test set (same batches, same numbers)
 
 
 @dataclass(frozen=True)
@@ -74,11 +74,14 @@ class TunedRun:
 
     def scores(self, examples: Sequence[Example], *, backend: Backend | None = None,
                progress: bool = False) -> np.ndarray:
-        """(B, L) calibrated label log-scores of `examples`, one model call per chunk of 64."""
+        """(B, L) calibrated label log-scores of `examples`, one model call per `EVAL_BATCH` examples."""
         backend = backend or self.default_backend()
         out = []
-        for start in _bar(range(0, len(examples), CHUNK), len(examples), progress):
-            out.append(score_examples(backend, self.prompt, examples[start : start + CHUNK], self.format, CHUNK)[0])
+        bar = progress_bar(-(-len(examples) // EVAL_BATCH), "batch", desc="bbtune predict", enabled=progress)
+        for start in range(0, len(examples), EVAL_BATCH):
+            out.append(score_examples(backend, self.prompt, examples[start : start + EVAL_BATCH], self.format, EVAL_BATCH)[0])
+            bar.update(1)
+        bar.close()
         scores = np.concatenate(out) if out else np.zeros((0, len(self.format.labels)))
         return scores + self.label_bias if self.label_bias is not None else scores
 
@@ -93,11 +96,11 @@ def load_run(run_dir: str | Path, backend: Backend | None = None) -> TunedRun:
     folder = RunFolder(run_dir)
     if not folder.path.is_dir():
         raise CheckpointError(f"run folder {folder.path} does not exist; give the --run-dir a `bbtune tune` wrote")
-    config = folder.read_json("config.json")
-    if not (folder.path / "metrics.json").exists():
+    config = folder.read_json(CONFIG)
+    if not (folder.path / METRICS).exists():
         raise CheckpointError(f"{folder.path} holds no metrics.json: the run has not finished; finish it with "
                               f"`bbtune tune --resume {folder.path}`")
-    metrics = folder.read_json("metrics.json")
+    metrics = folder.read_json(METRICS)
     fmt = saved_format(config["task"])
     return TunedRun(folder.path, fmt, _prompt(folder), _label_bias(folder, metrics, fmt), metrics, config, backend)
 
@@ -118,19 +121,19 @@ def saved_format(task: dict[str, Any]) -> TaskFormat:
 
 def _prompt(folder: RunFolder) -> Prompt:
     """The selected prompt: the tuned soft prompt where the run kept one, else the hard prompt's tokens."""
-    if (folder.path / "best_prompt.safetensors").exists():
-        tensors = folder.load_tensors("best_prompt.safetensors")
+    if (folder.path / BEST_PROMPT).exists():
+        tensors = folder.load_tensors(BEST_PROMPT)
         if "soft_prompt" in tensors:
             return SoftPrompt(tensors["soft_prompt"])
-    hard = folder.read_json("hard_prompt.json")
+    hard = folder.read_json(HARD_PROMPT)
     return HardPrompt(tuple(hard["token_ids"]), hard["text"], tuple(hard.get("tokens", ())))
 
 
 def _label_bias(folder: RunFolder | None, metrics: dict[str, Any], fmt: TaskFormat) -> np.ndarray | None:
     """Per-label bias in the format's label order, from metrics.json or calibration.json (None: uncalibrated)."""
     bias = metrics.get("label_bias")
-    if bias is None and folder is not None and (folder.path / CALIBRATION_JSON).exists():
-        bias = folder.read_json(CALIBRATION_JSON).get("label_bias")
+    if bias is None and folder is not None and (folder.path / CALIBRATION).exists():
+        bias = folder.read_json(CALIBRATION).get("label_bias")
     if bias is None:
         return None
     if isinstance(bias, dict):
@@ -158,11 +161,3 @@ def saved_backend(config: dict[str, Any]) -> Backend:
 def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     names = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
     return {k: v for k, v in values.items() if k in names}
-
-
-def _bar(steps: Iterable[int], total: int, enabled: bool) -> Iterable[int]:
-    if not enabled:
-        return steps
-    from tqdm.auto import tqdm
-
-    return tqdm(steps, total=-(-total // CHUNK), unit="batch", desc="bbtune predict", dynamic_ncols=True)

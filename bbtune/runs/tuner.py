@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bbtune.backends.base import Backend
-from bbtune.constants import CPU_BUDGET_CALLS
+from bbtune.constants import CPU_BUDGET_CALLS, EVAL_BATCH
 from bbtune.search.discretize import Discretizer, Metric
 from bbtune.runs.endings import ending_of
 from bbtune.errors import BudgetExceeded, CheckpointError, ConfigError
@@ -34,8 +34,10 @@ from bbtune.search.calibration import apply_bias, fit_label_biases
 from bbtune.search.evaluate import Evaluation, evaluate, evaluation, score_examples
 from bbtune.search.losses import Loss, per_prompt_loss
 from bbtune.search.optimizers import OptimizerConfig, make_optimizer
+from bbtune.core.progress import progress_bar
 from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt, distinct_prompts
-from bbtune.runs.folder import CONFIG, LEDGER, METRICS, REPLIES, RunFolder, changed_fields, fingerprint, to_jsonable
+from bbtune.runs.folder import (BEST_PROMPT, CONFIG, HARD_PROMPT, LEDGER, METRICS, REPLIES, RunFolder, changed_fields,
+                                fingerprint, to_jsonable)
 from bbtune.search.subspace import ALPHA_FROM_CUE, P0Init, Subspace, SubspaceConfig
 from bbtune.tasks import Placement, Task
 from bbtune.core.vocab import FILTERS
@@ -184,11 +186,11 @@ class Tuner:
         ids = self._cue_ids(vocab)[2]
         wanted = self.config.prompt_tokens  # an explicit length other than the cue's asks for BBT's random words
         fits = ids and wanted in (0, len(ids))
-        return P0Init.CUE if fits and self.task_.format.placement is Placement.SUFFIX else P0Init.VOCAB
+        return P0Init.CUE if fits and self.task.format.placement is Placement.SUFFIX else P0Init.VOCAB
 
     def _cue_ids(self, vocab: Any) -> tuple[Any, str, tuple[int, ...]]:
-        """The template without its cue, the cue, and the cue's token ids."""
-        template, cue = self.task_.format.template.without_cue()
+        """The input template without its cue, the cue, and the cue's token ids."""
+        template, cue = self.task.format.template.without_cue()
         return template, cue, tuple(vocab.tokenizer.encode(cue, add_special_tokens=False))
 
     def _prompt_in_place_of_cue(self, vocab: Any) -> SubspaceConfig:
@@ -234,7 +236,7 @@ class Tuner:
             self._start_point(state)
             state.next_eval = self.config.eval_every
             self._checkpoint(state)
-        bar = _progress(self.config.budget_calls, state.calls, self.progress)
+        bar = progress_bar(self.config.budget_calls, "call", initial=state.calls, enabled=self.progress)
         try:
             while state.calls + self.config.popsize <= self.config.budget_calls and not state.converged:
                 started = time.perf_counter()
@@ -302,7 +304,7 @@ class Tuner:
         state.eval_calls += 1
         bias = _row_bias(self._biases(scores), 0)
         dev_scores = score_examples(self.backend, self.manual_, self.task_.dev, self.task_.format)
-        state.eval_calls += math.ceil(len(self.task_.dev) / 64)
+        state.eval_calls += math.ceil(len(self.task_.dev) / EVAL_BATCH)
         dev_labels = self.task_.format.label_ids(self.task_.dev)
         raw, calibrated = evaluation(dev_scores, dev_labels), evaluation(dev_scores, dev_labels, bias)
         train_ce = _ce(scores[0], self.train_labels_, bias)
@@ -329,7 +331,7 @@ class Tuner:
         """Score a generation's best on dev (with the bias fitted on its training scores) and keep it if
         it wins by the selection rule."""
         dev = evaluate(self.backend, self.prompt(z), self.task_.dev, self.task_.format, label_bias=bias)
-        state.eval_calls += math.ceil(len(self.task_.dev) / 64)
+        state.eval_calls += math.ceil(len(self.task_.dev) / EVAL_BATCH)
         train_ce = _ce(train_scores, self.train_labels_, bias)
         key = selection_key(self.config.select, train_ce, len(self.train_labels_), dev)
         if key < state.best_key:
@@ -468,9 +470,9 @@ class Tuner:
         tensors = {"z": torch.as_tensor(result.best_z)}
         if result.soft_prompt is not None:
             tensors["soft_prompt"] = result.soft_prompt.embeds
-        self.folder.save_tensors("best_prompt.safetensors", tensors)
+        self.folder.save_tensors(BEST_PROMPT, tensors)
         hp = result.hard_prompt
-        self.folder.write_json("hard_prompt.json", {"text": hp.text, "token_ids": hp.token_ids, "tokens": hp.tokens,
+        self.folder.write_json(HARD_PROMPT, {"text": hp.text, "token_ids": hp.token_ids, "tokens": hp.tokens,
                                                     "round_trip_ok": reencoded == hp.token_ids, "reencoded_ids": reencoded,
                                                     "config_fingerprint": result.metrics["config_fingerprint"]})
         self.folder.write_curve(result.curve)
@@ -542,17 +544,3 @@ def _missing_postfix(backend: Backend) -> dict[str, str]:
     """The running share of missing label scores, for backends that can miss any (remote top-k)."""
     rate = getattr(backend.stats, "missing_rate", None)
     return {} if rate is None else {"missing": f"{rate:.1%}"}
-
-
-class _NoBar:
-    def update(self, n: int) -> None: ...
-    def set_postfix(self, **kw: Any) -> None: ...
-    def close(self) -> None: ...
-
-
-def _progress(total: int, done: int, enabled: bool) -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=done, unit="call", desc="bbtune", dynamic_ncols=True)

@@ -6,6 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
+from bbtune.constants import EVAL_BATCH
 from bbtune.backends.base import Backend
 from bbtune.search.calibration import apply_bias
 from bbtune.search.losses import accuracy, per_prompt_loss
@@ -23,7 +24,7 @@ class Evaluation:
         return {f"{prefix}_acc": self.accuracy, f"{prefix}_loss": self.loss, f"{prefix}_n": self.n}
 
 
-def evaluate(backend: Backend, prompt: Prompt, examples: Sequence[Example], fmt: TaskFormat, chunk: int = 64,
+def evaluate(backend: Backend, prompt: Prompt, examples: Sequence[Example], fmt: TaskFormat, chunk: int = EVAL_BATCH,
              label_bias: np.ndarray | None = None) -> Evaluation:
     """Accuracy and CE of one prompt on `examples` (with a calibration bias per label, if given);
     counts as len(examples)/chunk model calls."""
@@ -31,7 +32,7 @@ def evaluate(backend: Backend, prompt: Prompt, examples: Sequence[Example], fmt:
 
 
 def score_examples(backend: Backend, prompt: Prompt, examples: Sequence[Example], fmt: TaskFormat,
-                   chunk: int = 64) -> np.ndarray:
+                   chunk: int = EVAL_BATCH) -> np.ndarray:
     """(1, B, L) label scores of one prompt, in chunks of `chunk` examples (one model call each)."""
     if not examples:
         raise ValueError("evaluate() got no examples")
