@@ -21,7 +21,7 @@ CPU_INTRINSIC_DIM = 500  # the paper's d; measured against 100: SST-2 +0.2, AG N
 CPU_POPSIZE = 10
 CPU_BUDGET_CALLS = 300
 
-# Readable hard prompts (bbtune/fluency.py, vocab filter 'common')
+# Readable hard prompts (bbtune/search/fluency.py, vocab filter 'common')
 COMMON_WORD_RANK = 10000  # 'common' words are among the first ids of a BPE vocabulary (merge order = frequency)
 WORD_PIECE_MIN_P = 0.3  # a token after which the model expects more letters this often is a word piece ('researc')
 FLUENCY_BATCH = 512  # texts per forward when scoring prompt fluency or testing words

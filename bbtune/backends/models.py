@@ -97,7 +97,7 @@ def _converted_gguf(gguf: Path, name: str | None = None) -> Path:
 
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model.hf_quantizer = None  # the weights are now plain fp32; drop the gguf marker so they can be saved
+    model.hf_quantizer = None  # type: ignore[assignment]  # the weights are now plain fp32; drop the gguf marker so they can be saved
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -157,24 +157,22 @@ def build_tiny_model(masked: bool = False, seed: int = 0, hidden: int = 32, laye
     tok = build_tiny_tokenizer()
     torch.manual_seed(seed)
     if masked:
-        cfg = RobertaConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-                            intermediate_size=hidden * 2, max_position_embeddings=256, pad_token_id=tok.pad_token_id,
-                            type_vocab_size=1)
-        model = RobertaForMaskedLM(cfg)
+        model: Any = RobertaForMaskedLM(RobertaConfig(
+            vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+            intermediate_size=hidden * 2, max_position_embeddings=256, pad_token_id=tok.pad_token_id, type_vocab_size=1))
     elif family == "gemma3":
         from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-        cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-                               num_key_value_heads=2, head_dim=hidden // 4, intermediate_size=hidden * 2,
-                               max_position_embeddings=256, sliding_window=16, query_pre_attn_scalar=hidden // 4,
-                               pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                               eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
-        model = Gemma3ForCausalLM(cfg)
+        model = Gemma3ForCausalLM(Gemma3TextConfig(
+            vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=hidden // 4, intermediate_size=hidden * 2, max_position_embeddings=256,
+            sliding_window=16, query_pre_attn_scalar=hidden // 4, pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True))
     elif family == "llama":
-        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-                          num_key_value_heads=2, intermediate_size=hidden * 2, max_position_embeddings=256,
-                          pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
-        model = LlamaForCausalLM(cfg)
+        model = LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+            num_key_value_heads=2, intermediate_size=hidden * 2, max_position_embeddings=256,
+            pad_token_id=tok.pad_token_id, tie_word_embeddings=True))
     else:
         raise ConfigError(f"tiny model family {family!r} is not one of {', '.join(TINY_FAMILIES)}")
     return model.eval(), tok

@@ -82,8 +82,9 @@ def retrying(
         return wait_s(exc, state.attempt_number)
 
     def before_sleep(state: RetryCallState) -> None:
-        if state.outcome is not None and state.outcome.exception() is not None:
-            on_retry(state.outcome.exception())
+        error = state.outcome.exception() if state.outcome is not None else None
+        if error is not None:
+            on_retry(error)
 
     return AsyncRetrying(
         stop=stop_after_attempt(max_retries + 1),

@@ -290,7 +290,7 @@ class LabelKeys:
         the single-token ones, which are the only ones a first-token top-k list can hold."""
         out, ids, taken = [], [], set()
         for word in words:
-            variants = []
+            variants: list[tuple[str, ...]] = []
             for text in label_variants(word):
                 if text in taken:  # two labels never share a variant
                     continue

@@ -43,13 +43,13 @@ DEFAULT_MAX_MISSING = 0.05  # share of examples a word may be missing from a top
 DEFAULT_PER_LABEL = 4  # words per label kept for the combinations: 4 labels x 4 words = 256 fits
 
 
-_SENTIMENT = {
+_SENTIMENT: dict[str, tuple[str, ...]] = {
     "negative": (" negative", " terrible", " bad", " awful", " horrible", " boring", " poor", " worst",
                  " disappointing", " stupid", " dull", " weak", " ugly", " waste", " annoying"),
     "positive": (" positive", " great", " good", " excellent", " wonderful", " amazing", " fantastic", " best",
                  " brilliant", " perfect", " beautiful", " fun", " enjoyable", " superb", " nice"),
 }
-_TOPIC = {
+_TOPIC: dict[str, tuple[str, ...]] = {
     "world": (" politics", " world", " international", " government", " war", " election", " news", " global"),
     "sports": (" sports", " sport", " football", " baseball", " soccer", " game", " team", " athletics"),
     "business": (" business", " economy", " finance", " markets", " money", " companies", " stocks", " trade"),
