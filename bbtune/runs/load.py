@@ -146,7 +146,7 @@ def saved_backend(config: dict[str, Any], max_input_tokens: int = 0) -> Backend:
     from bbtune.backends.remote import RemoteConfig
 
     cli = config.get("cli")
-    truncate = {"max_input_tokens": max_input_tokens} if max_input_tokens else {}
+    truncate: dict[str, Any] = {"max_input_tokens": max_input_tokens} if max_input_tokens else {}
     if cli is None:
         name = str(config.get("backend", ""))
         if not name.startswith("local:"):
