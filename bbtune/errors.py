@@ -2,6 +2,7 @@
 
     BBTuneError
     ├── ConfigError (ValueError)          bad option value in a config dataclass
+    │   └── OutputExistsError             an output file or folder exists and --overwrite was not given
     ├── TaskError (ValueError)            data / template / verbalizer problems
     │   └── VerbalizerError               label word missing or not a single token
     ├── CapabilityError                   a backend cannot do what the run asks (soft prompts, echo, ...)
@@ -30,6 +31,10 @@ class BBTuneError(Exception):
 
 class ConfigError(BBTuneError, ValueError):
     """A configuration field has a bad value; the message names the field."""
+
+
+class OutputExistsError(ConfigError):
+    """A command would replace files the user has (predictions, a report, an export) without --overwrite."""
 
 
 class TaskError(BBTuneError, ValueError):

@@ -25,6 +25,12 @@ def finished(tmp_path, capsys):
     return run_dir
 
 
+@pytest.fixture
+def unfinished(finished):
+    (finished / "metrics.json").unlink()  # killed before its end (a finished run has nothing to resume)
+    return finished
+
+
 def _edit_config(run_dir, edit) -> None:
     config = json.loads((run_dir / "config.json").read_text())
     edit(config)
@@ -35,22 +41,22 @@ def _edit_config(run_dir, edit) -> None:
     (lambda c: c["cli"]["task"].update(data_seed=14), ["cli.task.data_seed: 13 -> 14", "task.data_sha256"]),
     (lambda c: c["cli"]["task"].update(template="{text} So it was{label}"), ["task.template", "cli.task.template"]),
 ])
-def test_resume_refuses_an_edited_config_naming_the_field(finished, capsys, edit, named):
-    _edit_config(finished, edit)
-    assert main(["tune", "--resume", str(finished), "--no-progress"]) == 2
+def test_resume_refuses_an_edited_config_naming_the_field(unfinished, capsys, edit, named):
+    _edit_config(unfinished, edit)
+    assert main(["tune", "--resume", str(unfinished), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "another config" in err and all(name in err for name in named)
 
 
-def test_resume_applies_limits_and_refuses_what_changes_the_result(finished, capsys):
-    assert main(["tune", "--resume", str(finished), "--seed", "7", "--no-calibrate", "--no-progress"]) == 2
+def test_resume_applies_limits_and_refuses_what_changes_the_result(unfinished, capsys):
+    assert main(["tune", "--resume", str(unfinished), "--seed", "7", "--no-calibrate", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "refused: --calibrate (would change what the run computes), --seed (" in err
-    assert main(["tune", "--resume", str(finished), "--remote-max-retries", "9", "--remote-timeout-s", "5",
+    assert main(["tune", "--resume", str(unfinished), "--remote-max-retries", "9", "--remote-timeout-s", "5",
                  "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "applied to the resumed run: --remote-max-retries 6 -> 9" in err and "--remote-timeout-s 60.0 -> 5" in err
-    settings = json.loads((finished / "config.json").read_text())["settings"]["remote"]
+    settings = json.loads((unfinished / "config.json").read_text())["settings"]["remote"]
     assert settings["max_retries"] == 9 and settings["timeout_s"] == 5  # the next resume keeps them
 
 

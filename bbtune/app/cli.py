@@ -23,7 +23,8 @@ from bbtune.app.compare import METHODS, check_methods, compare
 from bbtune.app.comparison import Comparison, MethodSettings
 from bbtune.app.demo import run_demo
 from bbtune.app.dryrun import dry_run_compare, dry_run_tune
-from bbtune.app.export import export
+from bbtune.app.export import check_parent, export
+from bbtune.app.report import PLOT_PNG, REPORT_MD, RESULTS_JSON
 from bbtune.app.summary import summary_table
 from bbtune.backends.base import Backend
 from bbtune.backends.factory import LocalConfig, transfer_backend
@@ -32,7 +33,7 @@ from bbtune.backends.retry import should_retry
 from bbtune.baselines import InContextConfig, PEZConfig, PromptTuningConfig
 from bbtune.constants import CPU_PROMPT_TOKENS
 from bbtune.core.table import markdown_table
-from bbtune.errors import BackendError, BBTuneError, ConfigError
+from bbtune.errors import BackendError, BBTuneError, ConfigError, OutputExistsError
 from bbtune.runs.endings import (
     EPILOG,
     Ending,
@@ -40,13 +41,14 @@ from bbtune.runs.endings import (
     ending_line,
     gave_up_line,
 )
-from bbtune.runs.folder import CONFIG, RunFolder
-from bbtune.runs.load import load_run
+from bbtune.runs.folder import CONFIG, RunFolder, refuse_overwrite
+from bbtune.runs.load import load_run, saved_backend
 from bbtune.runs.resume import given_dests, resumed_remote, split_settings
 from bbtune.runs.tuner import TuneConfig, TuneResult, tune
-from bbtune.tasks import FieldMap, TaskConfig, parse_label_names, read_inputs
+from bbtune.tasks import FieldMap, TaskConfig, overlaps, parse_label_names, read_inputs
 
 CONFIGS = {"task": TaskConfig, "backend": LocalConfig, "tune": TuneConfig}
+REPORT_FILES = (REPORT_MD, RESULTS_JSON, PLOT_PNG)  # what `compare` writes in --out
 REMOTE_PREFIX = "remote_"  # remote flags are --remote-*, so --model stays the local model's
 
 
@@ -150,8 +152,33 @@ def from_args(cls: type, ns: argparse.Namespace | dict[str, Any], prefix: str = 
     return cls(**{f.name: values[prefix + f.name] for f in dataclasses.fields(cls) if prefix + f.name in values})
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse without prefix matching (``--remote-api-key`` must not become ``--remote-api-key-env`` and land in
+    config.json), whose sub-parsers inherit that, and whose "unrecognized arguments" error names the unknown flags
+    without echoing their values (a mistyped key flag is followed by the key)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            self.error(unknown_arguments(unknown))
+        return parsed
+
+
+def unknown_arguments(tokens: Sequence[str]) -> str:
+    """The error for tokens argparse could not place: flag names only, values counted, never shown."""
+    flags = [t.split("=", 1)[0] for t in tokens if t.startswith("-")]
+    hidden = len(tokens) - len(flags) + sum("=" in t for t in tokens if t.startswith("-"))
+    shown = " ".join(flags) if flags else "(values only)"
+    return (f"unrecognized arguments: {shown}" + (f" ({hidden} value(s) not shown)" if hidden else "")
+            + "; see `bbtune COMMAND --help` for the flags (names must be given in full)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bbtune", description="Black-box prompt tuning for models you can only query")
+    parser = Parser(prog="bbtune", description="Black-box prompt tuning for models you can only query")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("tune", help="run Black-Box Tuning on a task and write a run folder", epilog=EPILOG)
     for title, cls in CONFIGS.items():
@@ -172,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_dataclass_args(c, cls, title)
     c.add_argument("--dry-run", action="store_true",
                    help="print the calls, requests, tokens and cost the comparison would spend at most; send nothing")
+    c.add_argument("--overwrite", action="store_true", help="replace a report already in --out (else refused)")
     d = sub.add_parser("demo", help="tune on the built-in sentiment set and print manual vs BBT results")
     d.add_argument("--model", default=LocalConfig.model, help="model to tune (default: embedded SmolLM2-135M)")
     d.add_argument("--budget-calls", type=int, default=200, help="model calls per tuning run")
@@ -197,11 +225,16 @@ def _add_use_commands(sub: Any) -> None:
                                  ("label-field", "label", "field holding gold labels, if any"),
                                  ("label-names", "", "rename label values: 'negative,positive' or JSON")):
         p.add_argument("--" + name, default=default, help=f"{help_} (default: {default!r})")
+    p.add_argument("--encoding", default="utf-8", help="text encoding of --input, e.g. cp1252 (default: 'utf-8')")
+    p.add_argument("--max-input-tokens", type=int, default=0,
+                   help="local models: truncate inputs to this many tokens (default: 0 = error on overflow)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file (else refused)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     e = sub.add_parser("export", help="write a finished run's prompt as a PEFT adapter, a template text or JSON")
     e.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by bbtune tune")
     e.add_argument("--format", default="text", help="peft (adapter folder), text (template with the prompt) or json")
     e.add_argument("--out", default="", help="file (text, json) or folder (peft; default RUN_DIR/peft)")
+    e.add_argument("--overwrite", action="store_true", help="replace files already at --out (else refused)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -215,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(_dry_run_compare(args))
         elif args.command == "compare":
             configs = {name: from_args(cls, args) for name, cls in CONFIGS.items()}
+            refuse_overwrite([Path(args.out) / name for name in REPORT_FILES], args.overwrite)
             comparison = run_compare(from_args(CompareConfig, args), configs["task"], configs["backend"], configs["tune"])
             print(markdown_table(comparison.summary(), list(comparison.summary()[0])))
             print(f"\nreport in {comparison.out_dir}")
@@ -223,15 +257,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "predict":
             _predict_command(args)
         elif args.command == "export":
-            print(export(args.run_dir, args.format, args.out or None))
+            print(export(args.run_dir, args.format, args.out or None, overwrite=args.overwrite))
     except BBTuneError as err:
         print(f"bbtune: error: {flag_words(str(err))}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a disk that is full or read-only, a path that is not allowed: one line, no traceback
+        print(f"bbtune: error: {os_error_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nbbtune: interrupted; finished generations are checkpointed, continue with --resume RUN_DIR",
               file=sys.stderr)
         return 130
     return 0
+
+
+def os_error_line(err: OSError) -> str:
+    """A failed read or write in one line: what failed, on which file, and what to check."""
+    where = f" {err.filename}" if err.filename else ""
+    return (f"could not read or write{where}: {err.strerror or err}; check the path, its permissions and free disk "
+            "space, then run again (a run that stopped here continues with --resume RUN_DIR)")
 
 
 def _tune_main(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -257,6 +301,7 @@ def _tune_main(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _tune_command(args: argparse.Namespace, given: set[str]) -> tuple[TuneResult, TuneConfig]:
     if args.resume:
         folder = RunFolder(args.resume)
+        folder.refuse_finished()  # before the model is loaded or any flag applied
         saved_all = folder.read_json(CONFIG)
         saved = saved_all["cli"]
         configs = {name: from_args(cls, saved[name]) for name, cls in CONFIGS.items()}
@@ -287,6 +332,10 @@ def _notes(task: Any, cfg: TuneConfig) -> None:
     if not task.test:
         print("bbtune: note: the task has no test split (no test file found): only dev numbers are reported",
               file=sys.stderr)
+    for split, n in overlaps(task).items():
+        print(f"bbtune: warning: {n} of {len(getattr(task, split))} {split} examples have the same text as a training "
+              f"example (duplicate rows in the data?): {split} numbers overrate the prompt; remove the duplicates",
+              file=sys.stderr)
     rounding = budget_rounding(cfg.budget_calls, cfg.popsize)
     if rounding:
         print(f"bbtune: note: {rounding}", file=sys.stderr)
@@ -308,12 +357,13 @@ def _dry_run_compare(args: argparse.Namespace) -> str:
 
 def _predict_command(args: argparse.Namespace) -> None:
     """Predictions as JSONL (one row per input); accuracy on stderr when the inputs carry labels."""
+    _check_output(args)
     run = load_run(args.run_dir)
-    fields = FieldMap(args.text_field, args.text_b_field or None, args.label_field, parse_label_names(args.label_names))
+    fields = FieldMap(args.text_field, args.text_b_field or None, args.label_field, parse_label_names(args.label_names),
+                      TaskConfig(encoding=args.encoding).encoding)
     examples = read_inputs(args.input, fields)
-    backend = (from_args(RemoteConfig, args, REMOTE_PREFIX).build() if args.backend == "remote"
-               else LocalConfig(model=args.model).build() if args.model else None)
-    predictions = run.predict_examples(examples, backend=backend, progress=not args.no_progress)
+    predictions = run.predict_examples(examples, backend=_predict_backend(args, run.config),
+                                       progress=not args.no_progress)
     lines = [json.dumps({"text": ex.text, **({"text_b": ex.text_b} if ex.text_b is not None else {}),
                          "label": p.label, "probs": p.probs, **({"gold": ex.label} if ex.label else {})},
                         ensure_ascii=False) for ex, p in zip(examples, predictions)]
@@ -324,6 +374,26 @@ def _predict_command(args: argparse.Namespace) -> None:
     if examples and all(ex.label for ex in examples):
         correct = sum(ex.label == p.label for ex, p in zip(examples, predictions))
         print(f"accuracy {correct / len(examples):.4f} ({correct}/{len(examples)})", file=sys.stderr)
+
+
+def _check_output(args: argparse.Namespace) -> None:
+    """Before any scoring: --output is not the input, replaces nothing without --overwrite, and its folder exists."""
+    if not args.output:
+        return
+    output = Path(args.output)
+    if output.resolve() == Path(args.input).resolve():
+        raise OutputExistsError(f"--output {output} is the --input file; write the predictions to another file")
+    refuse_overwrite([output], args.overwrite)
+    check_parent(output, "--output")
+
+
+def _predict_backend(args: argparse.Namespace, run_config: dict[str, Any]) -> Backend | None:
+    """The backend `predict` scores with: a server, another local model, or the run's own (None: as saved)."""
+    if args.backend == "remote":
+        return from_args(RemoteConfig, args, REMOTE_PREFIX).build()
+    if args.model:
+        return LocalConfig(model=args.model, max_input_tokens=args.max_input_tokens).build()
+    return saved_backend(run_config, args.max_input_tokens) if args.max_input_tokens else None
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from bbtune.core.prompts import SoftPrompt
 from bbtune.errors import ConfigError
-from bbtune.runs.folder import BEST_PROMPT, CONFIG, RunFolder
+from bbtune.runs.folder import BEST_PROMPT, CONFIG, RunFolder, refuse_overwrite
 from bbtune.tasks import Placement, TaskFormat
 
 if TYPE_CHECKING:
@@ -118,21 +118,31 @@ def run_summary(run: "TunedRun") -> dict[str, Any]:
             "test_acc": m.get("test_acc"), "manual_test_acc": m.get("manual_test_acc")}
 
 
-def export(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> str:
+def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, overwrite: bool = False) -> str:
     """`bbtune export`: write the run's prompt as `fmt` to `out` (peft: a folder, default RUN_DIR/peft); returns
-    the text (text/json) or a line naming the folder (peft)."""
+    the text (text/json) or a line naming the folder (peft). Existing files are replaced only with `overwrite`."""
     from bbtune.runs.load import load_run
 
     kind = export_format(fmt)
     run = load_run(run_dir)  # a missing or unfinished run folder fails here, whatever the format
     if kind is ExportFormat.PEFT:
-        folder = export_run(run_dir, out or run.path / "peft", base_model=_base_model(run.config))
+        target = Path(out or run.path / "peft")
+        refuse_overwrite([target / name for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BBTUNE_INFO)], overwrite)
+        folder = export_run(run_dir, target, base_model=_base_model(run.config))
         return f"PEFT adapter in {folder}/ (PeftModel.from_pretrained(base_model, '{folder}'))"
     text = run.template_text() if kind is ExportFormat.TEXT else json.dumps(run_summary(run), indent=2,
                                                                               ensure_ascii=False)
     if out:
+        refuse_overwrite([out], overwrite)
+        check_parent(Path(out), "--out")
         Path(out).write_text(text + "\n", encoding="utf-8")
     return text
+
+
+def check_parent(path: Path, flag: str) -> None:
+    """An output file goes into a folder that exists (a typo must not create folders, nor end in a traceback)."""
+    if not path.parent.is_dir():
+        raise ConfigError(f"{flag} {path}: folder {path.parent} does not exist; create it, or give another path")
 
 
 def _base_model(config: dict[str, Any]) -> str | None:

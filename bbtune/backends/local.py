@@ -16,7 +16,7 @@ the same shape costs (benchmarks/eval_speed.py measures it). Repeated hard promp
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -122,6 +122,7 @@ class LocalBackend:
         if not examples:
             raise TaskError("score() got no examples; give at least one")
         prompt_kind(list(prompts))
+        examples = self.fit_inputs(examples, fmt)
         unique, where = distinct_prompts(prompts)  # discretized populations often repeat a hard prompt
         with torch.inference_mode():
             if isinstance(unique[0], HardPrompt) and not self.is_masked:
@@ -150,7 +151,7 @@ class LocalBackend:
 
     def label_logprobs(self, prompt_embeds: torch.Tensor, examples: Sequence[Example], fmt: TaskFormat) -> torch.Tensor:
         """Differentiable (P, B, L) label log-probs; gradient baselines call this outside inference_mode."""
-        enc = self._encode(examples, fmt, prompt_embeds.shape[1])
+        enc = self._encode(self.fit_inputs(examples, fmt), fmt, prompt_embeds.shape[1])
         reuse = self.kv_reuse and not torch.is_grad_enabled()
         if reuse and fmt.placement is Placement.SUFFIX:
             logp = self._suffix_path(prompt_embeds, enc)
@@ -165,11 +166,29 @@ class LocalBackend:
         row p * B + b: what a ``prompt_embeds`` server must see to score like this backend."""
         with torch.inference_mode():
             table = self.prompt_embeds(prompts).float().cpu()
-            enc = self._encode(examples, fmt, table.shape[1])
+            enc = self._encode(self.fit_inputs(examples, fmt), fmt, table.shape[1])
             lead, cue = self.embed_text_ids(enc.lead), self.embed_text_ids(enc.cue)
             heads = [self.embed_text_ids(h) for h in enc.heads]
         prefix = fmt.placement is Placement.PREFIX
         return [torch.cat([lead, *((p, h) if prefix else (h, p)), cue]) for p in table for h in heads]
+
+    def fit_inputs(self, examples: Sequence[Example], fmt: TaskFormat) -> Sequence[Example]:
+        """With `max_input_tokens`, each example's text cut (at a token) until its input part of the template fits.
+        Cut as text, so every path truncates alike: hard prompts scored as their whole string (what an API sees)
+        as well as soft prompts and cached inputs."""
+        if self.max_input_tokens is None:
+            return examples
+        return [self._fit_input(ex, fmt, self.max_input_tokens) for ex in examples]
+
+    def _fit_input(self, ex: Example, fmt: TaskFormat, limit: int) -> Example:
+        for attempt in range(8):  # decode -> encode may give a token more than was kept: cut again, deeper
+            excess = len(self._ids(fmt.render(ex).head)) - limit
+            name = "text_b" if ex.text_b and len(ex.text_b) > len(ex.text) else "text"
+            ids = self._ids(getattr(ex, name))
+            if excess <= 0 or len(ids) <= 1:
+                break
+            ex = replace(ex, **{name: self.tokenizer.decode(ids[: max(1, len(ids) - excess - attempt)])})
+        return ex
 
     def embed_text_ids(self, ids: Sequence[int]) -> torch.Tensor:
         """(len(ids), hidden) float32 CPU input embeddings of token ids (`vocab.token_embeddings`)."""
@@ -220,7 +239,8 @@ class LocalBackend:
         for row in rows:
             if len(row) > self.context_length:
                 raise TaskError(f"an input of {len(row)} tokens overflows the model's context of "
-                                f"{self.context_length}; shorten the inputs or the prompt")
+                                f"{self.context_length}; set max_input_tokens (e.g. {self.context_length // 2}) to "
+                                "truncate inputs, or shorten the inputs or the prompt")
         split = [max(1, min(_common_start(row, b), len(row) - 1)) for row, b in zip(rows, before)]
         contexts, tails = [row[:n] for row, n in zip(rows, split)], [row[n:] for row, n in zip(rows, split)]
         order = sorted(range(len(rows)), key=lambda r: len(contexts[r]))

@@ -30,12 +30,12 @@ import tempfile
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
 
-from bbtune.errors import CheckpointError, RunFolderError
+from bbtune.errors import CheckpointError, OutputExistsError, RunFolderError
 
 CHECKPOINT = "checkpoint.pkl"
 CONFIG = "config.json"
@@ -62,6 +62,14 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def refuse_overwrite(paths: Iterable[str | Path], overwrite: bool) -> None:
+    """Outputs (predictions, reports, exports) never replace existing files unless the user said --overwrite."""
+    existing = [str(p) for p in paths if Path(p).exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(f"{', '.join(existing)} already exists; replace it with --overwrite, or write "
+                                "elsewhere")
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -107,6 +115,7 @@ class RunFolder:
     def lock(self) -> Iterator[None]:
         """Hold the folder's exclusive lock while a run writes it; a second writer fails at once, naming the
         holder. flock dies with its process, so a killed run never leaves a stale lock."""
+        self.check_is_folder()
         self.path.mkdir(parents=True, exist_ok=True)
         with (self.path / LOCK).open("a+") as f:
             try:
@@ -144,6 +153,28 @@ class RunFolder:
             else:
                 target.unlink(missing_ok=True)
 
+    def check_is_folder(self) -> None:
+        """A run folder path that names a file (or lies under one) is refused before anything is written."""
+        for path in (self.path, *self.path.parents):
+            if path.exists() and not path.is_dir():
+                raise RunFolderError(f"{self.path} is not a folder ({path} is a file); give --run-dir a folder path")
+
+    def finished_ending(self) -> str | None:
+        """The ending recorded in metrics.json of a finished run (None: not finished). A run stopped by a
+        ``--remote-max-*`` limit is not finished: raising the limit and resuming continues it."""
+        if not (self.path / METRICS).is_file():
+            return None
+        ending = str(self.read_json(METRICS).get("ending", "budget"))
+        return None if ending == "limit" else ending
+
+    def refuse_finished(self) -> None:
+        """`--resume` of a finished run has nothing left to do (and must not pay for its test scores again)."""
+        ending = self.finished_ending()
+        if ending is not None:
+            raise RunFolderError(f"{self.path} holds a finished run (ending: {ending}); nothing to resume, nothing was "
+                                 f"sent. Use it (`bbtune predict {self.path} --input FILE`, `bbtune export {self.path}`), "
+                                 "or start over with --overwrite or another --run-dir")
+
     def holds(self) -> str | None:
         """What the folder holds: None (nothing), 'finished', 'unfinished' (a run that can resume) or 'foreign'."""
         if not self.path.exists():
@@ -162,7 +193,16 @@ class RunFolder:
         file = self.path / name
         if not file.exists():
             raise CheckpointError(f"{file} is missing; is {self.path} a bbtune run folder?")
-        return json.loads(file.read_text())
+        try:
+            return json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{file} is damaged (not valid JSON: {err}); {self._damaged_fix(name)}") from None
+
+    def _damaged_fix(self, name: str) -> str:
+        if name == METRICS:
+            return (f"the run's result cannot be read: run it again (`bbtune tune --resume {self.path}` after deleting "
+                    f"{name}, or a new run with --overwrite)")
+        return "the folder cannot be resumed or used; start the run again with --overwrite (or another --run-dir)"
 
     def write_curve(self, rows: list[dict[str, Any]]) -> None:
         columns: list[str] = []
@@ -196,5 +236,14 @@ class RunFolder:
         if not file.exists():
             raise CheckpointError(f"no {CHECKPOINT} in {self.path}: not a run that can resume (is it a bbtune run "
                               "folder?); start a new run with --run-dir")
-        with file.open("rb") as f:
-            return pickle.load(f)
+        try:
+            with file.open("rb") as f:
+                state = pickle.load(f)
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, ValueError) as err:
+            raise CheckpointError(f"{file} is damaged and cannot be read ({type(err).__name__}: {err}); delete it to "
+                                  f"restart the run from its start with --resume {self.path}, or start over with "
+                                  "--overwrite") from None
+        if not isinstance(state, dict) or "state" not in state:
+            raise CheckpointError(f"{file} is not a bbtune checkpoint; delete it to restart the run from its start with "
+                                  f"--resume {self.path}, or start over with --overwrite")
+        return state

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from bbtune.backends.base import Backend
-from bbtune.errors import CheckpointError
+from bbtune.errors import CheckpointError, ConfigError
 from bbtune.search.evaluate import score_examples
 from bbtune.search.losses import label_log_softmax
 from bbtune.constants import EVAL_BATCH
@@ -141,21 +141,26 @@ def _label_bias(folder: RunFolder | None, metrics: dict[str, Any], fmt: TaskForm
     return np.asarray(bias, dtype=float)
 
 
-def saved_backend(config: dict[str, Any]) -> Backend:
+def saved_backend(config: dict[str, Any], max_input_tokens: int = 0) -> Backend:
     """The backend a run was tuned with, from its config.json (CLI runs keep the whole backend config; a run
-    started from Python keeps the local model's name). Remote runs get no header values: they are never saved."""
+    started from Python keeps the local model's name). Remote runs get no header values: they are never saved.
+    `max_input_tokens` (local models) truncates longer inputs instead of refusing them."""
     from bbtune.backends.factory import LocalConfig
     from bbtune.backends.remote import RemoteConfig
 
     cli = config.get("cli")
+    truncate: dict[str, Any] = {"max_input_tokens": max_input_tokens} if max_input_tokens else {}
     if cli is None:
         name = str(config.get("backend", ""))
         if not name.startswith("local:"):
             raise CheckpointError(f"cannot rebuild backend {name!r} from the run folder; pass a backend (--model)")
-        return LocalConfig(model=name[len("local:"):]).build()
+        return LocalConfig(model=name[len("local:"):], **truncate).build()
     if cli.get("backend_kind") == "remote":
+        if truncate:
+            raise ConfigError("max_input_tokens truncates inputs for a local model; this run's backend is a server "
+                              "(score through a local one with --model, or shorten the inputs)")
         return RemoteConfig(**_known(RemoteConfig, {**cli["remote"], "extra_headers": ()})).build()
-    return LocalConfig(**_known(LocalConfig, cli["backend"])).build()
+    return LocalConfig(**{**_known(LocalConfig, cli["backend"]), **truncate}).build()
 
 
 def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:

@@ -36,8 +36,8 @@ from bbtune.search.losses import Loss, per_prompt_loss
 from bbtune.search.optimizers import OptimizerConfig, make_optimizer
 from bbtune.core.progress import progress_bar
 from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt, distinct_prompts
-from bbtune.runs.folder import (BEST_PROMPT, CONFIG, HARD_PROMPT, LEDGER, METRICS, REPLIES, RunFolder, changed_fields,
-                                fingerprint, to_jsonable)
+from bbtune.runs.folder import (BEST_PROMPT, CHECKPOINT, CONFIG, HARD_PROMPT, LEDGER, METRICS, REPLIES, RunFolder,
+                                changed_fields, fingerprint, to_jsonable)
 from bbtune.search.subspace import ALPHA_FROM_CUE, P0Init, Subspace, SubspaceConfig
 from bbtune.tasks import Placement, Task
 from bbtune.core.vocab import FILTERS
@@ -56,7 +56,8 @@ class Selection(str, Enum):
     TRAIN_DEV_LOSS = "train_dev_loss"  # cross-entropy on train and dev together (more sentences, less noise)
 
 
-MANUAL = HardPrompt((), "")  # the template alone: the baseline every tuned prompt must beat
+MANUAL = HardPrompt((), "")
+DATA_FIELDS = ("task.data_sha256", "task.n_train", "task.n_dev", "task.n_test")  # what an edited data file changes  # the template alone: the baseline every tuned prompt must beat
 
 
 @dataclass(frozen=True)
@@ -376,20 +377,51 @@ class Tuner:
     def _resume(self) -> _State:
         if not self.folder:
             raise CheckpointError("resume needs a run_dir")
+        self.folder.refuse_finished()  # before any request: its test scores are paid for already
+        if not (self.folder.path / CHECKPOINT).exists() and (self.folder.path / CONFIG).exists():
+            return self._restart()  # its first checkpoint was never written: nothing was computed yet
         ckpt = self.folder.load_checkpoint()
-        changed = changed_fields(ckpt.get("run_config", {}), self.run_config_)
-        if changed:
-            raise CheckpointError(f"{self.folder.path} was made with another config: {'; '.join(changed)}; resume "
-                                  "with the saved config (config.json must not be edited), or start a new run "
-                                  "(another --run-dir, or --overwrite)")
+        self._check_same_config(ckpt.get("run_config", {}))
         if ckpt["fingerprint"] != self.subspace_.fingerprint():
             raise CheckpointError("the rebuilt subspace differs from the checkpoint's (another model or vocabulary?)")
+        self._check_ledger(ckpt.get("backend_stats") or {})
         self._save_settings()
         self.optimizer_ = ckpt["optimizer"]
         for name, value in ckpt["backend_stats"].items():
             if hasattr(self.backend.stats, name):
                 setattr(self.backend.stats, name, value)
         return ckpt["state"]
+
+    def _restart(self) -> _State:
+        """A folder whose first checkpoint failed (disk full, ...) holds only its config: resuming starts it."""
+        assert self.folder is not None
+        saved = self.folder.read_json(CONFIG)
+        self._check_same_config({k: v for k, v in saved.items() if k not in ("settings", "fingerprint")})
+        self._save_settings()
+        return _State()
+
+    def _check_same_config(self, saved: dict[str, Any]) -> None:
+        """A resumed run must compute what the first one would have: its config, task and data are unchanged."""
+        assert self.folder is not None
+        changed = changed_fields(saved, self.run_config_)
+        if not changed:
+            return
+        data_only = all(c.startswith(DATA_FIELDS) for c in changed)
+        why = ("the data files changed since the run started (the examples differ from the ones it was tuned on); "
+               "restore them to resume" if data_only else
+               "resume with the saved config (config.json must not be edited; restore the data files if they "
+               "changed)")
+        raise CheckpointError(f"{self.folder.path} was made with another config: {'; '.join(changed)}; {why}, or "
+                              "start a new run (another --run-dir, or --overwrite)")
+
+    def _check_ledger(self, stats: dict[str, Any]) -> None:
+        """Limits hold against the ledger: without it, a run that sent requests would start counting from zero."""
+        assert self.folder is not None
+        sent = int(stats.get("requests", 0) or 0)
+        if getattr(self.backend, "keep_books", None) is not None and sent and not (self.folder.path / LEDGER).exists():
+            raise CheckpointError(f"{self.folder.path / LEDGER} is missing but the checkpoint says {sent} requests were "
+                                  "sent: without the ledger the --remote-max-* limits would count from zero again. "
+                                  "Restore ledger.jsonl, or start a new run (another --run-dir, or --overwrite)")
 
     # ------------------------------------------------------------------ final numbers
 

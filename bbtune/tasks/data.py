@@ -39,10 +39,29 @@ class FieldMap:
             if missing:
                 raise TaskError(f"{source}: row {i + 1} lacks field(s) {missing}; it has {sorted(row)} "
                                 "(choose them with --text-field, --text-b-field, --label-field)")
-            label = str(row[self.label]) if self.label else ""
+            label = _label_value(row[self.label], self.label, f"{source}: row {i + 1}") if self.label else ""
             label = (self.label_names or {}).get(label, label)
-            out.append(Example(str(row[self.text]), label, str(row[self.text_b]) if self.text_b else None))
+            text_b = _text_value(row[self.text_b], self.text_b, f"{source}: row {i + 1}") if self.text_b else None
+            out.append(Example(_text_value(row[self.text], self.text, f"{source}: row {i + 1}"), label, text_b))
         return out
+
+
+def _text_value(value: Any, name: str, where: str) -> str:
+    """A text field's value; null, a number, a list or an object is a `TaskError` (never the string 'None')."""
+    if isinstance(value, str):
+        return value
+    what = "null" if value is None else f"a {type(value).__name__} ({str(value)[:40]})"
+    raise TaskError(f"{where}: field {name!r} is {what}, not a text; give every row a text there (or choose the "
+                    "field with --text-field / --text-b-field)")
+
+
+def _label_value(value: Any, name: str, where: str) -> str:
+    """A label as a string: a word or a number (a class index); null, a list or an object is an error."""
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    what = "null" if value is None else f"a {type(value).__name__} ({str(value)[:40]})"
+    raise TaskError(f"{where}: field {name!r} is {what}, not a label; give every row a label (a word or a class "
+                    "number; rename numbers with --label-names)")
 
 
 def parse_label_names(spec: str) -> dict[str, str] | None:
@@ -92,10 +111,19 @@ def read_rows(path: Path, encoding: str = "utf-8") -> list[dict[str, Any]]:
     for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 inside a JSON string is no line end
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise TaskError(f"{path}: line {n} is not valid JSON ({err.msg})") from err
+            if not isinstance(row, dict):
+                raise TaskError(f"{path}: line {n} is a JSON {_json_kind(row)}, not an object; JSON Lines holds one "
+                                'object per line, e.g. {"text": "a fine film", "label": "positive"}'
+                                + (" (write the array's items one per line)" if isinstance(row, list) else ""))
+            rows.append(row)
     return rows
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
 
 
 def _decode(path: Path, encoding: str) -> str:

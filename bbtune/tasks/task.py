@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from bbtune.errors import TaskError
+from bbtune.errors import TaskError, VerbalizerError
 from bbtune.tasks.data import (
     FieldMap,
     few_shot_split,
@@ -120,24 +120,45 @@ def load_task(
     spec = PRESETS[preset]
     fmt = TaskFormat(Template(template or spec.template), verbalizer or spec.verbalizer, Placement(placement))
     fields = fields or FieldMap(text_b=spec.text_b_field)
-    train_pool, test_pool = _source_splits(str(data_dir), fields)
-    for ex in train_pool:
-        fmt.label_index(ex.label)
+    train_pool, test_pool = _source_splits(str(data_dir), fields, fmt)
     train, dev = few_shot_split(train_pool, fmt.labels, k, seed)
     test = subsample(test_pool, test_limit, seed)
     return Task(name or Path(str(data_dir).split(":")[-1]).name, fmt, train, dev, test)
 
 
-def _source_splits(data: str, fields: FieldMap) -> tuple[list[Example], list[Example]]:
-    """(training pool, test examples) of a data folder or an ``hf:`` dataset."""
+def _source_splits(data: str, fields: FieldMap, fmt: TaskFormat) -> tuple[list[Example], list[Example]]:
+    """(training pool, test examples) of a data folder or an ``hf:`` dataset; every label has a verbalizer word."""
 
     if is_hf_data(data):
-        return dataset_splits(data, fields)
+        train, test = dataset_splits(data, fields)
+        return check_labels(train, fmt, f"{data} (train)"), check_labels(test, fmt, f"{data} (test)")
     folder = Path(data)
-    read = lambda f: fields.examples(read_rows(folder / f, fields.encoding), f"data file {folder / f}")  # noqa: E731
-    train = read(_find(folder, ("train.jsonl", "train.csv", "train.tsv")))
+
+    def read(name: str) -> list[Example]:
+        source = f"data file {folder / name}"
+        return check_labels(fields.examples(read_rows(folder / name, fields.encoding), source), fmt, source)
+
+    train = read(_find(folder, ("train.jsonl", "train.csv", "train.tsv")))  # type: ignore[arg-type]
     test_file = _find(folder, ("test.jsonl", "test.csv", "test.tsv"), required=False)
     return train, read(test_file) if test_file else []
+
+
+def check_labels(examples: list[Example], fmt: TaskFormat, source: str) -> list[Example]:
+    """`examples`, or a `VerbalizerError` naming the file and row of the first label with no verbalizer word."""
+    for i, ex in enumerate(examples):
+        if ex.label not in fmt.labels:
+            raise VerbalizerError(f"{source}: row {i + 1} has label {ex.label!r}, which has no verbalizer word; known "
+                                  f"labels: {list(fmt.labels)}. Fix the data, rename label values with --label-names, "
+                                  "or add the label to --verbalizer")
+    return examples
+
+
+def overlaps(task: Task) -> dict[str, int]:
+    """How many dev and test examples repeat a training example's input (same text): duplicated rows in the data
+    make dev and test numbers measure memory of train, not generalization."""
+    seen = {(ex.text, ex.text_b) for ex in task.train}
+    counts = {name: sum((ex.text, ex.text_b) in seen for ex in getattr(task, name)) for name in ("dev", "test")}
+    return {name: n for name, n in counts.items() if n}
 
 
 def _find(data_dir: Path, names: Sequence[str], required: bool = True) -> str | None:
