@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bbtune.app.cli import main
+from bbtune.backends.base import Backend
 from bbtune.errors import CheckpointError
 from bbtune.runs.folder import RunFolder
 from bbtune.runs.tuner import TuneConfig, tune
@@ -246,7 +247,7 @@ def test_resuming_a_finished_run_sends_nothing_and_keeps_its_metrics(run_copy, c
     assert before == ((run_copy / "metrics.json").read_bytes(), (run_copy / "metrics.json").stat().st_mtime_ns)
 
 
-class _Booked:
+class _Booked(Backend):
     """The tiny backend as a paid one: it books in a ledger and counts requests, as the remote backend does."""
 
     def __init__(self, inner):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from bbtune.backends.base import Capabilities
+from bbtune.backends.base import Backend, Capabilities
 from bbtune.app.cli import main
 from bbtune.runs.endings import Ending, budget_rounding, ending_line, ending_of
 from bbtune.runs.tuner import TuneConfig, tune
@@ -60,7 +60,7 @@ def test_resume_applies_limits_and_refuses_what_changes_the_result(unfinished, c
     assert settings["max_retries"] == 9 and settings["timeout_s"] == 5  # the next resume keeps them
 
 
-class ConstantBackend:
+class ConstantBackend(Backend):
     """Every prompt scores the same: a search through it learns nothing."""
 
     def __init__(self, inner):

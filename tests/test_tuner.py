@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bbtune.backends.base import Capabilities
+from bbtune.backends.base import Backend, Capabilities
 from bbtune.constants import CPU_PROMPT_TOKENS
 from bbtune.search.discretize import Discretizer
 from bbtune.errors import CapabilityError, CheckpointError, ConfigError
@@ -16,7 +16,7 @@ from bbtune.runs.tuner import TuneConfig, Tuner, calibrate_hard_scale, tune
 FAST = dict(prompt_tokens=3, intrinsic_dim=20, popsize=6, eval_every=12, p0="vocab")  # BBT's start: random words
 
 
-class CountingBackend:
+class CountingBackend(Backend):
     """Wraps a backend and records every batch it is asked to score."""
 
     def __init__(self, inner, soft=True):
@@ -122,14 +122,15 @@ def test_resume_continues_to_the_same_result(tiny_backend, tiny_task, tmp_path):
     ckpt = RunFolder(tmp_path / "part").load_checkpoint()
     ckpt["run_config"]["tune"]["budget_calls"] = 30
     RunFolder(tmp_path / "part").save_checkpoint(ckpt)
+    (tmp_path / "part" / "metrics.json").unlink()  # a stopped run has no metrics yet
     resumed = tune(tiny_task, tiny_backend, cfg, tmp_path / "part", progress=False, resume=True)
     assert np.array_equal(resumed.best_z, full.best_z)
-    strip = lambda curve: [{k: v for k, v in r.items()} for r in curve]  # noqa: E731
-    assert strip(resumed.curve) == strip(full.curve)
+    assert len(resumed.curve) == len(full.curve) > 3 and resumed.curve == full.curve
 
 
 def test_resume_refuses_another_config(tiny_backend, tiny_task, tmp_path):
     tune(tiny_task, tiny_backend, TuneConfig(budget_calls=12, **FAST), tmp_path / "r", progress=False)
+    (tmp_path / "r" / "metrics.json").unlink()  # unfinished: a finished run is refused before its config is read
     with pytest.raises(CheckpointError, match="another config"):
         tune(tiny_task, tiny_backend, TuneConfig(budget_calls=12, seed=9, **FAST), tmp_path / "r", progress=False,
              resume=True)
@@ -182,7 +183,7 @@ def test_a_backend_hard_limit_ends_the_run_with_its_results_written(tiny_backend
     assert RunFolder(tmp_path / "r").read_json("metrics.json")["stopped_by"] == res.metrics["stopped_by"]
 
 
-class QuadraticBackend:
+class QuadraticBackend(Backend):
     """A synthetic backend with a known optimum: the correct label's log-prob is -|p - target|^2 (scaled), the
     other label's 0, so the training loss falls exactly as a soft prompt approaches `target`."""
 
@@ -300,8 +301,9 @@ class PromptsHurtBackend(QuadraticBackend):
 
     def score(self, prompts, examples, fmt):
         labels = fmt.label_ids(examples)
-        rng = np.random.default_rng(len(self.inner.stats.as_dict()) + len(examples))
+        rng = np.random.default_rng(len(examples))
         out = rng.normal(size=(len(prompts), len(examples), 2))
+        out[:, 0, labels[0]] = -9.0  # every tuned prompt gets the first example of a batch wrong
         for i, p in enumerate(prompts):
             if isinstance(p, HardPrompt) and not p.token_ids:
                 out[i] = -2.0

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from bbtune.backends.base import Capabilities, CallStats
+from bbtune.backends.base import Backend, CallStats, Capabilities
 from bbtune.errors import VerbalizerError
 from bbtune.tasks import PRESETS, Example, Placement, TaskFormat, Template
 from bbtune.runs.tuner import MANUAL
@@ -33,7 +33,7 @@ class FakeTokenizer:
         return [names[i] for i in ids]
 
 
-class FakeBackend:
+class FakeBackend(Backend):
     """Scores word w on example i as `table[w][i]`; counts its score calls and remembers the formats."""
 
     name = "fake"

@@ -51,7 +51,7 @@ class _ShapeStats(CallStats):
             self.owner.calls.append(_Call(last.prompts[:1] * n_prompts, last.examples[:n_examples], last.fmt))
 
 
-class ShapeBackend:
+class ShapeBackend(Backend):
     """A Backend that records what it is asked to score and answers seeded noise; nothing leaves the machine.
 
     `reference` gives the vocabulary and tokenizer (the real model's: a LocalBackend); `capabilities` are those

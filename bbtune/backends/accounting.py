@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Mapping
 
@@ -36,19 +36,9 @@ class RemoteStats(CallStats):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0  # estimated, from the configured prices
-    labels_scored: int = 0  # label log-probs read from top-k lists (denominator of missing_rate)
     server_seconds: float = 0.0  # summed time requests spent waiting on a server
-    missing_rate: float = 0.0  # labels_missing / labels_scored: share of label scores that are upper bounds
     errors: dict[str, int] = field(default_factory=dict)  # by error type, retried or not
     endpoints: dict[str, int] = field(default_factory=dict)  # requests per replica
-
-    def count_labels(self, scored: int, missing: int) -> None:
-        self.labels_scored += scored
-        self.labels_missing += missing
-        self.missing_rate = self.labels_missing / self.labels_scored if self.labels_scored else 0.0
-
-    def as_dict(self) -> dict[str, Any]:  # type: ignore[override]
-        return asdict(self)
 
     def count_error(self, exc: BaseException) -> None:
         name = type(exc).__name__

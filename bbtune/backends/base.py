@@ -1,13 +1,21 @@
-"""The one seam between the tuner and a model: `Backend.score`.
+"""The one seam between the tuner and a model: `Backend`, and all its callers use of it.
 
 A backend scores a batch of candidate prompts (all soft or all hard) on a batch of examples and returns
 log-probabilities of every label word, shape (n_prompts, n_examples, n_labels). One call scores a whole
 CMA-ES population. What a backend accepts is declared in `capabilities` and checked before a run starts.
+Besides scores, a backend keeps its counters (`stats`), books paid requests in a run folder (`keep_books`) and
+reports what a check of its server found (`probe_report`); the two have defaults for a backend that pays
+nothing and has no server. Gradient methods need more (the model, differentiable scores): `GradientBackend`,
+reached through `gradient_backend`, which checks the capability first.
+
+Implementations inherit `Backend` (for the defaults): `LocalBackend`, `RemoteBackend`, the dry run's
+`ShapeBackend`, and the doubles in the tests.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -15,8 +23,11 @@ from bbtune.errors import CapabilityError
 from bbtune.core.prompts import Prompt
 
 if TYPE_CHECKING:
-    from bbtune.tasks import Example, TaskFormat
+    import torch
+
+    from bbtune.backends.wire import ProbeReport
     from bbtune.core.vocab import Vocabulary
+    from bbtune.tasks import Example, TaskFormat
 
 
 @dataclass(frozen=True)
@@ -48,18 +59,31 @@ class CallStats:
     backward_passes: int = 0
     tokens_processed: int = 0
     labels_missing: int = 0  # label scores that are NaN: absent from a top-k reply (remote top-k scoring)
+    labels_scored: int = 0  # label log-probs read from top-k lists (denominator of missing_rate; 0 = never)
+    missing_rate: float = 0.0  # labels_missing / labels_scored: share of label scores that are upper bounds
 
     def add(self, n_prompts: int, n_examples: int) -> None:
         self.calls += n_prompts
         self.examples_scored += n_prompts * n_examples
 
-    def as_dict(self) -> dict[str, int]:
+    def count_labels(self, scored: int, missing: int) -> None:
+        self.labels_scored += scored
+        self.labels_missing += missing
+        self.missing_rate = self.labels_missing / self.labels_scored if self.labels_scored else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Take the counters a checkpoint saved (`as_dict`), so a resumed run counts on from them."""
+        for name, value in saved.items():
+            if hasattr(self, name):
+                setattr(self, name, value)
 
 
 @runtime_checkable
 class Backend(Protocol):
-    """Anything that can score prompts. Implementations: LocalBackend, RemoteBackend."""
+    """Anything that can score prompts: everything the tuner, the baselines and the CLI use of a backend."""
 
     name: str
     capabilities: Capabilities
@@ -70,8 +94,47 @@ class Backend(Protocol):
         ...
 
     def vocabulary(self) -> "Vocabulary":
-        """Tokenizer and input-embedding matrix, for `A`'s scale and for discretization."""
+        """Tokenizer and the embedding of every token, for `A`'s scale and for discretization."""
         ...
+
+    def keep_books(self, ledger: Path, replies: Path, resume: bool) -> None:
+        """Book every paid request in a run folder's `ledger` before it is sent (so a killed run never pays
+        twice, and a resumed one counts what was spent); a backend that pays nothing books nothing."""
+        return None
+
+    def probe_report(self) -> "ProbeReport | None":
+        """What a check of the server found, as the run used it; None where there is no server to check."""
+        return None
+
+    def local_model(self) -> "GradientBackend | None":
+        """The local model behind this backend's prompts (itself for a local model, a remote backend's local
+        copy), for what only a model can do (judging a prompt's fluency); None where there is none."""
+        return None
+
+
+@runtime_checkable
+class GradientBackend(Backend, Protocol):
+    """A backend gradient methods can train through: the model itself and differentiable scores."""
+
+    model: Any
+    device: "torch.device"
+
+    def prompt_embeds(self, prompts: Sequence[Prompt]) -> "torch.Tensor":
+        """(P, n, hidden) input embeddings of a batch of prompts."""
+        ...
+
+    def label_logprobs(self, prompt_embeds: "torch.Tensor", examples: Sequence["Example"],
+                       fmt: "TaskFormat") -> "torch.Tensor":
+        """Differentiable (P, B, L) label log-probs of prompts given as embeddings."""
+        ...
+
+
+def gradient_backend(backend: Backend) -> GradientBackend:
+    """`backend` as a `GradientBackend`, or a `CapabilityError` naming what to use instead."""
+    backend.capabilities.require("gradients", backend.name)
+    if not isinstance(backend, GradientBackend):
+        raise CapabilityError(f"backend {backend.name} declares gradients but offers no model to train through")
+    return backend
 
 
 def check_scores(scores: np.ndarray, n_prompts: int, n_examples: int, n_labels: int, source: str) -> np.ndarray:

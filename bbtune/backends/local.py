@@ -28,7 +28,7 @@ from bbtune.backends.models import load_model
 from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt, distinct_prompts, prompt_kind
 from bbtune.tasks import Example, Placement, TaskFormat, verbalizer_token_ids
 from bbtune.core.vocab import Vocabulary, token_embeddings
-from bbtune.backends.base import Capabilities, CallStats, check_scores
+from bbtune.backends.base import Backend, Capabilities, CallStats, check_scores
 from bbtune.backends.kvcache import KVStore, LayerKV, cache_kwarg, cache_layers, new_cache
 
 
@@ -59,7 +59,7 @@ class ForwardBatch(NamedTuple):
     new: int
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     """Scores prompts with a local model. `model` is a name/path for `load_model` or a loaded model.
 
     >>> from bbtune.tasks import Example, TaskFormat, Template
@@ -107,6 +107,9 @@ class LocalBackend:
         self.text_stats = TextExactStats()  # how hard prompts were scored as their text (repairs, row-by-row)
 
     # ------------------------------------------------------------------ public
+
+    def local_model(self) -> "LocalBackend":
+        return self
 
     def vocabulary(self) -> Vocabulary:
         if self._vocab is None:

@@ -35,7 +35,7 @@ import asyncio
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Sequence
 
 import httpx
 import numpy as np
@@ -61,13 +61,16 @@ from bbtune.tasks import Example, TaskFormat, verbalizer_token_ids
 from bbtune.core.vocab import Vocabulary
 from bbtune.backends import wire
 from bbtune.backends.accounting import Ledger, Limits, Meter, Prices, RemoteStats, restore
-from bbtune.backends.base import Capabilities, check_scores
+from bbtune.backends.base import Backend, Capabilities, check_scores
 from bbtune.backends.cache import ResponseCache
 from bbtune.backends.http import ApiClient, KeyInfo
 from bbtune.backends.loop import LoopThread
 from bbtune.backends.replicas import ReplicaPool, display_url
 from bbtune.backends.probe import explain, run_probe
 from bbtune.backends.wire import LabelKeys, ProbeReport, ScoreMode
+
+if TYPE_CHECKING:
+    from bbtune.backends.local import LocalBackend
 
 
 def _h(default: Any, help: str) -> Any:  # noqa: A002 - the CLI reads `help`
@@ -204,12 +207,14 @@ def _headers(value: Mapping[str, str] | Sequence[tuple[str, str] | str]) -> tupl
     return tuple(out)
 
 
-class RemoteBackend:
+class RemoteBackend(Backend):
     """Scores prompts through an OpenAI-compatible server (see the module docstring).
 
     `transport` (an ``httpx.AsyncBaseTransport``, e.g. ``httpx.MockTransport``) replaces the network in
     tests; `sleep` replaces the retry wait. Close with `close()` or use as a context manager.
     """
+
+    stats: RemoteStats
 
     def __init__(self, config: RemoteConfig | None = None, *, transport: httpx.AsyncBaseTransport | None = None,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep, **overrides: Any):
@@ -267,6 +272,12 @@ class RemoteBackend:
         self.probe_ = run_probe(self, sample)
         return self.probe_
 
+    def probe_report(self) -> ProbeReport | None:
+        return self.probe_
+
+    def local_model(self) -> LocalBackend | None:
+        return self.reference() if self.config.local_model else None
+
     def vocabulary(self) -> Vocabulary:
         return self.reference().vocabulary()
 
@@ -294,7 +305,7 @@ class RemoteBackend:
 
     # ------------------------------------------------------------------ local side: tokenizer, embeddings
 
-    def reference(self) -> Any:
+    def reference(self) -> LocalBackend:
         """A LocalBackend over `local_model`: the tokenizer, the embedding table, the input layout."""
         if self._local is None:
             if not self.config.local_model:

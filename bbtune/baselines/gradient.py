@@ -18,7 +18,7 @@ from typing import Iterator, Protocol
 import numpy as np
 import torch
 
-from bbtune.backends.base import Backend
+from bbtune.backends.base import Backend, gradient_backend
 from bbtune.constants import CPU_PROMPT_TOKENS
 from bbtune.errors import ConfigError
 from bbtune.search.evaluate import evaluate
@@ -82,8 +82,8 @@ def initial_embeds(vocab: Vocabulary, n: int, init: P0Init | str, text: str, see
 
 def train_prompt(task: Task, backend: Backend, init: torch.Tensor, view: PromptView, config: GradientConfig) -> Trained:
     """Minimise label cross-entropy on `task.train` with AdamW; keep the prompt with the best dev accuracy."""
-    backend.capabilities.require("gradients", backend.name)
-    fmt, model = task.format, backend.model  # type: ignore[attr-defined]
+    backend = gradient_backend(backend)
+    fmt, model = task.format, backend.model
     table = model.get_input_embeddings().weight
     param = torch.nn.Parameter(init.detach().to(device=table.device, dtype=torch.float32).clone())
     scale = float(backend.vocabulary().embeddings.std())
@@ -106,7 +106,7 @@ def train_prompt(task: Task, backend: Backend, init: torch.Tensor, view: PromptV
     with frozen(model):
         for step, idx in zip(range(1, config.steps + 1), _batches(len(task.train), config.batch_size, rng)):
             batch = [task.train[i] for i in idx]
-            logp = backend.label_logprobs(view.point(param)[None].to(table.dtype), batch, fmt)[0]  # type: ignore[attr-defined]
+            logp = backend.label_logprobs(view.point(param)[None].to(table.dtype), batch, fmt)[0]
             loss = torch.nn.functional.cross_entropy(logp.float(), labels[idx])  # softmax over the label words only
             opt.zero_grad()
             loss.backward()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bbtune.backends.base import Backend
+from bbtune.backends.base import Backend, gradient_backend
 from bbtune.search.discretize import Discretizer, Metric
 from bbtune.errors import ConfigError
 from bbtune.core.prompts import HardPrompt
@@ -43,13 +43,13 @@ class _Projected:
     """PEZ's view: the model sees the nearest tokens; the gradient flows straight through to the vectors."""
 
     def __init__(self, backend: Backend, discretizer: Discretizer):
-        self.backend, self.discretizer = backend, discretizer
+        self.backend, self.discretizer = gradient_backend(backend), discretizer
 
     def prompt(self, param: torch.Tensor) -> HardPrompt:
         return self.discretizer.project(param.detach())
 
     def point(self, param: torch.Tensor) -> torch.Tensor:
-        nearest = self.backend.prompt_embeds([self.prompt(param)])[0].float()  # type: ignore[attr-defined]
+        nearest = self.backend.prompt_embeds([self.prompt(param)])[0].float()
         return param + (nearest - param).detach()  # value of P', gradient of P
 
 

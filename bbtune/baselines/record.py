@@ -85,7 +85,8 @@ class Meter:
 
     def __init__(self, backend: Backend, device: str | torch.device | None = None):
         self.backend = backend
-        self.device = torch.device(device or getattr(backend, "device", "cpu"))
+        local = backend.local_model()
+        self.device = torch.device(device or (local.device if local is not None else "cpu"))
         self.measurement = Measurement()
 
     def __enter__(self) -> "Meter":

@@ -364,9 +364,8 @@ class Tuner:
 
     def _keep_books(self, resume: bool) -> None:
         """Backends that pay per request (remote) book each one in the folder's ledger before sending it."""
-        books = getattr(self.backend, "keep_books", None)
-        if self.folder and books is not None:
-            books(self.folder.path / LEDGER, self.folder.path / REPLIES, resume)
+        if self.folder:
+            self.backend.keep_books(self.folder.path / LEDGER, self.folder.path / REPLIES, resume)
 
     def _checkpoint(self, state: _State) -> None:
         if not self.folder:
@@ -387,9 +386,7 @@ class Tuner:
         self._check_ledger(ckpt.get("backend_stats") or {})
         self._save_settings()
         self.optimizer_ = ckpt["optimizer"]
-        for name, value in ckpt["backend_stats"].items():
-            if hasattr(self.backend.stats, name):
-                setattr(self.backend.stats, name, value)
+        self.backend.stats.restore(ckpt["backend_stats"])
         return ckpt["state"]
 
     def _restart(self) -> _State:
@@ -418,7 +415,7 @@ class Tuner:
         """Limits hold against the ledger: without it, a run that sent requests would start counting from zero."""
         assert self.folder is not None
         sent = int(stats.get("requests", 0) or 0)
-        if getattr(self.backend, "keep_books", None) is not None and sent and not (self.folder.path / LEDGER).exists():
+        if sent and not (self.folder.path / LEDGER).exists():  # only paid backends count requests
             raise CheckpointError(f"{self.folder.path / LEDGER} is missing but the checkpoint says {sent} requests were "
                                   "sent: without the ledger the --remote-max-* limits would count from zero again. "
                                   "Restore ledger.jsonl, or start a new run (another --run-dir, or --overwrite)")
@@ -464,7 +461,7 @@ class Tuner:
             metrics["stopped_by"] = state.stopped_by
         metrics["backend_stats"] = _stats(self.backend)
         metrics["missing_rate"] = metrics["backend_stats"].get("missing_rate", 0.0)  # NaN label scores (losses.py)
-        probe = getattr(self.backend, "probe_", None)  # what the server supports, as the run used it
+        probe = self.backend.probe_report()  # what the server supports, as the run used it
         if probe is not None:
             metrics["probe"] = asdict(probe)
         metrics["ending"] = ending_of(metrics, state.curve).value
@@ -568,11 +565,10 @@ def _describe_task(task: Task) -> dict[str, Any]:
 
 
 def _stats(backend: Backend) -> dict[str, Any]:
-    stats = backend.stats
-    return stats.as_dict() if hasattr(stats, "as_dict") else dict(vars(stats))
+    return backend.stats.as_dict()
 
 
 def _missing_postfix(backend: Backend) -> dict[str, str]:
-    """The running share of missing label scores, for backends that can miss any (remote top-k)."""
-    rate = getattr(backend.stats, "missing_rate", None)
-    return {} if rate is None else {"missing": f"{rate:.1%}"}
+    """The running share of missing label scores, for backends that read top-k lists (remote)."""
+    stats = backend.stats
+    return {"missing": f"{stats.missing_rate:.1%}"} if stats.labels_scored else {}

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from bbtune.backends.base import Backend
 from bbtune.constants import FLUENCY_BATCH, WORD_PIECE_MIN_P
 from bbtune.errors import CapabilityError, ConfigError
 from bbtune.core.prompts import HardPrompt, Prompt
@@ -102,12 +103,12 @@ class TextScorer:
         return torch.cat(out).cpu() if out else torch.zeros(0)
 
 
-def text_scorer(backend: Any) -> TextScorer:
+def text_scorer(backend: Backend) -> TextScorer:
     """The scorer that judges `backend`'s prompts: its own model, or a remote backend's local copy."""
-    local = backend.reference() if hasattr(backend, "reference") else backend
-    if not (hasattr(local, "model") and hasattr(local, "tokenizer")):
-        raise CapabilityError(f"backend {getattr(backend, 'name', backend)!r} has no local model to read prompts "
-                              "with; use a local backend or set --remote-local-model, or run with --fluency 0")
+    local = backend.local_model()
+    if local is None:
+        raise CapabilityError(f"backend {backend.name!r} has no local model to read prompts with; use a local "
+                              "backend or set --remote-local-model, or run with --fluency 0")
     if local.model not in _SCORERS:
         _SCORERS[local.model] = TextScorer(local.model, local.tokenizer)
     return _SCORERS[local.model]

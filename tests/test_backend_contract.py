@@ -1,0 +1,130 @@
+"""One contract, every backend: the tiny local model and the mock server in each remote mode (in-process, via
+httpx.MockTransport), and the dry run's shape backend. What the tuner, the baselines and the CLI use of a backend
+is declared on `bbtune.backends.base.Backend`; each test here holds every backend to one part of it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bbtune.app.dryrun import ShapeBackend
+from bbtune.backends.base import Backend, CallStats, GradientBackend, gradient_backend
+from bbtune.backends.local import LocalBackend
+from bbtune.core.prompts import SoftPrompt
+from bbtune.errors import CapabilityError
+from mock_server import mock_transport
+from test_remote_backend import EXAMPLES, FMT, make_app, make_backend, prompts
+
+REMOTE_MODES = ["echo", "top_logprobs", "chat", "prompt_embeds"]
+EXACT = {"local", "echo", "prompt_embeds"}  # scores equal to the local model's; top-k modes are bounded instead
+
+
+def build(kind: str) -> Backend:
+    if kind == "local":
+        return LocalBackend("tiny")
+    if kind == "shape":
+        local = LocalBackend("tiny")
+        return ShapeBackend(local, local.capabilities, "tiny")
+    top_k = 20 if kind == "chat" else 400  # chat's top_logprobs is 0-20, as OpenAI's
+    return make_backend(mock_transport(make_app()), mode=kind, top_k=top_k)
+
+
+@pytest.fixture(params=["local", *REMOTE_MODES, "shape"])
+def backend(request):
+    made = build(request.param)
+    made.kind = request.param  # type: ignore[attr-defined]
+    yield made
+    if hasattr(made, "close"):
+        made.close()
+
+
+@pytest.fixture(scope="module")
+def local_scores() -> np.ndarray:
+    return LocalBackend("tiny").score(prompts(), EXAMPLES, FMT)
+
+
+def test_is_a_backend_with_counters_and_capabilities(backend):
+    assert isinstance(backend, Backend)
+    assert isinstance(backend.stats, CallStats) and backend.stats.calls == 0
+    assert backend.capabilities.hard
+    assert backend.name
+
+
+def test_scores_have_the_seams_shape_and_are_log_probs(backend):
+    scores = backend.score(prompts(), EXAMPLES, FMT)
+    assert scores.shape == (len(prompts()), len(EXAMPLES), len(FMT.labels))
+    known = scores[~np.isnan(scores)]
+    assert np.all(known <= 1e-6)
+    assert known.size or backend.stats.labels_missing == scores.size  # every NaN is a counted missing label
+
+
+def test_counts_calls_and_examples(backend):
+    backend.score(prompts(), EXAMPLES, FMT)
+    assert backend.stats.calls == len(prompts())
+    assert backend.stats.examples_scored == len(prompts()) * len(EXAMPLES)
+
+
+def test_exact_backends_agree_with_the_local_model(backend, local_scores):
+    if backend.kind not in EXACT:
+        pytest.skip("a top-k or shape backend is not exact")
+    np.testing.assert_allclose(backend.score(prompts(), EXAMPLES, FMT), local_scores, atol=2e-4)
+
+
+def test_top_k_backends_are_bounded_by_the_exact_scores(backend, local_scores):
+    """A label outside the top-k is NaN (missing); one inside it has its exact log-prob."""
+    if backend.kind not in ("top_logprobs",):
+        pytest.skip("only the completion top-k mode reads the same distribution as the local model")
+    scores = backend.score(prompts(), EXAMPLES, FMT)
+    present = ~np.isnan(scores)
+    np.testing.assert_allclose(scores[present], local_scores[present], atol=2e-4)
+
+
+def test_soft_prompts_where_declared_refused_where_not(backend):
+    soft = [SoftPrompt(backend.vocabulary().embeddings[list(p.token_ids)].clone()) for p in prompts()]
+    if backend.capabilities.soft:
+        assert backend.score(soft, EXAMPLES, FMT).shape == (len(soft), len(EXAMPLES), len(FMT.labels))
+    else:
+        with pytest.raises(CapabilityError):
+            backend.capabilities.require("soft", backend.name)
+
+
+def test_books_and_probe_report(backend, tmp_path: Path):
+    backend.keep_books(tmp_path / "ledger.jsonl", tmp_path / "replies", resume=False)
+    backend.score(prompts()[:1], EXAMPLES, FMT)
+    report = backend.probe_report()
+    paid = backend.kind in REMOTE_MODES
+    assert (tmp_path / "ledger.jsonl").exists() is paid  # what a paid backend sends is booked first
+    assert (report is not None) is (paid and backend.config.probe)
+
+
+def test_stats_round_trip_through_a_checkpoint(backend):
+    backend.score(prompts(), EXAMPLES, FMT)
+    saved = backend.stats.as_dict()
+    fresh = build(backend.kind)
+    fresh.stats.restore(saved)
+    assert fresh.stats.as_dict() == saved
+
+
+def test_gradients_only_where_declared(backend):
+    if backend.kind == "shape":
+        pytest.skip("a dry run declares the capabilities of the backend it prices, and trains nothing")
+    if backend.capabilities.gradients:
+        trainable = gradient_backend(backend)
+        assert isinstance(trainable, GradientBackend)
+        embeds = trainable.prompt_embeds(prompts()[:1]).detach().requires_grad_(True)
+        trainable.label_logprobs(embeds, EXAMPLES, FMT).sum().backward()
+        assert embeds.grad is not None and torch.isfinite(embeds.grad).all()
+    else:
+        with pytest.raises(CapabilityError, match="gradient"):
+            gradient_backend(backend)
+
+
+def test_a_local_model_is_there_for_what_needs_one(backend):
+    local = backend.local_model()
+    if backend.kind == "shape":
+        assert local is None
+    else:
+        assert local is not None and local.vocabulary().size == backend.vocabulary().size
