@@ -121,8 +121,8 @@ def _sampling(body: Mapping[str, Any], vocab_size: int) -> _Sampling:
 
 
 def _logit_bias(body: Mapping[str, Any], vocab_size: int) -> dict[int, float]:
-    """``{"token id": bias}`` with ids in [0, vocab) and biases in [-_BIAS_MAX, _BIAS_MAX]; a negative id would index the
-    logits from the end, so it is refused by name like any other id outside the vocabulary."""
+    """``{"token id": bias}`` with ids in [0, vocab) and biases in [-_BIAS_MAX, _BIAS_MAX]; a negative id would
+    index the logits from the end, so it is refused by name like any other id outside the vocabulary."""
     raw = body.get("logit_bias")
     if raw is None:
         return {}
