@@ -25,7 +25,7 @@ from test_remote_backend import one_torch_thread  # noqa: F401
 
 FAST_S = 1.0  # every refusal must come within this
 READ_TIMEOUT_S = 0.5
-VOCAB = shared_scorer("tiny").vocab_size
+VOCAB, HIDDEN = shared_scorer("tiny").vocab_size, shared_scorer("tiny").hidden_size
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +223,8 @@ def _post(app: MockApp, route: str, body: Any) -> tuple[int, dict[str, Any]]:
     ("/v1/completions", {"prompt": [[]]}, "prompt"),
     ("/v1/completions", {"prompt": [[1, True]]}, "prompt"),
     ("/v1/completions", {"prompt": [[VOCAB]]}, "prompt"),
+    ("/v1/completions", {"prompt": None, "temperature": 1,  # NaN log-probs: sampling would raise
+                         "prompt_embeds": encode_embeds(torch.full((2, HIDDEN), math.nan))}, "prompt_embeds"),
     ("/v1/chat/completions", {"logprobs": "yes"}, "logprobs"),
     ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ("/v1/chat/completions", {"max_completion_tokens": 0}, "max_completion_tokens"),
@@ -310,7 +312,7 @@ _IDS = st.integers(-2, VOCAB + 2) | _NUMBERS
 _PROMPTS = (st.text(max_size=20) | st.lists(st.text(max_size=10), max_size=6) | st.lists(_IDS, max_size=6)
             | st.lists(st.lists(_IDS, max_size=4), max_size=5) | _VALUES)
 _EMBEDS = st.builds(lambda rows, hidden, fill: encode_embeds(torch.full((rows, hidden), fill)), st.integers(0, 3),
-                    st.sampled_from([shared_scorer("tiny").hidden_size, 7]), st.sampled_from([0.1, math.nan, math.inf]))
+                    _mostly(st.just(HIDDEN), st.just(7), 4), st.sampled_from([0.1, math.nan, math.inf]))
 _CONTENT = (st.text(max_size=20) | _SCALARS
             | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": _SCALARS}), max_size=3))
 _MESSAGES = (st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant"]) | _SCALARS,
@@ -318,7 +320,7 @@ _MESSAGES = (st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "s
 _OPTIONAL = {  # each present or not; a valid value 7 times in 8, else a hostile one
     "max_tokens": _mostly(st.integers(0, 3), _SCALARS),
     "max_completion_tokens": _mostly(st.integers(1, 3), _SCALARS),
-    "temperature": _mostly(st.floats(0, 2), _SCALARS),
+    "temperature": _mostly(st.sampled_from([0, 1, 2, 1e-300, 5e-324]) | st.floats(0, 2), _SCALARS),
     "seed": _mostly(st.integers(0, 2**63 - 1), _SCALARS),
     "logit_bias": _mostly(st.dictionaries(st.integers(0, VOCAB - 1).map(str), st.floats(-100, 100), max_size=3),
                           st.dictionaries(st.integers(-3, VOCAB + 3).map(str) | st.text(max_size=4),
@@ -330,32 +332,39 @@ _OPTIONAL = {  # each present or not; a valid value 7 times in 8, else a hostile
 }
 _MODEL = _mostly(st.just("tiny"), st.just("gpt-x") | _VALUES)
 _EMBEDS_FIELDS = {"model": _MODEL, "prompt_embeds": _EMBEDS | st.lists(_EMBEDS, max_size=3) | _VALUES}
-_REQUESTS = _mostly(st.fixed_dictionaries({"model": _MODEL, "prompt": _PROMPTS}, optional=_OPTIONAL)
-                    | st.fixed_dictionaries({"model": _MODEL, "messages": _MESSAGES}, optional=_OPTIONAL)
-                    | st.fixed_dictionaries(_EMBEDS_FIELDS, optional={**_OPTIONAL, "prompt": _PROMPTS}),
-                    st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=8))
-_BODIES = _mostly(_REQUESTS.map(lambda d: json.dumps(d).encode()),
-                  st.binary(max_size=64)
-                  | st.integers(0, 3000).map(lambda n: b'{"model": "tiny", "prompt": ' + b"[" * n + b"]" * n + b"}")
-                  | st.tuples(_REQUESTS, st.integers(1, 40)).map(lambda t: json.dumps(t[0]).encode()[: -t[1]]),
-                  one_in=3)
-_ROUTES = _mostly(st.sampled_from(["/v1/completions", "/v1/chat/completions", "/v1/tokenize", "/tokenize"]),
-                  st.sampled_from(["/v1/models", "/stats", "/stats/reset", "/health", "/v1/embeddings",
-                                   "/v1/completions?x=1", "/v1/"]) | st.text(), one_in=5)
+_COMPLETION = (st.fixed_dictionaries({"model": _MODEL, "prompt": _PROMPTS}, optional=_OPTIONAL)
+               | st.fixed_dictionaries(_EMBEDS_FIELDS, optional={**_OPTIONAL, "prompt": _PROMPTS}))
+_CHAT = st.fixed_dictionaries({"model": _MODEL, "messages": _MESSAGES}, optional=_OPTIONAL)
+_TOKENIZE = st.fixed_dictionaries({"prompt": _PROMPTS}, optional={"model": _MODEL, "content": _PROMPTS,
+                                                                   "add_special_tokens": _OPTIONAL["echo"]})
+_JSON_BODY = st.builds(lambda d: json.dumps(d).encode(), _COMPLETION | _CHAT | _TOKENIZE
+                       | st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=8))
+_GARBAGE = (st.binary(max_size=64)
+            | st.sampled_from([1, 8, 9, 63, 64, 65, 999, 1001, 5000, 100_000]).map(
+                lambda n: b'{"model": "tiny", "prompt": ' + b"[" * n + b"]" * n + b"}")
+            | st.tuples(_JSON_BODY, st.integers(1, 40)).map(lambda t: t[0][: -t[1]]))
+_CALLS = _mostly(  # mostly a body that fits its route, so the fuzz gets past routing into the parameters
+    st.tuples(st.just("/v1/completions"), _COMPLETION) | st.tuples(st.just("/v1/chat/completions"), _CHAT)
+    | st.tuples(st.sampled_from(["/tokenize", "/v1/tokenize"]), _TOKENIZE),
+    st.tuples(st.sampled_from(["/v1/completions", "/v1/chat/completions", "/tokenize", "/v1/models", "/stats",
+                               "/stats/reset", "/health", "/v1/embeddings", "/v1/completions?x=1", "/v1/"])
+              | st.text(), _JSON_BODY | _GARBAGE), one_in=3)
 _METHODS = _mostly(st.just("POST"), st.sampled_from(["GET", "PUT", "post"]) | st.text(max_size=6))
 _HEADERS = st.dictionaries(st.sampled_from(["Content-Type", "Content-Length", "X-Other"]) | st.text(max_size=8),
                            st.text(max_size=12), max_size=3)
 _AUTH = _mostly(st.just({"Authorization": "Bearer k"}),
                 st.sampled_from([{"authorization": "Bearer "}, {"Authorization": "k"}, {}]))
 _FUZZ_APPS = (_app(max_prompts=4, max_messages=4, max_prompt_chars=200),
-              _app(api_key="k", echo="reject", list_prompts=False, prompt_embeds=False, max_json_depth=8))
+              _app(api_key="k", echo="reject", list_prompts=False, max_json_depth=8))
 
 
-@settings(max_examples=200, deadline=None, database=None,
+@settings(max_examples=300, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(st.sampled_from(_FUZZ_APPS), _METHODS, _ROUTES, _HEADERS, _AUTH, _BODIES)
-def test_fuzzed_requests_never_get_a_5xx(app: MockApp, method: str, route: str, headers: dict[str, str],
-                                         auth: dict[str, str], body: bytes) -> None:
+@given(st.sampled_from(_FUZZ_APPS), _METHODS, _CALLS, _HEADERS, _AUTH)
+def test_fuzzed_requests_never_get_a_5xx(app: MockApp, method: str, call: tuple[str, Any], headers: dict[str, str],
+                                         auth: dict[str, str]) -> None:
+    route, body = call
+    body = body if isinstance(body, bytes) else json.dumps(body).encode()
     reply = app.handle(method, route, {**headers, **auth}, body)
     event(f"status {reply.status}")  # --hypothesis-show-statistics: how many get past the checks
     assert reply.status < 500, reply.body[:300]
