@@ -3,10 +3,16 @@
 Greedy decoding with temperature 0 (the argmax token is the completion), seeded sampling otherwise. Replies
 follow OpenAI's shapes, including the legacy completions ``logprobs`` object (tokens, token_logprobs,
 top_logprobs, text_offset) and chat's ``logprobs.content``; every reply carries ``usage``.
+
+Every parameter is checked for type and range before any prompt is tokenized, and prompts for count and
+length (`ServerConfig.max_prompts`, ``max_messages``, ``max_prompt_chars``, the model's context) before any is
+tokenized: bad input gets a 400 that names the parameter, never a 500 or minutes of work.
 """
 from __future__ import annotations
 
 import itertools
+import re
+import reprlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -19,6 +25,9 @@ from .config import EchoSupport, ServerConfig
 from .scorer import Scorer
 
 _ids = itertools.count(1)
+_SEED_MAX = 2**63 - 1  # an int64, as OpenAI's `seed`; torch.Generator takes it
+_BIAS_MAX = 100  # OpenAI's logit_bias range is [-_BIAS_MAX, _BIAS_MAX]
+_TOKEN_ID = re.compile(r"-?[0-9]{1,12}")  # a logit_bias key; longer is out of any vocabulary (and cheap to refuse)
 
 
 class ApiError(Exception):
@@ -38,19 +47,45 @@ def _bad(message: str, param: str | None = None) -> ApiError:
     return ApiError(400, message, param=param)
 
 
+def _show(value: Any) -> str:
+    """A bad value for an error message, cut short: a 1,000,000-item list must not come back whole."""
+    return reprlib.repr(value)
+
+
 def _int(body: Mapping[str, Any], name: str, default: int | None, lo: int, hi: int) -> int | None:
-    value = body.get(name, default)
+    """An integer parameter in [lo, hi]; missing or null is `default` (as OpenAI treats null)."""
+    value = body.get(name)
     if value is None:
-        return None
+        return default
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise _bad(f"'{name}' must be an integer in [{lo}, {hi}], got {value!r}", name)
+        raise _bad(f"'{name}' must be an integer in [{lo}, {hi}], got {_show(value)}", name)
+    return value
+
+
+def _number(body: Mapping[str, Any], name: str, default: float, lo: float, hi: float) -> float:
+    """A real-number parameter in [lo, hi] (NaN and infinities fail the range); missing or null is `default`."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise _bad(f"'{name}' must be a number in [{lo:g}, {hi:g}], got {_show(value)}", name)
+    return float(value)
+
+
+def _flag(body: Mapping[str, Any], name: str, default: bool = False) -> bool:
+    """A boolean parameter: ``"echo": "no"`` is a mistake to report, not a truthy string to act on."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise _bad(f"'{name}' must be true or false, got {_show(value)}", name)
     return value
 
 
 def _check_model(cfg: ServerConfig, body: Mapping[str, Any]) -> None:
     model = body.get("model")
     if not cfg.serves(str(model)):
-        raise ApiError(404, f"The model `{model}` does not exist or you do not have access to it. "
+        raise ApiError(404, f"The model `{_show(model)}` does not exist or you do not have access to it. "
                             f"This server serves `{cfg.name}`.", code="model_not_found", param="model")
 
 
@@ -67,39 +102,71 @@ class _Run:
     stopped: bool = False
 
 
-def _sampling(body: Mapping[str, Any]) -> tuple[float, dict[int, float], torch.Generator]:
-    temperature = body.get("temperature", 1.0)
-    if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
-        raise _bad(f"'temperature' must be a number in [0, 2], got {temperature!r}", "temperature")
-    raw_bias = body.get("logit_bias") or {}
-    if not isinstance(raw_bias, Mapping):
-        raise _bad("'logit_bias' must map token ids to numbers", "logit_bias")
-    try:
-        bias = {int(k): float(v) for k, v in raw_bias.items()}
-    except (TypeError, ValueError):
-        raise _bad("'logit_bias' must map token ids to numbers in [-100, 100]", "logit_bias") from None
-    if any(not -100 <= v <= 100 for v in bias.values()):
-        raise _bad("'logit_bias' values must be in [-100, 100]", "logit_bias")
-    gen = torch.Generator().manual_seed(int(body.get("seed") or 0))
-    return float(temperature), bias, gen
+@dataclass(frozen=True)
+class _Sampling:
+    """The request's sampling parameters, checked once before any prompt is tokenized."""
+
+    temperature: float
+    bias: dict[int, float]
+    seed: int
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed)
 
 
-def _decode(scorer: Scorer, embeds: torch.Tensor, max_tokens: int, body: Mapping[str, Any], echo: bool = False,
+def _sampling(body: Mapping[str, Any], vocab_size: int) -> _Sampling:
+    """temperature in [0, 2], seed an int64 >= 0 (torch.manual_seed overflows past it), logit_bias as below."""
+    seed = _int(body, "seed", 0, 0, _SEED_MAX)
+    return _Sampling(_number(body, "temperature", 1.0, 0.0, 2.0), _logit_bias(body, vocab_size), seed or 0)
+
+
+def _logit_bias(body: Mapping[str, Any], vocab_size: int) -> dict[int, float]:
+    """``{"token id": bias}`` with ids in [0, vocab) and biases in [-_BIAS_MAX, _BIAS_MAX]; a negative id would
+    index the logits from the end, so it is refused by name like any other id outside the vocabulary."""
+    raw = body.get("logit_bias")
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise _bad(f"'logit_bias' must map token ids to numbers in [-{_BIAS_MAX}, {_BIAS_MAX}]", "logit_bias")
+    if len(raw) > vocab_size:
+        raise _bad(f"'logit_bias' has {len(raw)} entries; the vocabulary has {vocab_size} tokens", "logit_bias")
+    bias: dict[int, float] = {}
+    for key, value in raw.items():
+        key = str(key)
+        if not _TOKEN_ID.fullmatch(key) or not 0 <= int(key) < vocab_size:
+            raise _bad(f"logit_bias token id {_show(key)} is not a token id in [0, {vocab_size})", "logit_bias")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -_BIAS_MAX <= value <= _BIAS_MAX:
+            raise _bad(f"logit_bias value for token {key} must be a number in [-{_BIAS_MAX}, {_BIAS_MAX}], "
+                       f"got {_show(value)}", "logit_bias")
+        bias[int(key)] = float(value)
+    return bias
+
+
+def _check_context(scorer: Scorer, prompt_tokens: int, max_tokens: int) -> None:
+    if prompt_tokens + max_tokens > scorer.context_length:
+        raise _bad(f"This model's maximum context length is {scorer.context_length} tokens; the prompt has "
+                   f"{prompt_tokens} and max_tokens is {max_tokens}", "max_tokens")
+
+
+def _sample(row: torch.Tensor, temperature: float, gen: torch.Generator) -> int:
+    """One token from softmax(row / T). The max comes off first and the division is in float64, so a tiny T
+    (1e-300 is 0 in float32) gives the argmax rather than 0/0 = NaN."""
+    scaled = (row.double() - row.max().double()) / temperature
+    return int(torch.multinomial(scaled.softmax(-1), 1, generator=gen))
+
+
+def _decode(scorer: Scorer, embeds: torch.Tensor, max_tokens: int, sampling: _Sampling, echo: bool = False,
             ignore_bias: bool = False) -> _Run:
-    temperature, bias, gen = _sampling(body)
     if embeds.shape[0] == 0:
         raise _bad("the prompt is empty", "prompt")
-    if embeds.shape[0] + max_tokens > scorer.context_length:
-        raise _bad(f"This model's maximum context length is {scorer.context_length} tokens; the prompt has "
-                   f"{embeds.shape[0]} and max_tokens is {max_tokens}", "max_tokens")
-    if bias and max(bias) >= scorer.vocab_size:
-        raise _bad(f"logit_bias token id {max(bias)} is outside the vocabulary", "logit_bias")
-    rows = scorer.logprobs(embeds, None if ignore_bias else bias, every_position=echo)
+    _check_context(scorer, embeds.shape[0], max_tokens)
+    bias, gen, temperature = None if ignore_bias else sampling.bias, sampling.generator(), sampling.temperature
+    rows = scorer.logprobs(embeds, bias, every_position=echo)
     run = _Run(rows)
     eos = scorer.tokenizer.eos_token_id
     for step in range(max_tokens):
         row = rows[-1]
-        token = int(row.argmax()) if temperature == 0 else int(torch.multinomial((row / temperature).softmax(-1), 1, generator=gen))
+        token = int(row.argmax()) if temperature == 0 else _sample(row, temperature, gen)
         run.generated.append(token)
         run.rows.append(row)
         if token == eos:
@@ -107,7 +174,7 @@ def _decode(scorer: Scorer, embeds: torch.Tensor, max_tokens: int, body: Mapping
             break
         if step + 1 < max_tokens:
             embeds = torch.cat([embeds, scorer.embed([token])])
-            rows = scorer.logprobs(embeds, None if ignore_bias else bias, every_position=False)
+            rows = scorer.logprobs(embeds, bias, every_position=False)
     return run
 
 
@@ -128,54 +195,95 @@ class _Input:
     text: str
 
 
-def _completion_inputs(scorer: Scorer, cfg: ServerConfig, body: Mapping[str, Any]) -> list[_Input]:
-    inputs: list[_Input] = []
-    raw_embeds = body.get("prompt_embeds")
-    if raw_embeds is not None:
-        if not cfg.prompt_embeds:
-            raise _bad("You must set `--enable-prompt-embeds` to input `prompt_embeds`.", "prompt_embeds")
-        for item in raw_embeds if isinstance(raw_embeds, list) else [raw_embeds]:
-            try:
-                tensor = decode_embeds(item)
-            except Exception as err:  # noqa: BLE001 - any decoding failure is the caller's bad input
-                raise _bad(f"'prompt_embeds' could not be decoded: {err}", "prompt_embeds") from None
-            if tensor.shape[1] != scorer.hidden_size:
-                raise _bad(f"prompt_embeds hidden size {tensor.shape[1]} != model hidden size {scorer.hidden_size}",
-                           "prompt_embeds")
-            inputs.append(_Input(tensor, None, ""))
+def _is_ids(value: Any) -> bool:
+    """A non-empty list of ints (not bools): one prompt given as token ids."""
+    return isinstance(value, list) and bool(value) and all(type(t) is int for t in value)
+
+
+def _embeds_items(cfg: ServerConfig, body: Mapping[str, Any]) -> list[Any]:
+    raw = body.get("prompt_embeds")
+    if raw is None:
+        return []
+    if not cfg.prompt_embeds:
+        raise _bad("You must set `--enable-prompt-embeds` to input `prompt_embeds`.", "prompt_embeds")
+    return raw if isinstance(raw, list) else [raw]
+
+
+def _prompt_items(body: Mapping[str, Any], have_embeds: bool) -> list[Any]:
+    """The prompts as a list, one per choice; a lone string or token-id list is one prompt."""
     prompt = body.get("prompt")
-    if prompt is None or (prompt == "" and inputs):
-        if not inputs:
+    if prompt is None or (prompt == "" and have_embeds):
+        if not have_embeds:
             raise _bad("'prompt' is required", "prompt")
-        return inputs
-    if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt)):
-        prompt = [prompt]
+        return []
+    if isinstance(prompt, str) or _is_ids(prompt):
+        return [prompt]
     if not isinstance(prompt, list) or not prompt:
         raise _bad("'prompt' must be a string, a list of strings, or token ids", "prompt")
-    for item in prompt:
-        if isinstance(item, str):
-            ids = scorer.encode(item)
-            inputs.append(_Input(scorer.embed(ids) if ids else torch.zeros(0, scorer.hidden_size), ids, item))
-        elif isinstance(item, list) and all(isinstance(t, int) and 0 <= t < scorer.vocab_size for t in item):
-            inputs.append(_Input(scorer.embed(item), list(item), scorer.tokenizer.decode(item)))
-        else:
-            raise _bad("each prompt must be a string or a list of token ids in the vocabulary", "prompt")
-    return inputs
+    return prompt
+
+
+def _check_prompt(scorer: Scorer, cfg: ServerConfig, item: Any, max_tokens: int) -> None:
+    """Refuse a prompt on its shape and size alone, before any prompt is tokenized (tokenizing runs ~1 us a
+    character: a 10 MB prompt would cost 10 s to find too long)."""
+    if isinstance(item, str):
+        if len(item) > cfg.max_prompt_chars:
+            raise _bad(f"A prompt has {len(item)} characters; this server takes at most {cfg.max_prompt_chars} "
+                       "(--max-prompt-chars).", "prompt")
+        return
+    if not _is_ids(item):
+        raise _bad("each prompt must be a string or a non-empty list of token ids", "prompt")
+    _check_context(scorer, len(item), max_tokens)
+    bad = next((t for t in item if not 0 <= t < scorer.vocab_size), None)
+    if bad is not None:
+        raise _bad(f"prompt token id {bad} is not in the vocabulary [0, {scorer.vocab_size})", "prompt")
+
+
+def _embeds_input(scorer: Scorer, item: Any) -> _Input:
+    try:
+        tensor = decode_embeds(item)
+    except Exception as err:  # noqa: BLE001 - any decoding failure is the caller's bad input
+        raise _bad(f"'prompt_embeds' could not be decoded: {_show(str(err))}", "prompt_embeds") from None
+    if tensor.shape[1] != scorer.hidden_size:
+        raise _bad(f"prompt_embeds hidden size {tensor.shape[1]} != model hidden size {scorer.hidden_size}",
+                   "prompt_embeds")
+    if not bool(torch.isfinite(tensor).all()):
+        raise _bad("prompt_embeds hold NaN or infinite values", "prompt_embeds")
+    return _Input(tensor, None, "")
+
+
+def _prompt_input(scorer: Scorer, item: str | list[int], max_tokens: int) -> _Input:
+    if isinstance(item, list):
+        return _Input(scorer.embed(item), list(item), scorer.tokenizer.decode(item))
+    ids = scorer.encode(item)
+    _check_context(scorer, len(ids), max_tokens)  # before the next prompt is tokenized
+    return _Input(scorer.embed(ids) if ids else torch.zeros(0, scorer.hidden_size), ids, item)
+
+
+def _completion_inputs(scorer: Scorer, cfg: ServerConfig, body: Mapping[str, Any], max_tokens: int) -> list[_Input]:
+    """Every prompt, checked for count and size first, then tokenized (or decoded, for prompt_embeds)."""
+    embeds = _embeds_items(cfg, body)
+    prompts = _prompt_items(body, have_embeds=bool(embeds))
+    if len(embeds) + len(prompts) > cfg.max_prompts:
+        raise _bad(f"{len(embeds) + len(prompts)} prompts in one request; this server takes at most "
+                   f"{cfg.max_prompts} (--max-prompts).", "prompt")
+    for item in prompts:
+        _check_prompt(scorer, cfg, item, max_tokens)
+    return [_embeds_input(scorer, e) for e in embeds] + [_prompt_input(scorer, p, max_tokens) for p in prompts]
 
 
 def completions(scorer: Scorer, cfg: ServerConfig, body: Mapping[str, Any]) -> dict[str, Any]:
     _check_model(cfg, body)
-    if body.get("stream"):
+    if _flag(body, "stream"):
         raise _bad("this mock does not stream; send stream=false", "stream")
     _int(body, "n", 1, 1, 1)
-    max_tokens = _int(body, "max_tokens", 16, 0, 1 << 20)
+    max_tokens = _int(body, "max_tokens", 16, 0, 1 << 20) or 0
     k = _int(body, "logprobs", None, 0, cfg.max_logprobs)
-    if body.get("logprobs") is not None and k is None:
-        raise _bad(f"'logprobs' must be at most {cfg.max_logprobs}", "logprobs")
-    echo = bool(body.get("echo", False))
+    echo = _flag(body, "echo")
     if echo and k is not None and cfg.echo is EchoSupport.REJECT:
         raise _bad("Setting 'echo' and 'logprobs' at the same time is not supported for this model.", "echo")
-    inputs = _completion_inputs(scorer, cfg, body)
+    sampling = _sampling(body, scorer.vocab_size)
+    inputs = _completion_inputs(scorer, cfg, body, max_tokens)
     if len(inputs) > 1 and cfg.refuse_lists:
         raise ApiError(500, "Internal Server Error", type="server_error")
     if len(inputs) > 1 and not cfg.list_prompts:
@@ -184,7 +292,7 @@ def completions(scorer: Scorer, cfg: ServerConfig, body: Mapping[str, Any]) -> d
         raise _bad("'echo' is not supported with prompt_embeds", "echo")
     out, prompt_tokens, completion_tokens = [], 0, 0
     for index, item in enumerate(inputs):
-        run = _decode(scorer, item.embeds, max_tokens, body, echo=echo, ignore_bias=cfg.ignore_logit_bias)
+        run = _decode(scorer, item.embeds, max_tokens, sampling, echo=echo, ignore_bias=cfg.ignore_logit_bias)
         prompt_tokens += item.embeds.shape[0]
         completion_tokens += len(run.generated)
         out.append(_completion_choice(scorer, cfg, index, item, run, echo, k))
@@ -239,21 +347,42 @@ def _message_text(message: Any) -> dict[str, str]:
     return {"role": str(message["role"]), "content": content}
 
 
-def chat_completions(scorer: Scorer, cfg: ServerConfig, body: Mapping[str, Any]) -> dict[str, Any]:
-    _check_model(cfg, body)
-    if body.get("stream"):
-        raise _bad("this mock does not stream; send stream=false", "stream")
-    _int(body, "n", 1, 1, 1)
+def _chat_messages(cfg: ServerConfig, body: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The messages as role/content strings, refused on count and total size before the template runs."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _bad("'messages' must be a non-empty list", "messages")
+    if len(messages) > cfg.max_messages:
+        raise _bad(f"{len(messages)} messages in one request; this server takes at most {cfg.max_messages} "
+                   "(--max-messages).", "messages")
+    texts = [_message_text(m) for m in messages]
+    chars = sum(len(m["role"]) + len(m["content"]) for m in texts)
+    if chars > cfg.max_prompt_chars:
+        raise _bad(f"The messages have {chars} characters; this server takes at most {cfg.max_prompt_chars} "
+                   "(--max-prompt-chars).", "messages")
+    return texts
+
+
+def _chat_ids(scorer: Scorer, messages: list[dict[str, str]]) -> list[int]:
+    try:
+        return scorer.chat_ids(messages)
+    except Exception as err:  # noqa: BLE001 - a model's chat template raises on roles or orders it refuses
+        raise _bad(f"the chat template refused these messages: {_show(str(err))}", "messages") from None
+
+
+def chat_completions(scorer: Scorer, cfg: ServerConfig, body: Mapping[str, Any]) -> dict[str, Any]:
+    _check_model(cfg, body)
+    if _flag(body, "stream"):
+        raise _bad("this mock does not stream; send stream=false", "stream")
+    _int(body, "n", 1, 1, 1)
     max_tokens = _int(body, "max_completion_tokens", None, 1, 1 << 20) or _int(body, "max_tokens", 16, 1, 1 << 20)
-    want = bool(body.get("logprobs", False))
+    want = _flag(body, "logprobs")
     k = _int(body, "top_logprobs", None, 0, min(cfg.max_logprobs, 20))
     if k is not None and not want:
         raise _bad("'top_logprobs' requires 'logprobs' to be true", "top_logprobs")
-    ids = scorer.chat_ids([_message_text(m) for m in messages])
-    run = _decode(scorer, scorer.embed(ids), max_tokens or 16, body, ignore_bias=cfg.ignore_logit_bias)
+    sampling = _sampling(body, scorer.vocab_size)
+    ids = _chat_ids(scorer, _chat_messages(cfg, body))
+    run = _decode(scorer, scorer.embed(ids), max_tokens or 16, sampling, ignore_bias=cfg.ignore_logit_bias)
     texts = scorer.token_texts
     content = [
         {"token": texts[t], "logprob": float(row[t]), "bytes": list(texts[t].encode()),
@@ -283,6 +412,9 @@ def tokenize(scorer: Scorer, cfg: ServerConfig, body: Mapping[str, Any]) -> dict
     text = body.get("prompt", body.get("content"))
     if not isinstance(text, str):
         raise _bad("'prompt' (or 'content') must be a string", "prompt")
-    special = body.get("add_special_tokens", True)
+    if len(text) > cfg.max_prompt_chars:
+        raise _bad(f"The text has {len(text)} characters; this server takes at most {cfg.max_prompt_chars} "
+                   "(--max-prompt-chars).", "prompt")
+    special = _flag(body, "add_special_tokens", True)
     ids = scorer.encode(text) if special else list(scorer.tokenizer(text, add_special_tokens=False)["input_ids"])
     return {"tokens": ids, "count": len(ids), "max_model_len": scorer.context_length}

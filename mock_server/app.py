@@ -1,7 +1,8 @@
 """The mock's request handling without sockets: routing, API-key check, faults, latency and counters.
 
 `MockApp.handle(method, path, headers, body) -> Reply`; the HTTP layer (`server.py`) only moves bytes, and
-carries out the two faults that need the socket (a dropped connection, a truncated body).
+carries out the two faults that need the socket (a dropped connection, a truncated body). The body limits
+(size, JSON depth; `limits`) apply here too, so the in-process transport gets the same refusals.
 
 Routes (with or without the ``/v1`` prefix): ``GET /models``, ``POST /completions``,
 ``POST /chat/completions``, ``POST /tokenize``; and, never faulted or key-checked, ``GET /stats``,
@@ -19,6 +20,7 @@ from typing import Any, Callable, Mapping
 from . import api
 from .config import FaultConfig, FaultKind, ServerConfig
 from .faults import FaultInjector
+from .limits import check_body_size, parse_json
 from .scorer import Scorer
 
 _Handler = Callable[[Scorer, ServerConfig, Mapping[str, Any]], dict]
@@ -90,6 +92,13 @@ class MockApp:
             self.by_status[str(reply.status) if reply.action is None else reply.action.value] += 1
         return reply
 
+    def refused(self, err: api.ApiError) -> Reply:
+        """The reply to a request the HTTP layer refused before reading its body, counted like any other."""
+        with self._lock:
+            self.requests += 1
+            self.by_status[str(err.status)] += 1
+        return _error(err)
+
     def _admin(self, method: str, route: str) -> Reply:
         if route == "/stats/reset" and method == "POST":
             with self._lock:
@@ -149,10 +158,8 @@ class MockApp:
             handler = _POST.get(route)
             if handler is None or method != "POST":
                 raise api.ApiError(404, f"Unknown endpoint {method} {route}", code="unknown_url")
-            try:
-                payload = json.loads(body or b"null")
-            except ValueError:
-                raise api.ApiError(400, "The request body is not valid JSON.") from None
+            check_body_size(body, self.config.max_body_bytes)
+            payload = parse_json(body, self.config.max_json_depth)
             if not isinstance(payload, dict):
                 raise api.ApiError(400, "The request body must be a JSON object.")
             reply = handler(self.scorer, self.config, payload)

@@ -97,6 +97,10 @@ class FaultConfig:
         return cls(**data)
 
 
+_POSITIVE_LIMITS = ("max_body_bytes", "max_json_depth", "max_prompts", "max_messages", "max_prompt_chars",
+                    "read_timeout_s")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """What the mock serves and which API features it offers."""
@@ -114,11 +118,23 @@ class ServerConfig:
     refuse_lists: bool = _f(False, "answer HTTP 500 to a list of prompts (as some real servers do)")
     ignore_logit_bias: bool = _f(False, "accept logit_bias but do not apply it (as some real servers do)")
     wrong_echo: bool = _f(False, "echo each prompt token's log-prob from the wrong position (off by one)")
+    # Limits: what one request may cost, so a hostile or buggy client cannot hold a core or a thread.
+    max_body_bytes: int = _f(8 * 1024 * 1024, "largest request body; a larger Content-Length gets 413 unread")
+    max_json_depth: int = _f(64, "deepest nesting of arrays and objects in a request body (400 beyond)")
+    max_prompts: int = _f(256, "most prompts (prompt_embeds included) in one /v1/completions request")
+    max_messages: int = _f(256, "most messages in one /v1/chat/completions request")
+    max_prompt_chars: int = _f(100_000, "longest prompt (or chat messages together) in characters, "
+                                        "refused before tokenizing")
+    read_timeout_s: float = _f(10.0, "seconds a connection may wait on its client (each read, and a whole "
+                                     "body); then 408 and the connection closes")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "echo", EchoSupport(self.echo))
         if self.max_logprobs < 0:
             raise ValueError(f"ServerConfig.max_logprobs must be >= 0, got {self.max_logprobs}")
+        for name in _POSITIVE_LIMITS:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ServerConfig.{name} must be > 0, got {getattr(self, name)}")
 
     @property
     def name(self) -> str:

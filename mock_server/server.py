@@ -3,6 +3,11 @@
 Stdlib rather than an ASGI server because two faults need the raw socket: closing a connection without a
 reply, and closing it half way through a body. A thread per connection keeps added latency concurrent.
 
+The request line and headers are bounded by the stdlib (64 KiB a line, 100 headers); the body here: a
+Content-Length that is missing (411), not a number (400) or over ``max_body_bytes`` (413) is refused before
+the body is read, and a body that has not arrived within ``read_timeout_s`` gets 408; either way the
+connection closes, and so does one idle that long, so a stalled client cannot keep its thread.
+
     >>> with MockServer(ServerConfig(model="tiny", port=0)) as server:   # doctest: +SKIP
     ...     print(server.url)                                              # http://127.0.0.1:PORT/v1
 """
@@ -10,12 +15,17 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-from .app import MockApp
+from .api import ApiError
+from .app import MockApp, Reply
 from .config import FaultConfig, FaultKind, ServerConfig
+from .limits import content_length
 from .scorer import Scorer
+
+_READ_CHUNK = 1 << 16  # bytes per read of a request body
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -23,21 +33,65 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # headers and body go out in two writes; Nagle would hold the body ~40 ms
     server: "_HTTPServer"
 
+    def setup(self) -> None:
+        # StreamRequestHandler applies `timeout` to the socket: an idle or stalled client ends its thread.
+        self.timeout = self.server.app.config.read_timeout_s
+        super().setup()
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         if self.server.verbose:
             super().log_message(format, *args)
 
     def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        reply = self.server.app.handle(self.command, self.path, dict(self.headers.items()), body)
+        app = self.server.app
+        try:
+            length = content_length(self.command, self.headers.get_all("Content-Length") or [],
+                                    self.headers.get("Transfer-Encoding"), app.config.max_body_bytes)
+            body = self._read_body(length)
+        except ApiError as err:  # the body (if any) is still unread: this connection cannot carry another request
+            self._send(app.refused(err), close=True)
+            return
+        except TimeoutError:
+            self._send(app.refused(ApiError(408, f"The request body did not arrive within "
+                                                 f"{app.config.read_timeout_s:g} s (--read-timeout-s).",
+                                            code="request_timeout")), close=True)
+            return
+        except ConnectionError:  # the client left mid-body: nobody to answer
+            self.close_connection = True
+            return
+        reply = app.handle(self.command, self.path, dict(self.headers.items()), body)
         if reply.action is FaultKind.DROP:
             self._drop()
             return
+        self._send(reply)
+
+    def _read_body(self, length: int) -> bytes:
+        """`length` bytes within one read timeout in all, not per read: a client trickling a byte at a time
+        would otherwise hold the thread for as long as it likes (slowloris)."""
+        timeout = self.server.app.config.read_timeout_s
+        deadline, chunks, left = time.monotonic() + timeout, [], length
+        try:
+            while left:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("request body")
+                self.connection.settimeout(remaining)
+                chunk = self.rfile.read1(min(left, _READ_CHUNK))
+                if not chunk:
+                    raise ConnectionError("the client closed the connection mid-body")
+                chunks.append(chunk)
+                left -= len(chunk)
+        finally:
+            self.connection.settimeout(timeout)
+        return b"".join(chunks)
+
+    def _send(self, reply: Reply, close: bool = False) -> None:
         self.send_response(reply.status)
         for name, value in reply.headers.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(reply.body)))
+        if close:
+            self.send_header("Connection", "close")  # also sets close_connection
         self.end_headers()
         if reply.action is FaultKind.TRUNCATED:
             self.wfile.write(reply.body[: len(reply.body) // 2])
