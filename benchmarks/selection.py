@@ -19,13 +19,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from task_args import ROOT, add_task_args
+from bbtune.core.numbers import mean_std
 from bbtune.backends.factory import LocalConfig
 from bbtune.search.calibration import fit_label_bias
 from bbtune.constants import CPU_BUDGET_CALLS
 from bbtune.search.evaluate import Evaluation, evaluation, score_examples
 from bbtune.core.table import markdown_table
 from bbtune.tasks import Task, TaskConfig, load_examples, subsample
-from bbtune.runs.tuner import Selection, TuneConfig, Tuner, selection_key
+from bbtune.runs.tuner import TuneConfig, Tuner
+from bbtune.search.selection import Selection, selection_key
 
 RULES = ("dev_acc", "dev_loss", "train_dev_loss", "train_loss", "last")
 
@@ -61,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for rule in ("manual", "manual_calibrated") + RULES:
             accs = [r["heldout_acc"][rule] for r in mine]
             rows.append({"calibrate": calibrate, "rule": rule, "held-out acc mean": statistics.mean(accs),
-                         "std": statistics.pstdev(accs), "per seed": " ".join(f"{a:.3f}" for a in accs)})
+                         "std": mean_std(accs)[1], "per seed": " ".join(f"{a:.3f}" for a in accs)})
     print(markdown_table(rows, ["calibrate", "rule", "held-out acc mean", "std", "per seed"]))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

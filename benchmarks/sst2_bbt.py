@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from task_args import ROOT, add_task_args
 
+from bbtune.core.numbers import mean_std
 from bbtune.backends.base import Backend
 from bbtune.backends.factory import LocalConfig
 from bbtune.constants import CPU_BUDGET_CALLS, CPU_INTRINSIC_DIM, CPU_POPSIZE
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None, data: str = "sst2", preset: str = "senti
     for placement, method in dict.fromkeys((r["placement"], r["method"]) for r in runs):
         mine = [r for r in runs if (r["placement"], r["method"]) == (placement, method)]
         rows.append({"placement": placement, "method": method, **{f"{k} mean": 100 * statistics.mean(r[k] for r in mine) for k in ("dev_acc", "test_acc")},
-                     "test std": 100 * statistics.pstdev(r["test_acc"] for r in mine),
+                     "test std": 100 * (mean_std(r["test_acc"] for r in mine)[1] or 0.0),
                      "gain per seed": " ".join(f"{100 * r['gain']:+.1f}" for r in mine), "calls": mine[0]["calls"],
                      "tuning s / seed": statistics.mean(r["wall_s"] for r in mine),
                      "total s / seed": statistics.mean(r["total_s"] for r in mine)})

@@ -31,7 +31,7 @@ from bbtune.search.calibration import fit_label_bias
 from bbtune.search.evaluate import Evaluation, evaluation
 from bbtune.core.table import markdown_table
 from bbtune.tasks import TaskConfig
-from bbtune.runs.tuner import MANUAL
+from bbtune.core.prompts import MANUAL_PROMPT
 from bbtune.search.verbalizers import DEFAULT_PER_LABEL, PRESET_CANDIDATES, CandidateScores, candidate_scores, rank_verbalizers
 
 METHODS = ("preset", "train_best", "dev_best_top5", "ensemble", "all_pairs_mean")
@@ -61,8 +61,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 def run_seed(backend: Backend, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     task = TaskConfig(data=args.data, preset=args.preset, k=args.k, data_seed=seed, test_limit=args.test_limit).load()
     fmt, start = task.format, time.perf_counter()
-    train = candidate_scores(backend, MANUAL, task.train, fmt, PRESET_CANDIDATES[args.preset])
-    splits = {"train": train, **{name: candidate_scores(backend, MANUAL, getattr(task, name), fmt, train.kept)
+    train = candidate_scores(backend, MANUAL_PROMPT, task.train, fmt, PRESET_CANDIDATES[args.preset])
+    splits = {"train": train, **{name: candidate_scores(backend, MANUAL_PROMPT, getattr(task, name), fmt, train.kept)
                                  for name in ("dev", "test")}}
     gold = {name: fmt.label_ids(getattr(task, name)) for name in splits}
     ranked = rank_verbalizers(train, gold["train"], per_label=args.per_label or None)

@@ -53,7 +53,9 @@ def test_prompt_tuning_record_counts_calls_and_passes(tiny_backend, tiny_task):
     assert [x for x, _ in result.curve] == [0, 3, 6]
     best_so_far = [acc for _, acc in result.curve]
     assert best_so_far == sorted(best_so_far) and result.dev_acc == best_so_far[-1]
-    assert 0.0 <= result.test_acc <= 1.0 and result.cost.peak_mem_mb > 0
+    assert result.cost.peak_mem_mb > 0
+    test = evaluate(tiny_backend, result.best, tiny_task.test, tiny_task.format)
+    assert result.test_acc == test.accuracy  # the record's test number is the returned prompt's, scored again
 
 
 def test_prompt_tuning_is_seeded(tiny_backend, tiny_task):

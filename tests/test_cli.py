@@ -54,6 +54,12 @@ def test_compare_command_writes_a_report(capsys, tmp_path):
                  "--popsize", "4", "--budget-calls", "8", "--methods", "manual", "bbt_soft", "--seeds", "1", "2",
                  "--grad-steps", "2", "--out", str(tmp_path / "rep")])
     assert code == 0
+    results = json.loads((tmp_path / "rep" / "results.json").read_text())
+    runs = {(r["method"], r["seed"]) for r in results["runs"]}
+    assert runs == {("manual", 1), ("manual", 2), ("bbt_soft", 1), ("bbt_soft", 2)}  # every method on every seed
+    assert all(0 <= r["test_acc"] <= 1 for r in results["runs"])
+    report = (tmp_path / "rep" / "report.md").read_text()
+    for s in results["summary"]:  # the table shows what the JSON holds, for each method
+        assert f"| {s['method']}" in report and f"{100 * s['test_acc_mean']:.1f}" in report
     out = capsys.readouterr().out
     assert "manual" in out and "bbt_soft" in out
-    assert (tmp_path / "rep" / "report.md").exists()

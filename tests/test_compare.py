@@ -74,9 +74,29 @@ def test_costs_are_counted_per_kind_of_method(report):
         assert by["bbt_discrete", seed].cost == by["bbt_soft", seed].cost  # one search, two records
 
 
-def test_seeds_reach_the_methods(report):
-    by = {(r.method, r.seed): r for r in report.results}
-    assert by["pez", 1].prompt_text != by["pez", 2].prompt_text or by["bbt_hard", 1].prompt_text != by["bbt_hard", 2].prompt_text
+def test_seeds_reach_the_methods(tiny_backend, tiny_task, monkeypatch):
+    """Each method runs with the seed of its row: the config it is handed carries it (and the record says so)."""
+    import bbtune.app.compare as compare_module
+
+    seen: list[tuple[str, int]] = []
+
+    def spy(name, real):
+        def run(task, backend, config, *rest):
+            seen.append((name, config.seed))
+            return real(task, backend, config, *rest)
+        return run
+
+    for name in ("run_bbt", "run_in_context", "run_prompt_tuning", "run_pez"):
+        monkeypatch.setattr(compare_module, name, spy(name, getattr(compare_module, name)))
+    small = replace(SMALL, prompt_tuning=replace(SMALL.prompt_tuning, steps=1, eval_every=1),
+                    pez=replace(SMALL.pez, steps=1, eval_every=1))
+    result = compare(tiny_task, tiny_backend, ("in_context", "prompt_tuning", "pez", "bbt_soft"), (5, 6), small,
+                     progress=False)
+    expected = {(runner, seed) for seed in (5, 6)
+                for runner in ("run_in_context", "run_prompt_tuning", "run_pez", "run_bbt")}
+    assert set(seen) == expected and len(seen) == len(expected)
+    assert sorted((r.method, r.seed) for r in result.results) == sorted(
+        (m, s) for m in ("in_context", "prompt_tuning", "pez", "bbt_soft") for s in (5, 6))
 
 
 def test_hard_prompts_transfer_to_another_backend(report, other_model):

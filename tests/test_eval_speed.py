@@ -31,11 +31,3 @@ def test_eval_speed_writes_every_line(tmp_path):
     # The work KV reuse saves is what the speed-up claim rests on: the suffix path runs 3x fewer tokens than the naive one
     # even on these short demo sentences (timings are the benchmark's job, not a unit test's).
     assert tokens["naive"] >= 3 * tokens["suffix"]
-
-
-def test_committed_speed_benchmark_meets_the_targets_the_readme_claims():
-    """README: the scoring path runs at >= 0.9x raw forward throughput, and KV reuse is >= 3x the naive path."""
-    recorded = json.loads((SCRIPT.parent / "results" / "eval_speed.json").read_text())
-    assert recorded["setting"]["model"] == "smollm2"
-    assert recorded["suffix_ratio_to_raw"] >= 0.9
-    assert recorded["speedup_suffix_vs_naive"] >= 3.0

@@ -88,11 +88,11 @@ def test_fluency_needs_hard_mode_and_a_weight_of_zero_or_more():
 
 
 def test_a_backend_without_a_local_model_cannot_judge_fluency():
-    class Remote:
-        name = "remote:x"
+    from bbtune.backends.remote import RemoteBackend
 
+    remote = RemoteBackend(base_url="http://unused.test/v1", model="x", local_model="")  # no local copy of the model
     with pytest.raises(CapabilityError, match="--remote-local-model"):
-        text_scorer(Remote())
+        text_scorer(remote)
 
 
 FAST = dict(mode="hard", prompt_tokens=4, intrinsic_dim=10, popsize=6, budget_calls=48, eval_every=12, keep_manual=False)

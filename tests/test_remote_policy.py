@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bbtune.backends import retry, wire
-from bbtune.backends.accounting import Limits, Meter, Prices, RemoteStats
+from bbtune.backends.accounting import Limits, SpendingLimiter, Prices, RemoteStats
 from bbtune.backends.cache import ResponseCache, request_key
 from bbtune.backends.http import InvalidJSONError
 from bbtune.errors import (
@@ -209,7 +209,7 @@ def test_cache_files_are_written_whole_and_unreadable_ones_are_misses(tmp_path) 
 
 def test_meter_reserves_before_sending_so_in_flight_requests_count() -> None:
     stats = RemoteStats()
-    meter = Meter(Limits(max_requests=2), Prices(), stats)
+    meter = SpendingLimiter(Limits(max_requests=2), Prices(), stats)
     a, b = meter.reserve(10, 1), meter.reserve(10, 1)
     with pytest.raises(BudgetExceeded, match="remote-max-requests 2"):
         meter.reserve(10, 1)
@@ -220,7 +220,7 @@ def test_meter_reserves_before_sending_so_in_flight_requests_count() -> None:
 
 def test_meter_token_and_cost_limits_use_usage_and_prices() -> None:
     stats = RemoteStats()
-    meter = Meter(Limits(max_tokens=100, max_cost=0.4), Prices(prompt_per_mtok=5000, completion_per_mtok=10000), stats)
+    meter = SpendingLimiter(Limits(max_tokens=100, max_cost=0.4), Prices(prompt_per_mtok=5000, completion_per_mtok=10000), stats)
     held = meter.reserve(60, 1)
     with pytest.raises(BudgetExceeded, match="max.tokens.100"):
         meter.reserve(40, 1)  # 61 in flight + 41 > 100

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bbtune.backends.accounting import Ledger, Limits, Meter, Prices, RemoteStats
+from bbtune.backends.accounting import Ledger, Limits, SpendingLimiter, Prices, RemoteStats
 from bbtune.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def test_kill_9_and_resume_keep_the_request_limit_by_the_mocks_count(tmp_path):
 
 def test_ledger_books_before_sending_and_counts_unsettled_requests_as_spent(tmp_path):
     ledger = Ledger(tmp_path / "ledger.jsonl")
-    meter = Meter(Limits(max_requests=3), Prices(prompt_per_mtok=1e6), RemoteStats(), ledger)
+    meter = SpendingLimiter(Limits(max_requests=3), Prices(prompt_per_mtok=1e6), RemoteStats(), ledger)
     held = meter.reserve(10, 1)
     meter.settle(held, {"prompt_tokens": 7, "completion_tokens": 1}, billed=True)
     meter.reserve(20, 1)  # in flight when the process "dies"

@@ -9,7 +9,7 @@ import pytest
 from bbtune.backends.base import Backend, CallStats, Capabilities
 from bbtune.errors import VerbalizerError
 from bbtune.tasks import PRESETS, Example, Placement, TaskFormat, Template
-from bbtune.runs.tuner import MANUAL
+from bbtune.core.prompts import MANUAL_PROMPT
 from bbtune.search.verbalizers import PRESET_CANDIDATES, CandidateScores, candidate_scores, rank_verbalizers
 
 FMT = TaskFormat(Template("{text} It was{label}"), {"negative": " bad", "positive": " good"}, Placement.PREFIX)
@@ -71,7 +71,7 @@ CANDIDATES = {"negative": [" bad", " awful", " meh"], "positive": [" good", " gr
 
 def test_the_clearly_best_pair_ranks_first_and_only_after_calibration():
     backend = FakeBackend(table())
-    scores = candidate_scores(backend, MANUAL, EXAMPLES, FMT, CANDIDATES)
+    scores = candidate_scores(backend, MANUAL_PROMPT, EXAMPLES, FMT, CANDIDATES)
     ranked = rank_verbalizers(scores, GOLD, per_label=None)
     assert len(ranked) == 9
     best = ranked[0]
@@ -84,7 +84,7 @@ def test_the_clearly_best_pair_ranks_first_and_only_after_calibration():
 
 
 def test_the_shortlist_keeps_the_most_discriminative_words():
-    scores = candidate_scores(FakeBackend(table()), MANUAL, EXAMPLES, FMT, CANDIDATES)
+    scores = candidate_scores(FakeBackend(table()), MANUAL_PROMPT, EXAMPLES, FMT, CANDIDATES)
     only = rank_verbalizers(scores, GOLD, per_label=1)
     assert [r.verbalizer for r in only] == [{"negative": " awful", "positive": " great"}]
     assert len(rank_verbalizers(scores, GOLD, per_label=2)) == 4
@@ -96,7 +96,7 @@ def test_the_shortlist_keeps_the_most_discriminative_words():
 
 def test_the_wide_format_costs_one_score_call_and_keeps_template_and_placement():
     backend = FakeBackend(table())
-    scores = candidate_scores(backend, MANUAL, EXAMPLES, FMT, CANDIDATES)
+    scores = candidate_scores(backend, MANUAL_PROMPT, EXAMPLES, FMT, CANDIDATES)
     assert backend.stats.calls == 1 and len(backend.formats) == 1
     wide = backend.formats[0]
     assert wide.template == FMT.template and wide.placement is Placement.PREFIX
@@ -115,7 +115,7 @@ def test_multi_token_nan_heavy_and_duplicate_words_are_skipped_with_reasons():
     cands = {"negative": [" bad", " awful", " rare", " mega_awful", " bad", " both"],
              "positive": [" good", " Good", " once", " both"]}
     t[" both"] = t[" bad"]
-    scores = candidate_scores(backend, MANUAL, EXAMPLES, FMT, cands)
+    scores = candidate_scores(backend, MANUAL_PROMPT, EXAMPLES, FMT, cands)
     assert set(scores.skipped) == {" rare", " mega_awful", " Good", " both"}
     assert scores.skipped[" rare"] == "missing from top-k in 50% of examples"
     assert "2 tokens" in scores.skipped[" mega_awful"] and "'negative'" in scores.skipped[" mega_awful"]
@@ -129,19 +129,19 @@ def test_multi_token_nan_heavy_and_duplicate_words_are_skipped_with_reasons():
 def test_errors_name_the_label_and_the_reasons():
     backend = FakeBackend(table())
     with pytest.raises(VerbalizerError, match=r"\['neutral'\] are not labels of the task"):
-        candidate_scores(backend, MANUAL, EXAMPLES, FMT, {**CANDIDATES, "neutral": [" meh"]})
+        candidate_scores(backend, MANUAL_PROMPT, EXAMPLES, FMT, {**CANDIDATES, "neutral": [" meh"]})
     with pytest.raises(VerbalizerError, match=r"\['positive'\] have no candidate words"):
-        candidate_scores(backend, MANUAL, EXAMPLES, FMT, {"negative": [" bad"]})
+        candidate_scores(backend, MANUAL_PROMPT, EXAMPLES, FMT, {"negative": [" bad"]})
     with pytest.raises(VerbalizerError, match=r"\['positive'\] have no candidate words"):
-        candidate_scores(backend, MANUAL, EXAMPLES, FMT, {"negative": [" bad"], "positive": []})
+        candidate_scores(backend, MANUAL_PROMPT, EXAMPLES, FMT, {"negative": [" bad"], "positive": []})
     with pytest.raises(VerbalizerError, match=r"label 'positive' has no usable candidate.*' so_good'.*2 tokens"):
-        candidate_scores(backend, MANUAL, EXAMPLES, FMT, {"negative": [" bad"], "positive": [" so_good"]})
+        candidate_scores(backend, MANUAL_PROMPT, EXAMPLES, FMT, {"negative": [" bad"], "positive": [" so_good"]})
     assert backend.stats.calls == 0  # every error above comes before a (possibly paid) call
     backend.table[" gone"] = np.full(20, np.nan)
     with pytest.raises(VerbalizerError, match=r"label 'positive'.*' gone'.*missing from top-k in 100%"):
-        candidate_scores(backend, MANUAL, EXAMPLES, FMT, {"negative": [" bad"], "positive": [" gone"]})
+        candidate_scores(backend, MANUAL_PROMPT, EXAMPLES, FMT, {"negative": [" bad"], "positive": [" gone"]})
     with pytest.raises(ValueError, match="max_missing"):
-        candidate_scores(backend, MANUAL, EXAMPLES, FMT, CANDIDATES, max_missing=5)
+        candidate_scores(backend, MANUAL_PROMPT, EXAMPLES, FMT, CANDIDATES, max_missing=5)
 
 
 def test_ensemble_is_the_logsumexp_of_each_labels_words_and_ignores_missing_ones():
@@ -155,10 +155,10 @@ def test_ensemble_is_the_logsumexp_of_each_labels_words_and_ignores_missing_ones
 def test_local_backend_scores_each_word_as_the_narrow_format_does(tiny_backend, tiny_task):
     calls = tiny_backend.stats.calls
     cands = {"negative": [" terrible", " bad", " awful"], "positive": [" great", " good", " fun"]}
-    scores = candidate_scores(tiny_backend, MANUAL, tiny_task.train, tiny_task.format, cands)
+    scores = candidate_scores(tiny_backend, MANUAL_PROMPT, tiny_task.train, tiny_task.format, cands)
     assert tiny_backend.stats.calls == calls + 1
     assert set(scores.skipped) == {" awful", " fun"} and "tokens for this tokenizer" in scores.skipped[" awful"]
-    narrow = tiny_backend.score([MANUAL], tiny_task.train, tiny_task.format)[0]
+    narrow = tiny_backend.score([MANUAL_PROMPT], tiny_task.train, tiny_task.format)[0]
     np.testing.assert_allclose(scores.columns(tiny_task.format.verbalizer), narrow, atol=1e-5)
 
 

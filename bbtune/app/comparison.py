@@ -8,6 +8,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from bbtune.core.numbers import mean_std
+
 from bbtune.baselines import (
     InContextConfig,
     MethodResult,
@@ -58,9 +60,3 @@ def summarize(method: str, runs: Sequence[MethodResult]) -> dict[str, Any]:
     row["mem_kind"] = runs[0].cost.mem_kind
     row["note"] = runs[0].note
     return row
-
-
-def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0

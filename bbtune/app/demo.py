@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bbtune.core.numbers import mean_std
 from bbtune.app.summary import summary_table
 from bbtune.backends.factory import LocalConfig
 from bbtune.core.table import markdown_table
@@ -75,6 +76,7 @@ def spread_table(per_seed: list[list[tuple[str, TuneResult]]]) -> str:
     for label, key in columns.items():
         source = first.get(label.split(" -> ")[0], 0)
         values = [100 * results[source][1].metrics[key] for results in per_seed if key in results[source][1].metrics]
-        rows.append({"method": label, "test acc (mean ± std)": f"{statistics.mean(values):.1f} ± {statistics.pstdev(values):.1f}",
+        mean, std = mean_std(values)
+        rows.append({"method": label, "test acc (mean ± std)": f"{mean:.1f} ± {std:.1f}",
                      "gain vs manual": f"{statistics.mean(values) - statistics.mean(manual):+.1f} pts"})
     return markdown_table(rows, ["method", "test acc (mean ± std)", "gain vs manual"])

@@ -18,7 +18,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from bbtune.app.comparison import Comparison, MethodSettings, mean_std
+from bbtune.app.comparison import Comparison, MethodSettings
+from bbtune.core.numbers import mean_std
 from bbtune.baselines import (
     InContextConfig,
     Measurement,

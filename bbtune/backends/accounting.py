@@ -149,7 +149,7 @@ def _lines(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-class Meter:
+class SpendingLimiter:
     """Reserve before sending, settle after (see the module docstring)."""
 
     def __init__(self, limits: Limits, prices: Prices, stats: RemoteStats, ledger: Ledger | None = None):

@@ -27,7 +27,7 @@ from bbtune.errors import (
     RateLimitError,
     ServerError,
 )
-from bbtune.backends.accounting import Meter, RemoteStats, Reservation
+from bbtune.backends.accounting import SpendingLimiter, RemoteStats, Reservation
 from bbtune.backends.cache import ResponseCache, request_key
 from bbtune.backends.replicas import Replica, ReplicaPool
 from bbtune.backends.retry import retry_after_s, retrying
@@ -106,7 +106,7 @@ class ApiClient:
     def __init__(
         self,
         pool: ReplicaPool,
-        meter: Meter,
+        meter: SpendingLimiter,
         stats: RemoteStats,
         *,
         model: str,

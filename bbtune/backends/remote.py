@@ -60,7 +60,7 @@ from bbtune.core.prompts import HardPrompt, Prompt, prompt_kind
 from bbtune.tasks import Example, TaskFormat, verbalizer_token_ids
 from bbtune.core.vocab import Vocabulary
 from bbtune.backends import wire
-from bbtune.backends.accounting import Ledger, Limits, Meter, Prices, RemoteStats, restore
+from bbtune.backends.accounting import Ledger, Limits, SpendingLimiter, Prices, RemoteStats, restore
 from bbtune.backends.base import Backend, Capabilities, check_scores
 from bbtune.backends.cache import ResponseCache
 from bbtune.backends.http import ApiClient, KeyInfo
@@ -400,7 +400,7 @@ class RemoteBackend(Backend):
             stats = self.stats
             self._api = ApiClient(
                 ReplicaPool(cfg.urls, cfg.limits),
-                Meter(Limits(cfg.max_requests or None, cfg.max_tokens or None, cfg.max_cost or None),
+                SpendingLimiter(Limits(cfg.max_requests or None, cfg.max_tokens or None, cfg.max_cost or None),
                       Prices(cfg.price_prompt_per_mtok, cfg.price_completion_per_mtok), stats, self.ledger_),
                 stats, model=cfg.model, key=KeyInfo(env, os.environ.get(env) or None),
                 headers={"User-Agent": "bbtune", **cfg.headers}, timeout_s=cfg.timeout_s,

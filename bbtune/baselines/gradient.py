@@ -22,6 +22,7 @@ from bbtune.backends.base import Backend, gradient_backend
 from bbtune.constants import CPU_PROMPT_TOKENS
 from bbtune.errors import ConfigError
 from bbtune.search.evaluate import evaluate
+from bbtune.search.selection import Selection, selection_key
 from bbtune.core.prompts import HardPrompt, Prompt
 from bbtune.search.subspace import P0Init, Subspace, SubspaceConfig
 from bbtune.tasks import Task
@@ -38,8 +39,11 @@ class GradientConfig:
     batch_size: int = field(default=8, metadata={"help": "training examples per step; 0 = the whole train split"})
     eval_every: int = field(default=20, metadata={"help": "evaluate on dev every N steps (and at the end)"})
     seed: int = field(default=42, metadata={"help": "seed of the initial prompt and the batch order"})
+    select: Selection = field(default=Selection.DEV_ACC, metadata={
+        "help": "which evaluated prompt is returned: the same rule as BBT's --select"})
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "select", Selection(self.select))
         for name in ("prompt_tokens", "steps", "eval_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -90,7 +94,7 @@ def train_prompt(task: Task, backend: Backend, init: torch.Tensor, view: PromptV
     opt = torch.optim.AdamW([param], lr=config.lr * scale, weight_decay=config.weight_decay)
     labels = torch.as_tensor(fmt.label_ids(task.train), device=table.device)
     rng = np.random.default_rng(config.seed)
-    best: tuple[float, float, Prompt | None] = (-math.inf, math.inf, None)
+    best: tuple[tuple[float, ...], float, Prompt | None] = ((math.inf,), 0.0, None)  # (key, dev accuracy, prompt)
     curve: list[tuple[int, float]] = []
     losses: list[float] = []
 
@@ -98,9 +102,11 @@ def train_prompt(task: Task, backend: Backend, init: torch.Tensor, view: PromptV
         nonlocal best
         prompt = view.prompt(param)
         dev = evaluate(backend, prompt, task.dev, fmt)
-        if (dev.accuracy, -dev.loss) > (best[0], -best[1]):
-            best = (dev.accuracy, dev.loss, prompt)
-        curve.append((step, best[0]))
+        train_ce = losses[-1] if losses else math.nan  # the last batch's loss: only TRAIN_DEV_LOSS reads it
+        key = selection_key(config.select, train_ce, len(task.train), dev)
+        if key < best[0]:
+            best = (key, dev.accuracy, prompt)
+        curve.append((step, best[1]))
 
     check(0)
     with frozen(model):
@@ -117,7 +123,7 @@ def train_prompt(task: Task, backend: Backend, init: torch.Tensor, view: PromptV
             if step % config.eval_every == 0 or step == config.steps:
                 check(step)
     assert best[2] is not None
-    return Trained(best[2], best[0], config.steps, tuple(curve), tuple(losses))
+    return Trained(best[2], best[1], config.steps, tuple(curve), tuple(losses))
 
 
 def run_gradient_method(method: str, task: Task, backend: Backend, init: torch.Tensor, view: PromptView,

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 from bbtune.backends.base import Backend
 from bbtune.search.evaluate import evaluate
-from bbtune.core.prompts import HardPrompt
+from bbtune.core.prompts import MANUAL_PROMPT, HardPrompt
 from bbtune.tasks import Task
 from bbtune.baselines.record import MethodResult, Meter, test_accuracy
-
-EMPTY_PROMPT = HardPrompt((), "")
 
 
 def run_manual(task: Task, backend: Backend, seed: int = 0) -> MethodResult:
     """Score the template with an empty prompt on dev and test. `seed` only labels the record (nothing is random)."""
-    return fixed_prompt_result("manual", EMPTY_PROMPT, task, backend, seed)
+    return fixed_prompt_result("manual", MANUAL_PROMPT, task, backend, seed)
 
 
 def fixed_prompt_result(method: str, prompt: HardPrompt, task: Task, backend: Backend, seed: int,

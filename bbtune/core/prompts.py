@@ -45,6 +45,9 @@ class HardPrompt:
 Prompt = Union[SoftPrompt, HardPrompt]
 
 
+MANUAL_PROMPT = HardPrompt((), "")  # the template alone: the prompt every run scores beside the tuned one
+
+
 def prompt_kind(prompts: list[Prompt] | tuple[Prompt, ...]) -> str:
     """'soft' or 'hard' for a non-mixed batch; a mixed batch is a programming error."""
     kinds = {"soft" if isinstance(p, SoftPrompt) else "hard" for p in prompts}

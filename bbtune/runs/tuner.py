@@ -35,9 +35,10 @@ from bbtune.search.evaluate import Evaluation, evaluate, evaluation, score_examp
 from bbtune.search.losses import Loss, per_prompt_loss
 from bbtune.search.optimizers import OptimizerConfig, make_optimizer
 from bbtune.core.progress import progress_bar
-from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt, distinct_prompts
+from bbtune.core.prompts import MANUAL_PROMPT, HardPrompt, Prompt, SoftPrompt, distinct_prompts
 from bbtune.runs.folder import (BEST_PROMPT, CHECKPOINT, CONFIG, HARD_PROMPT, LEDGER, METRICS, REPLIES, RunFolder,
                                 changed_fields, fingerprint, to_jsonable)
+from bbtune.search.selection import Selection, selection_key
 from bbtune.search.subspace import ALPHA_FROM_CUE, P0Init, Subspace, SubspaceConfig
 from bbtune.tasks import Placement, Task
 from bbtune.core.vocab import FILTERS
@@ -48,16 +49,7 @@ class Mode(str, Enum):
     HARD = "hard"
 
 
-class Selection(str, Enum):
-    """How the returned prompt is chosen among the points evaluated on dev (lower key wins)."""
-
-    DEV_ACC = "dev_acc"  # dev accuracy, ties broken by dev cross-entropy
-    DEV_LOSS = "dev_loss"  # dev cross-entropy
-    TRAIN_DEV_LOSS = "train_dev_loss"  # cross-entropy on train and dev together (more sentences, less noise)
-
-
-MANUAL = HardPrompt((), "")
-DATA_FIELDS = ("task.data_sha256", "task.n_train", "task.n_dev", "task.n_test")  # what an edited data file changes  # the template alone: the baseline every tuned prompt must beat
+DATA_FIELDS = ("task.data_sha256", "task.n_train", "task.n_dev", "task.n_test")  # what an edited data file changes
 
 
 @dataclass(frozen=True)
@@ -160,7 +152,7 @@ class Tuner:
         self.task_ = self.task  # what this run tunes (a cue start swaps its template); the input is never changed
         self.backend.capabilities.require(cfg.mode.value, self.backend.name)
         vocab = self.backend.vocabulary()
-        self.manual_ = MANUAL
+        self.manual_ = MANUAL_PROMPT
         self.p0_ = self._resolve_p0(vocab)
         space = self._prompt_in_place_of_cue(vocab) if self.p0_ is P0Init.CUE else replace(cfg, p0=self.p0_)
         self.scorer_ = text_scorer(self.backend) if cfg.fluency or cfg.vocab_filter == "common" else None
@@ -535,15 +527,6 @@ def calibrate_hard_scale(subspace: Subspace, discretizer: Discretizer, sigma0: f
         mid = math.sqrt(lo * hi)
         lo, hi = (mid, hi) if share(mid) < target else (lo, mid)
     return hi, share(hi)
-
-
-def selection_key(rule: Selection, train_ce: float, n_train: int, dev: Evaluation) -> tuple[float, ...]:
-    """A dev-evaluated point's key under `rule` (lower wins), from its training CE and its dev evaluation."""
-    if rule is Selection.DEV_ACC:
-        return (-dev.accuracy, dev.loss)
-    if rule is Selection.DEV_LOSS:
-        return (dev.loss,)
-    return ((train_ce * n_train + dev.loss * dev.n) / (n_train + dev.n),)
 
 
 def _row_bias(biases: np.ndarray | None, row: int) -> np.ndarray | None:

@@ -18,7 +18,7 @@ calibrated) the preset's " negative"/" positive" scored 79.6%, the pair best on 
 (`CandidateScores.ensemble`) 79.5%. So nothing turns this search on by default; `benchmarks/verbalizers.py`
 measures it.
 
-    >>> scores = candidate_scores(backend, MANUAL, task.train, task.format, PRESET_CANDIDATES["sentiment"])  # doctest: +SKIP
+    >>> scores = candidate_scores(backend, MANUAL_PROMPT, task.train, task.format, PRESET_CANDIDATES["sentiment"])  # doctest: +SKIP
     >>> best = rank_verbalizers(scores, task.format.label_ids(task.train))[0]  # doctest: +SKIP
     >>> best.verbalizer, best.accuracy  # doctest: +SKIP
     ({'negative': ' awful', 'positive': ' great'}, 0.84)
