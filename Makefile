@@ -22,6 +22,7 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/ruff check bbtune tests benchmarks mock_server examples
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 test-all: setup

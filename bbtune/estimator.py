@@ -25,7 +25,7 @@ from bbtune.backends.base import Backend
 from bbtune.constants import CPU_BUDGET_CALLS, CPU_INTRINSIC_DIM, CPU_POPSIZE
 from bbtune.errors import ConfigError
 from bbtune.runs.load import TunedRun, tuned_run
-from bbtune.runs.tuner import TuneConfig, Tuner
+from bbtune.runs.tuner import Mode, TuneConfig, Tuner
 from bbtune.tasks import Example, Task, TaskFormat, Template
 
 
@@ -71,7 +71,7 @@ class PromptClassifier(ClassifierMixin, BaseEstimator):
         train_x, dev_x, train_y, dev_y = train_test_split(texts, labels, test_size=self.dev_fraction,
                                                           stratify=labels, random_state=self.random_state)
         task = Task("fit", fmt, _examples(train_x, train_y), _examples(dev_x, dev_y))
-        config = TuneConfig(mode=self.mode, budget_calls=self.budget_calls, popsize=self.popsize,
+        config = TuneConfig(mode=Mode(self.mode), budget_calls=self.budget_calls, popsize=self.popsize,
                             intrinsic_dim=self.intrinsic_dim, seed=self.random_state)
         backend = _shared_backend(self.model, self.device)
         tuner = Tuner(task, backend, config, progress=self.progress)

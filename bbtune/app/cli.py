@@ -83,8 +83,9 @@ class CompareConfig:
         self.settings(TuneConfig())  # the per-method configs check grad_steps, pt_lr, shots_per_class, ...
 
     def settings(self, tune: TuneConfig) -> MethodSettings:
-        gradient = {"prompt_tokens": tune.prompt_tokens or CPU_PROMPT_TOKENS, "eval_every": tune.eval_every, "steps": self.grad_steps,
-                    "batch_size": self.grad_batch_size}
+        gradient: dict[str, Any] = {"prompt_tokens": tune.prompt_tokens or CPU_PROMPT_TOKENS,
+                                    "eval_every": tune.eval_every, "steps": self.grad_steps,
+                                    "batch_size": self.grad_batch_size, "select": tune.select}
         return MethodSettings(
             bbt=tune,
             prompt_tuning=PromptTuningConfig(lr=self.pt_lr, **gradient),
@@ -123,7 +124,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str, p
         elif isinstance(kind, type) and issubclass(kind, enum.Enum):
             group.add_argument(flag, choices=[e.value for e in kind], default=f.default.value, help=help_)
         elif typing.get_origin(kind) is tuple:
-            group.add_argument(flag, nargs="*", type=typing.get_args(kind)[0], default=list(f.default), help=help_)
+            group.add_argument(flag, nargs="*", type=typing.get_args(kind)[0], default=list(f.default),  # type: ignore[arg-type]
+                               help=help_)
         else:
             group.add_argument(flag, type=kind, default=f.default, help=help_)
 

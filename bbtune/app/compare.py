@@ -32,7 +32,9 @@ from bbtune.baselines.prompt_tuning import run_prompt_tuning
 from bbtune.core.progress import progress_bar
 from bbtune.core.prompts import HardPrompt
 from bbtune.errors import BBTuneError, ConfigError
+from bbtune.runs.tuner import Mode
 from bbtune.search.evaluate import evaluate
+from bbtune.search.optimizers import OptimizerName
 from bbtune.tasks import Placement, Task
 
 METHODS = ("manual", "in_context", "prompt_tuning", "pez", "bbt_soft", "bbt_discrete", "bbt_hard", "random_search")
@@ -60,7 +62,7 @@ class _Session:
     def bbt(self, method: str) -> MethodResult:
         mode, optimizer, name, discrete = _BBT_RUNS[method]
         if name not in self.searches:
-            config = replace(self.settings.bbt, mode=mode, optimizer=optimizer, seed=self.seed)
+            config = replace(self.settings.bbt, mode=Mode(mode), optimizer=OptimizerName(optimizer), seed=self.seed)
             self.searches[name] = run_bbt(self.task, self.backend, config, name, discrete)
         searched, discretized = self.searches[name]
         return discretized if method == discrete else searched  # type: ignore[return-value]

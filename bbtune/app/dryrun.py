@@ -95,7 +95,7 @@ class Estimate:
     def table(self) -> str:
         from bbtune.core.table import markdown_table
 
-        rows = [{"": "model calls (prompt x batch)", "at most": self.calls},
+        rows: list[dict[str, Any]] = [{"": "model calls (prompt x batch)", "at most": self.calls},
                 {"": "examples scored", "at most": self.examples_scored},
                 {"": "HTTP requests", "at most": "- (local)" if self.requests is None else self.requests},
                 {"": "prompt tokens", "at most": self.prompt_tokens},

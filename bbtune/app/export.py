@@ -126,7 +126,7 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, over
     kind = export_format(fmt)
     run = load_run(run_dir)  # a missing or unfinished run folder fails here, whatever the format
     if kind is ExportFormat.PEFT:
-        target = Path(out or run.path / "peft")
+        target = Path(out) if out else Path(run_dir) / "peft"
         refuse_overwrite([target / name for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BBTUNE_INFO)], overwrite)
         folder = export_run(run_dir, target, base_model=_base_model(run.config))
         return f"PEFT adapter in {folder}/ (PeftModel.from_pretrained(base_model, '{folder}'))"

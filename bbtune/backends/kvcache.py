@@ -125,6 +125,7 @@ else:
             self.device, self.is_initialized = keys.device, True
 
         def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> LayerKV:
+            assert self.keys is not None and self.values is not None, "a buffer layer is made with its past"
             start, end = self.keys.shape[2], self.keys.shape[2] + key_states.shape[2]
             keys, values = self._buffers
             if end > keys.shape[2]:  # more tokens than planned: grow like a DynamicLayer

@@ -103,7 +103,7 @@ class LocalBackend(Backend):
         self._cache_kw = cache_kwarg(model)
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._vocab: Vocabulary | None = None
-        self._label_ids: dict[tuple[str, ...], list[int]] = {}
+        self._label_ids: dict[tuple[tuple[str, str], ...], list[int]] = {}
         self.text_stats = TextExactStats()  # how hard prompts were scored as their text (repairs, row-by-row)
 
     # ------------------------------------------------------------------ public
@@ -146,9 +146,10 @@ class LocalBackend(Backend):
             hidden = table.weight.shape[1]
             if prompts[0].embeds.shape[1] != hidden:
                 raise ConfigError(f"soft prompt width {prompts[0].embeds.shape[1]} != model hidden size {hidden}")
-            stacked = torch.stack([p.embeds for p in prompts])  # type: ignore[union-attr]
+            stacked = torch.stack([p.embeds for p in prompts if isinstance(p, SoftPrompt)])
         else:
-            ids = torch.tensor([list(p.token_ids) for p in prompts], dtype=torch.long, device=self.device)
+            ids = torch.tensor([list(p.token_ids) for p in prompts if isinstance(p, HardPrompt)], dtype=torch.long,
+                               device=self.device)
             stacked = table(ids.view(len(prompts), -1))
         return stacked.to(device=self.device, dtype=table.weight.dtype)
 

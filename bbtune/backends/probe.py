@@ -88,7 +88,7 @@ class Target(Protocol):
     def get(self, path: str, parse: Callable[[dict[str, Any]], Any]) -> Any: ...
     def label_keys(self, fmt: TaskFormat) -> wire.LabelKeys: ...
     def label_logprobs(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat, *,
-                       bias: float = 0.0, salt: str = "") -> np.ndarray: ...
+                       bias: float = 0.0, salt: str = "", strict: bool = False) -> np.ndarray: ...
 
 
 def explain(err: BaseException, mode: ScoreMode) -> BaseException:
@@ -168,6 +168,7 @@ class _Probe:
     def _item(self, text: str) -> Any:
         tok = self.target.tokenizer
         if self.mode is ScoreMode.PROMPT_EMBEDS:
+            assert tok is not None, "prompt_embeds needs the local model, which brings its tokenizer"
             return self.target.reference().embed_text_ids(tok(text, add_special_tokens=True)["input_ids"])
         if self.mode is ScoreMode.ECHO:  # the text's own last token plays the label word
             word = tok.decode(tok(text, add_special_tokens=False)["input_ids"][-1:]) if tok is not None else " about"

@@ -156,7 +156,8 @@ class Tuner:
         self.p0_ = self._resolve_p0(vocab)
         space = self._prompt_in_place_of_cue(vocab) if self.p0_ is P0Init.CUE else replace(cfg, p0=self.p0_)
         self.scorer_ = text_scorer(self.backend) if cfg.fluency or cfg.vocab_filter == "common" else None
-        within = whole_words(self.scorer_, vocab.allowed_mask("common")) if cfg.vocab_filter == "common" else None
+        within = (whole_words(self.scorer_, vocab.allowed_mask("common"))
+                  if self.scorer_ is not None and cfg.vocab_filter == "common" else None)
         self.discretizer_ = Discretizer(vocab, cfg.metric, cfg.vocab_filter, cfg.block_list,
                                         also_allow=self.manual_.token_ids, within=within)
         self.subspace_ = Subspace.build(vocab, space, cfg.seed, allowed=self.discretizer_.allowed, sigma0=cfg.sigma0)
@@ -283,7 +284,9 @@ class Tuner:
     def _fluency_term(self, prompts: list[Prompt]) -> np.ndarray | float:
         """``--fluency w``: w * each prompt's mean NLL per token under the model (PEZ's fluency penalty), so the
         search trades task loss for text the model, and a reader, finds likely."""
-        return self.config.fluency * prompt_nll(self.scorer_, prompts) if self.config.fluency else 0.0
+        if self.scorer_ is None or not self.config.fluency:
+            return 0.0
+        return self.config.fluency * prompt_nll(self.scorer_, prompts)
 
     def _biases(self, scores: np.ndarray) -> np.ndarray | None:
         """Per-candidate label biases fitted on its own training scores (None without --calibrate)."""
@@ -473,7 +476,7 @@ class Tuner:
             labels = fmt.label_ids(task.test)
             manual = score_examples(self.backend, self.manual_, task.test, fmt) if state.manual else None
             kept = manual is not None and best is self.manual_  # the manual prompt was kept: its scores are the result's
-            scores = manual if kept else score_examples(self.backend, best, task.test, fmt)
+            scores = manual if manual is not None and kept else score_examples(self.backend, best, task.test, fmt)
             metrics.update(evaluation(scores, labels, bias).as_dict("test"))
             if manual is not None:
                 metrics["manual_test_acc"] = evaluation(manual, labels).accuracy

@@ -110,7 +110,7 @@ def text_scorer(backend: Backend) -> TextScorer:
         raise CapabilityError(f"backend {backend.name!r} has no local model to read prompts with; use a local "
                               "backend or set --remote-local-model, or run with --fluency 0")
     if local.model not in _SCORERS:
-        _SCORERS[local.model] = TextScorer(local.model, local.tokenizer)
+        _SCORERS[local.model] = TextScorer(local.model, local.vocabulary().tokenizer)
     return _SCORERS[local.model]
 
 

@@ -166,5 +166,6 @@ def _keep_best(opt: CMAES | RandomSearch, candidates: np.ndarray, losses: np.nda
 
 
 def make_optimizer(config: OptimizerConfig, dim: int, seed: int) -> Optimizer:
-    cls: type[CMAES] | type[RandomSearch] = {OptimizerName.CMA: CMAES, OptimizerName.RANDOM: RandomSearch}[config.optimizer]
-    return cls(dim, config, seed)
+    if config.optimizer is OptimizerName.CMA:
+        return CMAES(dim, config, seed)
+    return RandomSearch(dim, config, seed)

@@ -156,8 +156,8 @@ def few_shot_split(
         picked = rng.choice(len(pool), size=k * n_splits, replace=False)
         for s in range(n_splits):
             splits[s].extend(pool[i] for i in picked[s * k : (s + 1) * k])
-    for s in splits:
-        rng.shuffle(s)  # type: ignore[arg-type]
+    for split in splits:
+        rng.shuffle(split)  # type: ignore[arg-type]
     return [tuple(s) for s in splits]
 
 
