@@ -28,7 +28,8 @@ from typing import Any, Callable
 import torch
 
 from bbtune.backends.kvcache import new_cache
-from bbtune.backends.local import ForwardBatch, LocalBackend
+from bbtune.backends.batching import ForwardBatch
+from bbtune.backends.local import LocalBackend
 from bbtune.constants import DEFAULT_MEMORY_BUDGET_MB
 from bbtune.core.prompts import SoftPrompt
 from bbtune.tasks import Task, load_task
@@ -138,9 +139,9 @@ class Bench:
         a, backend = self.args, self.backend
         suffix = self.generation("suffix", True)
         cold = suffix()  # encodes the 32 inputs, then scores
-        backend.batch_log.clear()
+        backend.planner.log.clear()
         suffix()  # warm-up; its batches are the shapes raw replays
-        shapes = [b for b in backend.batch_log if b.cached > 0]
+        shapes = [b for b in backend.planner.log if b.cached > 0]
         lines: dict[str, Callable[[], Timing]] = {"raw": self.raw(shapes), "suffix": suffix}
         if not a.skip_naive:
             lines["prefix"] = self.generation("prefix", True)

@@ -61,9 +61,9 @@ def tiny() -> LocalBackend:
 def test_kv_reuse_equals_full_path(tiny, placement):
     prompts, f = soft_prompts(tiny), fmt(placement)
     full = score(tiny, prompts, EXAMPLES, f, reuse=False)
-    tiny.batch_log.clear()
+    tiny.planner.log.clear()
     cached = score(tiny, prompts, EXAMPLES, f, reuse=True)
-    assert any(b.cached > 0 for b in tiny.batch_log), "the reuse path was not taken"
+    assert any(b.cached > 0 for b in tiny.planner.log), "the reuse path was not taken"
     np.testing.assert_allclose(cached, full, atol=TOL)
     np.testing.assert_allclose(score(tiny, prompts, EXAMPLES, f, reuse=True), full, atol=TOL)  # warm store
 
@@ -81,9 +81,9 @@ def test_padded_batch_equals_one_example_at_a_time(tiny, placement, reuse):
 def test_prefix_sharing_encodes_each_prompt_once(tiny):
     prompts, f = soft_prompts(tiny, n=3, tokens=4), fmt("prefix")
     tiny.score(prompts, EXAMPLES, f)
-    first = tiny.batch_log[0]
+    first = tiny.planner.log[0]
     assert (first.rows, first.cached, first.new) == (3, 0, 4)  # 3 prompts x 4 tokens, not 3 x 4 examples
-    assert all(b.cached == 4 for b in tiny.batch_log[1:])  # every row reuses its prompt's keys/values
+    assert all(b.cached == 4 for b in tiny.planner.log[1:])  # every row reuses its prompt's keys/values
 
 
 def test_hard_prompt_equals_soft_prompt_of_its_embeddings(tiny):
@@ -100,7 +100,7 @@ def test_hard_prompt_equals_soft_prompt_of_its_embeddings(tiny):
 def test_repeated_hard_prompts_are_scored_once(tiny):
     a, b = HardPrompt((5, 17), "a"), HardPrompt((9, 3), "b")
     got = tiny.score([a, b, HardPrompt((5, 17), "a"), a], EXAMPLES, fmt())
-    assert sum(x.rows for x in tiny.batch_log if x.cached) == 2 * len(EXAMPLES)
+    assert sum(x.rows for x in tiny.planner.log if x.cached) == 2 * len(EXAMPLES)
     np.testing.assert_array_equal(got[0], got[2])
     np.testing.assert_array_equal(got[0], got[3])
     np.testing.assert_allclose(got[1], tiny.score([b], EXAMPLES, fmt())[0], atol=TOL)
@@ -135,7 +135,7 @@ def test_store_evicts_and_recomputes_on_miss(tiny):
     reference = score(tiny, prompts, EXAMPLES, f, reuse=False)
     cfg = tiny.model.config
     per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4
-    lengths = [len(h) for h in tiny._encode(EXAMPLES, f, 4).heads]
+    lengths = [len(h) for h in tiny.encoder.encode(EXAMPLES, f, 4).heads]
     by_length = sorted(range(len(EXAMPLES)), key=lengths.__getitem__)  # inputs are encoded shortest first
     room = sum(lengths[i] for i in by_length[-2:]) + 0.5  # tokens: the two longest fit, not three
     backend = LocalBackend("tiny", kv_cache_mb=room * per_token / 2**20)
@@ -168,33 +168,33 @@ def test_no_batch_above_the_budget_and_same_scores(placement, reuse):
     roomy = LocalBackend("tiny")
     prompts = soft_prompts(roomy, n=5)
     expected = score(roomy, prompts, EXAMPLES, f, reuse=reuse)
-    assert len(roomy.batch_log) <= 2  # everything fits in one batch per stage
+    assert len(roomy.planner.log) <= 2  # everything fits in one batch per stage
     for budget_mb in (0.5, 0.2):  # 0.2 MB holds fewer rows than one example's 5 candidates
         tight = LocalBackend("tiny", memory_budget_mb=budget_mb)
         np.testing.assert_allclose(score(tight, prompts, EXAMPLES, f, reuse=reuse), expected, atol=TOL)
-        assert len(tight.batch_log) > 2
-        assert all(b.nbytes <= tight.memory_budget_bytes for b in tight.batch_log)
-        assert sum(b.rows for b in tight.batch_log if b.cached or not reuse) == 5 * len(EXAMPLES)
+        assert len(tight.planner.log) > 2
+        assert all(b.nbytes <= tight.planner.budget_bytes for b in tight.planner.log)
+        assert sum(b.rows for b in tight.planner.log if b.cached or not reuse) == 5 * len(EXAMPLES)
 
 
 def test_chunks_are_even(tiny):
-    tiny.memory_budget_bytes = 9 * tiny._row_bytes(10, 6)  # 9 rows fit: 20 rows as 6 + 7 + 7, not 9 + 9 + 2
-    assert [s.stop - s.start for s in tiny._chunks(20, 10, 6)] == [6, 7, 7]
+    tiny.planner.budget_bytes = 9 * tiny.planner.row_bytes(10, 6)  # 9 rows fit: 20 rows as 6 + 7 + 7, not 9 + 9 + 2
+    assert [s.stop - s.start for s in tiny.planner.chunks(20, 10, 6)] == [6, 7, 7]
 
 
 def test_blocks_group_inputs_of_similar_length(tiny):
     """Sorted inputs are cut where padding would waste > 25% (once a block has 64 rows) or the budget is full."""
     lengths, P, shape = [2, 2, 3, 3, 10, 11, 30], 32, (lambda n: (n, 6))
-    blocks = tiny._blocks(lengths, P, shape)
+    blocks = tiny.planner.blocks(lengths, P, shape)
     assert [(ex.start, ex.stop) for ex, _ in blocks] == [(0, 2), (2, 4), (4, 6), (6, 7)]
     assert all(cand == slice(0, P) for _, cand in blocks)
-    tiny.memory_budget_bytes = 20 * tiny._row_bytes(30, 6)  # the longest input's 32 candidates need 2 blocks
-    tiny.batch_log.clear()
-    blocks = tiny._blocks(lengths, P, shape)
+    tiny.planner.budget_bytes = 20 * tiny.planner.row_bytes(30, 6)  # the longest input's 32 candidates need 2 blocks
+    tiny.planner.log.clear()
+    blocks = tiny.planner.blocks(lengths, P, shape)
     assert [(c.start, c.stop) for ex, c in blocks if ex.start == 6] == [(0, 20), (20, 32)]
     covered = sorted((b, p) for ex, cand in blocks for b in range(ex.start, ex.stop) for p in range(cand.start, cand.stop))
     assert covered == [(b, p) for b in range(len(lengths)) for p in range(P)]
-    assert all(x.nbytes <= tiny.memory_budget_bytes for x in tiny.batch_log)
+    assert all(x.nbytes <= tiny.planner.budget_bytes for x in tiny.planner.log)
 
 
 def test_too_small_budget_raises_config_error():
@@ -212,7 +212,7 @@ def test_masked_lm_scores_the_mask_position():
     prompt = HardPrompt((5, 17), tok.decode([5, 17]))
     f = fmt("prefix")
     got = backend.score([prompt], EXAMPLES, f)
-    enc = backend._encode(EXAMPLES, f, 2)
+    enc = backend.encoder.encode(EXAMPLES, f, 2)
     for b, head in enumerate(enc.heads):  # score each alone, finding the mask by its id
         ids = [5, 17] + head + enc.cue + [tok.mask_token_id, tok.eos_token_id]
         with torch.inference_mode():
@@ -246,7 +246,7 @@ def test_no_examples_is_a_task_error(tiny):
 
 def test_stats_count_calls_examples_passes_and_tokens(tiny):
     prompts, f = soft_prompts(tiny, n=3, tokens=4), fmt()
-    enc = tiny._encode(EXAMPLES, f, 4)
+    enc = tiny.encoder.encode(EXAMPLES, f, 4)
     heads, tail = [len(h) for h in enc.heads], 4 + len(enc.cue)
     tiny.score(prompts, EXAMPLES, f)  # one pass encodes the inputs (padded), one scores 3 x 4 rows
     s = tiny.stats

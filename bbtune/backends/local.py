@@ -16,8 +16,8 @@ the same shape costs (benchmarks/eval_speed.py measures it). Repeated hard promp
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, replace
-from typing import Any, Callable, NamedTuple, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,37 +26,13 @@ from bbtune.constants import DEFAULT_KV_CACHE_MB, DEFAULT_MEMORY_BUDGET_MB, EMBE
 from bbtune.errors import ConfigError, TaskError
 from bbtune.backends.models import load_model
 from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt, distinct_prompts, prompt_kind
-from bbtune.tasks import Example, Placement, TaskFormat, verbalizer_token_ids
+from bbtune.tasks import Example, Placement, TaskFormat
 from bbtune.core.vocab import Vocabulary, token_embeddings
 from bbtune.backends.base import Backend, Capabilities, CallStats, check_scores
+from bbtune.backends.batching import BatchPlanner
+from bbtune.backends.encoding import Encoded, InputEncoder, prompt_part
 from bbtune.backends.kvcache import KVStore, LayerKV, cache_kwarg, cache_layers, new_cache
-
-
-PAD_SLACK = 1.25  # a (examples x candidates) block may pad its inputs to at most 1.25x their real tokens ...
-MIN_ROWS = 64  # ... once it has this many rows (below it, fewer forwards matter more than padding)
-
-
-@dataclass(frozen=True)
-class _Encoded:
-    """Token ids of a batch of examples under one format."""
-
-    lead: list[int]  # special tokens that start every sequence (BOS / CLS), maybe empty
-    heads: list[list[int]]  # each example's input part
-    cue: list[int]  # the text between input and label word
-    label_ids: list[int]
-
-    def before_prompt(self, placement: Placement) -> list[list[int]]:
-        """Per example, the ids a prompt follows: lead + input (suffix) or the lead alone (prefix)."""
-        return [self.lead + (head if placement is Placement.SUFFIX else []) for head in self.heads]
-
-
-class ForwardBatch(NamedTuple):
-    """One planned forward batch: its rows, their estimated bytes, and per row the cached and new tokens."""
-
-    rows: int
-    nbytes: int
-    cached: int
-    new: int
+from bbtune.backends.padding import common_start, left_mask, left_pad, pad_left_kv, position_ids, right_pad
 
 
 class LocalBackend(Backend):
@@ -92,18 +68,17 @@ class LocalBackend(Backend):
         self.model, self.tokenizer = model, tokenizer
         self.device = torch.device(device)
         self.is_masked = "MaskedLM" in type(model).__name__
-        self.memory_budget_bytes = int(memory_budget_mb * 2**20)
         self.kv_reuse = kv_reuse and not self.is_masked
-        self.max_input_tokens = max_input_tokens
         self.kv_store = KVStore(int(kv_cache_mb * 2**20))
         self.capabilities = Capabilities(soft=True, hard=True, gradients=True)
         self.stats = CallStats()
-        self.batch_log: list[ForwardBatch] = []  # every forward batch, as sized by the memory budget
         self._cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self._cache_kw = cache_kwarg(model)
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._vocab: Vocabulary | None = None
-        self._label_ids: dict[tuple[tuple[str, str], ...], list[int]] = {}
+        self.encoder = InputEncoder(tokenizer, self.is_masked, self.context_length, max_input_tokens)
+        self.planner = BatchPlanner(self._cfg, model.get_input_embeddings().weight.element_size(),
+                                    int(memory_budget_mb * 2**20), full_logits=self.is_masked or not self._keeps_logits)
         self.text_stats = TextExactStats()  # how hard prompts were scored as their text (repairs, row-by-row)
 
     # ------------------------------------------------------------------ public
@@ -125,7 +100,7 @@ class LocalBackend(Backend):
         if not examples:
             raise TaskError("score() got no examples; give at least one")
         prompt_kind(list(prompts))
-        examples = self.fit_inputs(examples, fmt)
+        examples = self.encoder.fit_inputs(examples, fmt)
         unique, where = distinct_prompts(prompts)  # discretized populations often repeat a hard prompt
         with torch.inference_mode():
             if isinstance(unique[0], HardPrompt) and not self.is_masked:
@@ -155,7 +130,7 @@ class LocalBackend(Backend):
 
     def label_logprobs(self, prompt_embeds: torch.Tensor, examples: Sequence[Example], fmt: TaskFormat) -> torch.Tensor:
         """Differentiable (P, B, L) label log-probs; gradient baselines call this outside inference_mode."""
-        enc = self._encode(self.fit_inputs(examples, fmt), fmt, prompt_embeds.shape[1])
+        enc = self.encoder.encode(self.encoder.fit_inputs(examples, fmt), fmt, prompt_embeds.shape[1])
         reuse = self.kv_reuse and not torch.is_grad_enabled()
         if reuse and fmt.placement is Placement.SUFFIX:
             logp = self._suffix_path(prompt_embeds, enc)
@@ -170,39 +145,15 @@ class LocalBackend(Backend):
         row p * B + b: what a ``prompt_embeds`` server must see to score like this backend."""
         with torch.inference_mode():
             table = self.prompt_embeds(prompts).float().cpu()
-            enc = self._encode(self.fit_inputs(examples, fmt), fmt, table.shape[1])
+            enc = self.encoder.encode(self.encoder.fit_inputs(examples, fmt), fmt, table.shape[1])
             lead, cue = self.embed_text_ids(enc.lead), self.embed_text_ids(enc.cue)
             heads = [self.embed_text_ids(h) for h in enc.heads]
         prefix = fmt.placement is Placement.PREFIX
         return [torch.cat([lead, *((p, h) if prefix else (h, p)), cue]) for p in table for h in heads]
 
-    def fit_inputs(self, examples: Sequence[Example], fmt: TaskFormat) -> Sequence[Example]:
-        """With `max_input_tokens`, each example's text cut (at a token) until its input part of the template fits.
-        Cut as text, so every path truncates alike: hard prompts scored as their whole string (what an API sees)
-        as well as soft prompts and cached inputs."""
-        if self.max_input_tokens is None:
-            return examples
-        return [self._fit_input(ex, fmt, self.max_input_tokens) for ex in examples]
-
-    def _fit_input(self, ex: Example, fmt: TaskFormat, limit: int) -> Example:
-        for attempt in range(8):  # decode -> encode may give a token more than was kept: cut again, deeper
-            excess = len(self._ids(fmt.render(ex).head)) - limit
-            name = "text_b" if ex.text_b and len(ex.text_b) > len(ex.text) else "text"
-            ids = self._ids(getattr(ex, name))
-            if excess <= 0 or len(ids) <= 1:
-                break
-            ex = replace(ex, **{name: self.tokenizer.decode(ids[: max(1, len(ids) - excess - attempt)])})
-        return ex
-
     def embed_text_ids(self, ids: Sequence[int]) -> torch.Tensor:
         """(len(ids), hidden) float32 CPU input embeddings of token ids (`vocab.token_embeddings`)."""
         return token_embeddings(self.model, ids)
-
-    def text_ids(self, prompt: HardPrompt, examples: Sequence[Example], fmt: TaskFormat) -> list[list[int]]:
-        """Per example, the token ids of the whole input string with the prompt's text in place, tokenized
-        whole: what a text API sees (a mock or vLLM server tokenizes the same string the same way)."""
-        texts = [fmt.text(ex, prompt.text) for ex in examples]
-        return [self._lead() + ids for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     # ------------------------------------------------------------------ hard prompts scored as their text
 
@@ -214,10 +165,10 @@ class LocalBackend(Backend):
         its own ids, or repaired ones), those ids go through the shared-KV paths; a prompt whose tokens depend
         on the example is scored row by row from the whole string's ids.
         """
-        enc = self._encode(examples, fmt, 0)
+        enc = self.encoder.encode(examples, fmt, 0)
         out = torch.empty(len(prompts), len(examples), len(enc.label_ids), device=self.device)
-        rows = [self.text_ids(p, examples, fmt) for p in prompts]
-        shared = [_prompt_part(r, enc, fmt.placement) for r in rows]
+        rows = [self.encoder.text_ids(p, examples, fmt) for p in prompts]
+        shared = [prompt_part(r, enc, fmt.placement) for r in rows]
         groups: dict[int, list[int]] = {}  # one forward path per prompt length
         for i, ids in enumerate(shared):
             if ids is not None:
@@ -245,124 +196,25 @@ class LocalBackend(Backend):
                 raise TaskError(f"an input of {len(row)} tokens overflows the model's context of "
                                 f"{self.context_length}; set max_input_tokens (e.g. {self.context_length // 2}) to "
                                 "truncate inputs, or shorten the inputs or the prompt")
-        split = [max(1, min(_common_start(row, b), len(row) - 1)) for row, b in zip(rows, before)]
+        split = [max(1, min(common_start(row, b), len(row) - 1)) for row, b in zip(rows, before)]
         contexts, tails = [row[:n] for row, n in zip(rows, split)], [row[n:] for row, n in zip(rows, split)]
         order = sorted(range(len(rows)), key=lambda r: len(contexts[r]))
         lengths, longest_tail = [len(contexts[r]) for r in order], max(map(len, tails))
         kv = self._context_kv([contexts[r] for r in order])
         out = torch.empty(len(rows), len(label_ids), device=self.device)
-        for part, _ in self._blocks(lengths, 1, lambda n: (n, longest_tail)):
+        for part, _ in self.planner.blocks(lengths, 1, lambda n: (n, longest_tail)):
             idx, longest = order[part], lengths[part.stop - 1]
             past = [(k[:, None], v[:, None]) for k, v in
-                    (_pad_left_kv([e[layer] for e in kv[part]], longest) for layer in range(len(kv[0])))]
-            embeds, tail_mask = _left_pad([self._embed_ids(tails[r]) for r in idx])
-            mask = torch.cat([_left_mask(lengths[part], self.device), tail_mask], dim=1)
-            positions = torch.tensor(lengths[part], device=self.device)[:, None] + _positions(tail_mask)
+                    (pad_left_kv([e[layer] for e in kv[part]], longest) for layer in range(len(kv[0])))]
+            embeds, tail_mask = left_pad([self._embed_ids(tails[r]) for r in idx])
+            mask = torch.cat([left_mask(lengths[part], self.device), tail_mask], dim=1)
+            positions = torch.tensor(lengths[part], device=self.device)[:, None] + position_ids(tail_mask)
             cache = self._shared_cache(past, (len(idx), 1), embeds.shape[1])
             out[idx] = self._forward_last(embeds, mask, positions, cache)[:, label_ids]
         return out
 
-    # ------------------------------------------------------------------ encoding
-
-    def _lead(self) -> list[int]:
-        """Special tokens that start every sequence (BOS / CLS), as the tokenizer adds them; maybe none."""
-        special = self.tokenizer("", add_special_tokens=True)["input_ids"]
-        return special[:1] if special and (self.is_masked or special[0] == self.tokenizer.bos_token_id) else []
-
-    def _encode(self, examples: Sequence[Example], fmt: TaskFormat, n_prompt: int) -> _Encoded:
-        key = tuple(fmt.verbalizer.items())
-        if key not in self._label_ids:
-            self._label_ids[key] = verbalizer_token_ids(self.tokenizer, fmt)
-        lead = self._lead()
-        cue = self._ids(fmt.template.render(examples[0]).cue)
-        extra = len(lead) + n_prompt + len(cue) + (2 if self.is_masked else 0)
-        heads = []
-        for i, ex in enumerate(examples):
-            ids = self._ids(fmt.render(ex).head)
-            if not ids:
-                raise TaskError(f"example {i} has an empty input text; remove it from the data")
-            budget = self.context_length - extra
-            if self.max_input_tokens is not None:
-                ids = ids[: min(self.max_input_tokens, budget)]
-            elif len(ids) > budget:
-                raise TaskError(
-                    f"example {i} ({ex.text[:40]!r}...) is {len(ids)} tokens; with the prompt ({n_prompt}) and "
-                    f"template ({extra - n_prompt}) it overflows the model's context of {self.context_length}. "
-                    f"Set max_input_tokens (e.g. {budget}) to truncate inputs, or shorten them"
-                )
-            heads.append(ids)
-        return _Encoded(lead, heads, cue, self._label_ids[key])
-
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False) if text else []
-
     def _embed_ids(self, ids: list[int]) -> torch.Tensor:
         return self.model.get_input_embeddings()(torch.tensor(ids, dtype=torch.long, device=self.device))
-
-    # ------------------------------------------------------------------ memory-sized batches
-
-    def _row_bytes(self, cached_len: int, new_len: int) -> int:
-        """Conservative bytes one row needs in a forward: KV of all layers, per-layer activations, logits."""
-        c = self._cfg
-        elt = self.model.get_input_embeddings().weight.element_size()
-        heads = c.num_attention_heads
-        head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
-        kv_heads = getattr(c, "num_key_value_heads", None) or heads
-        total = cached_len + new_len
-        kv = 2 * c.num_hidden_layers * kv_heads * head_dim * total * elt
-        act = new_len * (12 * c.hidden_size + 4 * getattr(c, "intermediate_size", 4 * c.hidden_size)) * elt
-        attn = 2 * heads * new_len * total * 4
-        logits = 2 * getattr(c, "vocab_size", 50000) * 4 * (new_len if self.is_masked or not self._keeps_logits else 1)
-        return kv + act + attn + logits
-
-    def _per_row(self, cached_len: int, new_len: int) -> int:
-        per_row = self._row_bytes(cached_len, new_len)
-        if per_row > self.memory_budget_bytes:
-            raise ConfigError(
-                f"memory_budget_mb={self.memory_budget_bytes / 2**20:.3g} is too small for one sequence of "
-                f"{cached_len + new_len} tokens (needs ~{per_row / 2**20:.3g} MB); raise memory_budget_mb"
-            )
-        return per_row
-
-    def _log(self, rows: int, per_row: int, cached_len: int, new_len: int) -> None:
-        self.batch_log.append(ForwardBatch(rows, rows * per_row, cached_len, new_len))
-
-    def _chunks(self, n_rows: int, cached_len: int, new_len: int) -> list[slice]:
-        """Slices of rows, each a forward batch within the memory budget, as even as possible (2 x 160, not 314 + 6)."""
-        per_row = self._per_row(cached_len, new_len)
-        n_batches = -(-n_rows // (self.memory_budget_bytes // per_row))
-        bounds = [i * n_rows // n_batches for i in range(n_batches + 1)]
-        for start, stop in zip(bounds, bounds[1:]):
-            self._log(stop - start, per_row, cached_len, new_len)
-        return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
-
-    def _blocks(self, lengths: list[int], P: int, shape: Callable[[int], tuple[int, int]]) -> list[tuple[slice, slice]]:
-        """Forward batches of (examples x candidates) over examples sorted by length (`lengths` ascending).
-
-        A block is cut where the memory budget is full, or where padding its inputs to the longest would waste
-        more than `PAD_SLACK` once it has `MIN_ROWS` rows. `shape(longest)` gives a row's (cached, new) tokens.
-        """
-        blocks, start, budget = [], 0, self.memory_budget_bytes
-        while start < len(lengths):
-            per_row = self._per_row(*shape(lengths[start]))
-            if P * per_row > budget:  # one example's candidates do not fit together: split them
-                step = budget // per_row
-                blocks += [(slice(start, start + 1), slice(c, min(c + step, P))) for c in range(0, P, step)]
-                start += 1
-                continue
-            end, total = start + 1, lengths[start]
-            while end < len(lengths):
-                n, longest = end + 1 - start, lengths[end]
-                tight = n * longest <= PAD_SLACK * (total + longest) or (n - 1) * P < MIN_ROWS
-                if not tight or n * P * self._row_bytes(*shape(longest)) > budget:
-                    break
-                end, total = end + 1, total + longest
-            blocks.append((slice(start, end), slice(0, P)))
-            start = end
-        for ex, cand in blocks:
-            cached, new = shape(lengths[ex.stop - 1])
-            self._log((ex.stop - ex.start) * (cand.stop - cand.start), self._row_bytes(cached, new), cached, new)
-        return blocks
 
     # ------------------------------------------------------------------ forward helpers
 
@@ -387,7 +239,7 @@ class LocalBackend(Backend):
         self.stats.forward_passes += 1
         self.stats.tokens_processed += int(mask.numel())
         cache = new_cache(self.model.config)
-        result = self._model_forward(embeds, mask, _positions(mask), cache)
+        result = self._model_forward(embeds, mask, position_ids(mask), cache)
         return cache_layers(getattr(result, "cache", None) or getattr(result, "past_key_values", None) or cache)
 
     def _context_kv(self, contexts: list[list[int]]) -> list[list[LayerKV]]:
@@ -396,9 +248,9 @@ class LocalBackend(Backend):
         found: dict[tuple[int, ...], Any] = {k: self.kv_store.get(k) for k in dict.fromkeys(keys)}
         todo = sorted((k for k, entry in found.items() if entry is None), key=len)  # similar lengths pad little
         if todo:
-            for part, _ in self._blocks([len(k) for k in todo], 1, lambda n: (0, n)):
+            for part, _ in self.planner.blocks([len(k) for k in todo], 1, lambda n: (0, n)):
                 batch = todo[part]
-                layers = self._prefill(*_left_pad([self._embed_ids(list(k)) for k in batch]))
+                layers = self._prefill(*left_pad([self._embed_ids(list(k)) for k in batch]))
                 for row, key in enumerate(batch):
                     entry = [(k[row, :, -len(key):].clone(), v[row, :, -len(key):].clone()) for k, v in layers]
                     self.kv_store.put(key, entry)
@@ -427,14 +279,14 @@ class LocalBackend(Backend):
         each block's rows are example-major, examples in `order` (sorted by length)."""
         where = torch.tensor(order, device=self.device)
         out = torch.empty(P, len(order), len(label_ids), device=self.device)
-        for ex, cand in self._blocks(lengths, P, shape):
+        for ex, cand in self.planner.blocks(lengths, P, shape):
             logp = forward(ex, cand)[:, label_ids]
             out[cand, where[ex]] = logp.view(ex.stop - ex.start, cand.stop - cand.start, -1).transpose(0, 1)
         return out.view(P * len(order), -1)
 
     # ------------------------------------------------------------------ the three paths
 
-    def _suffix_path(self, prompt_embeds: torch.Tensor, enc: _Encoded) -> torch.Tensor:
+    def _suffix_path(self, prompt_embeds: torch.Tensor, enc: Encoded) -> torch.Tensor:
         P, B = prompt_embeds.shape[0], len(enc.heads)
         contexts = [enc.lead + h for h in enc.heads]
         order = sorted(range(B), key=lambda b: len(contexts[b]))
@@ -449,7 +301,7 @@ class LocalBackend(Backend):
         def forward(ex: slice, cand: slice) -> torch.Tensor:
             n_c, longest = cand.stop - cand.start, lengths[ex.stop - 1]
             past = [(k[ex, None, :, -longest:], v[ex, None, :, -longest:]) for k, v in stack]
-            ctx_mask = _left_mask(lengths[ex], self.device).repeat_interleave(n_c, 0)
+            ctx_mask = left_mask(lengths[ex], self.device).repeat_interleave(n_c, 0)
             mask = torch.cat([ctx_mask, ctx_mask.new_ones(len(ctx_mask), tail.shape[1])], dim=1)
             positions = (torch.tensor(lengths[ex], device=self.device)[:, None] + steps).repeat_interleave(n_c, 0)
             cache = self._shared_cache(past, (ex.stop - ex.start, n_c), tail.shape[1])
@@ -462,34 +314,34 @@ class LocalBackend(Backend):
 
         def build() -> list[LayerKV]:
             kv, longest = self._context_kv(contexts), max(map(len, contexts))
-            return [_pad_left_kv([e[layer] for e in kv], longest) for layer in range(len(kv[0]))]
+            return [pad_left_kv([e[layer] for e in kv], longest) for layer in range(len(kv[0]))]
 
         return self.kv_store.stacked(tuple(map(tuple, contexts)), build)
 
-    def _prefix_path(self, prompt_embeds: torch.Tensor, enc: _Encoded) -> torch.Tensor:
+    def _prefix_path(self, prompt_embeds: torch.Tensor, enc: Encoded) -> torch.Tensor:
         P, B = prompt_embeds.shape[0], len(enc.heads)
         lead = self._embed_ids(enc.lead).expand(P, -1, -1) if enc.lead else prompt_embeds[:, :0]
         ctx = torch.cat([lead, prompt_embeds], dim=1)
         ctx_len = ctx.shape[1]
         ones = torch.ones(P, ctx_len, dtype=torch.long, device=self.device)
         # each candidate's prompt is encoded once, then shared by all B examples
-        parts = [self._prefill(ctx[s], ones[s]) for s in self._chunks(P, 0, ctx_len)]
+        parts = [self._prefill(ctx[s], ones[s]) for s in self.planner.chunks(P, 0, ctx_len)]
         prompt_kv = [(torch.cat([p[i][0] for p in parts]), torch.cat([p[i][1] for p in parts])) for i in range(len(parts[0]))]
         order = sorted(range(B), key=lambda b: len(enc.heads[b]))
         tails = [self._embed_ids(enc.heads[b] + enc.cue) for b in order]
 
         def forward(ex: slice, cand: slice) -> torch.Tensor:
             n_c = cand.stop - cand.start
-            embeds, tail_mask = _left_pad(tails[ex])
+            embeds, tail_mask = left_pad(tails[ex])
             past = [(k[None, cand], v[None, cand]) for k, v in prompt_kv]
             mask = torch.cat([ones[:1].expand(len(tail_mask), -1), tail_mask], dim=1).repeat_interleave(n_c, 0)
-            positions = (ctx_len + _positions(tail_mask)).repeat_interleave(n_c, 0)
+            positions = (ctx_len + position_ids(tail_mask)).repeat_interleave(n_c, 0)
             cache = self._shared_cache(past, (ex.stop - ex.start, n_c), embeds.shape[1])
             return self._forward_last(embeds.repeat_interleave(n_c, 0), mask, positions, cache)
 
         return self._blockwise([len(t) for t in tails], order, P, enc.label_ids, lambda n: (ctx_len, n), forward)
 
-    def _full_path(self, prompt_embeds: torch.Tensor, enc: _Encoded, placement: Placement) -> torch.Tensor:
+    def _full_path(self, prompt_embeds: torch.Tensor, enc: Encoded, placement: Placement) -> torch.Tensor:
         P, B = prompt_embeds.shape[0], len(enc.heads)
         emb = self._embed_ids
         lead = emb(enc.lead) if enc.lead else prompt_embeds[0, :0]
@@ -499,7 +351,7 @@ class LocalBackend(Backend):
         heads = [emb(h) for h in enc.heads]
         longest = len(enc.lead) + prompt_embeds.shape[1] + max(map(len, enc.heads)) + len(tail_ids)
         results = []
-        for part in self._chunks(P * B, 0, longest):
+        for part in self.planner.chunks(P * B, 0, longest):
             seqs = []
             for r in range(part.start, part.stop):
                 p, b = divmod(r, B)
@@ -508,12 +360,12 @@ class LocalBackend(Backend):
             if self.is_masked:
                 results.append(self._masked_scores(seqs, 1)[:, enc.label_ids])  # <mask> </s> ends each row
             else:
-                embeds, mask = _left_pad(seqs)
-                results.append(self._forward_last(embeds, mask, _positions(mask))[:, enc.label_ids])
+                embeds, mask = left_pad(seqs)
+                results.append(self._forward_last(embeds, mask, position_ids(mask))[:, enc.label_ids])
         return torch.cat(results)
 
     def _masked_scores(self, seqs: list[torch.Tensor], mask_from_end: int) -> torch.Tensor:
-        embeds, mask = _right_pad(seqs)
+        embeds, mask = right_pad(seqs)
         self.stats.forward_passes += 1
         self.stats.tokens_processed += int(mask.numel())
         logits = self.model(inputs_embeds=embeds, attention_mask=mask).logits
@@ -533,73 +385,3 @@ class TextExactStats:
     def add(self, prompts: int, repaired: int, row_by_row: int) -> None:
         self.prompts, self.repaired, self.row_by_row = (self.prompts + prompts, self.repaired + repaired,
                                                         self.row_by_row + row_by_row)
-
-
-def _prompt_part(rows: list[list[int]], enc: _Encoded, placement: Placement) -> tuple[int, ...] | None:
-    """The prompt's ids in whole-string rows, when every row is lead + head + ids + cue (suffix) or
-    lead + ids + head + cue (prefix) with the same ids; None when the prompt's tokens depend on the example
-    or merge with the head or cue."""
-    found = set()
-    for row, head, before in zip(rows, enc.heads, enc.before_prompt(placement)):
-        after = ([] if placement is Placement.SUFFIX else head) + enc.cue
-        end = len(row) - len(after)
-        if end < len(before) or row[: len(before)] != before or row[end:] != after:
-            return None
-        found.add(tuple(row[len(before): end]))
-    return found.pop() if len(found) == 1 else None
-
-
-# ---------------------------------------------------------------------- tensor helpers
-
-
-def _left_pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    longest = max(s.shape[0] for s in seqs)
-    out = seqs[0].new_zeros(len(seqs), longest, seqs[0].shape[-1])
-    mask = _left_mask([s.shape[0] for s in seqs], seqs[0].device)
-    for i, s in enumerate(seqs):
-        if s.shape[0]:
-            out[i, longest - s.shape[0]:] = s
-    return out, mask
-
-
-def _left_mask(lengths: list[int], device: torch.device) -> torch.Tensor:
-    """(rows, longest) attention mask of left-padded rows: 1 on each row's last `length` positions."""
-    longest = max(lengths)
-    starts = torch.tensor([longest - n for n in lengths], device=device)
-    return (torch.arange(longest, device=device)[None] >= starts[:, None]).long()
-
-
-def _right_pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    longest = max(s.shape[0] for s in seqs)
-    out = seqs[0].new_zeros(len(seqs), longest, seqs[0].shape[-1])
-    mask = torch.zeros(len(seqs), longest, dtype=torch.long, device=seqs[0].device)
-    for i, s in enumerate(seqs):
-        out[i, : s.shape[0]] = s
-        mask[i, : s.shape[0]] = 1
-    return out, mask
-
-
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that start at 0 on each row's first real token (left padding)."""
-    return (mask.cumsum(1) - 1).clamp(min=0)
-
-
-def _common_start(a: list[int], b: list[int]) -> int:
-    """How many leading ids two sequences share."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def _pad_left_kv(entries: list[LayerKV], longest: int) -> LayerKV:
-    """Stack per-example (kv_heads, len, dim) keys and values into (B, kv_heads, longest, dim), zero-padded left."""
-    k0 = entries[0][0]
-    keys = k0.new_zeros(len(entries), k0.shape[0], longest, k0.shape[2])
-    values = keys.clone()
-    for i, (k, v) in enumerate(entries):
-        keys[i, :, longest - k.shape[1]:] = k
-        values[i, :, longest - v.shape[1]:] = v
-    return keys, values

@@ -1,0 +1,105 @@
+"""Token ids a local model scores: each example's input, the cue, the label words, and the special tokens that
+start a sequence, checked against the model's context (or cut to `max_input_tokens`, as text, so every path
+and every server sees the same truncated input)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+from bbtune.core.prompts import HardPrompt
+from bbtune.errors import TaskError
+from bbtune.tasks import Example, Placement, TaskFormat, verbalizer_token_ids
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of a batch of examples under one format."""
+
+    lead: list[int]  # special tokens that start every sequence (BOS / CLS), maybe empty
+    heads: list[list[int]]  # each example's input part
+    cue: list[int]  # the text between input and label word
+    label_ids: list[int]
+
+    def before_prompt(self, placement: Placement) -> list[list[int]]:
+        """Per example, the ids a prompt follows: lead + input (suffix) or the lead alone (prefix)."""
+        return [self.lead + (head if placement is Placement.SUFFIX else []) for head in self.heads]
+
+
+class InputEncoder:
+    """Encodes examples for one tokenizer; label ids are computed once per verbalizer."""
+
+    def __init__(self, tokenizer: Any, is_masked: bool, context_length: int, max_input_tokens: int | None):
+        self.tokenizer, self.is_masked = tokenizer, is_masked
+        self.context_length, self.max_input_tokens = context_length, max_input_tokens
+        self._label_ids: dict[tuple[tuple[str, str], ...], list[int]] = {}
+
+    def lead(self) -> list[int]:
+        """Special tokens that start every sequence (BOS / CLS), as the tokenizer adds them; maybe none."""
+        special = self.tokenizer("", add_special_tokens=True)["input_ids"]
+        return special[:1] if special and (self.is_masked or special[0] == self.tokenizer.bos_token_id) else []
+
+    def encode(self, examples: Sequence[Example], fmt: TaskFormat, n_prompt: int) -> Encoded:
+        key = tuple(fmt.verbalizer.items())
+        if key not in self._label_ids:
+            self._label_ids[key] = verbalizer_token_ids(self.tokenizer, fmt)
+        lead = self.lead()
+        cue = self.ids(fmt.template.render(examples[0]).cue)
+        extra = len(lead) + n_prompt + len(cue) + (2 if self.is_masked else 0)
+        heads = []
+        for i, ex in enumerate(examples):
+            ids = self.ids(fmt.render(ex).head)
+            if not ids:
+                raise TaskError(f"example {i} has an empty input text; remove it from the data")
+            budget = self.context_length - extra
+            if self.max_input_tokens is not None:
+                ids = ids[: min(self.max_input_tokens, budget)]
+            elif len(ids) > budget:
+                raise TaskError(
+                    f"example {i} ({ex.text[:40]!r}...) is {len(ids)} tokens; with the prompt ({n_prompt}) and "
+                    f"template ({extra - n_prompt}) it overflows the model's context of {self.context_length}. "
+                    f"Set max_input_tokens (e.g. {budget}) to truncate inputs, or shorten them"
+                )
+            heads.append(ids)
+        return Encoded(lead, heads, cue, self._label_ids[key])
+
+    def ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False) if text else []
+
+    def fit_inputs(self, examples: Sequence[Example], fmt: TaskFormat) -> Sequence[Example]:
+        """With `max_input_tokens`, each example's text cut (at a token) until its input part of the template fits.
+        Cut as text, so every path truncates alike: hard prompts scored as their whole string (what an API sees)
+        as well as soft prompts and cached inputs."""
+        if self.max_input_tokens is None:
+            return examples
+        return [self._fit_input(ex, fmt, self.max_input_tokens) for ex in examples]
+
+    def _fit_input(self, ex: Example, fmt: TaskFormat, limit: int) -> Example:
+        for attempt in range(8):  # decode -> encode may give a token more than was kept: cut again, deeper
+            excess = len(self.ids(fmt.render(ex).head)) - limit
+            name = "text_b" if ex.text_b and len(ex.text_b) > len(ex.text) else "text"
+            ids = self.ids(getattr(ex, name))
+            if excess <= 0 or len(ids) <= 1:
+                break
+            ex = replace(ex, **{name: self.tokenizer.decode(ids[: max(1, len(ids) - excess - attempt)])})
+        return ex
+
+    def text_ids(self, prompt: HardPrompt, examples: Sequence[Example], fmt: TaskFormat) -> list[list[int]]:
+        """Per example, the token ids of the whole input string with the prompt's text in place, tokenized
+        whole: what a text API sees (a mock or vLLM server tokenizes the same string the same way)."""
+        texts = [fmt.text(ex, prompt.text) for ex in examples]
+        return [self.lead() + ids for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def prompt_part(rows: list[list[int]], enc: Encoded, placement: Placement) -> tuple[int, ...] | None:
+    """The prompt's ids in whole-string rows, when every row is lead + head + ids + cue (suffix) or
+    lead + ids + head + cue (prefix) with the same ids; None when the prompt's tokens depend on the example
+    or merge with the head or cue."""
+    found = set()
+    for row, head, before in zip(rows, enc.heads, enc.before_prompt(placement)):
+        after = ([] if placement is Placement.SUFFIX else head) + enc.cue
+        end = len(row) - len(after)
+        if end < len(before) or row[: len(before)] != before or row[end:] != after:
+            return None
+        found.add(tuple(row[len(before): end]))
+    return found.pop() if len(found) == 1 else None
+
