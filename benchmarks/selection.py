@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -27,7 +28,7 @@ from bbtune.search.evaluate import Evaluation, evaluation, score_examples
 from bbtune.core.table import markdown_table
 from bbtune.tasks import Task, TaskConfig, load_examples, subsample
 from bbtune.runs.tuner import TuneConfig, Tuner
-from bbtune.search.selection import Selection, selection_key
+from bbtune.search.selection import Decision, Guard, Selection, decide, selection_key
 
 RULES = ("dev_acc", "dev_loss", "train_dev_loss", "train_loss", "last")
 
@@ -40,8 +41,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--heldout", type=int, default=300, help="held-out sentences from the training pool")
     ap.add_argument("--calibrate", nargs="+", default=["on", "off"], choices=["on", "off"])
     ap.add_argument("--mode", default="soft", choices=["soft", "hard"])
-    ap.add_argument("--alpha", type=float, default=0.15, help="step in embedding space, in embedding stds")
-    ap.add_argument("--p0", default="vocab", choices=["vocab", "cue"])
+    ap.add_argument("--alpha", type=float, default=0.0, help="step in embedding space, in embedding stds (0 = by p0)")
+    ap.add_argument("--guard-alpha", type=float, default=0.1, help="level of the paired test scored post hoc")
+    ap.add_argument("--p0", default="auto", choices=["auto", "vocab", "cue"])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "selection_sst2.json"))
     args = ap.parse_args(argv)
 
@@ -55,12 +57,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                              calibrate=calibrate == "on", select=Selection.DEV_ACC, p0=args.p0, alpha=args.alpha)
             tuner = Tuner(task, backend, cfg, progress=False)
             tuner.run()
-            runs.append({"p0": args.p0, "alpha": args.alpha, **score_rules(tuner, heldout, seed, calibrate)})
+            runs.append({"p0": args.p0, "alpha": args.alpha, "model": args.model, "data": Path(args.data).name,
+                         **score_rules(tuner, heldout, seed, calibrate, args.guard_alpha)})
             print(json.dumps(runs[-1]), flush=True)
     rows = []
     for calibrate in args.calibrate:
         mine = [r for r in runs if r["calibrate"] == calibrate]
-        for rule in ("manual", "manual_calibrated") + RULES:
+        for rule in ("manual", "manual_calibrated") + RULES + ("dev_acc+paired",):
             accs = [r["heldout_acc"][rule] for r in mine]
             rows.append({"calibrate": calibrate, "rule": rule, "held-out acc mean": statistics.mean(accs),
                          "std": mean_std(accs)[1], "per seed": " ".join(f"{a:.3f}" for a in accs)})
@@ -78,11 +81,14 @@ def heldout_split(task: Task, train_file: Path, size: int, seed: int) -> tuple:
     return subsample(pool, size, seed + 1)
 
 
-def score_rules(tuner: Tuner, heldout: tuple, seed: int, calibrate: str) -> dict[str, Any]:
-    """Held-out accuracy of the point each rule picks (a rule picks the lowest key among evaluated points)."""
-    fmt, points = tuner.task.format, tuner.eval_points_
+def score_rules(tuner: Tuner, heldout: tuple, seed: int, calibrate: str, guard_alpha: float = 0.1) -> dict[str, Any]:
+    """Held-out accuracy of the point each rule picks (a rule picks the lowest key among evaluated points), of
+    the manual prompt, and of the run's result under the paired guard (`dev_acc+paired`: the dev_acc point where
+    a paired test on dev says it beats the calibrated manual prompt, else the calibrated manual prompt)."""
+    task = tuner.task_  # the task as the run tuned it (a cue start swaps the template)
+    fmt, points = task.format, tuner.eval_points_
     labels = fmt.label_ids(heldout)
-    n_train = len(tuner.task.train)
+    n_train = len(task.train)
 
     def tuner_rule(rule: Selection) -> Callable[[dict[str, Any]], tuple[float, ...]]:  # the tuner's own keys
         return lambda p: selection_key(rule, p["train_ce"], n_train, Evaluation(p["dev_acc"], p["dev_loss"], p["dev_n"]))
@@ -97,11 +103,29 @@ def score_rules(tuner: Tuner, heldout: tuple, seed: int, calibrate: str) -> dict
             prompt = tuner.prompt(points[i]["z"])
             cache[i] = evaluation(score_examples(tuner.backend, prompt, heldout, fmt), labels, points[i]["bias"]).accuracy
         acc[rule] = cache[i]
+    bias = manual_bias(tuner)
     manual = score_examples(tuner.backend, tuner.manual_, heldout, fmt)
     acc["manual"] = evaluation(manual, labels).accuracy
-    acc["manual_calibrated"] = evaluation(manual, labels, manual_bias(tuner)).accuracy
+    acc["manual_calibrated"] = evaluation(manual, labels, bias).accuracy
+    decision = paired_decision(tuner, points, bias, guard_alpha)
+    best = min(range(len(points)), key=lambda j: keys["dev_acc"](points[j]))
+    acc["dev_acc+paired"] = cache[best] if decision.replace else acc["manual_calibrated"]
     return {"seed": seed, "calibrate": calibrate, "heldout_acc": acc, "n_points": len(points),
-            "points": [{k: v for k, v in p.items() if k not in ("z", "bias")} for p in points]}
+            "decision": asdict(decision),
+            "points": [{k: v for k, v in p.items() if k not in ("z", "bias", "dev_eval")} for p in points]}
+
+
+def paired_decision(tuner: Tuner, points: list[dict[str, Any]], bias: np.ndarray | None, alpha: float) -> Decision:
+    """The run's decision had it used `--guard paired`: its dev_acc point against the calibrated manual prompt."""
+    task = tuner.task_
+    n_train = len(task.train)
+    dev_labels = task.format.label_ids(task.dev)
+    manual_dev = evaluation(score_examples(tuner.backend, tuner.manual_, task.dev, task.format), dev_labels, bias)
+    train = score_examples(tuner.backend, tuner.manual_, task.train, task.format)
+    manual_key = selection_key(Selection.DEV_ACC, evaluation(train, tuner.train_labels_, bias).loss, n_train, manual_dev)
+    best = min(points, key=lambda p: selection_key(Selection.DEV_ACC, p["train_ce"], n_train, p["dev_eval"]))
+    best_key = selection_key(Selection.DEV_ACC, best["train_ce"], n_train, best["dev_eval"])
+    return decide(best["dev_eval"], manual_dev, best_key < manual_key, Guard.PAIRED, alpha, tuner.config.seed)
 
 
 def manual_bias(tuner: Tuner) -> np.ndarray | None:

@@ -167,6 +167,15 @@ class MockServer:
     def url(self) -> str:
         return f"http://{self.config.host}:{self.port}/v1"
 
+    def openai_client(self, **options: Any) -> Any:
+        """The official `openai` client pointed at this server, with its key (or a placeholder where the server
+        asks none): what a demo or a test of "works with the openai package" needs. `options` go to
+        ``openai.OpenAI`` (max_retries, timeout, ...). The client makes its own HTTP client: openai 3.x is built
+        on httpx2, so bbtune's httpx objects are never handed to it."""
+        import openai  # here, not at import: the server itself never needs it
+
+        return openai.OpenAI(api_key=self.config.api_key or "sk-mock-no-key", base_url=self.url, **options)
+
     def stats(self) -> dict[str, Any]:
         return self.app.stats()
 

@@ -23,7 +23,7 @@ def server():
 
 @pytest.fixture
 def client(server: MockServer) -> openai.OpenAI:
-    with openai.OpenAI(api_key=KEY, base_url=server.url, max_retries=0, timeout=10) as c:
+    with server.openai_client(max_retries=0, timeout=10) as c:
         yield c
 
 

@@ -40,3 +40,79 @@ def test_the_tuner_returns_the_point_its_rule_ranks_first(rule, tiny_backend, ti
     best = points[min(range(len(keys)), key=keys.__getitem__)]  # the first of equal keys, as the tuner keeps it
     assert np.array_equal(result.best_z, best["z"])
     assert result.metrics["select_rule"] == rule.value and result.metrics["dev_acc"] == best["dev_acc"]
+
+
+# ---------------------------------------------------------------- the decision against the manual prompt
+
+from bbtune.backends.base import Backend, CallStats, Capabilities  # noqa: E402
+from bbtune.core.prompts import HardPrompt  # noqa: E402
+from bbtune.runs.tuner import tune  # noqa: E402
+from bbtune.search.selection import Guard, decide  # noqa: E402
+
+
+def evaluation_of(probs_of_gold: list[float]) -> Evaluation:
+    """Two labels; each example's gold label has the given probability."""
+    losses = [-float(np.log(p)) for p in probs_of_gold]
+    right = [p > 0.5 for p in probs_of_gold]
+    return Evaluation(float(np.mean(right)), float(np.mean(losses)), len(losses), tuple(losses), tuple(right))
+
+
+def test_an_advantage_within_noise_keeps_the_manual_prompt():
+    manual = evaluation_of([0.74] * 31 + [0.45])  # wrong on one of 32 dev examples
+    lucky = evaluation_of([0.72] * 31 + [0.55])  # that one flips; the rest get a little worse
+    assert lucky.accuracy > manual.accuracy  # dev accuracy alone would take it
+    kept = decide(lucky, manual, tuned_wins_by_key=True, guard=Guard.PAIRED, alpha=0.1)
+    assert not kept.replace and "within noise" in kept.reason and (kept.wins, kept.losses) == (1, 0)
+    assert decide(lucky, manual, True, Guard.NONE, 0.1).replace  # the old rule replaces it
+
+
+def test_a_clear_advantage_replaces_it():
+    manual = evaluation_of([0.6] * 24 + [0.4] * 8)
+    better = evaluation_of([0.8] * 30 + [0.45] * 2)
+    decision = decide(better, manual, True, Guard.PAIRED, 0.1)
+    assert decision.replace and decision.p_value < 0.01 and decision.wins == 6 and decision.dev_acc_margin > 0.18
+
+
+def test_fewer_examples_right_never_replace():
+    manual = evaluation_of([0.9] * 30 + [0.3] * 2)
+    worse_but_confident = evaluation_of([0.99] * 29 + [0.3] * 3)
+    assert not decide(worse_but_confident, manual, True, Guard.PAIRED, 0.1).replace
+
+
+class OneLuckyExample(Backend):
+    """The manual prompt is right on every dev example but the first; every tuned prompt flips that one and is a
+    little less sure of the rest: one dev example of advantage, within noise."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.stats = inner, "one-lucky", CallStats()
+        self.capabilities = Capabilities(soft=True, hard=True)
+
+    def vocabulary(self):
+        return self.inner.vocabulary()
+
+    def score(self, prompts, examples, fmt):
+        self.stats.add(len(prompts), len(examples))
+        labels = fmt.label_ids(examples)
+        out = np.empty((len(prompts), len(examples), 2))
+        for i, prompt in enumerate(prompts):
+            manual = isinstance(prompt, HardPrompt) and not prompt.token_ids
+            for b, ex in enumerate(examples):
+                first_dev = ex.text == self.first_dev_text
+                p = (0.45 if first_dev else 0.74) if manual else (0.55 if first_dev else 0.6)
+                out[i, b, labels[b]], out[i, b, 1 - labels[b]] = np.log(p), np.log(1 - p)
+        return out
+
+
+@pytest.mark.parametrize("guard", ["paired", "none"])
+def test_the_run_keeps_the_manual_prompt_when_its_dev_advantage_is_noise(tiny_backend, tiny_task, guard):
+    backend = OneLuckyExample(tiny_backend)
+    backend.first_dev_text = tiny_task.dev[0].text
+    config = TuneConfig(budget_calls=12, popsize=6, intrinsic_dim=10, prompt_tokens=3, p0="vocab", eval_every=6,
+                        calibrate=False, guard=guard)
+    metrics = tune(tiny_task, backend, config, progress=False).metrics
+    decision = metrics["decision"]
+    assert metrics["tuned_dev_acc"] == 1.0 and metrics["manual_dev_acc"] == 0.75
+    if guard == "paired":
+        assert metrics["selected"] == "manual" and not decision["replace"] and "within noise" in decision["reason"]
+    else:  # selection by dev accuracy alone takes the lucky prompt: the case the guard exists for
+        assert metrics["selected"] == "tuned" and decision["replace"]

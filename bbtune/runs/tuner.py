@@ -38,7 +38,7 @@ from bbtune.core.progress import progress_bar
 from bbtune.core.prompts import MANUAL_PROMPT, HardPrompt, Prompt, SoftPrompt, distinct_prompts
 from bbtune.runs.folder import (BEST_PROMPT, CHECKPOINT, CONFIG, HARD_PROMPT, LEDGER, METRICS, REPLIES, RunFolder,
                                 changed_fields, fingerprint, to_jsonable)
-from bbtune.search.selection import Selection, selection_key
+from bbtune.search.selection import Decision, Guard, Selection, decide, selection_key
 from bbtune.search.subspace import ALPHA_FROM_CUE, P0Init, Subspace, SubspaceConfig
 from bbtune.tasks import Placement, Task
 from bbtune.core.vocab import FILTERS
@@ -75,6 +75,10 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
         "help": "how the result is chosen among dev-evaluated points: dev_acc, dev_loss or train_dev_loss"})
     keep_manual: bool = field(default=True, metadata={
         "help": "return the manual prompt (template alone) when no tuned prompt beats it on dev by --select"})
+    guard: Guard = field(default=Guard.NONE, metadata={
+        "help": "when a tuned prompt may replace the calibrated manual prompt: none (it wins by --select) or "
+                "paired (also a paired test on the dev examples at --guard-alpha, and no fewer right)"})
+    guard_alpha: float = field(default=0.1, metadata={"help": "level of the paired test of --guard paired"})
 
     def __post_init__(self) -> None:
         SubspaceConfig.__post_init__(self)
@@ -83,6 +87,9 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
         object.__setattr__(self, "loss", Loss(self.loss))
         object.__setattr__(self, "metric", Metric(self.metric))
         object.__setattr__(self, "select", Selection(self.select))
+        object.__setattr__(self, "guard", Guard(self.guard))
+        if not 0 < self.guard_alpha < 1:
+            raise ConfigError(f"guard_alpha must be in (0, 1), got {self.guard_alpha}")
         object.__setattr__(self, "block_list", tuple(self.block_list))
         if self.budget_calls < self.popsize:
             raise ConfigError(f"budget_calls={self.budget_calls} is below one generation (popsize={self.popsize})")
@@ -120,6 +127,7 @@ class _State:
     best_bias: np.ndarray | None = None  # calibration of the selected point (None without --calibrate)
     best_key: tuple[float, ...] = (math.inf,)  # selection key of the selected point (lower wins)
     best_dev: tuple[float, float] = (-math.inf, math.inf)  # (acc, loss) of the selected point
+    best_dev_eval: Evaluation | None = None  # its dev evaluation, per example (for the decision against manual)
     manual: dict[str, Any] = field(default_factory=dict)  # the manual prompt's train/dev numbers and key
     best_train_loss: float = math.inf
     curve: list[dict[str, Any]] = field(default_factory=list)
@@ -305,6 +313,7 @@ class Tuner:
         raw, calibrated = evaluation(dev_scores, dev_labels), evaluation(dev_scores, dev_labels, bias)
         train_ce = _ce(scores[0], self.train_labels_, bias)
         state.manual = {"dev_acc": raw.accuracy, "dev_loss": raw.loss, "bias": bias, "train_loss": train_ce,
+                        "dev_eval": calibrated,
                         "selected_dev": (calibrated.accuracy, calibrated.loss),  # as a candidate: calibrated like them
                         "key": selection_key(self.config.select, train_ce, len(self.train_labels_), calibrated)}
 
@@ -332,10 +341,10 @@ class Tuner:
         key = selection_key(self.config.select, train_ce, len(self.train_labels_), dev)
         if key < state.best_key:
             state.best_key, state.best_z, state.best_bias = key, np.array(z), bias
-            state.best_dev = (dev.accuracy, dev.loss)
+            state.best_dev, state.best_dev_eval = (dev.accuracy, dev.loss), dev
         row.update(dev_acc=dev.accuracy, dev_loss=dev.loss, best_dev_acc=state.best_dev[0])
         self.eval_points_.append({"z": np.array(z), "bias": bias, "calls": state.calls, "dev_acc": dev.accuracy,
-                                  "dev_loss": dev.loss, "dev_n": dev.n, "train_ce": train_ce})
+                                  "dev_loss": dev.loss, "dev_n": dev.n, "train_ce": train_ce, "dev_eval": dev})
 
     # ------------------------------------------------------------------ persistence
 
@@ -420,7 +429,8 @@ class Tuner:
     def _finish(self, state: _State) -> TuneResult:
         task = self.task_
         z = state.best_z if state.best_z is not None else self.optimizer_.best[0]
-        keep_manual = self.config.keep_manual and bool(state.manual) and state.manual["key"] <= state.best_key
+        decision = self._decision(state)
+        keep_manual = self.config.keep_manual and decision is not None and not decision.replace
         tuned = self.prompt(z)
         best, bias = (self.manual_, state.manual["bias"]) if keep_manual else (tuned, state.best_bias)
         soft = self.subspace_.soft_prompt(z) if self.config.mode is Mode.SOFT and not keep_manual else None
@@ -459,6 +469,8 @@ class Tuner:
         probe = self.backend.probe_report()  # what the server supports, as the run used it
         if probe is not None:
             metrics["probe"] = asdict(probe)
+        if decision is not None:
+            metrics["decision"] = asdict(decision)
         metrics["ending"] = ending_of(metrics, state.curve).value
         metrics["config_fingerprint"] = fingerprint(self.run_config_)
         result = TuneResult(best, hard, soft, z, metrics, state.curve, self.folder.path if self.folder else None,
@@ -466,6 +478,15 @@ class Tuner:
         if self.folder:
             self._write_results(result, round_trip.reencoded)
         return result
+
+    def _decision(self, state: _State) -> Decision | None:
+        """Tuned or manual prompt, and why (None where no manual prompt was scored: a soft-only backend)."""
+        if not state.manual or state.best_dev_eval is None:
+            return None
+        acc, loss = state.manual["selected_dev"]
+        empty = Evaluation(acc, loss, 0)  # a checkpoint from before per-example evaluations
+        return decide(state.best_dev_eval, state.manual.get("dev_eval", empty), state.best_key < state.manual["key"],
+                      self.config.guard, self.config.guard_alpha, self.config.seed)
 
     def _final_scores(self, metrics: dict[str, Any], best: Prompt, bias: np.ndarray | None,
                       discretized: HardPrompt | None, state: _State) -> None:

@@ -1,7 +1,7 @@
 """Scoring a fixed prompt on a set of examples (dev, test, transfer), in chunks so big sets fit memory."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -9,7 +9,7 @@ import numpy as np
 from bbtune.constants import EVAL_BATCH
 from bbtune.backends.base import Backend
 from bbtune.search.calibration import apply_bias
-from bbtune.search.losses import accuracy, per_prompt_loss
+from bbtune.search.losses import correct, per_example_loss
 from bbtune.core.prompts import Prompt
 from bbtune.tasks import Example, TaskFormat
 
@@ -19,6 +19,8 @@ class Evaluation:
     accuracy: float
     loss: float  # cross-entropy over the label words
     n: int
+    example_losses: tuple[float, ...] = field(default=(), repr=False, compare=False)  # per example, same order
+    example_correct: tuple[bool, ...] = field(default=(), repr=False, compare=False)
 
     def as_dict(self, prefix: str) -> dict[str, float]:
         return {f"{prefix}_acc": self.accuracy, f"{prefix}_loss": self.loss, f"{prefix}_n": self.n}
@@ -46,4 +48,6 @@ def evaluation(scores: np.ndarray, labels: np.ndarray, label_bias: np.ndarray | 
     label score (NaN, from a remote top-k list) follows `bbtune.search.losses`' rule: an example whose gold label is
     missing counts wrong and costs `MISSING_LABEL_LOSS`."""
     scores = apply_bias(scores, label_bias)
-    return Evaluation(float(accuracy(scores, labels)[0]), float(per_prompt_loss(scores, labels)[0]), scores.shape[1])
+    losses, right = per_example_loss(scores, labels)[0], correct(scores, labels)[0]
+    return Evaluation(float(right.mean()), float(losses.mean()), scores.shape[1], tuple(map(float, losses)),
+                      tuple(map(bool, right)))

@@ -45,9 +45,16 @@ def per_prompt_loss(logp: np.ndarray, labels: np.ndarray, kind: Loss | str = Los
     >>> per_prompt_loss(np.array([[[np.nan, -1.0]]]), np.array([0]))
     array([10.])
     """
+    if Loss(kind) is Loss.NEG_ACC:
+        return -accuracy(logp, labels)
+    return per_example_loss(logp, labels, kind, margin).mean(axis=1)
+
+
+def per_example_loss(logp: np.ndarray, labels: np.ndarray, kind: Loss | str = Loss.CE, margin: float = 1.0) -> np.ndarray:
+    """(P, B) loss of every prompt on every example (CE or hinge; `neg_acc` is minus correctness)."""
     kind = Loss(kind)
     if kind is Loss.NEG_ACC:
-        return -accuracy(logp, labels)
+        return -correct(logp, labels).astype(float)
     B = np.arange(labels.shape[0])
     listed = np.where(np.isnan(logp), -np.inf, logp)  # a missing label ranks below every listed one
     gold = listed[:, B, labels]
@@ -58,14 +65,19 @@ def per_prompt_loss(logp: np.ndarray, labels: np.ndarray, kind: Loss | str = Los
             others = listed.copy()
             others[:, B, labels] = -np.inf
             each = np.maximum(0.0, margin - (gold - others.max(axis=-1)))
-    return np.where(np.isneginf(gold), MISSING_LABEL_LOSS, each).mean(axis=1)
+    return np.where(np.isneginf(gold), MISSING_LABEL_LOSS, each)
 
 
 def accuracy(logp: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(P,) accuracy of each prompt; an example whose gold label is missing (NaN) is wrong."""
+    return correct(logp, labels).mean(axis=1)
+
+
+def correct(logp: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(P, B) whether each prompt ranks each example's gold label first (a missing gold label is wrong)."""
     listed = np.where(np.isnan(logp), -np.inf, logp)
     gold = listed[:, np.arange(labels.shape[0]), labels]
-    return ((listed.argmax(axis=-1) == labels[None]) & ~np.isneginf(gold)).mean(axis=1)
+    return (listed.argmax(axis=-1) == labels[None]) & ~np.isneginf(gold)
 
 
 def missing_rate(logp: np.ndarray) -> float:

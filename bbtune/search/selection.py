@@ -10,7 +10,10 @@ Every point scored on dev gets a key (lower wins). With 16 examples per class a 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
+
+import numpy as np
 
 from bbtune.search.evaluate import Evaluation
 
@@ -30,3 +33,57 @@ def selection_key(rule: Selection, train_ce: float, n_train: int, dev: Evaluatio
     if rule is Selection.DEV_LOSS:
         return (dev.loss,)
     return ((train_ce * n_train + dev.loss * dev.n) / (n_train + dev.n),)
+
+
+class Guard(str, Enum):
+    """When the tuned prompt may replace the (calibrated) manual prompt a run starts from."""
+
+    NONE = "none"  # whenever its selection key is lower (one dev example decides)
+    PAIRED = "paired"  # only when a paired test on the dev examples says it is better, not just luckier
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Why a run returned the tuned or the manual prompt: the margins on dev and how sure they are."""
+
+    replace: bool
+    dev_acc_margin: float  # tuned minus manual dev accuracy
+    dev_loss_margin: float  # manual minus tuned dev cross-entropy (positive: tuned better)
+    wins: int  # dev examples the tuned prompt gets right and the manual prompt wrong
+    losses: int  # ... and the other way round
+    p_value: float  # one-sided paired sign-flip test on per-example CE: tuned no better than manual
+    reason: str
+
+
+def decide(tuned: Evaluation, manual: Evaluation, tuned_wins_by_key: bool, guard: Guard, alpha: float,
+           seed: int = 0) -> Decision:
+    """Keep the manual prompt unless the tuned one wins by the selection key (and, with `Guard.PAIRED`, by a
+    paired test at level `alpha` with no fewer dev examples right). 32 dev examples make a 3-point accuracy gain
+    one example: the test asks whether the per-example losses moved together, not one example flipping."""
+    diff = np.asarray(manual.example_losses) - np.asarray(tuned.example_losses)
+    wins = int(np.sum(np.asarray(tuned.example_correct) & ~np.asarray(manual.example_correct)))
+    lost = int(np.sum(np.asarray(manual.example_correct) & ~np.asarray(tuned.example_correct)))
+    p = sign_flip_p_value(diff, seed)
+    acc_margin, loss_margin = tuned.accuracy - manual.accuracy, manual.loss - tuned.loss
+    if not tuned_wins_by_key:
+        replace, reason = False, "the tuned prompt did not beat the manual prompt on dev by the selection rule"
+    elif guard is Guard.NONE:
+        replace, reason = True, "the tuned prompt beat the manual prompt on dev by the selection rule"
+    elif acc_margin < 0:
+        replace, reason = False, f"the tuned prompt gets {lost - wins} fewer dev examples right"
+    elif p > alpha:
+        replace, reason = False, (f"the tuned prompt's dev advantage is within noise (paired test p = {p:.2f} > "
+                                  f"{alpha}; {wins} examples won, {lost} lost)")
+    else:
+        replace, reason = True, f"the tuned prompt is better on dev (paired test p = {p:.3f} <= {alpha})"
+    return Decision(replace, acc_margin, loss_margin, wins, lost, p, reason)
+
+
+def sign_flip_p_value(diff: np.ndarray, seed: int = 0, draws: int = 4000) -> float:
+    """One-sided p-value of mean(diff) > 0 under random sign flips of the per-example differences (a paired
+    permutation test: no normality assumed, exact enough with 4000 draws)."""
+    if diff.size == 0 or not np.any(diff):
+        return 1.0
+    signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(draws, diff.size))
+    null = (signs * np.abs(diff)).mean(axis=1)
+    return float((1 + np.sum(null >= diff.mean())) / (draws + 1))
