@@ -163,3 +163,14 @@ def test_chat_preset_puts_the_instruction_in_a_user_turn_and_the_label_in_the_as
                     "<|im_start|>assistant\nSentiment:")
     _, cue = fmt.template.without_cue()
     assert cue == "<|im_end|>\n<|im_start|>assistant\nSentiment:"  # a cue-start search begins from the turn change
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("preset", ["question", "sentiment-5"])
+def test_trec_and_sst5_presets_score_on_the_embedded_model(preset, smollm2_backend):
+    """Their label words are one token each for SmolLM2 (checked: Gemma 3 too), so single-token scoring takes them."""
+    from bbtune.tasks import PRESETS, verbalizer_token_ids
+
+    fmt = TaskFormat(Template(PRESETS[preset].template), PRESETS[preset].verbalizer)
+    ids = verbalizer_token_ids(smollm2_backend.tokenizer, fmt)
+    assert len(set(ids)) == len(fmt.labels)

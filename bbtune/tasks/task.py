@@ -90,9 +90,24 @@ PRESETS: dict[str, Preset] = {
         {"not_equivalent": " No", "equivalent": " Yes"},
         text_b_field="text_b",
     ),
+    # TREC's six coarse question types, named by their own label words (one token each in SmolLM2 and Gemma 3);
+    # not yet tuned on any split: the plain wording of the task.
+    "question": Preset(
+        "Question: {text}\nAnswer type:{label}",
+        {label: f" {label}" for label in ("description", "entity", "abbreviation", "human", "location", "number")},
+    ),
+    # SST-5's five grades in LM-BFF's words (one token each in SmolLM2 and Gemma 3; the label names "very
+    # negative" etc. are two words, which single-token scoring cannot take).
+    "sentiment-5": Preset(
+        "Review: {text}\nSentiment:{label}",
+        {"very negative": " terrible", "negative": " bad", "neutral": " okay", "positive": " good",
+         "very positive": " great"},
+    ),
 }
 PRESETS["sst2"] = PRESETS["sentiment"]
 PRESETS["agnews"] = PRESETS["topic"]
+PRESETS["trec"] = PRESETS["question"]
+PRESETS["sst5"] = PRESETS["sentiment-5"]
 
 
 def load_task(
