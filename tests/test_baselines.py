@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -220,3 +221,33 @@ def test_configs_name_the_bad_field(cls, kwargs, field):
 def test_unknown_init_is_a_value_error():
     with pytest.raises(ValueError):
         PromptTuningConfig(init="glove")
+
+
+def test_the_calibrated_manual_baseline_is_the_tuners_calibrated_manual_prompt(tiny_backend, tiny_task):
+    from bbtune.baselines.manual import run_manual_calibrated
+    from bbtune.runs.tuner import TuneConfig, tune
+
+    baseline = run_manual_calibrated(tiny_task, tiny_backend)
+    run = tune(tiny_task, tiny_backend, TuneConfig(budget_calls=6, popsize=6, intrinsic_dim=4, prompt_tokens=2,
+                                                    p0="vocab"), progress=False)
+    assert baseline.test_acc == run.metrics["manual_calibrated_test_acc"]
+    assert baseline.dev_acc == run.metrics["manual_calibrated_dev_acc"]
+
+
+def test_contextual_calibration_makes_content_free_inputs_score_every_label_alike(tiny_backend, tiny_task):
+    from bbtune.baselines.incontext import (CONTENT_FREE, InContextConfig, contextual_bias, in_context_prompt,
+                                            run_in_context)
+    from bbtune.search.losses import label_log_softmax
+    from bbtune.tasks import Example
+
+    task = tiny_task.with_placement("prefix")
+    prompt = in_context_prompt(task, tiny_backend.tokenizer, InContextConfig(shots_per_class=2, seed=3))
+    bias = contextual_bias(tiny_backend, prompt, task.format)
+    free = tiny_backend.score([prompt], [Example(t, "positive") for t in CONTENT_FREE], task.format)[0]
+    raw = np.exp(label_log_softmax(free[None]))[0].mean(axis=0)
+    calibrated = np.exp(label_log_softmax((free + bias)[None]))[0]
+    assert not np.allclose(raw, 0.5, atol=1e-3)  # the demonstrations do tilt the prior (else this proves nothing)
+    assert np.allclose(np.exp(-bias) / np.exp(-bias).sum(), raw)  # the bias is minus the log prior
+    assert np.allclose(calibrated.mean(axis=0), 0.5, atol=0.05)
+    record = run_in_context(tiny_task, tiny_backend, InContextConfig(shots_per_class=2, seed=3, calibration="contextual"))
+    assert record.method == "in_context_calibrated" and "contextual" in record.note

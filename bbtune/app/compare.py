@@ -26,7 +26,7 @@ from bbtune.baselines import (
 )
 from bbtune.baselines.bbt import run_bbt
 from bbtune.baselines.incontext import run_in_context
-from bbtune.baselines.manual import run_manual
+from bbtune.baselines.manual import run_manual, run_manual_calibrated
 from bbtune.baselines.pez import run_pez
 from bbtune.baselines.prompt_tuning import run_prompt_tuning
 from bbtune.core.progress import progress_bar
@@ -37,7 +37,8 @@ from bbtune.search.evaluate import evaluate
 from bbtune.search.optimizers import OptimizerName
 from bbtune.tasks import Placement, Task
 
-METHODS = ("manual", "in_context", "prompt_tuning", "pez", "bbt_soft", "bbt_discrete", "bbt_hard", "random_search")
+METHODS = ("manual", "manual_calibrated", "in_context", "in_context_calibrated", "prompt_tuning", "pez", "bbt_soft",
+           "bbt_discrete", "bbt_hard", "random_search")
 
 
 # ---------------------------------------------------------------------- what each method is run with
@@ -73,8 +74,11 @@ class _Session:
             return self.bbt(method)
         if method == "manual":
             return run_manual(self.task, self.backend, seed)
-        if method == "in_context":
-            return run_in_context(self.task, self.backend, replace(s.in_context, seed=seed))
+        if method == "manual_calibrated":
+            return run_manual_calibrated(self.task, self.backend, seed)
+        if method in ("in_context", "in_context_calibrated"):
+            calibration = "contextual" if method == "in_context_calibrated" else "none"
+            return run_in_context(self.task, self.backend, replace(s.in_context, seed=seed, calibration=calibration))
         if method == "prompt_tuning":
             return run_prompt_tuning(self.task, self.backend, replace(s.prompt_tuning, seed=seed))
         assert method == "pez", method

@@ -17,8 +17,14 @@ from bbtune.backends.base import Backend
 from bbtune.errors import ConfigError, TaskError
 from bbtune.core.prompts import HardPrompt
 from bbtune.tasks import Example, Placement, Task, TaskFormat
-from bbtune.baselines.manual import fixed_prompt_result
+from bbtune.baselines.manual import fixed_prompt_result, train_bias
+from bbtune.search.evaluate import score_examples
+from bbtune.search.losses import label_log_softmax
 from bbtune.baselines.record import MethodResult
+
+
+CALIBRATIONS = ("none", "contextual", "train")
+CONTENT_FREE = ("N/A", "[MASK]")  # Zhao et al.'s content-free inputs (their empty string has no tokens to score)
 
 
 @dataclass(frozen=True)
@@ -26,12 +32,17 @@ class InContextConfig:
     shots_per_class: int = field(default=1, metadata={"help": "demonstrations per label, drawn from train"})
     separator: str = field(default="\n", metadata={"help": "text between demonstrations and before the input"})
     seed: int = field(default=42, metadata={"help": "seed of which demonstrations are drawn and their order"})
+    calibration: str = field(default="none", metadata={
+        "help": "none; contextual (Zhao et al. 2021: the bias that makes content-free inputs score every label "
+                "alike); or train (one bias per label fitted on the training examples, as BBT calibrates)"})
 
     def __post_init__(self) -> None:
         if self.shots_per_class < 1:
             raise ConfigError(f"shots_per_class must be >= 1, got {self.shots_per_class}")
         if not self.separator:
             raise ConfigError("separator must not be empty (demonstrations would run into the input)")
+        if self.calibration not in CALIBRATIONS:
+            raise ConfigError(f"calibration must be one of {', '.join(CALIBRATIONS)}, got {self.calibration!r}")
 
 
 def sample_demonstrations(task: Task, shots_per_class: int, seed: int) -> list[Example]:
@@ -64,8 +75,22 @@ def in_context_prompt(task: Task, tokenizer: Any, config: InContextConfig) -> Ha
 
 
 def run_in_context(task: Task, backend: Backend, config: InContextConfig = InContextConfig()) -> MethodResult:
-    """Score the demonstrations (prefix placement, whatever the task's placement) on dev and test."""
+    """Score the demonstrations (prefix placement, whatever the task's placement) on dev and test, calibrated
+    as `config.calibration` says."""
     task = task.with_placement(Placement.PREFIX)
     prompt = in_context_prompt(task, backend.vocabulary().tokenizer, config)
-    note = f"{config.shots_per_class} per class, prefix placement"
-    return fixed_prompt_result("in_context", prompt, task, backend, config.seed, note=note)
+    bias = {"none": None, "contextual": lambda: contextual_bias(backend, prompt, task.format),
+            "train": lambda: train_bias(backend, prompt, task)}[config.calibration]
+    note = f"{config.shots_per_class} per class, prefix placement, calibration {config.calibration}"
+    method = "in_context" if config.calibration == "none" else "in_context_calibrated"
+    return fixed_prompt_result(method, prompt, task, backend, config.seed, note=note,
+                               label_bias=bias() if bias is not None else None)
+
+
+def contextual_bias(backend: Backend, prompt: HardPrompt, fmt: TaskFormat) -> np.ndarray:
+    """Contextual calibration (Zhao et al., 2021): the label distribution the prompt gives content-free inputs,
+    averaged, is the prompt's prior; subtracting its log makes those inputs score every label alike."""
+    content_free = [Example(text, fmt.labels[0]) for text in CONTENT_FREE]
+    scores = score_examples(backend, prompt, content_free, fmt)[0]
+    prior = np.exp(label_log_softmax(scores[None]))[0].mean(axis=0)
+    return -np.log(prior)

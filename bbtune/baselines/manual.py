@@ -5,8 +5,11 @@
 from __future__ import annotations
 
 from bbtune.backends.base import Backend
-from bbtune.search.evaluate import evaluate
-from bbtune.core.prompts import MANUAL_PROMPT, HardPrompt
+import numpy as np
+
+from bbtune.core.prompts import MANUAL_PROMPT, HardPrompt, Prompt
+from bbtune.search.calibration import fit_label_bias
+from bbtune.search.evaluate import evaluate, score_examples
 from bbtune.tasks import Task
 from bbtune.baselines.record import MethodResult, Meter, test_accuracy
 
@@ -16,12 +19,27 @@ def run_manual(task: Task, backend: Backend, seed: int = 0) -> MethodResult:
     return fixed_prompt_result("manual", MANUAL_PROMPT, task, backend, seed)
 
 
+def run_manual_calibrated(task: Task, backend: Backend, seed: int = 0) -> MethodResult:
+    """The manual prompt with one bias per label word fitted on the training examples, as every BBT run
+    calibrates its candidates (and its own manual prompt): the baseline a tuned prompt must beat."""
+    bias = train_bias(backend, MANUAL_PROMPT, task)
+    return fixed_prompt_result("manual_calibrated", MANUAL_PROMPT, task, backend, seed, label_bias=bias,
+                               note="label bias fitted on train")
+
+
+def train_bias(backend: Backend, prompt: Prompt, task: Task) -> np.ndarray:
+    """The per-label bias of `prompt` fitted on the task's training examples (`search.calibration`)."""
+    scores = score_examples(backend, prompt, task.train, task.format)[0]
+    return fit_label_bias(scores, task.format.label_ids(task.train))
+
+
 def fixed_prompt_result(method: str, prompt: HardPrompt, task: Task, backend: Backend, seed: int,
-                        note: str = "") -> MethodResult:
-    """Dev and test accuracy of a prompt that is not tuned (manual, in-context): zero training calls."""
+                        note: str = "", label_bias: np.ndarray | None = None) -> MethodResult:
+    """Dev and test accuracy of a prompt that is not tuned (manual, in-context), calibrated by `label_bias` where
+    given: zero training calls."""
     with Meter(backend) as meter:
-        dev = evaluate(backend, prompt, task.dev, task.format)
-        test = test_accuracy(backend, prompt, task)
+        dev = evaluate(backend, prompt, task.dev, task.format, label_bias=label_bias)
+        test = test_accuracy(backend, prompt, task, label_bias)
     return MethodResult(method, seed, task.format.placement.value, dev.accuracy, test, train_calls=0,
                         cost=meter.measurement, curve=((0, dev.accuracy),), prompt_text=prompt.text, best=prompt,
                         note=note)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from bbtune.backends.base import Backend
@@ -69,9 +70,10 @@ class MethodResult:
         return out
 
 
-def test_accuracy(backend: Backend, prompt: Prompt, task: Task) -> float | None:
-    """Accuracy of the chosen prompt on the task's test split (None when the task has none)."""
-    return evaluate(backend, prompt, task.test, task.format).accuracy if task.test else None
+def test_accuracy(backend: Backend, prompt: Prompt, task: Task, label_bias: np.ndarray | None = None) -> float | None:
+    """Accuracy of the chosen prompt on the task's test split, calibrated by `label_bias` where given (None when
+    the task has no test split)."""
+    return evaluate(backend, prompt, task.test, task.format, label_bias=label_bias).accuracy if task.test else None
 
 
 def _kind(prompt: Prompt | None) -> str | None:
