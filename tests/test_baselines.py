@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+
+import bbtune.errors
 import pytest
 import torch
 
@@ -251,3 +253,18 @@ def test_contextual_calibration_makes_content_free_inputs_score_every_label_alik
     assert np.allclose(calibrated.mean(axis=0), 0.5, atol=0.05)
     record = run_in_context(tiny_task, tiny_backend, InContextConfig(shots_per_class=2, seed=3, calibration="contextual"))
     assert record.method == "in_context_calibrated" and "contextual" in record.note
+
+
+def test_prompt_tuning_from_the_cue_starts_at_the_calibrated_manual_prompt(tiny_backend, tiny_task):
+    """Like for like with BBT's default: same start (the cue's embeddings in the cue's place), same length, same
+    calibration; before any step the prompt scores exactly as the calibrated manual prompt does."""
+    from bbtune.baselines.manual import run_manual_calibrated
+
+    config = PromptTuningConfig(**{**FAST, "steps": 1, "eval_every": 1}, init="cue", calibrate=True, lr=1e-9, seed=1)
+    tuned = run_prompt_tuning(tiny_task, tiny_backend, config)
+    manual = run_manual_calibrated(tiny_task, tiny_backend)
+    assert tuned.curve[0][1] == manual.dev_acc  # step 0 is the cue itself, calibrated on train like the manual
+    cue_ids = tiny_backend.tokenizer.encode(" It was", add_special_tokens=False)
+    assert tuned.best.embeds.shape[0] == len(cue_ids)
+    with pytest.raises(bbtune.errors.ConfigError, match="cue words"):
+        run_prompt_tuning(tiny_task.with_placement("prefix"), tiny_backend, config)

@@ -21,7 +21,7 @@ import torch
 from bbtune.backends.base import Backend, gradient_backend
 from bbtune.constants import CPU_PROMPT_TOKENS
 from bbtune.errors import ConfigError
-from bbtune.search.evaluate import evaluate
+from bbtune.search.evaluate import evaluate, fitted_bias
 from bbtune.search.selection import Selection, selection_key
 from bbtune.core.prompts import HardPrompt, Prompt
 from bbtune.search.subspace import P0Init, Subspace, SubspaceConfig
@@ -41,6 +41,8 @@ class GradientConfig:
     seed: int = field(default=42, metadata={"help": "seed of the initial prompt and the batch order"})
     select: Selection = field(default=Selection.DEV_ACC, metadata={
         "help": "which evaluated prompt is returned: the same rule as BBT's --select"})
+    calibrate: bool = field(default=False, metadata={
+        "help": "score dev and test with one bias per label fitted on train for the prompt at hand, as BBT does"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "select", Selection(self.select))
@@ -70,6 +72,7 @@ class PromptView(Protocol):
 @dataclass(frozen=True)
 class Trained:
     best: Prompt
+    bias: np.ndarray | None  # the label bias the best prompt was selected with (None: uncalibrated)
     dev_acc: float
     steps: int
     curve: tuple[tuple[int, float], ...]  # (train calls, best dev accuracy so far)
@@ -94,18 +97,20 @@ def train_prompt(task: Task, backend: Backend, init: torch.Tensor, view: PromptV
     opt = torch.optim.AdamW([param], lr=config.lr * scale, weight_decay=config.weight_decay)
     labels = torch.as_tensor(fmt.label_ids(task.train), device=table.device)
     rng = np.random.default_rng(config.seed)
-    best: tuple[tuple[float, ...], float, Prompt | None] = ((math.inf,), 0.0, None)  # (key, dev accuracy, prompt)
+    # (key, dev accuracy, prompt, bias) of the selected point
+    best: tuple[tuple[float, ...], float, Prompt | None, np.ndarray | None] = ((math.inf,), 0.0, None, None)
     curve: list[tuple[int, float]] = []
     losses: list[float] = []
 
     def check(step: int) -> None:
         nonlocal best
         prompt = view.prompt(param)
-        dev = evaluate(backend, prompt, task.dev, fmt)
+        bias = fitted_bias(backend, prompt, task.train, fmt) if config.calibrate else None
+        dev = evaluate(backend, prompt, task.dev, fmt, label_bias=bias)
         train_ce = losses[-1] if losses else math.nan  # the last batch's loss: only TRAIN_DEV_LOSS reads it
         key = selection_key(config.select, train_ce, len(task.train), dev)
         if key < best[0]:
-            best = (key, dev.accuracy, prompt)
+            best = (key, dev.accuracy, prompt, bias)
         curve.append((step, best[1]))
 
     check(0)
@@ -123,7 +128,7 @@ def train_prompt(task: Task, backend: Backend, init: torch.Tensor, view: PromptV
             if step % config.eval_every == 0 or step == config.steps:
                 check(step)
     assert best[2] is not None
-    return Trained(best[2], best[1], config.steps, tuple(curve), tuple(losses))
+    return Trained(best[2], best[3], best[1], config.steps, tuple(curve), tuple(losses))
 
 
 def run_gradient_method(method: str, task: Task, backend: Backend, init: torch.Tensor, view: PromptView,
@@ -131,7 +136,7 @@ def run_gradient_method(method: str, task: Task, backend: Backend, init: torch.T
     """Train, then score the dev-selected prompt on test; the whole run is measured."""
     with Meter(backend) as meter:
         trained = train_prompt(task, backend, init, view, config)
-        test = test_accuracy(backend, trained.best, task)
+        test = test_accuracy(backend, trained.best, task, trained.bias)
     text = trained.best.text if isinstance(trained.best, HardPrompt) else None
     return MethodResult(method, config.seed, task.format.placement.value, trained.dev_acc, test,
                         train_calls=trained.steps, cost=meter.measurement, curve=trained.curve, prompt_text=text,

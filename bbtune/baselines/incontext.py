@@ -17,8 +17,8 @@ from bbtune.backends.base import Backend
 from bbtune.errors import ConfigError, TaskError
 from bbtune.core.prompts import HardPrompt
 from bbtune.tasks import Example, Placement, Task, TaskFormat
-from bbtune.baselines.manual import fixed_prompt_result, train_bias
-from bbtune.search.evaluate import score_examples
+from bbtune.baselines.manual import fixed_prompt_result
+from bbtune.search.evaluate import fitted_bias, score_examples
 from bbtune.search.losses import label_log_softmax
 from bbtune.baselines.record import MethodResult
 
@@ -80,7 +80,7 @@ def run_in_context(task: Task, backend: Backend, config: InContextConfig = InCon
     task = task.with_placement(Placement.PREFIX)
     prompt = in_context_prompt(task, backend.vocabulary().tokenizer, config)
     bias = {"none": None, "contextual": lambda: contextual_bias(backend, prompt, task.format),
-            "train": lambda: train_bias(backend, prompt, task)}[config.calibration]
+            "train": lambda: fitted_bias(backend, prompt, task.train, task.format)}[config.calibration]
     note = f"{config.shots_per_class} per class, prefix placement, calibration {config.calibration}"
     method = "in_context" if config.calibration == "none" else "in_context_calibrated"
     return fixed_prompt_result(method, prompt, task, backend, config.seed, note=note,

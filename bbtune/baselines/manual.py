@@ -7,9 +7,8 @@ from __future__ import annotations
 from bbtune.backends.base import Backend
 import numpy as np
 
-from bbtune.core.prompts import MANUAL_PROMPT, HardPrompt, Prompt
-from bbtune.search.calibration import fit_label_bias
-from bbtune.search.evaluate import evaluate, score_examples
+from bbtune.core.prompts import MANUAL_PROMPT, HardPrompt
+from bbtune.search.evaluate import evaluate, fitted_bias
 from bbtune.tasks import Task
 from bbtune.baselines.record import MethodResult, Meter, test_accuracy
 
@@ -22,15 +21,9 @@ def run_manual(task: Task, backend: Backend, seed: int = 0) -> MethodResult:
 def run_manual_calibrated(task: Task, backend: Backend, seed: int = 0) -> MethodResult:
     """The manual prompt with one bias per label word fitted on the training examples, as every BBT run
     calibrates its candidates (and its own manual prompt): the baseline a tuned prompt must beat."""
-    bias = train_bias(backend, MANUAL_PROMPT, task)
+    bias = fitted_bias(backend, MANUAL_PROMPT, task.train, task.format)
     return fixed_prompt_result("manual_calibrated", MANUAL_PROMPT, task, backend, seed, label_bias=bias,
                                note="label bias fitted on train")
-
-
-def train_bias(backend: Backend, prompt: Prompt, task: Task) -> np.ndarray:
-    """The per-label bias of `prompt` fitted on the task's training examples (`search.calibration`)."""
-    scores = score_examples(backend, prompt, task.train, task.format)[0]
-    return fit_label_bias(scores, task.format.label_ids(task.train))
 
 
 def fixed_prompt_result(method: str, prompt: HardPrompt, task: Task, backend: Backend, seed: int,

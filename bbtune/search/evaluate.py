@@ -8,7 +8,7 @@ import numpy as np
 
 from bbtune.constants import EVAL_BATCH
 from bbtune.backends.base import Backend
-from bbtune.search.calibration import apply_bias
+from bbtune.search.calibration import apply_bias, fit_label_bias
 from bbtune.search.losses import correct, per_example_loss
 from bbtune.core.prompts import Prompt
 from bbtune.tasks import Example, TaskFormat
@@ -31,6 +31,11 @@ def evaluate(backend: Backend, prompt: Prompt, examples: Sequence[Example], fmt:
     """Accuracy and CE of one prompt on `examples` (with a calibration bias per label, if given);
     counts as len(examples)/chunk model calls."""
     return evaluation(score_examples(backend, prompt, examples, fmt, chunk), fmt.label_ids(examples), label_bias)
+
+
+def fitted_bias(backend: Backend, prompt: Prompt, examples: Sequence[Example], fmt: TaskFormat) -> np.ndarray:
+    """The per-label bias of `prompt` fitted on `examples` (the training split), as BBT calibrates a candidate."""
+    return fit_label_bias(score_examples(backend, prompt, examples, fmt)[0], fmt.label_ids(examples))
 
 
 def score_examples(backend: Backend, prompt: Prompt, examples: Sequence[Example], fmt: TaskFormat,
