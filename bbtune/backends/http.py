@@ -169,8 +169,7 @@ class ApiClient:
     async def _send(self, method: str, path: str, body: Mapping[str, Any] | None,
                     estimate: tuple[int, int]) -> dict[str, Any]:
         async with self.pool.slot() as replica:
-            held = self.meter.reserve(*estimate)
-            self.stats.endpoints[replica.name] = self.stats.endpoints.get(replica.name, 0) + 1
+            held = self.meter.reserve(*estimate, endpoint=replica.name)
             started = time.perf_counter()
             try:
                 response = await self._http().request(method, replica.url + path, json=body)
