@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from bbtune.app.cli import main
@@ -145,12 +145,16 @@ BASE = ["--dry-run", "--model", "tiny", "--data", "demo", "--k", "2", "--test-li
 
 @FUZZ
 @given(more=_argv(TUNE_FLAGS))
+@example(more=["--data-seed", "-1"])  # found by this test: numpy's ValueError from a negative seed
+@example(more=["--seed", "-1"])
+@example(more=["--text-field", ""])  # found by the compare test: a KeyError
 def test_random_tune_command_lines_end_in_an_exit_code(more: list[str]) -> None:
     _ends_cleanly(["tune", *BASE, *more])
 
 
 @FUZZ
 @given(more=_argv(COMPARE_FLAGS))
+@example(more=["--seeds", "-1"])
 def test_random_compare_command_lines_end_in_an_exit_code(more: list[str]) -> None:
     _ends_cleanly(["compare", *BASE, "--methods", "manual", "bbt_hard", "--seeds", "1", *more])
 

@@ -76,6 +76,8 @@ class CompareConfig:
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         if not self.seeds:
             raise ConfigError("seeds must list at least one seed")
+        if min(self.seeds) < 0:  # each is a data split's and a run's seed: numpy takes non-negative seeds only
+            raise ConfigError(f"seeds must be >= 0, got {list(self.seeds)}")
         if self.transfer_model and self.transfer_url:
             raise ConfigError("give transfer_model or transfer_url, not both")
         if self.transfer_limit < 0:
