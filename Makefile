@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bbtune-installed
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all bench server clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,17 @@ test-all: setup
 
 bench: setup
 	$(PY) benchmarks/sst2_bbt.py
+
+# The independent server for `pytest -m real_server` (opt-in). llama-cpp-python compiles llama.cpp; built with
+# -march=native (its default) it segfaults on some CPUs (AVX-512/AMX machines), so it is built for AVX2 only.
+# The compile takes a long while on few cores.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF \
+	-DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+
+# A native build already installed (or cached as a wheel) would be kept: it is removed, and the cache not used.
+server: setup
+	$(PY) -m pip uninstall -y -q llama-cpp-python
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --no-cache-dir 'llama-cpp-python[server]>=0.3'
 
 clean:
 	rm -rf runs reports .pytest_cache

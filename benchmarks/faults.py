@@ -1,6 +1,7 @@
 """Hostile-user cases for durable runs (issue 12): kill -9 and --resume, limits across a kill, two writers, a
-run into a finished folder. Every case runs real `bbtune tune` processes against the mock server (in a
-thread of this process, with latency) and reads the mock's own counters.
+run into a finished folder; and issue 22's refusals: a deleted ledger, a finished run resumed, a corrupt
+checkpoint, a mistyped key flag, a server whose echo is misaligned. Every case runs real `bbtune tune`
+processes against the mock server (in a thread of this process, with latency) and reads the mock's own counters.
 
 A kill is made deterministic by a gate in front of the mock: requests past number N are held unanswered,
 so when the client goes quiet every request it sent is either answered (and received) or held in flight;
@@ -15,6 +16,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,12 +99,13 @@ class Case:
     reported: int | None = None  # requests in the run's metrics.json: never fewer than were sent (a request
     # cancelled on its way out when a sibling hit the limit counts as sent: it may have reached the server)
     notes: str = ""
+    expected: bool | None = None  # a refusal case: refused as it should be (exit code, message, nothing sent or leaked)
 
     @property
     def holds(self) -> bool:
         within = self.limit is None or self.sent <= self.limit
         truthful = self.reported is None or self.reported >= self.sent
-        return within and truthful and self.repaid == 0 and self.identical in ("yes", "-")
+        return within and truthful and self.repaid == 0 and self.identical in ("yes", "-") and self.expected is not False
 
 
 def bbtune(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -150,7 +153,7 @@ def same_result(run_dir: Path, clean: Path) -> str:
 
 class Bench:
     def __init__(self, root: Path, latency_s: float):
-        self.root = root
+        self.root, self.latency_s = root, latency_s
         self.server = MockServer(ServerConfig(model="tiny", port=0, max_logprobs=400), FaultConfig(latency_s=latency_s),
                                  scorer=shared_scorer("tiny")).start()
         self.server._httpd.handle_error = lambda *a: None  # type: ignore[union-attr] # killed clients: broken pipes
@@ -229,6 +232,65 @@ class Bench:
         case.notes = (err.strip().splitlines() or ["?"])[-1][:90]
         return case
 
+    def refusal(self, name: str, args: list[str], check: Callable[[int, str], bool], run_dir: Path | None = None,
+                server: MockServer | None = None) -> Case:
+        """One process that must be refused: `check(exit code, stderr)`, one error line and no traceback."""
+        server = server or self.server
+        before = int(server.stats()["requests"]) if server is not self.server else self.start_case()
+        case = Case(name, None)
+        code, err = finish(bbtune(*args, env=self.env), timeout=120)
+        case.exit_codes = [code]
+        case.sent = int(server.stats()["requests"]) - before
+        lines = [x for x in err.splitlines() if x.startswith("bbtune: error:")]
+        case.expected = check(code, err) and len(lines) == 1 and "Traceback" not in err
+        said = (lines or err.strip().splitlines() or ["?"])[-1].removeprefix("bbtune: error: ")
+        case.notes = said.replace(f"{self.root}/", "")[:90]
+        if run_dir is not None and (run_dir / "metrics.json").exists():
+            case.reported = metrics(run_dir)["backend_stats"]["requests"]
+        return case
+
+    def copy(self, clean: Path, name: str, *remove: str) -> Path:
+        run_dir = Path(shutil.copytree(clean, self.root / name))
+        for file in remove:
+            (run_dir / file).unlink()
+        return run_dir
+
+    def hardening(self, clean: Path) -> list[Case]:
+        """Issue 22: refusals that send nothing, change nothing and say what to do in one line."""
+        resume = ["--resume"]
+        no_ledger = self.copy(clean, "no-ledger", "metrics.json", "ledger.jsonl")  # as if killed, then the ledger lost
+        cases = [self.refusal("deleted ledger: --resume refused", [*resume, str(no_ledger), "--no-progress"],
+                              lambda code, err: code == 2 and "ledger.jsonl is missing" in err)]
+        finished_before = (clean / "metrics.json").read_bytes()
+        case = self.refusal("finished run: --resume sends nothing", [*resume, str(clean), "--no-progress"],
+                            lambda code, err: code == 2 and "nothing to resume" in err)
+        case.expected = case.expected and case.sent == 0 and (clean / "metrics.json").read_bytes() == finished_before
+        cases.append(case)
+        corrupt = self.copy(clean, "corrupt", "metrics.json")
+        pkl = corrupt / "checkpoint.pkl"
+        pkl.write_bytes(pkl.read_bytes()[: pkl.stat().st_size // 2])
+        cases.append(self.refusal("corrupt checkpoint: one line", [*resume, str(corrupt), "--no-progress"],
+                                  lambda code, err: code == 2 and "checkpoint.pkl is damaged" in err))
+        secret, leak_dir = "sk-FAULTSBENCH0123456789", self.root / "leak"
+        case = self.refusal("mistyped key flag (--remote-api-key): leaks nothing",
+                            [*self.args(leak_dir), "--remote-api-key", secret],
+                            lambda code, err: code == 2 and secret not in err and secret[-4:] not in err)
+        case.expected = case.expected and case.sent == 0 and not leak_dir.exists()
+        cases.append(case)
+        wrong = MockServer(ServerConfig(model="tiny", port=0, max_logprobs=400, wrong_echo=True),
+                           FaultConfig(latency_s=self.latency_s), scorer=shared_scorer("tiny")).start()
+        try:
+            echo_dir = self.root / "wrong-echo"
+            args = [a if a != self.server.url else wrong.url for a in self.args(echo_dir)]
+            case = self.refusal("wrong echo (shifted one position): refused", args,
+                                lambda code, err: code == 2 and "misaligned" in err and "--remote-mode top_logprobs" in err,
+                                echo_dir, server=wrong)
+            case.expected = case.expected and not (echo_dir / "metrics.json").exists()
+            cases.append(case)
+        finally:
+            wrong.stop()
+        return cases
+
     def close(self) -> None:
         self.server.stop()
 
@@ -244,7 +306,8 @@ def run_all(root: Path, latency_s: float = 0.05) -> list[Case]:
                  bench.kill_resume(clean, total // 3, total // 2, "raise-limit: limit stop, kill -9, --resume "
                                    "--remote-max-requests raised", raise_to=2 * total),
                  bench.two_writers(clean),
-                 bench.into_finished(clean)]
+                 bench.into_finished(clean),
+                 *bench.hardening(clean)]
     finally:
         bench.close()
     return cases
@@ -253,6 +316,7 @@ def run_all(root: Path, latency_s: float = 0.05) -> list[Case]:
 def table(cases: list[Case]) -> str:
     rows = [{"case": c.name, "requests sent": c.sent, "limit": c.limit or "-", "metrics.json requests": c.reported
              if c.reported is not None else "-", "repaid": c.repaid, "identical to clean": c.identical,
+             "refused as expected": "-" if c.expected is None else "yes" if c.expected else "NO",
              "holds": "yes" if c.holds else "NO", "notes": c.notes} for c in cases]
     return markdown_table(rows, list(rows[0]))
 

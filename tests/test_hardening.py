@@ -273,3 +273,30 @@ def test_a_deleted_ledger_does_not_reset_a_request_limit(tmp_path, tiny_task, ti
     (tmp_path / "r" / "ledger.jsonl").unlink()
     with pytest.raises(CheckpointError, match="ledger.jsonl is missing but the checkpoint says .* requests were sent"):
         tune(tiny_task, _Booked(tiny_backend), cfg, tmp_path / "r", progress=False, resume=True)
+
+
+def test_a_remote_context_overflow_names_the_servers_limit_not_a_flag(tmp_path, capsys):
+    """The server's 'max_tokens is 1' is its request field (bbtune asks one token), not --remote-max-tokens."""
+    from mock_server import FaultConfig, MockServer, ServerConfig, shared_scorer
+
+    rows = [json.loads(x) for x in (demo_data_dir() / "train.jsonl").read_text().splitlines()]
+    for row in rows:
+        row["text"] += " word" * 300  # past the tiny model's context of 256
+    data = _data(tmp_path / "data", rows)
+    with MockServer(ServerConfig(model="tiny", port=0), FaultConfig(), scorer=shared_scorer("tiny")) as server:
+        code = main(["tune", *RUN, "--data", str(data), "--mode", "hard", "--backend", "remote", "--remote-base-url",
+                     server.url, "--remote-local-model", "tiny", "--remote-mode", "echo", "--remote-max-retries", "0",
+                     "--run-dir", str(tmp_path / "r")])
+    line = _one_line_error(capsys, "maximum context length is 256")
+    assert code == 2
+    assert "max_tokens is 1" in line and "--remote-max-tokens is" not in line  # the server's words, as it said them
+    assert "the server's limit" in line and "--prompt-tokens" in line and "--max-model-len" in line
+
+
+def test_flag_words_rename_fields_but_keep_a_servers_words():
+    from bbtune.app.cli import flag_words
+
+    said = "http://h/v1/completions: HTTP 400 (bad max_tokens (got 5) and top_k=3); max_tokens=1 too small"
+    assert flag_words(said) == ("http://h/v1/completions: HTTP 400 (bad max_tokens (got 5) and top_k=3); "
+                                "--remote-max-tokens=1 too small")
+    assert flag_words("model 'x' gone (HTTP 404: no max_tokens)") == "model 'x' gone (HTTP 404: no max_tokens)"

@@ -63,3 +63,22 @@ def test_the_wheel_installs_into_a_fresh_venv_and_loads_the_demo_task(tmp_path: 
     got = json.loads(run(str(python), "-c", LOAD_DEMO, cwd=elsewhere).strip().splitlines()[-1])
     assert Path(got["module"]).is_relative_to(tmp_path / "venv") and Path(got["data"]).is_relative_to(tmp_path / "venv")
     assert got["train"] == 8 and got["test"] > 0  # k=4 per class, two classes
+
+
+NON_NATIVE = ("-DGGML_NATIVE=OFF", "-DGGML_AVX512=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_TILE=OFF",
+              "-DGGML_AMX_BF16=OFF", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON")
+
+
+def test_make_server_builds_llama_cpp_python_without_native_flags() -> None:
+    """A native llama.cpp build segfaults on AVX-512/AMX machines: `make server` builds for AVX2, and the docs and the
+    real-server test's skip message send the user there (nothing is built here: `make -n` only prints)."""
+    if shutil.which("make") is None:
+        import pytest
+
+        pytest.skip("no make")
+    plan = run("make", "-n", "server", cwd=ROOT)
+    install = [line for line in plan.splitlines() if "llama-cpp-python[server]" in line and "install" in line]
+    assert len(install) == 1 and all(flag in install[0] for flag in NON_NATIVE), plan
+    assert install[0].startswith('CMAKE_ARGS="') and "--no-cache-dir" in install[0]
+    assert "`make server`" in (ROOT / "README.md").read_text()
+    assert "`make server`" in (ROOT / "tests" / "test_real_server.py").read_text()

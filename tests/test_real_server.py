@@ -2,7 +2,7 @@
 extra). `bbtune tune --backend remote` tunes a hard prompt through it to the end, and the server's label scores
 of the tuned prompt agree with the local model's exact scores of the same text.
 
-Opt-in (a few minutes on 2 CPU cores): ``pytest -m real_server``. Its findings about the server (lists of
+Opt-in (a few minutes on 2 CPU cores): ``make server`` once, then ``pytest -m real_server``. Its findings about the server (lists of
 prompts refused, echo log-probs shifted by one, logit_bias not reflected in log-probs) are in
 benchmarks/servers.py's table.
 """
@@ -24,7 +24,8 @@ from bbtune.tasks import TaskConfig
 pytestmark = [
     pytest.mark.real_server,
     pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                       reason="llama-cpp-python is not installed: pip install -e '.[server]'"),
+                       reason="llama-cpp-python is not installed: run `make server` (builds it for AVX2; a native "
+                              "build segfaults on AVX-512/AMX machines)"),
 ]
 SERVERS = Path(__file__).resolve().parents[1] / "benchmarks" / "servers.py"
 MARGIN_TOL = 0.5  # nats: llama.cpp computes with quantized activations, the local model in float32 (measured <= 0.29)

@@ -86,11 +86,28 @@ def test_the_deepest_top_k_the_server_accepts_is_found(server_max: int, asked: i
         assert (f"refused top_k={asked}" in " ".join(backend.probe_.notes)) is (found != asked)  # type: ignore[union-attr]
 
 
-def test_echo_is_cross_checked_against_the_top_k_of_the_same_position() -> None:
-    with probed(mock_transport(make_app()), mode="echo") as backend:
-        assert "echo matches top-k" in backend.check().checks
-    with probed(mock_transport(make_app(wrong_echo=True)), mode="echo") as backend, pytest.raises(
-            CapabilityError, match="echoed log-probs are misaligned"):
+@pytest.mark.parametrize("top_k", [400, 20, 5])
+def test_echo_is_cross_checked_against_the_top_k_of_the_same_position(top_k: int) -> None:
+    """Also where the probe's word is not in the top-k (the tiny model, k = 20 or 5): shifted echo scores are
+    caught by the position's best word, which is in the list by construction."""
+    with probed(mock_transport(make_app()), mode="echo", top_k=top_k) as backend:
+        report = backend.check()
+        assert "echo matches top-k" in report.checks and not report.notes
+    with probed(mock_transport(make_app(wrong_echo=True)), mode="echo", top_k=top_k) as backend, pytest.raises(
+            CapabilityError, match="echoed log-probs are misaligned.*--remote-mode top_logprobs"):
+        backend.check()
+
+
+def _echo_above_the_list(request: dict[str, Any], reply: dict[str, Any]) -> None:
+    if request.get("echo"):  # the label word's echoed log-prob raised above every value of its position's list
+        values = reply["choices"][0]["logprobs"]["token_logprobs"]
+        prompt_tokens = len(values) - 1  # the last entry is the generated token
+        values[prompt_tokens - 1] = -1e-4
+
+
+def test_an_echoed_word_absent_from_the_top_k_cannot_score_above_its_last_value() -> None:
+    with probed(tampered(make_app(), _echo_above_the_list), mode="echo", top_k=5) as backend, pytest.raises(
+            CapabilityError, match=r"not in the top-5 of the same position.*--remote-mode top_logprobs"):
         backend.check()
 
 

@@ -88,3 +88,19 @@ def test_a_finished_folder_is_kept_unless_overwrite(tmp_path, capsys):
     assert main(["tune", *LOCAL, "--budget-calls", "12", "--seed", "7", "--run-dir", str(run_dir), "--overwrite"]) == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["seed"] == 7 and json.loads((run_dir / "config.json").read_text())["tune"]["seed"] == 7
+
+
+def test_after_a_stop_and_resume_the_requests_per_endpoint_add_up_to_the_requests(tmp_path, capsys):
+    """The ledger restores `requests` on --resume; it restores `endpoints` from the same lines."""
+    from mock_server import FaultConfig, MockServer, ServerConfig, shared_scorer
+
+    run_dir = tmp_path / "run"
+    with MockServer(ServerConfig(model="tiny", port=0, max_logprobs=400), FaultConfig(),
+                    scorer=shared_scorer("tiny")) as server:
+        remote = ["--mode", "hard", "--backend", "remote", "--remote-base-url", server.url, "--remote-model", "tiny",
+                  "--remote-local-model", "tiny", "--remote-mode", "echo", "--budget-calls", "36"]
+        assert main(["tune", *LOCAL, *remote, "--remote-max-requests", "20", "--run-dir", str(run_dir)]) == 3
+        assert main(["tune", "--resume", str(run_dir), "--no-progress", "--remote-max-requests", "1000"]) == 0
+    stats = json.loads((run_dir / "metrics.json").read_text())["backend_stats"]
+    assert stats["requests"] == Ledger(run_dir / "ledger.jsonl").spent().requests > 20
+    assert sum(stats["endpoints"].values()) == stats["requests"]

@@ -76,6 +76,8 @@ class CompareConfig:
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         if not self.seeds:
             raise ConfigError("seeds must list at least one seed")
+        if min(self.seeds) < 0:  # each is a data split's and a run's seed: numpy takes non-negative seeds only
+            raise ConfigError(f"seeds must be >= 0, got {list(self.seeds)}")
         if self.transfer_model and self.transfer_url:
             raise ConfigError("give transfer_model or transfer_url, not both")
         if self.transfer_limit < 0:
@@ -132,7 +134,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str, p
 
 def flag_words(message: str) -> str:
     """A config error in the command line's words: the Python API names fields (``max_input_tokens``,
-    ``RemoteConfig.timeout_s``, ``popsize=6``), the CLI user needs the flags (``--max-input-tokens``)."""
+    ``RemoteConfig.timeout_s``, ``popsize=6``), the CLI user needs the flags (``--max-input-tokens``). A server's
+    own words (``HTTP 400 (...)``) are kept: its ``max_tokens`` is the request's field, not --remote-max-tokens."""
     flags = {f.name: "--" + f.name.replace("_", "-") for cls in CONFIGS.values() for f in dataclasses.fields(cls)}
     flags.update({f.name: "--" + (REMOTE_PREFIX + f.name).replace("_", "-") for f in dataclasses.fields(RemoteConfig)})
 
@@ -142,7 +145,25 @@ def flag_words(message: str) -> str:
             return match.group(0)
         return flags[name] + (match.group("eq") or "")
 
-    return re.sub(r"(?<![\w./-])(?P<cls>RemoteConfig\.)?(?P<name>[a-z][a-z0-9_]*)\b(?P<eq>=)?", swap, message)
+    field_name = re.compile(r"(?<![\w./-])(?P<cls>RemoteConfig\.)?(?P<name>[a-z][a-z0-9_]*)\b(?P<eq>=)?")
+    out, at = [], 0
+    for start, end in _server_words(message):
+        out += [field_name.sub(swap, message[at:start]), message[start:end]]
+        at = end
+    return "".join(out) + field_name.sub(swap, message[at:])
+
+
+def _server_words(message: str) -> list[tuple[int, int]]:
+    """Spans of a message quoting a server: from ``HTTP 400 (`` (or ``(HTTP 404: ``) to the matching ``)``."""
+    spans = []
+    for match in re.finditer(r"HTTP \d{3} \(|\(HTTP \d{3}: ", message):
+        depth, i = 1, match.end()
+        while i < len(message) and depth:
+            depth += {"(": 1, ")": -1}.get(message[i], 0)
+            i += 1
+        if not spans or match.start() >= spans[-1][1]:
+            spans.append((match.end(), i))
+    return spans
 
 
 def _show(value: Any) -> str:

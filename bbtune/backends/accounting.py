@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Mapping
@@ -82,12 +83,16 @@ class Spent:
     completion_tokens: int = 0
     cost: float = 0.0
     unsettled: int = 0  # booked, no reply recorded: in flight when the process died
+    endpoints: dict[str, int] = field(default_factory=dict)  # requests per replica (UNRECORDED: a ledger line without one)
+
+
+UNRECORDED = "unrecorded"  # the endpoint of a ledger line written without one (older ledgers)
 
 
 class Ledger:
     """Write-ahead record of paid requests, one JSON line per event (see the module docstring).
 
-    ``{"n": 3, "book": [prompt, completion], "cost": c}`` is fsynced before request 3 is sent;
+    ``{"n": 3, "book": [prompt, completion], "cost": c, "to": replica}`` is fsynced before request 3 is sent;
     ``{"n": 3, "paid": [prompt, completion], "cost": c}`` (or ``"paid": null`` when not billed) follows its
     reply. A torn last line (killed mid-write) is skipped: a booking that never reached the disk was never sent.
 
@@ -105,18 +110,24 @@ class Ledger:
     def spent(self) -> Spent:
         booked: dict[int, tuple[int, int, float]] = {}
         paid: dict[int, tuple[int, int, float]] = {}
+        to: dict[int, str] = {}
         for line in _lines(self.path):
             target = booked if "book" in line else paid
             amounts = line.get("book", line.get("paid")) or (0, 0)
             target[int(line["n"])] = (int(amounts[0]), int(amounts[1]), float(line.get("cost", 0.0)))
+            if "book" in line:
+                to[int(line["n"])] = str(line.get("to") or UNRECORDED)
         totals = [paid.get(n, held) for n, held in booked.items()]
         return Spent(len(booked), sum(t[0] for t in totals), sum(t[1] for t in totals), sum(t[2] for t in totals),
-                     sum(n not in paid for n in booked))
+                     sum(n not in paid for n in booked), dict(Counter(to.values())))
 
-    def book(self, prompt_tokens: int, completion_tokens: int, cost: float) -> int:
+    def book(self, prompt_tokens: int, completion_tokens: int, cost: float, endpoint: str | None = None) -> int:
         n = self._entries
         self._entries += 1
-        self._write({"n": n, "book": [prompt_tokens, completion_tokens], "cost": cost}, durable=True)
+        record: dict[str, Any] = {"n": n, "book": [prompt_tokens, completion_tokens], "cost": cost}
+        if endpoint is not None:
+            record["to"] = endpoint
+        self._write(record, durable=True)
         return n
 
     def settle(self, entry: int, prompt_tokens: int, completion_tokens: int, cost: float, billed: bool) -> None:
@@ -157,7 +168,9 @@ class SpendingLimiter:
         self._held_tokens = 0
         self._held_cost = 0.0
 
-    def reserve(self, prompt_tokens: int, completion_tokens: int) -> Reservation:
+    def reserve(self, prompt_tokens: int, completion_tokens: int, endpoint: str | None = None) -> Reservation:
+        """Hold one request's share, or raise `BudgetExceeded`; `endpoint` (the replica it goes to) is counted in
+        ``stats.endpoints`` and the ledger alike, so the two agree after a resume."""
         s, lim = self.stats, self.limits
         tokens = prompt_tokens + completion_tokens
         cost = self.prices.cost(prompt_tokens, completion_tokens)
@@ -171,8 +184,10 @@ class SpendingLimiter:
         if lim.max_cost is not None and s.cost + self._held_cost + cost > lim.max_cost:
             raise BudgetExceeded(f"cost limit: ${s.cost + self._held_cost:.4f} spent or in flight + ~${cost:.4f} "
                                  f"would exceed --remote-max-cost {lim.max_cost}")
-        entry = self.ledger.book(prompt_tokens, completion_tokens, cost) if self.ledger is not None else -1
+        entry = self.ledger.book(prompt_tokens, completion_tokens, cost, endpoint) if self.ledger is not None else -1
         s.requests += 1
+        if endpoint is not None:
+            s.endpoints[endpoint] = s.endpoints.get(endpoint, 0) + 1
         self._held_tokens += tokens
         self._held_cost += cost
         return Reservation(prompt_tokens, completion_tokens, cost, entry)
@@ -196,8 +211,10 @@ class SpendingLimiter:
 
 
 def restore(stats: RemoteStats, spent: Spent) -> None:
-    """Set the spending counters to a ledger's totals (a resumed run continues from what was really sent)."""
+    """Set the spending counters to a ledger's totals (a resumed run continues from what was really sent); the
+    requests per endpoint too, so they still add up to `requests`."""
     stats.requests, stats.prompt_tokens = spent.requests, spent.prompt_tokens
+    stats.endpoints = dict(spent.endpoints)
     stats.completion_tokens, stats.cost = spent.completion_tokens, spent.cost
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping, TypeVar
@@ -33,6 +34,14 @@ from bbtune.backends.replicas import Replica, ReplicaPool
 from bbtune.backends.retry import retry_after_s, retrying
 
 T = TypeVar("T")
+
+# how servers say an input does not fit their context (OpenAI and vLLM "maximum context length", vLLM "too long to
+# fit into the model", llama.cpp "exceeds the available context size" / "context window", its n_ctx)
+CONTEXT_OVERFLOW = re.compile(r"context (length|window|size)|maximum context|too long to fit|\bn_ctx\b", re.I)
+CONTEXT_FIX = ("the input does not fit the server's context: the server's limit, not one of bbtune's (bbtune asks for "
+               "a single generated token, and --remote-max-tokens only caps what a run may spend). Shorten the longest "
+               "example or the template, lower --prompt-tokens, or serve the model with a longer context (vLLM "
+               "--max-model-len, llama.cpp -c)")
 
 
 class InvalidJSONError(MalformedResponseError):
@@ -86,6 +95,8 @@ def status_error(response: httpx.Response, replica: str, path: str, model: str, 
         cls = {400: BadRequestError, 422: BadRequestError, 429: RateLimitError}.get(
             status, ServerError if status >= 500 else APIStatusError)
         msg = f"{where}: HTTP {status} ({detail})"
+        if cls is BadRequestError and CONTEXT_OVERFLOW.search(detail):
+            msg += f"; {CONTEXT_FIX}"
     error = cls(msg, status_code=status, body=body)
     error.retry_after = retry_after_s(response.headers)  # type: ignore[attr-defined]
     error.missing_endpoint = status == 404 and "lacks this endpoint" in msg  # type: ignore[attr-defined]
@@ -169,8 +180,7 @@ class ApiClient:
     async def _send(self, method: str, path: str, body: Mapping[str, Any] | None,
                     estimate: tuple[int, int]) -> dict[str, Any]:
         async with self.pool.slot() as replica:
-            held = self.meter.reserve(*estimate)
-            self.stats.endpoints[replica.name] = self.stats.endpoints.get(replica.name, 0) + 1
+            held = self.meter.reserve(*estimate, endpoint=replica.name)
             started = time.perf_counter()
             try:
                 response = await self._http().request(method, replica.url + path, json=body)

@@ -95,6 +95,8 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
             raise ConfigError(f"budget_calls={self.budget_calls} is below one generation (popsize={self.popsize})")
         if self.eval_every < 1:
             raise ConfigError(f"eval_every must be >= 1 call, got {self.eval_every}")
+        if self.seed < 0:  # numpy's generators take non-negative seeds only
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
         if not 0 < self.hard_change < 1:
             raise ConfigError(f"hard_change must be in (0, 1), got {self.hard_change}")
         if self.vocab_filter not in FILTERS:

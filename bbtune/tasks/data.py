@@ -29,6 +29,10 @@ class FieldMap:
     label_names: Mapping[str, str] | None = None
     encoding: str = "utf-8"  # of the files read (utf-8 also reads a byte-order mark)
 
+    def __post_init__(self) -> None:
+        if not self.text:
+            raise TaskError("--text-field is empty; name the field that holds each example's text (default: 'text')")
+
     def examples(self, rows: Sequence[Mapping[str, Any]], source: str) -> list[Example]:
         """Rows (dicts) as examples; a row lacking a field is a `TaskError` naming the flag to set."""
         if not rows:
@@ -106,7 +110,7 @@ def read_rows(path: Path, encoding: str = "utf-8") -> list[dict[str, Any]]:
     """Rows of a JSONL, CSV or TSV file; a UTF-8 byte-order mark (Excel's CSV export) is read transparently."""
     text = _decode(path, encoding)
     if path.suffix in (".csv", ".tsv"):
-        return list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix == ".tsv" else ","))
+        return _delimited_rows(path, text, "\t" if path.suffix == ".tsv" else ",")
     rows = []
     for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 inside a JSON string is no line end
         if line.strip():
@@ -122,6 +126,26 @@ def read_rows(path: Path, encoding: str = "utf-8") -> list[dict[str, Any]]:
     return rows
 
 
+_EXTRA = "\0extra"  # csv's key for the cells of a row beyond its header
+
+
+def _delimited_rows(path: Path, text: str, delimiter: str) -> list[dict[str, Any]]:
+    """CSV or TSV rows by header; a row with more cells than the header (an unquoted delimiter in a text) or a
+    broken quote is a `TaskError` naming the row."""
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, restkey=_EXTRA)
+    rows = []
+    try:
+        for row in reader:
+            if _EXTRA in row:
+                raise TaskError(f"{path}: row {reader.line_num} has {len(reader.fieldnames or []) + len(row[_EXTRA])} "
+                                f"cells but the header has {len(reader.fieldnames or [])}; quote texts that hold "
+                                f"{'a tab' if delimiter == chr(9) else 'a comma'} (\"like, this\")")
+            rows.append(row)
+    except csv.Error as err:
+        raise TaskError(f"{path}: line {reader.line_num} cannot be read as {path.suffix[1:].upper()} ({err})") from None
+    return rows
+
+
 def _json_kind(value: Any) -> str:
     return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
 
@@ -131,6 +155,9 @@ def _decode(path: Path, encoding: str) -> str:
     data = path.read_bytes()
     try:
         return data.decode("utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding)
+    except LookupError:  # no such codec, or one that is not a text encoding (base64)
+        raise TaskError(f"--encoding {encoding!r} is not a text encoding Python knows; e.g. utf-8, cp1252, latin-1 "
+                        f"(reading {path})") from None
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise TaskError(f"{path}: line {line} is not valid {encoding} (byte {data[err.start]:#04x}); give the file's "
