@@ -155,7 +155,7 @@ def flag_words(message: str) -> str:
 
 def _server_words(message: str) -> list[tuple[int, int]]:
     """Spans of a message quoting a server: from ``HTTP 400 (`` (or ``(HTTP 404: ``) to the matching ``)``."""
-    spans = []
+    spans: list[tuple[int, int]] = []
     for match in re.finditer(r"HTTP \d{3} \(|\(HTTP \d{3}: ", message):
         depth, i = 1, match.end()
         while i < len(message) and depth:

@@ -235,7 +235,7 @@ class _Probe:
         if not top:
             self.report.notes.append("echo not cross-checked: the top-k of the same position is empty")
             return
-        checked = [(word, echoed)]
+        checked: list[tuple[str, float | None]] = [(word, echoed)]
         best = self._single_token_word(context, top)
         if best is not None and best != word:
             checked.append((best, self._echo(context + best, best)))
