@@ -28,7 +28,7 @@ from bbtune.search.evaluate import Evaluation, evaluation, score_examples
 from bbtune.core.table import markdown_table
 from bbtune.tasks import Task, TaskConfig, load_examples, subsample
 from bbtune.runs.tuner import TuneConfig, Tuner
-from bbtune.search.selection import Decision, Guard, Selection, decide, selection_key
+from bbtune.search.selection import Decision, Guard, Selection, decide, mcnemar_p_value, selection_key
 
 RULES = ("dev_acc", "dev_loss", "train_dev_loss", "train_loss", "last")
 
@@ -45,11 +45,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--guard-alpha", type=float, default=0.1, help="level of the paired test scored post hoc")
     ap.add_argument("--p0", default="auto", choices=["auto", "vocab", "cue"])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "selection_sst2.json"))
+    ap.add_argument("--merge", nargs="+", default=[], metavar="JSON",
+                    help="no runs: merge earlier outputs, the paired guard's column recomputed by today's rule")
     args = ap.parse_args(argv)
 
-    backend = LocalConfig(model=args.model).build()
-    runs = []
-    for seed in args.seeds:
+    runs = [] if not args.merge else [rescored(r, args.guard_alpha) for path in args.merge
+                                      for r in json.loads(Path(path).read_text())["runs"]]
+    backend = LocalConfig(model=args.model).build() if not args.merge else None
+    for seed in [] if args.merge else args.seeds:
         task = TaskConfig(data=args.data, preset=args.preset, k=args.k, data_seed=seed, test_limit=1).load()
         heldout = heldout_split(task, Path(args.data) / "train.jsonl", args.heldout, seed)
         for calibrate in args.calibrate:
@@ -61,17 +64,30 @@ def main(argv: Sequence[str] | None = None) -> None:
                          **score_rules(tuner, heldout, seed, calibrate, args.guard_alpha)})
             print(json.dumps(runs[-1]), flush=True)
     rows = []
-    for calibrate in args.calibrate:
-        mine = [r for r in runs if r["calibrate"] == calibrate]
+    for group in dict.fromkeys((r.get("data", ""), r.get("model", ""), r["calibrate"]) for r in runs):
+        mine = [r for r in runs if (r.get("data", ""), r.get("model", ""), r["calibrate"]) == group]
         for rule in ("manual", "manual_calibrated") + RULES + ("dev_acc+paired",):
             accs = [r["heldout_acc"][rule] for r in mine]
-            rows.append({"calibrate": calibrate, "rule": rule, "held-out acc mean": statistics.mean(accs),
-                         "std": mean_std(accs)[1], "per seed": " ".join(f"{a:.3f}" for a in accs)})
-    print(markdown_table(rows, ["calibrate", "rule", "held-out acc mean", "std", "per seed"]))
+            rows.append({"data": group[0], "model": Path(group[1]).name, "calibrate": group[2], "rule": rule,
+                         "held-out acc mean": statistics.mean(accs), "std": mean_std(accs)[1],
+                         "per seed": " ".join(f"{a:.3f}" for a in accs)})
+    print(markdown_table(rows, ["data", "model", "calibrate", "rule", "held-out acc mean", "std", "per seed"]))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "summary": rows, "runs": runs}, indent=2))
     print(f"wrote {out}")
+
+
+def rescored(run: dict[str, Any], alpha: float) -> dict[str, Any]:
+    """An earlier run with its `dev_acc+paired` column decided again by today's guard (from the dev examples won
+    and lost, which the run recorded)."""
+    d = run["decision"]
+    p = mcnemar_p_value(d["wins"], d["losses"])
+    lost_by_key = d["reason"].startswith("the tuned prompt did not beat")
+    keep = d["dev_acc_margin"] < 0 or p > alpha or lost_by_key
+    acc = dict(run["heldout_acc"], **{"dev_acc+paired": run["heldout_acc"]["manual_calibrated" if keep
+                                                                          else "dev_acc"]})
+    return {**run, "heldout_acc": acc, "decision": {**d, "p_value": p, "replace": not keep}}
 
 
 def heldout_split(task: Task, train_file: Path, size: int, seed: int) -> tuple:

@@ -70,7 +70,15 @@ def test_a_clear_advantage_replaces_it():
     manual = evaluation_of([0.6] * 24 + [0.4] * 8)
     better = evaluation_of([0.8] * 30 + [0.45] * 2)
     decision = decide(better, manual, True, Guard.PAIRED, 0.1)
-    assert decision.replace and decision.p_value < 0.01 and decision.wins == 6 and decision.dev_acc_margin > 0.18
+    assert decision.replace and decision.p_value == 0.5**6 and decision.wins == 6 and decision.losses == 0
+    assert decision.dev_acc_margin > 0.18 and decision.loss_p_value < 0.01
+
+
+def test_mcnemar_counts_only_the_examples_the_prompts_disagree_on():
+    from bbtune.search.selection import mcnemar_p_value
+
+    assert mcnemar_p_value(1, 0) == 0.5 and mcnemar_p_value(0, 0) == 1.0
+    assert mcnemar_p_value(4, 0) == 1 / 16 and mcnemar_p_value(5, 1) == 7 / 64
 
 
 def test_fewer_examples_right_never_replace():
