@@ -120,7 +120,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, progress: bool = True,
     if pending:
         runner = runner or make_runner(spec, len(pending))
         with runner:
-            _drive(runner, pending, out, cfg.retries, result, bar)
+            _drive(runner, pending, out, cfg.retries, result, bar, progress)
     bar.close()
     result.comparison = write_sweep_report(out, spec, jobs, result.failed)
     _write_status(folder, jobs, result)
@@ -135,8 +135,12 @@ def make_runner(spec: SweepSpec, n_jobs: int) -> PoolRunner | RayRunner:
 
 
 def _drive(runner: PoolRunner | RayRunner, pending: list[Job], out: Path, retries: int, result: SweepResult,
-           bar: Any) -> None:
+           bar: Any, progress: bool) -> None:
     submitted: dict[str, float] = {}
+
+    def say(line: str) -> None:
+        if progress:
+            bar.write(line)
 
     def submit(job: Job) -> None:
         submitted[job.name] = time.time()
@@ -149,7 +153,7 @@ def _drive(runner: PoolRunner | RayRunner, pending: list[Job], out: Path, retrie
             if isinstance(answer, dict) and answer.get("ok"):
                 result.ran.append(job.name)
                 bar.update(1)
-                bar.write(f"{job.name}: finished")
+                say(f"{job.name}: finished")
                 write_sweep_report(out, None, result.jobs, result.failed, plot=False)
                 continue
             error = str(answer) if isinstance(answer, WorkerDied) else answer["error"]
@@ -159,12 +163,12 @@ def _drive(runner: PoolRunner | RayRunner, pending: list[Job], out: Path, retrie
             tries = result.attempts[job.name] = result.attempts.get(job.name, 0) + 1
             _book_error(out, job, error, answer)
             if tries <= retries:
-                bar.write(f"{job.name}: attempt {tries} failed ({error.splitlines()[0][:200]}); running it again")
+                say(f"{job.name}: attempt {tries} failed ({error.splitlines()[0][:200]}); running it again")
                 submit(job)
             else:
                 result.failed[job.name] = error
                 bar.update(1)
-                bar.write(f"{job.name}: failed after {tries} attempt(s): {error.splitlines()[0][:200]}")
+                say(f"{job.name}: failed after {tries} attempt(s): {error.splitlines()[0][:200]}")
 
 
 def job_folder(out: Path, name: str) -> Path:
