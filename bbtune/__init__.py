@@ -20,12 +20,16 @@ The calls a notebook makes:
 - `load_run(folder)` -> the `TunedRun` a run folder holds (what `bbtune predict` reads).
 - `compare(task, model, methods=..., seeds=...)` -> `Comparison`: BBT beside manual, in-context, prompt
   tuning and PEZ.
+- `sweep(spec, out=..., workers=..., ray_address=...)` -> `SweepResult`: a grid of tasks x models x methods x
+  seeds (a TOML file) run on a process pool or Ray, each job a folder, one report over all.
 - `PromptClassifier`: a scikit-learn estimator (fit/predict/predict_proba/score) for pipelines and grid search.
 - Backends: `LocalBackend` (transformers, CPU/GPU), `RemoteBackend` + `RemoteConfig` (OpenAI-compatible APIs).
 """
 from importlib import metadata as _metadata
 
-from bbtune.api import backend_for, compare, load_task, tune
+from bbtune.api import backend_for, compare, load_task, sweep, tune
+from bbtune.app.sweep import SweepResult
+from bbtune.app.sweepspec import SweepConfig, SweepSpec
 from bbtune.app.comparison import Comparison, MethodSettings
 from bbtune.backends.base import Backend
 from bbtune.backends.local import LocalBackend
@@ -43,6 +47,6 @@ except _metadata.PackageNotFoundError:  # run from a source tree that was never 
     __version__ = "0+unknown"
 
 __all__ = ["Backend", "BBTuneError", "Comparison", "Example", "HardPrompt", "LocalBackend", "MethodSettings",
-           "Prediction", "PromptClassifier", "RemoteBackend", "RemoteConfig", "SoftPrompt", "Task", "TaskConfig",
-           "TaskFormat", "Template", "TuneConfig", "TuneResult", "TunedRun", "__version__", "backend_for", "compare",
-           "load_run", "load_task", "tune"]
+           "Prediction", "PromptClassifier", "RemoteBackend", "RemoteConfig", "SoftPrompt", "SweepConfig", "SweepResult",
+           "SweepSpec", "Task", "TaskConfig", "TaskFormat", "Template", "TuneConfig", "TuneResult", "TunedRun",
+           "__version__", "backend_for", "compare", "load_run", "load_task", "sweep", "tune"]

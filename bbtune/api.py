@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from bbtune.app.compare import METHODS
 from bbtune.app.compare import compare as _run_compare
 from bbtune.app.comparison import Comparison, MethodSettings
+from bbtune.app.sweep import SweepResult, dry_run_sweep, run_sweep
+from bbtune.app.sweepspec import SweepSpec
 from bbtune.backends.base import Backend
 from bbtune.backends.factory import LocalConfig
 from bbtune.runs.load import TunedRun, tuned_run
@@ -63,3 +65,23 @@ def compare(task: Task | str | Callable[[int], Task], model: str | Backend = "sm
     JSON, plot) is written there after every run."""
     source: Task | Callable[[int], Task] = (lambda seed: load_task(task, seed=seed)) if isinstance(task, str) else task
     return _run_compare(source, backend_for(model), methods, seeds, settings, out_dir, progress=progress)
+
+
+def sweep(spec: str | Path | Mapping[str, Any] | SweepSpec, out: str | Path | None = None, *, resume: bool = False,
+          dry_run: bool = False, progress: bool = True, **config: Any) -> SweepResult | str:
+    """Run a grid of jobs (tasks x models x settings x methods x seeds) and write one report over them.
+
+    `spec` is a TOML file, the same content as a dict, or a `SweepSpec`; `config` overrides its [sweep] table
+    (workers=2, retries=1, ray_address="auto", max_cost=5.0, ...). A finished job is never run again; with
+    `resume` an existing sweep folder is continued. `dry_run` returns the table of jobs and their cost bound
+    instead of running anything.
+
+        >>> # result = bbtune.sweep("benchmarks/specs/sst2_bbt.toml", out="sweeps/sst2", workers=2)
+        >>> # result.comparison.summary(), result.failed
+    """
+    if not isinstance(spec, SweepSpec):
+        spec = SweepSpec.load(spec) if isinstance(spec, (str, Path)) else SweepSpec.from_dict(spec)
+    spec = spec.with_config(**config, **({"out": str(out)} if out is not None else {}))
+    if dry_run:
+        return dry_run_sweep(spec)
+    return run_sweep(spec, resume=resume, progress=progress)

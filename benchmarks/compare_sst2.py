@@ -3,6 +3,9 @@
     .venv/bin/python benchmarks/compare_sst2.py --data ../shared/data/sst2 --seeds 13 42 100 \\
         --out reports/compare_sst2
 
+Seeds in parallel: `bbtune sweep benchmarks/specs/compare_sst2.toml` runs the same grid as jobs on a process pool
+(or Ray) into one report, instead of one process per seed joined with --merge (which still works).
+
 Writes report.md, results.json and accuracy_vs_calls.png to --out. The defaults are issue 11's real budget on
 CPU: BBT 300 calls from the cue (d=500, popsize 10, calibrated, as `bbtune tune`), prompt tuning and PEZ 100
 AdamW steps of 8 examples with 5 prompt tokens, one demonstration per class in context, the whole test set; the

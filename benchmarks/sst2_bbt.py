@@ -6,6 +6,8 @@ each with its gain over the manual prompt per seed, and the goal check of issue 
     python benchmarks/agnews_bbt.py           # the AG News twin (same script, topic preset)
     for s in 13 42 100; do OMP_NUM_THREADS=1 python benchmarks/sst2_bbt.py --seeds $s --out s$s.json & done; wait
     python benchmarks/sst2_bbt.py --merge s13.json s42.json s100.json   # one process per seed: 2 cores, ~2x faster
+    bbtune sweep benchmarks/specs/sst2_bbt.toml   # instead of the loop and --merge: the same grid as sweep jobs
+                                                  # (agnews: benchmarks/specs/agnews_bbt.toml); --resume, one report
 Prints a table and writes JSON (default benchmarks/results/sst2_bbt.json). Data: ../shared/data/sst2 (never copied).
 Every tuned run scores the manual prompt beside itself (same split, same scores for the raw and calibrated rows).
 """

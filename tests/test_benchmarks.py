@@ -35,3 +35,29 @@ def test_merge_joins_per_seed_outputs_into_one_table(sst2_bbt, tmp_path, capsys)
     assert soft["test_acc mean"] == pytest.approx(82.0) and soft["test std"] == pytest.approx(2.0)  # sample std
     assert soft["gain per seed"] == "+4.0 +2.0 +6.0"
     assert "| suffix    | bbt_soft" in capsys.readouterr().out
+
+
+def test_compare_merge_joins_per_seed_report_folders(monkeypatch, tmp_path):
+    from bbtune.app.comparison import Comparison, MethodSettings
+    from bbtune.app.report import write_report
+    from bbtune.baselines import Measurement, MethodResult
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    script = runpy.run_path(str(BENCH / "compare_sst2.py"), run_name="compare_sst2_script")
+    for seed, acc in ((13, 0.7), (42, 0.9)):
+        result = MethodResult("manual", seed, "suffix", acc, acc, 0, Measurement(calls=2), curve=((0, acc),))
+        write_report(Comparison("sst2", "local:tiny", ("manual",), (seed,), MethodSettings(), [result],
+                                out_dir=tmp_path / f"s{seed}"), plot=False)
+    merged = script["merge_reports"]([str(tmp_path / "s13"), str(tmp_path / "s42")], str(tmp_path / "all"))
+    assert merged.seeds == (13, 42)
+    summary = json.loads((tmp_path / "all" / "results.json").read_text())["summary"][0]
+    assert summary["seeds"] == [13, 42] and summary["test_acc_mean"] == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("name, jobs", [("sst2_bbt", 12), ("agnews_bbt", 12), ("compare_sst2", 24)])
+def test_the_sweep_specs_replace_the_merge_loops(name, jobs):
+    from bbtune.app.sweepspec import SweepSpec
+
+    spec = SweepSpec.load(BENCH / "specs" / f"{name}.toml")
+    assert len(spec.jobs) == jobs and {job.seed for job in spec.jobs} == {13, 42, 100}
+    assert spec.config.out == f"sweeps/{name}"

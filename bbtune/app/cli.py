@@ -5,6 +5,7 @@
     bbtune tune --resume runs/x       # continue a killed run; same result as an uninterrupted one
     bbtune predict runs/x --input new.jsonl --output predictions.jsonl
     bbtune export runs/x --format text   # the template with the tuned prompt in place (or peft, json)
+    bbtune sweep spec.toml --workers 2   # a grid of jobs on a process pool (or --ray-address auto), one report
 """
 from __future__ import annotations
 
@@ -15,25 +16,25 @@ import json
 import re
 import sys
 import typing
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from bbtune.app.compare import METHODS, check_methods, compare
-from bbtune.app.comparison import Comparison, MethodSettings
+from bbtune.app.compare import CompareConfig, compare
+from bbtune.app.comparison import Comparison
 from bbtune.app.demo import run_demo
 from bbtune.app.dryrun import dry_run_compare, dry_run_tune
 from bbtune.app.export import check_parent, export
 from bbtune.app.report import PLOT_PNG, REPORT_MD, RESULTS_JSON
 from bbtune.app.summary import summary_table
+from bbtune.app.sweep import dry_run_sweep, run_sweep
+from bbtune.app.sweepspec import SweepConfig, SweepSpec
 from bbtune.backends.base import Backend
 from bbtune.backends.factory import LocalConfig, transfer_backend
 from bbtune.backends.remote import RemoteConfig
 from bbtune.backends.retry import should_retry
-from bbtune.baselines import InContextConfig, PEZConfig, PromptTuningConfig
-from bbtune.constants import CPU_PROMPT_TOKENS
 from bbtune.core.table import markdown_table
-from bbtune.errors import BackendError, BBTuneError, ConfigError, OutputExistsError
+from bbtune.errors import BackendError, BBTuneError, OutputExistsError
 from bbtune.runs.endings import (
     EPILOG,
     Ending,
@@ -50,51 +51,6 @@ from bbtune.tasks import FieldMap, TaskConfig, overlaps, parse_label_names, read
 CONFIGS = {"task": TaskConfig, "backend": LocalConfig, "tune": TuneConfig}
 REPORT_FILES = (REPORT_MD, RESULTS_JSON, PLOT_PNG)  # what `compare` writes in --out
 REMOTE_PREFIX = "remote_"  # remote flags are --remote-*, so --model stays the local model's
-
-
-@dataclass(frozen=True)
-class CompareConfig:
-    """What `bbtune compare` adds to the task, backend and tune configs (field names unique across all four, so
-    the CLI puts them in one namespace). BBT's sizes, `prompt_tokens`, `eval_every` and PEZ's token filter come
-    from the `TuneConfig`, so every method gets the same prompt length and vocabulary."""
-
-    methods: tuple[str, ...] = field(default=METHODS, metadata={"help": f"methods to run, from {', '.join(METHODS)}"})
-    seeds: tuple[int, ...] = field(default=(13, 42, 100), metadata={"help": "seeds; each draws a few-shot split"})
-    out: str = field(default="reports/compare", metadata={"help": "report folder"})
-    grad_steps: int = field(default=100, metadata={"help": "prompt tuning and PEZ: gradient steps (one call each)"})
-    grad_batch_size: int = field(default=8, metadata={"help": "prompt tuning and PEZ: examples per step; 0 = all"})
-    pt_lr: float = field(default=0.3, metadata={"help": "prompt tuning: learning rate in embedding stds"})
-    pez_lr: float = field(default=1.0, metadata={"help": "PEZ: learning rate in embedding stds"})
-    shots_per_class: int = field(default=1, metadata={"help": "in-context: demonstrations per label"})
-    transfer_model: str = field(default="", metadata={"help": "score hard prompts again on this local model"})
-    transfer_url: str = field(default="", metadata={"help": "...or on this OpenAI-compatible server (base URL)"})
-    transfer_served_model: str = field(default="tiny", metadata={"help": "model name the transfer server knows"})
-    transfer_limit: int = field(default=0, metadata={"help": "transfer: score this many test examples; 0 = all"})
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "methods", check_methods(self.methods))
-        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
-        if not self.seeds:
-            raise ConfigError("seeds must list at least one seed")
-        if min(self.seeds) < 0:  # each is a data split's and a run's seed: numpy takes non-negative seeds only
-            raise ConfigError(f"seeds must be >= 0, got {list(self.seeds)}")
-        if self.transfer_model and self.transfer_url:
-            raise ConfigError("give transfer_model or transfer_url, not both")
-        if self.transfer_limit < 0:
-            raise ConfigError(f"transfer_limit must be >= 0 (0 = all), got {self.transfer_limit}")
-        self.settings(TuneConfig())  # the per-method configs check grad_steps, pt_lr, shots_per_class, ...
-
-    def settings(self, tune: TuneConfig) -> MethodSettings:
-        gradient: dict[str, Any] = {"prompt_tokens": tune.prompt_tokens or CPU_PROMPT_TOKENS,
-                                    "eval_every": tune.eval_every, "steps": self.grad_steps,
-                                    "batch_size": self.grad_batch_size, "select": tune.select}
-        return MethodSettings(
-            bbt=tune,
-            prompt_tuning=PromptTuningConfig(lr=self.pt_lr, **gradient),
-            pez=PEZConfig(lr=self.pez_lr, metric=tune.metric, vocab_filter=tune.vocab_filter,
-                          block_list=tune.block_list, **gradient),
-            in_context=InContextConfig(shots_per_class=self.shots_per_class),
-        )
 
 
 def run_compare(config: CompareConfig, task: TaskConfig = TaskConfig(), backend: LocalConfig = LocalConfig(),
@@ -230,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=42, help="first few-shot seed")
     d.add_argument("--seeds", type=int, default=1, help="how many few-shot splits (seed, seed+1, ...): mean and spread")
     _add_use_commands(sub)
+    s = sub.add_parser("sweep", help="run a grid of jobs (tasks x models x methods x seeds) from a TOML spec, on a "
+                                     "process pool or Ray, and write one report")
+    s.add_argument("spec", metavar="SPEC", help="the sweep's TOML file (see benchmarks/specs/)")
+    add_dataclass_args(s, SweepConfig, "sweep (override the spec's [sweep] table)")
+    s.add_argument("--resume", action="store_true", help="continue the sweep in --out: finished jobs are kept")
+    s.add_argument("--dry-run", action="store_true", help="print the jobs and the calls (and cost) each would spend")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -281,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _predict_command(args)
         elif args.command == "export":
             print(export(args.run_dir, args.format, args.out or None, overwrite=args.overwrite))
+        elif args.command == "sweep":
+            return _sweep_command(args, given_dests(sys.argv[1:] if argv is None else argv))
     except BBTuneError as err:
         print(f"bbtune: error: {flag_words(str(err))}", file=sys.stderr)
         return 2
@@ -376,6 +341,25 @@ def _dry_run_compare(args: argparse.Namespace) -> str:
     estimates = dry_run_compare(from_args(CompareConfig, args), configs["task"], configs["backend"], configs["tune"])
     parts = [f"## {name}\n\n{est.table()}" for name, est in estimates.items()]
     return "dry run: nothing was sent; this comparison would spend at most\n\n" + "\n\n".join(parts)
+
+
+def _sweep_command(args: argparse.Namespace, given: set[str]) -> int:
+    """`bbtune sweep`: the spec's [sweep] table, with the flags given on the command line on top."""
+    spec = SweepSpec.load(args.spec)
+    spec = spec.with_config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SweepConfig)
+                               if f.name in given})
+    if args.dry_run:
+        print(dry_run_sweep(spec))
+        return 0
+    result = run_sweep(spec, resume=args.resume, progress=not args.no_progress)
+    summary = result.comparison.summary()
+    if summary:
+        print(markdown_table(summary, ["method", "dev_acc_mean", "test_acc_mean", "calls", "wall_s"]))
+    print(f"\n{len(result.ran)} job(s) run, {len(result.skipped)} finished before, {len(result.failed)} failed; "
+          f"report in {result.out_dir}")
+    for name, error in result.failed.items():
+        print(f"bbtune: job {name} failed: {error.splitlines()[0]}", file=sys.stderr)
+    return 1 if result.failed else 0
 
 
 def _predict_command(args: argparse.Namespace) -> None:

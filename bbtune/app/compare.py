@@ -21,18 +21,17 @@ from typing import Any, Callable, Iterable, Sequence
 from bbtune.app.comparison import Comparison, MethodSettings
 from bbtune.app.report import percent, write_report
 from bbtune.backends.base import Backend
-from bbtune.baselines import (
-    MethodResult,
-)
+from bbtune.baselines import InContextConfig, MethodResult, PEZConfig, PromptTuningConfig
 from bbtune.baselines.bbt import run_bbt
 from bbtune.baselines.incontext import run_in_context
 from bbtune.baselines.manual import run_manual, run_manual_calibrated
 from bbtune.baselines.pez import run_pez
 from bbtune.baselines.prompt_tuning import run_prompt_tuning
+from bbtune.constants import CPU_PROMPT_TOKENS
 from bbtune.core.progress import progress_bar
 from bbtune.core.prompts import HardPrompt
 from bbtune.errors import BBTuneError, ConfigError
-from bbtune.runs.tuner import Mode
+from bbtune.runs.tuner import Mode, TuneConfig
 from bbtune.search.evaluate import evaluate
 from bbtune.search.optimizers import OptimizerName
 from bbtune.tasks import Placement, Task
@@ -58,13 +57,14 @@ class _Session:
     backend: Backend
     settings: MethodSettings
     seed: int
+    run_dir: Path | None = None  # BBT searches write (and resume) their run folder here
     searches: dict[str, tuple[MethodResult, MethodResult | None]] = field(default_factory=dict)
 
     def bbt(self, method: str) -> MethodResult:
         mode, optimizer, name, discrete = _BBT_RUNS[method]
         if name not in self.searches:
             config = replace(self.settings.bbt, mode=Mode(mode), optimizer=OptimizerName(optimizer), seed=self.seed)
-            self.searches[name] = run_bbt(self.task, self.backend, config, name, discrete)
+            self.searches[name] = run_bbt(self.task, self.backend, config, name, discrete, self.run_dir)
         searched, discretized = self.searches[name]
         return discretized if method == discrete else searched  # type: ignore[return-value]
 
@@ -85,12 +85,68 @@ class _Session:
         return run_pez(self.task, self.backend, replace(s.pez, seed=seed))
 
 
+def run_method(task: Task, backend: Backend, method: str, seed: int, settings: MethodSettings = MethodSettings(),
+               run_dir: str | Path | None = None) -> MethodResult:
+    """One method on one seed: one job of a sweep. A BBT method writes its run folder in `run_dir` (and continues
+    the unfinished run it finds there); the other methods keep nothing on disk."""
+    check_methods([method])
+    return _Session(task, backend, settings, seed, Path(run_dir) if run_dir else None).run(method)
+
+
 def check_methods(methods: Iterable[str]) -> tuple[str, ...]:
     methods = tuple(methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ConfigError(f"methods {unknown or '(none)'} are not known; choose from {list(METHODS)}")
     return methods
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """What `bbtune compare` adds to the task, backend and tune configs (field names unique across all four, so
+    the CLI puts them in one namespace). BBT's sizes, `prompt_tokens`, `eval_every` and PEZ's token filter come
+    from the `TuneConfig`, so every method gets the same prompt length and vocabulary."""
+
+    methods: tuple[str, ...] = field(default=METHODS, metadata={"help": f"methods to run, from {', '.join(METHODS)}"})
+    seeds: tuple[int, ...] = field(default=(13, 42, 100), metadata={"help": "seeds; each draws a few-shot split"})
+    out: str = field(default="reports/compare", metadata={"help": "report folder"})
+    grad_steps: int = field(default=100, metadata={"help": "prompt tuning and PEZ: gradient steps (one call each)"})
+    grad_batch_size: int = field(default=8, metadata={"help": "prompt tuning and PEZ: examples per step; 0 = all"})
+    pt_lr: float = field(default=0.3, metadata={"help": "prompt tuning: learning rate in embedding stds"})
+    pez_lr: float = field(default=1.0, metadata={"help": "PEZ: learning rate in embedding stds"})
+    shots_per_class: int = field(default=1, metadata={"help": "in-context: demonstrations per label"})
+    transfer_model: str = field(default="", metadata={"help": "score hard prompts again on this local model"})
+    transfer_url: str = field(default="", metadata={"help": "...or on this OpenAI-compatible server (base URL)"})
+    transfer_served_model: str = field(default="tiny", metadata={"help": "model name the transfer server knows"})
+    transfer_limit: int = field(default=0, metadata={"help": "transfer: score this many test examples; 0 = all"})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", check_methods(self.methods))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        if not self.seeds:
+            raise ConfigError("seeds must list at least one seed")
+        if min(self.seeds) < 0:  # each is a data split's and a run's seed: numpy takes non-negative seeds only
+            raise ConfigError(f"seeds must be >= 0, got {list(self.seeds)}")
+        if self.transfer_model and self.transfer_url:
+            raise ConfigError("give transfer_model or transfer_url, not both")
+        if self.transfer_limit < 0:
+            raise ConfigError(f"transfer_limit must be >= 0 (0 = all), got {self.transfer_limit}")
+        self.settings(TuneConfig())  # the per-method configs check grad_steps, pt_lr, shots_per_class, ...
+
+    def settings(self, tune: TuneConfig) -> MethodSettings:
+        gradient: dict[str, Any] = {"prompt_tokens": tune.prompt_tokens or CPU_PROMPT_TOKENS,
+                                    "eval_every": tune.eval_every, "steps": self.grad_steps,
+                                    "batch_size": self.grad_batch_size, "select": tune.select}
+        return MethodSettings(
+            bbt=tune,
+            # like for like with BBT: the same start (the cue in the cue's place by default) and calibration
+            prompt_tuning=PromptTuningConfig(lr=self.pt_lr, init=tune.p0, init_text=tune.p0_text,
+                                             calibrate=tune.calibrate, **gradient),
+            pez=PEZConfig(lr=self.pez_lr, metric=tune.metric, vocab_filter=tune.vocab_filter,
+                          block_list=tune.block_list, **gradient),
+            in_context=InContextConfig(shots_per_class=self.shots_per_class),
+        )
+
 
 
 # ---------------------------------------------------------------------- running

@@ -229,3 +229,17 @@ def dry_run_compare(config: Any, task: Any, local: Any, tune_config: Any) -> dic
         if config.transfer_url:
             out["transfer"].notes.append("transfer texts counted with the tuned model's tokenizer")
     return out
+
+
+def dry_run_method(task: Any, kind: str, local: Any, remote: Any, method: str, seed: int, settings: Any,
+                   grad_steps: int) -> Estimate:
+    """What one method on one seed (a sweep's job) would spend at most, on the backend the job would build."""
+    from dataclasses import replace
+
+    from bbtune.app.compare import compare
+
+    if method in GRADIENT_METHODS:
+        return Estimate(calls=grad_steps, notes=[f"{method}: {grad_steps} local gradient steps (counted as calls)"])
+    backend, pricing = shape_backend(kind, local, remote)
+    compare(lambda s: replace(task, data_seed=s).load(), backend, (method,), (seed,), settings, None, progress=False)
+    return price(backend.calls, backend.vocabulary().tokenizer, pricing)

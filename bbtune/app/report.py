@@ -11,6 +11,7 @@ and read back), so a finished or interrupted comparison can be reported again wi
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -62,16 +63,21 @@ def read_report(folder: str | Path) -> Comparison:
     the table and plot of a finished or interrupted run can be written again: `write_report(read_report(f))`."""
 
     data = RunFolder(folder).read_json(RESULTS_JSON)
-    cost_fields = {f.name for f in fields(Measurement)}
-    own = {f.name for f in fields(MethodResult)} - {"cost", "curve", "best"}
-    results = [MethodResult(**{k: v for k, v in run.items() if k in own},
-                            cost=Measurement(**{k: v for k, v in run.items() if k in cost_fields}),
-                            curve=tuple((int(x), float(y)) for x, y in run["curve"])) for run in data["runs"]]
+    results = [result_from_dict(run) for run in data["runs"]]
     s = data["settings"]
     settings = MethodSettings(TuneConfig(**s["bbt"]), PromptTuningConfig(**s["prompt_tuning"]), PEZConfig(**s["pez"]),
                               InContextConfig(**s["in_context"]))
     return Comparison(data["task"], data["backend"], tuple(data["methods"]), tuple(data["seeds"]), settings, results,
                       data["transfer"], Path(folder), data.get("config", {}))
+
+
+def result_from_dict(run: Mapping[str, Any]) -> MethodResult:
+    """A `MethodResult.as_dict()` record back as a `MethodResult` (without its prompt object: `best` is None)."""
+    cost_fields = {f.name for f in fields(Measurement)}
+    own = {f.name for f in fields(MethodResult)} - {"cost", "curve", "best"}
+    return MethodResult(**{k: v for k, v in run.items() if k in own},
+                        cost=Measurement(**{k: v for k, v in run.items() if k in cost_fields}),
+                        curve=tuple((int(x), float(y)) for x, y in run["curve"]))
 
 
 def markdown(report: Comparison, with_plot: bool = True) -> str:
@@ -150,8 +156,8 @@ def plot_accuracy_vs_calls(report: Comparison, path: Path) -> None:
     fig = Figure(figsize=(13, 6.4), dpi=120)
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
-    colors = {m: f"C{i}" for i, m in enumerate(report.methods)}
-    markers = dict(zip(report.methods, "osD^vP*Xhp<>"))  # distinct shapes, so coinciding points stay apart
+    colors = {m: f"C{i % 10}" for i, m in enumerate(report.methods)}
+    markers = dict(zip(report.methods, itertools.cycle("osD^vP*Xhp<>")))  # a sweep may have more rows than shapes  # distinct shapes, so coinciding points stay apart
     for method in report.methods:
         runs = [r for r in report.results if r.method == method]
         if runs:

@@ -8,17 +8,25 @@ records that share its cost; the second says so in its `note`.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from bbtune.backends.base import Backend
+from bbtune.runs.folder import RunFolder
 from bbtune.tasks import Task
 from bbtune.runs.tuner import Mode, TuneConfig, TuneResult, tune
 from bbtune.baselines.record import Measurement, MethodResult, Meter
 
 
-def run_bbt(task: Task, backend: Backend, config: TuneConfig, name: str,
-            discrete_name: str | None = None) -> tuple[MethodResult, MethodResult | None]:
-    """Run BBT once; returns the searched prompt's record and, for a soft search, its discretization's."""
+def run_bbt(task: Task, backend: Backend, config: TuneConfig, name: str, discrete_name: str | None = None,
+            run_dir: Path | None = None) -> tuple[MethodResult, MethodResult | None]:
+    """Run BBT once; returns the searched prompt's record and, for a soft search, its discretization's.
+
+    With `run_dir` the run is written there; an unfinished run found there (a killed job) is resumed, so a
+    retried job continues from its last checkpoint instead of paying for its finished generations again."""
+    holds = RunFolder(run_dir).holds() if run_dir is not None else None
     with Meter(backend) as meter:
-        result = tune(task, backend, config, progress=False)
+        result = tune(task, backend, config, run_dir, progress=False, resume=holds == "unfinished",
+                      overwrite=holds == "finished")  # finished but its job unrecorded: run it again whole
     placement = task.format.placement.value
     searched = _searched(name, result, meter.measurement, placement)
     if discrete_name is None or config.mode is Mode.HARD:
