@@ -14,6 +14,7 @@ connection closes, and so does one idle that long, so a stalled client cannot ke
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -130,6 +131,13 @@ class _HTTPServer(ThreadingHTTPServer):
         with self._conn_lock:
             self.connections.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (reset, broken pipe) is routine for a server, not a traceback on stderr; other
+        errors are still reported."""
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+            return
+        super().handle_error(request, client_address)
 
     def close_connections(self) -> None:
         """Cut open keep-alive connections too, so a stopped server looks dead to its clients."""

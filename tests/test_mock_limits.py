@@ -370,3 +370,23 @@ def test_fuzzed_requests_never_get_a_5xx(app: MockApp, method: str, call: tuple[
     assert reply.status < 500, reply.body[:300]
     if reply.status >= 400:
         assert json.loads(reply.body)["error"]["message"]
+
+
+def test_a_client_that_hangs_up_prints_no_traceback(capfd):
+    """A reset connection is routine: the server says nothing on stderr (it once printed a socketserver traceback
+    into the output of a CLI run that had already ended with a clear one-line error)."""
+    import socket
+    import struct
+    import time
+
+    from mock_server import MockServer, ServerConfig, shared_scorer
+
+    with MockServer(ServerConfig(model="tiny", port=0), scorer=shared_scorer("tiny")) as server:
+        for _ in range(3):  # a keep-alive connection reset while the server waits for its next request line
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.recv(4096)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+            sock.close()
+        time.sleep(0.5)
+    assert "Traceback" not in capfd.readouterr().err
