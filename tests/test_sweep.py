@@ -197,3 +197,24 @@ def test_the_pool_is_sized_to_cores_and_memory():
     assert pool_size(n_jobs=1, memory_per_job_mb=1.0)[0] == 1
     assert pool_size(n_jobs=8, memory_per_job_mb=1e12)[0] == 1  # not enough memory for two models
     assert pool_size(n_jobs=8, memory_per_job_mb=1.0, workers=3, threads=2) == (3, 2)
+
+
+def test_a_sweep_wide_request_limit_holds_across_workers_against_a_server(tmp_path):
+    """Two BBT hard jobs through the mock server on two pool workers, 60 requests for the whole sweep: the server
+    sees at most 60, each job stops at its share and says so, and the sweep reports both jobs."""
+    from mock_server import MockServer, ServerConfig, shared_scorer
+
+    with MockServer(ServerConfig(model="tiny", port=0, max_logprobs=20), scorer=shared_scorer("tiny")) as server:
+        remote = {"name": "mock", "backend": "remote", "base_url": server.url, "model": "tiny", "local_model": "tiny",
+                  "mode": "echo", "batch_size": 1, "concurrency": 2}
+        s = SweepSpec.from_dict({"sweep": {"out": str(tmp_path / "out"), "workers": 2, "max_requests": 60},
+                                 "grid": {"methods": ["bbt_hard"], "seeds": [1, 2], "models": [remote],
+                                          "tasks": [TASK]},
+                                 "settings": {**SETTINGS, "budget_calls": 200}}, name="limits")
+        result = run_sweep(s, progress=False)
+        sent = server.stats()["requests"]
+    assert sent <= 60
+    assert sorted(result.ran) == sorted(job.name for job in s.jobs) and not result.failed
+    for job in s.jobs:  # each job stopped at its share (200 calls would need far more) and kept what it finished
+        metrics = load_run(job_folder(result.out_dir, job.name) / RUN).metrics
+        assert metrics["backend_stats"]["requests"] <= 30 and "request limit" in metrics["stopped_by"]
