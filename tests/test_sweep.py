@@ -114,6 +114,7 @@ def test_a_failing_job_is_retried_then_reported_while_the_others_finish(tmp_path
     assert status["badverb-tiny-manual-s1"]["status"] == "failed" and status["demo-tiny-manual-s1"]["status"] == "finished"
 
 
+@pytest.mark.slow  # 20-40 s: BBT jobs long enough to be killed mid-run (make test-all runs it)
 def test_kill_9_of_a_worker_loses_no_finished_job_and_the_killed_job_finishes(tmp_path):
     """The BBT job's worker is killed mid-run (its pid from the job's started.json); the manual job finished before
     stays as it was, and the killed job runs again (continuing its checkpoint) and finishes."""
@@ -199,6 +200,7 @@ def test_the_pool_is_sized_to_cores_and_memory():
     assert pool_size(n_jobs=8, memory_per_job_mb=1.0, workers=3, threads=2) == (3, 2)
 
 
+@pytest.mark.slow  # 17-30 s: two remote BBT jobs through the mock (make test-all runs it)
 def test_a_sweep_wide_request_limit_holds_across_workers_against_a_server(tmp_path):
     """Two BBT hard jobs through the mock server on two pool workers, 60 requests for the whole sweep: the server
     sees at most 60, each job stops at its share and says so, and the sweep reports both jobs."""
