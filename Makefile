@@ -23,7 +23,7 @@ demo: setup
 test: setup
 	$(VENV)/bin/ruff check bbtune tests benchmarks mock_server examples
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2  # one worker per core: the tests are single-threaded (torch threads = 1)
 
 test-all: setup
 	$(PY) -m pytest -q -m ''

@@ -7,6 +7,7 @@ import ast
 import re
 import sys
 import tomllib
+from functools import lru_cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +21,8 @@ def declared() -> set[str]:
     return {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower() for d in deps}
 
 
-def imported() -> set[str]:
+@lru_cache(maxsize=1)
+def imported() -> frozenset[str]:
     found = set()
     for package in SHIPPED:
         for path in (ROOT / package).rglob("*.py"):
@@ -29,7 +31,7 @@ def imported() -> set[str]:
                     found |= {a.name.split(".")[0] for a in node.names}
                 elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                     found.add(node.module.split(".")[0])
-    return {name for name in found if name not in sys.stdlib_module_names and name not in SHIPPED}
+    return frozenset(name for name in found if name not in sys.stdlib_module_names and name not in SHIPPED)
 
 
 def test_every_declared_dependency_is_used():

@@ -11,6 +11,8 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 LOAD_DEMO = """
 import json, bbtune
@@ -51,6 +53,7 @@ def fresh_venv(path: Path) -> Path:
     return path / "bin" / "python"
 
 
+@pytest.mark.slow  # 9-15 s: builds a wheel and a venv (make test-all runs it)
 def test_the_wheel_installs_into_a_fresh_venv_and_loads_the_demo_task(tmp_path: Path) -> None:
     wheel = build_wheel(tmp_path)
     demo = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "bbtune" / "data").rglob("*.jsonl"))

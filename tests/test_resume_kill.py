@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from bbtune.app.cli import main
@@ -19,6 +20,7 @@ def _without_timing(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k not in ("wall_s", "backend_stats")}
 
 
+@pytest.mark.slow  # 15 s; the default run keeps the remote kill -9 test (test_resume_remote), make test-all runs this
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert main(["tune", *ARGS, "--run-dir", str(tmp_path / "full")]) == 0
     killed = tmp_path / "killed"

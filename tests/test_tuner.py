@@ -146,6 +146,7 @@ def test_bad_tune_config_names_the_field(kw, field):
 
 
 @pytest.mark.real_model
+@pytest.mark.slow  # 15 s; the default run keeps SmolLM2's scoring, KV-reuse and preset tests (make test-all runs it)
 def test_smollm2_end_to_end_train_loss_goes_down(smollm2_backend):
     from bbtune.tasks import TaskConfig
 
