@@ -124,3 +124,13 @@ def test_the_run_keeps_the_manual_prompt_when_its_dev_advantage_is_noise(tiny_ba
         assert metrics["selected"] == "manual" and not decision["replace"] and "within noise" in decision["reason"]
     else:  # selection by dev accuracy alone takes the lucky prompt: the case the guard exists for
         assert metrics["selected"] == "tuned" and decision["replace"]
+
+
+def test_the_printed_decision_says_which_prompt_and_why():
+    from bbtune.app.summary import decision_line
+
+    kept = decide(evaluation_of([0.72] * 31 + [0.55]), evaluation_of([0.74] * 31 + [0.45]), True, Guard.PAIRED, 0.1)
+    line = decision_line({"decision": {**kept.__dict__}})
+    assert line.startswith("decision: returned the calibrated manual prompt; dev margin +3.1 points, 1 examples won")
+    assert "within noise" in line and "McNemar p = 0.50" in line
+    assert "no manual prompt was scored" in decision_line({})

@@ -35,6 +35,17 @@ def summary_table(results: Sequence[tuple[str, TuneResult | dict[str, Any]]]) ->
     return markdown_table(rows, ["method", "dev acc", "test acc", "gain vs manual", "calls", "time s", "prompt"])
 
 
+def decision_line(metrics: dict[str, Any]) -> str:
+    """The run's decision in a sentence: which prompt it returned, its dev margin over the calibrated manual
+    prompt, how sure that is, and why (`metrics.json` `decision`)."""
+    d = metrics.get("decision")
+    if not d:
+        return "decision: no manual prompt was scored (this backend takes no hard prompts); the tuned prompt is returned"
+    kept = "the tuned prompt" if d["replace"] else "the calibrated manual prompt"
+    return (f"decision: returned {kept}; dev margin {100 * d['dev_acc_margin']:+.1f} points, {d['wins']} examples won "
+            f"and {d['losses']} lost (McNemar p = {d['p_value']:.2f}): {d['reason']}")
+
+
 def _short(text: str | None, width: int = 40) -> str | None:
     if text is None:
         return None
