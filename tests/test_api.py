@@ -165,3 +165,9 @@ def test_readme_python_block_runs(index, tmp_path, monkeypatch):
             code = code.replace('next(r for r in report.results if r.method == "prompt_tuning").best',
                                 'bbtune.SoftPrompt(__import__("torch").zeros(2, 32))')
         exec(compile(code, "README", "exec"), {})
+
+
+def test_every_example_is_run_by_a_test():
+    """A new script in examples/ must get its own run above (this lists what the tests above run)."""
+    run_here = {"notebook.py", "mock_offline.py", "remote_openai.py"}
+    assert {p.name for p in (ROOT / "examples").glob("*.py")} == run_here
