@@ -61,3 +61,34 @@ def test_the_sweep_specs_replace_the_merge_loops(name, jobs):
     spec = SweepSpec.load(BENCH / "specs" / f"{name}.toml")
     assert len(spec.jobs) == jobs and {job.seed for job in spec.jobs} == {13, 42, 100}
     assert spec.config.out == f"sweeps/{name}"
+
+
+def test_matrix_summarizes_a_sweep(tmp_path, monkeypatch):
+    """The matrix's methods on the tiny model, two tasks, as sweep job folders (run in this process: the pool is
+    the sweep's own test): one row per job, gains over the calibrated manual prompt per cell, goal lines, files."""
+    from bbtune.app.sweep import job_folder, run_job
+    from bbtune.app.sweepspec import SweepSpec
+
+    methods = ["manual", "manual_calibrated", "in_context_calibrated", "bbt_soft", "prompt_tuning"]
+    tasks = [{"name": name, "data": "demo", "k": 2, "test_limit": 8} for name in ("a", "b")]
+    spec = SweepSpec.from_dict({"sweep": {"out": str(tmp_path / "sweep")},
+                                "grid": {"methods": methods, "seeds": [1], "models": ["tiny"], "tasks": tasks},
+                                "settings": {"budget_calls": 10, "popsize": 10, "intrinsic_dim": 4, "grad_steps": 1,
+                                             "grad_batch_size": 0}}, name="m")
+    for job in spec.jobs:
+        folder = job_folder(tmp_path / "sweep", job.name)
+        folder.mkdir(parents=True)
+        (folder / "job.json").write_text(json.dumps(job.as_dict()))
+        assert run_job(job.as_dict(), str(folder))["ok"]
+    monkeypatch.syspath_prepend(str(BENCH))
+    matrix = runpy.run_path(str(BENCH / "matrix.py"), run_name="matrix_script")
+    matrix["main"]([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")])
+    data = json.loads((tmp_path / "out" / "matrix.json").read_text())
+    assert len(data["rows"]) == 2 * len(methods)
+    cell = {(r["task"], r["method"]): r["test_acc"] for r in data["rows"]}
+    assert len(data["gains"]) == 2 * (len(methods) - 1)
+    for g in data["gains"]:
+        assert g["gain"] == pytest.approx(cell[(g["task"], g["method"])] - cell[(g["task"], "manual_calibrated")])
+    assert (tmp_path / "out" / "matrix.png").stat().st_size > 0
+    md = (tmp_path / "out" / "matrix.md").read_text()
+    assert md.startswith("| task | model | manual ") and "safety" in md and "BBT soft >= prompt tuning: " in md

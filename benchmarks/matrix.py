@@ -1,0 +1,145 @@
+"""Issue 19's generalization matrix from a finished (or partial) sweep of `benchmarks/specs/matrix.toml`:
+one row per task, model, seed and method with its test accuracy, the gain of each method over the calibrated
+manual prompt per cell, and the goal checks.
+
+    bbtune sweep benchmarks/specs/matrix.toml            # the runs (hours on 2 CPU cores; minutes on a GPU)
+    python benchmarks/matrix.py sweeps/matrix            # benchmarks/results/matrix.json, matrix.md, matrix.png
+Prints the Markdown table and writes the three files. Cells missing from a partial sweep are left out and said.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+from task_args import ROOT
+
+from bbtune.app.sweep import read_job
+from bbtune.core.numbers import mean_std
+from bbtune.core.table import markdown_table
+
+BASELINE = "manual_calibrated"
+ORDER = ("manual", "manual_calibrated", "in_context_calibrated", "bbt_soft", "bbt_hard", "prompt_tuning")
+OUT = ROOT / "benchmarks" / "results"
+
+
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per finished job: its grid coordinates, test accuracy (in points) and wall time."""
+    rows = []
+    for folder in sorted((sweep_dir / "jobs").iterdir()):
+        result = read_job(folder)
+        if result is None or result.test_acc is None:
+            continue
+        coords = json.loads((folder / "job.json").read_text())["coords"]
+        rows.append({"task": coords["task"], "model": coords["model"], "seed": int(coords["seed"]),
+                     "method": coords["method"], "test_acc": 100 * result.test_acc, "wall_s": result.cost.wall_s})
+    return rows
+
+
+def gains(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each method's gain over the calibrated manual prompt on the same task, model and seed."""
+    base = {(r["task"], r["model"], r["seed"]): r["test_acc"] for r in rows if r["method"] == BASELINE}
+    return [{**r, "gain": r["test_acc"] - base[(r["task"], r["model"], r["seed"])]} for r in rows
+            if r["method"] != BASELINE and (r["task"], r["model"], r["seed"]) in base]
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    """Task x model rows; per method the mean test accuracy over seeds and, for tuned methods, the mean gain."""
+    present = {r["method"] for r in rows}
+    methods = [m for m in ORDER if m in present] + sorted(present - set(ORDER))
+    by_gain = {(g["task"], g["model"], g["method"], g["seed"]): g["gain"] for g in gains(rows)}
+    out = []
+    for task, model in dict.fromkeys((r["task"], r["model"]) for r in rows):
+        line: dict[str, Any] = {"task": task, "model": model}
+        for method in methods:
+            accs = [r["test_acc"] for r in rows if (r["task"], r["model"], r["method"]) == (task, model, method)]
+            if not accs:
+                line[method] = "-"
+                continue
+            mean, _ = mean_std(accs)
+            seed_gains = [v for (t, m, me, _), v in by_gain.items() if (t, m, me) == (task, model, method)]
+            line[method] = f"{mean:.1f}" + (f" ({statistics.fmean(seed_gains):+.1f})" if seed_gains else "")
+        out.append(line)
+    return markdown_table(out, ["task", "model", *methods])
+
+
+def goals(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[bool, str]]:
+    """Issue 19's goals over the cells present: safety (every cell >= max(manual, calibrated) - 1), mean gain
+    >= 3, and BBT soft at least prompt tuning and calibrated in-context learning in 6 of 8 task x model pairs."""
+    acc = {(r["task"], r["model"], r["seed"], r["method"]): r["test_acc"] for r in rows}
+    cells = sorted({k[:3] for k in acc})
+    safe = [c for c in cells if (*c, "bbt_soft") in acc and (*c, "manual") in acc and (*c, BASELINE) in acc]
+    worst = min((acc[(*c, "bbt_soft")] - max(acc[(*c, "manual")], acc[(*c, BASELINE)]) for c in safe), default=None)
+    soft_gains = [g["gain"] for g in gains(rows) if g["method"] == "bbt_soft"]
+    pairs = sorted({c[:2] for c in cells})
+
+    def beats(other: str) -> str:
+        won = sum(statistics.fmean(acc[(t, m, s, "bbt_soft")] for s in seeds) >=
+                  statistics.fmean(acc[(t, m, s, other)] for s in seeds)
+                  for t, m in pairs
+                  if (seeds := [c[2] for c in cells if c[:2] == (t, m) and (t, m, c[2], "bbt_soft") in acc
+                                and (t, m, c[2], other) in acc]))
+        return f"{won} of {len(pairs)} pairs"
+
+    return {
+        "safety: every cell >= max(manual, calibrated) - 1.0": (worst is not None and worst >= -1.0,
+                                                               f"worst {worst:+.1f}" if worst is not None else "-"),
+        "gain: mean over cells >= calibrated manual + 3.0": (bool(soft_gains) and statistics.fmean(soft_gains) >= 3.0,
+                                                             f"mean {statistics.fmean(soft_gains):+.1f}" if soft_gains else "-"),
+        "BBT soft >= prompt tuning": (False, beats("prompt_tuning")),
+        "BBT soft >= calibrated in-context": (False, beats("in_context_calibrated")),
+    }
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Heatmap of BBT soft's gain over the calibrated manual prompt, one cell per task x model x seed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    soft = [g for g in gains(rows) if g["method"] == "bbt_soft"]
+    if not soft:
+        return
+    cols = sorted({(g["task"], g["model"]) for g in soft})
+    seeds = sorted({g["seed"] for g in soft})
+    grid = [[next((g["gain"] for g in soft if (g["task"], g["model"], g["seed"]) == (*c, s)), float("nan"))
+             for c in cols] for s in seeds]
+    fig = Figure(figsize=(1.6 * len(cols) + 2, 1.0 * len(seeds) + 1.6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(grid, cmap="RdYlGn", vmin=-10, vmax=10)
+    ax.set_xticks(range(len(cols)), [f"{t}\n{m}" for t, m in cols], fontsize=8)
+    ax.set_yticks(range(len(seeds)), [f"seed {s}" for s in seeds])
+    for i, line in enumerate(grid):
+        for j, value in enumerate(line):
+            ax.text(j, i, "-" if value != value else f"{value:+.1f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(image, label="BBT soft - calibrated manual (test points)")
+    ax.set_title("Gain over the calibrated manual prompt")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sweep_dir", help="the sweep folder of benchmarks/specs/matrix.toml")
+    ap.add_argument("--out", default=str(OUT), help="folder for matrix.json, matrix.md, matrix.png")
+    args = ap.parse_args(argv)
+    rows = collect(Path(args.sweep_dir))
+    if not rows:
+        raise SystemExit(f"no finished jobs in {args.sweep_dir}/jobs; run `bbtune sweep benchmarks/specs/matrix.toml`")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    checks = goals(rows)
+    md = "\n".join([table(rows), "", "Per cell: mean test accuracy over seeds (mean gain over the calibrated manual "
+                    "prompt).", "", *(f"- {name}: {'met' if ok else 'not met'} ({detail})" if "pairs" not in detail
+                                      else f"- {name}: {detail}" for name, (ok, detail) in checks.items())])
+    print(md)
+    (out / "matrix.md").write_text(md + "\n")
+    (out / "matrix.json").write_text(json.dumps({"rows": rows, "gains": gains(rows), "goals": checks}, indent=2))
+    plot(rows, out / "matrix.png")
+    print(f"wrote {out}/matrix.json, matrix.md, matrix.png ({len(rows)} runs)")
+
+
+if __name__ == "__main__":
+    main()
