@@ -70,3 +70,14 @@ def test_bound_is_respected():
 def test_bad_optimizer_config(field, value):
     with pytest.raises(ConfigError, match=field):
         OptimizerConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field_value", [{"sigma0": float("nan")}, {"sigma0": float("inf")}, {"bound": float("nan")}])
+def test_nan_and_inf_sizes_are_refused_by_name(field_value):
+    """NaN compares False with everything, so `sigma0 <= 0` let it through to pycma (found by the CLI fuzz test)."""
+    from bbtune.errors import ConfigError
+    from bbtune.search.optimizers import OptimizerConfig
+
+    name = next(iter(field_value))
+    with pytest.raises(ConfigError, match=name):
+        OptimizerConfig(**field_value)

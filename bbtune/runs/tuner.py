@@ -101,7 +101,7 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
             raise ConfigError(f"hard_change must be in (0, 1), got {self.hard_change}")
         if self.vocab_filter not in FILTERS:
             raise ConfigError(f"vocab_filter must be one of {', '.join(FILTERS)}, got {self.vocab_filter!r}")
-        if self.fluency < 0 or (self.fluency and self.mode is not Mode.HARD):
+        if not self.fluency >= 0 or not math.isfinite(self.fluency) or (self.fluency and self.mode is not Mode.HARD):
             raise ConfigError(f"fluency={self.fluency}: give --fluency a weight >= 0 (0 = off), with --mode hard")
 
 

@@ -41,9 +41,9 @@ class OptimizerConfig:
         object.__setattr__(self, "optimizer", OptimizerName(self.optimizer))
         if self.popsize < 2:
             raise ConfigError(f"popsize must be >= 2, got {self.popsize}")
-        if self.sigma0 <= 0:
-            raise ConfigError(f"sigma0 must be > 0, got {self.sigma0}")
-        if self.bound < 0:
+        if not self.sigma0 > 0 or not math.isfinite(self.sigma0):  # NaN compares False: say it, do not pass it on
+            raise ConfigError(f"sigma0 must be a finite number > 0, got {self.sigma0}")
+        if not self.bound >= 0 or not math.isfinite(self.bound):
             raise ConfigError(f"bound must be >= 0 (0 = unbounded), got {self.bound}")
 
 

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
@@ -70,7 +71,7 @@ class SubspaceConfig:
             raise ConfigError(f"--prompt-tokens must be >= 1 (or 0 = chosen by --p0), got {self.prompt_tokens}")
         if self.intrinsic_dim < 1:
             raise ConfigError(f"--intrinsic-dim must be >= 1, got {self.intrinsic_dim}")
-        if self.alpha < 0:
+        if not self.alpha >= 0 or not math.isfinite(self.alpha):
             raise ConfigError(f"--alpha must be > 0 (or 0 = chosen by --p0), got {self.alpha}")
         if self.p0 is P0Init.TEXT and not self.p0_text:
             raise ConfigError("p0='text' needs p0_text (e.g. a manual prompt of prompt_tokens tokens)")
