@@ -271,7 +271,7 @@ class Bench:
         pkl.write_bytes(pkl.read_bytes()[: pkl.stat().st_size // 2])
         cases.append(self.refusal("corrupt checkpoint: one line", [*resume, str(corrupt), "--no-progress"],
                                   lambda code, err: code == 2 and "checkpoint.pkl is damaged" in err))
-        secret, leak_dir = "sk-FAULTSBENCH0123456789", self.root / "leak"
+        secret, leak_dir = "sk-" + "fake-faults-zq7x", self.root / "leak"  # key-shaped on purpose, never a real one
         case = self.refusal("mistyped key flag (--remote-api-key): leaks nothing",
                             [*self.args(leak_dir), "--remote-api-key", secret],
                             lambda code, err: code == 2 and secret not in err and secret[-4:] not in err)

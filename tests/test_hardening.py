@@ -17,7 +17,7 @@ from bbtune.tasks import demo_data_dir
 
 RUN = ["--k", "4", "--test-limit", "8", "--model", "tiny", "--prompt-tokens", "2", "--intrinsic-dim", "8",
        "--popsize", "4", "--budget-calls", "8", "--eval-every", "8", "--no-progress"]
-SECRET = "sk-TESTSECRET123"
+SECRET = "sk-" + "fake-hardening-test"  # key-shaped on purpose (a natural guess at the flag), never a real one
 
 
 def _one_line_error(capsys, needle: str) -> str:
