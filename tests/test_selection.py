@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bbtune.runs.tuner import TuneConfig, Tuner
+from bbtune.backends.base import Backend, CallStats, Capabilities
+from bbtune.core.prompts import HardPrompt
+from bbtune.runs.tuner import TuneConfig, Tuner, tune
 from bbtune.search.evaluate import Evaluation
-from bbtune.search.selection import Selection, selection_key
+from bbtune.search.selection import Guard, Selection, decide, selection_key
 
 SHARP_BUT_WRONG = Evaluation(accuracy=0.75, loss=0.9, n=8)  # more right, but confidently wrong where it errs
 CALM = Evaluation(accuracy=0.625, loss=0.5, n=8)
@@ -44,10 +46,6 @@ def test_the_tuner_returns_the_point_its_rule_ranks_first(rule, tiny_backend, ti
 
 # ---------------------------------------------------------------- the decision against the manual prompt
 
-from bbtune.backends.base import Backend, CallStats, Capabilities  # noqa: E402
-from bbtune.core.prompts import HardPrompt  # noqa: E402
-from bbtune.runs.tuner import tune  # noqa: E402
-from bbtune.search.selection import Guard, decide  # noqa: E402
 
 
 def evaluation_of(probs_of_gold: list[float]) -> Evaluation:

@@ -485,9 +485,7 @@ class Tuner:
         """Tuned or manual prompt, and why (None where no manual prompt was scored: a soft-only backend)."""
         if not state.manual or state.best_dev_eval is None:
             return None
-        acc, loss = state.manual["selected_dev"]
-        empty = Evaluation(acc, loss, 0)  # a checkpoint from before per-example evaluations
-        return decide(state.best_dev_eval, state.manual.get("dev_eval", empty), state.best_key < state.manual["key"],
+        return decide(state.best_dev_eval, state.manual["dev_eval"], state.best_key < state.manual["key"],
                       self.config.guard, self.config.guard_alpha, self.config.seed)
 
     def _final_scores(self, metrics: dict[str, Any], best: Prompt, bias: np.ndarray | None,
