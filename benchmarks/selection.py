@@ -119,11 +119,12 @@ def score_rules(tuner: Tuner, heldout: tuple, seed: int, calibrate: str, guard_a
             prompt = tuner.prompt(points[i]["z"])
             cache[i] = evaluation(score_examples(tuner.backend, prompt, heldout, fmt), labels, points[i]["bias"]).accuracy
         acc[rule] = cache[i]
-    bias = manual_bias(tuner)
+    train = score_examples(tuner.backend, tuner.manual_, task.train, fmt)  # the manual prompt on train, once
+    bias = manual_bias(tuner, train[0])
     manual = score_examples(tuner.backend, tuner.manual_, heldout, fmt)
     acc["manual"] = evaluation(manual, labels).accuracy
     acc["manual_calibrated"] = evaluation(manual, labels, bias).accuracy
-    decision = paired_decision(tuner, points, bias, guard_alpha)
+    decision = paired_decision(tuner, points, bias, train, guard_alpha)
     best = min(range(len(points)), key=lambda j: keys["dev_acc"](points[j]))
     acc["dev_acc+paired"] = cache[best] if decision.replace else acc["manual_calibrated"]
     return {"seed": seed, "calibrate": calibrate, "heldout_acc": acc, "n_points": len(points),
@@ -131,25 +132,26 @@ def score_rules(tuner: Tuner, heldout: tuple, seed: int, calibrate: str, guard_a
             "points": [{k: v for k, v in p.items() if k not in ("z", "bias", "dev_eval")} for p in points]}
 
 
-def paired_decision(tuner: Tuner, points: list[dict[str, Any]], bias: np.ndarray | None, alpha: float) -> Decision:
+def paired_decision(tuner: Tuner, points: list[dict[str, Any]], bias: np.ndarray | None, train: np.ndarray,
+                    alpha: float) -> Decision:
     """The run's decision had it used `--guard paired`: its dev_acc point against the calibrated manual prompt."""
     task = tuner.task_
     n_train = len(task.train)
     dev_labels = task.format.label_ids(task.dev)
     manual_dev = evaluation(score_examples(tuner.backend, tuner.manual_, task.dev, task.format), dev_labels, bias)
-    train = score_examples(tuner.backend, tuner.manual_, task.train, task.format)
     manual_key = selection_key(Selection.DEV_ACC, evaluation(train, tuner.train_labels_, bias).loss, n_train, manual_dev)
     best = min(points, key=lambda p: selection_key(Selection.DEV_ACC, p["train_ce"], n_train, p["dev_eval"]))
     best_key = selection_key(Selection.DEV_ACC, best["train_ce"], n_train, best["dev_eval"])
     return decide(best["dev_eval"], manual_dev, best_key < manual_key, Guard.PAIRED, alpha, tuner.config.seed)
 
 
-def manual_bias(tuner: Tuner) -> np.ndarray | None:
-    """The manual prompt's bias as the run fitted it on train (None when the run does not calibrate)."""
+def manual_bias(tuner: Tuner, train_scores: np.ndarray) -> np.ndarray | None:
+    """The manual prompt's bias as the run fitted it, from its (B, L) scores on the run's own train task
+    (`tuner.task_`: with a cue start the template lost its cue, which the manual prompt then is); None when the
+    run does not calibrate."""
     if not tuner.config.calibrate:
         return None
-    train = score_examples(tuner.backend, tuner.manual_, tuner.task.train, tuner.task.format)[0]
-    return fit_label_bias(train, tuner.train_labels_)
+    return fit_label_bias(train_scores, tuner.train_labels_)
 
 
 if __name__ == "__main__":
