@@ -4,7 +4,9 @@ manual prompt per cell, and the goal checks.
 
     bbtune sweep benchmarks/specs/matrix.toml            # the runs (hours on 2 CPU cores; minutes on a GPU)
     python benchmarks/matrix.py sweeps/matrix            # benchmarks/results/matrix.json, matrix.md, matrix.png
-Prints the Markdown table and writes the three files. Cells missing from a partial sweep are left out and said.
+Several sweep folders may be given (e.g. one sweep per seed, run one after another): their jobs are pooled.
+Prints the Markdown tables (accuracy; wall time per job) and writes the three files. Cells missing from a
+partial sweep are left out and listed.
 """
 from __future__ import annotations
 
@@ -43,6 +45,33 @@ def gains(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     base = {(r["task"], r["model"], r["seed"]): r["test_acc"] for r in rows if r["method"] == BASELINE}
     return [{**r, "gain": r["test_acc"] - base[(r["task"], r["model"], r["seed"])]} for r in rows
             if r["method"] != BASELINE and (r["task"], r["model"], r["seed"]) in base]
+
+
+def wall_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Task x model rows; per method the mean wall time of one job (one seed) in minutes, and the cell's total."""
+    methods = [m for m in ORDER if any(r["method"] == m for r in rows)]
+    out = []
+    for task, model in dict.fromkeys((r["task"], r["model"]) for r in rows):
+        line: dict[str, Any] = {"task": task, "model": model}
+        for method in methods:
+            walls = [r["wall_s"] for r in rows if (r["task"], r["model"], r["method"]) == (task, model, method)]
+            line[method] = f"{statistics.fmean(walls) / 60:.1f}" if walls else "-"
+        per_seed = [r["wall_s"] for r in rows if (r["task"], r["model"]) == (task, model)]
+        line["all methods, one seed"] = f"{sum(per_seed) / 60 / max(1, len({r['seed'] for r in rows if (r['task'], r['model']) == (task, model)})):.1f}"
+        out.append(line)
+    return markdown_table(out, ["task", "model", *methods, "all methods, one seed"])
+
+
+def missing(rows: Sequence[dict[str, Any]], sweep_dirs: Sequence[Path]) -> list[str]:
+    """The jobs of the sweeps that have no finished result (a partial sweep), by folder name."""
+    done = {(r["task"], r["model"], r["seed"], r["method"]) for r in rows}
+    out = []
+    for sweep_dir in sweep_dirs:
+        for folder in sorted((sweep_dir / "jobs").iterdir()):
+            c = json.loads((folder / "job.json").read_text())["coords"]
+            if (c["task"], c["model"], int(c["seed"]), c["method"]) not in done:
+                out.append(folder.name)
+    return out
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
@@ -122,21 +151,26 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("sweep_dir", help="the sweep folder of benchmarks/specs/matrix.toml")
+    ap.add_argument("sweep_dirs", nargs="+", help="the sweep folder(s) of benchmarks/specs/matrix.toml")
     ap.add_argument("--out", default=str(OUT), help="folder for matrix.json, matrix.md, matrix.png")
     args = ap.parse_args(argv)
-    rows = collect(Path(args.sweep_dir))
+    sweep_dirs = [Path(d) for d in args.sweep_dirs]
+    rows = [row for d in sweep_dirs for row in collect(d)]
     if not rows:
-        raise SystemExit(f"no finished jobs in {args.sweep_dir}/jobs; run `bbtune sweep benchmarks/specs/matrix.toml`")
+        raise SystemExit(f"no finished jobs in {args.sweep_dirs}; run `bbtune sweep benchmarks/specs/matrix.toml`")
+    left = missing(rows, sweep_dirs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     checks = goals(rows)
     md = "\n".join([table(rows), "", "Per cell: mean test accuracy over seeds (mean gain over the calibrated manual "
                     "prompt).", "", *(f"- {name}: {'met' if ok else 'not met'} ({detail})" if "pairs" not in detail
-                                      else f"- {name}: {detail}" for name, (ok, detail) in checks.items())])
+                                      else f"- {name}: {detail}" for name, (ok, detail) in checks.items()),
+                    "", "Wall time of one job in minutes (2 CPU cores, two jobs at a time, one torch thread each):", "",
+                    wall_table(rows), "", f"Jobs not finished: {len(left)}" + (f" ({', '.join(left)})" if left else "")])
     print(md)
     (out / "matrix.md").write_text(md + "\n")
-    (out / "matrix.json").write_text(json.dumps({"rows": rows, "gains": gains(rows), "goals": checks}, indent=2))
+    (out / "matrix.json").write_text(json.dumps({"rows": rows, "gains": gains(rows), "goals": checks,
+                                                        "unfinished": left}, indent=2))
     plot(rows, out / "matrix.png")
     print(f"wrote {out}/matrix.json, matrix.md, matrix.png ({len(rows)} runs)")
 
