@@ -4,7 +4,8 @@ manual prompt per cell, and the goal checks.
 
     bbtune sweep benchmarks/specs/matrix.toml            # the runs (hours on 2 CPU cores; minutes on a GPU)
     python benchmarks/matrix.py sweeps/matrix            # benchmarks/results/matrix.json, matrix.md, matrix.png
-Several sweep folders may be given (e.g. one sweep per seed, run one after another): their jobs are pooled.
+Several sweep folders may be given (e.g. one sweep per seed, run one after another): their jobs are pooled, a
+job found in two folders counted once (the first folder's).
 Prints the Markdown tables (accuracy; wall time per job) and writes the three files. Cells missing from a
 partial sweep are left out and listed.
 """
@@ -155,7 +156,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", default=str(OUT), help="folder for matrix.json, matrix.md, matrix.png")
     args = ap.parse_args(argv)
     sweep_dirs = [Path(d) for d in args.sweep_dirs]
-    rows = [row for d in sweep_dirs for row in collect(d)]
+    rows = list({(r["task"], r["model"], r["seed"], r["method"]): r  # a job found twice counts once
+                 for d in reversed(sweep_dirs) for r in collect(d)}.values())
     if not rows:
         raise SystemExit(f"no finished jobs in {args.sweep_dirs}; run `bbtune sweep benchmarks/specs/matrix.toml`")
     left = missing(rows, sweep_dirs)
