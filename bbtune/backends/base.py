@@ -37,6 +37,8 @@ class Capabilities:
     soft: bool
     hard: bool = True
     gradients: bool = False
+    generate: bool = False  # it can write text after an input (`Backend.generate`)
+    logprobs: bool = True  # it gives log-probs (False for a text-only server)
 
     def require(self, kind: str, backend_name: str) -> None:
         if not getattr(self, kind):
@@ -44,6 +46,8 @@ class Capabilities:
                 "soft": "use a hard-prompt method (projection in the loop) or a backend that accepts prompt embeddings",
                 "hard": "use soft prompts with this backend",
                 "gradients": "gradient baselines need a LocalBackend",
+                "generate": "scoring generated answers needs a backend that generates text (a LocalBackend)",
+                "logprobs": "use --answer-scoring metric, which needs only generated text",
             }[kind]
             raise CapabilityError(f"backend {backend_name} cannot score {kind} prompts; {hint}")
 
@@ -92,6 +96,20 @@ class Backend(Protocol):
     def score(self, prompts: Sequence[Prompt], examples: Sequence["Example"], fmt: "TaskFormat") -> np.ndarray:
         """Log-probs of each label word: float array (len(prompts), len(examples), len(fmt.labels))."""
         ...
+
+    def continuation_logprobs(self, prompts: Sequence[Prompt], examples: Sequence["Example"], fmt: "TaskFormat",
+                              continuations: Sequence[Sequence[str]]) -> np.ndarray:
+        """(P, B, C) exact log-probability (summed over its tokens, teacher forced) of each continuation string
+        right after row (p, b)'s whole input; `continuations[b]` holds example b's C strings. NaN where a server
+        cannot give a token's log-prob (a top-k miss)."""
+        raise CapabilityError(f"backend {self.name} cannot score continuations; use a LocalBackend (or a server "
+                              "that echoes prompt log-probs)")
+
+    def generate(self, prompts: Sequence[Prompt], examples: Sequence["Example"], fmt: "TaskFormat", *,
+                 max_tokens: int = 16, n: int = 1, temperature: float = 0.0,
+                 stop: Sequence[str] = ("\n",)) -> list[list[list[str]]]:
+        """P x B x n texts generated after each row's input (greedy at temperature 0), cut at the first `stop`."""
+        raise CapabilityError(f"backend {self.name} cannot generate text; use a LocalBackend or a text API")
 
     def vocabulary(self) -> "Vocabulary":
         """Tokenizer and the embedding of every token, for `A`'s scale and for discretization."""

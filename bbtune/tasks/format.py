@@ -1,5 +1,9 @@
 """Tasks: labelled data, a template with slots for the input and the label word, and a verbalizer.
 
+A task is of one of two kinds (`TaskKind`): *classify* (a label from a fixed set, scored through its verbalizer
+word) or *generate* (the label is a free-text answer, e.g. "Paris"; no verbalizer: the answer is scored by its
+own likelihood or by a metric on the generated text, see `bbtune.search.objective`).
+
 A template is a string such as ``"{text} It was{label}"``: ``{text}`` (and ``{text_b}`` for pairs) take the
 input, ``{label}`` marks where the label word goes and must come last, because a causal LM scores the
 next token after the template. The verbalizer maps each label to one word, which must be a single token
@@ -32,6 +36,13 @@ class Placement(str, Enum):
 
     PREFIX = "prefix"  # <prompt> <input> <cue> [label]   (BBT)
     SUFFIX = "suffix"  # <input> <prompt> <cue> [label]   (lets the input's KV cache be reused)
+
+
+class TaskKind(str, Enum):
+    """What a task's label is: a class with a verbalizer word, or a free-text answer."""
+
+    CLASSIFY = "classify"
+    GENERATE = "generate"
 
 
 @dataclass(frozen=True)
@@ -94,23 +105,36 @@ class Template:
 
 @dataclass(frozen=True)
 class TaskFormat:
-    """What a backend needs to score examples: template, verbalizer (label -> word) and prompt placement."""
+    """What a backend needs to score examples: template, verbalizer (label -> word) and prompt placement.
+    A generation task (`kind` generate) has no verbalizer: its labels are free-text answers."""
 
     template: Template
     verbalizer: Mapping[str, str]
     placement: Placement = Placement.SUFFIX
+    kind: TaskKind = TaskKind.CLASSIFY
 
     def __post_init__(self) -> None:
-        if not self.verbalizer:
+        object.__setattr__(self, "kind", TaskKind(self.kind))
+        if self.kind is TaskKind.GENERATE and self.verbalizer:
+            raise VerbalizerError(f"a generation task's answers are free text, so it takes no verbalizer (got "
+                                  f"{dict(self.verbalizer)}); drop --verbalizer, or use a classification preset")
+        if self.kind is TaskKind.CLASSIFY and not self.verbalizer:
             raise VerbalizerError("the verbalizer is empty; map every label to one word, e.g. {'positive': ' great'}")
         object.__setattr__(self, "verbalizer", dict(self.verbalizer))
         object.__setattr__(self, "placement", Placement(self.placement))
+
+    @property
+    def is_generation(self) -> bool:
+        return self.kind is TaskKind.GENERATE
 
     @property
     def labels(self) -> tuple[str, ...]:
         return tuple(self.verbalizer)
 
     def label_index(self, label: str) -> int:
+        if self.is_generation:
+            raise TaskError("a generation task has no label set (its labels are free-text answers); label indices, "
+                            "verbalizers and label calibration apply to classification tasks only")
         try:
             return self.labels.index(label)
         except ValueError:
@@ -134,6 +158,18 @@ class TaskFormat:
         """
         r = self.render(example)
         return prompt_text + r.head + r.cue if self.placement is Placement.PREFIX else r.head + prompt_text + r.cue
+
+
+    def answer(self, example: Example) -> str:
+        """A generation task's reference answer as the text that follows the input: with a leading space where the
+        template puts none before ``{label}`` ('Answer:{label}' -> ' Paris'), as a model writes it.
+
+        >>> TaskFormat(Template("Q: {text}\\nA:{label}"), {}, kind="generate").answer(Example("Capital of France?", "Paris"))
+        ' Paris'
+        """
+        before = self.template.pattern[: -len("{label}")]
+        text = example.label.strip()
+        return text if before[-1:].isspace() else " " + text
 
 
 class _Tokenizer(Protocol):

@@ -11,12 +11,13 @@ from typing import Mapping, Sequence
 from bbtune.errors import TaskError, VerbalizerError
 from bbtune.tasks.data import (
     FieldMap,
+    answer_split,
     few_shot_split,
     parse_label_names,
     read_rows,
     subsample,
 )
-from bbtune.tasks.format import Example, Placement, TaskFormat, Template
+from bbtune.tasks.format import Example, Placement, TaskFormat, TaskKind, Template
 from bbtune.tasks.hf import dataset_splits, is_hf_data
 
 
@@ -35,8 +36,12 @@ class Task:
             if not getattr(self, split):
                 raise TaskError(f"task {self.name!r} has an empty {split} split; give it data (k per class)")
         for split in ("train", "dev", "test"):
-            for ex in getattr(self, split):
-                self.format.label_index(ex.label)
+            for i, ex in enumerate(getattr(self, split)):
+                if not self.format.is_generation:
+                    self.format.label_index(ex.label)
+                elif not ex.label.strip():
+                    raise TaskError(f"task {self.name!r}: {split} example {i + 1} ({ex.text[:60]!r}) has no answer; a "
+                                    "generation task needs a reference answer (its label) for every example")
 
     def with_placement(self, placement: Placement | str) -> "Task":
         return replace(self, format=replace(self.format, placement=Placement(placement)))
@@ -57,6 +62,7 @@ class Preset:
     verbalizer: Mapping[str, str]
     text_b_field: str | None = None
     files: Mapping[str, str] = field(default_factory=lambda: {"train": "train.jsonl", "test": "test.jsonl"})
+    kind: TaskKind = TaskKind.CLASSIFY
 
 
 CHATML_USER = "<|im_start|>user\n"
@@ -104,6 +110,8 @@ PRESETS: dict[str, Preset] = {
          "very positive": " great"},
     ),
 }
+# A generation task: the label is the answer itself, in free text (no verbalizer); see bbtune/data/answers.
+PRESETS["answer"] = Preset("Question: {text}\nAnswer:{label}", {}, kind=TaskKind.GENERATE)
 PRESETS["sst2"] = PRESETS["sentiment"]
 PRESETS["agnews"] = PRESETS["topic"]
 PRESETS["trec"] = PRESETS["question"]
@@ -126,17 +134,20 @@ def load_task(
     """Build a few-shot task from a directory holding `train.jsonl` (and `test.jsonl`; or .csv/.tsv), or from a
     Hugging Face dataset ``hf:NAME[:CONFIG]`` (see `bbtune.tasks.hf`).
 
-    train and dev are k per class drawn with `seed` from the training file, disjoint; test is the test file
+    train and dev are k per class drawn with `seed` from the training file, disjoint (a generation preset, whose
+    labels are free-text answers: k examples each); test is the test file
     (subsampled to `test_limit` if given). `fields` says which fields hold text, text_b and label (default:
     ``text``, the preset's text_b field, ``label``).
     """
     if preset not in PRESETS:
         raise TaskError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     spec = PRESETS[preset]
-    fmt = TaskFormat(Template(template or spec.template), verbalizer or spec.verbalizer, Placement(placement))
+    fmt = TaskFormat(Template(template or spec.template), verbalizer or spec.verbalizer, Placement(placement),
+                     spec.kind)
     fields = fields or FieldMap(text_b=spec.text_b_field)
     train_pool, test_pool = _source_splits(str(data_dir), fields, fmt)
-    train, dev = few_shot_split(train_pool, fmt.labels, k, seed)
+    train, dev = (answer_split(train_pool, k, seed) if fmt.is_generation
+                  else few_shot_split(train_pool, fmt.labels, k, seed))
     test = subsample(test_pool, test_limit, seed)
     return Task(name or Path(str(data_dir).split(":")[-1]).name, fmt, train, dev, test)
 
@@ -159,7 +170,10 @@ def _source_splits(data: str, fields: FieldMap, fmt: TaskFormat) -> tuple[list[E
 
 
 def check_labels(examples: list[Example], fmt: TaskFormat, source: str) -> list[Example]:
-    """`examples`, or a `VerbalizerError` naming the file and row of the first label with no verbalizer word."""
+    """`examples`, or a `VerbalizerError` naming the file and row of the first label with no verbalizer word (a
+    generation task's labels are free-text answers: `Task` checks that each has one)."""
+    if fmt.is_generation:
+        return examples
     for i, ex in enumerate(examples):
         if ex.label not in fmt.labels:
             raise VerbalizerError(f"{source}: row {i + 1} has label {ex.label!r}, which has no verbalizer word; known "
@@ -190,9 +204,11 @@ class TaskConfig:
     """How to build a few-shot task from files or a Hugging Face dataset (the CLI's task flags)."""
 
     data: str = field(default="", metadata={
-        "help": "folder with train/test .jsonl, .csv or .tsv; hf:NAME[:CONFIG] (Hugging Face datasets); 'demo' = built-in"})
+        "help": "folder with train/test .jsonl, .csv or .tsv; hf:NAME[:CONFIG] (Hugging Face datasets); 'demo' = built-in "
+                "sentiment set, 'demo-answers' = built-in generation set (with --preset answer)"})
     preset: str = field(default="sentiment", metadata={"help": f"template + verbalizer preset: {sorted(PRESETS)}"})
-    k: int = field(default=16, metadata={"help": "examples per class in train and in dev"})
+    k: int = field(default=16, metadata={
+        "help": "examples per class in train and in dev (a generation task: examples in train and in dev)"})
     data_seed: int = field(default=13, metadata={"help": "seed of the few-shot sample"})
     template: str = field(default="", metadata={"help": "template overriding the preset's, e.g. '{text} It was{label}'"})
     verbalizer: str = field(default="", metadata={"help": "JSON label->word overriding the preset's"})
@@ -233,15 +249,24 @@ class TaskConfig:
                         parse_label_names(self.label_names), self.encoding)
 
     def load(self) -> Task:
-        data = demo_data_dir() if self.data in ("", "demo") else self.data
+        data = BUILT_IN_DATA[self.data]() if self.data in BUILT_IN_DATA else self.data
         return load_task(
             data, self.preset, k=self.k, seed=self.data_seed, template=self.template or None,
             verbalizer=json.loads(self.verbalizer) if self.verbalizer else None, placement=self.placement,
-            test_limit=self.test_limit or None, name=None if self.data not in ("", "demo") else "demo-sentiment",
-            fields=self.fields(),
+            test_limit=self.test_limit or None, name=BUILT_IN_NAMES.get(self.data), fields=self.fields(),
         )
 
 
 def demo_data_dir() -> Path:
     """The small sentiment set shipped with bbtune (48 training-pool and 32 test sentences, written for it)."""
     return Path(__file__).resolve().parents[1] / "data" / "demo"
+
+
+def answers_data_dir() -> Path:
+    """The small generation benchmark shipped with bbtune (short questions with one- or two-word answers, written
+    for it by bbtune/data/generate_answers.py); use it with ``--preset answer``."""
+    return Path(__file__).resolve().parents[1] / "data" / "answers"
+
+
+BUILT_IN_DATA = {"": demo_data_dir, "demo": demo_data_dir, "demo-answers": answers_data_dir}  # --data names
+BUILT_IN_NAMES = {"": "demo-sentiment", "demo": "demo-sentiment", "demo-answers": "demo-answers"}
