@@ -1,7 +1,8 @@
 """The one seam between the tuner and a model: `Backend`, and all its callers use of it.
 
 A backend scores a batch of candidate prompts (all soft or all hard) on a batch of examples and returns
-log-probabilities of every label word, shape (n_prompts, n_examples, n_labels). One call scores a whole
+log-probabilities of every label word, shape (n_prompts, n_examples, n_labels); a word of several tokens
+scores the sum of its tokens' log-probs (`continuation_logprobs` scores any strings that way). One call scores a whole
 CMA-ES population. What a backend accepts is declared in `capabilities` and checked before a run starts.
 Besides scores, a backend keeps its counters (`stats`), books paid requests in a run folder (`keep_books`) and
 reports what a check of its server found (`probe_report`); the two have defaults for a backend that pays
@@ -99,11 +100,12 @@ class Backend(Protocol):
 
     def continuation_logprobs(self, prompts: Sequence[Prompt], examples: Sequence["Example"], fmt: "TaskFormat",
                               continuations: Sequence[Sequence[str]]) -> np.ndarray:
-        """(P, B, C) exact log-probability (summed over its tokens, teacher forced) of each continuation string
-        right after row (p, b)'s whole input; `continuations[b]` holds example b's C strings. NaN where a server
-        cannot give a token's log-prob (a top-k miss)."""
-        raise CapabilityError(f"backend {self.name} cannot score continuations; use a LocalBackend (or a server "
-                              "that echoes prompt log-probs)")
+        """(P, B, C) exact log-probs (the sum over its tokens, teacher forced) of each string ``continuations[b][c]``
+        right after row (p, b)'s input, as `score` sees it (the template text ending at the cue); NaN where a
+        remote server cannot give a token's log-prob (a top-k miss). `score` with multi-token verbalizer words is
+        this with every example's continuations = the words."""
+        raise CapabilityError(f"backend {self.name} cannot score continuations; use a LocalBackend, or a "
+                              "RemoteBackend in echo or top_logprobs mode")
 
     def generate(self, prompts: Sequence[Prompt], examples: Sequence["Example"], fmt: "TaskFormat", *,
                  max_tokens: int = 16, n: int = 1, temperature: float = 0.0,

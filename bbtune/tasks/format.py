@@ -6,8 +6,9 @@ own likelihood or by a metric on the generated text, see `bbtune.search.objectiv
 
 A template is a string such as ``"{text} It was{label}"``: ``{text}`` (and ``{text_b}`` for pairs) take the
 input, ``{label}`` marks where the label word goes and must come last, because a causal LM scores the
-next token after the template. The verbalizer maps each label to one word, which must be a single token
-of the model's tokenizer (usually with its leading space: ``" great"``).
+next token after the template. The verbalizer maps each label to a word (usually with its leading space:
+``" great"``); a word of several tokens (``" very negative"``) is scored exactly, as the sum of its tokens'
+log-probs, teacher forced (see `verbalizer_token_sequences`).
 
 Where the tuned prompt goes is a task option (`Placement`): before the input (BBT's prefix) or after it,
 just before the label cue. After the input lets a backend reuse the input's keys/values for every candidate.
@@ -178,7 +179,8 @@ class _Tokenizer(Protocol):
 
 
 def verbalizer_token_ids(tokenizer: _Tokenizer, fmt: TaskFormat) -> list[int]:
-    """One token id per label, or a `VerbalizerError` that says which word to use instead."""
+    """One token id per label, or a `VerbalizerError` that says which word to use instead (where only a single
+    token can be scored: a top-k list's logit_bias, masked LMs)."""
     ids: list[int] = []
     for label, word in fmt.verbalizer.items():
         pieces = tokenizer.encode(word, add_special_tokens=False)
@@ -190,6 +192,41 @@ def verbalizer_token_ids(tokenizer: _Tokenizer, fmt: TaskFormat) -> list[int]:
     return ids
 
 
+def verbalizer_token_sequences(tokenizer: _Tokenizer, fmt: TaskFormat) -> list[tuple[int, ...]]:
+    """Each label word's token ids, as scoring sees them: a single-token word as its own id (as before), a longer
+    word as the ids it gets *after the template's cue* (``encode(cue + word)`` less the cue's ids).
+
+    Why in context: a server tokenizes the input and the word as one string (echo; chained requests send the
+    input plus the word's first tokens as text), and a word's tokens can differ alone and after text. Cutting
+    them out of ``cue + word`` gives the ids the whole string has, so local and remote scores are of the same
+    tokens. A word whose first token merges with the cue's last one cannot be cut out; that is an error.
+
+    >>> fmt = TaskFormat(Template("Review: {text}\nSentiment:{label}"), {"n": " very negative", "p": " positive"})
+    >>> [len(ids) for ids in verbalizer_token_sequences(smollm2_tokenizer, fmt)]  # doctest: +SKIP
+    [2, 1]
+    """
+    cue = fmt.template.without_cue()[1]
+    cue_ids = tokenizer.encode(cue, add_special_tokens=False) if cue else []
+    seqs: list[tuple[int, ...]] = []
+    for label, word in fmt.verbalizer.items():
+        if not word:
+            raise VerbalizerError(f"the verbalizer word of label {label!r} is empty; give it a word, e.g. ' {label}'")
+        alone = tokenizer.encode(word, add_special_tokens=False)
+        if len(alone) == 1 or not cue_ids:
+            seqs.append(tuple(alone))
+            continue
+        whole = tokenizer.encode(cue + word, add_special_tokens=False)
+        if whole[: len(cue_ids)] != cue_ids or len(whole) == len(cue_ids):
+            raise VerbalizerError(
+                f"verbalizer word {word!r} for label {label!r} merges with the end of the template's cue {cue!r} "
+                f"({tokenizer.convert_ids_to_tokens(whole[-len(alone) - 1:])}), so its tokens cannot be scored "
+                "apart from the cue; start the word with a space or end the cue at a word boundary")
+        seqs.append(tuple(whole[len(cue_ids):]))
+    if len(set(seqs)) != len(seqs):
+        raise VerbalizerError(f"two labels have the same verbalizer tokens: {fmt.verbalizer}; choose distinct words")
+    return seqs
+
+
 def multi_token_message(tokenizer: _Tokenizer, label: str, word: str, pieces: list[int]) -> str:
     shown = tokenizer.convert_ids_to_tokens(pieces)
     msg = f"verbalizer word {word!r} for label {label!r} is {len(pieces)} tokens for this tokenizer ({shown})"
@@ -197,5 +234,3 @@ def multi_token_message(tokenizer: _Tokenizer, label: str, word: str, pieces: li
         if alt != word and len(tokenizer.encode(alt, add_special_tokens=False)) == 1:
             return msg + f"; use {alt!r} (1 token)"
     return msg + "; choose a word that is a single token (most common words with a leading space are)"
-
-
