@@ -34,6 +34,7 @@ from bbtune.core.vocab import Vocabulary, token_embeddings
 from bbtune.backends.base import Backend, Capabilities, CallStats, check_scores
 from bbtune.backends.batching import BatchPlanner
 from bbtune.backends.continuations import score_continuations
+from bbtune.backends.generation import greedy_decode
 from bbtune.backends.encoding import Encoded, InputEncoder, prompt_part
 from bbtune.backends.labeltrie import LabelTrie, Step
 from bbtune.backends.kvcache import KVStore, LayerKV, cache_kwarg, cache_layers, new_cache
@@ -75,7 +76,7 @@ class LocalBackend(Backend):
         self.is_masked = "MaskedLM" in type(model).__name__
         self.kv_reuse = kv_reuse and not self.is_masked
         self.kv_store = KVStore(int(kv_cache_mb * 2**20))
-        self.capabilities = Capabilities(soft=True, hard=True, gradients=True)
+        self.capabilities = Capabilities(soft=True, hard=True, gradients=True, generate=not self.is_masked)
         self.stats = CallStats()
         self._cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self._cache_kw = cache_kwarg(model)
@@ -115,6 +116,45 @@ class LocalBackend(Backend):
         out = score_continuations(self._label_scores, prompts, examples, fmt, continuations)
         self.stats.add(len(prompts), len(examples))
         return check_scores(out, len(prompts), len(examples), out.shape[2], self.name)
+
+    def generate(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat, *,
+                 max_tokens: int = 16, n: int = 1, temperature: float = 0.0,
+                 stop: Sequence[str] = ("\n",)) -> list[list[list[str]]]:
+        """P x B x 1 greedy texts after each row's input (see `bbtune.backends.generation`); greedy only."""
+        self.capabilities.require("generate", self.name)
+        if n != 1 or temperature != 0.0:
+            raise ConfigError(f"LocalBackend.generate decodes greedily only: n=1 and temperature=0.0 (got n={n}, "
+                              f"temperature={temperature})")
+        if not examples:
+            raise TaskError("generate() got no examples; give at least one")
+        prompt_kind(list(prompts))
+        examples = self.encoder.fit_inputs(examples, fmt)
+        with torch.inference_mode():
+            rows = [row for p in prompts for row in self._generation_inputs(p, examples, fmt)]
+            eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+            texts = greedy_decode(self._model_forward, self.model.get_input_embeddings(), rows,
+                                  lambda: new_cache(self.model.config),
+                                  lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+                                  max_tokens=max_tokens, stop=stop, eos_ids=eos)
+        self.stats.add(len(prompts), len(examples))
+        B = len(examples)
+        return [[[texts[p * B + b]] for b in range(B)] for p in range(len(prompts))]
+
+    def _generation_inputs(self, prompt: Prompt, examples: Sequence[Example], fmt: TaskFormat) -> list[torch.Tensor]:
+        """Each example's whole input as (length, hidden) embeddings: a hard prompt's text tokenized whole (as an
+        API sees it), a soft prompt's embeddings in its place between the input's and the cue's tokens."""
+        table = self.model.get_input_embeddings()
+        if isinstance(prompt, HardPrompt):
+            return [self._embed_ids(ids) for ids in self.encoder.text_ids(prompt, examples, fmt)]
+        soft = self.prompt_embeds([prompt])[0]
+        lead = self.encoder.lead()
+        rows = []
+        for ex in examples:
+            r = fmt.render(ex)
+            head, cue = self._embed_ids(self.encoder.ids(r.head)), self._embed_ids(self.encoder.ids(r.cue))
+            parts = (soft, head) if fmt.placement is Placement.PREFIX else (head, soft)
+            rows.append(torch.cat([self._embed_ids(lead), *parts, cue]).to(table.weight.dtype))
+        return rows
 
     def _label_scores(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat) -> np.ndarray:
         prompt_kind(list(prompts))

@@ -42,7 +42,7 @@ from bbtune.runs.folder import (BEST_PROMPT, CHECKPOINT, CONFIG, HARD_PROMPT, LE
 from bbtune.search.selection import Decision, Guard, Selection, decide, selection_key
 from bbtune.search.subspace import ALPHA_FROM_CUE, P0Init, Subspace, SubspaceConfig
 from bbtune.tasks import Placement, Task
-from bbtune.tasks.answers import answer_metric
+from bbtune.tasks.answer_metrics import answer_metric
 from bbtune.core.vocab import FILTERS
 
 

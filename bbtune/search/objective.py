@@ -10,7 +10,7 @@
     the one greedy decoding must win: a whole answer is right or wrong, and a per-token mean would let the easy
     later tokens of long answers hide a wrong first one.
   - ``metric``: the greedy answer (`Backend.generate`) judged by a metric (exact match, token F1 or the user's,
-    `bbtune.tasks.answers`); loss = 1 - mean metric.
+    `bbtune.tasks.answer_metrics`); loss = 1 - mean metric.
   Either way a dev or test evaluation generates answers and reports the metric as its "accuracy" (so selection,
   the decision against the manual prompt and the tables read one number); its loss is the reference NLL under
   ``reference`` and 1 - metric under ``metric``. An example counts as right (McNemar's test) when its metric
@@ -36,7 +36,7 @@ from bbtune.search.calibration import apply_bias, fit_label_biases
 from bbtune.search.evaluate import Evaluation, evaluation, score_examples
 from bbtune.search.losses import MISSING_LABEL_LOSS, Loss, per_prompt_loss
 from bbtune.tasks import Example, TaskFormat
-from bbtune.tasks.answers import AnswerMetric
+from bbtune.tasks.answer_metrics import AnswerMetric
 
 GENERATE_STOP = ("\n",)  # an answer is one line
 RIGHT_AT = 0.5  # a generated answer whose metric reaches this counts as right (paired test against the manual prompt)
