@@ -46,6 +46,7 @@ from bbtune.runs.folder import CONFIG, RunFolder, refuse_overwrite
 from bbtune.runs.load import load_run, saved_backend
 from bbtune.runs.resume import given_dests, resumed_remote, split_settings
 from bbtune.runs.tuner import TuneConfig, TuneResult, tune
+from bbtune.search.objective import skipped_for_generation
 from bbtune.tasks import FieldMap, TaskConfig, overlaps, parse_label_names, read_inputs
 
 CONFIGS = {"task": TaskConfig, "backend": LocalConfig, "tune": TuneConfig}
@@ -325,6 +326,9 @@ def _notes(task: Any, cfg: TuneConfig) -> None:
         print(f"bbtune: warning: {n} of {len(getattr(task, split))} {split} examples have the same text as a training "
               f"example (duplicate rows in the data?): {split} numbers overrate the prompt; remove the duplicates",
               file=sys.stderr)
+    if task.format.is_generation:
+        for skipped in skipped_for_generation(cfg.calibrate, cfg.loss):
+            print(f"bbtune: note: skipped for this generation task: {skipped}", file=sys.stderr)
     rounding = budget_rounding(cfg.budget_calls, cfg.popsize)
     if rounding:
         print(f"bbtune: note: {rounding}", file=sys.stderr)

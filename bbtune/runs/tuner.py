@@ -491,6 +491,10 @@ class Tuner:
                 state.stopped_by = str(err)
         if state.stopped_by:
             metrics["stopped_by"] = state.stopped_by
+        if task.format.is_generation and not state.stopped_by:
+            if keep_manual and task.test:  # the table reports the tuned prompt on test even where it was not returned
+                metrics["tuned_test_acc"] = self._evaluate(tuned, task.test, state.best_bias).accuracy
+            metrics["answer_scores"] = _answer_scores(metrics)
         metrics["backend_stats"] = _stats(self.backend)
         metrics["missing_rate"] = metrics["backend_stats"].get("missing_rate", 0.0)  # NaN label scores (losses.py)
         probe = self.backend.probe_report()  # what the server supports, as the run used it
@@ -593,7 +597,17 @@ def _describe_task(task: Task) -> dict[str, Any]:
               for name in ("train", "dev", "test")}
     return {"name": task.name, "template": fmt.template.pattern, "verbalizer": dict(fmt.verbalizer),
             "placement": fmt.placement.value, "n_train": len(task.train), "n_dev": len(task.dev), "n_test": len(task.test),
-            "data_sha256": fingerprint(splits)}  # the examples themselves: an edited data file is another task
+            "data_sha256": fingerprint(splits),  # the examples themselves: an edited data file is another task
+            **({"kind": fmt.kind.value} if fmt.is_generation else {})}  # classification runs keep their old config
+
+
+def _answer_scores(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A generation run's answer metric for the manual and the tuned prompt on dev and test, under its own name
+    (the same numbers as ``manual_dev_acc``, ``tuned_dev_acc``, ... which tables and sweeps read)."""
+    return {"metric": metrics["answer_metric"],
+            "manual": {"dev": metrics.get("manual_dev_acc"), "test": metrics.get("manual_test_acc")},
+            "tuned": {"dev": metrics.get("tuned_dev_acc"), "test": metrics.get("tuned_test_acc", metrics.get("test_acc"))},
+            "returned": metrics["selected"]}
 
 
 def _stats(backend: Backend) -> dict[str, Any]:
