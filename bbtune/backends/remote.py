@@ -18,6 +18,10 @@ Which server supports which mode:
 | prompt_embeds (soft; bounded) | no | with --enable-prompt-embeds | no | yes |
 | logit_bias in the log-probs | (the probe decides) | (the probe decides) | no: sampling only | yes |
 
+Label words of several tokens (``" very negative"``): echo sums their tokens exactly; top_logprobs and
+prompt_embeds chain requests (each token's top-k after the input and the word's earlier tokens, see `wire`);
+chat refuses them. Chaining needs ``local_model`` (the tokenizer says where a word's tokens end).
+
 "Bounded": a label outside the top-k is *missing*: its score is NaN, counted in `stats.missing_rate`, and the
 loss gives it a documented meaning (`bbtune.search.losses`). The probe finds the deepest top-k the server accepts,
 turns on ``logit_bias`` on the label tokens where the server honours it (labels then always make the list;
@@ -39,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Sequence
 
 import httpx
 import numpy as np
+import torch
 
 from bbtune.constants import (
     API_KEY_ENV,
@@ -55,7 +60,7 @@ from bbtune.constants import (
     PROBE_TOLERANCE,
     PROMPT_TOKEN_MARGIN,
 )
-from bbtune.errors import ConfigError, TaskError
+from bbtune.errors import CapabilityError, ConfigError, TaskError, VerbalizerError
 from bbtune.core.prompts import HardPrompt, Prompt, prompt_kind
 from bbtune.tasks import Example, TaskFormat, verbalizer_token_ids
 from bbtune.core.vocab import Vocabulary
@@ -63,7 +68,9 @@ from bbtune.backends import wire
 from bbtune.backends.accounting import Ledger, Limits, SpendingLimiter, Prices, RemoteStats, restore
 from bbtune.backends.base import Backend, Capabilities, check_scores
 from bbtune.backends.cache import ResponseCache
+from bbtune.backends.continuations import check_continuations, score_continuations
 from bbtune.backends.http import ApiClient, KeyInfo
+from bbtune.backends.labeltrie import LabelTrie
 from bbtune.backends.loop import LoopThread
 from bbtune.backends.replicas import ReplicaPool, display_url
 from bbtune.backends.probe import explain, run_probe
@@ -253,17 +260,89 @@ class RemoteBackend(Backend):
                        bias: float = 0.0, salt: str = "", strict: bool = False) -> np.ndarray:
         """(P, B, L) label log-probs as the server gives them (NaN = missing; with `strict` also a label with
         any spelling unlisted), with `bias` on every label token; counts nothing (the probe uses it too)."""
-        labels = self.label_keys(fmt)
-        P, B, L = len(prompts), len(examples), labels.n_labels
+        P, B, L = len(prompts), len(examples), len(fmt.verbalizer)
         if self.config.mode is ScoreMode.ECHO:
             pairs = [(t + w, w) for t in self.texts(prompts, examples, fmt) for w in fmt.verbalizer.values()]
             flat = np.array(self.send(wire.echo_requests(self.shape(), pairs, lambda p: self.count_tokens(p[0]))),
                             dtype=np.float64)
+        elif self.label_trie(fmt) is not None:
+            flat = self._chained(prompts, examples, fmt, bias=bias, salt=salt, strict=strict)
         else:
+            labels = self.label_keys(fmt)
             shape = self.shape(labels.token_ids if bias else (), bias)
             tops = self.send(self.requests(shape, self.inputs(prompts, examples, fmt)), salt=salt)
             flat = np.stack([wire.label_scores(top, labels, strict)[0] for top in tops])
         return flat.reshape(P, B, L)
+
+    def continuation_logprobs(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat,
+                              continuations: Sequence[Sequence[str]]) -> np.ndarray:
+        """(P, B, C) log-probs of each example's strings after its input (see `Backend`): exact by echo, chained
+        top-k requests in the top-k modes (NaN where a token is outside its list, counted in stats)."""
+        n_strings = check_continuations(examples, continuations)
+        self.capabilities.require(prompt_kind(list(prompts)), self.name)
+
+        def scores(ps: Sequence[Prompt], exs: Sequence[Example], words: TaskFormat) -> np.ndarray:
+            if self.config.probe and self.probe_ is None:
+                self.check((ps[0], exs, words))
+            return self.label_logprobs(ps, exs, words, bias=self.logit_bias_)
+
+        out = score_continuations(scores, prompts, examples, fmt, continuations)
+        self.stats.count_labels(out.size, int(np.isnan(out).sum()))
+        self.stats.add(len(prompts), len(examples))
+        return check_scores(out, len(prompts), len(examples), n_strings, self.name)
+
+    def label_trie(self, fmt: TaskFormat) -> LabelTrie | None:
+        """The label words' token trie where some word has several tokens and the mode chains requests for it
+        (top_logprobs, prompt_embeds); None where every word is one token (read from one top-k list) or there is no
+        local tokenizer to tell. Chat mode refuses such words: it reads only an answer's first token."""
+        if self.tokenizer is None or self.config.mode is ScoreMode.ECHO:
+            return None
+        trie = LabelTrie.build(self.reference().encoder.label_seqs(fmt))
+        if trie.single:
+            return None
+        if self.config.mode is ScoreMode.CHAT:
+            long = [w for w, n in zip(fmt.verbalizer.values(), trie.lengths) if n > 1]
+            raise CapabilityError(
+                f"label words of several tokens ({long}) cannot be scored in chat mode, which reads only the first "
+                "token of an answer; use --remote-mode echo (exact, where the server supports echo) or "
+                "--remote-mode top_logprobs (chained requests, one per token), or single-token words")
+        return trie
+
+    def _chained(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat, *, bias: float,
+                 salt: str, strict: bool) -> np.ndarray:
+        """(P * B, L) scores of multi-token words by chained top-k requests: per trie step, each row's input
+        extended by the step's prefix tokens, the next tokens read from its top-k list. Every step's requests go
+        out at once (teacher forcing: no step waits for another's answer). The bias, if any, is put on the first
+        step's tokens only: that step's shift is common to every label, a deeper step's would not be."""
+        trie = self.label_trie(fmt)
+        assert trie is not None
+        items = self.inputs(prompts, examples, fmt)
+        requests: list[wire.Request] = []
+        keys = []
+        for i, step in enumerate(trie.steps):
+            shape = self.shape(step.next_ids if bias and i == 0 else (), bias)
+            extended = [self._extend(item, step.prefix, fmt) for item in items] if step.prefix else items
+            requests += self.requests(shape, extended)
+            texts = [self.tokenizer.decode([t]) for t in step.next_ids]
+            keys.append(LabelKeys.build(texts, step.next_ids, texts))
+        replies = self.send(requests, salt=salt)
+        per_step, start = [], 0
+        for key in keys:
+            tops, start = replies[start: start + len(items)], start + len(items)
+            per_step.append(np.stack([wire.label_scores(top, key, strict)[0] for top in tops]))
+        return trie.combine(per_step)
+
+    def _extend(self, item: Any, prefix: Sequence[int], fmt: TaskFormat) -> Any:
+        """A row's input followed by a word's first tokens: as text (their decoding, which must start a label word
+        exactly, or the server would see other tokens) or as embeddings (prompt_embeds)."""
+        if self.config.mode is ScoreMode.PROMPT_EMBEDS:
+            return torch.cat([item, self.reference().embed_text_ids(list(prefix))])
+        text = self.tokenizer.decode(list(prefix))
+        if not any(w.startswith(text) for w in fmt.verbalizer.values()):
+            raise VerbalizerError(f"the tokens {list(prefix)} of a label word decode to {text!r}, which starts none of "
+                                  f"the words {list(fmt.verbalizer.values())}; chained requests need tokens that decode "
+                                  "to the word's own text: use --remote-mode echo, or other words")
+        return item + text
 
     def check(self, sample: tuple[Prompt, Sequence[Example], TaskFormat] | None = None) -> ProbeReport:
         """Probe the server: model served, features of the mode, consistent numbers, and on `sample` (a prompt,
@@ -325,11 +404,15 @@ class RemoteBackend(Backend):
         """How the labels appear in a reply: chat matches every spelling of the word, completions the word's token."""
         words = list(fmt.verbalizer.values())
         tok = self.tokenizer
+        trie = self.label_trie(fmt)  # chat mode refuses multi-token words here
         if self.config.mode is ScoreMode.CHAT:
             return LabelKeys.chat(words, tok)
         if tok is None:
             return LabelKeys.build(words, None, None)
-        ids = verbalizer_token_ids(tok, fmt)  # raises VerbalizerError for a word that is not one token
+        if trie is not None:  # chained: what a first request's list must hold (the bias goes on these tokens)
+            first = trie.steps[0].next_ids
+            return LabelKeys.build([tok.decode([i]) for i in first], first, None)
+        ids = verbalizer_token_ids(tok, fmt)
         return LabelKeys.build(words, ids, [tok.decode([i]) for i in ids])
 
     def count_tokens(self, text: str) -> int:

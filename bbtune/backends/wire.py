@@ -7,10 +7,16 @@ Modes (`ScoreMode`), one request shape each:
   from the top-k list of the next token.
 - ``chat``: ``/v1/chat/completions`` with ``logprobs=true, top_logprobs=k``; read like ``top_logprobs``, but a
   label matches its word in every spelling the model may answer with (see `label_variants`).
-- ``echo``: ``/v1/completions`` with ``prompt + label word``, ``echo=true``: the label token's own log-prob,
-  exact, one prompt per label.
+- ``echo``: ``/v1/completions`` with ``prompt + label word``, ``echo=true``: the label word's own log-prob (the
+  sum over its tokens), exact, one prompt per label.
 - ``prompt_embeds``: ``/v1/completions`` with ``prompt_embeds`` (vLLM's encoding: base64 of a ``torch.save``d
   float tensor of shape (seq_len, hidden)); read like ``top_logprobs``. Soft prompts go over the wire this way.
+
+Label words of several tokens: ``echo`` sums the word's tokens from one echoed prompt; the top-k modes
+(``top_logprobs``, ``prompt_embeds``) *chain*: the first token's top-k after the input, the next token's top-k
+after the input and the first token, and so on (teacher forcing; words sharing a prefix share its requests,
+see `bbtune.backends.labeltrie`). A token absent from its list makes the word's score missing. ``chat`` reads
+only an answer's first token and refuses such words.
 
 **A missing label is NaN, never a bound.** A label absent from a top-k list has an unknown log-prob (below the
 k-th value); `label_scores` gives it NaN, the run counts it (``missing_rate``) and the loss decides what it
@@ -345,10 +351,11 @@ def label_scores(top: Mapping[str, float], labels: LabelKeys, strict: bool = Fal
 
 
 def echo_label_logprob(choice: Mapping[str, Any], prompt: str, word: str) -> float:
-    """Log-prob of the label word's token at the end of an echoed ``prompt`` (= context + word).
+    """Log-prob of the label word at the end of an echoed ``prompt`` (= context + word): the sum of its tokens'
+    log-probs, each given the text before it (teacher forcing, exact), however many tokens the word has.
 
-    The prompt's last token is found from ``text_offset`` (or the tokens' lengths); it must be exactly the
-    word, otherwise the server merged the word with the text before it and the score would be wrong.
+    The word's tokens are found from ``text_offset`` (or the tokens' lengths); the first must start exactly where
+    the word does, otherwise the server merged the word with the text before it and the score would be wrong.
     """
     logprobs = choice.get("logprobs")
     if not isinstance(logprobs, Mapping):
@@ -362,12 +369,15 @@ def echo_label_logprob(choice: Mapping[str, Any], prompt: str, word: str) -> flo
     inside = [i for i, off in enumerate(offsets) if isinstance(off, (int, np.integer)) and off < len(prompt)]
     if len(inside) < 2:  # the context and the word at least
         raise _fail("the echo reply does not cover the prompt (the server ignores echo)")
-    last = inside[-1]
-    if str(tokens[last]) != word or offsets[last] != len(prompt) - len(word):
+    start = len(prompt) - len(word)
+    first = next((i for i in inside if offsets[i] >= start), inside[-1])
+    own = [i for i in inside if i >= first]
+    if first == inside[0] or offsets[first] != start or "".join(str(tokens[i]) for i in own) != word:
+        shown = [str(tokens[i]) for i in inside[max(0, inside.index(first) - 1):]]
         raise _fail(
-            f"the prompt's last token is {tokens[last]!r}, not the label word {word!r}: the server tokenized the "
-            "word together with the text before it; end the template's cue at a word boundary"
+            f"the prompt ends in the tokens {shown}, which do not start at the label word {word!r}: the server "
+            "tokenized the word together with the text before it; end the template's cue at a word boundary"
         )
-    if values[last] is None:
-        raise _fail("the echo reply has no log-prob for the label token")
-    return _logprob(values[last], "echo token_logprob")
+    if any(values[i] is None for i in own):
+        raise _fail("the echo reply has no log-prob for a token of the label word")
+    return float(sum(_logprob(values[i], "echo token_logprob") for i in own))
