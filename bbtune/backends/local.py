@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from bbtune.constants import DEFAULT_KV_CACHE_MB, DEFAULT_MEMORY_BUDGET_MB, EMBEDDED_MODEL
-from bbtune.errors import ConfigError, TaskError
+from bbtune.errors import CapabilityError, ConfigError, TaskError
 from bbtune.backends.models import load_model
 from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt, distinct_prompts, prompt_kind
 from bbtune.tasks import Example, Placement, TaskFormat
 from bbtune.core.vocab import Vocabulary, token_embeddings
-from bbtune.backends.base import Backend, Capabilities, CallStats, check_scores
+from bbtune.backends.base import Backend, Capabilities, CallStats, check_generate_args, check_scores
+from bbtune.backends.generation import generate_texts
 from bbtune.backends.batching import BatchPlanner
 from bbtune.backends.encoding import Encoded, InputEncoder, prompt_part
 from bbtune.backends.kvcache import KVStore, LayerKV, cache_kwarg, cache_layers, new_cache
@@ -70,7 +71,7 @@ class LocalBackend(Backend):
         self.is_masked = "MaskedLM" in type(model).__name__
         self.kv_reuse = kv_reuse and not self.is_masked
         self.kv_store = KVStore(int(kv_cache_mb * 2**20))
-        self.capabilities = Capabilities(soft=True, hard=True, gradients=True)
+        self.capabilities = Capabilities(soft=True, hard=True, gradients=True, generate=not self.is_masked)
         self.stats = CallStats()
         self._cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self._cache_kw = cache_kwarg(model)
@@ -154,6 +155,36 @@ class LocalBackend(Backend):
     def embed_text_ids(self, ids: Sequence[int]) -> torch.Tensor:
         """(len(ids), hidden) float32 CPU input embeddings of token ids (`vocab.token_embeddings`)."""
         return token_embeddings(self.model, ids)
+
+    def generate(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat, *,
+                 max_tokens: int = 16, n: int = 1, temperature: float = 0.0,
+                 stop: Sequence[str] = ("\n",)) -> list[list[list[str]]]:
+        """P x B x n answers after each row's input (`bbtune.backends.generation`): a hard prompt as its text
+        inside the whole string (what an API sees), a soft prompt as embeddings.
+
+        >>> from bbtune.tasks import Example, TaskFormat, Template
+        >>> fmt = TaskFormat(Template("{text} It was{label}"), {"neg": " terrible", "pos": " great"})
+        >>> len(LocalBackend("tiny").generate([HardPrompt((), "")], [Example("a film", "pos")], fmt, max_tokens=2)[0][0])
+        1
+        """
+        if not examples:
+            raise TaskError("generate() got no examples; give at least one")
+        check_generate_args(max_tokens, n, temperature, stop)
+        if self.is_masked:
+            raise CapabilityError(f"{self.name} is a masked LM, which fills a blank but does not generate text; "
+                                  "use a causal model")
+        kind = prompt_kind(list(prompts))
+        examples = self.encoder.fit_inputs(examples, fmt)
+        with torch.inference_mode():
+            if kind == "hard":
+                rows = [self._embed_ids(ids) for p in prompts for ids in self.encoder.text_ids(p, examples, fmt)]  # type: ignore[arg-type]
+            else:
+                dtype = self.model.get_input_embeddings().weight.dtype
+                rows = [r.to(device=self.device, dtype=dtype) for r in self.input_embeds(prompts, examples, fmt)]
+        answers = generate_texts(self.model, self.tokenizer, rows, lambda count, longest: self.planner.chunks(count, 0, longest),
+                                 max_tokens=max_tokens, n=n, temperature=temperature, stop=stop)
+        B = len(examples)
+        return [answers[p * B : (p + 1) * B] for p in range(len(prompts))]
 
     # ------------------------------------------------------------------ hard prompts scored as their text
 
