@@ -74,6 +74,8 @@ class InputEncoder:
     def label_seqs(self, fmt: TaskFormat) -> list[tuple[int, ...]]:
         """Each label word's token ids, computed once per verbalizer and template; a masked LM reads one token
         at its mask, so it takes single-token words only."""
+        if fmt.is_generation:  # no label words: its inputs are encoded to generate after them
+            return []
         key = (fmt.template.pattern, *fmt.verbalizer.items())
         if key not in self._label_seqs:
             seqs = verbalizer_token_sequences(self.tokenizer, fmt)

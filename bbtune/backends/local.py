@@ -26,15 +26,15 @@ import numpy as np
 import torch
 
 from bbtune.constants import DEFAULT_KV_CACHE_MB, DEFAULT_MEMORY_BUDGET_MB, EMBEDDED_MODEL
-from bbtune.errors import ConfigError, TaskError
+from bbtune.errors import CapabilityError, ConfigError, TaskError
 from bbtune.backends.models import load_model
 from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt, distinct_prompts, prompt_kind
 from bbtune.tasks import Example, Placement, TaskFormat
 from bbtune.core.vocab import Vocabulary, token_embeddings
-from bbtune.backends.base import Backend, Capabilities, CallStats, check_scores
+from bbtune.backends.base import Backend, Capabilities, CallStats, check_generate_args, check_scores
+from bbtune.backends.generation import generate_texts
 from bbtune.backends.batching import BatchPlanner
 from bbtune.backends.continuations import score_continuations
-from bbtune.backends.generation import greedy_decode
 from bbtune.backends.encoding import Encoded, InputEncoder, prompt_part
 from bbtune.backends.labeltrie import LabelTrie, Step
 from bbtune.backends.kvcache import KVStore, LayerKV, cache_kwarg, cache_layers, new_cache
@@ -117,45 +117,6 @@ class LocalBackend(Backend):
         self.stats.add(len(prompts), len(examples))
         return check_scores(out, len(prompts), len(examples), out.shape[2], self.name)
 
-    def generate(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat, *,
-                 max_tokens: int = 16, n: int = 1, temperature: float = 0.0,
-                 stop: Sequence[str] = ("\n",)) -> list[list[list[str]]]:
-        """P x B x 1 greedy texts after each row's input (see `bbtune.backends.generation`); greedy only."""
-        self.capabilities.require("generate", self.name)
-        if n != 1 or temperature != 0.0:
-            raise ConfigError(f"LocalBackend.generate decodes greedily only: n=1 and temperature=0.0 (got n={n}, "
-                              f"temperature={temperature})")
-        if not examples:
-            raise TaskError("generate() got no examples; give at least one")
-        prompt_kind(list(prompts))
-        examples = self.encoder.fit_inputs(examples, fmt)
-        with torch.inference_mode():
-            rows = [row for p in prompts for row in self._generation_inputs(p, examples, fmt)]
-            eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
-            texts = greedy_decode(self._model_forward, self.model.get_input_embeddings(), rows,
-                                  lambda: new_cache(self.model.config),
-                                  lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
-                                  max_tokens=max_tokens, stop=stop, eos_ids=eos)
-        self.stats.add(len(prompts), len(examples))
-        B = len(examples)
-        return [[[texts[p * B + b]] for b in range(B)] for p in range(len(prompts))]
-
-    def _generation_inputs(self, prompt: Prompt, examples: Sequence[Example], fmt: TaskFormat) -> list[torch.Tensor]:
-        """Each example's whole input as (length, hidden) embeddings: a hard prompt's text tokenized whole (as an
-        API sees it), a soft prompt's embeddings in its place between the input's and the cue's tokens."""
-        table = self.model.get_input_embeddings()
-        if isinstance(prompt, HardPrompt):
-            return [self._embed_ids(ids) for ids in self.encoder.text_ids(prompt, examples, fmt)]
-        soft = self.prompt_embeds([prompt])[0]
-        lead = self.encoder.lead()
-        rows = []
-        for ex in examples:
-            r = fmt.render(ex)
-            head, cue = self._embed_ids(self.encoder.ids(r.head)), self._embed_ids(self.encoder.ids(r.cue))
-            parts = (soft, head) if fmt.placement is Placement.PREFIX else (head, soft)
-            rows.append(torch.cat([self._embed_ids(lead), *parts, cue]).to(table.weight.dtype))
-        return rows
-
     def _label_scores(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat) -> np.ndarray:
         prompt_kind(list(prompts))
         examples = self.encoder.fit_inputs(examples, fmt)
@@ -210,6 +171,36 @@ class LocalBackend(Backend):
     def embed_text_ids(self, ids: Sequence[int]) -> torch.Tensor:
         """(len(ids), hidden) float32 CPU input embeddings of token ids (`vocab.token_embeddings`)."""
         return token_embeddings(self.model, ids)
+
+    def generate(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat, *,
+                 max_tokens: int = 16, n: int = 1, temperature: float = 0.0,
+                 stop: Sequence[str] = ("\n",)) -> list[list[list[str]]]:
+        """P x B x n answers after each row's input (`bbtune.backends.generation`): a hard prompt as its text
+        inside the whole string (what an API sees), a soft prompt as embeddings.
+
+        >>> from bbtune.tasks import Example, TaskFormat, Template
+        >>> fmt = TaskFormat(Template("{text} It was{label}"), {"neg": " terrible", "pos": " great"})
+        >>> len(LocalBackend("tiny").generate([HardPrompt((), "")], [Example("a film", "pos")], fmt, max_tokens=2)[0][0])
+        1
+        """
+        if not examples:
+            raise TaskError("generate() got no examples; give at least one")
+        check_generate_args(max_tokens, n, temperature, stop)
+        if self.is_masked:
+            raise CapabilityError(f"{self.name} is a masked LM, which fills a blank but does not generate text; "
+                                  "use a causal model")
+        kind = prompt_kind(list(prompts))
+        examples = self.encoder.fit_inputs(examples, fmt)
+        with torch.inference_mode():
+            if kind == "hard":
+                rows = [self._embed_ids(ids) for p in prompts for ids in self.encoder.text_ids(p, examples, fmt)]  # type: ignore[arg-type]
+            else:
+                dtype = self.model.get_input_embeddings().weight.dtype
+                rows = [r.to(device=self.device, dtype=dtype) for r in self.input_embeds(prompts, examples, fmt)]
+        answers = generate_texts(self.model, self.tokenizer, rows, lambda count, longest: self.planner.chunks(count, 0, longest),
+                                 max_tokens=max_tokens, n=n, temperature=temperature, stop=stop)
+        B = len(examples)
+        return [answers[p * B : (p + 1) * B] for p in range(len(prompts))]
 
     # ------------------------------------------------------------------ hard prompts scored as their text
 

@@ -17,6 +17,10 @@ Which server supports which mode:
 | echo (exact) | base models only; gpt-3.5-turbo-instruct refuses | yes | no: log-probs shifted by one | yes |
 | prompt_embeds (soft; bounded) | no | with --enable-prompt-embeds | no | yes |
 | logit_bias in the log-probs | (the probe decides) | (the probe decides) | no: sampling only | yes |
+| text (answers parsed to labels) | yes | yes | yes | yes (also with --no-logprobs) |
+
+``text`` needs no log-probs at all (hosted chat APIs that return only text): each input's answers are mapped to
+labels by rules (`bbtune.tasks.answers`) and a label's score is the log of its smoothed share of the answers.
 
 Label words of several tokens (``" very negative"``): echo sums their tokens exactly; top_logprobs and
 prompt_embeds chain requests (each token's top-k after the input and the word's earlier tokens, see `wire`);
@@ -55,18 +59,23 @@ from bbtune.constants import (
     DEFAULT_TOP_K,
     OPENAI_API_KEY_ENV,
     DEFAULT_CHAT_INSTRUCTION,
+    DEFAULT_ANSWER_TOKENS,
     DEFAULT_MAX_MISSING,
+    DEFAULT_MAX_UNPARSED,
+    DEFAULT_SMOOTHING,
     LOGIT_BIAS,
+    MAX_ANSWERS_PER_REQUEST,
     PROBE_TOLERANCE,
     PROMPT_TOKEN_MARGIN,
 )
 from bbtune.errors import CapabilityError, ConfigError, TaskError, VerbalizerError
 from bbtune.core.prompts import HardPrompt, Prompt, prompt_kind
 from bbtune.tasks import Example, TaskFormat, verbalizer_token_ids
+from bbtune.tasks.answers import AnswerRules, AnswerScores, answer_scores, parse_synonyms
 from bbtune.core.vocab import Vocabulary
 from bbtune.backends import wire
 from bbtune.backends.accounting import Ledger, Limits, SpendingLimiter, Prices, RemoteStats, restore
-from bbtune.backends.base import Backend, Capabilities, check_scores
+from bbtune.backends.base import Backend, Capabilities, check_generate_args, check_scores, cut_at_stop
 from bbtune.backends.cache import ResponseCache
 from bbtune.backends.continuations import check_continuations, score_continuations
 from bbtune.backends.http import ApiClient, KeyInfo
@@ -92,7 +101,8 @@ class RemoteConfig:
 
     base_url: str = _h("http://127.0.0.1:8000/v1", "server base URL; several, comma-separated = replicas of one model")
     model: str = _h("tiny", "model name the server knows")
-    mode: ScoreMode = _h(ScoreMode.TOP_LOGPROBS, "top_logprobs, chat, echo or prompt_embeds (soft prompts)")
+    mode: ScoreMode = _h(ScoreMode.TOP_LOGPROBS, "top_logprobs, chat, echo, prompt_embeds (soft prompts) or text "
+                                                 "(servers without log-probs: scores from parsed answers)")
     local_model: str = _h("", "the same model locally ('tiny', 'smollm2', HF dir, .gguf): tokenizer, verbalizer "
                               "check, vocabulary, prompt embeddings ('' = none)")
     api_key_env: str = _h(API_KEY_ENV, f"environment variable holding the API key (else ${OPENAI_API_KEY_ENV})")
@@ -115,8 +125,20 @@ class RemoteConfig:
                                  f"({LOGIT_BIAS:g} where the probe finds it honoured), 'off', or a number in (0, 100]")
     max_missing: float = _h(DEFAULT_MAX_MISSING, "largest share of label scores missing from the top-k on the probe's "
                                                  "sample before the run stops (0..1)")
-    chat_instruction: str = _h(DEFAULT_CHAT_INSTRUCTION, "chat mode: text put before each message, {labels} = the "
-                                                         "answer words ('' = none)")
+    chat_instruction: str = _h(DEFAULT_CHAT_INSTRUCTION, "chat and text-over-chat modes: text put before each "
+                                                         "message, {labels} = the answer words ('' = none)")
+    answer_endpoint: str = _h("chat", "text mode: ask 'chat' (/chat/completions) or 'completions' for answers")
+    answer_samples: int = _h(1, "text mode: answers per input (n); a label's score is log of its smoothed share")
+    answer_temperature: float = _h(0.0, "text mode: sampling temperature (0 = greedy; answer_samples > 1 needs > 0)")
+    answer_tokens: int = _h(DEFAULT_ANSWER_TOKENS, "text mode: most tokens per answer")
+    answer_smoothing: float = _h(DEFAULT_SMOOTHING, "text mode: a in log((count + a) / (n + a * labels)), > 0")
+    answer_synonyms: tuple[str, ...] = _h((), "text mode: more words naming a label, each 'LABEL=word|word' "
+                                              "(the verbalizer word always names its label)")
+    answer_fold_case: bool = _h(True, "text mode: 'Great' names great")
+    answer_strip_punctuation: bool = _h(True, "text mode: punctuation counts as a space ('so-so' is 'so so')")
+    answer_collapse_whitespace: bool = _h(True, "text mode: runs of spaces and newlines count as one space")
+    max_unparsed: float = _h(DEFAULT_MAX_UNPARSED, "text mode: largest share of the probe's sample answers naming no "
+                                                   "label before the run stops (0..1)")
 
     def __post_init__(self) -> None:
         raw = self.base_url.split(",") if isinstance(self.base_url, str) else list(self.base_url)
@@ -133,6 +155,8 @@ class RemoteConfig:
         except ValueError:
             raise ConfigError(f"mode {self.mode!r} is not one of {[m.value for m in ScoreMode]}") from None
         object.__setattr__(self, "extra_headers", _headers(self.extra_headers))
+        object.__setattr__(self, "answer_synonyms", tuple(self.answer_synonyms))
+        parse_synonyms(self.answer_synonyms)  # a malformed entry fails here, not at the first score
         for name in ("local_model", "cache_dir"):
             object.__setattr__(self, name, getattr(self, name) or "")
         for name in ("max_requests", "max_tokens", "max_cost"):
@@ -157,6 +181,14 @@ class RemoteConfig:
             ("price_completion_per_mtok", self.price_completion_per_mtok >= 0, ">= 0"),
             ("probe_tolerance", self.probe_tolerance >= 0, ">= 0"),
             ("max_missing", 0 <= self.max_missing <= 1, "in [0, 1]"),
+            ("answer_endpoint", self.answer_endpoint in ("chat", "completions"), "'chat' or 'completions'"),
+            ("answer_samples", self.answer_samples >= 1, ">= 1"),
+            ("answer_temperature", 0 <= self.answer_temperature <= 2, "in [0, 2]"),
+            ("answer_temperature", self.answer_samples == 1 or self.answer_temperature > 0,
+             "> 0 when answer_samples > 1 (n greedy answers are one answer n times)"),
+            ("answer_tokens", self.answer_tokens >= 1, ">= 1"),
+            ("answer_smoothing", self.answer_smoothing > 0, "> 0"),
+            ("max_unparsed", 0 <= self.max_unparsed <= 1, "in [0, 1]"),
         ):
             if not ok:
                 raise ConfigError(f"RemoteConfig.{name} must be {rule}, got {getattr(self, name)!r}")
@@ -177,6 +209,17 @@ class RemoteConfig:
     def bias(self) -> float:
         """The label-token bias to try (0 = off)."""
         return 0.0 if self.logit_bias == "off" else LOGIT_BIAS if self.logit_bias == "auto" else float(self.logit_bias)
+
+    @property
+    def uses_chat(self) -> bool:
+        """Whether requests go to /chat/completions (chat mode, or text mode asking chat)."""
+        return self.mode is ScoreMode.CHAT or (self.mode is ScoreMode.TEXT and self.answer_endpoint == "chat")
+
+    def answer_rules(self, fmt: TaskFormat) -> AnswerRules:
+        """Text mode: how answers name `fmt`'s labels (its verbalizer words plus `answer_synonyms`)."""
+        return AnswerRules.build(fmt.verbalizer, parse_synonyms(self.answer_synonyms), fold_case=self.answer_fold_case,
+                                 strip_punctuation=self.answer_strip_punctuation,
+                                 collapse_whitespace=self.answer_collapse_whitespace)
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -228,10 +271,12 @@ class RemoteBackend(Backend):
         self.config = config if config is not None else RemoteConfig(**overrides)
         cfg = self.config
         self.name = f"remote:{cfg.model}@{display_url(cfg.urls[0])}"
-        self.capabilities = Capabilities(soft=cfg.mode is ScoreMode.PROMPT_EMBEDS, hard=True, gradients=False)
+        self.capabilities = Capabilities(soft=cfg.mode is ScoreMode.PROMPT_EMBEDS, hard=True, gradients=False,
+                                         generate=True, logprobs=cfg.mode is not ScoreMode.TEXT)
         self.stats = RemoteStats()
         self.probe_: ProbeReport | None = None
-        self.top_k_, self.batch_size_ = cfg.top_k, (cfg.batch_size if cfg.mode.takes_lists else 1)
+        self.top_k_, self.batch_size_ = cfg.top_k, (cfg.batch_size if cfg.mode.takes_lists and not cfg.uses_chat else 1)
+        self.answers_per_request_ = MAX_ANSWERS_PER_REQUEST  # the probe lowers it to 1 where the server refuses n
         self.logit_bias_ = 0.0  # set by the probe where the server honours it (or by the config without a probe)
         if not cfg.probe and cfg.logit_bias not in ("auto", "off"):
             self.logit_bias_ = cfg.bias
@@ -251,7 +296,12 @@ class RemoteBackend(Backend):
         self.capabilities.require(prompt_kind(list(prompts)), self.name)
         if self.config.probe and self.probe_ is None:
             self.check((prompts[0], examples, fmt))
-        scores = self.label_logprobs(prompts, examples, fmt, bias=self.logit_bias_)
+        if self.config.mode is ScoreMode.TEXT:
+            found = self.answer_scores(prompts, examples, fmt)
+            self.stats.count_answers(found.answers, found.unparsed)
+            scores = found.scores
+        else:
+            scores = self.label_logprobs(prompts, examples, fmt, bias=self.logit_bias_)
         self.stats.count_labels(scores.size, int(np.isnan(scores).sum()))
         self.stats.add(len(prompts), len(examples))
         return check_scores(scores, len(prompts), len(examples), len(fmt.labels), self.name)
@@ -344,6 +394,50 @@ class RemoteBackend(Backend):
                                   "to the word's own text: use --remote-mode echo, or other words")
         return item + text
 
+    def answer_scores(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat,
+                      salt: str = "") -> AnswerScores:
+        """Text mode: (P, B, L) log smoothed shares of the answers naming each label (`bbtune.tasks.answers`;
+        NaN where every answer named none), with the answers' counts; counts nothing in `stats`."""
+        cfg = self.config
+        answers = self.generate(prompts, examples, fmt, max_tokens=cfg.answer_tokens, n=cfg.answer_samples,
+                                temperature=cfg.answer_temperature, salt=salt)
+        return answer_scores(answers, fmt.labels, cfg.answer_rules(fmt), cfg.answer_smoothing)
+
+    def generate(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat, *,
+                 max_tokens: int = 16, n: int = 1, temperature: float = 0.0, stop: Sequence[str] = ("\n",),
+                 salt: str = "") -> list[list[list[str]]]:
+        """P x B x n answers after each row's input (the chat instruction first when asking chat), through the
+        same requests, budget, ledger, retries and cache as scores; `n` in one request where the server takes
+        it (the probe finds out), else repeated requests with distinct seeds."""
+        if not examples:
+            raise TaskError("generate() got no examples; give at least one")
+        check_generate_args(max_tokens, n, temperature, stop)
+        if prompt_kind(list(prompts)) == "soft":
+            self._refuse_soft()
+        gen = self.generation(max_tokens, n, temperature, stop)
+        answers = self.complete(self.texts(prompts, examples, fmt), gen, salt=salt)
+        B = len(examples)
+        return [answers[p * B : (p + 1) * B] for p in range(len(prompts))]
+
+    def generation(self, max_tokens: int, n: int, temperature: float, stop: Sequence[str]) -> wire.Generation:
+        """How answers are asked right now (the endpoint, and the probe's findings about ``n``)."""
+        return wire.Generation(wire.CHAT if self.config.uses_chat else wire.COMPLETIONS, max_tokens, n, temperature,
+                               tuple(stop), max(1, min(n, self.answers_per_request_)))
+
+    def complete(self, texts: Sequence[str], gen: wire.Generation, salt: str = "", retries: int | None = None,
+                 size: int | None = None) -> list[list[str]]:
+        """Each text's `gen.n` answers, cut at the first stop string (a server may ignore ``stop``)."""
+        requests = wire.generation_requests(self.config.model, gen, texts, self.count_tokens, size or self.batch_size_)
+        out: list[list[str]] = [[] for _ in texts]
+        for index, answers in self.send(requests, salt=salt, retries=retries):
+            out[index].extend(cut_at_stop(a, gen.stop) for a in answers)
+        return out
+
+    def _refuse_soft(self) -> None:
+        raise CapabilityError(f"backend {self.name} sends text ({self.config.mode.value} mode): a soft prompt is not "
+                              "text; tune hard prompts (--mode hard), or use --remote-mode prompt_embeds with a "
+                              "server that takes prompt embeddings")
+
     def check(self, sample: tuple[Prompt, Sequence[Example], TaskFormat] | None = None) -> ProbeReport:
         """Probe the server: model served, features of the mode, consistent numbers, and on `sample` (a prompt,
         examples, their format) logit_bias and the missing rate (see probe.py). Runs before the first score
@@ -420,7 +514,7 @@ class RemoteBackend(Backend):
         (a byte-level BPE token is at least one byte)."""
         tok = self.tokenizer
         n = len(tok(text, add_special_tokens=True)["input_ids"]) if tok is not None else len(text.encode())
-        return n + PROMPT_TOKEN_MARGIN + (CHAT_TOKEN_MARGIN if self.config.mode is ScoreMode.CHAT else 0)
+        return n + PROMPT_TOKEN_MARGIN + (CHAT_TOKEN_MARGIN if self.config.uses_chat else 0)
 
     # ------------------------------------------------------------------ building requests
 
@@ -436,6 +530,8 @@ class RemoteBackend(Backend):
         lead = self._instruction(fmt)
         out = []
         for prompt in prompts:
+            if not isinstance(prompt, HardPrompt):
+                self._refuse_soft()
             assert isinstance(prompt, HardPrompt)
             for ex in examples:
                 out.append(lead + fmt.text(ex, prompt.text))
@@ -443,7 +539,7 @@ class RemoteBackend(Backend):
 
     def _instruction(self, fmt: TaskFormat) -> str:
         template = self.config.chat_instruction
-        if self.config.mode is not ScoreMode.CHAT or not template:
+        if not self.config.uses_chat or not template:
             return ""
         words = [w.strip() for w in fmt.verbalizer.values()]
         named = ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
