@@ -373,9 +373,19 @@ def _completion_choice(scorer: Scorer, cfg: ServerConfig, index: int, item: _Inp
         values.append(float(row[token]))
         tops.append(_top_dict(scorer, row, k, token))
     start = len(item.text) if echo and cfg.echo is EchoSupport.IGNORE else 0
-    offsets = [start + sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+    echoed = len(tokens) - len(run.generated)
+    offsets = [_prompt_offset(scorer, item.ids or [], i) for i in range(echoed)]  # characters, as vLLM counts them
+    offsets += [start + len(item.text if echoed else "") + sum(len(t) for t in tokens[echoed:i])
+                for i in range(echoed, len(tokens))]
     choice["logprobs"] = {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
     return choice
+
+
+def _prompt_offset(scorer: Scorer, ids: list[int], i: int) -> int:
+    """Where prompt token i starts in the prompt's text: the length of the text its earlier tokens decode to
+    (not the sum of each token's own text, which counts a character split over two byte tokens twice, and a
+    special token's name)."""
+    return len(scorer.tokenizer.decode(ids[:i], skip_special_tokens=True))
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -72,8 +72,9 @@ class AnswerBackend(Backend):
 def test_a_generation_task_refuses_a_verbalizer():
     with pytest.raises(VerbalizerError, match="takes no verbalizer"):
         TaskFormat(Template("Q: {text}\nA:{label}"), {"paris": " Paris"}, kind="generate")
-    with pytest.raises(VerbalizerError, match="takes no verbalizer"):
-        TaskConfig(data="demo-answers", preset="answer", verbalizer='{"a": " b"}').load()
+    for given in ('{"a": " b"}', "names"):
+        with pytest.raises(VerbalizerError, match="takes no verbalizer"):
+            TaskConfig(data="demo-answers", preset="answer", verbalizer=given).load()
 
 
 def test_a_generation_task_has_no_label_indices_and_needs_every_answer():

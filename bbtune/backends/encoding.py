@@ -42,7 +42,7 @@ class InputEncoder:
     def __init__(self, tokenizer: Any, is_masked: bool, context_length: int, max_input_tokens: int | None):
         self.tokenizer, self.is_masked = tokenizer, is_masked
         self.context_length, self.max_input_tokens = context_length, max_input_tokens
-        self._label_seqs: dict[tuple[tuple[str, str], ...], list[tuple[int, ...]]] = {}
+        self._label_seqs: dict[tuple[str, tuple[tuple[str, str], ...]], list[tuple[int, ...]]] = {}
 
     def lead(self) -> list[int]:
         """Special tokens that start every sequence (BOS / CLS), as the tokenizer adds them; maybe none."""
@@ -76,7 +76,7 @@ class InputEncoder:
         at its mask, so it takes single-token words only."""
         if fmt.is_generation:  # no label words: its inputs are encoded to generate after them
             return []
-        key = (fmt.template.pattern, *fmt.verbalizer.items())
+        key = (fmt.template.pattern, tuple(fmt.verbalizer.items()))
         if key not in self._label_seqs:
             seqs = verbalizer_token_sequences(self.tokenizer, fmt)
             longest = max(range(len(seqs)), key=lambda j: len(seqs[j]))

@@ -364,8 +364,8 @@ class RemoteBackend(Backend):
         extended by the step's prefix tokens, the next tokens read from its top-k list. Every step's requests go
         out at once (teacher forcing: no step waits for another's answer). The bias, if any, is put on the first
         step's tokens only: that step's shift is common to every label, a deeper step's would not be."""
-        trie = self.label_trie(fmt)
-        assert trie is not None
+        trie, tok = self.label_trie(fmt), self.tokenizer
+        assert trie is not None and tok is not None, "chained only where a tokenizer found multi-token words"
         items = self.inputs(prompts, examples, fmt)
         requests: list[wire.Request] = []
         keys = []
@@ -373,7 +373,7 @@ class RemoteBackend(Backend):
             shape = self.shape(step.next_ids if bias and i == 0 else (), bias)
             extended = [self._extend(item, step.prefix, fmt) for item in items] if step.prefix else items
             requests += self.requests(shape, extended)
-            texts = [self.tokenizer.decode([t]) for t in step.next_ids]
+            texts = [tok.decode([t]) for t in step.next_ids]
             keys.append(LabelKeys.build(texts, step.next_ids, texts))
         replies = self.send(requests, salt=salt)
         per_step, start = [], 0
@@ -387,7 +387,7 @@ class RemoteBackend(Backend):
         exactly, or the server would see other tokens) or as embeddings (prompt_embeds)."""
         if self.config.mode is ScoreMode.PROMPT_EMBEDS:
             return torch.cat([item, self.reference().embed_text_ids(list(prefix))])
-        text = self.tokenizer.decode(list(prefix))
+        text = self.reference().tokenizer.decode(list(prefix))
         if not any(w.startswith(text) for w in fmt.verbalizer.values()):
             raise VerbalizerError(f"the tokens {list(prefix)} of a label word decode to {text!r}, which starts none of "
                                   f"the words {list(fmt.verbalizer.values())}; chained requests need tokens that decode "

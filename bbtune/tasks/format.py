@@ -117,8 +117,7 @@ class TaskFormat:
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", TaskKind(self.kind))
         if self.kind is TaskKind.GENERATE and self.verbalizer:
-            raise VerbalizerError(f"a generation task's answers are free text, so it takes no verbalizer (got "
-                                  f"{dict(self.verbalizer)}); drop --verbalizer, or use a classification preset")
+            raise VerbalizerError(no_verbalizer_message(dict(self.verbalizer)))
         if self.kind is TaskKind.CLASSIFY and not self.verbalizer:
             raise VerbalizerError("the verbalizer is empty; map every label to one word, e.g. {'positive': ' great'}")
         object.__setattr__(self, "verbalizer", dict(self.verbalizer))
@@ -171,6 +170,12 @@ class TaskFormat:
         before = self.template.pattern[: -len("{label}")]
         text = example.label.strip()
         return text if before[-1:].isspace() else " " + text
+
+
+def no_verbalizer_message(given: object) -> str:
+    """Why a generation task refuses a verbalizer, and what to do."""
+    return (f"a generation task's answers are free text, so it takes no verbalizer (got {given!r}); drop "
+            "--verbalizer, or use a classification preset")
 
 
 class _Tokenizer(Protocol):

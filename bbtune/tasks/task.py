@@ -17,7 +17,7 @@ from bbtune.tasks.data import (
     read_rows,
     subsample,
 )
-from bbtune.tasks.format import Example, Placement, TaskFormat, TaskKind, Template
+from bbtune.tasks.format import Example, Placement, TaskFormat, TaskKind, Template, no_verbalizer_message
 from bbtune.tasks.hf import dataset_splits, is_hf_data
 
 
@@ -102,14 +102,27 @@ PRESETS: dict[str, Preset] = {
         "Question: {text}\nAnswer type:{label}",
         {label: f" {label}" for label in ("description", "entity", "abbreviation", "human", "location", "number")},
     ),
-    # SST-5's five grades in LM-BFF's words (one token each in SmolLM2 and Gemma 3; the label names "very
-    # negative" etc. are two words, which single-token scoring cannot take).
+    # SST-5's five grades in LM-BFF's words (one token each in SmolLM2 and Gemma 3). The label names themselves
+    # ("very negative" is two tokens, scored exactly as their sum): --verbalizer names.
     "sentiment-5": Preset(
         "Review: {text}\nSentiment:{label}",
         {"very negative": " terrible", "negative": " bad", "neutral": " okay", "positive": " good",
          "very positive": " great"},
     ),
 }
+LABEL_NAMES = "names"  # --verbalizer names: every label's own name, with a leading space, is its word
+
+
+def label_name_words(labels: Sequence[str]) -> dict[str, str]:
+    """Each label's name as its word, after a space as the template's cue ends before it (``"very negative"`` ->
+    ``" very negative"``); a name of several tokens is scored as their sum.
+
+    >>> label_name_words(["very negative", "neutral"])
+    {'very negative': ' very negative', 'neutral': ' neutral'}
+    """
+    return {label: " " + label.strip() for label in labels}
+
+
 # A generation task: the label is the answer itself, in free text (no verbalizer); see bbtune/data/answers.
 PRESETS["answer"] = Preset("Question: {text}\nAnswer:{label}", {}, kind=TaskKind.GENERATE)
 PRESETS["sst2"] = PRESETS["sentiment"]
@@ -125,7 +138,7 @@ def load_task(
     k: int = 16,
     seed: int = 42,
     template: str | None = None,
-    verbalizer: Mapping[str, str] | None = None,
+    verbalizer: Mapping[str, str] | str | None = None,
     placement: Placement | str = Placement.SUFFIX,
     test_limit: int | None = None,
     name: str | None = None,
@@ -136,12 +149,19 @@ def load_task(
 
     train and dev are k per class drawn with `seed` from the training file, disjoint (a generation preset, whose
     labels are free-text answers: k examples each); test is the test file
-    (subsampled to `test_limit` if given). `fields` says which fields hold text, text_b and label (default:
+    (subsampled to `test_limit` if given). `verbalizer` overrides the preset's words; ``"names"`` uses the
+    preset's label names themselves (`label_name_words`). `fields` says which fields hold text, text_b and label (default:
     ``text``, the preset's text_b field, ``label``).
     """
     if preset not in PRESETS:
         raise TaskError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     spec = PRESETS[preset]
+    if spec.kind is TaskKind.GENERATE and verbalizer:
+        raise VerbalizerError(no_verbalizer_message(verbalizer))
+    if verbalizer == LABEL_NAMES:
+        verbalizer = label_name_words(list(spec.verbalizer))
+    elif isinstance(verbalizer, str):
+        raise TaskError(f"verbalizer {verbalizer!r} is neither a mapping label -> word nor {LABEL_NAMES!r}")
     fmt = TaskFormat(Template(template or spec.template), verbalizer or spec.verbalizer, Placement(placement),
                      spec.kind)
     fields = fields or FieldMap(text_b=spec.text_b_field)
@@ -211,7 +231,9 @@ class TaskConfig:
         "help": "examples per class in train and in dev (a generation task: examples in train and in dev)"})
     data_seed: int = field(default=13, metadata={"help": "seed of the few-shot sample"})
     template: str = field(default="", metadata={"help": "template overriding the preset's, e.g. '{text} It was{label}'"})
-    verbalizer: str = field(default="", metadata={"help": "JSON label->word overriding the preset's"})
+    verbalizer: str = field(default="", metadata={
+        "help": "JSON label->word overriding the preset's, or 'names': each label's name is its word (' very negative'; "
+                "words of several tokens are scored as their sum)"})
     placement: Placement = field(default=Placement.SUFFIX, metadata={"help": "prompt before (prefix) or after (suffix) the input"})
     test_limit: int = field(default=0, metadata={"help": "score at most this many test examples (0 = all)"})
     text_field: str = field(default="text", metadata={"help": "field holding the input text"})
@@ -234,7 +256,7 @@ class TaskConfig:
             raise TaskError(f"k must be >= 1, got {self.k}")
         if self.data_seed < 0:  # numpy's generators take non-negative seeds only
             raise TaskError(f"data_seed must be >= 0, got {self.data_seed}")
-        if self.verbalizer:
+        if self.verbalizer and self.verbalizer != LABEL_NAMES:
             try:
                 parsed = json.loads(self.verbalizer)
             except json.JSONDecodeError as err:
@@ -252,9 +274,15 @@ class TaskConfig:
         data = BUILT_IN_DATA[self.data]() if self.data in BUILT_IN_DATA else self.data
         return load_task(
             data, self.preset, k=self.k, seed=self.data_seed, template=self.template or None,
-            verbalizer=json.loads(self.verbalizer) if self.verbalizer else None, placement=self.placement,
+            verbalizer=self._verbalizer(), placement=self.placement,
             test_limit=self.test_limit or None, name=BUILT_IN_NAMES.get(self.data), fields=self.fields(),
         )
+
+
+    def _verbalizer(self) -> Mapping[str, str] | str | None:
+        if not self.verbalizer or self.verbalizer == LABEL_NAMES:
+            return self.verbalizer or None
+        return json.loads(self.verbalizer)  # type: ignore[no-any-return]
 
 
 def demo_data_dir() -> Path:
