@@ -495,6 +495,7 @@ class Tuner:
             if keep_manual and task.test:  # the table reports the tuned prompt on test even where it was not returned
                 metrics["tuned_test_acc"] = self._evaluate(tuned, task.test, state.best_bias).accuracy
             metrics["answer_scores"] = _answer_scores(metrics)
+            metrics["answer_scores"]["tuned_prompt"] = tuned.text if isinstance(tuned, HardPrompt) else discretized.text  # type: ignore[union-attr]
         metrics["backend_stats"] = _stats(self.backend)
         metrics["missing_rate"] = metrics["backend_stats"].get("missing_rate", 0.0)  # NaN label scores (losses.py)
         probe = self.backend.probe_report()  # what the server supports, as the run used it
