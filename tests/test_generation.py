@@ -56,7 +56,7 @@ class AnswerBackend(Backend):
     def generate(self, prompts, examples, fmt, *, max_tokens=16, n=1, temperature=0.0, stop=("\n",)):
         self.generate_kwargs.append(dict(max_tokens=max_tokens, n=n, temperature=temperature, stop=stop))
         self.stats.add(len(prompts), len(examples))
-        return [[[(" " + ex.label + ("\n" if self.quality(p) > (b + 1) / (len(examples) + 1) else " maybe"))]
+        return [[[("\n " + ex.label + ("\nmore words" if self.quality(p) > (b + 1) / (len(examples) + 1) else " maybe"))]
                  for b, ex in enumerate(examples)] for p in prompts]
 
     def score(self, prompts, examples, fmt):
@@ -143,7 +143,7 @@ def test_metric_scoring_is_one_minus_the_metric_of_the_greedy_answer(tiny_backen
     half = HardPrompt((2, 1), "half")  # quality 0.5: right on the first two of four examples (bars 0.2, 0.4)
     scores = objective.train_scores([half], task.train)
     assert np.allclose(scores, [[0.0, 0.0, wrong, wrong]])
-    assert backend.generate_kwargs[-1] == dict(max_tokens=5, n=1, temperature=0.0, stop=("\n",))
+    assert backend.generate_kwargs[-1] == dict(max_tokens=5, n=1, temperature=0.0, stop=())
     assert backend.continuations == []  # metric scoring needs no log-probs
 
 
@@ -158,9 +158,9 @@ def test_evaluation_reports_the_metric_and_the_scorings_loss(tiny_backend):
 
 
 def test_backends_that_cannot_generate_or_give_logprobs_are_refused_by_name(tiny_backend):
-    with pytest.raises(CapabilityError, match="cannot score generate"):
+    with pytest.raises(CapabilityError, match="cannot generate text"):
         GenerationObjective(AnswerBackend(tiny_backend, generate=False), FMT, "metric", answer_metric("exact"))
-    with pytest.raises(CapabilityError, match="answer-scoring metric"):
+    with pytest.raises(CapabilityError, match="cannot give log-probs.*answer-scoring metric"):
         GenerationObjective(AnswerBackend(tiny_backend, logprobs=False), FMT, "reference", answer_metric("exact"))
     GenerationObjective(AnswerBackend(tiny_backend, logprobs=False), FMT, "metric", answer_metric("exact"))
 
@@ -263,3 +263,16 @@ def test_api_tunes_a_generation_task_on_the_tiny_model_with_soft_prompts_and_met
     assert run.metrics["answer_scoring"] == "metric" and run.metrics["mode"] == "soft"
     assert set(run.metrics["answer_scores"]["tuned"]) == {"dev", "test"}
     assert "hard_test_acc" in run.metrics  # the soft prompt's nearest tokens, judged on answers too
+
+
+def test_compare_refuses_a_generation_task_by_name(tiny_backend):
+    from bbtune.app.compare import compare
+    from bbtune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="generation task.*bbtune tune"):
+        compare(_task(), AnswerBackend(tiny_backend), methods=["manual"], seeds=[1], progress=False)
+
+
+def test_dry_run_of_a_generation_task_says_it_is_not_built(capsys):
+    code = main(["tune", "--data", "demo-answers", "--preset", "answer", "--dry-run"])
+    assert code == 2 and "generation task" in capsys.readouterr().err

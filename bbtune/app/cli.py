@@ -34,7 +34,7 @@ from bbtune.backends.factory import LocalConfig, transfer_backend
 from bbtune.backends.remote import RemoteConfig
 from bbtune.backends.retry import should_retry
 from bbtune.core.table import markdown_table
-from bbtune.errors import BackendError, BBTuneError, OutputExistsError
+from bbtune.errors import BackendError, BBTuneError, ConfigError, OutputExistsError
 from bbtune.runs.endings import (
     EPILOG,
     Ending,
@@ -337,7 +337,11 @@ def _notes(task: Any, cfg: TuneConfig) -> None:
 def _dry_run_tune(args: argparse.Namespace) -> str:
     configs = {name: from_args(cls, args) for name, cls in CONFIGS.items()}
     remote = from_args(RemoteConfig, args, REMOTE_PREFIX)
-    estimate = dry_run_tune(configs["task"].load(), configs["tune"], args.backend, configs["backend"], remote)
+    task = configs["task"].load()
+    if task.format.is_generation:
+        raise ConfigError("--dry-run estimates label-word scoring; for a generation task (free-text answers) it is "
+                          "not built yet: try a small --budget-calls on the real backend instead")
+    estimate = dry_run_tune(task, configs["tune"], args.backend, configs["backend"], remote)
     return f"dry run: nothing was sent; this run would spend at most\n\n{estimate.table()}"
 
 

@@ -56,7 +56,8 @@ class Capabilities:
             if kind == "soft" and not self.logprobs:
                 hint = ("this server answers text only (--remote-mode text) and a soft prompt is not text: tune hard "
                         "prompts (--mode hard)")
-            raise CapabilityError(f"backend {backend_name} cannot score {kind} prompts; {hint}")
+            can = {"generate": "generate text", "logprobs": "give log-probs"}.get(kind, f"score {kind} prompts")
+            raise CapabilityError(f"backend {backend_name} cannot {can}; {hint}")
 
 
 @dataclass

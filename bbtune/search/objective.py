@@ -38,7 +38,9 @@ from bbtune.search.losses import MISSING_LABEL_LOSS, Loss, per_prompt_loss
 from bbtune.tasks import Example, TaskFormat
 from bbtune.tasks.answer_metrics import AnswerMetric
 
-GENERATE_STOP = ("\n",)  # an answer is one line
+# An answer is the first line that holds any text: small models often start on a new line ("Answer:\nParis"), so
+# generation is not stopped at a newline (that would cut such answers to nothing); the rest is read and dropped.
+GENERATE_STOP: tuple[str, ...] = ()
 RIGHT_AT = 0.5  # a generated answer whose metric reaches this counts as right (paired test against the manual prompt)
 
 
@@ -159,8 +161,17 @@ class GenerationObjective:
         """(P, B) metric of each prompt's greedy answer against each example's reference."""
         texts = self.backend.generate(prompts, examples, self.fmt, max_tokens=self.max_tokens, n=1, temperature=0.0,
                                       stop=GENERATE_STOP)
-        return np.array([[self.metric(row[0].strip(), ex.label) for row, ex in zip(per_prompt, examples)]
+        return np.array([[self.metric(first_line(row[0]), ex.label) for row, ex in zip(per_prompt, examples)]
                          for per_prompt in texts], dtype=float)
+
+
+def first_line(text: str) -> str:
+    """A generated answer: its first line holding any text, stripped ('' where there is none).
+
+    >>> first_line("\n  Paris\nThe capital of France is Paris.")
+    'Paris'
+    """
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 def skipped_for_generation(calibrate: bool, loss: Loss | str) -> list[str]:
