@@ -5,7 +5,8 @@ short-answer set (bbtune/data/answers: capitals, plurals, past tenses, opposites
 
 One few-shot split (k train and k dev questions, `--seed`), the whole test split (63 questions). For each scoring
 (``reference``: the reference answers' log-likelihood; ``metric``: exact match of the greedy answer) one hard-mode
-search (projection in the loop, p0 = the template's cue, so z = 0 is the manual prompt). Every row reports exact
+search (projection in the loop, p0 = the template's cue, so z = 0 is the manual prompt); ``--modes soft`` tunes
+soft prompts instead (their rows show the nearest tokens as the prompt). Every row reports exact
 match of the greedy answers on dev and test; the tuned rows are the tuned prompt's numbers even where the run
 returned the manual prompt (``returned`` says which it did). Prints a table and writes JSON (default
 benchmarks/results/generation.json), after every run.
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--scorings", nargs="+", default=["reference", "metric"], choices=["reference", "metric"])
+    ap.add_argument("--modes", nargs="+", default=["hard"], choices=["hard", "soft"],
+                    help="hard (projection in the loop) and/or soft (local models only)")
     ap.add_argument("--metric", default="exact", help="answer metric (exact, f1, package.module:function)")
     ap.add_argument("--budget", type=int, default=100, help="model calls per search")
     ap.add_argument("--popsize", type=int, default=10)
@@ -52,18 +55,18 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
-    for scoring in args.scorings:
-        cfg = TuneConfig(mode="hard", answer_scoring=scoring, answer_metric=args.metric, budget_calls=args.budget,
+    for mode, scoring in [(mode, scoring) for mode in args.modes for scoring in args.scorings]:
+        cfg = TuneConfig(mode=mode, answer_scoring=scoring, answer_metric=args.metric, budget_calls=args.budget,
                          popsize=args.popsize, eval_every=args.budget // 2, seed=args.seed)
         started = time.perf_counter()
         m = tune(task, backend, cfg, progress=False).metrics
-        runs.append({"scoring": scoring, "total_s": round(time.perf_counter() - started, 1),
+        runs.append({"mode": mode, "scoring": scoring, "total_s": round(time.perf_counter() - started, 1),
                      **{k: m[k] for k in ("answer_scores", "hard_prompt", "initial_train_loss", "best_train_loss",
                                           "calls", "eval_calls", "selected", "decision")}})
         if not rows:
             rows.append(_row(args.metric, "manual prompt (template's cue)", m["answer_scores"]["manual"], None, "", "",
                              0, None))
-        rows.append(_row(args.metric, f"BBT hard, {scoring} scoring", m["answer_scores"]["tuned"],
+        rows.append(_row(args.metric, f"BBT {mode}, {scoring} scoring", m["answer_scores"]["tuned"],
                          m["answer_scores"]["manual"],
                          f"{m['initial_train_loss']:.3f} -> {m['best_train_loss']:.3f}", m["selected"], m["calls"],
                          runs[-1]["total_s"], m["answer_scores"]["tuned_prompt"]))

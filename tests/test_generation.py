@@ -276,3 +276,28 @@ def test_compare_refuses_a_generation_task_by_name(tiny_backend):
 def test_dry_run_of_a_generation_task_says_it_is_not_built(capsys):
     code = main(["tune", "--data", "demo-answers", "--preset", "answer", "--dry-run"])
     assert code == 2 and "generation task" in capsys.readouterr().err
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_a_killed_generation_run_resumes_to_the_uninterrupted_result(tiny_backend, tmp_path):
+    cfg = TuneConfig(mode="hard", answer_scoring="reference", budget_calls=30, seed=5, **FAST)
+    whole = tune(_task(), AnswerBackend(tiny_backend), cfg, tmp_path / "whole", progress=False)
+    dying = AnswerBackend(tiny_backend)
+    calls = {"n": 0}
+    original = dying.continuation_logprobs
+
+    def die_on_the_fifth(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # past the manual prompt, p0 and a couple of generations
+            raise Interrupted
+        return original(*args, **kwargs)
+
+    dying.continuation_logprobs = die_on_the_fifth
+    with pytest.raises(Interrupted):
+        tune(_task(), dying, cfg, tmp_path / "killed", progress=False)
+    resumed = tune(_task(), AnswerBackend(tiny_backend), cfg, tmp_path / "killed", progress=False, resume=True)
+    assert resumed.curve == whole.curve
+    assert resumed.metrics["answer_scores"] == whole.metrics["answer_scores"]
