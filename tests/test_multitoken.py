@@ -21,7 +21,7 @@ from bbtune.backends.labeltrie import LabelTrie
 from bbtune.backends.local import LocalBackend
 from bbtune.backends.remote import RemoteBackend, RemoteConfig
 from bbtune.core.prompts import HardPrompt, SoftPrompt
-from bbtune.errors import CapabilityError, TaskError, VerbalizerError
+from bbtune.errors import CapabilityError, ConfigError, TaskError, VerbalizerError
 from bbtune.tasks import Example, TaskConfig, TaskFormat, Template, label_name_words, verbalizer_token_sequences
 from mock_server import MockApp, MockServer, ServerConfig, mock_transport, shared_scorer
 
@@ -276,6 +276,12 @@ def test_a_token_outside_the_top_k_makes_its_word_missing_and_counted(tiny: Loca
 def test_chat_mode_refuses_multi_token_words_naming_the_modes() -> None:
     with remote(Counted().transport, mode="chat", probe=False, top_k=5) as backend, pytest.raises(
             CapabilityError, match="several tokens.*--remote-mode echo.*--remote-mode top_logprobs"):
+        backend.score([HardPrompt((), "")], EXAMPLES, fmt())
+
+
+def test_top_k_modes_without_a_tokenizer_refuse_words_of_several_words_naming_the_fixes() -> None:
+    with remote(Counted().transport, mode="top_logprobs", local_model="", probe=False) as backend, pytest.raises(
+            ConfigError, match="several tokens.*--remote-local-model.*--remote-mode echo"):
         backend.score([HardPrompt((), "")], EXAMPLES, fmt())
 
 

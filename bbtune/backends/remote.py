@@ -295,7 +295,16 @@ class RemoteBackend(Backend):
         """The label words' token trie where some word has several tokens and the mode chains requests for it
         (top_logprobs, prompt_embeds); None where every word is one token (read from one top-k list) or there is no
         local tokenizer to tell. Chat mode refuses such words: it reads only an answer's first token."""
-        if self.tokenizer is None or self.config.mode is ScoreMode.ECHO:
+        if self.config.mode is ScoreMode.ECHO:
+            return None
+        if self.tokenizer is None:
+            spaced = [w for w in fmt.verbalizer.values() if len(w.split()) > 1]
+            if spaced:
+                raise ConfigError(
+                    f"label words {spaced} are several words, so several tokens, and --remote-mode "
+                    f"{self.config.mode.value} reads one token per list; set --remote-local-model to the same model "
+                    "(its tokenizer splits the words, then each token is read by a chained request) or use "
+                    "--remote-mode echo (exact, where the server supports echo)")
             return None
         trie = LabelTrie.build(self.reference().encoder.label_seqs(fmt))
         if trie.single:
