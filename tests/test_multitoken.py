@@ -314,11 +314,15 @@ def test_tune_sst5_with_label_names_locally_and_through_the_mock(tmp_path: Path)
     assert main(["tune", *TUNE, "--model", "tiny", "--run-dir", str(tmp_path / "local")]) in (0, None)
     server = MockServer(ServerConfig(model="tiny", port=0, max_logprobs=400), scorer=shared_scorer("tiny")).start()
     try:
-        code = main(["tune", *TUNE, "--backend", "remote", "--remote-base-url", server.url, "--remote-model", "tiny",
-                     "--remote-local-model", "tiny", "--remote-mode", "echo", "--run-dir", str(tmp_path / "remote")])
+        for mode in ("echo", "top_logprobs"):  # exact, and chained with the probe's choices (top-k, logit_bias)
+            code = main(["tune", *TUNE, "--backend", "remote", "--remote-base-url", server.url, "--remote-model",
+                         "tiny", "--remote-local-model", "tiny", "--remote-mode", mode, "--remote-top-k", "400",
+                         "--run-dir", str(tmp_path / mode)])
+            assert code in (0, None), mode
     finally:
         server.stop()
-    assert code in (0, None)
-    local, far = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("local", "remote"))
-    assert local["calls"] == far["calls"] == 8
-    assert local["manual_dev_acc"] == far["manual_dev_acc"]  # the same exact scores pick the same labels
+    local = json.loads((tmp_path / "local" / "metrics.json").read_text())
+    for mode in ("echo", "top_logprobs"):
+        far = json.loads((tmp_path / mode / "metrics.json").read_text())
+        assert local["calls"] == far["calls"] == 8
+        assert local["manual_dev_acc"] == far["manual_dev_acc"], mode  # the same label differences pick the same labels
