@@ -286,7 +286,15 @@ class RemoteBackend(Backend):
                 self.check((ps[0], exs, words))
             return self.label_logprobs(ps, exs, words, bias=self.logit_bias_)
 
-        out = score_continuations(scores, prompts, examples, fmt, continuations)
+        if self.config.mode is ScoreMode.ECHO:  # any strings per row: every (row, string) in one concurrent send
+            if self.config.probe and self.probe_ is None:
+                self.check()
+            pairs = [(t + w, w) for i, t in enumerate(self.texts(prompts, examples, fmt))
+                     for w in continuations[i % len(examples)]]
+            sent = self.send(wire.echo_requests(self.shape(), pairs, lambda p: self.count_tokens(p[0])))
+            out = np.array(sent, dtype=np.float64).reshape(len(prompts), len(examples), n_strings)
+        else:
+            out = score_continuations(scores, prompts, examples, fmt, continuations)
         self.stats.count_labels(out.size, int(np.isnan(out).sum()))
         self.stats.add(len(prompts), len(examples))
         return check_scores(out, len(prompts), len(examples), n_strings, self.name)
