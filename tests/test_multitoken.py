@@ -168,7 +168,7 @@ def test_single_token_words_cost_one_step_and_shared_prefixes_one_more_each() ->
 
 def test_a_masked_lm_refuses_multi_token_words_naming_the_fix() -> None:
     masked = LocalBackend("tiny-masked")
-    with pytest.raises(VerbalizerError, match="masked LM.*single-token words"):
+    with pytest.raises(VerbalizerError, match="masked LM.*single-token words.*' very negative'.*tokens"):
         masked.score([HardPrompt((), "")], EXAMPLES, fmt("prefix"))
 
 
