@@ -1,6 +1,8 @@
 """--dry-run: the estimate is at least what a run through the mock server really spends, and close to it."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from bbtune.backends.factory import LocalConfig
@@ -25,8 +27,15 @@ def _config(server: MockServer, **kw) -> RemoteConfig:
                         price_completion_per_mtok=8.0, **kw)
 
 
-@pytest.mark.parametrize("mode,probe", [("top_logprobs", False), ("top_logprobs", True), ("echo", False)])
-def test_estimate_bounds_a_real_run_and_is_close(server, tiny_task, mode, probe):
+MULTI = {"negative": " very bad", "positive": " very great"}  # several tokens each: chained or echoed
+
+
+@pytest.mark.parametrize("mode,probe,words", [("top_logprobs", False, None), ("top_logprobs", True, None),
+                                              ("echo", False, None), ("top_logprobs", False, MULTI),
+                                              ("echo", False, MULTI)])
+def test_estimate_bounds_a_real_run_and_is_close(server, tiny_task, mode, probe, words):
+    if words:
+        tiny_task = replace(tiny_task, format=replace(tiny_task.format, verbalizer=words))
     config = _config(server, mode=mode, probe=probe, batch_size=4)
     before = server.stats()
     with config.build() as backend:

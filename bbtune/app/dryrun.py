@@ -6,7 +6,8 @@ chunks of 64, the manual and start points, final test scores, a soft run's neare
 the tuner itself and follows it as it changes. `price` then costs each recorded call the way the remote
 backend sends it: every rendered text tokenized by the real tokenizer, plus the meter's `PROMPT_TOKEN_MARGIN`
 (and `CHAT_TOKEN_MARGIN` in chat mode) per text; one request per `batch_size` texts (chat: one per text; echo:
-one text per label word); one completion token per text; cost from the ``--remote-price-*`` flags.
+one text per label word; a label word of several tokens in the top-k modes: one text per step of the words'
+trie, see `bbtune.backends.labeltrie`); one completion token per text; cost from the ``--remote-price-*`` flags.
 
 Why it is an upper bound: candidates the tuner would skip as repeats are priced as if sent, cached replies as
 if paid, and the probe as `PROBE_REQUESTS` requests as large as the largest request of the run. Not included:
@@ -25,7 +26,8 @@ import numpy as np
 from bbtune.backends.base import Backend, CallStats, Capabilities
 from bbtune.constants import CHAT_TOKEN_MARGIN, PROMPT_TOKEN_MARGIN
 from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt
-from bbtune.tasks import Example, TaskFormat
+from bbtune.backends.labeltrie import LabelTrie
+from bbtune.tasks import Example, TaskFormat, verbalizer_token_sequences
 
 PROBE_REQUESTS = 10  # the probe's requests at most: /models, first, repeat, lists, top-k step-downs, a sample
 
@@ -130,9 +132,7 @@ def price(calls: Sequence[_Call], tokenizer: Any, pricing: Pricing) -> Estimate:
     est = Estimate()
     largest = 0
     for call in calls:
-        rows = _row_tokens(call, tokenizer)
-        if pricing.mode == "echo":
-            rows = [n + 1 for n in rows for _ in call.fmt.labels]  # the text with each label word appended
+        rows = _label_rows(_row_tokens(call, tokenizer), call.fmt, tokenizer, pricing.mode)
         per_text = [n + (PROMPT_TOKEN_MARGIN + pricing.extra_tokens if pricing.mode != "local" else 0) for n in rows]
         est.calls += len(call.prompts)
         est.examples_scored += len(call.prompts) * len(call.examples)
@@ -150,6 +150,18 @@ def price(calls: Sequence[_Call], tokenizer: Any, pricing: Pricing) -> Estimate:
         est.cost = (est.prompt_tokens * pricing.prompt_per_mtok + est.completion_tokens * pricing.completion_per_mtok) / 1e6
         est.notes.append("not included: retries of failed requests; cached replies are counted as paid")
     return est
+
+
+def _label_rows(rows: list[int], fmt: Any, tokenizer: Any, mode: str) -> list[int]:
+    """The texts the label words add to `rows` (their tokens): echo sends each text with each word appended; the
+    top-k modes send each text once per step of the words' trie (once for single-token words), extended by
+    the step's prefix (chained requests for words of several tokens); chat and local, each text once."""
+    if mode in ("local", "chat"):
+        return rows
+    seqs = verbalizer_token_sequences(tokenizer, fmt)
+    if mode == "echo":
+        return [n + len(seq) for n in rows for seq in seqs]
+    return [n + len(step.prefix) for step in LabelTrie.build(seqs).steps for n in rows]
 
 
 def _row_tokens(call: _Call, tokenizer: Any) -> list[int]:

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 from bbtune.core.prompts import HardPrompt
 from bbtune.errors import TaskError, VerbalizerError
-from bbtune.tasks import Example, Placement, TaskFormat, verbalizer_token_sequences
+from bbtune.tasks import Example, Placement, TaskFormat, multi_token_message, verbalizer_token_sequences
 from bbtune.backends.labeltrie import LabelTrie
 
 
@@ -81,9 +81,10 @@ class InputEncoder:
             seqs = verbalizer_token_sequences(self.tokenizer, fmt)
             longest = max(range(len(seqs)), key=lambda j: len(seqs[j]))
             if self.is_masked and len(seqs[longest]) > 1:
-                word = list(fmt.verbalizer.values())[longest]
-                raise VerbalizerError(f"verbalizer word {word!r} is {len(seqs[longest])} tokens; a masked LM scores "
-                                      "one token at its mask, so use single-token words with it (or a causal LM)")
+                label, word = list(fmt.verbalizer.items())[longest]
+                raise VerbalizerError("a masked LM scores one token at its mask, so it takes single-token words only "
+                                      "(or use a causal LM): " + multi_token_message(self.tokenizer, label, word,
+                                                                                    list(seqs[longest])))
             self._label_seqs[key] = seqs
         return self._label_seqs[key]
 

@@ -524,7 +524,8 @@ def missing_message(missing: float, n: int, k: int, cfg: Any) -> str:
             f"top-{k} list (allowed: --remote-max-missing {cfg.max_missing:g}); a missing label cannot be ranked. "
             "Fixes: --remote-mode echo (exact scores, where the server supports echo); --remote-logit-bias auto "
             "(needs a server that honours logit_bias and --remote-local-model); label words the model says more "
-            f"readily (--verbalizer); a deeper --remote-top-k (vLLM: --max-logprobs){chat}")
+            "readily (--verbalizer); a deeper --remote-top-k (vLLM: --max-logprobs); for label words of several "
+            f"tokens, --remote-local-model (chained requests read each token){chat}")
 
 
 def _agree(a: Any, b: Any, tol: float) -> bool:

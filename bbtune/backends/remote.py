@@ -336,7 +336,15 @@ class RemoteBackend(Backend):
                 self.check((ps[0], exs, words))
             return self.label_logprobs(ps, exs, words, bias=self.logit_bias_)
 
-        out = score_continuations(scores, prompts, examples, fmt, continuations)
+        if self.config.mode is ScoreMode.ECHO:  # any strings per row: every (row, string) in one concurrent send
+            if self.config.probe and self.probe_ is None:
+                self.check()
+            pairs = [(t + w, w) for i, t in enumerate(self.texts(prompts, examples, fmt))
+                     for w in continuations[i % len(examples)]]
+            sent = self.send(wire.echo_requests(self.shape(), pairs, lambda p: self.count_tokens(p[0])))
+            out = np.array(sent, dtype=np.float64).reshape(len(prompts), len(examples), n_strings)
+        else:
+            out = score_continuations(scores, prompts, examples, fmt, continuations)
         self.stats.count_labels(out.size, int(np.isnan(out).sum()))
         self.stats.add(len(prompts), len(examples))
         return check_scores(out, len(prompts), len(examples), n_strings, self.name)
@@ -345,7 +353,16 @@ class RemoteBackend(Backend):
         """The label words' token trie where some word has several tokens and the mode chains requests for it
         (top_logprobs, prompt_embeds); None where every word is one token (read from one top-k list) or there is no
         local tokenizer to tell. Chat mode refuses such words: it reads only an answer's first token."""
-        if self.tokenizer is None or self.config.mode is ScoreMode.ECHO:
+        if self.config.mode is ScoreMode.ECHO:
+            return None
+        if self.tokenizer is None:
+            spaced = [w for w in fmt.verbalizer.values() if len(w.split()) > 1]
+            if spaced:
+                raise ConfigError(
+                    f"label words {spaced} are several words, so several tokens, and --remote-mode "
+                    f"{self.config.mode.value} reads one token per list; set --remote-local-model to the same model "
+                    "(its tokenizer splits the words, then each token is read by a chained request) or use "
+                    "--remote-mode echo (exact, where the server supports echo)")
             return None
         trie = LabelTrie.build(self.reference().encoder.label_seqs(fmt))
         if trie.single:
