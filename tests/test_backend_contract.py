@@ -128,3 +128,14 @@ def test_a_local_model_is_there_for_what_needs_one(backend):
         assert local is None
     else:
         assert local is not None and local.vocabulary().size == backend.vocabulary().size
+
+
+def test_generate_gives_n_texts_per_row_or_says_it_cannot(backend):
+    if not backend.capabilities.generate:
+        with pytest.raises(CapabilityError, match="cannot generate"):
+            backend.generate(prompts()[:2], EXAMPLES, FMT)
+        return
+    out = backend.generate(prompts()[:2], EXAMPLES, FMT, max_tokens=3, n=2, temperature=1.0)
+    assert [[len(row) for row in rows] for rows in out] == [[2] * len(EXAMPLES)] * 2
+    assert all(isinstance(t, str) and "\n" not in t for rows in out for row in rows for t in row)
+

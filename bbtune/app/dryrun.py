@@ -19,7 +19,7 @@ retries (a 429 or 5xx is not billed, but a dropped request may be).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -60,7 +60,8 @@ class ShapeBackend(Backend):
     of the backend the real run would use."""
 
     def __init__(self, reference: Backend, capabilities: Capabilities, name: str, seed: int = 0):
-        self.reference, self.capabilities, self.name = reference, capabilities, f"dry-run:{name}"
+        # it answers scores, never text: `generate` is the protocol's refusal
+        self.reference, self.capabilities, self.name = reference, replace(capabilities, generate=False), f"dry-run:{name}"
         self.calls: list[_Call] = []
         self.scoring = False
         self.stats = _ShapeStats(self)
