@@ -243,15 +243,22 @@ class PromptSensitive(Scorer):
         return out
 
 
+def text_run(url: str, run_dir, *extra: str) -> list[str]:
+    return ["tune", "--data", "demo", "--k", "4", "--test-limit", "16", "--model", "tiny", "--prompt-tokens", "3",
+            "--intrinsic-dim", "20", "--popsize", "4", "--budget-calls", "12", "--mode", "hard", "--no-progress",
+            "--backend", "remote", "--remote-base-url", url, "--remote-model", "tiny", "--remote-local-model", "tiny",
+            "--remote-mode", "text", "--remote-answer-endpoint", "completions", "--remote-answer-tokens", "2",
+            "--run-dir", str(run_dir), *extra]
+
+
+def text_server() -> MockServer:
+    return MockServer(ServerConfig(model="tiny", port=0, logprobs=False), FaultConfig(), scorer=PromptSensitive())
+
+
 def test_text_mode_tunes_a_hard_prompt_end_to_end_through_a_text_only_server(tmp_path) -> None:
     run_dir = tmp_path / "run"
-    with MockServer(ServerConfig(model="tiny", port=0, logprobs=False), FaultConfig(),
-                    scorer=PromptSensitive()) as server:
-        code = main(["tune", "--data", "demo", "--k", "4", "--test-limit", "16", "--model", "tiny", "--prompt-tokens",
-                     "3", "--intrinsic-dim", "20", "--popsize", "4", "--budget-calls", "12", "--mode", "hard",
-                     "--no-progress", "--backend", "remote", "--remote-base-url", server.url, "--remote-model", "tiny",
-                     "--remote-local-model", "tiny", "--remote-mode", "text", "--remote-answer-endpoint", "completions",
-                     "--remote-answer-tokens", "2", "--run-dir", str(run_dir)])
+    with text_server() as server:
+        code = main(text_run(server.url, run_dir))
         served = server.stats()
     assert code == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -262,3 +269,27 @@ def test_text_mode_tunes_a_hard_prompt_end_to_end_through_a_text_only_server(tmp
     losses = {row["train_loss"] for row in csv.DictReader((run_dir / "curve.csv").open())}
     assert len(losses) > 1  # the answers, hence the loss, moved with the prompt
     assert metrics["calls"] == 12 and (run_dir / "hard_prompt.json").exists()
+
+
+def test_a_text_mode_run_stopped_by_its_request_limit_resumes_to_the_same_result(tmp_path) -> None:
+    with text_server() as server:
+        assert main(text_run(server.url, tmp_path / "whole")) == 0
+        assert main(text_run(server.url, tmp_path / "run", "--remote-max-requests", "12")) == 3
+        assert main(["tune", "--resume", str(tmp_path / "run"), "--no-progress", "--remote-max-requests", "1000"]) == 0
+    whole, resumed = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("whole", "run"))
+    assert resumed["test_acc"] == whole["test_acc"] and resumed["calls"] == whole["calls"]
+    assert resumed["backend_stats"]["requests"] == Ledger(tmp_path / "run" / "ledger.jsonl").spent().requests > 12
+
+
+def test_the_mock_answers_text_only_with_no_logprobs() -> None:
+    from mock_server.__main__ import build_parser
+
+    args = build_parser().parse_args(["--no-logprobs"])
+    app = make_app(logprobs=args.logprobs)
+    for route, body in (("/v1/completions", {"prompt": "a film", "logprobs": 5}),
+                        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a film"}],
+                                                  "logprobs": True, "top_logprobs": 5})):
+        reply = json.loads(app.handle("POST", route, {}, json.dumps({"model": "tiny", "max_tokens": 2, **body}).encode()).body)
+        choice = reply["choices"][0]
+        assert choice["logprobs"] is None and isinstance(choice.get("text", choice.get("message", {}).get("content")), str)
+
