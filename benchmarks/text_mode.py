@@ -12,8 +12,8 @@ prompt's, calls, HTTP requests, answers naming no label, wall time. With llama-c
 
 Small on purpose (2 CPU cores shared with other jobs, one process; the mock runs every sequence alone, ~0.25 s
 of CPU per SmolLM2 forward): SST-2 k=8 per class, 36 calls, 50 test sentences, answers of 1 token (the label
-word is the first token of the answer on both endpoints; more tokens cost a whole forward each, as the mock
-decodes without a KV cache).
+word where the model answers with it; an answer that starts otherwise is unparsed, and the search learns to
+avoid it; each more token costs a whole forward, as the mock decodes without a KV cache).
 """
 from __future__ import annotations
 
