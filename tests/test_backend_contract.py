@@ -146,3 +146,14 @@ def test_continuations_are_exact_or_refused_by_name(backend, local_scores):
         np.testing.assert_allclose(got, exact, atol=2e-4)
     else:  # top-k with logit_bias: the differences between the strings are the exact ones
         np.testing.assert_allclose(np.diff(got, axis=-1), np.diff(exact, axis=-1), atol=2e-3)
+
+
+def test_generate_gives_n_texts_per_row_or_says_it_cannot(backend):
+    if not backend.capabilities.generate:
+        with pytest.raises(CapabilityError, match="cannot generate"):
+            backend.generate(prompts()[:2], EXAMPLES, FMT)
+        return
+    out = backend.generate(prompts()[:2], EXAMPLES, FMT, max_tokens=3, n=2, temperature=1.0)
+    assert [[len(row) for row in rows] for rows in out] == [[2] * len(EXAMPLES)] * 2
+    assert all(isinstance(t, str) and "\n" not in t for rows in out for row in rows for t in row)
+

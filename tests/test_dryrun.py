@@ -79,3 +79,19 @@ def test_compare_dry_run_counts_what_compare_calls(tmp_path, capsys):
     report = run_compare(config, task, local, tune_cfg, progress=False)
     spent = sum(r.cost.calls for r in report.results)
     assert spent <= est.calls <= 1.1 * spent
+
+
+@pytest.mark.parametrize("endpoint, samples", [("chat", 1), ("completions", 2)])
+def test_text_mode_estimate_bounds_a_real_run(server, tiny_task, endpoint, samples):
+    config = _config(server, mode="text", probe=False, answer_endpoint=endpoint, answer_samples=samples,
+                     answer_temperature=1.0 if samples > 1 else 0.0, answer_tokens=3)
+    with config.build() as backend:
+        tune(tiny_task, backend, HARD, progress=False)
+        spent = backend.stats.as_dict()
+    est = dry_run_tune(tiny_task, HARD, "remote", LocalConfig(model="tiny"), config)
+    assert spent["answers"] > 0
+    for key in ("requests", "prompt_tokens", "completion_tokens", "cost"):
+        assert spent[key] <= getattr(est, key), key
+    # n in one request where the server takes it: the estimate (a server refusing n) is n times the requests;
+    # repeats the tuner skips are priced as sent
+    assert est.requests <= 1.25 * samples * spent["requests"]

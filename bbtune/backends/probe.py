@@ -110,8 +110,7 @@ def explain(err: BaseException, mode: ScoreMode) -> BaseException:
     which mode to use instead; any other error unchanged."""
     text = str(err).lower()
     refused = isinstance(err, BadRequestError) and any(w in text for w in _FEATURE_WORDS[mode])
-    silent = isinstance(err, MalformedResponseError) and "logprobs" in text  # answered, without log-probs
-    if refused or silent or (isinstance(err, NotFoundError) and getattr(err, "missing_endpoint", False)):
+    if refused or (isinstance(err, NotFoundError) and getattr(err, "missing_endpoint", False)):
         return CapabilityError(f"{err}\n  -> {USE_INSTEAD[mode]}")
     return err
 
@@ -420,7 +419,7 @@ class _TextProbe:
             self.lists(first)
         if self.cfg.answer_samples > 1:
             self.samples()
-        self.report.answers_per_request = self.target.answers_per_request_
+        self.report.answers_per_request = min(self.target.answers_per_request_, self.cfg.answer_samples)
         if sample is not None:
             self.sampled(sample)
 

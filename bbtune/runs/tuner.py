@@ -616,6 +616,8 @@ def _stats(backend: Backend) -> dict[str, Any]:
 
 
 def _missing_postfix(backend: Backend) -> dict[str, str]:
-    """The running share of missing label scores, for backends that read top-k lists (remote)."""
+    """The running share of missing label scores, for backends that read top-k lists (remote), and of answers
+    naming no label (text mode)."""
     stats = backend.stats
-    return {"missing": f"{stats.missing_rate:.1%}"} if stats.labels_scored else {}
+    out = {"missing": f"{stats.missing_rate:.1%}"} if stats.labels_scored else {}
+    return {**out, "unparsed": f"{stats.unparsed_rate:.1%}"} if stats.answers else out
