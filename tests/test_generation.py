@@ -301,3 +301,24 @@ def test_a_killed_generation_run_resumes_to_the_uninterrupted_result(tiny_backen
     resumed = tune(_task(), AnswerBackend(tiny_backend), cfg, tmp_path / "killed", progress=False, resume=True)
     assert resumed.curve == whole.curve
     assert resumed.metrics["answer_scores"] == whole.metrics["answer_scores"]
+
+
+@pytest.mark.parametrize("scoring", ["reference", "metric"])
+def test_a_generation_task_tunes_hard_prompts_through_the_mock_server(tmp_path, capsys, scoring):
+    """Projection in the loop through an OpenAI-compatible server: references by echo, answers as completions."""
+    from mock_server import MockServer, ServerConfig, shared_scorer
+
+    with MockServer(ServerConfig(model="tiny", port=0), scorer=shared_scorer("tiny")) as server:
+        code = main(["tune", "--data", "demo-answers", "--preset", "answer", "--k", "4", "--test-limit", "4",
+                     "--mode", "hard", "--budget-calls", "12", "--popsize", "6", "--eval-every", "6",
+                     "--answer-scoring", scoring, "--backend", "remote", "--remote-base-url", server.url,
+                     "--remote-local-model", "tiny", "--remote-mode", "echo", "--run-dir", str(tmp_path / "r"),
+                     "--no-progress"])
+    out, err = capsys.readouterr()
+    # the tiny model never answers right, so exact match is flat: that run ends "flat" (exit 4), said as such
+    assert code == (0 if scoring == "reference" else 4), err
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["answer_scoring"] == scoring and metrics["backend"].startswith("remote")
+    assert metrics["backend_stats"]["requests"] > 0
+    assert scoring == "reference" or "try --answer-scoring reference" in err
+    assert set(metrics["answer_scores"]["manual"]) == {"dev", "test"} and "| dev exact " in out
