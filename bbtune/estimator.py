@@ -40,7 +40,7 @@ class PromptClassifier(ClassifierMixin, BaseEstimator):
     """BBT prompt tuning as a scikit-learn classifier.
 
     `verbalizer` maps each label (as a string) to its label word; None uses " <label>" for every label, which
-    must then be one token of the model's tokenizer. `dev_fraction` of the fit examples select the prompt.
+    may be several tokens (scored as their sum). `dev_fraction` of the fit examples select the prompt.
     """
 
     def __init__(self, model: str = "smollm2", template: str = "{text}\nAnswer:{label}",

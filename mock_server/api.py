@@ -2,7 +2,10 @@
 
 Greedy decoding with temperature 0 (the argmax token is the completion), seeded sampling otherwise. Replies
 follow OpenAI's shapes, including the legacy completions ``logprobs`` object (tokens, token_logprobs,
-top_logprobs, text_offset) and chat's ``logprobs.content``; every reply carries ``usage``.
+top_logprobs, text_offset) and chat's ``logprobs.content``; every reply carries ``usage``. ``n`` answers per
+prompt (choice index = prompt * n + sample) and ``stop`` strings work on both endpoints; with
+``ServerConfig.logprobs`` off (``--no-logprobs``) the server answers text only, as hosted chat APIs that accept
+and ignore ``logprobs``: ``"logprobs": null`` in every choice.
 
 Every parameter is checked for type and range before any prompt is tokenized, and prompts for count and
 length (`ServerConfig.max_prompts`, ``max_messages``, ``max_prompt_chars``, the model's context) before any is
@@ -104,20 +107,41 @@ class _Run:
 
 @dataclass(frozen=True)
 class _Sampling:
-    """The request's sampling parameters, checked once before any prompt is tokenized."""
+    """The request's sampling parameters, checked once before any prompt is tokenized. `n` answers per prompt
+    are drawn one after another from one generator (so they differ, and the same request gets the same ones);
+    generation ends at the first `stop` string, which the answer does not include (as OpenAI)."""
 
     temperature: float
     bias: dict[int, float]
     seed: int
+    n: int = 1
+    stop: tuple[str, ...] = ()
 
     def generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed)
 
 
+_MAX_N = 128  # answers per prompt in one request (OpenAI's limit)
+_MAX_STOP = 4  # OpenAI's limit on stop sequences
+
+
 def _sampling(body: Mapping[str, Any], vocab_size: int) -> _Sampling:
-    """temperature in [0, 2], seed an int64 >= 0 (torch.manual_seed overflows past it), logit_bias as below."""
+    """temperature in [0, 2], seed an int64 >= 0 (torch.manual_seed overflows past it), logit_bias as below,
+    n in [1, 128], stop a string or a list of up to 4 non-empty strings."""
     seed = _int(body, "seed", 0, 0, _SEED_MAX)
-    return _Sampling(_number(body, "temperature", 1.0, 0.0, 2.0), _logit_bias(body, vocab_size), seed or 0)
+    return _Sampling(_number(body, "temperature", 1.0, 0.0, 2.0), _logit_bias(body, vocab_size), seed or 0,
+                     _int(body, "n", 1, 1, _MAX_N) or 1, _stop(body))
+
+
+def _stop(body: Mapping[str, Any]) -> tuple[str, ...]:
+    raw = body.get("stop")
+    if raw is None:
+        return ()
+    items = [raw] if isinstance(raw, str) else raw
+    if (not isinstance(items, list) or not 1 <= len(items) <= _MAX_STOP
+            or not all(isinstance(x, str) and x for x in items)):
+        raise _bad(f"'stop' must be a non-empty string or a list of 1 to {_MAX_STOP} of them, got {_show(raw)}", "stop")
+    return tuple(items)
 
 
 def _logit_bias(body: Mapping[str, Any], vocab_size: int) -> dict[int, float]:
@@ -156,11 +180,12 @@ def _sample(row: torch.Tensor, temperature: float, gen: torch.Generator) -> int:
 
 
 def _decode(scorer: Scorer, embeds: torch.Tensor, max_tokens: int, sampling: _Sampling, echo: bool = False,
-            ignore_bias: bool = False) -> _Run:
+            ignore_bias: bool = False, gen: torch.Generator | None = None) -> _Run:
     if embeds.shape[0] == 0:
         raise _bad("the prompt is empty", "prompt")
     _check_context(scorer, embeds.shape[0], max_tokens)
-    bias, gen, temperature = None if ignore_bias else sampling.bias, sampling.generator(), sampling.temperature
+    bias, temperature = None if ignore_bias else sampling.bias, sampling.temperature
+    gen = gen if gen is not None else sampling.generator()
     rows = scorer.logprobs(embeds, bias, every_position=echo)
     run = _Run(rows)
     eos = scorer.tokenizer.eos_token_id
@@ -169,13 +194,37 @@ def _decode(scorer: Scorer, embeds: torch.Tensor, max_tokens: int, sampling: _Sa
         token = int(row.argmax()) if temperature == 0 else _sample(row, temperature, gen)
         run.generated.append(token)
         run.rows.append(row)
-        if token == eos:
+        if token == eos or (sampling.stop and _cut(_text(scorer, run), sampling.stop) is not None):
             run.stopped = True
             break
         if step + 1 < max_tokens:
             embeds = torch.cat([embeds, scorer.embed([token])])
             rows = scorer.logprobs(embeds, bias, every_position=False)
     return run
+
+
+def _text(scorer: Scorer, run: _Run) -> str:
+    """The generated text (the end-of-text token is no text)."""
+    return "".join(scorer.token_texts[t] for t in run.generated if t != scorer.tokenizer.eos_token_id)
+
+
+def _cut(text: str, stop: tuple[str, ...]) -> int | None:
+    """Where the first stop string starts in `text`, or None."""
+    found = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return min(found) if found else None
+
+
+def _answer(scorer: Scorer, run: _Run, stop: tuple[str, ...]) -> str:
+    text = _text(scorer, run)
+    cut = _cut(text, stop) if stop else None
+    return text if cut is None else text[:cut]
+
+
+def _decode_n(scorer: Scorer, embeds: torch.Tensor, max_tokens: int, sampling: _Sampling, echo: bool,
+              ignore_bias: bool) -> list[_Run]:
+    """`sampling.n` runs after one prompt, drawn in turn from one generator."""
+    gen = sampling.generator()
+    return [_decode(scorer, embeds, max_tokens, sampling, echo, ignore_bias, gen) for _ in range(sampling.n)]
 
 
 def _top_dict(scorer: Scorer, row: torch.Tensor, k: int, chosen: int) -> dict[str, float]:
@@ -276,9 +325,9 @@ def completions(scorer: Scorer, cfg: ServerConfig, body: Mapping[str, Any]) -> d
     _check_model(cfg, body)
     if _flag(body, "stream"):
         raise _bad("this mock does not stream; send stream=false", "stream")
-    _int(body, "n", 1, 1, 1)
     max_tokens = _int(body, "max_tokens", 16, 0, 1 << 20) or 0
     k = _int(body, "logprobs", None, 0, cfg.max_logprobs)
+    k = k if cfg.logprobs else None  # a text-only server accepts the field and answers without log-probs
     echo = _flag(body, "echo")
     if echo and k is not None and cfg.echo is EchoSupport.REJECT:
         raise _bad("Setting 'echo' and 'logprobs' at the same time is not supported for this model.", "echo")
@@ -291,19 +340,20 @@ def completions(scorer: Scorer, cfg: ServerConfig, body: Mapping[str, Any]) -> d
     if echo and any(i.ids is None for i in inputs):
         raise _bad("'echo' is not supported with prompt_embeds", "echo")
     out, prompt_tokens, completion_tokens = [], 0, 0
-    for index, item in enumerate(inputs):
-        run = _decode(scorer, item.embeds, max_tokens, sampling, echo=echo, ignore_bias=cfg.ignore_logit_bias)
+    for i, item in enumerate(inputs):
         prompt_tokens += item.embeds.shape[0]
-        completion_tokens += len(run.generated)
-        out.append(_completion_choice(scorer, cfg, index, item, run, echo, k))
+        runs = _decode_n(scorer, item.embeds, max_tokens, sampling, echo, cfg.ignore_logit_bias)
+        for j, run in enumerate(runs):  # OpenAI's order: choice index = prompt * n + sample
+            completion_tokens += len(run.generated)
+            out.append(_completion_choice(scorer, cfg, i * sampling.n + j, item, run, echo, k, sampling.stop))
     return {"id": f"cmpl-{next(_ids)}", "object": "text_completion", "created": int(time.time()), "model": cfg.name,
             "choices": out, "usage": _usage(prompt_tokens, completion_tokens)}
 
 
 def _completion_choice(scorer: Scorer, cfg: ServerConfig, index: int, item: _Input, run: _Run, echo: bool,
-                       k: int | None) -> dict[str, Any]:
+                       k: int | None, stop: tuple[str, ...] = ()) -> dict[str, Any]:
     texts = scorer.token_texts
-    generated = "".join(texts[t] for t in run.generated if t != scorer.tokenizer.eos_token_id)
+    generated = _answer(scorer, run, stop)
     choice: dict[str, Any] = {"index": index, "text": (item.text if echo else "") + generated, "logprobs": None,
                               "finish_reason": "stop" if run.stopped else "length"}
     if k is None:
@@ -323,9 +373,19 @@ def _completion_choice(scorer: Scorer, cfg: ServerConfig, index: int, item: _Inp
         values.append(float(row[token]))
         tops.append(_top_dict(scorer, row, k, token))
     start = len(item.text) if echo and cfg.echo is EchoSupport.IGNORE else 0
-    offsets = [start + sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+    echoed = len(tokens) - len(run.generated)
+    offsets = [_prompt_offset(scorer, item.ids or [], i) for i in range(echoed)]  # characters, as vLLM counts them
+    offsets += [start + len(item.text if echoed else "") + sum(len(t) for t in tokens[echoed:i])
+                for i in range(echoed, len(tokens))]
     choice["logprobs"] = {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
     return choice
+
+
+def _prompt_offset(scorer: Scorer, ids: list[int], i: int) -> int:
+    """Where prompt token i starts in the prompt's text: the length of the text its earlier tokens decode to
+    (not the sum of each token's own text, which counts a character split over two byte tokens twice, and a
+    special token's name)."""
+    return len(scorer.tokenizer.decode(ids[:i], skip_special_tokens=True))
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -374,27 +434,33 @@ def chat_completions(scorer: Scorer, cfg: ServerConfig, body: Mapping[str, Any])
     _check_model(cfg, body)
     if _flag(body, "stream"):
         raise _bad("this mock does not stream; send stream=false", "stream")
-    _int(body, "n", 1, 1, 1)
     max_tokens = _int(body, "max_completion_tokens", None, 1, 1 << 20) or _int(body, "max_tokens", 16, 1, 1 << 20)
     want = _flag(body, "logprobs")
     k = _int(body, "top_logprobs", None, 0, min(cfg.max_logprobs, 20))
     if k is not None and not want:
         raise _bad("'top_logprobs' requires 'logprobs' to be true", "top_logprobs")
+    want = want and cfg.logprobs  # a text-only server accepts the fields and answers without log-probs
     sampling = _sampling(body, scorer.vocab_size)
     ids = _chat_ids(scorer, _chat_messages(cfg, body))
-    run = _decode(scorer, scorer.embed(ids), max_tokens or 16, sampling, ignore_bias=cfg.ignore_logit_bias)
+    runs = _decode_n(scorer, scorer.embed(ids), max_tokens or 16, sampling, False, cfg.ignore_logit_bias)
+    choices = [_chat_choice(scorer, i, run, want, k, sampling.stop) for i, run in enumerate(runs)]
+    return {"id": f"chatcmpl-{next(_ids)}", "object": "chat.completion", "created": int(time.time()),
+            "model": cfg.name, "choices": choices, "usage": _usage(len(ids), sum(len(r.generated) for r in runs))}
+
+
+def _chat_choice(scorer: Scorer, index: int, run: _Run, want: bool, k: int | None,
+                 stop: tuple[str, ...]) -> dict[str, Any]:
+    """One chat answer; ``logprobs`` (the chosen tokens, with `k` alternatives each) only when `want`."""
     texts = scorer.token_texts
     content = [
         {"token": texts[t], "logprob": float(row[t]), "bytes": list(texts[t].encode()),
          "top_logprobs": [{"token": texts[i], "logprob": lp, "bytes": list(texts[i].encode())}
                           for i, lp in scorer.top(row, k or 0)]}
         for t, row in zip(run.generated, run.rows)
-    ]
-    text = "".join(texts[t] for t in run.generated if t != scorer.tokenizer.eos_token_id)
-    choice = {"index": 0, "message": {"role": "assistant", "content": text},
-              "logprobs": {"content": content} if want else None, "finish_reason": "stop" if run.stopped else "length"}
-    return {"id": f"chatcmpl-{next(_ids)}", "object": "chat.completion", "created": int(time.time()),
-            "model": cfg.name, "choices": [choice], "usage": _usage(len(ids), len(run.generated))}
+    ] if want else None
+    return {"index": index, "message": {"role": "assistant", "content": _answer(scorer, run, stop)},
+            "logprobs": {"content": content} if content is not None else None,
+            "finish_reason": "stop" if run.stopped else "length"}
 
 
 # ---------------------------------------------------------------------- small endpoints

@@ -116,6 +116,8 @@ class ServerConfig:
     prompt_embeds: bool = _f(True, "accept vLLM's prompt_embeds field on /v1/completions")
     aliases: tuple[str, ...] = _f((), "more model names to answer to")
     refuse_lists: bool = _f(False, "answer HTTP 500 to a list of prompts (as some real servers do)")
+    logprobs: bool = _f(True, "return log-probs; --no-logprobs answers text only, as hosted chat APIs that ignore "
+                              "'logprobs' (the field is accepted, the reply has 'logprobs': null)")
     ignore_logit_bias: bool = _f(False, "accept logit_bias but do not apply it (as some real servers do)")
     wrong_echo: bool = _f(False, "echo each prompt token's log-prob from the wrong position (off by one)")
     # Limits: what one request may cost, so a hostile or buggy client cannot hold a core or a thread.

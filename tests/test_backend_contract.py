@@ -128,3 +128,32 @@ def test_a_local_model_is_there_for_what_needs_one(backend):
         assert local is None
     else:
         assert local is not None and local.vocabulary().size == backend.vocabulary().size
+
+
+MULTI = [[" very bad", " great"]] * len(EXAMPLES)  # a word of several tokens next to a single-token one
+
+
+def test_continuations_are_exact_or_refused_by_name(backend, local_scores):
+    """`continuation_logprobs`: exact where the backend scores exactly, a refusal naming the modes elsewhere."""
+    exact = LocalBackend("tiny").continuation_logprobs(prompts(), EXAMPLES, FMT, MULTI)
+    if backend.kind in ("chat", "shape"):
+        with pytest.raises(CapabilityError, match="echo|LocalBackend"):
+            backend.continuation_logprobs(prompts(), EXAMPLES, FMT, MULTI)
+        return
+    got = backend.continuation_logprobs(prompts(), EXAMPLES, FMT, MULTI)
+    assert got.shape == exact.shape and backend.stats.calls == len(prompts())
+    if backend.kind in EXACT:
+        np.testing.assert_allclose(got, exact, atol=2e-4)
+    else:  # top-k with logit_bias: the differences between the strings are the exact ones
+        np.testing.assert_allclose(np.diff(got, axis=-1), np.diff(exact, axis=-1), atol=2e-3)
+
+
+def test_generate_gives_n_texts_per_row_or_says_it_cannot(backend):
+    if not backend.capabilities.generate:
+        with pytest.raises(CapabilityError, match="cannot generate"):
+            backend.generate(prompts()[:2], EXAMPLES, FMT)
+        return
+    out = backend.generate(prompts()[:2], EXAMPLES, FMT, max_tokens=3, n=2, temperature=1.0)
+    assert [[len(row) for row in rows] for rows in out] == [[2] * len(EXAMPLES)] * 2
+    assert all(isinstance(t, str) and "\n" not in t for rows in out for row in rows for t in row)
+

@@ -1,6 +1,8 @@
 """--dry-run: the estimate is at least what a run through the mock server really spends, and close to it."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from bbtune.backends.factory import LocalConfig
@@ -25,8 +27,15 @@ def _config(server: MockServer, **kw) -> RemoteConfig:
                         price_completion_per_mtok=8.0, **kw)
 
 
-@pytest.mark.parametrize("mode,probe", [("top_logprobs", False), ("top_logprobs", True), ("echo", False)])
-def test_estimate_bounds_a_real_run_and_is_close(server, tiny_task, mode, probe):
+MULTI = {"negative": " very bad", "positive": " very great"}  # several tokens each: chained or echoed
+
+
+@pytest.mark.parametrize("mode,probe,words", [("top_logprobs", False, None), ("top_logprobs", True, None),
+                                              ("echo", False, None), ("top_logprobs", False, MULTI),
+                                              ("echo", False, MULTI)])
+def test_estimate_bounds_a_real_run_and_is_close(server, tiny_task, mode, probe, words):
+    if words:
+        tiny_task = replace(tiny_task, format=replace(tiny_task.format, verbalizer=words))
     config = _config(server, mode=mode, probe=probe, batch_size=4)
     before = server.stats()
     with config.build() as backend:
@@ -70,3 +79,19 @@ def test_compare_dry_run_counts_what_compare_calls(tmp_path, capsys):
     report = run_compare(config, task, local, tune_cfg, progress=False)
     spent = sum(r.cost.calls for r in report.results)
     assert spent <= est.calls <= 1.1 * spent
+
+
+@pytest.mark.parametrize("endpoint, samples", [("chat", 1), ("completions", 2)])
+def test_text_mode_estimate_bounds_a_real_run(server, tiny_task, endpoint, samples):
+    config = _config(server, mode="text", probe=False, answer_endpoint=endpoint, answer_samples=samples,
+                     answer_temperature=1.0 if samples > 1 else 0.0, answer_tokens=3)
+    with config.build() as backend:
+        tune(tiny_task, backend, HARD, progress=False)
+        spent = backend.stats.as_dict()
+    est = dry_run_tune(tiny_task, HARD, "remote", LocalConfig(model="tiny"), config)
+    assert spent["answers"] > 0
+    for key in ("requests", "prompt_tokens", "completion_tokens", "cost"):
+        assert spent[key] <= getattr(est, key), key
+    # n in one request where the server takes it: the estimate (a server refusing n) is n times the requests;
+    # repeats the tuner skips are priced as sent
+    assert est.requests <= 1.25 * samples * spent["requests"]

@@ -231,9 +231,20 @@ def test_context_overflow_names_the_fix(tiny):
     assert truncated.score(soft_prompts(truncated), [long], fmt()).shape == (3, 1, 2)
 
 
-def test_multi_token_verbalizer_suggests_the_leading_space_variant(tiny):
-    with pytest.raises(VerbalizerError, match=r"'great'.*is \d tokens.*use ' great' \(1 token\)"):
-        tiny.score(soft_prompts(tiny), EXAMPLES, fmt(negative=" terrible", positive="great"))
+def test_a_multi_token_word_is_scored_as_the_sum_of_its_tokens(tiny):
+    """Once refused; now "great" (2 tokens after the cue: 'g', 'reat') scores log p(g) + log p(reat | g)."""
+    words = fmt(negative=" terrible", positive="great")
+    assert len(tiny.tokenizer.encode("great", add_special_tokens=False)) == 2
+    got = tiny.score(soft_prompts(tiny), EXAMPLES, words)
+    first = tiny.score(soft_prompts(tiny), EXAMPLES, fmt(negative=" terrible", positive="g"))
+    both = tiny.score(soft_prompts(tiny), EXAMPLES, fmt(template="{text} It wasg{label}", negative=" terrible",
+                                                        positive="reat"))
+    np.testing.assert_allclose(got[..., 1], first[..., 1] + both[..., 1], atol=TOL)
+
+
+def test_a_word_merging_with_the_cue_names_the_fix(tiny):
+    with pytest.raises(VerbalizerError, match="merges with the end of the template's cue"):
+        tiny.score(soft_prompts(tiny), EXAMPLES, fmt(template="{text} It wa{label}", negative="s bad", positive=" good"))
 
 
 def test_no_examples_is_a_task_error(tiny):

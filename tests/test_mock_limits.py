@@ -208,7 +208,9 @@ def _post(app: MockApp, route: str, body: Any) -> tuple[int, dict[str, Any]]:
 
 
 @pytest.mark.parametrize("route, extra, param", [
-    ("/v1/completions", {"n": 2}, "n"),
+    ("/v1/completions", {"n": 129}, "n"),
+    ("/v1/completions", {"stop": ""}, "stop"),
+    ("/v1/chat/completions", {"stop": [1]}, "stop"),
     ("/v1/completions", {"n": "1"}, "n"),
     ("/v1/completions", {"max_tokens": 1.5}, "max_tokens"),
     ("/v1/completions", {"max_tokens": -1}, "max_tokens"),
@@ -298,7 +300,7 @@ def _mostly(common: st.SearchStrategy, rare: st.SearchStrategy, one_in: int = 8)
 
 
 _KEYS = ("model", "prompt", "prompt_embeds", "max_tokens", "max_completion_tokens", "logprobs", "top_logprobs",
-         "echo", "temperature", "seed", "logit_bias", "n", "stream", "messages", "role", "content", "text",
+         "echo", "temperature", "seed", "logit_bias", "n", "stop", "stream", "messages", "role", "content", "text",
          "add_special_tokens")
 # small numbers and extremes, not the middle: max_tokens=200 is valid and costs 200 forward passes
 _NUMBERS = (st.integers(-3, 3) | st.integers(min_value=2**62) | st.integers(max_value=-2**62)
@@ -328,7 +330,8 @@ _OPTIONAL = {  # each present or not; a valid value 7 times in 8, else a hostile
     "logprobs": _mostly(st.integers(0, 5) | st.booleans(), _SCALARS),
     "top_logprobs": _mostly(st.integers(0, 5), _SCALARS),
     "echo": _mostly(st.booleans(), _SCALARS), "stream": _mostly(st.just(False), _SCALARS),
-    "n": _mostly(st.just(1), _SCALARS), "add_special_tokens": _mostly(st.booleans(), _SCALARS),
+    "n": _mostly(st.integers(1, 2), _SCALARS), "stop": _mostly(st.sampled_from(["\n", [".", " a"]]), _SCALARS),
+    "add_special_tokens": _mostly(st.booleans(), _SCALARS),
 }
 _MODEL = _mostly(st.just("tiny"), st.just("gpt-x") | _VALUES)
 _EMBEDS_FIELDS = {"model": _MODEL, "prompt_embeds": _EMBEDS | st.lists(_EMBEDS, max_size=3) | _VALUES}

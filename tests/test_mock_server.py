@@ -96,7 +96,8 @@ def test_chat_top_logprobs_need_logprobs_true() -> None:
     ({"model": "gpt-x", "prompt": "a"}, 404, "model"),
     ({"model": "tiny", "prompt": "a", "logprobs": 21}, 400, "logprobs"),
     ({"model": "tiny", "prompt": ["a", "b"]}, 400, "prompt"),  # with list_prompts=False
-    ({"model": "tiny", "prompt": "a", "n": 2}, 400, "n"),
+    ({"model": "tiny", "prompt": "a", "n": 0}, 400, "n"),
+    ({"model": "tiny", "prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ({"model": "tiny"}, 400, "prompt"),
     ({"model": "tiny", "prompt": "a", "logit_bias": {"5": 500}}, 400, "logit_bias"),
 ])

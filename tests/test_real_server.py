@@ -67,3 +67,30 @@ def test_a_hard_prompt_tuned_through_llama_cpp_scores_like_the_local_model(llama
     margin = lambda s: s[..., 1] - s[..., 0]  # noqa: E731
     np.testing.assert_allclose(margin(there), margin(here), atol=MARGIN_TOL)
     assert (there.argmax(-1) == here.argmax(-1)).mean() >= 0.75
+
+
+SST5 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst5"
+
+
+@pytest.mark.skipif(not SST5.exists(), reason="the shared SST-5 data is not here")
+def test_sst5_label_names_chained_through_llama_cpp_match_the_local_exact_scores(llama_url: str,
+                                                                                smollm2_backend: LocalBackend) -> None:
+    """SST-5 with its label names as words (' very negative' is two tokens): llama.cpp's echo is shifted by one,
+    so top_logprobs mode chains requests (' very', then ' negative' after it). The differences between labels
+    match the local exact scores of the same GGUF model, within the quantization tolerance."""
+    task = TaskConfig(data=str(SST5), preset="sentiment-5", verbalizer="names", k=2, test_limit=12).load()
+    prompts = [HardPrompt((), ""), HardPrompt(tuple(smollm2_backend.tokenizer.encode(" Honest review.",
+                                                                                    add_special_tokens=False)),
+                                              " Honest review.")]
+    cfg = RemoteConfig(base_url=llama_url, model="smollm2", local_model="smollm2", top_k=1000)
+    with RemoteBackend(cfg) as remote:
+        there = remote.score(prompts, task.test, task.format)
+        requests, missing = remote.stats.requests, remote.stats.missing_rate
+    here = smollm2_backend.score(prompts, task.test, task.format)
+    gap = np.abs((there - there[..., :1]) - (here - here[..., :1]))
+    agree = float((there.argmax(-1) == here.argmax(-1)).mean())
+    print(f"\nSST-5 label names through llama.cpp (chained): margin gap max {np.nanmax(gap):.3f} mean "
+          f"{np.nanmean(gap):.3f}, argmax agree {agree:.2f}, missing {missing:.3f}, requests {requests}")
+    assert missing == 0
+    np.testing.assert_allclose(there - there[..., :1], here - here[..., :1], atol=MARGIN_TOL)
+    assert agree >= 0.75

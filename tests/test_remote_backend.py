@@ -23,7 +23,6 @@ from bbtune.errors import (
     NotFoundError,
     RateLimitError,
     ServerError,
-    VerbalizerError,
 )
 from bbtune.core.prompts import HardPrompt, SoftPrompt
 from bbtune.tasks import Example, TaskFormat, Template
@@ -317,9 +316,15 @@ def test_server_errors_are_typed() -> None:
         backend.score(prompts(), EXAMPLES, FMT)
 
 
-def test_verbalizer_words_must_be_single_tokens_of_the_local_tokenizer() -> None:
+def test_multi_token_words_are_chained_in_top_logprobs_and_refused_in_chat(local: LocalBackend) -> None:
+    """Once refused in every mode; now top_logprobs chains requests (exact differences), chat names the modes."""
     fmt = TaskFormat(Template("{text} It was{label}"), {"neg": " terrible", "pos": " wonderfulness"})
-    with make_backend(mock_transport(make_app())) as backend, pytest.raises(VerbalizerError, match="tokens"):
+    with make_backend(mock_transport(make_app())) as backend:
+        scores = backend.score(prompts(), EXAMPLES, fmt)
+    np.testing.assert_allclose(np.diff(scores, axis=-1), np.diff(local.score(prompts(), EXAMPLES, fmt), axis=-1),
+                               atol=2e-3)
+    with make_backend(mock_transport(make_app()), mode="chat", top_k=5) as backend, pytest.raises(
+            CapabilityError, match="several tokens.*echo.*top_logprobs"):
         backend.score(prompts(), EXAMPLES, fmt)
 
 

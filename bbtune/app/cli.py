@@ -34,7 +34,7 @@ from bbtune.backends.factory import LocalConfig, transfer_backend
 from bbtune.backends.remote import RemoteConfig
 from bbtune.backends.retry import should_retry
 from bbtune.core.table import markdown_table
-from bbtune.errors import BackendError, BBTuneError, OutputExistsError
+from bbtune.errors import BackendError, BBTuneError, ConfigError, OutputExistsError
 from bbtune.runs.endings import (
     EPILOG,
     Ending,
@@ -46,6 +46,7 @@ from bbtune.runs.folder import CONFIG, RunFolder, refuse_overwrite
 from bbtune.runs.load import load_run, saved_backend
 from bbtune.runs.resume import given_dests, resumed_remote, split_settings
 from bbtune.runs.tuner import TuneConfig, TuneResult, tune
+from bbtune.search.objective import skipped_for_generation
 from bbtune.tasks import FieldMap, TaskConfig, overlaps, parse_label_names, read_inputs
 
 CONFIGS = {"task": TaskConfig, "backend": LocalConfig, "tune": TuneConfig}
@@ -325,6 +326,9 @@ def _notes(task: Any, cfg: TuneConfig) -> None:
         print(f"bbtune: warning: {n} of {len(getattr(task, split))} {split} examples have the same text as a training "
               f"example (duplicate rows in the data?): {split} numbers overrate the prompt; remove the duplicates",
               file=sys.stderr)
+    if task.format.is_generation:
+        for skipped in skipped_for_generation(cfg.calibrate, cfg.loss):
+            print(f"bbtune: note: skipped for this generation task: {skipped}", file=sys.stderr)
     rounding = budget_rounding(cfg.budget_calls, cfg.popsize)
     if rounding:
         print(f"bbtune: note: {rounding}", file=sys.stderr)
@@ -333,7 +337,11 @@ def _notes(task: Any, cfg: TuneConfig) -> None:
 def _dry_run_tune(args: argparse.Namespace) -> str:
     configs = {name: from_args(cls, args) for name, cls in CONFIGS.items()}
     remote = from_args(RemoteConfig, args, REMOTE_PREFIX)
-    estimate = dry_run_tune(configs["task"].load(), configs["tune"], args.backend, configs["backend"], remote)
+    task = configs["task"].load()
+    if task.format.is_generation:
+        raise ConfigError("--dry-run estimates label-word scoring; for a generation task (free-text answers) it is "
+                          "not built yet: try a small --budget-calls on the real backend instead")
+    estimate = dry_run_tune(task, configs["tune"], args.backend, configs["backend"], remote)
     return f"dry run: nothing was sent; this run would spend at most\n\n{estimate.table()}"
 
 

@@ -163,6 +163,9 @@ def compare(task: Task | Callable[[int], Task], backend: Backend, methods: Seque
     methods = check_methods(methods)
     task_for = task if callable(task) else (lambda _seed: task)
     first = task_for(seeds[0])
+    if first.format.is_generation:
+        raise ConfigError(f"task {first.name!r} is a generation task (free-text answers); compare's methods classify "
+                          "with label words. Tune it with `bbtune tune` (or bbtune.tune), which scores answers")
     report = Comparison(first.name, backend.name, methods, tuple(seeds), settings,
                         out_dir=Path(out_dir) if out_dir else None, record=record or {})
     bar = progress_bar(len(methods) * len(seeds), "run", desc="bbtune compare", enabled=progress)

@@ -6,7 +6,10 @@ chunks of 64, the manual and start points, final test scores, a soft run's neare
 the tuner itself and follows it as it changes. `price` then costs each recorded call the way the remote
 backend sends it: every rendered text tokenized by the real tokenizer, plus the meter's `PROMPT_TOKEN_MARGIN`
 (and `CHAT_TOKEN_MARGIN` in chat mode) per text; one request per `batch_size` texts (chat: one per text; echo:
-one text per label word); one completion token per text; cost from the ``--remote-price-*`` flags.
+one text per label word; a label word of several tokens in the top-k modes: one text per step of the words'
+trie, see `bbtune.backends.labeltrie`); one completion token per text; cost from the ``--remote-price-*`` flags. Text
+mode (``--remote-mode text``): each text asks ``answer_samples`` answers of up to ``answer_tokens`` tokens, priced
+as if the server refused ``n`` (one request, and its prompt tokens, per answer): the most it can cost.
 
 Why it is an upper bound: candidates the tuner would skip as repeats are priced as if sent, cached replies as
 if paid, and the probe as `PROBE_REQUESTS` requests as large as the largest request of the run. Not included:
@@ -17,7 +20,7 @@ retries (a 429 or 5xx is not billed, but a dropped request may be).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,7 +28,8 @@ import numpy as np
 from bbtune.backends.base import Backend, CallStats, Capabilities
 from bbtune.constants import CHAT_TOKEN_MARGIN, PROMPT_TOKEN_MARGIN
 from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt
-from bbtune.tasks import Example, TaskFormat
+from bbtune.backends.labeltrie import LabelTrie
+from bbtune.tasks import Example, TaskFormat, verbalizer_token_sequences
 
 PROBE_REQUESTS = 10  # the probe's requests at most: /models, first, repeat, lists, top-k step-downs, a sample
 
@@ -58,7 +62,8 @@ class ShapeBackend(Backend):
     of the backend the real run would use."""
 
     def __init__(self, reference: Backend, capabilities: Capabilities, name: str, seed: int = 0):
-        self.reference, self.capabilities, self.name = reference, capabilities, f"dry-run:{name}"
+        # it answers scores, never text: `generate` is the protocol's refusal
+        self.reference, self.capabilities, self.name = reference, replace(capabilities, generate=False), f"dry-run:{name}"
         self.calls: list[_Call] = []
         self.scoring = False
         self.stats = _ShapeStats(self)
@@ -114,15 +119,19 @@ class Pricing:
     completion_per_mtok: float = 0.0
     extra_tokens: int = 0  # tokens every text carries besides itself (chat role markers, an instruction)
     probe: bool = False
+    completion_tokens: int = 1  # per text: one token, or text mode's answers x their tokens
+    repeats: int = 1  # requests per batch of texts at most (text mode: one per answer where n is refused)
 
     @classmethod
     def remote(cls, config: Any, tokenizer: Any) -> "Pricing":
-        chat = config.mode.value == "chat"
+        chat = config.uses_chat
         instruction = getattr(config, "chat_instruction", "") if chat else ""
         extra = (CHAT_TOKEN_MARGIN + len(tokenizer.encode(instruction, add_special_tokens=False))) if chat else 0
         batch = 1 if chat else config.batch_size
+        text = config.mode.value == "text"
         return cls(config.mode.value, batch, config.price_prompt_per_mtok, config.price_completion_per_mtok,
-                   extra, config.probe)
+                   extra, config.probe, config.answer_samples * config.answer_tokens if text else 1,
+                   config.answer_samples if text else 1)
 
 
 def price(calls: Sequence[_Call], tokenizer: Any, pricing: Pricing) -> Estimate:
@@ -130,26 +139,36 @@ def price(calls: Sequence[_Call], tokenizer: Any, pricing: Pricing) -> Estimate:
     est = Estimate()
     largest = 0
     for call in calls:
-        rows = _row_tokens(call, tokenizer)
-        if pricing.mode == "echo":
-            rows = [n + 1 for n in rows for _ in call.fmt.labels]  # the text with each label word appended
+        rows = _label_rows(_row_tokens(call, tokenizer), call.fmt, tokenizer, pricing.mode)
         per_text = [n + (PROMPT_TOKEN_MARGIN + pricing.extra_tokens if pricing.mode != "local" else 0) for n in rows]
         est.calls += len(call.prompts)
         est.examples_scored += len(call.prompts) * len(call.examples)
-        est.prompt_tokens += sum(per_text)
+        est.prompt_tokens += sum(per_text) * pricing.repeats
         if pricing.mode != "local":
-            est.requests = (est.requests or 0) + math.ceil(len(per_text) / pricing.batch_size)
-            est.completion_tokens += len(per_text)
+            est.requests = (est.requests or 0) + math.ceil(len(per_text) / pricing.batch_size) * pricing.repeats
+            est.completion_tokens += len(per_text) * pricing.completion_tokens
             largest = max(largest, sum(sorted(per_text)[-pricing.batch_size:]))
     if pricing.mode != "local":
         if pricing.probe:
             est.requests = (est.requests or 0) + PROBE_REQUESTS
             est.prompt_tokens += PROBE_REQUESTS * largest
-            est.completion_tokens += PROBE_REQUESTS * pricing.batch_size
+            est.completion_tokens += PROBE_REQUESTS * pricing.batch_size * pricing.completion_tokens
             est.notes.append(f"includes the probe as {PROBE_REQUESTS} requests of the run's largest size")
         est.cost = (est.prompt_tokens * pricing.prompt_per_mtok + est.completion_tokens * pricing.completion_per_mtok) / 1e6
         est.notes.append("not included: retries of failed requests; cached replies are counted as paid")
     return est
+
+
+def _label_rows(rows: list[int], fmt: Any, tokenizer: Any, mode: str) -> list[int]:
+    """The texts the label words add to `rows` (their tokens): echo sends each text with each word appended; the
+    top-k modes send each text once per step of the words' trie (once for single-token words), extended by
+    the step's prefix (chained requests for words of several tokens); chat and local, each text once."""
+    if mode in ("local", "chat"):
+        return rows
+    seqs = verbalizer_token_sequences(tokenizer, fmt)
+    if mode == "echo":
+        return [n + len(seq) for n in rows for seq in seqs]
+    return [n + len(step.prefix) for step in LabelTrie.build(seqs).steps for n in rows]
 
 
 def _row_tokens(call: _Call, tokenizer: Any) -> list[int]:
@@ -178,7 +197,8 @@ def shape_backend(kind: str, local: Any, remote: Any) -> tuple[ShapeBackend, Pri
             raise ConfigError("--dry-run counts tokens with the model's own tokenizer: set --remote-local-model "
                               "to the same model locally (a HF folder, a .gguf, 'smollm2' or 'tiny')")
         reference = LocalBackend(remote.local_model)
-        caps = Capabilities(soft=remote.mode.value == "prompt_embeds", hard=True, gradients=False)
+        caps = Capabilities(soft=remote.mode.value == "prompt_embeds", hard=True, gradients=False, generate=True,
+                            logprobs=remote.mode.value != "text")
         return ShapeBackend(reference, caps, f"remote:{remote.model}"), Pricing.remote(remote, reference.tokenizer)
     reference = local.build()
     return ShapeBackend(reference, reference.capabilities, reference.name), Pricing()

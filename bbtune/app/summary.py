@@ -32,7 +32,21 @@ def summary_table(results: Sequence[tuple[str, TuneResult | dict[str, Any]]]) ->
     for row in rows:
         if manual_test is not None and isinstance(row.get("test acc"), float):
             row["gain vs manual"] = f"{100 * (row['test acc'] - manual_test):+.1f} pts"
-    return markdown_table(rows, ["method", "dev acc", "test acc", "gain vs manual", "calls", "time s", "prompt"])
+    columns = ["method", "dev acc", "test acc", "gain vs manual", "calls", "time s", "prompt"]
+    named = _score_name(results)
+    if named != "acc":  # a generation task: its "accuracy" is the mean of its answer metric
+        rows = [{k.replace(" acc", f" {named}"): v for k, v in row.items()} for row in rows]
+        columns = [c.replace(" acc", f" {named}") for c in columns]
+    return markdown_table(rows, columns)
+
+
+def _score_name(results: Sequence[tuple[str, TuneResult | dict[str, Any]]]) -> str:
+    """What the runs' "accuracy" measures: acc, or a generation task's answer metric (exact, f1, a function)."""
+    for _, res in results:
+        m = res.metrics if isinstance(res, TuneResult) else res
+        if "answer_metric" in m:
+            return str(m["answer_metric"]).rsplit(":", 1)[-1]
+    return "acc"
 
 
 def decision_line(metrics: dict[str, Any]) -> str:
@@ -41,7 +55,8 @@ def decision_line(metrics: dict[str, Any]) -> str:
     d = metrics.get("decision")
     if not d:
         return "decision: no manual prompt was scored (this backend takes no hard prompts); the tuned prompt is returned"
-    kept = "the tuned prompt" if d["replace"] else "the calibrated manual prompt"
+    manual = "the manual prompt" if "answer_metric" in metrics else "the calibrated manual prompt"
+    kept = "the tuned prompt" if d["replace"] else manual
     return (f"decision: returned {kept}; dev margin {100 * d['dev_acc_margin']:+.1f} points, {d['wins']} examples won "
             f"and {d['losses']} lost (McNemar p = {d['p_value']:.2f}): {d['reason']}")
 

@@ -1,7 +1,8 @@
 """The one seam between the tuner and a model: `Backend`, and all its callers use of it.
 
 A backend scores a batch of candidate prompts (all soft or all hard) on a batch of examples and returns
-log-probabilities of every label word, shape (n_prompts, n_examples, n_labels). One call scores a whole
+log-probabilities of every label word, shape (n_prompts, n_examples, n_labels); a word of several tokens
+scores the sum of its tokens' log-probs (`continuation_logprobs` scores any strings that way). One call scores a whole
 CMA-ES population. What a backend accepts is declared in `capabilities` and checked before a run starts.
 Besides scores, a backend keeps its counters (`stats`), books paid requests in a run folder (`keep_books`) and
 reports what a check of its server found (`probe_report`); the two have defaults for a backend that pays
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from bbtune.errors import CapabilityError
+from bbtune.errors import CapabilityError, ConfigError
 from bbtune.core.prompts import Prompt
 
 if TYPE_CHECKING:
@@ -32,11 +33,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a backend can score. `gradients`: it can also give gradients w.r.t. soft prompts (local only)."""
+    """What a backend can score. `gradients`: it can also give gradients w.r.t. soft prompts (local only);
+    `generate`: it can answer with text (`Backend.generate`); `logprobs`: its scores are the model's log-probs
+    (False for a server that answers text only: its scores come from parsed answers, `bbtune.tasks.answers`)."""
 
     soft: bool
     hard: bool = True
     gradients: bool = False
+    generate: bool = False  # it can write text after an input (`Backend.generate`)
+    logprobs: bool = True  # it gives log-probs (False for a text-only server)
 
     def require(self, kind: str, backend_name: str) -> None:
         if not getattr(self, kind):
@@ -44,8 +49,15 @@ class Capabilities:
                 "soft": "use a hard-prompt method (projection in the loop) or a backend that accepts prompt embeddings",
                 "hard": "use soft prompts with this backend",
                 "gradients": "gradient baselines need a LocalBackend",
+                "generate": "use a LocalBackend or a RemoteBackend, which answer with text",
+                "logprobs": "this needs the model's log-probs; the server answers text only (--remote-mode text); a generation "
+                             "task can score answers with --answer-scoring metric",
             }[kind]
-            raise CapabilityError(f"backend {backend_name} cannot score {kind} prompts; {hint}")
+            if kind == "soft" and not self.logprobs:
+                hint = ("this server answers text only (--remote-mode text) and a soft prompt is not text: tune hard "
+                        "prompts (--mode hard)")
+            can = {"generate": "generate text", "logprobs": "give log-probs"}.get(kind, f"score {kind} prompts")
+            raise CapabilityError(f"backend {backend_name} cannot {can}; {hint}")
 
 
 @dataclass
@@ -61,6 +73,9 @@ class CallStats:
     labels_missing: int = 0  # label scores that are NaN: absent from a top-k reply (remote top-k scoring)
     labels_scored: int = 0  # label log-probs read from top-k lists (denominator of missing_rate; 0 = never)
     missing_rate: float = 0.0  # labels_missing / labels_scored: share of label scores that are upper bounds
+    answers: int = 0  # text answers read as labels (text mode)
+    answers_unparsed: int = 0  # of which named no label (`bbtune.tasks.answers`)
+    unparsed_rate: float = 0.0  # answers_unparsed / answers
 
     def add(self, n_prompts: int, n_examples: int) -> None:
         self.calls += n_prompts
@@ -70,6 +85,11 @@ class CallStats:
         self.labels_scored += scored
         self.labels_missing += missing
         self.missing_rate = self.labels_missing / self.labels_scored if self.labels_scored else 0.0
+
+    def count_answers(self, answers: int, unparsed: int) -> None:
+        self.answers += answers
+        self.answers_unparsed += unparsed
+        self.unparsed_rate = self.answers_unparsed / self.answers if self.answers else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,9 +113,25 @@ class Backend(Protocol):
         """Log-probs of each label word: float array (len(prompts), len(examples), len(fmt.labels))."""
         ...
 
+    def continuation_logprobs(self, prompts: Sequence[Prompt], examples: Sequence["Example"], fmt: "TaskFormat",
+                              continuations: Sequence[Sequence[str]]) -> np.ndarray:
+        """(P, B, C) exact log-probs (the sum over its tokens, teacher forced) of each string ``continuations[b][c]``
+        right after row (p, b)'s input, as `score` sees it (the template text ending at the cue); NaN where a
+        remote server cannot give a token's log-prob (a top-k miss). `score` with multi-token verbalizer words is
+        this with every example's continuations = the words."""
+        raise CapabilityError(f"backend {self.name} cannot score continuations; use a LocalBackend, or a "
+                              "RemoteBackend in echo or top_logprobs mode")
+
     def vocabulary(self) -> "Vocabulary":
         """Tokenizer and the embedding of every token, for `A`'s scale and for discretization."""
         ...
+
+    def generate(self, prompts: Sequence[Prompt], examples: Sequence["Example"], fmt: "TaskFormat", *,
+                 max_tokens: int = 16, n: int = 1, temperature: float = 0.0,
+                 stop: Sequence[str] = ("\n",)) -> list[list[list[str]]]:
+        """P x B x n texts generated after each row's input (the template text ending at the cue, as `score` sees
+        it; greedy at temperature 0), each cut before the first `stop` string."""
+        raise CapabilityError(f"backend {self.name} cannot generate text; use a LocalBackend or a RemoteBackend")
 
     def keep_books(self, ledger: Path, replies: Path, resume: bool) -> None:
         """Book every paid request in a run folder's `ledger` before it is sent (so a killed run never pays
@@ -135,6 +171,30 @@ def gradient_backend(backend: Backend) -> GradientBackend:
     if not isinstance(backend, GradientBackend):
         raise CapabilityError(f"backend {backend.name} declares gradients but offers no model to train through")
     return backend
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to the first of the `stop` strings (a server may ignore ``stop``; a local model has none).
+
+    >>> cut_at_stop("great.\nThe end", ["\n"])
+    'great.'
+    """
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def check_generate_args(max_tokens: int, n: int, temperature: float, stop: Sequence[str]) -> None:
+    """The same refusals for every backend's `generate`: a field that names the problem and the fix."""
+    if max_tokens < 1:
+        raise ConfigError(f"max_tokens must be >= 1, got {max_tokens}")
+    if n < 1:
+        raise ConfigError(f"n must be >= 1, got {n}")
+    if not 0.0 <= temperature <= 2.0:
+        raise ConfigError(f"temperature must be in [0, 2], got {temperature}")
+    if n > 1 and temperature == 0:
+        raise ConfigError(f"n={n} answers at temperature 0 are n copies of the greedy one; set temperature > 0 or n=1")
+    if isinstance(stop, str):
+        raise ConfigError(f"stop must be a list of strings, got the string {stop!r}; write [{stop!r}]")
 
 
 def check_scores(scores: np.ndarray, n_prompts: int, n_examples: int, n_labels: int, source: str) -> np.ndarray:

@@ -3,12 +3,13 @@ start a sequence, checked against the model's context (or cut to `max_input_toke
 and every server sees the same truncated input)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from bbtune.core.prompts import HardPrompt
-from bbtune.errors import TaskError
-from bbtune.tasks import Example, Placement, TaskFormat, verbalizer_token_ids
+from bbtune.errors import TaskError, VerbalizerError
+from bbtune.tasks import Example, Placement, TaskFormat, multi_token_message, verbalizer_token_sequences
+from bbtune.backends.labeltrie import LabelTrie
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,17 @@ class Encoded:
     lead: list[int]  # special tokens that start every sequence (BOS / CLS), maybe empty
     heads: list[list[int]]  # each example's input part
     cue: list[int]  # the text between input and label word
-    label_ids: list[int]
+    label_seqs: list[tuple[int, ...]]  # each label word's tokens (see `verbalizer_token_sequences`)
+    trie: LabelTrie = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "trie", LabelTrie.build(self.label_seqs))
+
+    @property
+    def label_ids(self) -> list[int]:
+        """The label tokens of single-token words (what one forward reads)."""
+        assert self.trie.single, "multi-token label words are read step by step (`trie`)"
+        return [s[0] for s in self.label_seqs]
 
     def before_prompt(self, placement: Placement) -> list[list[int]]:
         """Per example, the ids a prompt follows: lead + input (suffix) or the lead alone (prefix)."""
@@ -31,7 +42,7 @@ class InputEncoder:
     def __init__(self, tokenizer: Any, is_masked: bool, context_length: int, max_input_tokens: int | None):
         self.tokenizer, self.is_masked = tokenizer, is_masked
         self.context_length, self.max_input_tokens = context_length, max_input_tokens
-        self._label_ids: dict[tuple[tuple[str, str], ...], list[int]] = {}
+        self._label_seqs: dict[tuple[str, tuple[tuple[str, str], ...]], list[tuple[int, ...]]] = {}
 
     def lead(self) -> list[int]:
         """Special tokens that start every sequence (BOS / CLS), as the tokenizer adds them; maybe none."""
@@ -39,9 +50,7 @@ class InputEncoder:
         return special[:1] if special and (self.is_masked or special[0] == self.tokenizer.bos_token_id) else []
 
     def encode(self, examples: Sequence[Example], fmt: TaskFormat, n_prompt: int) -> Encoded:
-        key = tuple(fmt.verbalizer.items())
-        if key not in self._label_ids:
-            self._label_ids[key] = verbalizer_token_ids(self.tokenizer, fmt)
+        label_seqs = self.label_seqs(fmt)
         lead = self.lead()
         cue = self.ids(fmt.template.render(examples[0]).cue)
         extra = len(lead) + n_prompt + len(cue) + (2 if self.is_masked else 0)
@@ -60,7 +69,24 @@ class InputEncoder:
                     f"Set max_input_tokens (e.g. {budget}) to truncate inputs, or shorten them"
                 )
             heads.append(ids)
-        return Encoded(lead, heads, cue, self._label_ids[key])
+        return Encoded(lead, heads, cue, label_seqs)
+
+    def label_seqs(self, fmt: TaskFormat) -> list[tuple[int, ...]]:
+        """Each label word's token ids, computed once per verbalizer and template; a masked LM reads one token
+        at its mask, so it takes single-token words only."""
+        if fmt.is_generation:  # no label words: its inputs are encoded to generate after them
+            return []
+        key = (fmt.template.pattern, tuple(fmt.verbalizer.items()))
+        if key not in self._label_seqs:
+            seqs = verbalizer_token_sequences(self.tokenizer, fmt)
+            longest = max(range(len(seqs)), key=lambda j: len(seqs[j]))
+            if self.is_masked and len(seqs[longest]) > 1:
+                label, word = list(fmt.verbalizer.items())[longest]
+                raise VerbalizerError("a masked LM scores one token at its mask, so it takes single-token words only "
+                                      "(or use a causal LM): " + multi_token_message(self.tokenizer, label, word,
+                                                                                    list(seqs[longest])))
+            self._label_seqs[key] = seqs
+        return self._label_seqs[key]
 
     def ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False) if text else []

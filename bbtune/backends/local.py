@@ -12,6 +12,9 @@ The population x examples rows are flattened into forward batches sized from a m
 holding whole candidates where they fit); only the label position's logits are computed, and shared
 keys/values are written once into a buffer the forward appends to, so a batch costs what a bare forward of
 the same shape costs (benchmarks/eval_speed.py measures it). Repeated hard prompts are scored once.
+A label word of several tokens is scored exactly on every path (teacher forcing, `bbtune.backends.labeltrie`):
+its first token is read as a single-token word's is, each further one by running the same path with the cue
+extended by the word's earlier tokens; words sharing a prefix share that forward.
 """
 from __future__ import annotations
 
@@ -23,14 +26,17 @@ import numpy as np
 import torch
 
 from bbtune.constants import DEFAULT_KV_CACHE_MB, DEFAULT_MEMORY_BUDGET_MB, EMBEDDED_MODEL
-from bbtune.errors import ConfigError, TaskError
+from bbtune.errors import CapabilityError, ConfigError, TaskError
 from bbtune.backends.models import load_model
 from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt, distinct_prompts, prompt_kind
 from bbtune.tasks import Example, Placement, TaskFormat
 from bbtune.core.vocab import Vocabulary, token_embeddings
-from bbtune.backends.base import Backend, Capabilities, CallStats, check_scores
+from bbtune.backends.base import Backend, Capabilities, CallStats, check_generate_args, check_scores
+from bbtune.backends.generation import generate_texts
 from bbtune.backends.batching import BatchPlanner
+from bbtune.backends.continuations import score_continuations
 from bbtune.backends.encoding import Encoded, InputEncoder, prompt_part
+from bbtune.backends.labeltrie import LabelTrie, Step
 from bbtune.backends.kvcache import KVStore, LayerKV, cache_kwarg, cache_layers, new_cache
 from bbtune.backends.padding import common_start, left_mask, left_pad, pad_left_kv, position_ids, right_pad
 
@@ -70,7 +76,7 @@ class LocalBackend(Backend):
         self.is_masked = "MaskedLM" in type(model).__name__
         self.kv_reuse = kv_reuse and not self.is_masked
         self.kv_store = KVStore(int(kv_cache_mb * 2**20))
-        self.capabilities = Capabilities(soft=True, hard=True, gradients=True)
+        self.capabilities = Capabilities(soft=True, hard=True, gradients=True, generate=not self.is_masked)
         self.stats = CallStats()
         self._cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self._cache_kw = cache_kwarg(model)
@@ -96,9 +102,22 @@ class LocalBackend(Backend):
         return int(getattr(self._cfg, "max_position_embeddings", 2048))
 
     def score(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat) -> np.ndarray:
-        """Label log-probs (P, B, L) for every prompt on every example."""
+        """Label log-probs (P, B, L) for every prompt on every example (a word of several tokens: their sum)."""
         if not examples:
             raise TaskError("score() got no examples; give at least one")
+        out = self._label_scores(prompts, examples, fmt)
+        self.stats.add(len(prompts), len(examples))
+        return check_scores(out, len(prompts), len(examples), len(fmt.labels), self.name)
+
+    def continuation_logprobs(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat,
+                              continuations: Sequence[Sequence[str]]) -> np.ndarray:
+        """(P, B, C) exact log-probs of each example's strings after its input (see `Backend`); examples sharing
+        their strings are scored together through the same paths as label words."""
+        out = score_continuations(self._label_scores, prompts, examples, fmt, continuations)
+        self.stats.add(len(prompts), len(examples))
+        return check_scores(out, len(prompts), len(examples), out.shape[2], self.name)
+
+    def _label_scores(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat) -> np.ndarray:
         prompt_kind(list(prompts))
         examples = self.encoder.fit_inputs(examples, fmt)
         unique, where = distinct_prompts(prompts)  # discretized populations often repeat a hard prompt
@@ -107,9 +126,7 @@ class LocalBackend(Backend):
                 logp = self._text_exact_logprobs(unique, examples, fmt)[where]  # type: ignore[arg-type]
             else:
                 logp = self.label_logprobs(self.prompt_embeds(unique), examples, fmt)[where]
-        self.stats.add(len(prompts), len(examples))
-        out = logp.float().cpu().numpy()
-        return check_scores(out, len(prompts), len(examples), len(fmt.labels), self.name)
+        return logp.float().cpu().numpy()
 
     def prompt_embeds(self, prompts: Sequence[Prompt]) -> torch.Tensor:
         """(P, n, hidden) input embeddings of a batch of prompts (hard prompts are looked up)."""
@@ -138,7 +155,7 @@ class LocalBackend(Backend):
             logp = self._prefix_path(prompt_embeds, enc)
         else:
             logp = self._full_path(prompt_embeds, enc, fmt.placement)
-        return logp.view(prompt_embeds.shape[0], len(examples), len(enc.label_ids))
+        return logp.view(prompt_embeds.shape[0], len(examples), len(enc.label_seqs))
 
     def input_embeds(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat) -> list[torch.Tensor]:
         """Each (prompt, example) row's whole input as float32 embeddings (lead, prompt/head by placement, cue),
@@ -155,6 +172,36 @@ class LocalBackend(Backend):
         """(len(ids), hidden) float32 CPU input embeddings of token ids (`vocab.token_embeddings`)."""
         return token_embeddings(self.model, ids)
 
+    def generate(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat, *,
+                 max_tokens: int = 16, n: int = 1, temperature: float = 0.0,
+                 stop: Sequence[str] = ("\n",)) -> list[list[list[str]]]:
+        """P x B x n answers after each row's input (`bbtune.backends.generation`): a hard prompt as its text
+        inside the whole string (what an API sees), a soft prompt as embeddings.
+
+        >>> from bbtune.tasks import Example, TaskFormat, Template
+        >>> fmt = TaskFormat(Template("{text} It was{label}"), {"neg": " terrible", "pos": " great"})
+        >>> len(LocalBackend("tiny").generate([HardPrompt((), "")], [Example("a film", "pos")], fmt, max_tokens=2)[0][0])
+        1
+        """
+        if not examples:
+            raise TaskError("generate() got no examples; give at least one")
+        check_generate_args(max_tokens, n, temperature, stop)
+        if self.is_masked:
+            raise CapabilityError(f"{self.name} is a masked LM, which fills a blank but does not generate text; "
+                                  "use a causal model")
+        kind = prompt_kind(list(prompts))
+        examples = self.encoder.fit_inputs(examples, fmt)
+        with torch.inference_mode():
+            if kind == "hard":
+                rows = [self._embed_ids(ids) for p in prompts for ids in self.encoder.text_ids(p, examples, fmt)]  # type: ignore[arg-type]
+            else:
+                dtype = self.model.get_input_embeddings().weight.dtype
+                rows = [r.to(device=self.device, dtype=dtype) for r in self.input_embeds(prompts, examples, fmt)]
+        answers = generate_texts(self.model, self.tokenizer, rows, lambda count, longest: self.planner.chunks(count, 0, longest),
+                                 max_tokens=max_tokens, n=n, temperature=temperature, stop=stop)
+        B = len(examples)
+        return [answers[p * B : (p + 1) * B] for p in range(len(prompts))]
+
     # ------------------------------------------------------------------ hard prompts scored as their text
 
     def _text_exact_logprobs(self, prompts: Sequence[HardPrompt], examples: Sequence[Example], fmt: TaskFormat) -> torch.Tensor:
@@ -166,7 +213,7 @@ class LocalBackend(Backend):
         on the example is scored row by row from the whole string's ids.
         """
         enc = self.encoder.encode(examples, fmt, 0)
-        out = torch.empty(len(prompts), len(examples), len(enc.label_ids), device=self.device)
+        out = torch.empty(len(prompts), len(examples), len(enc.label_seqs), device=self.device)
         rows = [self.encoder.text_ids(p, examples, fmt) for p in prompts]
         shared = [prompt_part(r, enc, fmt.placement) for r in rows]
         groups: dict[int, list[int]] = {}  # one forward path per prompt length
@@ -180,12 +227,12 @@ class LocalBackend(Backend):
         if apart:
             flat = [row for i in apart for row in rows[i]]
             before = enc.before_prompt(fmt.placement) * len(apart)
-            out[apart] = self._rows_path(flat, before, enc.label_ids).view(len(apart), len(examples), -1)
+            out[apart] = self._rows_path(flat, before, enc.trie).view(len(apart), len(examples), -1)
         self.text_stats.add(len(prompts), sum(s is not None and s != p.token_ids for s, p in zip(shared, prompts)), len(apart))
         return out
 
-    def _rows_path(self, rows: list[list[int]], before: list[list[int]], label_ids: list[int]) -> torch.Tensor:
-        """(len(rows), labels) log-probs after each whole token sequence (causal LMs).
+    def _rows_path(self, rows: list[list[int]], before: list[list[int]], trie: LabelTrie) -> torch.Tensor:
+        """(len(rows), labels) log-probs of the label words after each whole token sequence (causal LMs).
 
         A row whose prompt merged with its input still shares most of its ids with the text before the prompt
         (`before[r]`, e.g. the example's input): the keys/values of that common start come from the store
@@ -201,17 +248,21 @@ class LocalBackend(Backend):
         order = sorted(range(len(rows)), key=lambda r: len(contexts[r]))
         lengths, longest_tail = [len(contexts[r]) for r in order], max(map(len, tails))
         kv = self._context_kv([contexts[r] for r in order])
-        out = torch.empty(len(rows), len(label_ids), device=self.device)
-        for part, _ in self.planner.blocks(lengths, 1, lambda n: (n, longest_tail)):
-            idx, longest = order[part], lengths[part.stop - 1]
-            past = [(k[:, None], v[:, None]) for k, v in
-                    (pad_left_kv([e[layer] for e in kv[part]], longest) for layer in range(len(kv[0])))]
-            embeds, tail_mask = left_pad([self._embed_ids(tails[r]) for r in idx])
-            mask = torch.cat([left_mask(lengths[part], self.device), tail_mask], dim=1)
-            positions = torch.tensor(lengths[part], device=self.device)[:, None] + position_ids(tail_mask)
-            cache = self._shared_cache(past, (len(idx), 1), embeds.shape[1])
-            out[idx] = self._forward_last(embeds, mask, positions, cache)[:, label_ids]
-        return out
+
+        def step_logprobs(step: Step) -> torch.Tensor:
+            out = torch.empty(len(rows), len(step.next_ids), device=self.device)
+            for part, _ in self.planner.blocks(lengths, 1, lambda n: (n, longest_tail + len(step.prefix))):
+                idx, longest = order[part], lengths[part.stop - 1]
+                past = [(k[:, None], v[:, None]) for k, v in
+                        (pad_left_kv([e[layer] for e in kv[part]], longest) for layer in range(len(kv[0])))]
+                embeds, tail_mask = left_pad([self._embed_ids(tails[r] + list(step.prefix)) for r in idx])
+                mask = torch.cat([left_mask(lengths[part], self.device), tail_mask], dim=1)
+                positions = torch.tensor(lengths[part], device=self.device)[:, None] + position_ids(tail_mask)
+                cache = self._shared_cache(past, (len(idx), 1), embeds.shape[1])
+                out[idx] = self._forward_last(embeds, mask, positions, cache)[:, list(step.next_ids)]
+            return out
+
+        return trie.combine([step_logprobs(step) for step in trie.steps])
 
     def _embed_ids(self, ids: list[int]) -> torch.Tensor:
         return self.model.get_input_embeddings()(torch.tensor(ids, dtype=torch.long, device=self.device))
@@ -292,22 +343,27 @@ class LocalBackend(Backend):
         order = sorted(range(B), key=lambda b: len(contexts[b]))
         lengths = [len(contexts[b]) for b in order]
         stack = self._padded_contexts([contexts[b] for b in order])
-        cue = self._embed_ids(enc.cue) if enc.cue else prompt_embeds.new_zeros(0, prompt_embeds.shape[2])
-        tail = torch.cat([prompt_embeds, cue.expand(P, -1, -1)], dim=1)  # (P, prompt + cue, hidden)
-        if tail.shape[1] == 0:
+        if prompt_embeds.shape[1] + len(enc.cue) == 0:
             raise TaskError("nothing to score after the input: give the template a cue or use a prompt of >=1 token")
-        steps = torch.arange(tail.shape[1], device=self.device)
 
-        def forward(ex: slice, cand: slice) -> torch.Tensor:
-            n_c, longest = cand.stop - cand.start, lengths[ex.stop - 1]
-            past = [(k[ex, None, :, -longest:], v[ex, None, :, -longest:]) for k, v in stack]
-            ctx_mask = left_mask(lengths[ex], self.device).repeat_interleave(n_c, 0)
-            mask = torch.cat([ctx_mask, ctx_mask.new_ones(len(ctx_mask), tail.shape[1])], dim=1)
-            positions = (torch.tensor(lengths[ex], device=self.device)[:, None] + steps).repeat_interleave(n_c, 0)
-            cache = self._shared_cache(past, (ex.stop - ex.start, n_c), tail.shape[1])
-            return self._forward_last(tail[cand].repeat(ex.stop - ex.start, 1, 1), mask, positions, cache)
+        def step_logprobs(step: Step) -> torch.Tensor:
+            cue_ids = enc.cue + list(step.prefix)  # a word's earlier tokens extend the cue (teacher forcing)
+            cue = self._embed_ids(cue_ids) if cue_ids else prompt_embeds.new_zeros(0, prompt_embeds.shape[2])
+            tail = torch.cat([prompt_embeds, cue.expand(P, -1, -1)], dim=1)  # (P, prompt + cue, hidden)
+            steps = torch.arange(tail.shape[1], device=self.device)
 
-        return self._blockwise(lengths, order, P, enc.label_ids, lambda n: (n, tail.shape[1]), forward)
+            def forward(ex: slice, cand: slice) -> torch.Tensor:
+                n_c, longest = cand.stop - cand.start, lengths[ex.stop - 1]
+                past = [(k[ex, None, :, -longest:], v[ex, None, :, -longest:]) for k, v in stack]
+                ctx_mask = left_mask(lengths[ex], self.device).repeat_interleave(n_c, 0)
+                mask = torch.cat([ctx_mask, ctx_mask.new_ones(len(ctx_mask), tail.shape[1])], dim=1)
+                positions = (torch.tensor(lengths[ex], device=self.device)[:, None] + steps).repeat_interleave(n_c, 0)
+                cache = self._shared_cache(past, (ex.stop - ex.start, n_c), tail.shape[1])
+                return self._forward_last(tail[cand].repeat(ex.stop - ex.start, 1, 1), mask, positions, cache)
+
+            return self._blockwise(lengths, order, P, list(step.next_ids), lambda n: (n, tail.shape[1]), forward)
+
+        return enc.trie.combine([step_logprobs(step) for step in enc.trie.steps])
 
     def _padded_contexts(self, contexts: list[list[int]]) -> list[LayerKV]:
         """Per layer, the contexts' keys/values stacked (B, kv_heads, longest, head_dim), zero-padded on the left."""
@@ -328,41 +384,51 @@ class LocalBackend(Backend):
         parts = [self._prefill(ctx[s], ones[s]) for s in self.planner.chunks(P, 0, ctx_len)]
         prompt_kv = [(torch.cat([p[i][0] for p in parts]), torch.cat([p[i][1] for p in parts])) for i in range(len(parts[0]))]
         order = sorted(range(B), key=lambda b: len(enc.heads[b]))
-        tails = [self._embed_ids(enc.heads[b] + enc.cue) for b in order]
 
-        def forward(ex: slice, cand: slice) -> torch.Tensor:
-            n_c = cand.stop - cand.start
-            embeds, tail_mask = left_pad(tails[ex])
-            past = [(k[None, cand], v[None, cand]) for k, v in prompt_kv]
-            mask = torch.cat([ones[:1].expand(len(tail_mask), -1), tail_mask], dim=1).repeat_interleave(n_c, 0)
-            positions = (ctx_len + position_ids(tail_mask)).repeat_interleave(n_c, 0)
-            cache = self._shared_cache(past, (ex.stop - ex.start, n_c), embeds.shape[1])
-            return self._forward_last(embeds.repeat_interleave(n_c, 0), mask, positions, cache)
+        def step_logprobs(step: Step) -> torch.Tensor:
+            tails = [self._embed_ids(enc.heads[b] + enc.cue + list(step.prefix)) for b in order]
 
-        return self._blockwise([len(t) for t in tails], order, P, enc.label_ids, lambda n: (ctx_len, n), forward)
+            def forward(ex: slice, cand: slice) -> torch.Tensor:
+                n_c = cand.stop - cand.start
+                embeds, tail_mask = left_pad(tails[ex])
+                past = [(k[None, cand], v[None, cand]) for k, v in prompt_kv]
+                mask = torch.cat([ones[:1].expand(len(tail_mask), -1), tail_mask], dim=1).repeat_interleave(n_c, 0)
+                positions = (ctx_len + position_ids(tail_mask)).repeat_interleave(n_c, 0)
+                cache = self._shared_cache(past, (ex.stop - ex.start, n_c), embeds.shape[1])
+                return self._forward_last(embeds.repeat_interleave(n_c, 0), mask, positions, cache)
+
+            return self._blockwise([len(t) for t in tails], order, P, list(step.next_ids), lambda n: (ctx_len, n),
+                                   forward)
+
+        return enc.trie.combine([step_logprobs(step) for step in enc.trie.steps])
 
     def _full_path(self, prompt_embeds: torch.Tensor, enc: Encoded, placement: Placement) -> torch.Tensor:
         P, B = prompt_embeds.shape[0], len(enc.heads)
         emb = self._embed_ids
         lead = emb(enc.lead) if enc.lead else prompt_embeds[0, :0]
-        tail_ids = enc.cue + ([self.tokenizer.mask_token_id, self.tokenizer.sep_token_id or self.tokenizer.eos_token_id]
-                              if self.is_masked else [])
-        tail = emb(tail_ids) if tail_ids else lead[:0]
         heads = [emb(h) for h in enc.heads]
-        longest = len(enc.lead) + prompt_embeds.shape[1] + max(map(len, enc.heads)) + len(tail_ids)
-        results = []
-        for part in self.planner.chunks(P * B, 0, longest):
-            seqs = []
-            for r in range(part.start, part.stop):
-                p, b = divmod(r, B)
-                middle = [prompt_embeds[p], heads[b]] if placement is Placement.PREFIX else [heads[b], prompt_embeds[p]]
-                seqs.append(torch.cat([lead, *middle, tail]))
-            if self.is_masked:
-                results.append(self._masked_scores(seqs, 1)[:, enc.label_ids])  # <mask> </s> ends each row
-            else:
-                embeds, mask = left_pad(seqs)
-                results.append(self._forward_last(embeds, mask, position_ids(mask))[:, enc.label_ids])
-        return torch.cat(results)
+
+        def step_logprobs(step: Step) -> torch.Tensor:
+            tail_ids = enc.cue + list(step.prefix) + (
+                [self.tokenizer.mask_token_id, self.tokenizer.sep_token_id or self.tokenizer.eos_token_id]
+                if self.is_masked else [])
+            tail = emb(tail_ids) if tail_ids else lead[:0]
+            longest = len(enc.lead) + prompt_embeds.shape[1] + max(map(len, enc.heads)) + len(tail_ids)
+            results = []
+            for part in self.planner.chunks(P * B, 0, longest):
+                seqs = []
+                for r in range(part.start, part.stop):
+                    p, b = divmod(r, B)
+                    middle = [prompt_embeds[p], heads[b]] if placement is Placement.PREFIX else [heads[b], prompt_embeds[p]]
+                    seqs.append(torch.cat([lead, *middle, tail]))
+                if self.is_masked:
+                    results.append(self._masked_scores(seqs, 1)[:, list(step.next_ids)])  # <mask> </s> ends each row
+                else:
+                    embeds, mask = left_pad(seqs)
+                    results.append(self._forward_last(embeds, mask, position_ids(mask))[:, list(step.next_ids)])
+            return torch.cat(results)
+
+        return enc.trie.combine([step_logprobs(step) for step in enc.trie.steps])
 
     def _masked_scores(self, seqs: list[torch.Tensor], mask_from_end: int) -> torch.Tensor:
         embeds, mask = right_pad(seqs)

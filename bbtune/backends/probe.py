@@ -51,20 +51,25 @@ log = logging.getLogger("bbtune")
 
 PROBE_TEXTS = ("The film was great and the acting was wonderful. It was", "The market fell today. This news is about")
 
+TEXT_ONLY = ("a server that returns no log-probs at all (a text-only API) can still tune hard prompts with "
+             "--remote-mode text (scores from its answers, parsed to labels)")
 USE_INSTEAD = {
     ScoreMode.TOP_LOGPROBS: "the server gives no next-token logprobs on /completions: use --remote-mode chat "
-                            "(top_logprobs on chat completions) or a server that does (vLLM, llama.cpp)",
-    ScoreMode.CHAT: "the server gives no top_logprobs on /chat/completions: use --remote-mode top_logprobs",
+                            f"(top_logprobs on chat completions) or a server that does (vLLM, llama.cpp); {TEXT_ONLY}",
+    ScoreMode.CHAT: f"the server gives no top_logprobs on /chat/completions: use --remote-mode top_logprobs; {TEXT_ONLY}",
     ScoreMode.ECHO: "the server does not return the prompt's log-probs with echo (llama.cpp ignores echo, "
-                    "gpt-3.5-turbo-instruct refuses echo with logprobs): use --remote-mode top_logprobs",
+                    f"gpt-3.5-turbo-instruct refuses echo with logprobs): use --remote-mode top_logprobs; {TEXT_ONLY}",
     ScoreMode.PROMPT_EMBEDS: "the server does not accept prompt_embeds (start vLLM with --enable-prompt-embeds), "
                              "or tune hard prompts with --remote-mode top_logprobs or echo",
+    ScoreMode.TEXT: "the server does not answer this text request: try --remote-answer-endpoint completions (or "
+                    "chat), or check the model name and the server's API",
 }
 _FEATURE_WORDS = {
     ScoreMode.TOP_LOGPROBS: ("logprobs",),
     ScoreMode.CHAT: ("logprobs",),
     ScoreMode.ECHO: ("echo", "logprobs"),
     ScoreMode.PROMPT_EMBEDS: ("prompt_embeds", "prompt-embeds", "embeds"),
+    ScoreMode.TEXT: (),
 }
 LIST_PROBE_RETRIES = 2  # enough to ride out a transient fault, few enough not to wait long on a server that refuses
 _REFUSALS = (BadRequestError, ServerError, MalformedResponseError, CapabilityError)  # "no" in its many shapes
@@ -90,6 +95,14 @@ class Target(Protocol):
     def label_keys(self, fmt: TaskFormat) -> wire.LabelKeys: ...
     def label_logprobs(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat, *,
                        bias: float = 0.0, salt: str = "", strict: bool = False) -> np.ndarray: ...
+    answers_per_request_: int
+
+    def generation(self, max_tokens: int, n: int, temperature: float, stop: Sequence[str]) -> wire.Generation: ...
+    def complete(self, texts: Sequence[str], gen: wire.Generation, salt: str = "", retries: int | None = None,
+                 size: int | None = None) -> list[list[str]]: ...
+    def generate(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat, *,
+                 max_tokens: int = 16, n: int = 1, temperature: float = 0.0, stop: Sequence[str] = ("\n",),
+                 salt: str = "") -> list[list[list[str]]]: ...
 
 
 def explain(err: BaseException, mode: ScoreMode) -> BaseException:
@@ -107,6 +120,9 @@ def run_probe(target: Target, sample: Sample | None = None) -> ProbeReport:
     cfg = target.config
     report = ProbeReport(mode=cfg.mode.value, top_k=target.top_k_, batch_size=target.batch_size_)
     _models(target, report)
+    if cfg.mode is ScoreMode.TEXT:
+        _TextProbe(target, report).run(sample)
+        return report
     probe = _Probe(target, report)
     first = probe.first()
     probe.repeatable(first)
@@ -385,6 +401,100 @@ class _Sampled:
         return biased
 
 
+class _TextProbe:
+    """Text mode's checks: the server answers text; the same request at temperature 0 gets the same answer (else
+    a note: the scores are noisy, average more answers); a list of two prompts answers like two requests (else
+    one prompt per request); ``n`` answers in one request (else repeated requests); and on the task's sample, the
+    share of answers naming no label (the run stops above ``max_unparsed``, naming the fixes)."""
+
+    def __init__(self, target: Target, report: ProbeReport):
+        self.target, self.report, self.cfg = target, report, target.config
+        self.greedy = target.generation(self.cfg.answer_tokens, 1, 0.0, ("\n",))
+
+    def run(self, sample: Sample | None) -> None:
+        first = self.answers()
+        self.report.checks.append("answers text")
+        self.repeats(first)
+        if self.target.batch_size_ > 1:
+            self.lists(first)
+        if self.cfg.answer_samples > 1:
+            self.samples()
+        self.report.answers_per_request = min(self.target.answers_per_request_, self.cfg.answer_samples)
+        if sample is not None:
+            self.sampled(sample)
+
+    def answers(self, salt: str = "") -> list[str]:
+        try:
+            return [a[0] for a in self.target.complete(PROBE_TEXTS, self.greedy, salt=salt, size=1)]
+        except MalformedResponseError as err:
+            raise CapabilityError(f"{err}\n  -> {USE_INSTEAD[ScoreMode.TEXT]}") from err
+
+    def repeats(self, first: list[str]) -> None:
+        again = self.answers(salt="probe-repeat")
+        if again == first:
+            self.report.checks.append("temperature 0 answers repeat")
+            return
+        note = (f"the same request at temperature 0 got different answers ({first[0]!r} vs {again[0]!r}): the server "
+                "samples anyway, so scores from one answer are noisy; average more answers (--remote-answer-samples "
+                "with --remote-answer-temperature > 0)")
+        self.report.notes.append(note)
+        log.warning("bbtune: %s", note)
+
+    def lists(self, first: list[str]) -> None:
+        try:
+            together = [a[0] for a in self.target.complete(PROBE_TEXTS, self.greedy, size=2,
+                                                           retries=LIST_PROBE_RETRIES)]
+            if together != first:
+                raise MalformedResponseError(f"a list of two prompts got {together}; one at a time got {first}")
+        except (BackendError, CapabilityError) as err:
+            self.target.batch_size_ = self.report.batch_size = 1
+            self.report.notes.append(f"lists of prompts unusable ({str(err).splitlines()[0][:200]}); sending one "
+                                     "prompt per request")
+            return
+        self.report.checks.append("lists match single prompts")
+
+    def samples(self) -> None:
+        """Two answers in one request (``n``); a refusal or a wrong count means one answer per request."""
+        t = self.target
+        gen = t.generation(self.cfg.answer_tokens, 2, self.cfg.answer_temperature, ("\n",))
+        try:
+            got = t.complete(PROBE_TEXTS[:1], gen, retries=LIST_PROBE_RETRIES)[0]
+            if len(got) != 2:
+                raise MalformedResponseError(f"asked n=2, got {len(got)} answers")
+        except (BackendError, CapabilityError) as err:
+            t.answers_per_request_ = 1
+            self.report.notes.append(f"n answers in one request unusable ({str(err).splitlines()[0][:160]}); asking "
+                                     "each answer in its own request (seeds 0, 1, ...)")
+            return
+        self.report.checks.append("n answers in one request")
+
+    def sampled(self, sample: Sample) -> None:
+        prompt, examples, fmt = sample
+        examples = list(examples)[:PROBE_SAMPLE]
+        cfg = self.cfg
+        rules = cfg.answer_rules(fmt)
+        answers = self.target.generate([prompt], examples, fmt, max_tokens=cfg.answer_tokens, n=cfg.answer_samples,
+                                       temperature=cfg.answer_temperature)[0]
+        flat = [a for row in answers for a in row]
+        unparsed = [a for a in flat if rules.label(a) is None]
+        share = len(unparsed) / len(flat)
+        self.report.sample_unparsed_rate = share
+        if share > cfg.max_unparsed:
+            raise CapabilityError(unparsed_message(share, len(examples), unparsed, rules, cfg))
+        self.report.checks.append(f"answers naming no label on the sample: {share:.0%}")
+
+
+def unparsed_message(share: float, n: int, unparsed: Sequence[str], rules: Any, cfg: Any) -> str:
+    """The refusal when too many answers name no label, with what they said and every fix."""
+    said = ", ".join(repr(a[:40]) for a in list(dict.fromkeys(unparsed))[:4])
+    words = "; ".join(f"{label}: {', '.join(ws)}" for label, ws in rules.words.items())
+    return (f"{share:.0%} of the answers to the probe's sample of {n} examples name no label (allowed: "
+            f"--remote-max-unparsed {cfg.max_unparsed:g}); they said {said}, and the labels' words are {words}. Fixes: "
+            "add the words the model says with --remote-answer-synonyms LABEL=word|word; name the answer words in "
+            "--remote-chat-instruction (with --remote-answer-endpoint chat); more --remote-answer-tokens; or a "
+            "higher --remote-max-unparsed (unparsed answers score as missing labels)")
+
+
 def bias_problem(plain: np.ndarray, biased: np.ndarray, tol: float) -> str:
     """Why biased label scores (B, L) cannot stand in for `plain` ones, or '' if they can: every label present,
     the labels' probability raised (the server applied the bias), and the differences between labels unchanged
@@ -413,7 +523,8 @@ def missing_message(missing: float, n: int, k: int, cfg: Any) -> str:
             f"top-{k} list (allowed: --remote-max-missing {cfg.max_missing:g}); a missing label cannot be ranked. "
             "Fixes: --remote-mode echo (exact scores, where the server supports echo); --remote-logit-bias auto "
             "(needs a server that honours logit_bias and --remote-local-model); label words the model says more "
-            f"readily (--verbalizer); a deeper --remote-top-k (vLLM: --max-logprobs){chat}")
+            "readily (--verbalizer); a deeper --remote-top-k (vLLM: --max-logprobs); for label words of several "
+            f"tokens, --remote-local-model (chained requests read each token){chat}")
 
 
 def _agree(a: Any, b: Any, tol: float) -> bool:

@@ -17,6 +17,14 @@ Which server supports which mode:
 | echo (exact) | base models only; gpt-3.5-turbo-instruct refuses | yes | no: log-probs shifted by one | yes |
 | prompt_embeds (soft; bounded) | no | with --enable-prompt-embeds | no | yes |
 | logit_bias in the log-probs | (the probe decides) | (the probe decides) | no: sampling only | yes |
+| text (answers parsed to labels) | yes | yes | yes | yes (also with --no-logprobs) |
+
+``text`` needs no log-probs at all (hosted chat APIs that return only text): each input's answers are mapped to
+labels by rules (`bbtune.tasks.answers`) and a label's score is the log of its smoothed share of the answers.
+
+Label words of several tokens (``" very negative"``): echo sums their tokens exactly; top_logprobs and
+prompt_embeds chain requests (each token's top-k after the input and the word's earlier tokens, see `wire`);
+chat refuses them. Chaining needs ``local_model`` (the tokenizer says where a word's tokens end).
 
 "Bounded": a label outside the top-k is *missing*: its score is NaN, counted in `stats.missing_rate`, and the
 loss gives it a documented meaning (`bbtune.search.losses`). The probe finds the deepest top-k the server accepts,
@@ -39,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Sequence
 
 import httpx
 import numpy as np
+import torch
 
 from bbtune.constants import (
     API_KEY_ENV,
@@ -50,20 +59,27 @@ from bbtune.constants import (
     DEFAULT_TOP_K,
     OPENAI_API_KEY_ENV,
     DEFAULT_CHAT_INSTRUCTION,
+    DEFAULT_ANSWER_TOKENS,
     DEFAULT_MAX_MISSING,
+    DEFAULT_MAX_UNPARSED,
+    DEFAULT_SMOOTHING,
     LOGIT_BIAS,
+    MAX_ANSWERS_PER_REQUEST,
     PROBE_TOLERANCE,
     PROMPT_TOKEN_MARGIN,
 )
-from bbtune.errors import ConfigError, TaskError
+from bbtune.errors import CapabilityError, ConfigError, TaskError, VerbalizerError
 from bbtune.core.prompts import HardPrompt, Prompt, prompt_kind
 from bbtune.tasks import Example, TaskFormat, verbalizer_token_ids
+from bbtune.tasks.answers import AnswerRules, AnswerScores, answer_scores, parse_synonyms
 from bbtune.core.vocab import Vocabulary
 from bbtune.backends import wire
 from bbtune.backends.accounting import Ledger, Limits, SpendingLimiter, Prices, RemoteStats, restore
-from bbtune.backends.base import Backend, Capabilities, check_scores
+from bbtune.backends.base import Backend, Capabilities, check_generate_args, check_scores, cut_at_stop
 from bbtune.backends.cache import ResponseCache
+from bbtune.backends.continuations import check_continuations, score_continuations
 from bbtune.backends.http import ApiClient, KeyInfo
+from bbtune.backends.labeltrie import LabelTrie
 from bbtune.backends.loop import LoopThread
 from bbtune.backends.replicas import ReplicaPool, display_url
 from bbtune.backends.probe import explain, run_probe
@@ -85,7 +101,8 @@ class RemoteConfig:
 
     base_url: str = _h("http://127.0.0.1:8000/v1", "server base URL; several, comma-separated = replicas of one model")
     model: str = _h("tiny", "model name the server knows")
-    mode: ScoreMode = _h(ScoreMode.TOP_LOGPROBS, "top_logprobs, chat, echo or prompt_embeds (soft prompts)")
+    mode: ScoreMode = _h(ScoreMode.TOP_LOGPROBS, "top_logprobs, chat, echo, prompt_embeds (soft prompts) or text "
+                                                 "(servers without log-probs: scores from parsed answers)")
     local_model: str = _h("", "the same model locally ('tiny', 'smollm2', HF dir, .gguf): tokenizer, verbalizer "
                               "check, vocabulary, prompt embeddings ('' = none)")
     api_key_env: str = _h(API_KEY_ENV, f"environment variable holding the API key (else ${OPENAI_API_KEY_ENV})")
@@ -108,8 +125,20 @@ class RemoteConfig:
                                  f"({LOGIT_BIAS:g} where the probe finds it honoured), 'off', or a number in (0, 100]")
     max_missing: float = _h(DEFAULT_MAX_MISSING, "largest share of label scores missing from the top-k on the probe's "
                                                  "sample before the run stops (0..1)")
-    chat_instruction: str = _h(DEFAULT_CHAT_INSTRUCTION, "chat mode: text put before each message, {labels} = the "
-                                                         "answer words ('' = none)")
+    chat_instruction: str = _h(DEFAULT_CHAT_INSTRUCTION, "chat and text-over-chat modes: text put before each "
+                                                         "message, {labels} = the answer words ('' = none)")
+    answer_endpoint: str = _h("chat", "text mode: ask 'chat' (/chat/completions) or 'completions' for answers")
+    answer_samples: int = _h(1, "text mode: answers per input (n); a label's score is log of its smoothed share")
+    answer_temperature: float = _h(0.0, "text mode: sampling temperature (0 = greedy; answer_samples > 1 needs > 0)")
+    answer_tokens: int = _h(DEFAULT_ANSWER_TOKENS, "text mode: most tokens per answer")
+    answer_smoothing: float = _h(DEFAULT_SMOOTHING, "text mode: a in log((count + a) / (n + a * labels)), > 0")
+    answer_synonyms: tuple[str, ...] = _h((), "text mode: more words naming a label, each 'LABEL=word|word' "
+                                              "(the verbalizer word always names its label)")
+    answer_fold_case: bool = _h(True, "text mode: 'Great' names great")
+    answer_strip_punctuation: bool = _h(True, "text mode: punctuation counts as a space ('so-so' is 'so so')")
+    answer_collapse_whitespace: bool = _h(True, "text mode: runs of spaces and newlines count as one space")
+    max_unparsed: float = _h(DEFAULT_MAX_UNPARSED, "text mode: largest share of the probe's sample answers naming no "
+                                                   "label before the run stops (0..1)")
 
     def __post_init__(self) -> None:
         raw = self.base_url.split(",") if isinstance(self.base_url, str) else list(self.base_url)
@@ -126,6 +155,8 @@ class RemoteConfig:
         except ValueError:
             raise ConfigError(f"mode {self.mode!r} is not one of {[m.value for m in ScoreMode]}") from None
         object.__setattr__(self, "extra_headers", _headers(self.extra_headers))
+        object.__setattr__(self, "answer_synonyms", tuple(self.answer_synonyms))
+        parse_synonyms(self.answer_synonyms)  # a malformed entry fails here, not at the first score
         for name in ("local_model", "cache_dir"):
             object.__setattr__(self, name, getattr(self, name) or "")
         for name in ("max_requests", "max_tokens", "max_cost"):
@@ -150,6 +181,14 @@ class RemoteConfig:
             ("price_completion_per_mtok", self.price_completion_per_mtok >= 0, ">= 0"),
             ("probe_tolerance", self.probe_tolerance >= 0, ">= 0"),
             ("max_missing", 0 <= self.max_missing <= 1, "in [0, 1]"),
+            ("answer_endpoint", self.answer_endpoint in ("chat", "completions"), "'chat' or 'completions'"),
+            ("answer_samples", self.answer_samples >= 1, ">= 1"),
+            ("answer_temperature", 0 <= self.answer_temperature <= 2, "in [0, 2]"),
+            ("answer_temperature", self.answer_samples == 1 or self.answer_temperature > 0,
+             "> 0 when answer_samples > 1 (n greedy answers are one answer n times)"),
+            ("answer_tokens", self.answer_tokens >= 1, ">= 1"),
+            ("answer_smoothing", self.answer_smoothing > 0, "> 0"),
+            ("max_unparsed", 0 <= self.max_unparsed <= 1, "in [0, 1]"),
         ):
             if not ok:
                 raise ConfigError(f"RemoteConfig.{name} must be {rule}, got {getattr(self, name)!r}")
@@ -170,6 +209,17 @@ class RemoteConfig:
     def bias(self) -> float:
         """The label-token bias to try (0 = off)."""
         return 0.0 if self.logit_bias == "off" else LOGIT_BIAS if self.logit_bias == "auto" else float(self.logit_bias)
+
+    @property
+    def uses_chat(self) -> bool:
+        """Whether requests go to /chat/completions (chat mode, or text mode asking chat)."""
+        return self.mode is ScoreMode.CHAT or (self.mode is ScoreMode.TEXT and self.answer_endpoint == "chat")
+
+    def answer_rules(self, fmt: TaskFormat) -> AnswerRules:
+        """Text mode: how answers name `fmt`'s labels (its verbalizer words plus `answer_synonyms`)."""
+        return AnswerRules.build(fmt.verbalizer, parse_synonyms(self.answer_synonyms), fold_case=self.answer_fold_case,
+                                 strip_punctuation=self.answer_strip_punctuation,
+                                 collapse_whitespace=self.answer_collapse_whitespace)
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -221,10 +271,12 @@ class RemoteBackend(Backend):
         self.config = config if config is not None else RemoteConfig(**overrides)
         cfg = self.config
         self.name = f"remote:{cfg.model}@{display_url(cfg.urls[0])}"
-        self.capabilities = Capabilities(soft=cfg.mode is ScoreMode.PROMPT_EMBEDS, hard=True, gradients=False)
+        self.capabilities = Capabilities(soft=cfg.mode is ScoreMode.PROMPT_EMBEDS, hard=True, gradients=False,
+                                         generate=True, logprobs=cfg.mode is not ScoreMode.TEXT)
         self.stats = RemoteStats()
         self.probe_: ProbeReport | None = None
-        self.top_k_, self.batch_size_ = cfg.top_k, (cfg.batch_size if cfg.mode.takes_lists else 1)
+        self.top_k_, self.batch_size_ = cfg.top_k, (cfg.batch_size if cfg.mode.takes_lists and not cfg.uses_chat else 1)
+        self.answers_per_request_ = MAX_ANSWERS_PER_REQUEST  # the probe lowers it to 1 where the server refuses n
         self.logit_bias_ = 0.0  # set by the probe where the server honours it (or by the config without a probe)
         if not cfg.probe and cfg.logit_bias not in ("auto", "off"):
             self.logit_bias_ = cfg.bias
@@ -244,7 +296,12 @@ class RemoteBackend(Backend):
         self.capabilities.require(prompt_kind(list(prompts)), self.name)
         if self.config.probe and self.probe_ is None:
             self.check((prompts[0], examples, fmt))
-        scores = self.label_logprobs(prompts, examples, fmt, bias=self.logit_bias_)
+        if self.config.mode is ScoreMode.TEXT:
+            found = self.answer_scores(prompts, examples, fmt)
+            self.stats.count_answers(found.answers, found.unparsed)
+            scores = found.scores
+        else:
+            scores = self.label_logprobs(prompts, examples, fmt, bias=self.logit_bias_)
         self.stats.count_labels(scores.size, int(np.isnan(scores).sum()))
         self.stats.add(len(prompts), len(examples))
         return check_scores(scores, len(prompts), len(examples), len(fmt.labels), self.name)
@@ -253,17 +310,150 @@ class RemoteBackend(Backend):
                        bias: float = 0.0, salt: str = "", strict: bool = False) -> np.ndarray:
         """(P, B, L) label log-probs as the server gives them (NaN = missing; with `strict` also a label with
         any spelling unlisted), with `bias` on every label token; counts nothing (the probe uses it too)."""
-        labels = self.label_keys(fmt)
-        P, B, L = len(prompts), len(examples), labels.n_labels
+        P, B, L = len(prompts), len(examples), len(fmt.verbalizer)
         if self.config.mode is ScoreMode.ECHO:
             pairs = [(t + w, w) for t in self.texts(prompts, examples, fmt) for w in fmt.verbalizer.values()]
             flat = np.array(self.send(wire.echo_requests(self.shape(), pairs, lambda p: self.count_tokens(p[0]))),
                             dtype=np.float64)
+        elif self.label_trie(fmt) is not None:
+            flat = self._chained(prompts, examples, fmt, bias=bias, salt=salt, strict=strict)
         else:
+            labels = self.label_keys(fmt)
             shape = self.shape(labels.token_ids if bias else (), bias)
             tops = self.send(self.requests(shape, self.inputs(prompts, examples, fmt)), salt=salt)
             flat = np.stack([wire.label_scores(top, labels, strict)[0] for top in tops])
         return flat.reshape(P, B, L)
+
+    def continuation_logprobs(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat,
+                              continuations: Sequence[Sequence[str]]) -> np.ndarray:
+        """(P, B, C) log-probs of each example's strings after its input (see `Backend`): exact by echo, chained
+        top-k requests in the top-k modes (NaN where a token is outside its list, counted in stats)."""
+        n_strings = check_continuations(examples, continuations)
+        self.capabilities.require(prompt_kind(list(prompts)), self.name)
+
+        def scores(ps: Sequence[Prompt], exs: Sequence[Example], words: TaskFormat) -> np.ndarray:
+            if self.config.probe and self.probe_ is None:
+                self.check((ps[0], exs, words))
+            return self.label_logprobs(ps, exs, words, bias=self.logit_bias_)
+
+        if self.config.mode is ScoreMode.ECHO:  # any strings per row: every (row, string) in one concurrent send
+            if self.config.probe and self.probe_ is None:
+                self.check()
+            pairs = [(t + w, w) for i, t in enumerate(self.texts(prompts, examples, fmt))
+                     for w in continuations[i % len(examples)]]
+            sent = self.send(wire.echo_requests(self.shape(), pairs, lambda p: self.count_tokens(p[0])))
+            out = np.array(sent, dtype=np.float64).reshape(len(prompts), len(examples), n_strings)
+        else:
+            out = score_continuations(scores, prompts, examples, fmt, continuations)
+        self.stats.count_labels(out.size, int(np.isnan(out).sum()))
+        self.stats.add(len(prompts), len(examples))
+        return check_scores(out, len(prompts), len(examples), n_strings, self.name)
+
+    def label_trie(self, fmt: TaskFormat) -> LabelTrie | None:
+        """The label words' token trie where some word has several tokens and the mode chains requests for it
+        (top_logprobs, prompt_embeds); None where every word is one token (read from one top-k list) or there is no
+        local tokenizer to tell. Chat mode refuses such words: it reads only an answer's first token."""
+        if self.config.mode is ScoreMode.ECHO:
+            return None
+        if self.tokenizer is None:
+            spaced = [w for w in fmt.verbalizer.values() if len(w.split()) > 1]
+            if spaced:
+                raise ConfigError(
+                    f"label words {spaced} are several words, so several tokens, and --remote-mode "
+                    f"{self.config.mode.value} reads one token per list; set --remote-local-model to the same model "
+                    "(its tokenizer splits the words, then each token is read by a chained request) or use "
+                    "--remote-mode echo (exact, where the server supports echo)")
+            return None
+        trie = LabelTrie.build(self.reference().encoder.label_seqs(fmt))
+        if trie.single:
+            return None
+        if self.config.mode is ScoreMode.CHAT:
+            long = [w for w, n in zip(fmt.verbalizer.values(), trie.lengths) if n > 1]
+            raise CapabilityError(
+                f"label words of several tokens ({long}) cannot be scored in chat mode, which reads only the first "
+                "token of an answer; use --remote-mode echo (exact, where the server supports echo) or "
+                "--remote-mode top_logprobs (chained requests, one per token), or single-token words")
+        return trie
+
+    def _chained(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat, *, bias: float,
+                 salt: str, strict: bool) -> np.ndarray:
+        """(P * B, L) scores of multi-token words by chained top-k requests: per trie step, each row's input
+        extended by the step's prefix tokens, the next tokens read from its top-k list. Every step's requests go
+        out at once (teacher forcing: no step waits for another's answer). The bias, if any, is put on the first
+        step's tokens only: that step's shift is common to every label, a deeper step's would not be."""
+        trie, tok = self.label_trie(fmt), self.tokenizer
+        assert trie is not None and tok is not None, "chained only where a tokenizer found multi-token words"
+        items = self.inputs(prompts, examples, fmt)
+        requests: list[wire.Request] = []
+        keys = []
+        for i, step in enumerate(trie.steps):
+            shape = self.shape(step.next_ids if bias and i == 0 else (), bias)
+            extended = [self._extend(item, step.prefix, fmt) for item in items] if step.prefix else items
+            requests += self.requests(shape, extended)
+            texts = [tok.decode([t]) for t in step.next_ids]
+            keys.append(LabelKeys.build(texts, step.next_ids, texts))
+        replies = self.send(requests, salt=salt)
+        per_step, start = [], 0
+        for key in keys:
+            tops, start = replies[start: start + len(items)], start + len(items)
+            per_step.append(np.stack([wire.label_scores(top, key, strict)[0] for top in tops]))
+        return trie.combine(per_step)
+
+    def _extend(self, item: Any, prefix: Sequence[int], fmt: TaskFormat) -> Any:
+        """A row's input followed by a word's first tokens: as text (their decoding, which must start a label word
+        exactly, or the server would see other tokens) or as embeddings (prompt_embeds)."""
+        if self.config.mode is ScoreMode.PROMPT_EMBEDS:
+            return torch.cat([item, self.reference().embed_text_ids(list(prefix))])
+        text = self.reference().tokenizer.decode(list(prefix))
+        if not any(w.startswith(text) for w in fmt.verbalizer.values()):
+            raise VerbalizerError(f"the tokens {list(prefix)} of a label word decode to {text!r}, which starts none of "
+                                  f"the words {list(fmt.verbalizer.values())}; chained requests need tokens that decode "
+                                  "to the word's own text: use --remote-mode echo, or other words")
+        return item + text
+
+    def answer_scores(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat,
+                      salt: str = "") -> AnswerScores:
+        """Text mode: (P, B, L) log smoothed shares of the answers naming each label (`bbtune.tasks.answers`;
+        NaN where every answer named none), with the answers' counts; counts nothing in `stats`."""
+        cfg = self.config
+        answers = self.generate(prompts, examples, fmt, max_tokens=cfg.answer_tokens, n=cfg.answer_samples,
+                                temperature=cfg.answer_temperature, salt=salt)
+        return answer_scores(answers, fmt.labels, cfg.answer_rules(fmt), cfg.answer_smoothing)
+
+    def generate(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat, *,
+                 max_tokens: int = 16, n: int = 1, temperature: float = 0.0, stop: Sequence[str] = ("\n",),
+                 salt: str = "") -> list[list[list[str]]]:
+        """P x B x n answers after each row's input (the chat instruction first when asking chat), through the
+        same requests, budget, ledger, retries and cache as scores; `n` in one request where the server takes
+        it (the probe finds out), else repeated requests with distinct seeds."""
+        if not examples:
+            raise TaskError("generate() got no examples; give at least one")
+        check_generate_args(max_tokens, n, temperature, stop)
+        if prompt_kind(list(prompts)) == "soft":
+            self._refuse_soft()
+        gen = self.generation(max_tokens, n, temperature, stop)
+        answers = self.complete(self.texts(prompts, examples, fmt), gen, salt=salt)
+        B = len(examples)
+        return [answers[p * B : (p + 1) * B] for p in range(len(prompts))]
+
+    def generation(self, max_tokens: int, n: int, temperature: float, stop: Sequence[str]) -> wire.Generation:
+        """How answers are asked right now (the endpoint, and the probe's findings about ``n``)."""
+        return wire.Generation(wire.CHAT if self.config.uses_chat else wire.COMPLETIONS, max_tokens, n, temperature,
+                               tuple(stop), max(1, min(n, self.answers_per_request_)))
+
+    def complete(self, texts: Sequence[str], gen: wire.Generation, salt: str = "", retries: int | None = None,
+                 size: int | None = None) -> list[list[str]]:
+        """Each text's `gen.n` answers, cut at the first stop string (a server may ignore ``stop``)."""
+        requests = wire.generation_requests(self.config.model, gen, texts, self.count_tokens, size or self.batch_size_)
+        out: list[list[str]] = [[] for _ in texts]
+        for index, answers in self.send(requests, salt=salt, retries=retries):
+            out[index].extend(cut_at_stop(a, gen.stop) for a in answers)
+        return out
+
+    def _refuse_soft(self) -> None:
+        raise CapabilityError(f"backend {self.name} sends text ({self.config.mode.value} mode): a soft prompt is not "
+                              "text; tune hard prompts (--mode hard), or use --remote-mode prompt_embeds with a "
+                              "server that takes prompt embeddings")
 
     def check(self, sample: tuple[Prompt, Sequence[Example], TaskFormat] | None = None) -> ProbeReport:
         """Probe the server: model served, features of the mode, consistent numbers, and on `sample` (a prompt,
@@ -325,11 +515,15 @@ class RemoteBackend(Backend):
         """How the labels appear in a reply: chat matches every spelling of the word, completions the word's token."""
         words = list(fmt.verbalizer.values())
         tok = self.tokenizer
+        trie = self.label_trie(fmt)  # chat mode refuses multi-token words here
         if self.config.mode is ScoreMode.CHAT:
             return LabelKeys.chat(words, tok)
         if tok is None:
             return LabelKeys.build(words, None, None)
-        ids = verbalizer_token_ids(tok, fmt)  # raises VerbalizerError for a word that is not one token
+        if trie is not None:  # chained: what a first request's list must hold (the bias goes on these tokens)
+            first = trie.steps[0].next_ids
+            return LabelKeys.build([tok.decode([i]) for i in first], first, None)
+        ids = verbalizer_token_ids(tok, fmt)
         return LabelKeys.build(words, ids, [tok.decode([i]) for i in ids])
 
     def count_tokens(self, text: str) -> int:
@@ -337,7 +531,7 @@ class RemoteBackend(Backend):
         (a byte-level BPE token is at least one byte)."""
         tok = self.tokenizer
         n = len(tok(text, add_special_tokens=True)["input_ids"]) if tok is not None else len(text.encode())
-        return n + PROMPT_TOKEN_MARGIN + (CHAT_TOKEN_MARGIN if self.config.mode is ScoreMode.CHAT else 0)
+        return n + PROMPT_TOKEN_MARGIN + (CHAT_TOKEN_MARGIN if self.config.uses_chat else 0)
 
     # ------------------------------------------------------------------ building requests
 
@@ -353,6 +547,8 @@ class RemoteBackend(Backend):
         lead = self._instruction(fmt)
         out = []
         for prompt in prompts:
+            if not isinstance(prompt, HardPrompt):
+                self._refuse_soft()
             assert isinstance(prompt, HardPrompt)
             for ex in examples:
                 out.append(lead + fmt.text(ex, prompt.text))
@@ -360,7 +556,7 @@ class RemoteBackend(Backend):
 
     def _instruction(self, fmt: TaskFormat) -> str:
         template = self.config.chat_instruction
-        if self.config.mode is not ScoreMode.CHAT or not template:
+        if not self.config.uses_chat or not template:
             return ""
         words = [w.strip() for w in fmt.verbalizer.values()]
         named = ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]

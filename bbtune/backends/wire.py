@@ -7,10 +7,19 @@ Modes (`ScoreMode`), one request shape each:
   from the top-k list of the next token.
 - ``chat``: ``/v1/chat/completions`` with ``logprobs=true, top_logprobs=k``; read like ``top_logprobs``, but a
   label matches its word in every spelling the model may answer with (see `label_variants`).
-- ``echo``: ``/v1/completions`` with ``prompt + label word``, ``echo=true``: the label token's own log-prob,
-  exact, one prompt per label.
+- ``echo``: ``/v1/completions`` with ``prompt + label word``, ``echo=true``: the label word's own log-prob (the
+  sum over its tokens), exact, one prompt per label.
 - ``prompt_embeds``: ``/v1/completions`` with ``prompt_embeds`` (vLLM's encoding: base64 of a ``torch.save``d
   float tensor of shape (seq_len, hidden)); read like ``top_logprobs``. Soft prompts go over the wire this way.
+- ``text``: no log-probs at all (hosted chat APIs that return only text): ``/v1/chat/completions`` (or
+  ``/v1/completions``) asks for an answer (`Generation`: ``max_tokens``, ``n``, ``temperature``, ``stop``) and
+  the answers become label scores by rules (`bbtune.tasks.answers`).
+
+Label words of several tokens: ``echo`` sums the word's tokens from one echoed prompt; the top-k modes
+(``top_logprobs``, ``prompt_embeds``) *chain*: the first token's top-k after the input, the next token's top-k
+after the input and the first token, and so on (teacher forcing; words sharing a prefix share its requests,
+see `bbtune.backends.labeltrie`). A token absent from its list makes the word's score missing. ``chat`` reads
+only an answer's first token and refuses such words.
 
 **A missing label is NaN, never a bound.** A label absent from a top-k list has an unknown log-prob (below the
 k-th value); `label_scores` gives it NaN, the run counts it (``missing_rate``) and the loss decides what it
@@ -55,10 +64,12 @@ class ScoreMode(str, Enum):
     ECHO = "echo"
     CHAT = "chat"
     PROMPT_EMBEDS = "prompt_embeds"
+    TEXT = "text"
 
     @property
     def takes_lists(self) -> bool:
-        """Whether one request can carry several prompts (chat cannot)."""
+        """Whether one request can carry several prompts (chat cannot; text mode only on /completions, which
+        `RemoteBackend` decides from its `text_endpoint`)."""
         return self is not ScoreMode.CHAT
 
 
@@ -186,6 +197,94 @@ def echo_requests(shape: Shape, pairs: Sequence[tuple[str, str]], tokens: Callab
                   _echo_parser, tokens)
 
 
+# ---------------------------------------------------------------------- text answers (text mode, `generate`)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What text to ask for: at most `max_tokens` per answer, `n` answers per input (`per_request` of them in
+    one request through ``n``, the rest by repeated requests with seeds 1, 2, ...: a server that refuses ``n``
+    still gives n distinct samples), at `temperature`, cut at the first `stop` string."""
+
+    endpoint: str  # CHAT or COMPLETIONS
+    max_tokens: int = 16
+    n: int = 1
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ("\n",)
+    per_request: int = 1
+
+    @property
+    def repeats(self) -> int:
+        return -(-self.n // self.per_request)
+
+
+def generation_body(model: str, gen: Generation, texts: Sequence[str], n: int, seed: int) -> dict[str, Any]:
+    """No ``logprobs`` field at all: a text-only server may refuse it. ``n`` and ``seed`` only when needed (a
+    greedy answer needs neither, and some servers refuse them)."""
+    body: dict[str, Any] = {"model": model, "max_tokens": gen.max_tokens, "temperature": gen.temperature}
+    if gen.endpoint == CHAT:
+        body["messages"] = [{"role": "user", "content": texts[0]}]
+    else:
+        body["prompt"] = _one_or_list(texts)
+    if gen.stop:
+        body["stop"] = list(gen.stop)
+    if n > 1:
+        body["n"] = n
+    if gen.temperature > 0:
+        body["seed"] = seed
+    return body
+
+
+def generation_requests(model: str, gen: Generation, texts: Sequence[str], tokens: Callable[[str], int],
+                        size: int) -> list[Request]:
+    """Requests for `gen.n` answers to every text; each parses to ``(text index, [answers])`` pairs, so the
+    caller gathers a text's answers from however many requests they came in."""
+    size = 1 if gen.endpoint == CHAT else size
+    out = []
+    for start in range(0, len(texts), size):
+        part = list(texts[start : start + size])
+        for r in range(gen.repeats):
+            n = min(gen.per_request, gen.n - r * gen.per_request)
+            out.append(Request(gen.endpoint, generation_body(model, gen, part, n, r),
+                               _answers_parser(gen.endpoint, start, len(part), n),
+                               (sum(map(tokens, part)), len(part) * n * gen.max_tokens)))
+    return out
+
+
+def _answers_parser(endpoint: str, start: int, n_texts: int, n: int) -> Callable[[dict[str, Any]], list[Any]]:
+    read = chat_answer if endpoint == CHAT else completion_answer
+
+    def parse(reply: dict[str, Any]) -> list[Any]:
+        found = [read(c) for c in choices(reply, n_texts * n)]  # OpenAI: choice index = text * n + sample
+        return [(start + i, found[i * n : (i + 1) * n]) for i in range(n_texts)]
+
+    return parse
+
+
+def completion_answer(choice: Mapping[str, Any]) -> str:
+    """The generated text of a /v1/completions choice."""
+    text = choice.get("text")
+    if not isinstance(text, str):
+        raise _fail(f"a completion choice has no 'text' string (got {str(text)[:60]!r})")
+    return text
+
+
+def chat_answer(choice: Mapping[str, Any]) -> str:
+    """The answer of a /v1/chat/completions choice; null content (a refusal, a tool call) is an empty answer,
+    which names no label (unparsed), rather than an error that would stop a run."""
+    message = choice.get("message")
+    if not isinstance(message, Mapping):
+        raise _fail("a chat choice has no 'message' object")
+    content = message.get("content")
+    if content is None:
+        return ""
+    if isinstance(content, list):  # content parts
+        content = "".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
+    if not isinstance(content, str):
+        raise _fail(f"a chat message's content is not text (got {str(content)[:60]!r})")
+    return content
+
+
 # ---------------------------------------------------------------------- what the probe found
 
 
@@ -199,6 +298,8 @@ class ProbeReport:
     logit_bias: float = 0.0  # the bias added to every label token (0 = none)
     top_k_returned: int | None = None
     sample_missing_rate: float | None = None  # labels missing on the probe's sample of the task, as run
+    sample_unparsed_rate: float | None = None  # text mode: answers on the sample that named no label
+    answers_per_request: int | None = None  # text mode: answers one request carries (the server's `n`)
     models: list[str] | None = None
     checks: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -345,10 +446,11 @@ def label_scores(top: Mapping[str, float], labels: LabelKeys, strict: bool = Fal
 
 
 def echo_label_logprob(choice: Mapping[str, Any], prompt: str, word: str) -> float:
-    """Log-prob of the label word's token at the end of an echoed ``prompt`` (= context + word).
+    """Log-prob of the label word at the end of an echoed ``prompt`` (= context + word): the sum of its tokens'
+    log-probs, each given the text before it (teacher forcing, exact), however many tokens the word has.
 
-    The prompt's last token is found from ``text_offset`` (or the tokens' lengths); it must be exactly the
-    word, otherwise the server merged the word with the text before it and the score would be wrong.
+    The word's tokens are found from ``text_offset`` (or the tokens' lengths); the first must start exactly where
+    the word does, otherwise the server merged the word with the text before it and the score would be wrong.
     """
     logprobs = choice.get("logprobs")
     if not isinstance(logprobs, Mapping):
@@ -362,12 +464,15 @@ def echo_label_logprob(choice: Mapping[str, Any], prompt: str, word: str) -> flo
     inside = [i for i, off in enumerate(offsets) if isinstance(off, (int, np.integer)) and off < len(prompt)]
     if len(inside) < 2:  # the context and the word at least
         raise _fail("the echo reply does not cover the prompt (the server ignores echo)")
-    last = inside[-1]
-    if str(tokens[last]) != word or offsets[last] != len(prompt) - len(word):
+    start = len(prompt) - len(word)
+    first = next((i for i in inside if offsets[i] >= start), inside[-1])
+    own = [i for i in inside if i >= first]
+    if first == inside[0] or offsets[first] != start or "".join(str(tokens[i]) for i in own) != word:
+        shown = [str(tokens[i]) for i in inside[max(0, inside.index(first) - 1):]]
         raise _fail(
-            f"the prompt's last token is {tokens[last]!r}, not the label word {word!r}: the server tokenized the "
-            "word together with the text before it; end the template's cue at a word boundary"
+            f"the prompt ends in the tokens {shown}, which do not start at the label word {word!r}: the server "
+            "tokenized the word together with the text before it; end the template's cue at a word boundary"
         )
-    if values[last] is None:
-        raise _fail("the echo reply has no log-prob for the label token")
-    return _logprob(values[last], "echo token_logprob")
+    if any(values[i] is None for i in own):
+        raise _fail("the echo reply has no log-prob for a token of the label word")
+    return float(sum(_logprob(values[i], "echo token_logprob") for i in own))

@@ -59,9 +59,11 @@ def ending_line(metrics: dict[str, Any], budget_calls: int, popsize: int) -> str
     if ending is Ending.LIMIT:
         return f"stopped by a limit after {calls} of {budget_calls} calls: {metrics['stopped_by']} (partial result)"
     if ending is Ending.FLAT:
+        check = ("a metric on generated answers moves in steps: right on no training question, no candidate moves "
+                 "it (try --answer-scoring reference, or --answer-metric f1)" if "answer_metric" in metrics else
+                 "check the label words reach the scores (missing_rate in metrics.json)")
         return (f"the training loss never moved in {calls} calls (every candidate scored like the start point): the "
-                "result is not usable; check the label words reach the scores (missing_rate in metrics.json) and "
-                "that candidates differ (hard mode: --hard-change)")
+                f"result is not usable; {check}, and that candidates differ (hard mode: --hard-change)")
     if ending is Ending.CONVERGED:
         reasons = ", ".join(metrics.get("stop_reasons") or {}) or "no progress"
         return f"converged early after {calls} of {budget_calls} calls ({reasons}); the result is usable"

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bbtune.backends.base import Backend
-from bbtune.errors import CheckpointError, ConfigError
+from bbtune.errors import CheckpointError, ConfigError, TaskError
 from bbtune.search.evaluate import score_examples
 from bbtune.search.losses import label_log_softmax
 from bbtune.constants import EVAL_BATCH
@@ -66,6 +66,9 @@ class TunedRun:
 
     def predict_examples(self, examples: Sequence[Example], *, backend: Backend | None = None,
                          progress: bool = False) -> list[Prediction]:
+        if self.format.is_generation:
+            raise TaskError("predict classifies inputs, and this run tuned a generation task (free-text answers); "
+                            "generate its answers with the backend's generate() and this run's prompt")
         scores = self.scores(examples, backend=backend, progress=progress)
         probs = np.exp(label_log_softmax(scores))
         labels = self.format.labels
@@ -116,7 +119,7 @@ def tuned_run(result: TuneResult, fmt: TaskFormat, backend: Backend) -> TunedRun
 
 def saved_format(task: dict[str, Any]) -> TaskFormat:
     """The task format a run was tuned with, from config.json's ``task`` entry."""
-    return TaskFormat(Template(task["template"]), task["verbalizer"], task["placement"])
+    return TaskFormat(Template(task["template"]), task["verbalizer"], task["placement"], task.get("kind", "classify"))
 
 
 def _prompt(folder: RunFolder) -> Prompt:

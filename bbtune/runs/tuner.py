@@ -30,9 +30,10 @@ from bbtune.search.discretize import Discretizer, Metric
 from bbtune.runs.endings import ending_of
 from bbtune.errors import BudgetExceeded, CheckpointError, ConfigError
 from bbtune.search.fluency import prompt_nll, text_scorer, whole_words
-from bbtune.search.calibration import apply_bias, fit_label_biases
-from bbtune.search.evaluate import Evaluation, evaluate, evaluation, score_examples
-from bbtune.search.losses import Loss, per_prompt_loss
+from bbtune.search.evaluate import Evaluation
+from bbtune.search.losses import Loss
+from bbtune.search.objective import (AnswerScoring, GenerationObjective, LabelObjective, Objective,
+                                    skipped_for_generation)
 from bbtune.search.optimizers import OptimizerConfig, make_optimizer
 from bbtune.core.progress import progress_bar
 from bbtune.core.prompts import MANUAL_PROMPT, HardPrompt, Prompt, SoftPrompt, distinct_prompts
@@ -41,6 +42,7 @@ from bbtune.runs.folder import (BEST_PROMPT, CHECKPOINT, CONFIG, HARD_PROMPT, LE
 from bbtune.search.selection import Decision, Guard, Selection, decide, selection_key
 from bbtune.search.subspace import ALPHA_FROM_CUE, P0Init, Subspace, SubspaceConfig
 from bbtune.tasks import Placement, Task
+from bbtune.tasks.answer_metrics import answer_metric
 from bbtune.core.vocab import FILTERS
 
 
@@ -79,6 +81,13 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
         "help": "when a tuned prompt may replace the calibrated manual prompt: none (it wins by --select) or "
                 "paired (also a paired test on the dev examples at --guard-alpha, and no fewer right)"})
     guard_alpha: float = field(default=0.1, metadata={"help": "level of the paired test of --guard paired"})
+    answer_scoring: AnswerScoring = field(default=AnswerScoring.REFERENCE, metadata={
+        "help": "generation tasks: score a prompt by its reference answers' log-likelihood (reference) or by "
+                "--answer-metric on its greedy answers (metric)"})
+    answer_metric: str = field(default="exact", metadata={
+        "help": "generation tasks: metric on generated answers, reported on dev and test (and the loss with "
+                "--answer-scoring metric): exact, f1, or package.module:function (prediction, reference) -> [0, 1]"})
+    answer_max_tokens: int = field(default=8, metadata={"help": "generation tasks: most tokens of a generated answer"})
 
     def __post_init__(self) -> None:
         SubspaceConfig.__post_init__(self)
@@ -88,6 +97,10 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
         object.__setattr__(self, "metric", Metric(self.metric))
         object.__setattr__(self, "select", Selection(self.select))
         object.__setattr__(self, "guard", Guard(self.guard))
+        object.__setattr__(self, "answer_scoring", AnswerScoring(self.answer_scoring))
+        answer_metric(self.answer_metric)  # a name that cannot be imported fails here, before any model call
+        if self.answer_max_tokens < 1:
+            raise ConfigError(f"answer_max_tokens must be >= 1, got {self.answer_max_tokens}")
         if not 0 < self.guard_alpha < 1:
             raise ConfigError(f"guard_alpha must be in (0, 1), got {self.guard_alpha}")
         object.__setattr__(self, "block_list", tuple(self.block_list))
@@ -177,11 +190,19 @@ class Tuner:
                 self.subspace_, self.discretizer_, cfg.sigma0, cfg.hard_change, cfg.seed)
             self.subspace_ = self.subspace_.rescaled(self.hard_scale_)
         self.optimizer_ = make_optimizer(cfg, self.subspace_.dim, cfg.seed)
-        self.train_labels_ = self.task_.format.label_ids(self.task_.train)
+        self.objective_ = self._objective()
         self.eval_points_: list[dict[str, Any]] = []  # every dev-evaluated point (z, bias, numbers): for studies
         # fixed once the task is (a cue start changes its template); it hashes every example, so not per checkpoint
         self.run_config_ = to_jsonable({"tune": asdict(cfg), "task": _describe_task(self.task_),
                                         "backend": self.backend.name, **self.extra_config})
+
+    def _objective(self) -> Objective:
+        """What the loop minimises: label-word scores (classification) or answers (a generation task)."""
+        cfg, fmt = self.config, self.task_.format
+        if fmt.is_generation:
+            return GenerationObjective(self.backend, fmt, cfg.answer_scoring, answer_metric(cfg.answer_metric),
+                                       cfg.answer_max_tokens)
+        return LabelObjective(self.backend, fmt, fmt.label_ids(self.task_.train), cfg.loss, cfg.calibrate)
 
     def _resolve_p0(self, vocab: Any) -> P0Init:
         """``--p0 auto``: start from the cue where the prompt can take its place, else from random words (BBT)."""
@@ -264,7 +285,7 @@ class Tuner:
         prompts = self._prompts(Z)
         scores = self._score_unique(prompts)
         biases = self._biases(scores)
-        losses = per_prompt_loss(apply_bias(scores, biases), self.train_labels_, cfg.loss) + self._fluency_term(prompts)
+        losses = self.objective_.losses(scores, biases) + self._fluency_term(prompts)
         self.optimizer_.tell(Z, losses)
         state.generation += 1
         state.calls += len(prompts)
@@ -287,7 +308,7 @@ class Tuner:
         The budget still counts every candidate, as BBT counts calls, and so do the backend's counters (the
         skipped repeats are booked as calls answered without a model pass), so runs stay comparable."""
         unique, where = distinct_prompts(prompts)
-        scores = self.backend.score(unique, self.task_.train, self.task_.format)[where]
+        scores = self.objective_.train_scores(unique, self.task_.train)[where]
         self.backend.stats.add(len(prompts) - len(unique), len(self.task_.train))
         return scores
 
@@ -299,35 +320,35 @@ class Tuner:
         return self.config.fluency * prompt_nll(self.scorer_, prompts)
 
     def _biases(self, scores: np.ndarray) -> np.ndarray | None:
-        """Per-candidate label biases fitted on its own training scores (None without --calibrate)."""
-        return fit_label_biases(scores, self.train_labels_) if self.config.calibrate else None
+        """Per-candidate label biases fitted on its own training scores (None without --calibrate, or for a
+        generation task)."""
+        return self.objective_.biases(scores)
 
     def _manual_point(self, state: _State) -> None:
         """Score the manual prompt (the template alone) on train and dev: the baseline the result must beat."""
         if not self.backend.capabilities.hard:
             return
-        scores = self.backend.score([self.manual_], self.task_.train, self.task_.format)
+        objective, dev = self.objective_, self.task_.dev
+        scores = objective.train_scores([self.manual_], self.task_.train)
         state.eval_calls += 1
         bias = _row_bias(self._biases(scores), 0)
-        dev_scores = score_examples(self.backend, self.manual_, self.task_.dev, self.task_.format)
-        state.eval_calls += math.ceil(len(self.task_.dev) / EVAL_BATCH)
-        dev_labels = self.task_.format.label_ids(self.task_.dev)
-        raw, calibrated = evaluation(dev_scores, dev_labels), evaluation(dev_scores, dev_labels, bias)
-        train_ce = _ce(scores[0], self.train_labels_, bias)
+        dev_scores = objective.eval_scores(self.manual_, dev)
+        state.eval_calls += math.ceil(len(dev) / EVAL_BATCH)
+        raw, calibrated = objective.evaluation(dev_scores, dev, None), objective.evaluation(dev_scores, dev, bias)
+        train_ce = objective.train_ce(scores[0], bias)
         state.manual = {"dev_acc": raw.accuracy, "dev_loss": raw.loss, "bias": bias, "train_loss": train_ce,
                         "dev_eval": calibrated,
                         "selected_dev": (calibrated.accuracy, calibrated.loss),  # as a candidate: calibrated like them
-                        "key": selection_key(self.config.select, train_ce, len(self.train_labels_), calibrated)}
+                        "key": selection_key(self.config.select, train_ce, len(self.task_.train), calibrated)}
 
     def _start_point(self, state: _State) -> None:
         """Curve row for p0 (z = 0), where every search starts: its train loss and dev accuracy."""
         z = np.zeros(self.subspace_.dim)
         p0 = [self.prompt(z)]
-        scores = self.backend.score(p0, self.task_.train, self.task_.format)
+        scores = self.objective_.train_scores(p0, self.task_.train)
         state.eval_calls += 1
         biases = self._biases(scores)
-        loss = float((per_prompt_loss(apply_bias(scores, biases), self.train_labels_, self.config.loss)
-                      + self._fluency_term(p0))[0])
+        loss = float((self.objective_.losses(scores, biases) + self._fluency_term(p0))[0])
         row: dict[str, Any] = {"generation": 0, "calls": 0, "train_loss": loss, "best_train_loss": loss}
         state.best_train_loss = loss
         self._eval_point(state, z, scores[0], _row_bias(biases, 0), row)
@@ -337,10 +358,10 @@ class Tuner:
                     row: dict[str, Any]) -> None:
         """Score a generation's best on dev (with the bias fitted on its training scores) and keep it if
         it wins by the selection rule."""
-        dev = evaluate(self.backend, self.prompt(z), self.task_.dev, self.task_.format, label_bias=bias)
+        dev = self._evaluate(self.prompt(z), self.task_.dev, bias)
         state.eval_calls += math.ceil(len(self.task_.dev) / EVAL_BATCH)
-        train_ce = _ce(train_scores, self.train_labels_, bias)
-        key = selection_key(self.config.select, train_ce, len(self.train_labels_), dev)
+        train_ce = self.objective_.train_ce(train_scores, bias)
+        key = selection_key(self.config.select, train_ce, len(self.task_.train), dev)
         if key < state.best_key:
             state.best_key, state.best_z, state.best_bias = key, np.array(z), bias
             state.best_dev, state.best_dev_eval = (dev.accuracy, dev.loss), dev
@@ -454,6 +475,10 @@ class Tuner:
         }
         if bias is not None:
             metrics["label_bias"] = dict(zip(task.format.labels, map(float, bias)))
+        if task.format.is_generation:
+            metrics.update(task_kind=task.format.kind.value, answer_scoring=self.config.answer_scoring.value,
+                           answer_metric=self.config.answer_metric,
+                           skipped=skipped_for_generation(self.config.calibrate, self.config.loss))
         if state.manual:
             metrics.update(manual_dev_acc=state.manual["dev_acc"], manual_dev_loss=state.manual["dev_loss"],
                            manual_train_loss=state.manual.get("train_loss"))  # older checkpoints lack it
@@ -466,6 +491,11 @@ class Tuner:
                 state.stopped_by = str(err)
         if state.stopped_by:
             metrics["stopped_by"] = state.stopped_by
+        if task.format.is_generation and not state.stopped_by:
+            if keep_manual and task.test:  # the table reports the tuned prompt on test even where it was not returned
+                metrics["tuned_test_acc"] = self._evaluate(tuned, task.test, state.best_bias).accuracy
+            metrics["answer_scores"] = _answer_scores(metrics)
+            metrics["answer_scores"]["tuned_prompt"] = tuned.text if isinstance(tuned, HardPrompt) else discretized.text  # type: ignore[union-attr]
         metrics["backend_stats"] = _stats(self.backend)
         metrics["missing_rate"] = metrics["backend_stats"].get("missing_rate", 0.0)  # NaN label scores (losses.py)
         probe = self.backend.probe_report()  # what the server supports, as the run used it
@@ -492,23 +522,28 @@ class Tuner:
                       discretized: HardPrompt | None, state: _State) -> None:
         """Test numbers of the result, of the manual prompt beside it (raw, and calibrated where the run
         calibrates: same scores, no extra calls), and of a soft result's nearest tokens."""
-        task, fmt = self.task_, self.task_.format
+        task, objective = self.task_, self.objective_
         if task.test:
-            labels = fmt.label_ids(task.test)
-            manual = score_examples(self.backend, self.manual_, task.test, fmt) if state.manual else None
+            test = task.test
+            manual = objective.eval_scores(self.manual_, test) if state.manual else None
             kept = manual is not None and best is self.manual_  # the manual prompt was kept: its scores are the result's
-            scores = manual if manual is not None and kept else score_examples(self.backend, best, task.test, fmt)
-            metrics.update(evaluation(scores, labels, bias).as_dict("test"))
+            scores = manual if manual is not None and kept else objective.eval_scores(best, test)
+            metrics.update(objective.evaluation(scores, test, bias).as_dict("test"))
             if manual is not None:
-                metrics["manual_test_acc"] = evaluation(manual, labels).accuracy
+                metrics["manual_test_acc"] = objective.evaluation(manual, test, None).accuracy
                 if state.manual["bias"] is not None:
-                    metrics["manual_calibrated_test_acc"] = evaluation(manual, labels, state.manual["bias"]).accuracy
+                    metrics["manual_calibrated_test_acc"] = objective.evaluation(manual, test, state.manual["bias"]).accuracy
                 metrics["gain_over_manual"] = metrics["test_acc"] - metrics["manual_test_acc"]
         if discretized is not None:  # the nearest tokens are another prompt: their own bias, fitted on train
-            hard_bias = _row_bias(self._biases(self.backend.score([discretized], task.train, fmt)), 0)
-            metrics.update(evaluate(self.backend, discretized, task.dev, fmt, label_bias=hard_bias).as_dict("hard_dev"))
+            hard_bias = (_row_bias(self._biases(objective.train_scores([discretized], task.train)), 0)
+                         if objective.calibrates else None)
+            metrics.update(self._evaluate(discretized, task.dev, hard_bias).as_dict("hard_dev"))
             if task.test:
-                metrics.update(evaluate(self.backend, discretized, task.test, fmt, label_bias=hard_bias).as_dict("hard_test"))
+                metrics.update(self._evaluate(discretized, task.test, hard_bias).as_dict("hard_test"))
+
+    def _evaluate(self, prompt: Prompt, examples: tuple, bias: np.ndarray | None) -> Evaluation:
+        """One prompt on a split (dev, test), with the calibration bias fitted on train where there is one."""
+        return self.objective_.evaluation(self.objective_.eval_scores(prompt, examples), examples, bias)
 
     def _write_results(self, result: TuneResult, reencoded: tuple[int, ...]) -> None:
         assert self.folder is not None
@@ -557,18 +592,23 @@ def _row_bias(biases: np.ndarray | None, row: int) -> np.ndarray | None:
     return None if biases is None else biases[row]
 
 
-def _ce(scores: np.ndarray, labels: np.ndarray, bias: np.ndarray | None) -> float:
-    """Cross-entropy of (B, L) scores, calibrated by `bias` where given."""
-    return float(per_prompt_loss(apply_bias(scores[None], bias), labels)[0])
-
-
 def _describe_task(task: Task) -> dict[str, Any]:
     fmt = task.format
     splits = {name: [[ex.text, getattr(ex, "text_b", None), ex.label] for ex in getattr(task, name)]
               for name in ("train", "dev", "test")}
     return {"name": task.name, "template": fmt.template.pattern, "verbalizer": dict(fmt.verbalizer),
             "placement": fmt.placement.value, "n_train": len(task.train), "n_dev": len(task.dev), "n_test": len(task.test),
-            "data_sha256": fingerprint(splits)}  # the examples themselves: an edited data file is another task
+            "data_sha256": fingerprint(splits),  # the examples themselves: an edited data file is another task
+            **({"kind": fmt.kind.value} if fmt.is_generation else {})}  # classification runs keep their old config
+
+
+def _answer_scores(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A generation run's answer metric for the manual and the tuned prompt on dev and test, under its own name
+    (the same numbers as ``manual_dev_acc``, ``tuned_dev_acc``, ... which tables and sweeps read)."""
+    return {"metric": metrics["answer_metric"],
+            "manual": {"dev": metrics.get("manual_dev_acc"), "test": metrics.get("manual_test_acc")},
+            "tuned": {"dev": metrics.get("tuned_dev_acc"), "test": metrics.get("tuned_test_acc", metrics.get("test_acc"))},
+            "returned": metrics["selected"]}
 
 
 def _stats(backend: Backend) -> dict[str, Any]:
@@ -576,6 +616,8 @@ def _stats(backend: Backend) -> dict[str, Any]:
 
 
 def _missing_postfix(backend: Backend) -> dict[str, str]:
-    """The running share of missing label scores, for backends that read top-k lists (remote)."""
+    """The running share of missing label scores, for backends that read top-k lists (remote), and of answers
+    naming no label (text mode)."""
     stats = backend.stats
-    return {"missing": f"{stats.missing_rate:.1%}"} if stats.labels_scored else {}
+    out = {"missing": f"{stats.missing_rate:.1%}"} if stats.labels_scored else {}
+    return {**out, "unparsed": f"{stats.unparsed_rate:.1%}"} if stats.answers else out

@@ -188,6 +188,16 @@ def few_shot_split(
     return [tuple(s) for s in splits]
 
 
+def answer_split(examples: Sequence[Example], k: int, seed: int, n_splits: int = 2) -> list[tuple[Example, ...]]:
+    """`n_splits` disjoint sets of k examples (train, then dev) for a generation task, whose answers are free text
+    and so have no classes to draw k of each from."""
+    if len(examples) < k * n_splits:
+        raise TaskError(f"the training file has {len(examples)} examples but {n_splits} splits of k={k} need "
+                        f"{k * n_splits}; lower k or add data")
+    picked = np.random.default_rng(seed).choice(len(examples), size=k * n_splits, replace=False)
+    return [tuple(examples[i] for i in picked[s * k : (s + 1) * k]) for s in range(n_splits)]
+
+
 def subsample(examples: Sequence[Example], limit: int | None, seed: int) -> tuple[Example, ...]:
     """A seeded subset of at most `limit` examples (None keeps all), order preserved."""
     if limit is None or limit >= len(examples):

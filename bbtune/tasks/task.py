@@ -11,12 +11,13 @@ from typing import Mapping, Sequence
 from bbtune.errors import TaskError, VerbalizerError
 from bbtune.tasks.data import (
     FieldMap,
+    answer_split,
     few_shot_split,
     parse_label_names,
     read_rows,
     subsample,
 )
-from bbtune.tasks.format import Example, Placement, TaskFormat, Template
+from bbtune.tasks.format import Example, Placement, TaskFormat, TaskKind, Template, no_verbalizer_message
 from bbtune.tasks.hf import dataset_splits, is_hf_data
 
 
@@ -35,8 +36,12 @@ class Task:
             if not getattr(self, split):
                 raise TaskError(f"task {self.name!r} has an empty {split} split; give it data (k per class)")
         for split in ("train", "dev", "test"):
-            for ex in getattr(self, split):
-                self.format.label_index(ex.label)
+            for i, ex in enumerate(getattr(self, split)):
+                if not self.format.is_generation:
+                    self.format.label_index(ex.label)
+                elif not ex.label.strip():
+                    raise TaskError(f"task {self.name!r}: {split} example {i + 1} ({ex.text[:60]!r}) has no answer; a "
+                                    "generation task needs a reference answer (its label) for every example")
 
     def with_placement(self, placement: Placement | str) -> "Task":
         return replace(self, format=replace(self.format, placement=Placement(placement)))
@@ -57,6 +62,7 @@ class Preset:
     verbalizer: Mapping[str, str]
     text_b_field: str | None = None
     files: Mapping[str, str] = field(default_factory=lambda: {"train": "train.jsonl", "test": "test.jsonl"})
+    kind: TaskKind = TaskKind.CLASSIFY
 
 
 CHATML_USER = "<|im_start|>user\n"
@@ -96,14 +102,29 @@ PRESETS: dict[str, Preset] = {
         "Question: {text}\nAnswer type:{label}",
         {label: f" {label}" for label in ("description", "entity", "abbreviation", "human", "location", "number")},
     ),
-    # SST-5's five grades in LM-BFF's words (one token each in SmolLM2 and Gemma 3; the label names "very
-    # negative" etc. are two words, which single-token scoring cannot take).
+    # SST-5's five grades in LM-BFF's words (one token each in SmolLM2 and Gemma 3). The label names themselves
+    # ("very negative" is two tokens, scored exactly as their sum): --verbalizer names.
     "sentiment-5": Preset(
         "Review: {text}\nSentiment:{label}",
         {"very negative": " terrible", "negative": " bad", "neutral": " okay", "positive": " good",
          "very positive": " great"},
     ),
 }
+LABEL_NAMES = "names"  # --verbalizer names: every label's own name, with a leading space, is its word
+
+
+def label_name_words(labels: Sequence[str]) -> dict[str, str]:
+    """Each label's name as its word, after a space as the template's cue ends before it (``"very negative"`` ->
+    ``" very negative"``); a name of several tokens is scored as their sum.
+
+    >>> label_name_words(["very negative", "neutral"])
+    {'very negative': ' very negative', 'neutral': ' neutral'}
+    """
+    return {label: " " + label.strip() for label in labels}
+
+
+# A generation task: the label is the answer itself, in free text (no verbalizer); see bbtune/data/answers.
+PRESETS["answer"] = Preset("Question: {text}\nAnswer:{label}", {}, kind=TaskKind.GENERATE)
 PRESETS["sst2"] = PRESETS["sentiment"]
 PRESETS["agnews"] = PRESETS["topic"]
 PRESETS["trec"] = PRESETS["question"]
@@ -117,7 +138,7 @@ def load_task(
     k: int = 16,
     seed: int = 42,
     template: str | None = None,
-    verbalizer: Mapping[str, str] | None = None,
+    verbalizer: Mapping[str, str] | str | None = None,
     placement: Placement | str = Placement.SUFFIX,
     test_limit: int | None = None,
     name: str | None = None,
@@ -126,17 +147,27 @@ def load_task(
     """Build a few-shot task from a directory holding `train.jsonl` (and `test.jsonl`; or .csv/.tsv), or from a
     Hugging Face dataset ``hf:NAME[:CONFIG]`` (see `bbtune.tasks.hf`).
 
-    train and dev are k per class drawn with `seed` from the training file, disjoint; test is the test file
-    (subsampled to `test_limit` if given). `fields` says which fields hold text, text_b and label (default:
+    train and dev are k per class drawn with `seed` from the training file, disjoint (a generation preset, whose
+    labels are free-text answers: k examples each); test is the test file
+    (subsampled to `test_limit` if given). `verbalizer` overrides the preset's words; ``"names"`` uses the
+    preset's label names themselves (`label_name_words`). `fields` says which fields hold text, text_b and label (default:
     ``text``, the preset's text_b field, ``label``).
     """
     if preset not in PRESETS:
         raise TaskError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     spec = PRESETS[preset]
-    fmt = TaskFormat(Template(template or spec.template), verbalizer or spec.verbalizer, Placement(placement))
+    if spec.kind is TaskKind.GENERATE and verbalizer:
+        raise VerbalizerError(no_verbalizer_message(verbalizer))
+    if verbalizer == LABEL_NAMES:
+        verbalizer = label_name_words(list(spec.verbalizer))
+    elif isinstance(verbalizer, str):
+        raise TaskError(f"verbalizer {verbalizer!r} is neither a mapping label -> word nor {LABEL_NAMES!r}")
+    fmt = TaskFormat(Template(template or spec.template), verbalizer or spec.verbalizer, Placement(placement),
+                     spec.kind)
     fields = fields or FieldMap(text_b=spec.text_b_field)
     train_pool, test_pool = _source_splits(str(data_dir), fields, fmt)
-    train, dev = few_shot_split(train_pool, fmt.labels, k, seed)
+    train, dev = (answer_split(train_pool, k, seed) if fmt.is_generation
+                  else few_shot_split(train_pool, fmt.labels, k, seed))
     test = subsample(test_pool, test_limit, seed)
     return Task(name or Path(str(data_dir).split(":")[-1]).name, fmt, train, dev, test)
 
@@ -159,7 +190,10 @@ def _source_splits(data: str, fields: FieldMap, fmt: TaskFormat) -> tuple[list[E
 
 
 def check_labels(examples: list[Example], fmt: TaskFormat, source: str) -> list[Example]:
-    """`examples`, or a `VerbalizerError` naming the file and row of the first label with no verbalizer word."""
+    """`examples`, or a `VerbalizerError` naming the file and row of the first label with no verbalizer word (a
+    generation task's labels are free-text answers: `Task` checks that each has one)."""
+    if fmt.is_generation:
+        return examples
     for i, ex in enumerate(examples):
         if ex.label not in fmt.labels:
             raise VerbalizerError(f"{source}: row {i + 1} has label {ex.label!r}, which has no verbalizer word; known "
@@ -190,12 +224,16 @@ class TaskConfig:
     """How to build a few-shot task from files or a Hugging Face dataset (the CLI's task flags)."""
 
     data: str = field(default="", metadata={
-        "help": "folder with train/test .jsonl, .csv or .tsv; hf:NAME[:CONFIG] (Hugging Face datasets); 'demo' = built-in"})
+        "help": "folder with train/test .jsonl, .csv or .tsv; hf:NAME[:CONFIG] (Hugging Face datasets); 'demo' = built-in "
+                "sentiment set, 'demo-answers' = built-in generation set (with --preset answer)"})
     preset: str = field(default="sentiment", metadata={"help": f"template + verbalizer preset: {sorted(PRESETS)}"})
-    k: int = field(default=16, metadata={"help": "examples per class in train and in dev"})
+    k: int = field(default=16, metadata={
+        "help": "examples per class in train and in dev (a generation task: examples in train and in dev)"})
     data_seed: int = field(default=13, metadata={"help": "seed of the few-shot sample"})
     template: str = field(default="", metadata={"help": "template overriding the preset's, e.g. '{text} It was{label}'"})
-    verbalizer: str = field(default="", metadata={"help": "JSON label->word overriding the preset's"})
+    verbalizer: str = field(default="", metadata={
+        "help": "JSON label->word overriding the preset's, or 'names': each label's name is its word (' very negative'; "
+                "words of several tokens are scored as their sum)"})
     placement: Placement = field(default=Placement.SUFFIX, metadata={"help": "prompt before (prefix) or after (suffix) the input"})
     test_limit: int = field(default=0, metadata={"help": "score at most this many test examples (0 = all)"})
     text_field: str = field(default="text", metadata={"help": "field holding the input text"})
@@ -218,7 +256,7 @@ class TaskConfig:
             raise TaskError(f"k must be >= 1, got {self.k}")
         if self.data_seed < 0:  # numpy's generators take non-negative seeds only
             raise TaskError(f"data_seed must be >= 0, got {self.data_seed}")
-        if self.verbalizer:
+        if self.verbalizer and self.verbalizer != LABEL_NAMES:
             try:
                 parsed = json.loads(self.verbalizer)
             except json.JSONDecodeError as err:
@@ -233,15 +271,30 @@ class TaskConfig:
                         parse_label_names(self.label_names), self.encoding)
 
     def load(self) -> Task:
-        data = demo_data_dir() if self.data in ("", "demo") else self.data
+        data = BUILT_IN_DATA[self.data]() if self.data in BUILT_IN_DATA else self.data
         return load_task(
             data, self.preset, k=self.k, seed=self.data_seed, template=self.template or None,
-            verbalizer=json.loads(self.verbalizer) if self.verbalizer else None, placement=self.placement,
-            test_limit=self.test_limit or None, name=None if self.data not in ("", "demo") else "demo-sentiment",
-            fields=self.fields(),
+            verbalizer=self._verbalizer(), placement=self.placement,
+            test_limit=self.test_limit or None, name=BUILT_IN_NAMES.get(self.data), fields=self.fields(),
         )
+
+
+    def _verbalizer(self) -> Mapping[str, str] | str | None:
+        if not self.verbalizer or self.verbalizer == LABEL_NAMES:
+            return self.verbalizer or None
+        return json.loads(self.verbalizer)  # type: ignore[no-any-return]
 
 
 def demo_data_dir() -> Path:
     """The small sentiment set shipped with bbtune (48 training-pool and 32 test sentences, written for it)."""
     return Path(__file__).resolve().parents[1] / "data" / "demo"
+
+
+def answers_data_dir() -> Path:
+    """The small generation benchmark shipped with bbtune (short questions with one- or two-word answers, written
+    for it by bbtune/data/generate_answers.py); use it with ``--preset answer``."""
+    return Path(__file__).resolve().parents[1] / "data" / "answers"
+
+
+BUILT_IN_DATA = {"": demo_data_dir, "demo": demo_data_dir, "demo-answers": answers_data_dir}  # --data names
+BUILT_IN_NAMES = {"": "demo-sentiment", "demo": "demo-sentiment", "demo-answers": "demo-answers"}
