@@ -174,7 +174,7 @@ def gradient_backend(backend: Backend) -> GradientBackend:
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    """`text` up to the first of the `stop` strings (a server may ignore ``stop``; a local model has none).
+    r"""`text` up to the first of the `stop` strings (a server may ignore ``stop``; a local model has none).
 
     >>> cut_at_stop("great.\nThe end", ["\n"])
     'great.'
