@@ -98,7 +98,8 @@ def main() -> None:
     ap.add_argument("--budget-calls", type=int, default=36)
     ap.add_argument("--plans", default="0,1,2", help="which PLANS rows to run (3: n=3 sampled answers)")
     ap.add_argument("--answer-tokens", type=int, default=1, help="text mode: tokens per answer (see the docstring)")
-    ap.add_argument("--llama", action="store_true", help="add llama-cpp-python's server (text mode, chat)")
+    ap.add_argument("--llama", action="store_true", help="add llama-cpp-python's server, the --llama-plans rows")
+    ap.add_argument("--llama-plans", default="0,1,2", help="which PLANS rows to run on llama-cpp-python's server")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "text_mode.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -106,7 +107,7 @@ def main() -> None:
     cfg = TuneConfig(mode="hard", budget_calls=args.budget_calls, popsize=6, prompt_tokens=3, intrinsic_dim=100,
                      eval_every=12, seed=0)
     rows = []
-    for i in map(int, args.plans.split(",")):
+    for i in _indices(args.plans):
         name, remote = PLANS[i]
         with mock(logprobs=remote["mode"] != "text") as url:
             rows.append(one_run("mock" + (" --no-logprobs" if remote["mode"] == "text" else ""), url, name, task, cfg,
@@ -117,12 +118,20 @@ def main() -> None:
         from servers import LLAMA_MODEL, llama_server
 
         with llama_server() as url:
-            rows.append(one_run("llama-cpp", url, "text, chat, n=1 greedy", task, cfg, mode="text", model=LLAMA_MODEL,
-                                answer_tokens=args.answer_tokens))
-        print(markdown_table(rows[-1:], COLUMNS), flush=True)
+            for i in _indices(args.llama_plans):
+                name, remote = PLANS[i]
+                rows.append(one_run("llama-cpp", url, name, task, cfg, answer_tokens=args.answer_tokens,
+                                    **{**remote, "model": LLAMA_MODEL}))
+                print(markdown_table(rows[-1:], COLUMNS), flush=True)
+                write(args, cfg, rows)
     print(markdown_table(rows, COLUMNS))
     write(args, cfg, rows)
     print(f"wrote {args.out}")
+
+
+def _indices(plans: str) -> list[int]:
+    """Row numbers of PLANS from "0,1,2" ("" = none)."""
+    return [int(i) for i in plans.split(",") if i.strip()]
 
 
 def write(args: argparse.Namespace, cfg: TuneConfig, rows: list[dict[str, Any]]) -> None:
