@@ -287,10 +287,12 @@ def test_top_k_modes_without_a_tokenizer_refuse_words_of_several_words_naming_th
         backend.score([HardPrompt((), "")], EXAMPLES, fmt())
 
 
-def test_remote_continuations_equal_local_ones(tiny: LocalBackend) -> None:
+@pytest.mark.parametrize("mode", ["echo", "top_logprobs"])
+def test_remote_continuations_equal_local_ones(tiny: LocalBackend, mode: str) -> None:
+    """Per-example strings (a generation task's references) by echo and by chained top-k requests."""
     strings = [[" a fine film", " bad"], [" bad", " the end"], [" bad", " bad"]]
     prompts = prompts_of(tiny, "hard")
-    with remote(Counted().transport, mode="echo") as backend:
+    with remote(Counted().transport, mode=mode, probe=False) as backend:
         got = backend.continuation_logprobs(prompts, EXAMPLES, fmt(), strings)
     np.testing.assert_allclose(got, tiny.continuation_logprobs(prompts, EXAMPLES, fmt(), strings), atol=TOL)
 
