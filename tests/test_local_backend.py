@@ -38,16 +38,6 @@ def score(backend: LocalBackend, prompts, examples, f: TaskFormat, *, reuse: boo
         backend.kv_reuse = True
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These forwards are small: threads buy nothing, and on a busy 2-core machine OpenMP's barriers make a
-    2-thread forward up to 10x slower (measured: 16 s vs 1.7 s for SmolLM2 on 6 short rows)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture()
 def tiny() -> LocalBackend:
     """A fresh backend (own store, counters and batch log) over the tiny Llama."""

@@ -33,14 +33,6 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst5"
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module", params=["tiny", "tiny-gemma"])
 def backend(request: pytest.FixtureRequest) -> LocalBackend:
     return LocalBackend(request.param)

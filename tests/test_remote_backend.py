@@ -83,15 +83,6 @@ def failing_first(app: MockApp, n: int, status: int, headers: dict[str, str] | N
     return transport
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny model gains nothing from intra-op threads, and on a busy 2-core box they cost ~100x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def local() -> LocalBackend:
     return LocalBackend("tiny")
