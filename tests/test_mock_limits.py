@@ -21,7 +21,6 @@ from mock_server import MockApp, MockServer, ServerConfig, shared_scorer
 from mock_server.__main__ import build_parser, configs
 from mock_server.limits import content_length, json_depth
 
-from test_remote_backend import one_torch_thread  # noqa: F401
 
 FAST_S = 1.0  # every refusal must come within this
 READ_TIMEOUT_S = 0.5

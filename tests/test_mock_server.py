@@ -14,7 +14,6 @@ from mock_server import FaultConfig, FaultKind, FaultRule, MockApp, MockServer, 
 from mock_server.__main__ import build_parser, configs
 from mock_server.faults import FaultInjector
 
-from test_remote_backend import one_torch_thread  # noqa: F401
 
 
 def app(**server: Any) -> MockApp:

@@ -9,7 +9,6 @@ import pytest
 
 from mock_server import FaultConfig, FaultRule, MockServer, ServerConfig, shared_scorer
 
-from test_remote_backend import one_torch_thread  # noqa: F401
 
 KEY = "sk-mock-test-key"
 

@@ -18,7 +18,6 @@ from test_remote_backend import (  # noqa: F401
     clean_scores,
     make_app,
     make_backend,
-    one_torch_thread,
     prompts,
 )
 
