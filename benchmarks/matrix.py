@@ -5,7 +5,10 @@ manual prompt per cell, and the goal checks.
     bbtune sweep benchmarks/specs/matrix.toml            # the runs (hours on 2 CPU cores; minutes on a GPU)
     python benchmarks/matrix.py sweeps/matrix            # benchmarks/results/matrix.json, matrix.md, matrix.png
 Several sweep folders may be given (e.g. one sweep per seed, run one after another): their jobs are pooled, a
-job found in two folders counted once (the first folder's).
+job found in two folders counted once (the first folder's). Rows can also come from an earlier matrix.json
+(`--rows`: sweep folders are not committed) and from the selection study's test columns (`--selection`, see
+`benchmarks/selection.py --test-limit`: the manual prompt raw and calibrated, BBT soft as the default returns it,
+and `bbt_soft_paired`, its pick behind the paired guard).
 Prints the Markdown tables (accuracy; wall time per job) and writes the three files. Cells missing from a
 partial sweep are left out and listed.
 """
@@ -14,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tomllib
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,8 +29,10 @@ from bbtune.core.numbers import mean_std
 from bbtune.core.table import markdown_table
 
 BASELINE = "manual_calibrated"
-ORDER = ("manual", "manual_calibrated", "in_context_calibrated", "bbt_soft", "bbt_hard", "prompt_tuning")
+ORDER = ("manual", "manual_calibrated", "in_context_calibrated", "bbt_soft", "bbt_soft_paired", "bbt_hard",
+         "prompt_tuning")
 OUT = ROOT / "benchmarks" / "results"
+SPEC = ROOT / "benchmarks" / "specs" / "matrix.toml"
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -38,6 +45,22 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         coords = json.loads((folder / "job.json").read_text())["coords"]
         rows.append({"task": coords["task"], "model": coords["model"], "seed": int(coords["seed"]),
                      "method": coords["method"], "test_acc": 100 * result.test_acc, "wall_s": result.cost.wall_s})
+    return rows
+
+
+SELECTION_METHODS = {"manual": "manual", "manual_calibrated": "manual_calibrated", "dev_acc": "bbt_soft",
+                     "dev_acc+paired": "bbt_soft_paired"}  # selection.py's test columns -> matrix methods
+
+
+def from_selection(path: Path) -> list[dict[str, Any]]:
+    """Matrix rows from a selection study's runs that scored the test set (the same search as a sweep's bbt_soft
+    job at the defaults; no wall time per method)."""
+    rows = []
+    for run in json.loads(path.read_text())["runs"]:
+        for column, method in SELECTION_METHODS.items():
+            if column in run.get("test_acc", {}):
+                rows.append({"task": run["data"], "model": Path(run["model"]).name, "seed": int(run["seed"]),
+                             "method": method, "test_acc": 100 * run["test_acc"][column], "wall_s": None})
     return rows
 
 
@@ -55,24 +78,28 @@ def wall_table(rows: Sequence[dict[str, Any]]) -> str:
     for task, model in dict.fromkeys((r["task"], r["model"]) for r in rows):
         line: dict[str, Any] = {"task": task, "model": model}
         for method in methods:
-            walls = [r["wall_s"] for r in rows if (r["task"], r["model"], r["method"]) == (task, model, method)]
+            walls = [r["wall_s"] for r in rows
+                     if (r["task"], r["model"], r["method"]) == (task, model, method) and r["wall_s"] is not None]
             line[method] = f"{statistics.fmean(walls) / 60:.1f}" if walls else "-"
-        per_seed = [r["wall_s"] for r in rows if (r["task"], r["model"]) == (task, model)]
+        per_seed = [r["wall_s"] for r in rows if (r["task"], r["model"]) == (task, model) and r["wall_s"] is not None]
         line["all methods, one seed"] = f"{sum(per_seed) / 60 / max(1, len({r['seed'] for r in rows if (r['task'], r['model']) == (task, model)})):.1f}"
         out.append(line)
     return markdown_table(out, ["task", "model", *methods, "all methods, one seed"])
 
 
-def missing(rows: Sequence[dict[str, Any]], sweep_dirs: Sequence[Path]) -> list[str]:
-    """The jobs of the sweeps that have no finished result (a partial sweep), by folder name."""
+def missing(rows: Sequence[dict[str, Any]], spec: Path = SPEC) -> list[str]:
+    """The cells of the matrix's grid (its sweep spec) that have no row yet, as task-model-method-sSEED."""
+    grid = tomllib.loads(spec.read_text())["grid"]
     done = {(r["task"], r["model"], r["seed"], r["method"]) for r in rows}
-    out = []
-    for sweep_dir in sweep_dirs:
-        for folder in sorted((sweep_dir / "jobs").iterdir()):
-            c = json.loads((folder / "job.json").read_text())["coords"]
-            if (c["task"], c["model"], int(c["seed"]), c["method"]) not in done:
-                out.append(folder.name)
-    return out
+    return [f"{t['name']}-{m}-{me}-s{s}" for t in grid["tasks"] for m in grid["models"] for s in grid["seeds"]
+            for me in grid["methods"] if (t["name"], m, s, me) not in done]
+
+
+def not_measured(left: Sequence[str]) -> str:
+    """The missing cells in one line, counted per method (matrix.json lists them all)."""
+    per_method = Counter(name.rsplit("-s", 1)[0].rsplit("-", 1)[-1] for name in left)
+    return (f"Cells of the grid not measured yet: {len(left)}" +
+            (f" ({', '.join(f'{m} {n}' for m, n in per_method.items())}; listed in matrix.json)" if left else ""))
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
@@ -154,15 +181,21 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("sweep_dirs", nargs="+", help="the sweep folder(s) of benchmarks/specs/matrix.toml")
+    ap.add_argument("sweep_dirs", nargs="*", help="the sweep folder(s) of benchmarks/specs/matrix.toml")
+    ap.add_argument("--spec", default=str(SPEC), help="the sweep spec whose grid says which cells are missing")
+    ap.add_argument("--rows", nargs="+", default=[], metavar="JSON", help="rows of earlier matrix.json files")
+    ap.add_argument("--selection", nargs="+", default=[], metavar="JSON",
+                    help="benchmarks/selection.py outputs run with --test-limit")
     ap.add_argument("--out", default=str(OUT), help="folder for matrix.json, matrix.md, matrix.png")
     args = ap.parse_args(argv)
     sweep_dirs = [Path(d) for d in args.sweep_dirs]
-    rows = list({(r["task"], r["model"], r["seed"], r["method"]): r  # a job found twice counts once
-                 for d in reversed(sweep_dirs) for r in collect(d)}.values())
+    sources = ([r for path in args.selection for r in from_selection(Path(path))]
+               + [r for path in args.rows for r in json.loads(Path(path).read_text())["rows"]]
+               + [r for d in reversed(sweep_dirs) for r in collect(d)])  # later sources win a duplicate
+    rows = list({(r["task"], r["model"], r["seed"], r["method"]): r for r in sources}.values())
     if not rows:
         raise SystemExit(f"no finished jobs in {args.sweep_dirs}; run `bbtune sweep benchmarks/specs/matrix.toml`")
-    left = missing(rows, sweep_dirs)
+    left = missing(rows, Path(args.spec))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     checks = goals(rows)
@@ -170,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "prompt).", "", *(f"- {name}: {'met' if ok else 'not met'} ({detail})" if "pairs" not in detail
                                       else f"- {name}: {detail}" for name, (ok, detail) in checks.items()),
                     "", "Wall time of one job in minutes (2 CPU cores, two jobs at a time, one torch thread each):", "",
-                    wall_table(rows), "", f"Jobs not finished: {len(left)}" + (f" ({', '.join(left)})" if left else "")])
+                    wall_table(rows), "", not_measured(left)])
     print(md)
     (out / "matrix.md").write_text(md + "\n")
     (out / "matrix.json").write_text(json.dumps({"rows": rows, "gains": gains(rows), "goals": checks,

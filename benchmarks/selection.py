@@ -1,148 +1,233 @@
 """Which selection rule generalizes? Evidence from held-out splits of the training pool, never the test set.
 
-One BBT run per seed (and per calibration setting) evaluates its generation-best candidate on dev every
-``--eval-every`` calls; each of those points is then scored on a held-out split drawn from the training pool
-(disjoint from the few-shot train and dev). For each rule we report the held-out accuracy of the point it
-would pick, and the manual prompt's, on the same split.
+One BBT run per seed evaluates its generation-best candidate on dev every ``--eval-every`` calls (the tuner's own
+points). Each rule picks one of them, or builds a lever from them (the CMA-ES mean at the end, the mean z of the
+three best on dev, the dev-accuracy pick pulled half way back to p0); every pick is then scored on a held-out split
+of the training pool (disjoint from the few-shot train and dev) beside the manual prompt, raw and calibrated.
+`RULE+GUARD` keeps the calibrated manual prompt unless RULE's pick passes GUARD against it on dev: `paired`, an
+exact McNemar test at --guard-alpha (`bbtune.search.selection.decide`); `agree`, dev accuracy no lower and dev
+cross-entropy lower (both numbers must say so, not the accuracy's steps of 1/32 alone).
 
-    python benchmarks/selection.py --seeds 13 42 100 --budget 300 --heldout 300
-Prints a table and writes JSON (default benchmarks/results/selection_sst2.json). Data: ../shared/data/sst2.
+    python benchmarks/selection.py --seeds 13 42 100 --heldout 300 --out sst2_smollm2.json
+    python benchmarks/selection.py --merge a.json b.json ... --out all.json     # tables over tasks and models
+
+`--test-limit N` also scores the default's pick and the manual prompt on N test examples (0 = all) for the matrix;
+those numbers are recorded apart and no rule is chosen on them. Data: ../shared/data.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from task_args import ROOT, add_task_args
-from bbtune.core.numbers import mean_std
 from bbtune.backends.factory import LocalConfig
-from bbtune.search.calibration import fit_label_bias
 from bbtune.constants import CPU_BUDGET_CALLS
-from bbtune.search.evaluate import Evaluation, evaluation, score_examples
 from bbtune.core.table import markdown_table
+from bbtune.search.calibration import fit_label_bias
+from bbtune.search.evaluate import Evaluation, evaluation, score_examples
+from bbtune.search.selection import Guard, Selection, decide, mcnemar_p_value, selection_key
 from bbtune.tasks import Task, TaskConfig, load_examples, subsample
 from bbtune.runs.tuner import TuneConfig, Tuner
-from bbtune.search.selection import Decision, Guard, Selection, decide, mcnemar_p_value, selection_key
 
-RULES = ("dev_acc", "dev_loss", "train_dev_loss", "train_loss", "last")
+RULES = ("dev_acc", "dev_loss", "train_dev_loss", "train_loss", "last")  # picks among the tuner's points
+LEVERS = ("cma_mean", "top3_mean", "shrink_half")  # new points built from the run
+GUARDED = ("dev_acc", "train_dev_loss", "cma_mean", "top3_mean", "shrink_half")  # each also as RULE+GUARD
+GUARDS: dict[str, Callable[[dict[str, Any], float], bool]] = {  # does a pick's decision (asdict) let it replace?
+    "paired": lambda d, alpha: d["dev_acc_margin"] >= 0 and mcnemar_p_value(d["wins"], d["losses"]) <= alpha,
+    "agree": lambda d, alpha: d["dev_acc_margin"] >= 0 and d["dev_loss_margin"] > 0,
+}
+BASELINES = ("manual", "manual_calibrated")
+
+
+@dataclass
+class Pick:
+    """A candidate as a rule returns it: its point, calibration bias and numbers on train and dev."""
+
+    z: np.ndarray
+    bias: np.ndarray | None
+    train_ce: float
+    dev: Evaluation
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_task_args(ap, test_limit=None)
+    add_task_args(ap, test_limit=-1)
     ap.add_argument("--budget", type=int, default=CPU_BUDGET_CALLS)
-    ap.add_argument("--eval-every", type=int, default=30)
-    ap.add_argument("--heldout", type=int, default=300, help="held-out sentences from the training pool")
-    ap.add_argument("--calibrate", nargs="+", default=["on", "off"], choices=["on", "off"])
+    ap.add_argument("--eval-every", type=int, default=TuneConfig.eval_every)
+    ap.add_argument("--heldout", type=int, default=300, help="held-out examples from the training pool")
+    ap.add_argument("--calibrate", nargs="+", default=["on"], choices=["on", "off"])
     ap.add_argument("--mode", default="soft", choices=["soft", "hard"])
     ap.add_argument("--alpha", type=float, default=0.0, help="step in embedding space, in embedding stds (0 = by p0)")
     ap.add_argument("--guard-alpha", type=float, default=0.1, help="level of the paired test scored post hoc")
     ap.add_argument("--p0", default="auto", choices=["auto", "vocab", "cue"])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "selection_sst2.json"))
     ap.add_argument("--merge", nargs="+", default=[], metavar="JSON",
-                    help="no runs: merge earlier outputs, the paired guard's column recomputed by today's rule")
+                    help="no runs: merge earlier outputs (old ones get their paired column decided by today's rule)")
     args = ap.parse_args(argv)
 
-    runs = [] if not args.merge else [rescored(r, args.guard_alpha) for path in args.merge
+    runs = [] if not args.merge else [with_guards(r, args.guard_alpha) for path in args.merge
                                       for r in json.loads(Path(path).read_text())["runs"]]
     backend = LocalConfig(model=args.model).build() if not args.merge else None
+    out = Path(args.out)
     for seed in [] if args.merge else args.seeds:
         task = TaskConfig(data=args.data, preset=args.preset, k=args.k, data_seed=seed, test_limit=1).load()
         heldout = heldout_split(task, Path(args.data) / "train.jsonl", args.heldout, seed)
+        test = () if args.test_limit < 0 else TaskConfig(data=args.data, preset=args.preset, k=args.k, data_seed=seed,
+                                                        test_limit=args.test_limit).load().test
         for calibrate in args.calibrate:
             cfg = TuneConfig(mode=args.mode, budget_calls=args.budget, seed=seed, eval_every=args.eval_every,
                              calibrate=calibrate == "on", select=Selection.DEV_ACC, p0=args.p0, alpha=args.alpha)
             tuner = Tuner(task, backend, cfg, progress=False)
             tuner.run()
             runs.append({"p0": args.p0, "alpha": args.alpha, "model": args.model, "data": Path(args.data).name,
-                         **score_rules(tuner, heldout, seed, calibrate, args.guard_alpha)})
-            print(json.dumps(runs[-1]), flush=True)
-    rows = []
-    for group in dict.fromkeys((r.get("data", ""), r.get("model", ""), r["calibrate"]) for r in runs):
-        mine = [r for r in runs if (r.get("data", ""), r.get("model", ""), r["calibrate"]) == group]
-        for rule in ("manual", "manual_calibrated") + RULES + ("dev_acc+paired",):
-            accs = [r["heldout_acc"][rule] for r in mine]
-            rows.append({"data": group[0], "model": Path(group[1]).name, "calibrate": group[2], "rule": rule,
-                         "held-out acc mean": statistics.mean(accs), "std": mean_std(accs)[1],
-                         "per seed": " ".join(f"{a:.3f}" for a in accs)})
-    print(markdown_table(rows, ["data", "model", "calibrate", "rule", "held-out acc mean", "std", "per seed"]))
-    out = Path(args.out)
+                         **score_rules(tuner, heldout, seed, calibrate, args.guard_alpha, test)})
+            runs[-1] = with_guards(runs[-1], args.guard_alpha)
+            print(json.dumps(runs[-1]["heldout_acc"]), flush=True)
+            write(out, args, runs)  # after every run: a killed study keeps what it finished
+    write(out, args, runs)
+
+
+def write(out: Path, args: argparse.Namespace, runs: list[dict[str, Any]]) -> None:
+    """The tables (printed) and the JSON with every run."""
+    by_group, overall = summary(runs)
+    print(markdown_table(by_group, ["data", "model", "calibrate", "rule", "held-out acc", "gain over calibrated",
+                                    "worst vs better baseline", "per seed"]))
+    print(markdown_table(overall, ["rule", "runs", "held-out acc", "gain over calibrated", "worst vs better baseline",
+                                   "below better baseline - 1"]))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "summary": rows, "runs": runs}, indent=2))
+    out.write_text(json.dumps({"args": vars(args), "summary": by_group, "overall": overall, "runs": runs}, indent=2))
     print(f"wrote {out}")
 
 
-def rescored(run: dict[str, Any], alpha: float) -> dict[str, Any]:
-    """An earlier run with its `dev_acc+paired` column decided again by today's guard (from the dev examples won
-    and lost, which the run recorded)."""
-    d = run["decision"]
-    p = mcnemar_p_value(d["wins"], d["losses"])
-    lost_by_key = d["reason"].startswith("the tuned prompt did not beat")
-    keep = d["dev_acc_margin"] < 0 or p > alpha or lost_by_key
-    acc = dict(run["heldout_acc"], **{"dev_acc+paired": run["heldout_acc"]["manual_calibrated" if keep
-                                                                          else "dev_acc"]})
-    return {**run, "heldout_acc": acc, "decision": {**d, "p_value": p, "replace": not keep}}
+def summary(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per task, model and calibration, and over all of them: each rule's held-out accuracy, its gain over the
+    calibrated manual prompt and its margin over the better of the manual and calibrated manual prompts (the
+    issue's safety line: a run below that minus 1 point fails it)."""
+    def margins(rule: str, mine: list[dict[str, Any]]) -> dict[str, Any]:
+        have = [r["heldout_acc"] for r in mine if rule in r["heldout_acc"]]
+        gain = [100 * (a[rule] - a["manual_calibrated"]) for a in have]
+        worst = [100 * (a[rule] - max(a["manual"], a["manual_calibrated"])) for a in have]
+        return {"rule": rule, "runs": len(have), "held-out acc": round(100 * statistics.mean(a[rule] for a in have), 1),
+                "gain over calibrated": round(statistics.mean(gain), 1), "worst vs better baseline": round(min(worst), 1),
+                "below better baseline - 1": sum(w < -1.0 for w in worst),
+                "per seed": " ".join(f"{100 * a[rule]:.1f}" for a in have)}
+
+    rules = [r for r in BASELINES + RULES + LEVERS + tuple(f"{r}+{g}" for g in GUARDS for r in GUARDED)
+             if any(r in run["heldout_acc"] for run in runs)]
+    by_group = []
+    for group in dict.fromkeys((r.get("data", ""), Path(r.get("model", "")).name, r["calibrate"]) for r in runs):
+        mine = [r for r in runs if (r.get("data", ""), Path(r.get("model", "")).name, r["calibrate"]) == group]
+        by_group += [{"data": group[0], "model": group[1], "calibrate": group[2], **margins(rule, mine)}
+                     for rule in rules if any(rule in r["heldout_acc"] for r in mine)]
+    calibrated = [r for r in runs if r["calibrate"] == "on"]
+    return by_group, [margins(rule, calibrated) for rule in rules if any(rule in r["heldout_acc"] for r in calibrated)]
+
+
+def with_guards(run: dict[str, Any], alpha: float) -> dict[str, Any]:
+    """A run with its RULE+GUARD columns (held-out and, where scored, test) decided from its recorded decisions;
+    a run from before the levers (one `decision`, the dev_acc pick's) gets them for dev_acc alone."""
+    decisions = run.get("decisions") or {"dev_acc": run["decision"]}
+    out = {**run, "decisions": decisions}
+    for split in ("heldout_acc", "test_acc"):
+        if split not in run:
+            continue
+        acc = {k: v for k, v in run[split].items() if "+" not in k}
+        for name, d in decisions.items():
+            won_by_key = not d["reason"].startswith("the tuned prompt did not beat")
+            for guard, passes in GUARDS.items():
+                if name in acc:
+                    acc[f"{name}+{guard}"] = acc[name] if won_by_key and passes(d, alpha) else acc["manual_calibrated"]
+        out[split] = acc
+    return out
 
 
 def heldout_split(task: Task, train_file: Path, size: int, seed: int) -> tuple:
-    """`size` training-pool sentences that are in neither the few-shot train nor dev set."""
+    """`size` training-pool examples that are in neither the few-shot train nor dev set."""
     used = {(e.text, e.label) for e in task.train + task.dev}
     pool = [e for e in load_examples(train_file) if (e.text, e.label) not in used]
     return subsample(pool, size, seed + 1)
 
 
-def score_rules(tuner: Tuner, heldout: tuple, seed: int, calibrate: str, guard_alpha: float = 0.1) -> dict[str, Any]:
-    """Held-out accuracy of the point each rule picks (a rule picks the lowest key among evaluated points), of
-    the manual prompt, and of the run's result under the paired guard (`dev_acc+paired`: the dev_acc point where
-    a paired test on dev says it beats the calibrated manual prompt, else the calibrated manual prompt)."""
+def score_rules(tuner: Tuner, heldout: tuple, seed: int, calibrate: str, guard_alpha: float = 0.1,
+                test: tuple = ()) -> dict[str, Any]:
+    """Held-out accuracy of what each rule returns, of the manual prompt raw and calibrated, and (where `test` is
+    given) the test accuracy of the default's pick and of the manual prompt."""
     task = tuner.task_  # the task as the run tuned it (a cue start swaps the template)
-    fmt, points = task.format, tuner.eval_points_
-    labels = fmt.label_ids(heldout)
-    n_train = len(task.train)
+    fmt, backend, n_train = task.format, tuner.backend, len(task.train)
+    picks = rule_picks(tuner)
+    picks.update(lever_picks(tuner, picks["dev_acc"]))
+    train = score_examples(backend, tuner.manual_, task.train, fmt)  # the manual prompt on train, once
+    bias = manual_bias(tuner, train[0])
+    manual_dev = evaluation(score_examples(backend, tuner.manual_, task.dev, fmt), fmt.label_ids(task.dev), bias)
+    manual_key = selection_key(Selection.DEV_ACC, evaluation(train, tuner.task_.format.label_ids(tuner.task_.train), bias).loss, n_train, manual_dev)
+    decisions = {}
+    for name in GUARDED:
+        pick = picks[name]
+        won = selection_key(Selection.DEV_ACC, pick.train_ce, n_train, pick.dev) < manual_key
+        decisions[name] = decide(pick.dev, manual_dev, won, Guard.PAIRED, guard_alpha, seed)
+
+    def accuracies(examples: tuple, names: Sequence[str]) -> dict[str, float]:
+        labels, scored, acc = fmt.label_ids(examples), {}, {}
+        for name in names:  # a point picked by several rules is scored once
+            pick = picks[name]
+            key = pick.z.tobytes()
+            if key not in scored:
+                scored[key] = evaluation(score_examples(backend, tuner.prompt(pick.z), examples, fmt), labels,
+                                         pick.bias).accuracy
+            acc[name] = scored[key]
+        manual = score_examples(backend, tuner.manual_, examples, fmt)
+        acc["manual"], acc["manual_calibrated"] = evaluation(manual, labels).accuracy, evaluation(manual, labels, bias).accuracy
+        return acc
+
+    record = {"seed": seed, "calibrate": calibrate, "heldout_acc": accuracies(heldout, list(picks)),
+              "n_points": len(tuner.eval_points_), "decisions": {k: asdict(d) for k, d in decisions.items()},
+              "dev": {name: {"acc": p.dev.accuracy, "loss": p.dev.loss, "train_ce": p.train_ce} for name, p in picks.items()},
+              "points": [{k: v for k, v in p.items() if k not in ("z", "bias", "dev_eval")} for p in tuner.eval_points_]}
+    if test:
+        record["test_acc"], record["n_test"] = accuracies(test, ["dev_acc"]), len(test)
+    return record
+
+
+def rule_picks(tuner: Tuner) -> dict[str, Pick]:
+    """The tuner's points each rule picks (a rule picks the lowest key among the dev-evaluated points)."""
+    points, n_train = tuner.eval_points_, len(tuner.task_.train)
 
     def tuner_rule(rule: Selection) -> Callable[[dict[str, Any]], tuple[float, ...]]:  # the tuner's own keys
-        return lambda p: selection_key(rule, p["train_ce"], n_train, Evaluation(p["dev_acc"], p["dev_loss"], p["dev_n"]))
+        return lambda p: selection_key(rule, p["train_ce"], n_train, p["dev_eval"])
 
     keys = {**{rule.value: tuner_rule(rule) for rule in Selection},
             "train_loss": lambda p: (p["train_ce"],), "last": lambda p: (-p["calls"],)}
-    acc: dict[str, float] = {}
-    cache: dict[int, float] = {}
-    for rule, key in keys.items():
-        i = min(range(len(points)), key=lambda j: key(points[j]))
-        if i not in cache:
-            prompt = tuner.prompt(points[i]["z"])
-            cache[i] = evaluation(score_examples(tuner.backend, prompt, heldout, fmt), labels, points[i]["bias"]).accuracy
-        acc[rule] = cache[i]
-    train = score_examples(tuner.backend, tuner.manual_, task.train, fmt)  # the manual prompt on train, once
-    bias = manual_bias(tuner, train[0])
-    manual = score_examples(tuner.backend, tuner.manual_, heldout, fmt)
-    acc["manual"] = evaluation(manual, labels).accuracy
-    acc["manual_calibrated"] = evaluation(manual, labels, bias).accuracy
-    decision = paired_decision(tuner, points, bias, train, guard_alpha)
-    best = min(range(len(points)), key=lambda j: keys["dev_acc"](points[j]))
-    acc["dev_acc+paired"] = cache[best] if decision.replace else acc["manual_calibrated"]
-    return {"seed": seed, "calibrate": calibrate, "heldout_acc": acc, "n_points": len(points),
-            "decision": asdict(decision),
-            "points": [{k: v for k, v in p.items() if k not in ("z", "bias", "dev_eval")} for p in points]}
+    chosen = {rule: min(points, key=key) for rule, key in keys.items()}
+    return {rule: Pick(p["z"], p["bias"], p["train_ce"], p["dev_eval"]) for rule, p in chosen.items()}
 
 
-def paired_decision(tuner: Tuner, points: list[dict[str, Any]], bias: np.ndarray | None, train: np.ndarray,
-                    alpha: float) -> Decision:
-    """The run's decision had it used `--guard paired`: its dev_acc point against the calibrated manual prompt."""
-    task = tuner.task_
-    n_train = len(task.train)
-    dev_labels = task.format.label_ids(task.dev)
-    manual_dev = evaluation(score_examples(tuner.backend, tuner.manual_, task.dev, task.format), dev_labels, bias)
-    manual_key = selection_key(Selection.DEV_ACC, evaluation(train, tuner.train_labels_, bias).loss, n_train, manual_dev)
-    best = min(points, key=lambda p: selection_key(Selection.DEV_ACC, p["train_ce"], n_train, p["dev_eval"]))
-    best_key = selection_key(Selection.DEV_ACC, best["train_ce"], n_train, best["dev_eval"])
-    return decide(best["dev_eval"], manual_dev, best_key < manual_key, Guard.PAIRED, alpha, tuner.config.seed)
+def lever_picks(tuner: Tuner, default: Pick) -> dict[str, Pick]:
+    """Points no rule can pick, built from the run: the search distribution's mean at the end (CMA-ES's estimate
+    of the optimum, smoother than any sampled point), the mean of the three best points on dev, and the default's
+    pick pulled half way back to p0. Each is calibrated on train and scored on dev as the tuner would."""
+    by_dev = sorted(tuner.eval_points_, key=lambda p: selection_key(Selection.DEV_ACC, p["train_ce"],
+                                                                  len(tuner.task_.train), p["dev_eval"]))
+    zs = {"top3_mean": np.mean([p["z"] for p in by_dev[:3]], axis=0), "shrink_half": 0.5 * default.z}
+    es = getattr(tuner.optimizer_, "es", None)
+    if es is not None:
+        zs["cma_mean"] = np.asarray(es.mean, dtype=float)
+    return {name: scored_pick(tuner, z) for name, z in zs.items()}
+
+
+def scored_pick(tuner: Tuner, z: np.ndarray) -> Pick:
+    task, fmt = tuner.task_, tuner.task_.format
+    prompt = tuner.prompt(z)
+    train = score_examples(tuner.backend, prompt, task.train, fmt)[0]
+    bias = fit_label_bias(train, tuner.task_.format.label_ids(tuner.task_.train)) if tuner.config.calibrate else None
+    train_ce = evaluation(train[None], tuner.task_.format.label_ids(tuner.task_.train), bias).loss
+    dev = evaluation(score_examples(tuner.backend, prompt, task.dev, fmt), fmt.label_ids(task.dev), bias)
+    return Pick(z, bias, train_ce, dev)
 
 
 def manual_bias(tuner: Tuner, train_scores: np.ndarray) -> np.ndarray | None:
@@ -151,7 +236,7 @@ def manual_bias(tuner: Tuner, train_scores: np.ndarray) -> np.ndarray | None:
     run does not calibrate."""
     if not tuner.config.calibrate:
         return None
-    return fit_label_bias(train_scores, tuner.train_labels_)
+    return fit_label_bias(train_scores, tuner.task_.format.label_ids(tuner.task_.train))
 
 
 if __name__ == "__main__":

@@ -72,10 +72,12 @@ def test_matrix_summarizes_a_sweep(tmp_path, monkeypatch):
 
     methods = ["manual", "manual_calibrated", "in_context_calibrated", "bbt_soft", "prompt_tuning"]
     tasks = [{"name": name, "data": "demo", "k": 2, "test_limit": 8} for name in ("a", "b")]
-    spec = SweepSpec.from_dict({"sweep": {"out": str(tmp_path / "sweep")},
-                                "grid": {"methods": methods, "seeds": [1], "models": ["tiny"], "tasks": tasks},
+    grid = {"methods": methods, "seeds": [1], "models": ["tiny"], "tasks": tasks}
+    spec = SweepSpec.from_dict({"sweep": {"out": str(tmp_path / "sweep")}, "grid": grid,
                                 "settings": {"budget_calls": 10, "popsize": 10, "intrinsic_dim": 4, "grad_steps": 1,
                                              "grad_batch_size": 0}}, name="m")
+    (tmp_path / "m.toml").write_text(f"[grid]\nmethods = {json.dumps(methods)}\nseeds = [1]\nmodels = [\"tiny\"]\n" +
+                                     "".join(f'[[grid.tasks]]\nname = "{t["name"]}"\n' for t in tasks))
     for job in spec.jobs:
         folder = job_folder(tmp_path / "sweep", job.name)
         folder.mkdir(parents=True)
@@ -84,10 +86,11 @@ def test_matrix_summarizes_a_sweep(tmp_path, monkeypatch):
             assert run_job(job.as_dict(), str(folder))["ok"]
     monkeypatch.syspath_prepend(str(BENCH))
     matrix = runpy.run_path(str(BENCH / "matrix.py"), run_name="matrix_script")
-    matrix["main"]([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")])
+    matrix["main"]([str(tmp_path / "sweep"), "--out", str(tmp_path / "out"), "--spec", str(tmp_path / "m.toml")])
     data = json.loads((tmp_path / "out" / "matrix.json").read_text())
     assert len(data["rows"]) == 2 * len(methods) - 1
-    assert data["unfinished"] == [job_folder(tmp_path / "sweep", spec.jobs[-1].name).name]
+    last = spec.jobs[-1].as_dict()["coords"]
+    assert data["unfinished"] == [f"{last['task']}-tiny-{last['method']}-s1"]
     cell = {(r["task"], r["method"]): r["test_acc"] for r in data["rows"]}
     assert len(data["gains"]) == 2 * (len(methods) - 1) - 1
     for g in data["gains"]:
@@ -95,4 +98,27 @@ def test_matrix_summarizes_a_sweep(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "matrix.png").stat().st_size > 0
     md = (tmp_path / "out" / "matrix.md").read_text()
     assert md.startswith("| task | model | manual ") and "safety" in md and "BBT soft >= prompt tuning: " in md
-    assert "| all methods, one seed |" in md and "Jobs not finished: 1" in md
+    assert "| all methods, one seed |" in md and f"Cells of the grid not measured yet: 1 ({last['method']} 1;" in md
+
+
+def test_matrix_takes_rows_from_a_selection_study_and_an_earlier_matrix(tmp_path, monkeypatch):
+    """selection.py's test columns become matrix rows (its dev_acc pick is BBT soft at the defaults, the guarded
+    pick bbt_soft_paired); an earlier matrix.json's rows join them, the later source winning a duplicate."""
+    run = {"data": "sst2", "model": "/models/smollm2", "seed": 13, "calibrate": "on", "heldout_acc": {},
+           "test_acc": {"manual": 0.70, "manual_calibrated": 0.75, "dev_acc": 0.80, "dev_acc+paired": 0.75,
+                        "dev_acc+agree": 0.80}}
+    (tmp_path / "sel.json").write_text(json.dumps({"runs": [run]}))
+    earlier = [{"task": "sst2", "model": "smollm2", "seed": 13, "method": "bbt_hard", "test_acc": 77.0, "wall_s": 60.0},
+               {"task": "sst2", "model": "smollm2", "seed": 13, "method": "manual", "test_acc": 71.0, "wall_s": 5.0}]
+    (tmp_path / "old.json").write_text(json.dumps({"rows": earlier}))
+    monkeypatch.syspath_prepend(str(BENCH))
+    matrix = runpy.run_path(str(BENCH / "matrix.py"), run_name="matrix_script")
+    matrix["main"](["--selection", str(tmp_path / "sel.json"), "--rows", str(tmp_path / "old.json"),
+                    "--out", str(tmp_path / "out")])
+    data = json.loads((tmp_path / "out" / "matrix.json").read_text())
+    acc = {r["method"]: r["test_acc"] for r in data["rows"]}
+    assert acc == pytest.approx({"manual": 71.0, "manual_calibrated": 75.0, "bbt_soft": 80.0, "bbt_soft_paired": 75.0,
+                                 "bbt_hard": 77.0})
+    gains = {g["method"]: g["gain"] for g in data["gains"]}
+    assert gains["bbt_soft"] == pytest.approx(5.0) and gains["bbt_soft_paired"] == pytest.approx(0.0)
+    assert "sst2-smollm2-prompt_tuning-s13" in data["unfinished"]
