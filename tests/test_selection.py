@@ -59,9 +59,21 @@ def test_an_advantage_within_noise_keeps_the_manual_prompt():
     manual = evaluation_of([0.74] * 31 + [0.45])  # wrong on one of 32 dev examples
     lucky = evaluation_of([0.72] * 31 + [0.55])  # that one flips; the rest get a little worse
     assert lucky.accuracy > manual.accuracy  # dev accuracy alone would take it
-    kept = decide(lucky, manual, tuned_wins_by_key=True, guard=Guard.PAIRED, alpha=0.1)
-    assert not kept.replace and "within noise" in kept.reason and (kept.wins, kept.losses) == (1, 0)
-    assert decide(lucky, manual, True, Guard.NONE, 0.1).replace  # the old rule replaces it
+    for guard in (Guard.AGREE, Guard.PAIRED):
+        kept = decide(lucky, manual, tuned_wins_by_key=True, guard=guard, alpha=0.1)
+        assert not kept.replace and "within noise" in kept.reason and (kept.wins, kept.losses) == (1, 0)
+    assert "dev cross-entropy 0.337 is not below the manual prompt's 0.317" in decide(lucky, manual, True, Guard.AGREE,
+                                                                                      0.1).reason
+    assert decide(lucky, manual, True, Guard.NONE, 0.1).replace  # dev accuracy alone replaces it
+
+
+def test_agree_replaces_when_accuracy_and_cross_entropy_both_say_better():
+    manual = evaluation_of([0.6] * 28 + [0.45] * 4)
+    surer = evaluation_of([0.7] * 29 + [0.45] * 3)  # one example more right, and surer of the rest
+    decision = decide(surer, manual, True, Guard.AGREE, 0.1)
+    assert decision.replace and decision.dev_loss_margin > 0 and "by accuracy and cross-entropy" in decision.reason
+    assert not decide(surer, manual, True, Guard.PAIRED, 0.1).replace  # one win is not significant for McNemar
+    assert not decide(surer, manual, False, Guard.AGREE, 0.1).replace  # it must win by the selection rule too
 
 
 def test_a_clear_advantage_replaces_it():
@@ -109,16 +121,17 @@ class OneLuckyExample(Backend):
         return out
 
 
-@pytest.mark.parametrize("guard", ["paired", "none"])
+@pytest.mark.parametrize("guard", ["default", "agree", "paired", "none"])
 def test_the_run_keeps_the_manual_prompt_when_its_dev_advantage_is_noise(tiny_backend, tiny_task, guard):
+    """The default guard keeps the manual prompt here; this fails if the default goes by dev accuracy alone."""
     backend = OneLuckyExample(tiny_backend)
     backend.first_dev_text = tiny_task.dev[0].text
     config = TuneConfig(budget_calls=12, popsize=6, intrinsic_dim=10, prompt_tokens=3, p0="vocab", eval_every=6,
-                        calibrate=False, guard=guard)
+                        calibrate=False, **({} if guard == "default" else {"guard": guard}))
     metrics = tune(tiny_task, backend, config, progress=False).metrics
     decision = metrics["decision"]
     assert metrics["tuned_dev_acc"] == 1.0 and metrics["manual_dev_acc"] == 0.75
-    if guard == "paired":
+    if guard != "none":
         assert metrics["selected"] == "manual" and not decision["replace"] and "within noise" in decision["reason"]
     else:  # selection by dev accuracy alone takes the lucky prompt: the case the guard exists for
         assert metrics["selected"] == "tuned" and decision["replace"]
@@ -130,5 +143,5 @@ def test_the_printed_decision_says_which_prompt_and_why():
     kept = decide(evaluation_of([0.72] * 31 + [0.55]), evaluation_of([0.74] * 31 + [0.45]), True, Guard.PAIRED, 0.1)
     line = decision_line({"decision": {**kept.__dict__}})
     assert line.startswith("decision: returned the calibrated manual prompt; dev margin +3.1 points, 1 examples won")
-    assert "within noise" in line and "McNemar p = 0.50" in line
+    assert "within noise" in line and "McNemar p = 0.50" in line and "dev cross-entropy +0.02" in line
     assert "no manual prompt was scored" in decision_line({})
