@@ -78,10 +78,10 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
     keep_manual: bool = field(default=True, metadata={
         "help": "return the manual prompt (template alone) when no tuned prompt beats it on dev by --select"})
     guard: Guard = field(default=Guard.AGREE, metadata={
-        "help": "when a tuned prompt may replace the calibrated manual prompt: agree (it wins by --select, and its "
-                "dev accuracy is no lower and dev cross-entropy lower), paired (a McNemar test on the dev examples "
-                "at --guard-alpha, stricter) or none (it wins by --select)"})
-    guard_alpha: float = field(default=0.1, metadata={"help": "level of the paired test of --guard paired"})
+        "help": "when a tuned prompt may replace the calibrated manual prompt: agree (it wins by --select, its "
+                "dev accuracy is no lower and its dev cross-entropy not significantly higher at --guard-alpha), "
+                "paired (a McNemar test on the dev examples at --guard-alpha: stricter) or none (it wins by --select)"})
+    guard_alpha: float = field(default=0.1, metadata={"help": "level of --guard's paired tests"})
     answer_scoring: AnswerScoring = field(default=AnswerScoring.REFERENCE, metadata={
         "help": "generation tasks: score a prompt by its reference answers' log-likelihood (reference) or by "
                 "--answer-metric on its greedy answers (metric)"})
