@@ -8,7 +8,8 @@ Several sweep folders may be given (e.g. one sweep per seed, run one after anoth
 job found in two folders counted once (the first folder's). Rows can also come from an earlier matrix.json
 (`--rows`: sweep folders are not committed) and from the selection study's test columns (`--selection`, see
 `benchmarks/selection.py --test-limit`: the manual prompt raw and calibrated, BBT soft as the default returns it,
-and `bbt_soft_paired`, its pick behind the paired guard).
+and `bbt_soft_paired`, its pick behind the paired guard). Later sources win a duplicate: selection studies, then
+sweep folders, then earlier rows.
 Prints the Markdown tables (accuracy; wall time per job) and writes the three files. Cells missing from a
 partial sweep are left out and listed.
 """
@@ -48,8 +49,9 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-SELECTION_METHODS = {"manual": "manual", "manual_calibrated": "manual_calibrated", "dev_acc": "bbt_soft",
-                     "dev_acc+paired": "bbt_soft_paired"}  # selection.py's test columns -> matrix methods
+SELECTION_METHODS = {"manual": "manual", "manual_calibrated": "manual_calibrated", "dev_acc+agree": "bbt_soft",
+                     "dev_acc+paired": "bbt_soft_paired"}  # selection.py's test columns -> matrix methods (the
+# default run returns dev_acc's pick behind the agree guard)
 
 
 def from_selection(path: Path) -> list[dict[str, Any]]:
@@ -189,9 +191,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", default=str(OUT), help="folder for matrix.json, matrix.md, matrix.png")
     args = ap.parse_args(argv)
     sweep_dirs = [Path(d) for d in args.sweep_dirs]
-    sources = ([r for path in args.selection for r in from_selection(Path(path))]
-               + [r for path in args.rows for r in json.loads(Path(path).read_text())["rows"]]
-               + [r for d in reversed(sweep_dirs) for r in collect(d)])  # later sources win a duplicate
+    sources = ([r for path in args.rows for r in json.loads(Path(path).read_text())["rows"]]
+               + [r for d in reversed(sweep_dirs) for r in collect(d)]
+               + [r for path in args.selection for r in from_selection(Path(path))])  # later sources win a duplicate
     rows = list({(r["task"], r["model"], r["seed"], r["method"]): r for r in sources}.values())
     if not rows:
         raise SystemExit(f"no finished jobs in {args.sweep_dirs}; run `bbtune sweep benchmarks/specs/matrix.toml`")

@@ -102,10 +102,11 @@ def test_matrix_summarizes_a_sweep(tmp_path, monkeypatch):
 
 
 def test_matrix_takes_rows_from_a_selection_study_and_an_earlier_matrix(tmp_path, monkeypatch):
-    """selection.py's test columns become matrix rows (its dev_acc pick is BBT soft at the defaults, the guarded
-    pick bbt_soft_paired); an earlier matrix.json's rows join them, the later source winning a duplicate."""
+    """selection.py's test columns become matrix rows (its dev_acc pick behind the agree guard is BBT soft at the
+    defaults, behind the paired guard bbt_soft_paired); an earlier matrix.json's rows join them, the study winning
+    a duplicate."""
     run = {"data": "sst2", "model": "/models/smollm2", "seed": 13, "calibrate": "on", "heldout_acc": {},
-           "test_acc": {"manual": 0.70, "manual_calibrated": 0.75, "dev_acc": 0.80, "dev_acc+paired": 0.75,
+           "test_acc": {"manual": 0.70, "manual_calibrated": 0.75, "dev_acc": 0.81, "dev_acc+paired": 0.75,
                         "dev_acc+agree": 0.80}}
     (tmp_path / "sel.json").write_text(json.dumps({"runs": [run]}))
     earlier = [{"task": "sst2", "model": "smollm2", "seed": 13, "method": "bbt_hard", "test_acc": 77.0, "wall_s": 60.0},
@@ -117,7 +118,7 @@ def test_matrix_takes_rows_from_a_selection_study_and_an_earlier_matrix(tmp_path
                     "--out", str(tmp_path / "out")])
     data = json.loads((tmp_path / "out" / "matrix.json").read_text())
     acc = {r["method"]: r["test_acc"] for r in data["rows"]}
-    assert acc == pytest.approx({"manual": 71.0, "manual_calibrated": 75.0, "bbt_soft": 80.0, "bbt_soft_paired": 75.0,
+    assert acc == pytest.approx({"manual": 70.0, "manual_calibrated": 75.0, "bbt_soft": 80.0, "bbt_soft_paired": 75.0,
                                  "bbt_hard": 77.0})
     gains = {g["method"]: g["gain"] for g in data["gains"]}
     assert gains["bbt_soft"] == pytest.approx(5.0) and gains["bbt_soft_paired"] == pytest.approx(0.0)
