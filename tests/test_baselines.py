@@ -255,6 +255,22 @@ def test_contextual_calibration_makes_content_free_inputs_score_every_label_alik
     assert record.method == "in_context_calibrated" and "contextual" in record.note
 
 
+def test_in_context_train_calibration_is_the_bias_fitted_on_the_training_split(tiny_backend, tiny_task):
+    """`in_context_train`: the demonstrations' prompt with one bias per label fitted on train (what the probe's
+    median threshold amounted to), reported under its own name."""
+    from bbtune.baselines.incontext import InContextConfig, in_context_prompt, run_in_context
+    from bbtune.search.evaluate import evaluate, fitted_bias
+
+    task = tiny_task.with_placement("prefix")
+    config = InContextConfig(shots_per_class=2, seed=3, calibration="train")
+    record = run_in_context(tiny_task, tiny_backend, config)
+    prompt = in_context_prompt(task, tiny_backend.tokenizer, config)
+    bias = fitted_bias(tiny_backend, prompt, task.train, task.format)
+    assert record.method == "in_context_train" and "calibration train" in record.note and np.any(bias != 0)
+    for split, acc in ((task.dev, record.dev_acc), (task.test, record.test_acc)):
+        assert acc == evaluate(tiny_backend, prompt, split, task.format, label_bias=bias).accuracy
+
+
 def test_prompt_tuning_from_the_cue_starts_at_the_calibrated_manual_prompt(tiny_backend, tiny_task):
     """Like for like with BBT's default: same start (the cue's embeddings in the cue's place), same length, same
     calibration; before any step the prompt scores exactly as the calibrated manual prompt does."""

@@ -102,8 +102,8 @@ def test_seeds_reach_the_methods(tiny_backend, tiny_task, monkeypatch):
 def test_hard_prompts_transfer_to_another_backend(report, other_model):
     hard = {(r.method, r.seed) for r in report.results if isinstance(r.best, HardPrompt)}
     assert {(t["method"], t["seed"]) for t in report.transfer} == hard
-    assert {"manual", "manual_calibrated", "in_context", "in_context_calibrated", "pez", "bbt_discrete",
-            "bbt_hard"} == {m for m, _ in hard}
+    assert {"manual", "manual_calibrated", "in_context", "in_context_calibrated", "in_context_train", "pez",
+            "bbt_discrete", "bbt_hard"} == {m for m, _ in hard}
     assert all(t["target"] == other_model.name and 0 <= t["target_acc"] <= 1 for t in report.transfer)
     assert "## Transfer of hard prompts" in (report.out_dir / REPORT_MD).read_text()
 

@@ -23,7 +23,7 @@ from bbtune.app.report import percent, write_report
 from bbtune.backends.base import Backend
 from bbtune.baselines import InContextConfig, MethodResult, PEZConfig, PromptTuningConfig
 from bbtune.baselines.bbt import run_bbt
-from bbtune.baselines.incontext import run_in_context
+from bbtune.baselines.incontext import IN_CONTEXT_METHODS, run_in_context
 from bbtune.baselines.manual import run_manual, run_manual_calibrated
 from bbtune.baselines.pez import run_pez
 from bbtune.baselines.prompt_tuning import run_prompt_tuning
@@ -36,8 +36,8 @@ from bbtune.search.evaluate import evaluate
 from bbtune.search.optimizers import OptimizerName
 from bbtune.tasks import Placement, Task
 
-METHODS = ("manual", "manual_calibrated", "in_context", "in_context_calibrated", "prompt_tuning", "pez", "bbt_soft",
-           "bbt_discrete", "bbt_hard", "random_search")
+METHODS = ("manual", "manual_calibrated", "in_context", "in_context_calibrated", "in_context_train", "prompt_tuning",
+           "pez", "bbt_soft", "bbt_discrete", "bbt_hard", "random_search")
 
 
 # ---------------------------------------------------------------------- what each method is run with
@@ -76,8 +76,8 @@ class _Session:
             return run_manual(self.task, self.backend, seed)
         if method == "manual_calibrated":
             return run_manual_calibrated(self.task, self.backend, seed)
-        if method in ("in_context", "in_context_calibrated"):
-            calibration = "contextual" if method == "in_context_calibrated" else "none"
+        if method in IN_CONTEXT_METHODS.values():
+            calibration = next(c for c, name in IN_CONTEXT_METHODS.items() if name == method)
             return run_in_context(self.task, self.backend, replace(s.in_context, seed=seed, calibration=calibration))
         if method == "prompt_tuning":
             return run_prompt_tuning(self.task, self.backend, replace(s.prompt_tuning, seed=seed))

@@ -24,6 +24,8 @@ from bbtune.baselines.record import MethodResult
 
 
 CALIBRATIONS = ("none", "contextual", "train")
+# the method name each calibration reports under (compare and sweeps run them by these names)
+IN_CONTEXT_METHODS = {"none": "in_context", "contextual": "in_context_calibrated", "train": "in_context_train"}
 CONTENT_FREE = ("N/A", "[MASK]")  # Zhao et al.'s content-free inputs (their empty string has no tokens to score)
 
 
@@ -82,7 +84,7 @@ def run_in_context(task: Task, backend: Backend, config: InContextConfig = InCon
     bias = {"none": None, "contextual": lambda: contextual_bias(backend, prompt, task.format),
             "train": lambda: fitted_bias(backend, prompt, task.train, task.format)}[config.calibration]
     note = f"{config.shots_per_class} per class, prefix placement, calibration {config.calibration}"
-    method = "in_context" if config.calibration == "none" else "in_context_calibrated"
+    method = IN_CONTEXT_METHODS[config.calibration]
     return fixed_prompt_result(method, prompt, task, backend, config.seed, note=note,
                                label_bias=bias() if bias is not None else None)
 
