@@ -57,8 +57,10 @@ SELECTION_METHODS = {"manual": "manual", "manual_calibrated": "manual_calibrated
 def from_selection(path: Path) -> list[dict[str, Any]]:
     """Matrix rows from a selection study's runs that scored the test set (the same search as a sweep's bbt_soft
     job at the defaults; no wall time per method)."""
+    from selection import GUARD_ALPHA, with_guards  # beside this script
+
     rows = []
-    for run in json.loads(path.read_text())["runs"]:
+    for run in (with_guards(r, GUARD_ALPHA) for r in json.loads(path.read_text())["runs"]):
         for column, method in SELECTION_METHODS.items():
             if column in run.get("test_acc", {}):
                 rows.append({"task": run["data"], "model": Path(run["model"]).name, "seed": int(run["seed"]),
@@ -75,6 +77,7 @@ def gains(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def wall_table(rows: Sequence[dict[str, Any]]) -> str:
     """Task x model rows; per method the mean wall time of one job (one seed) in minutes, and the cell's total."""
+    rows = [r for r in rows if r["wall_s"] is not None]  # a selection study times no method on its own
     methods = [m for m in ORDER if any(r["method"] == m for r in rows)]
     out = []
     for task, model in dict.fromkeys((r["task"], r["model"]) for r in rows):
@@ -196,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                + [r for d in reversed(sweep_dirs) for r in collect(d)]
                + [r for path in args.selection for r in from_selection(Path(path))])  # later sources win a duplicate
     rows = list({(r["task"], r["model"], r["seed"], r["method"]): r for r in sources}.values())
+    grid = tomllib.loads(Path(args.spec).read_text())["grid"]
+    order = {name: i for i, name in enumerate([t["name"] for t in grid["tasks"]] + list(grid["models"]))}
+    rows.sort(key=lambda r: (order.get(r["task"], len(order)), order.get(r["model"], len(order)), r["seed"]))
     if not rows:
         raise SystemExit(f"no finished jobs in {args.sweep_dirs}; run `bbtune sweep benchmarks/specs/matrix.toml`")
     left = missing(rows, Path(args.spec))

@@ -43,6 +43,7 @@ GUARDS: dict[str, Callable[[dict[str, Any], float], bool]] = {  # does a pick's 
     "agree": lambda d, alpha: d["dev_acc_margin"] >= 0 and d.get("loss_worse_p_value", 1 - d["loss_p_value"]) > alpha,
 }
 BASELINES = ("manual", "manual_calibrated")
+GUARD_ALPHA = TuneConfig.guard_alpha  # the run's default level
 
 
 @dataclass
@@ -64,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--calibrate", nargs="+", default=["on"], choices=["on", "off"])
     ap.add_argument("--mode", default="soft", choices=["soft", "hard"])
     ap.add_argument("--alpha", type=float, default=0.0, help="step in embedding space, in embedding stds (0 = by p0)")
-    ap.add_argument("--guard-alpha", type=float, default=0.1, help="level of the paired test scored post hoc")
+    ap.add_argument("--guard-alpha", type=float, default=GUARD_ALPHA, help="level of the guards' tests, post hoc")
     ap.add_argument("--p0", default="auto", choices=["auto", "vocab", "cue"])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "selection_sst2.json"))
     ap.add_argument("--merge", nargs="+", default=[], metavar="JSON",
