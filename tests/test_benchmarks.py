@@ -106,8 +106,9 @@ def test_matrix_takes_rows_from_a_selection_study_and_an_earlier_matrix(tmp_path
     defaults, behind the paired guard bbt_soft_paired); an earlier matrix.json's rows join them, the study winning
     a duplicate."""
     run = {"data": "sst2", "model": "/models/smollm2", "seed": 13, "calibrate": "on", "heldout_acc": {},
-           "test_acc": {"manual": 0.70, "manual_calibrated": 0.75, "dev_acc": 0.81, "dev_acc+paired": 0.75,
-                        "dev_acc+agree": 0.80}}
+           "test_acc": {"manual": 0.70, "manual_calibrated": 0.75, "dev_acc": 0.81},
+           "decisions": {"dev_acc": {"dev_acc_margin": 0.0625, "wins": 2, "losses": 0, "loss_p_value": 0.3,
+                                     "loss_worse_p_value": 0.7, "reason": "..."}}}  # agree passes, paired does not
     (tmp_path / "sel.json").write_text(json.dumps({"runs": [run]}))
     earlier = [{"task": "sst2", "model": "smollm2", "seed": 13, "method": "bbt_hard", "test_acc": 77.0, "wall_s": 60.0},
                {"task": "sst2", "model": "smollm2", "seed": 13, "method": "manual", "test_acc": 71.0, "wall_s": 5.0}]
@@ -118,8 +119,8 @@ def test_matrix_takes_rows_from_a_selection_study_and_an_earlier_matrix(tmp_path
                     "--out", str(tmp_path / "out")])
     data = json.loads((tmp_path / "out" / "matrix.json").read_text())
     acc = {r["method"]: r["test_acc"] for r in data["rows"]}
-    assert acc == pytest.approx({"manual": 70.0, "manual_calibrated": 75.0, "bbt_soft": 80.0, "bbt_soft_paired": 75.0,
+    assert acc == pytest.approx({"manual": 70.0, "manual_calibrated": 75.0, "bbt_soft": 81.0, "bbt_soft_paired": 75.0,
                                  "bbt_hard": 77.0})
     gains = {g["method"]: g["gain"] for g in data["gains"]}
-    assert gains["bbt_soft"] == pytest.approx(5.0) and gains["bbt_soft_paired"] == pytest.approx(0.0)
+    assert gains["bbt_soft"] == pytest.approx(6.0) and gains["bbt_soft_paired"] == pytest.approx(0.0)
     assert "sst2-smollm2-prompt_tuning-s13" in data["unfinished"]
