@@ -99,8 +99,9 @@ def write(out: Path, args: argparse.Namespace, runs: list[dict[str, Any]]) -> No
     by_group, overall = summary(runs)
     print(markdown_table(by_group, ["data", "model", "calibrate", "rule", "held-out acc", "gain over calibrated",
                                     "worst vs better baseline", "per seed"]))
-    print(markdown_table(overall, ["rule", "runs", "held-out acc", "gain over calibrated", "worst vs better baseline",
-                                   "below better baseline - 1"]))
+    tasks = list(dict.fromkeys(r.get("data", "") for r in runs))
+    print(markdown_table(overall, ["rule", "runs", "held-out acc", "gain over calibrated", *tasks,
+                                   "worst vs better baseline", "below better baseline - 1"]))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "summary": by_group, "overall": overall, "runs": runs}, indent=2))
     print(f"wrote {out}")
@@ -127,7 +128,12 @@ def summary(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict
         by_group += [{"data": group[0], "model": group[1], "calibrate": group[2], **margins(rule, mine)}
                      for rule in rules if any(rule in r["heldout_acc"] for r in mine)]
     calibrated = [r for r in runs if r["calibrate"] == "on"]
-    return by_group, [margins(rule, calibrated) for rule in rules if any(rule in r["heldout_acc"] for r in calibrated)]
+    overall = [margins(rule, calibrated) for rule in rules if any(rule in r["heldout_acc"] for r in calibrated)]
+    for line in overall:  # the mean gain per task (over models and seeds) beside the overall numbers
+        for data in dict.fromkeys(r.get("data", "") for r in calibrated):
+            mine = [r for r in calibrated if r.get("data", "") == data and line["rule"] in r["heldout_acc"]]
+            line[data] = round(margins(line["rule"], mine)["gain over calibrated"], 1) if mine else None
+    return by_group, overall
 
 
 def with_guards(run: dict[str, Any], alpha: float) -> dict[str, Any]:
