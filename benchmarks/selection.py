@@ -6,7 +6,7 @@ three best on dev, the dev-accuracy pick pulled half way back to p0); every pick
 of the training pool (disjoint from the few-shot train and dev) beside the manual prompt, raw and calibrated.
 `RULE+GUARD` keeps the calibrated manual prompt unless RULE's pick passes GUARD against it on dev: `paired`, an
 exact McNemar test at --guard-alpha (`bbtune.search.selection.decide`); `agree`, dev accuracy no lower and dev
-cross-entropy not significantly higher (a sign-flip test; runs from before it: 1 - the recorded other side).
+cross-entropy not significantly higher (a sign-flip test; older runs: see `loss_worse_p`).
 
     python benchmarks/selection.py --seeds 13 42 100 --heldout 300 --out sst2_smollm2.json
     python benchmarks/selection.py --merge a.json b.json ... --out all.json     # tables over tasks and models
@@ -40,8 +40,16 @@ LEVERS = ("cma_mean", "top3_mean", "shrink_half")  # new points built from the r
 GUARDED = ("dev_acc", "train_dev_loss", "cma_mean", "top3_mean", "shrink_half")  # each also as RULE+GUARD
 GUARDS: dict[str, Callable[[dict[str, Any], float], bool]] = {  # does a pick's decision (asdict) let it replace?
     "paired": lambda d, alpha: d["dev_acc_margin"] >= 0 and mcnemar_p_value(d["wins"], d["losses"]) <= alpha,
-    "agree": lambda d, alpha: d["dev_acc_margin"] >= 0 and d.get("loss_worse_p_value", 1 - d["loss_p_value"]) > alpha,
+    "agree": lambda d, alpha: d["dev_acc_margin"] >= 0 and loss_worse_p(d) > alpha,
 }
+
+
+def loss_worse_p(d: dict[str, Any]) -> float:
+    """The p-value of "the pick's dev CE is no worse" from a recorded decision; runs from before it have the other
+    side (1 - it), the oldest only the CE margin (taken strictly: any higher CE counts as significant)."""
+    if "loss_worse_p_value" in d:
+        return float(d["loss_worse_p_value"])
+    return 1 - float(d["loss_p_value"]) if "loss_p_value" in d else float(d["dev_loss_margin"] >= 0)
 BASELINES = ("manual", "manual_calibrated")
 GUARD_ALPHA = TuneConfig.guard_alpha  # the run's default level
 
