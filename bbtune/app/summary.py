@@ -58,7 +58,7 @@ def decision_line(metrics: dict[str, Any]) -> str:
     manual = "the manual prompt" if "answer_metric" in metrics else "the calibrated manual prompt"
     kept = "the tuned prompt" if d["replace"] else manual
     return (f"decision: returned {kept}; dev margin {100 * d['dev_acc_margin']:+.1f} points, {d['wins']} examples won "
-            f"and {d['losses']} lost (McNemar p = {d['p_value']:.2f}), dev cross-entropy {-d['dev_loss_margin']:+.3f}: "
+            f"and {d['losses']} lost (McNemar p = {d['p_value']:.2f}), dev cross-entropy {0.0 - d['dev_loss_margin']:+.3f}: "
             f"{d['reason']}")
 
 
