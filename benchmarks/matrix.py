@@ -83,18 +83,16 @@ def wall_table(rows: Sequence[dict[str, Any]]) -> str:
     for task, model in dict.fromkeys((r["task"], r["model"]) for r in rows):
         line: dict[str, Any] = {"task": task, "model": model}
         for method in methods:
-            walls = [r["wall_s"] for r in rows
-                     if (r["task"], r["model"], r["method"]) == (task, model, method) and r["wall_s"] is not None]
+            walls = [r["wall_s"] for r in rows if (r["task"], r["model"], r["method"]) == (task, model, method)]
             line[method] = f"{statistics.fmean(walls) / 60:.1f}" if walls else "-"
-        per_seed = [r["wall_s"] for r in rows if (r["task"], r["model"]) == (task, model) and r["wall_s"] is not None]
+        per_seed = [r["wall_s"] for r in rows if (r["task"], r["model"]) == (task, model)]
         line["all methods, one seed"] = f"{sum(per_seed) / 60 / max(1, len({r['seed'] for r in rows if (r['task'], r['model']) == (task, model)})):.1f}"
         out.append(line)
     return markdown_table(out, ["task", "model", *methods, "all methods, one seed"])
 
 
-def missing(rows: Sequence[dict[str, Any]], spec: Path = SPEC) -> list[str]:
-    """The cells of the matrix's grid (its sweep spec) that have no row yet, as task-model-method-sSEED."""
-    grid = tomllib.loads(spec.read_text())["grid"]
+def missing(rows: Sequence[dict[str, Any]], grid: dict[str, Any]) -> list[str]:
+    """The cells of the matrix's grid (its sweep spec's `[grid]`) that have no row yet, as task-model-method-sSEED."""
     done = {(r["task"], r["model"], r["seed"], r["method"]) for r in rows}
     return [f"{t['name']}-{m}-{me}-s{s}" for t in grid["tasks"] for m in grid["models"] for s in grid["seeds"]
             for me in grid["methods"] if (t["name"], m, s, me) not in done]
@@ -204,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows.sort(key=lambda r: (order.get(r["task"], len(order)), order.get(r["model"], len(order)), r["seed"]))
     if not rows:
         raise SystemExit(f"no finished jobs in {args.sweep_dirs}; run `bbtune sweep benchmarks/specs/matrix.toml`")
-    left = missing(rows, Path(args.spec))
+    left = missing(rows, grid)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     checks = goals(rows)

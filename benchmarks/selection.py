@@ -178,9 +178,10 @@ def score_rules(tuner: Tuner, heldout: tuple, seed: int, calibrate: str, guard_a
     picks = rule_picks(tuner)
     picks.update(lever_picks(tuner, picks["dev_acc"]))
     train = score_examples(backend, tuner.manual_, task.train, fmt)  # the manual prompt on train, once
-    bias = manual_bias(tuner, train[0])
+    bias = run_bias(tuner, train[0])
     manual_dev = evaluation(score_examples(backend, tuner.manual_, task.dev, fmt), fmt.label_ids(task.dev), bias)
-    manual_key = selection_key(Selection.DEV_ACC, evaluation(train, tuner.task_.format.label_ids(tuner.task_.train), bias).loss, n_train, manual_dev)
+    manual_key = selection_key(Selection.DEV_ACC, evaluation(train, fmt.label_ids(task.train), bias).loss, n_train,
+                               manual_dev)
     decisions = {}
     for name in GUARDED:
         pick = picks[name]
@@ -238,17 +239,17 @@ def lever_picks(tuner: Tuner, default: Pick) -> dict[str, Pick]:
 def scored_pick(tuner: Tuner, z: np.ndarray) -> Pick:
     task, fmt = tuner.task_, tuner.task_.format
     prompt = tuner.prompt(z)
-    train = score_examples(tuner.backend, prompt, task.train, fmt)[0]
-    bias = fit_label_bias(train, tuner.task_.format.label_ids(tuner.task_.train)) if tuner.config.calibrate else None
-    train_ce = evaluation(train[None], tuner.task_.format.label_ids(tuner.task_.train), bias).loss
+    train = score_examples(tuner.backend, prompt, task.train, fmt)
+    bias = run_bias(tuner, train[0])
+    train_ce = evaluation(train, fmt.label_ids(task.train), bias).loss
     dev = evaluation(score_examples(tuner.backend, prompt, task.dev, fmt), fmt.label_ids(task.dev), bias)
     return Pick(z, bias, train_ce, dev)
 
 
-def manual_bias(tuner: Tuner, train_scores: np.ndarray) -> np.ndarray | None:
-    """The manual prompt's bias as the run fitted it, from its (B, L) scores on the run's own train task
-    (`tuner.task_`: with a cue start the template lost its cue, which the manual prompt then is); None when the
-    run does not calibrate."""
+def run_bias(tuner: Tuner, train_scores: np.ndarray) -> np.ndarray | None:
+    """A prompt's bias as the run fits it, from its (B, L) scores on the run's own train task (`tuner.task_`: with
+    a cue start the template lost its cue, which the manual prompt then is); None when the run does not
+    calibrate."""
     if not tuner.config.calibrate:
         return None
     return fit_label_bias(train_scores, tuner.task_.format.label_ids(tuner.task_.train))

@@ -47,6 +47,7 @@ METHODS = ("manual", "manual_calibrated", "in_context", "in_context_calibrated",
 _BBT_RUNS = {"bbt_soft": ("soft", "cma", "bbt_soft", "bbt_discrete"), "bbt_hard": ("hard", "cma", "bbt_hard", None),
              "random_search": ("soft", "random", "random_search", None)}
 _BBT_RUNS["bbt_discrete"] = _BBT_RUNS["bbt_soft"]
+_IN_CONTEXT_CALIBRATION = {name: calibration for calibration, name in IN_CONTEXT_METHODS.items()}  # method -> calibration
 
 
 @dataclass
@@ -76,8 +77,8 @@ class _Session:
             return run_manual(self.task, self.backend, seed)
         if method == "manual_calibrated":
             return run_manual_calibrated(self.task, self.backend, seed)
-        if method in IN_CONTEXT_METHODS.values():
-            calibration = next(c for c, name in IN_CONTEXT_METHODS.items() if name == method)
+        if method in _IN_CONTEXT_CALIBRATION:
+            calibration = _IN_CONTEXT_CALIBRATION[method]
             return run_in_context(self.task, self.backend, replace(s.in_context, seed=seed, calibration=calibration))
         if method == "prompt_tuning":
             return run_prompt_tuning(self.task, self.backend, replace(s.prompt_tuning, seed=seed))

@@ -74,7 +74,7 @@ def decide(tuned: Evaluation, manual: Evaluation, tuned_wins_by_key: bool, guard
     diff = np.asarray(manual.example_losses) - np.asarray(tuned.example_losses)
     wins = int(np.sum(np.asarray(tuned.example_correct) & ~np.asarray(manual.example_correct)))
     lost = int(np.sum(np.asarray(manual.example_correct) & ~np.asarray(tuned.example_correct)))
-    p, worse_p = mcnemar_p_value(wins, lost), sign_flip_p_value(-diff, seed)
+    p, (better_p, worse_p) = mcnemar_p_value(wins, lost), sign_flip_p_values(diff, seed)
     acc_margin, loss_margin = tuned.accuracy - manual.accuracy, manual.loss - tuned.loss
     if not tuned_wins_by_key:
         replace, reason = False, "the tuned prompt did not beat the manual prompt on dev by the selection rule"
@@ -95,7 +95,7 @@ def decide(tuned: Evaluation, manual: Evaluation, tuned_wins_by_key: bool, guard
     else:
         replace, reason = True, (f"the tuned prompt is better on dev ({wins} examples won, {lost} lost: McNemar "
                                  f"p = {p:.3f} <= {alpha})")
-    return Decision(replace, acc_margin, loss_margin, wins, lost, p, sign_flip_p_value(diff, seed), reason, worse_p)
+    return Decision(replace, acc_margin, loss_margin, wins, lost, p, better_p, reason, worse_p)
 
 
 def mcnemar_p_value(wins: int, losses: int) -> float:
@@ -105,11 +105,13 @@ def mcnemar_p_value(wins: int, losses: int) -> float:
     return float(sum(comb(n, k) for k in range(wins, n + 1)) / 2**n) if n else 1.0
 
 
-def sign_flip_p_value(diff: np.ndarray, seed: int = 0, draws: int = 4000) -> float:
-    """One-sided p-value of mean(diff) > 0 under random sign flips of the per-example differences (a paired
-    permutation test: no normality assumed, exact enough with 4000 draws)."""
+def sign_flip_p_values(diff: np.ndarray, seed: int = 0, draws: int = 4000) -> tuple[float, float]:
+    """One-sided p-values of mean(diff) > 0 and of mean(diff) < 0 under random sign flips of the per-example
+    differences (a paired permutation test: no normality assumed, exact enough with 4000 draws). Both sides come
+    from one null distribution: flipping the signs of -diff draws the same means."""
     if diff.size == 0 or not np.any(diff):
-        return 1.0
+        return 1.0, 1.0
     signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(draws, diff.size))
     null = (signs * np.abs(diff)).mean(axis=1)
-    return float((1 + np.sum(null >= diff.mean())) / (draws + 1))
+    return (float((1 + np.sum(null >= diff.mean())) / (draws + 1)),
+            float((1 + np.sum(null >= -diff.mean())) / (draws + 1)))
