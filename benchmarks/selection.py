@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -93,8 +94,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             cfg = TuneConfig(mode=args.mode, budget_calls=args.budget, seed=seed, eval_every=args.eval_every,
                              calibrate=calibrate == "on", select=Selection.DEV_ACC, p0=args.p0, alpha=args.alpha)
             tuner = Tuner(task, backend, cfg, progress=False)
+            started = time.perf_counter()
             tuner.run()
+            search_s = time.perf_counter() - started  # the search alone: what a bbt_soft job spends before test
             runs.append({"p0": args.p0, "alpha": args.alpha, "model": args.model, "data": Path(args.data).name,
+                         "search_wall_s": round(search_s, 3),
                          **score_rules(tuner, heldout, seed, calibrate, args.guard_alpha, test)})
             runs[-1] = with_guards(runs[-1], args.guard_alpha)
             print(json.dumps(runs[-1]["heldout_acc"]), flush=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -106,6 +107,7 @@ def test_matrix_takes_rows_from_a_selection_study_and_an_earlier_matrix(tmp_path
     defaults, behind the paired guard bbt_soft_paired); an earlier matrix.json's rows join them, the study winning
     a duplicate."""
     run = {"data": "sst2", "model": "/models/smollm2", "seed": 13, "calibrate": "on", "heldout_acc": {},
+           "search_wall_s": 90.0,
            "test_acc": {"manual": 0.70, "manual_calibrated": 0.75, "dev_acc": 0.81},
            "decisions": {"dev_acc": {"dev_acc_margin": 0.0625, "wins": 2, "losses": 0, "loss_p_value": 0.3,
                                      "loss_worse_p_value": 0.7, "reason": "..."}}}  # agree passes, paired does not
@@ -121,6 +123,11 @@ def test_matrix_takes_rows_from_a_selection_study_and_an_earlier_matrix(tmp_path
     acc = {r["method"]: r["test_acc"] for r in data["rows"]}
     assert acc == pytest.approx({"manual": 70.0, "manual_calibrated": 75.0, "bbt_soft": 81.0, "bbt_soft_paired": 75.0,
                                  "bbt_hard": 77.0})
+    walls = {r["method"]: r["wall_s"] for r in data["rows"]}
+    assert walls == {"manual": None, "manual_calibrated": None, "bbt_soft": 90.0, "bbt_soft_paired": None,
+                     "bbt_hard": 60.0}  # the study times BBT soft's search only
+    md = re.sub(" +", " ", (tmp_path / "out" / "matrix.md").read_text())
+    assert "| sst2 | smollm2 | 1.5 | 1.0 |" in md  # minutes: bbt_soft, bbt_hard
     gains = {g["method"]: g["gain"] for g in data["gains"]}
     assert gains["bbt_soft"] == pytest.approx(6.0) and gains["bbt_soft_paired"] == pytest.approx(0.0)
     assert "sst2-smollm2-prompt_tuning-s13" in data["unfinished"]
