@@ -8,8 +8,9 @@ Several sweep folders may be given (e.g. one sweep per seed, run one after anoth
 job found in two folders counted once (the first folder's). Rows can also come from an earlier matrix.json
 (`--rows`: sweep folders are not committed) and from the selection study's test columns (`--selection`, see
 `benchmarks/selection.py --test-limit`: the manual prompt raw and calibrated, BBT soft as the default returns it,
-and `bbt_soft_paired`, its pick behind the paired guard). Later sources win a duplicate: selection studies, then
-sweep folders, then earlier rows.
+and `bbt_soft_paired`, its pick behind the paired guard; where `benchmarks/demos_lever.py` augmented the study, also
+`in_context_train` and `bbt_soft_or_demos`). Later sources win a duplicate's accuracy: selection studies, then
+sweep folders, then earlier rows; a wall time the winner lacks is kept.
 Prints the Markdown tables (accuracy; wall time per job) and writes the three files. Cells missing from a
 partial sweep are left out and listed.
 """
@@ -31,7 +32,7 @@ from bbtune.core.table import markdown_table
 
 BASELINE = "manual_calibrated"
 ORDER = ("manual", "manual_calibrated", "in_context_calibrated", "in_context_train", "bbt_soft", "bbt_soft_paired",
-         "bbt_hard", "prompt_tuning")
+         "bbt_soft_or_demos", "bbt_hard", "prompt_tuning")
 OUT = ROOT / "benchmarks" / "results"
 SPEC = ROOT / "benchmarks" / "specs" / "matrix.toml"
 
@@ -50,8 +51,9 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 SELECTION_METHODS = {"manual": "manual", "manual_calibrated": "manual_calibrated", "dev_acc+agree": "bbt_soft",
-                     "dev_acc+paired": "bbt_soft_paired"}  # selection.py's test columns -> matrix methods (the
-# default run returns dev_acc's pick behind the agree guard)
+                     "dev_acc+paired": "bbt_soft_paired", "demos": "in_context_train",
+                     "default|demos": "bbt_soft_or_demos"}  # selection.py's test columns -> matrix methods (the
+# default run returns dev_acc's pick behind the agree guard; demos_lever.py adds the two last)
 
 
 def from_selection(path: Path) -> list[dict[str, Any]]:
@@ -197,7 +199,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     sources = ([r for path in args.rows for r in json.loads(Path(path).read_text())["rows"]]
                + [r for d in reversed(sweep_dirs) for r in collect(d)]
                + [r for path in args.selection for r in from_selection(Path(path))])  # later sources win a duplicate
-    rows = list({(r["task"], r["model"], r["seed"], r["method"]): r for r in sources}.values())
+    cells: dict[tuple, dict[str, Any]] = {}
+    for r in sources:  # a later source wins the accuracy; a wall time it lacks is kept from the earlier one
+        key = (r["task"], r["model"], r["seed"], r["method"])
+        earlier_wall = cells[key]["wall_s"] if key in cells else None
+        cells[key] = {**r, "wall_s": r["wall_s"] if r["wall_s"] is not None else earlier_wall}
+    rows = list(cells.values())
     grid = tomllib.loads(Path(args.spec).read_text())["grid"]
     order = {name: i for i, name in enumerate([t["name"] for t in grid["tasks"]] + list(grid["models"]))}
     rows.sort(key=lambda r: (order.get(r["task"], len(order)), order.get(r["model"], len(order)), r["seed"]))

@@ -132,8 +132,9 @@ def summary(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict
                 "below better baseline - 1": sum(w < -1.0 for w in worst),
                 "per seed": " ".join(f"{100 * a[rule]:.1f}" for a in have)}
 
-    rules = [r for r in BASELINES + RULES + LEVERS + tuple(f"{r}+{g}" for g in GUARDS for r in GUARDED)
-             if any(r in run["heldout_acc"] for run in runs)]
+    known = BASELINES + RULES + LEVERS + tuple(f"{r}+{g}" for g in GUARDS for r in GUARDED)
+    added = [r for run in runs for r in run["heldout_acc"] if r not in known]  # columns other scripts added
+    rules = [r for r in (*known, *dict.fromkeys(added)) if any(r in run["heldout_acc"] for run in runs)]
     by_group = []
     for group in dict.fromkeys((r.get("data", ""), Path(r.get("model", "")).name, r["calibrate"]) for r in runs):
         mine = [r for r in runs if (r.get("data", ""), Path(r.get("model", "")).name, r["calibrate"]) == group]
@@ -158,12 +159,26 @@ def with_guards(run: dict[str, Any], alpha: float) -> dict[str, Any]:
             continue
         acc = {k: v for k, v in run[split].items() if "+" not in k}
         for name, d in decisions.items():
-            won_by_key = not d["reason"].startswith("the tuned prompt did not beat")
-            for guard, passes in GUARDS.items():
+            for guard in GUARDS:
                 if name in acc:
-                    acc[f"{name}+{guard}"] = acc[name] if won_by_key and passes(d, alpha) else acc["manual_calibrated"]
+                    acc[f"{name}+{guard}"] = acc[name] if replaces(d, guard, alpha) else acc["manual_calibrated"]
         out[split] = acc
     return out
+
+
+def replaces(decision: dict[str, Any], guard: str, alpha: float) -> bool:
+    """Does a recorded decision's pick replace the calibrated manual prompt behind `guard`?"""
+    won_by_key = not decision["reason"].startswith("the tuned prompt did not beat")
+    return won_by_key and GUARDS[guard](decision, alpha)
+
+
+def returned_by_default(run: dict[str, Any], alpha: float) -> dict[str, float]:
+    """Dev accuracy and cross-entropy of what a run returns at the defaults: the dev_acc pick where it passes the
+    agree guard, else the calibrated manual prompt (its numbers from the decision's margins)."""
+    pick, d = run["dev"]["dev_acc"], (run.get("decisions") or {"dev_acc": run.get("decision")})["dev_acc"]
+    if replaces(d, "agree", alpha):
+        return {"acc": pick["acc"], "loss": pick["loss"]}
+    return {"acc": pick["acc"] - d["dev_acc_margin"], "loss": pick["loss"] + d["dev_loss_margin"]}
 
 
 def heldout_split(task: Task, train_file: Path, size: int, seed: int) -> tuple:

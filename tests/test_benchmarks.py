@@ -104,11 +104,13 @@ def test_matrix_summarizes_a_sweep(tmp_path, monkeypatch):
 
 def test_matrix_takes_rows_from_a_selection_study_and_an_earlier_matrix(tmp_path, monkeypatch):
     """selection.py's test columns become matrix rows (its dev_acc pick behind the agree guard is BBT soft at the
-    defaults, behind the paired guard bbt_soft_paired); an earlier matrix.json's rows join them, the study winning
-    a duplicate."""
+    defaults, behind the paired guard bbt_soft_paired; demos_lever.py's columns in_context_train and
+    bbt_soft_or_demos); an earlier matrix.json's rows join them, the study winning a duplicate's accuracy and the
+    earlier row keeping the wall time the study lacks."""
     run = {"data": "sst2", "model": "/models/smollm2", "seed": 13, "calibrate": "on", "heldout_acc": {},
            "search_wall_s": 90.0,
-           "test_acc": {"manual": 0.70, "manual_calibrated": 0.75, "dev_acc": 0.81},
+           "test_acc": {"manual": 0.70, "manual_calibrated": 0.75, "dev_acc": 0.81, "demos": 0.79,
+                        "default|demos": 0.81},
            "decisions": {"dev_acc": {"dev_acc_margin": 0.0625, "wins": 2, "losses": 0, "loss_p_value": 0.3,
                                      "loss_worse_p_value": 0.7, "reason": "..."}}}  # agree passes, paired does not
     (tmp_path / "sel.json").write_text(json.dumps({"runs": [run]}))
@@ -122,12 +124,64 @@ def test_matrix_takes_rows_from_a_selection_study_and_an_earlier_matrix(tmp_path
     data = json.loads((tmp_path / "out" / "matrix.json").read_text())
     acc = {r["method"]: r["test_acc"] for r in data["rows"]}
     assert acc == pytest.approx({"manual": 70.0, "manual_calibrated": 75.0, "bbt_soft": 81.0, "bbt_soft_paired": 75.0,
-                                 "bbt_hard": 77.0})
+                                 "in_context_train": 79.0, "bbt_soft_or_demos": 81.0, "bbt_hard": 77.0})
     walls = {r["method"]: r["wall_s"] for r in data["rows"]}
-    assert walls == {"manual": None, "manual_calibrated": None, "bbt_soft": 90.0, "bbt_soft_paired": None,
-                     "bbt_hard": 60.0}  # the study times BBT soft's search only
+    assert walls == {"manual": 5.0, "manual_calibrated": None, "bbt_soft": 90.0, "bbt_soft_paired": None,
+                     "in_context_train": None, "bbt_soft_or_demos": None,
+                     "bbt_hard": 60.0}  # the study times BBT soft's search only; manual's from the earlier row
     md = re.sub(" +", " ", (tmp_path / "out" / "matrix.md").read_text())
-    assert "| sst2 | smollm2 | 1.5 | 1.0 |" in md  # minutes: bbt_soft, bbt_hard
+    assert "| sst2 | smollm2 | 0.1 | 1.5 | 1.0 |" in md  # minutes: manual, bbt_soft, bbt_hard
     gains = {g["method"]: g["gain"] for g in data["gains"]}
     assert gains["bbt_soft"] == pytest.approx(6.0) and gains["bbt_soft_paired"] == pytest.approx(0.0)
     assert "sst2-smollm2-prompt_tuning-s13" in data["unfinished"]
+
+
+@pytest.fixture()
+def selection(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    sys.modules.pop("selection", None)
+    import selection as module  # demos_lever.py imports it by this name
+    return module
+
+
+def study_run(replaced: bool) -> dict:
+    """A selection run whose dev_acc pick (dev 0.75, CE 0.50) passed or failed the agree guard against the
+    calibrated manual prompt (dev 0.6875, CE 0.55)."""
+    decision = {"dev_acc_margin": 0.0625, "dev_loss_margin": 0.05, "wins": 3, "losses": 1, "loss_p_value": 0.2,
+                "loss_worse_p_value": 0.8 if replaced else 0.05, "reason": "..."}
+    return {"data": "sst2", "model": "smollm2", "seed": 13, "calibrate": "on",
+            "dev": {"dev_acc": {"acc": 0.75, "loss": 0.50, "train_ce": 0.4}}, "decisions": {"dev_acc": decision},
+            "heldout_acc": {"manual": 0.70, "manual_calibrated": 0.72, "dev_acc": 0.80},
+            "test_acc": {"manual": 0.71, "manual_calibrated": 0.73, "dev_acc": 0.79}}
+
+
+def test_what_a_run_returns_by_default_is_read_from_its_decision(selection):
+    assert selection.returned_by_default(study_run(True), 0.1) == {"acc": 0.75, "loss": 0.50}
+    refused = selection.returned_by_default(study_run(False), 0.1)  # the calibrated manual prompt, from the margins
+    assert refused == pytest.approx({"acc": 0.6875, "loss": 0.55})
+
+
+@pytest.mark.parametrize("replaced, demos_dev, takes", [
+    (True, {"acc": 0.78, "loss": 0.49}, True),     # beats the tuned pick on both
+    (True, {"acc": 0.78, "loss": 0.51}, False),    # more right, but the CE says otherwise
+    (True, {"acc": 0.75, "loss": 0.40}, False),    # a tie in accuracy keeps the run's answer
+    (False, {"acc": 0.72, "loss": 0.54}, True),    # the run kept the calibrated manual prompt: the bar is lower
+])
+def test_demonstrations_replace_the_default_answer_only_where_dev_accuracy_and_loss_agree(
+        selection, replaced, demos_dev, takes):
+    demos_lever = runpy.run_path(str(BENCH / "demos_lever.py"), run_name="demos_lever_script")
+    demos = {"dev": demos_dev, "heldout_acc": 0.90, "test_acc": 0.88}
+    run = demos_lever["with_demos"](selection.with_guards(study_run(replaced), 0.1), demos)
+    default = 0.80 if replaced else 0.72
+    assert run["demos"]["replaces_default"] is takes
+    assert run["heldout_acc"]["demos"] == 0.90 and run["test_acc"]["demos"] == 0.88
+    assert run["heldout_acc"]["default|demos"] == (0.90 if takes else default)
+    assert run["test_acc"]["default|demos"] == (0.88 if takes else (0.79 if replaced else 0.73))
+
+
+def test_the_selection_tables_carry_the_columns_other_scripts_add(selection):
+    runs = [{**study_run(True), "heldout_acc": {**study_run(True)["heldout_acc"], "demos": 0.9, "default|demos": 0.9}}]
+    _, overall = selection.summary([selection.with_guards(r, 0.1) for r in runs])
+    gains = {line["rule"]: line["gain over calibrated"] for line in overall}
+    assert gains["demos"] == pytest.approx(18.0) and gains["default|demos"] == pytest.approx(18.0)
+    assert list(gains)[-2:] == ["demos", "default|demos"]  # after the rules selection.py knows
