@@ -7,15 +7,18 @@ could score the demonstrations on dev as it scores the calibrated manual prompt,
 its own answer there. This script adds that candidate to finished selection studies (`benchmarks/selection.py`
 outputs, augmented in place; the search is not rerun): per run, the demonstrations' dev accuracy and
 cross-entropy, held-out accuracy (the same 200 pool examples) and, where the study scored test, test accuracy;
-then the rule
+then the rules
 
-    default|demos: the default's answer (the dev_acc pick behind the agree guard, else the calibrated manual
-                         prompt), replaced by the demonstrations when their dev accuracy is higher and their dev
-                         cross-entropy no higher (accuracy and loss agree)
+    default|demos      the default's answer (the dev_acc pick behind the agree guard, else the calibrated manual
+                       prompt), replaced by the demonstrations when their dev accuracy is higher and their dev
+                       cross-entropy no higher (accuracy and loss agree)
+    default|demos_acc  the same, by dev accuracy alone (higher: a tie keeps the run's answer)
 
-and `demos` alone, scored like every other rule by `selection.py`'s tables.
+and `demos` alone, scored like every other rule by `selection.py`'s tables. The rules are decided post hoc from
+the recorded numbers (`--tables` prints them again without a model).
 
     python benchmarks/demos_lever.py benchmarks/results/selection_levers/*.json --model smollm2
+    python benchmarks/demos_lever.py benchmarks/results/selection_levers/*.json --tables --out all.json
 """
 from __future__ import annotations
 
@@ -23,9 +26,10 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from selection import GUARD_ALPHA, heldout_split, returned_by_default, with_guards
+from selection import GUARD_ALPHA, heldout_split, returned_by_default, with_guards, write
+from task_args import ROOT
 from bbtune.backends.factory import LocalConfig
 from bbtune.baselines.incontext import InContextConfig, in_context_prompt
 from bbtune.search.evaluate import evaluate, fitted_bias
@@ -33,7 +37,10 @@ from bbtune.tasks import Placement, TaskConfig
 
 SHOTS_PER_CLASS = 2  # as the matrix's in-context rows
 DEFAULT = "dev_acc+agree"  # what `bbtune tune` returns at the defaults
-RULE = "default|demos"
+RULES: dict[str, Callable[[dict[str, float], dict[str, float]], bool]] = {  # do the demonstrations replace it?
+    "default|demos": lambda demos, answer: demos["acc"] > answer["acc"] and demos["loss"] <= answer["loss"],
+    "default|demos_acc": lambda demos, answer: demos["acc"] > answer["acc"],
+}
 
 
 def demos_columns(run: dict[str, Any], backend: Any, data_dir: Path, k: int, test_limit: int | None) -> dict[str, Any]:
@@ -56,24 +63,37 @@ def demos_columns(run: dict[str, Any], backend: Any, data_dir: Path, k: int, tes
 
 
 def with_demos(run: dict[str, Any], demos: dict[str, Any]) -> dict[str, Any]:
-    """The run with the `demos` and `RULE` columns (held-out and, where scored, test)."""
+    """The run (its guard columns decided) with the demonstrations' numbers and the `demos` and `RULES` columns
+    (held-out and, where scored, test)."""
+    run = with_guards(run, GUARD_ALPHA)
     answer_dev = returned_by_default(run, GUARD_ALPHA)
-    takes = demos["dev"]["acc"] > answer_dev["acc"] and demos["dev"]["loss"] <= answer_dev["loss"]
-    out = {**run, "demos": {**demos, "replaces_default": takes}}
+    takes = {rule: replaces(demos["dev"], answer_dev) for rule, replaces in RULES.items()}
+    out = {**run, "demos": {k: v for k, v in demos.items() if k != "replaces_default"}}
+    out["demos"]["replaces_default"] = takes
     for split in ("heldout_acc", "test_acc"):
         if split in run and split in demos:
             out[split] = {**run[split], "demos": demos[split],
-                          RULE: demos[split] if takes else run[split][DEFAULT]}
+                          **{rule: demos[split] if took else run[split][DEFAULT] for rule, took in takes.items()}}
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("studies", nargs="+", help="selection.py outputs (augmented in place)")
-    ap.add_argument("--model", required=True, help="only the studies of this model (one model per process)")
+    ap.add_argument("--model", default="", help="only the studies of this model (one model per process)")
+    ap.add_argument("--tables", action="store_true",
+                    help="no scoring: decide the rules from the recorded numbers, print the tables, write --out")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "selection_demos.json"))
     ap.add_argument("--data-root", default="", help="folder of the data sets (default: the studies' own paths)")
     ap.add_argument("--redo", action="store_true", help="score runs that already have the demonstrations again")
     args = ap.parse_args(argv)
+    if args.tables:
+        runs = [with_demos(r, r["demos"]) for path in args.studies for r in json.loads(Path(path).read_text())["runs"]
+                if "demos" in r]
+        write(Path(args.out), args, runs)
+        return
+    if not args.model:
+        ap.error("give --model (the studies of one model are scored per process), or --tables")
     backend = None
     for path in map(Path, args.studies):
         study = json.loads(path.read_text())
@@ -89,8 +109,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 continue
             backend = backend or LocalConfig(model=args.model).build()
             spec = {**run, "preset": study_args["preset"], "n_heldout": study_args["heldout"]}
-            runs.append(with_demos(with_guards(run, GUARD_ALPHA),
-                                   demos_columns(spec, backend, data_dir, study_args["k"], test_limit)))
+            runs.append(with_demos(run, demos_columns(spec, backend, data_dir, study_args["k"], test_limit)))
             print(f"{path.name} seed {run['seed']}: {json.dumps(runs[-1]['demos'])}", flush=True)
         study["runs"] = runs
         tmp = path.with_suffix(".tmp")

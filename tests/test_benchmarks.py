@@ -161,22 +161,25 @@ def test_what_a_run_returns_by_default_is_read_from_its_decision(selection):
     assert refused == pytest.approx({"acc": 0.6875, "loss": 0.55})
 
 
-@pytest.mark.parametrize("replaced, demos_dev, takes", [
-    (True, {"acc": 0.78, "loss": 0.49}, True),     # beats the tuned pick on both
-    (True, {"acc": 0.78, "loss": 0.51}, False),    # more right, but the CE says otherwise
-    (True, {"acc": 0.75, "loss": 0.40}, False),    # a tie in accuracy keeps the run's answer
-    (False, {"acc": 0.72, "loss": 0.54}, True),    # the run kept the calibrated manual prompt: the bar is lower
+@pytest.mark.parametrize("replaced, demos_dev, takes, takes_by_acc", [
+    (True, {"acc": 0.78, "loss": 0.49}, True, True),     # beats the tuned pick on both
+    (True, {"acc": 0.78, "loss": 0.51}, False, True),    # more right, but the CE says otherwise
+    (True, {"acc": 0.75, "loss": 0.40}, False, False),   # a tie in accuracy keeps the run's answer
+    (False, {"acc": 0.72, "loss": 0.54}, True, True),    # the run kept the calibrated manual prompt: the bar is lower
 ])
-def test_demonstrations_replace_the_default_answer_only_where_dev_accuracy_and_loss_agree(
-        selection, replaced, demos_dev, takes):
+def test_demonstrations_replace_the_default_answer_only_where_their_rule_says(
+        selection, replaced, demos_dev, takes, takes_by_acc):
     demos_lever = runpy.run_path(str(BENCH / "demos_lever.py"), run_name="demos_lever_script")
     demos = {"dev": demos_dev, "heldout_acc": 0.90, "test_acc": 0.88}
-    run = demos_lever["with_demos"](selection.with_guards(study_run(replaced), 0.1), demos)
-    default = 0.80 if replaced else 0.72
-    assert run["demos"]["replaces_default"] is takes
+    run = demos_lever["with_demos"](study_run(replaced), demos)
+    default_heldout, default_test = (0.80, 0.79) if replaced else (0.72, 0.73)
+    assert run["demos"]["replaces_default"] == {"default|demos": takes, "default|demos_acc": takes_by_acc}
     assert run["heldout_acc"]["demos"] == 0.90 and run["test_acc"]["demos"] == 0.88
-    assert run["heldout_acc"]["default|demos"] == (0.90 if takes else default)
-    assert run["test_acc"]["default|demos"] == (0.88 if takes else (0.79 if replaced else 0.73))
+    for rule, took in run["demos"]["replaces_default"].items():
+        assert run["heldout_acc"][rule] == (0.90 if took else default_heldout)
+        assert run["test_acc"][rule] == (0.88 if took else default_test)
+    again = demos_lever["with_demos"](run, run["demos"])  # --tables decides them again from the record
+    assert again["demos"]["replaces_default"] == run["demos"]["replaces_default"]
 
 
 def test_the_selection_tables_carry_the_columns_other_scripts_add(selection):
