@@ -18,7 +18,7 @@ and `demos` alone, scored like every other rule by `selection.py`'s tables. The 
 the recorded numbers (`--tables` prints them again without a model).
 
     python benchmarks/demos_lever.py benchmarks/results/selection_levers/*.json --model smollm2
-    python benchmarks/demos_lever.py benchmarks/results/selection_levers/*.json --tables --out all.json
+    python benchmarks/demos_lever.py benchmarks/results/selection_levers/*.json --tables   # selection_levers.json
 """
 from __future__ import annotations
 
@@ -82,14 +82,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("studies", nargs="+", help="selection.py outputs (augmented in place)")
     ap.add_argument("--model", default="", help="only the studies of this model (one model per process)")
     ap.add_argument("--tables", action="store_true",
-                    help="no scoring: decide the rules from the recorded numbers, print the tables, write --out")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "selection_demos.json"))
+                    help="no scoring: decide the rules from the recorded numbers, print selection.py's tables over "
+                         "all the studies (runs without the demonstrations too), write --out")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "selection_levers.json"))
     ap.add_argument("--data-root", default="", help="folder of the data sets (default: the studies' own paths)")
     ap.add_argument("--redo", action="store_true", help="score runs that already have the demonstrations again")
     args = ap.parse_args(argv)
     if args.tables:
-        runs = [with_demos(r, r["demos"]) for path in args.studies for r in json.loads(Path(path).read_text())["runs"]
-                if "demos" in r]
+        runs = [with_demos(r, r["demos"]) if "demos" in r else with_guards(r, GUARD_ALPHA)
+                for path in args.studies for r in json.loads(Path(path).read_text())["runs"]]
         write(Path(args.out), args, runs)
         return
     if not args.model:

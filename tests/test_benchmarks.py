@@ -188,3 +188,15 @@ def test_the_selection_tables_carry_the_columns_other_scripts_add(selection):
     gains = {line["rule"]: line["gain over calibrated"] for line in overall}
     assert gains["demos"] == pytest.approx(18.0) and gains["default|demos"] == pytest.approx(18.0)
     assert list(gains)[-2:] == ["demos", "default|demos"]  # after the rules selection.py knows
+
+
+def test_the_demos_tables_cover_every_study_with_or_without_the_demonstrations(selection, tmp_path):
+    demos_lever = runpy.run_path(str(BENCH / "demos_lever.py"), run_name="demos_lever_script")
+    scored = demos_lever["with_demos"](study_run(True), {"dev": {"acc": 0.9, "loss": 0.3}, "heldout_acc": 0.9,
+                                                         "test_acc": 0.9})
+    (tmp_path / "a.json").write_text(json.dumps({"runs": [scored]}))
+    (tmp_path / "b.json").write_text(json.dumps({"runs": [{**study_run(False), "seed": 42}]}))
+    demos_lever["main"]([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--tables", "--out", str(tmp_path / "t.json")])
+    overall = {line["rule"]: line for line in json.loads((tmp_path / "t.json").read_text())["overall"]}
+    assert overall["manual_calibrated"]["runs"] == 2 and overall["dev_acc+agree"]["runs"] == 2
+    assert overall["default|demos"]["runs"] == 1 and overall["default|demos"]["held-out acc"] == pytest.approx(90.0)
