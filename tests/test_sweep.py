@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -220,3 +222,41 @@ def test_a_sweep_wide_request_limit_holds_across_workers_against_a_server(tmp_pa
     for job in s.jobs:  # each job stopped at its share (200 calls would need far more) and kept what it finished
         metrics = load_run(job_folder(result.out_dir, job.name) / RUN).metrics
         assert metrics["backend_stats"]["requests"] <= 30 and "request limit" in metrics["stopped_by"]
+
+
+PARENT = """
+import os, sys, time
+from bbtune.app.executors import PoolRunner
+runner = PoolRunner(1, 1)
+runner.submit(os.getpid)
+(_, worker), = runner.wait()
+runner.submit(time.sleep, 120)  # a long job the worker is busy with when the sweep dies
+print(worker, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+def test_pool_workers_die_with_the_sweep_process():
+    """A sweep killed outright (SIGKILL: no cleanup runs) leaves no worker running its job on a core."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(parent.stdout.readline())
+        os.kill(worker, 0)  # alive while its parent is
+        parent.kill()
+        parent.wait(timeout=30)
+        deadline = time.time() + 30
+        while _alive(worker):
+            assert time.time() < deadline, f"worker {worker} outlived the killed sweep process"
+            time.sleep(0.1)
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie waiting for its reaper counts as gone
+        return f.read().split(") ")[-1][0] != "Z"

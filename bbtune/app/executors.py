@@ -5,7 +5,8 @@ arguments, and hand back what it returned or the `WorkerDied` that stopped it; n
   worker: no forked torch threads or CUDA state), sized by `pool_size` to the cores and the memory (one model per
   worker), each worker with ``cores // workers`` torch threads so workers do not fight over cores. A worker
   killed mid-job (``kill -9``, the OOM killer) breaks the pool: the jobs it held come back as `WorkerDied` and
-  the next `submit` starts a new pool.
+  the next `submit` starts a new pool. The other way round, workers die with the sweep process (Linux), so a
+  killed sweep leaves no job running; `--resume` finishes it.
 - `RayRunner`: each job a Ray task declaring ``num_cpus``, ``num_gpus`` and ``memory``; Ray places it on any node,
   so the sweep folder must be on storage every node sees. Ray is optional (``pip install 'bbtune[ray]'``) and
   imported only here, only when asked for.
@@ -15,8 +16,11 @@ arguments, and hand back what it returned or the `WorkerDied` that stopped it; n
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -67,6 +71,25 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Linux: the kernel sends this worker SIGTERM when the sweep process dies (killed, even by SIGKILL), so a
+    stopped sweep never leaves workers running jobs on its cores; elsewhere a no-op. A parent already gone before
+    the request took effect is caught by the pid check."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def init_worker(threads: int, parent_pid: int) -> None:
+    die_with_parent(parent_pid)
+    set_threads(threads)
+
+
 class PoolRunner:
     """Jobs on a local `spawn` process pool; see the module docstring."""
 
@@ -84,7 +107,7 @@ class PoolRunner:
     def _live_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=set_threads, initargs=(self.threads,))
+                                             initializer=init_worker, initargs=(self.threads, os.getpid()))
         return self._pool
 
     def submit(self, fn: Callable[..., Any], *args: Any, tag: Any = None) -> None:
