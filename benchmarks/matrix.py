@@ -79,17 +79,19 @@ def gains(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def wall_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Task x model rows; per method the mean wall time of one job (one seed) in minutes, and the cell's total."""
-    rows = [r for r in rows if r["wall_s"] is not None]  # a selection study times no method on its own
+    """Task x model rows; per method the mean wall time of one job (one seed) in minutes, and their sum (one seed
+    of every method timed there: methods may be timed on different seeds)."""
+    rows = [r for r in rows if r["wall_s"] is not None]  # a selection study times BBT soft's search alone
     methods = [m for m in ORDER if any(r["method"] == m for r in rows)]
     out = []
     for task, model in dict.fromkeys((r["task"], r["model"]) for r in rows):
         line: dict[str, Any] = {"task": task, "model": model}
+        means = []
         for method in methods:
             walls = [r["wall_s"] for r in rows if (r["task"], r["model"], r["method"]) == (task, model, method)]
-            line[method] = f"{statistics.fmean(walls) / 60:.1f}" if walls else "-"
-        per_seed = [r["wall_s"] for r in rows if (r["task"], r["model"]) == (task, model)]
-        line["all methods, one seed"] = f"{sum(per_seed) / 60 / max(1, len({r['seed'] for r in rows if (r['task'], r['model']) == (task, model)})):.1f}"
+            means += [statistics.fmean(walls) / 60] if walls else []
+            line[method] = f"{means[-1]:.1f}" if walls else "-"
+        line["all methods, one seed"] = f"{sum(means):.1f}"
         out.append(line)
     return markdown_table(out, ["task", "model", *methods, "all methods, one seed"])
 

@@ -130,7 +130,7 @@ def test_matrix_takes_rows_from_a_selection_study_and_an_earlier_matrix(tmp_path
                      "in_context_train": None, "bbt_soft_or_demos": None,
                      "bbt_hard": 60.0}  # the study times BBT soft's search only; manual's from the earlier row
     md = re.sub(" +", " ", (tmp_path / "out" / "matrix.md").read_text())
-    assert "| sst2 | smollm2 | 0.1 | 1.5 | 1.0 |" in md  # minutes: manual, bbt_soft, bbt_hard
+    assert "| sst2 | smollm2 | 0.1 | 1.5 | 1.0 | 2.6 |" in md  # minutes: manual, bbt_soft, bbt_hard, their sum
     gains = {g["method"]: g["gain"] for g in data["gains"]}
     assert gains["bbt_soft"] == pytest.approx(6.0) and gains["bbt_soft_paired"] == pytest.approx(0.0)
     assert "sst2-smollm2-prompt_tuning-s13" in data["unfinished"]
