@@ -46,8 +46,9 @@ RULES: dict[str, Callable[[dict[str, float], dict[str, float]], bool]] = {  # do
 def demos_columns(run: dict[str, Any], backend: Any, data_dir: Path, k: int, test_limit: int | None) -> dict[str, Any]:
     """The demonstrations of the run's seed on dev (accuracy, CE), held-out and test (accuracies), as
     `in_context_train` scores them: prefix placement, a bias per label fitted on the train split."""
-    seed, preset = int(run["seed"]), run["preset"]
-    task = TaskConfig(data=str(data_dir), preset=preset, k=k, data_seed=seed, test_limit=1).load()
+    seed = int(run["seed"])
+    task = TaskConfig(data=str(data_dir), preset=run["preset"], k=k, data_seed=seed,
+                      test_limit=1 if test_limit is None else test_limit).load()  # the study's test sample
     heldout = heldout_split(task, data_dir / "train.jsonl", run["n_heldout"], seed)
     task = task.with_placement(Placement.PREFIX)
     prompt = in_context_prompt(task, backend.vocabulary().tokenizer,
@@ -57,8 +58,7 @@ def demos_columns(run: dict[str, Any], backend: Any, data_dir: Path, k: int, tes
     out = {"dev": {"acc": dev.accuracy, "loss": dev.loss},
            "heldout_acc": evaluate(backend, prompt, heldout, task.format, label_bias=bias).accuracy}
     if test_limit is not None:
-        test = TaskConfig(data=str(data_dir), preset=preset, k=k, data_seed=seed, test_limit=test_limit).load().test
-        out["test_acc"] = evaluate(backend, prompt, test, task.format, label_bias=bias).accuracy
+        out["test_acc"] = evaluate(backend, prompt, task.test, task.format, label_bias=bias).accuracy
     return out
 
 
@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(study, indent=2))
         os.replace(tmp, path)  # a killed run leaves the study as it was
-    print("tables: python benchmarks/selection.py --merge STUDIES... --out ALL.json")
+    print("tables: python benchmarks/demos_lever.py STUDIES... --tables")
 
 
 if __name__ == "__main__":

@@ -152,7 +152,7 @@ def summary(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict
 def with_guards(run: dict[str, Any], alpha: float) -> dict[str, Any]:
     """A run with its RULE+GUARD columns (held-out and, where scored, test) decided from its recorded decisions;
     a run from before the levers (one `decision`, the dev_acc pick's) gets them for dev_acc alone."""
-    decisions = run.get("decisions") or {"dev_acc": run["decision"]}
+    decisions = recorded_decisions(run)
     out = {**run, "decisions": decisions}
     for split in ("heldout_acc", "test_acc"):
         if split not in run:
@@ -166,6 +166,11 @@ def with_guards(run: dict[str, Any], alpha: float) -> dict[str, Any]:
     return out
 
 
+def recorded_decisions(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each pick's recorded decision; a run from before the levers has one `decision`, the dev_acc pick's."""
+    return run.get("decisions") or {"dev_acc": run["decision"]}
+
+
 def replaces(decision: dict[str, Any], guard: str, alpha: float) -> bool:
     """Does a recorded decision's pick replace the calibrated manual prompt behind `guard`?"""
     won_by_key = not decision["reason"].startswith("the tuned prompt did not beat")
@@ -175,7 +180,7 @@ def replaces(decision: dict[str, Any], guard: str, alpha: float) -> bool:
 def returned_by_default(run: dict[str, Any], alpha: float) -> dict[str, float]:
     """Dev accuracy and cross-entropy of what a run returns at the defaults: the dev_acc pick where it passes the
     agree guard, else the calibrated manual prompt (its numbers from the decision's margins)."""
-    pick, d = run["dev"]["dev_acc"], (run.get("decisions") or {"dev_acc": run.get("decision")})["dev_acc"]
+    pick, d = run["dev"]["dev_acc"], recorded_decisions(run)["dev_acc"]
     if replaces(d, "agree", alpha):
         return {"acc": pick["acc"], "loss": pick["loss"]}
     return {"acc": pick["acc"] - d["dev_acc_margin"], "loss": pick["loss"] + d["dev_loss_margin"]}

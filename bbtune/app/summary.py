@@ -57,6 +57,7 @@ def decision_line(metrics: dict[str, Any]) -> str:
         return "decision: no manual prompt was scored (this backend takes no hard prompts); the tuned prompt is returned"
     manual = "the manual prompt" if "answer_metric" in metrics else "the calibrated manual prompt"
     kept = "the tuned prompt" if d["replace"] else manual
+    # 0.0 - margin, not -margin: a zero margin prints +0.000, not -0.000
     return (f"decision: returned {kept}; dev margin {100 * d['dev_acc_margin']:+.1f} points, {d['wins']} examples won "
             f"and {d['losses']} lost (McNemar p = {d['p_value']:.2f}), dev cross-entropy {0.0 - d['dev_loss_margin']:+.3f}: "
             f"{d['reason']}")
