@@ -23,7 +23,8 @@ The calls a notebook makes:
 - `sweep(spec, out=..., workers=..., ray_address=...)` -> `SweepResult`: a grid of tasks x models x methods x
   seeds (a TOML file) run on a process pool or Ray, each job a folder, one report over all.
 - `PromptClassifier`: a scikit-learn estimator (fit/predict/predict_proba/score) for pipelines and grid search.
-- Backends: `LocalBackend` (transformers, CPU/GPU), `RemoteBackend` + `RemoteConfig` (OpenAI-compatible APIs).
+- Backends: `LocalBackend` (transformers, CPU/GPU), `RemoteBackend` + `RemoteConfig` (OpenAI-compatible APIs);
+  `AnswerRules`: how a text-only server's answer names a label (`RemoteConfig.answer_rules(task.format)`).
 """
 from importlib import metadata as _metadata
 
@@ -40,13 +41,14 @@ from bbtune.estimator import PromptClassifier
 from bbtune.runs.load import Prediction, TunedRun, load_run
 from bbtune.runs.tuner import TuneConfig, TuneResult
 from bbtune.tasks import Example, Task, TaskConfig, TaskFormat, Template
+from bbtune.tasks.answers import AnswerRules
 
 try:
     __version__ = _metadata.version("bbtune")
 except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["Backend", "BBTuneError", "Comparison", "Example", "HardPrompt", "LocalBackend", "MethodSettings",
+__all__ = ["AnswerRules", "Backend", "BBTuneError", "Comparison", "Example", "HardPrompt", "LocalBackend", "MethodSettings",
            "Prediction", "PromptClassifier", "RemoteBackend", "RemoteConfig", "SoftPrompt", "SweepConfig", "SweepResult",
            "SweepSpec", "Task", "TaskConfig", "TaskFormat", "Template", "TuneConfig", "TuneResult", "TunedRun",
            "__version__", "backend_for", "compare", "load_run", "load_task", "sweep", "tune"]

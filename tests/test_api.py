@@ -34,6 +34,12 @@ def test_help_shows_the_api():
     assert (ROOT / "bbtune" / "py.typed").exists()
 
 
+def test_a_text_servers_answer_rules_are_public(tiny_task):
+    rules = bbtune.RemoteConfig(answer_synonyms="positive=great").answer_rules(tiny_task.format)
+    assert isinstance(rules, bbtune.AnswerRules)
+    assert rules.label("Great!") == "positive" and rules.label("no idea") is None
+
+
 def test_tune_then_predict_in_memory_and_from_the_folder(tiny_task, tmp_path):
     in_memory = bbtune.tune(tiny_task, model="tiny", seed=3, **SMALL)
     saved = bbtune.tune(tiny_task, model="tiny", seed=3, run_dir=tmp_path / "run", **SMALL)

@@ -170,6 +170,21 @@ models = ["tiny"]\ntasks = [{{name = "demo", data = "demo", k = 2, test_limit = 
     assert not (tmp_path / "never").exists()
 
 
+def test_dry_run_loads_each_model_once_not_once_per_job(tmp_path, monkeypatch, capsys):
+    from bbtune.backends.factory import LocalConfig
+
+    built = []
+    real_build = LocalConfig.build
+    monkeypatch.setattr(LocalConfig, "build", lambda self: built.append(self.model) or real_build(self))
+    path = tmp_path / "grid.toml"
+    path.write_text(f"""[sweep]\nout = "{tmp_path / 'never'}"\n[grid]\nmethods = ["manual", "bbt_soft"]\nseeds = [1, 2]
+models = ["tiny", "tiny-gemma"]\ntasks = [{{name = "demo", data = "demo", k = 2, test_limit = 8}}]\n
+[settings]\nbudget_calls = 20\npopsize = 10\nintrinsic_dim = 8\n""")
+    assert main(["sweep", str(path), "--dry-run", "--workers", "1"]) == 0
+    assert "total (8 jobs)" in capsys.readouterr().out
+    assert sorted(built) == ["tiny", "tiny-gemma"]
+
+
 @pytest.mark.parametrize("data, match", [
     ({"grid": {"method": ["manual"]}}, "unknown keys"),
     ({"grid": {"methods": ["nope"]}}, "not known"),

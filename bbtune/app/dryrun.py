@@ -185,10 +185,20 @@ def _row_tokens(call: _Call, tokenizer: Any) -> list[int]:
 # ---------------------------------------------------------------------- the CLI's entry points
 
 
-def shape_backend(kind: str, local: Any, remote: Any) -> tuple[ShapeBackend, Pricing]:
+def shape_backend(kind: str, local: Any, remote: Any,
+                  references: dict[Any, Backend] | None = None) -> tuple[ShapeBackend, Pricing]:
     """A ShapeBackend standing for the backend the CLI would build (`local`: LocalConfig, `remote`: RemoteConfig),
-    with the pricing of that backend; only the local reference model is loaded."""
+    with the pricing of that backend; only the local reference model is loaded. `references` keeps the loaded
+    models by config, so a sweep's jobs on one model load it once (a ShapeBackend itself is per run: it records
+    that run's calls)."""
     from bbtune.backends.local import LocalBackend
+
+    def loaded(key: Any, load: Any) -> Backend:
+        if references is None:
+            return load()
+        if key not in references:
+            references[key] = load()
+        return references[key]
 
     if kind == "remote":
         if not remote.local_model:
@@ -196,11 +206,11 @@ def shape_backend(kind: str, local: Any, remote: Any) -> tuple[ShapeBackend, Pri
 
             raise ConfigError("--dry-run counts tokens with the model's own tokenizer: set --remote-local-model "
                               "to the same model locally (a HF folder, a .gguf, 'smollm2' or 'tiny')")
-        reference = LocalBackend(remote.local_model)
+        reference = loaded(("remote", remote.local_model), lambda: LocalBackend(remote.local_model))
         caps = Capabilities(soft=remote.mode.value == "prompt_embeds", hard=True, gradients=False, generate=True,
                             logprobs=remote.mode.value != "text")
         return ShapeBackend(reference, caps, f"remote:{remote.model}"), Pricing.remote(remote, reference.tokenizer)
-    reference = local.build()
+    reference = loaded(("local", local), local.build)
     return ShapeBackend(reference, reference.capabilities, reference.name), Pricing()
 
 
@@ -252,14 +262,15 @@ def dry_run_compare(config: Any, task: Any, local: Any, tune_config: Any) -> dic
 
 
 def dry_run_method(task: Any, kind: str, local: Any, remote: Any, method: str, seed: int, settings: Any,
-                   grad_steps: int) -> Estimate:
-    """What one method on one seed (a sweep's job) would spend at most, on the backend the job would build."""
+                   grad_steps: int, references: dict[Any, Backend] | None = None) -> Estimate:
+    """What one method on one seed (a sweep's job) would spend at most, on the backend the job would build
+    (`references`: see `shape_backend`)."""
     from dataclasses import replace
 
     from bbtune.app.compare import compare
 
     if method in GRADIENT_METHODS:
         return Estimate(calls=grad_steps, notes=[f"{method}: {grad_steps} local gradient steps (counted as calls)"])
-    backend, pricing = shape_backend(kind, local, remote)
+    backend, pricing = shape_backend(kind, local, remote, references)
     compare(lambda s: replace(task, data_seed=s).load(), backend, (method,), (seed,), settings, None, progress=False)
     return price(backend.calls, backend.vocabulary().tokenizer, pricing)

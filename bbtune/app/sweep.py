@@ -269,12 +269,13 @@ def dry_run_sweep(spec: SweepSpec) -> str:
 
     shares = spec.limit_shares()
     rows, totals = [], {"calls": 0, "requests": 0, "cost": 0.0}
+    references: dict[Any, Any] = {}  # each model loaded once, not once per job
     for job in spec.jobs:
         job = job.with_limits(shares)
         kind, local, remote = job.backend_configs()
         grad_steps = int(job.settings.get("grad_steps", 100))
         est = dry_run_method(job.task_config(), kind, local, remote, job.method, job.seed, job.method_settings(),
-                             grad_steps)
+                             grad_steps, references)
         totals["calls"] += est.calls
         totals["requests"] += est.requests or 0
         totals["cost"] += est.cost or 0.0

@@ -155,7 +155,8 @@ class RemoteConfig:
         except ValueError:
             raise ConfigError(f"mode {self.mode!r} is not one of {[m.value for m in ScoreMode]}") from None
         object.__setattr__(self, "extra_headers", _headers(self.extra_headers))
-        object.__setattr__(self, "answer_synonyms", tuple(self.answer_synonyms))
+        synonyms = self.answer_synonyms  # one 'LABEL=word' string is one entry, not a sequence of characters
+        object.__setattr__(self, "answer_synonyms", (synonyms,) if isinstance(synonyms, str) else tuple(synonyms))
         parse_synonyms(self.answer_synonyms)  # a malformed entry fails here, not at the first score
         for name in ("local_model", "cache_dir"):
             object.__setattr__(self, name, getattr(self, name) or "")
