@@ -47,6 +47,32 @@ def test_prompt_tuning_loss_decreases(tiny_backend, tiny_task):
     assert isinstance(trained.best, SoftPrompt) and trained.best.embeds.shape == init.shape
 
 
+@pytest.mark.parametrize("view", [_AsIs(), "pez"])
+def test_a_step_accumulated_within_the_memory_budget_equals_the_whole_batch_at_once(tiny_task, view):
+    """A step's graph over many long examples outgrew the machine (12 GB, AG News); the step is cut into parts
+    whose backward fits the budget, and the gradient stays the whole batch's mean."""
+    roomy = LocalBackend("tiny")
+    tight = LocalBackend("tiny", memory_budget_mb=0.3)
+    config = PromptTuningConfig(steps=3, batch_size=0, eval_every=3, prompt_tokens=3, lr=1.0, seed=0)
+    init = initial_embeds(roomy.vocabulary(), 3, "vocab", "", seed=0)
+    assert len(roomy.train_slices(3, tiny_task.train, tiny_task.format)) == 1
+    parts = tight.train_slices(3, tiny_task.train, tiny_task.format)
+    assert len(parts) > 1 and [i for s in parts for i in range(s.start, s.stop)] == list(range(len(tiny_task.train)))
+    views = [(_Projected(b, Discretizer(b.vocabulary())) if view == "pez" else view) for b in (roomy, tight)]
+    whole, cut = (train_prompt(tiny_task, b, init, v, config) for b, v in zip((roomy, tight), views))
+    np.testing.assert_allclose(cut.losses, whole.losses, rtol=1e-5)
+    assert len(set(whole.losses)) > 1  # the steps moved the prompt: equal losses are not equal starts alone
+    if view == "pez":
+        assert cut.best.token_ids == whole.best.token_ids
+    else:
+        torch.testing.assert_close(cut.best.embeds, whole.best.embeds, rtol=1e-4, atol=1e-5)
+
+
+def test_a_budget_too_small_to_train_one_example_names_the_fix(tiny_task):
+    with pytest.raises(ConfigError, match="too small to train through one sequence.*raise memory_budget_mb"):
+        LocalBackend("tiny", memory_budget_mb=0.001).train_slices(3, tiny_task.train, tiny_task.format)
+
+
 def test_prompt_tuning_record_counts_calls_and_passes(tiny_backend, tiny_task):
     result = run_prompt_tuning(tiny_task, tiny_backend, PromptTuningConfig(**FAST, seed=1))
     assert result.method == "prompt_tuning" and result.seed == 1 and result.prompt_text is None

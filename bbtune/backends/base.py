@@ -164,6 +164,11 @@ class GradientBackend(Backend, Protocol):
         """Differentiable (P, B, L) label log-probs of prompts given as embeddings."""
         ...
 
+    def train_slices(self, n_prompt_tokens: int, examples: Sequence["Example"], fmt: "TaskFormat") -> list[slice]:
+        """Slices of `examples` whose forward and backward fit the backend's memory together: one gradient
+        step accumulates over them."""
+        ...
+
 
 def gradient_backend(backend: Backend) -> GradientBackend:
     """`backend` as a `GradientBackend`, or a `CapabilityError` naming what to use instead."""

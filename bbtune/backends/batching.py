@@ -29,8 +29,8 @@ class BatchPlanner:
         self.config, self.element_size, self.budget_bytes, self.full_logits = config, element_size, budget_bytes, full_logits
         self.log: list[ForwardBatch] = []  # every forward batch, as sized by the memory budget
 
-    def row_bytes(self, cached_len: int, new_len: int) -> int:
-        """Conservative bytes one row needs in a forward: KV of all layers, per-layer activations, logits."""
+    def _row_parts(self, cached_len: int, new_len: int) -> tuple[int, int, int]:
+        """One row's bytes: (KV of all layers, one layer's activations and attention scores, logits)."""
         c, elt = self.config, self.element_size
         heads = c.num_attention_heads
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
@@ -40,7 +40,11 @@ class BatchPlanner:
         act = new_len * (12 * c.hidden_size + 4 * getattr(c, "intermediate_size", 4 * c.hidden_size)) * elt
         attn = 2 * heads * new_len * total * 4
         logits = 2 * getattr(c, "vocab_size", 50000) * 4 * (new_len if self.full_logits else 1)
-        return kv + act + attn + logits
+        return kv, act + attn, logits
+
+    def row_bytes(self, cached_len: int, new_len: int) -> int:
+        """Conservative bytes one row needs in a forward: KV of all layers, per-layer activations, logits."""
+        return sum(self._row_parts(cached_len, new_len))
 
     def per_row(self, cached_len: int, new_len: int) -> int:
         per_row = self.row_bytes(cached_len, new_len)
@@ -57,11 +61,27 @@ class BatchPlanner:
     def chunks(self, n_rows: int, cached_len: int, new_len: int) -> list[slice]:
         """Slices of rows, each a forward batch within the memory budget, as even as possible (2 x 160, not 314 + 6)."""
         per_row = self.per_row(cached_len, new_len)
-        n_batches = -(-n_rows // (self.budget_bytes // per_row))
-        bounds = [i * n_rows // n_batches for i in range(n_batches + 1)]
-        for start, stop in zip(bounds, bounds[1:]):
-            self._log(stop - start, per_row, cached_len, new_len)
-        return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
+        parts = _even(n_rows, self.budget_bytes // per_row)
+        for part in parts:
+            self._log(part.stop - part.start, per_row, cached_len, new_len)
+        return parts
+
+    def train_row_bytes(self, new_len: int, forwards: int = 1) -> int:
+        """Bytes one row holds until the backward pass: every layer's activations stay alive for the gradient
+        (a forward alone frees each layer's as the next one runs), for each of its `forwards` (the label trie's
+        steps), plus the kept logits."""
+        kv, layer, logits = self._row_parts(0, new_len)
+        return forwards * (kv + self.config.num_hidden_layers * layer + logits)
+
+    def train_chunks(self, n_rows: int, new_len: int, forwards: int = 1) -> list[slice]:
+        """Slices of rows whose forward and backward fit the budget together: a gradient step accumulates over
+        them instead of holding the whole batch's graph at once."""
+        per_row = self.train_row_bytes(new_len, forwards)
+        if per_row > self.budget_bytes:
+            raise ConfigError(
+                f"memory_budget_mb={self.budget_bytes / 2**20:.3g} is too small to train through one sequence of "
+                f"{new_len} tokens (needs ~{per_row / 2**20:.3g} MB for its backward pass); raise memory_budget_mb")
+        return _even(n_rows, self.budget_bytes // per_row)
 
     def blocks(self, lengths: list[int], P: int, shape: Callable[[int], tuple[int, int]]) -> list[tuple[slice, slice]]:
         """Forward batches of (examples x candidates) over examples sorted by length (`lengths` ascending).
@@ -90,3 +110,10 @@ class BatchPlanner:
             cached, new = shape(lengths[ex.stop - 1])
             self._log((ex.stop - ex.start) * (cand.stop - cand.start), self.row_bytes(cached, new), cached, new)
         return blocks
+
+
+def _even(n_rows: int, most: int) -> list[slice]:
+    """`n_rows` cut into as few slices of at most `most` rows as fit, as even as possible."""
+    n_parts = max(1, -(-n_rows // most))
+    bounds = [i * n_rows // n_parts for i in range(n_parts + 1)]
+    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]

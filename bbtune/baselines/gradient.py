@@ -117,12 +117,16 @@ def train_prompt(task: Task, backend: Backend, init: torch.Tensor, view: PromptV
     with frozen(model):
         for step, idx in zip(range(1, config.steps + 1), _batches(len(task.train), config.batch_size, rng)):
             batch = [task.train[i] for i in idx]
-            logp = backend.label_logprobs(view.point(param)[None].to(table.dtype), batch, fmt)[0]
-            loss = torch.nn.functional.cross_entropy(logp.float(), labels[idx])  # softmax over the label words only
             opt.zero_grad()
-            loss.backward()
+            loss = 0.0  # the batch's mean cross-entropy, accumulated part by part within the memory budget
+            for part in backend.train_slices(init.shape[0], batch, fmt):
+                logp = backend.label_logprobs(view.point(param)[None].to(table.dtype), batch[part], fmt)[0]
+                # softmax over the label words only; summed, then divided by the whole batch: the mean's gradient
+                part_loss = torch.nn.functional.cross_entropy(logp.float(), labels[idx[part]], reduction="sum") / len(batch)
+                part_loss.backward()
+                loss += float(part_loss.detach())
             opt.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss)
             backend.stats.add(1, len(batch))
             backend.stats.backward_passes += 1
             if step % config.eval_every == 0 or step == config.steps:
