@@ -209,7 +209,7 @@ def shape_backend(kind: str, local: Any, remote: Any,
         reference = loaded(("remote", remote.local_model), lambda: LocalBackend(remote.local_model))
         caps = Capabilities(soft=remote.mode.value == "prompt_embeds", hard=True, gradients=False, generate=True,
                             logprobs=remote.mode.value != "text")
-        return ShapeBackend(reference, caps, f"remote:{remote.model}"), Pricing.remote(remote, reference.tokenizer)
+        return ShapeBackend(reference, caps, f"remote:{remote.model}"), Pricing.remote(remote, reference.vocabulary().tokenizer)
     reference = loaded(("local", local), local.build)
     return ShapeBackend(reference, reference.capabilities, reference.name), Pricing()
 
