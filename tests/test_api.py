@@ -40,6 +40,17 @@ def test_a_text_servers_answer_rules_are_public(tiny_task):
     assert rules.label("Great!") == "positive" and rules.label("no idea") is None
 
 
+def test_a_lone_string_is_one_entry_of_a_several_strings_field():
+    """`block_list="spam"` once blocked the letters s, p, a, m without a word of warning."""
+    from bbtune.app.compare import check_methods
+    from bbtune.baselines import PEZConfig
+
+    assert bbtune.TuneConfig(block_list="spam").block_list == ("spam",)
+    assert PEZConfig(block_list="spam").block_list == ("spam",)
+    assert check_methods("manual") == ("manual",)
+    assert bbtune.RemoteConfig(extra_headers="X-Team: a").extra_headers == ("X-Team:a",)
+
+
 def test_tune_then_predict_in_memory_and_from_the_folder(tiny_task, tmp_path):
     in_memory = bbtune.tune(tiny_task, model="tiny", seed=3, **SMALL)
     saved = bbtune.tune(tiny_task, model="tiny", seed=3, run_dir=tmp_path / "run", **SMALL)

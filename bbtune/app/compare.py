@@ -28,6 +28,7 @@ from bbtune.baselines.manual import run_manual, run_manual_calibrated
 from bbtune.baselines.pez import run_pez
 from bbtune.baselines.prompt_tuning import run_prompt_tuning
 from bbtune.constants import CPU_PROMPT_TOKENS
+from bbtune.core.options import string_tuple
 from bbtune.core.progress import progress_bar
 from bbtune.core.prompts import HardPrompt
 from bbtune.errors import BBTuneError, ConfigError
@@ -95,7 +96,7 @@ def run_method(task: Task, backend: Backend, method: str, seed: int, settings: M
 
 
 def check_methods(methods: Iterable[str]) -> tuple[str, ...]:
-    methods = tuple(methods)
+    methods = string_tuple(methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ConfigError(f"methods {unknown or '(none)'} are not known; choose from {list(METHODS)}")

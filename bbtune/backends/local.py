@@ -161,8 +161,8 @@ class LocalBackend(Backend):
         """Slices of `examples` a gradient step accumulates over, sized by the memory budget: the whole batch's
         graph at once held 12 GB for prompt tuning on 64 news articles (SmolLM2) and was killed for memory."""
         enc = self.encoder.encode(self.encoder.fit_inputs(examples, fmt), fmt, n_prompt_tokens)
-        deepest = max(len(step.prefix) for step in enc.trie.steps)
-        longest = len(enc.lead) + n_prompt_tokens + max(map(len, enc.heads)) + len(enc.cue) + deepest
+        tail = max(len(self._tail_ids(enc, step)) for step in enc.trie.steps)
+        longest = len(enc.lead) + n_prompt_tokens + max(map(len, enc.heads)) + tail
         return self.planner.train_chunks(len(examples), longest, forwards=len(enc.trie.steps))
 
     def input_embeds(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat) -> list[torch.Tensor]:
@@ -417,9 +417,7 @@ class LocalBackend(Backend):
         heads = [emb(h) for h in enc.heads]
 
         def step_logprobs(step: Step) -> torch.Tensor:
-            tail_ids = enc.cue + list(step.prefix) + (
-                [self.tokenizer.mask_token_id, self.tokenizer.sep_token_id or self.tokenizer.eos_token_id]
-                if self.is_masked else [])
+            tail_ids = self._tail_ids(enc, step)
             tail = emb(tail_ids) if tail_ids else lead[:0]
             longest = len(enc.lead) + prompt_embeds.shape[1] + max(map(len, enc.heads)) + len(tail_ids)
             results = []
@@ -437,6 +435,12 @@ class LocalBackend(Backend):
             return torch.cat(results)
 
         return enc.trie.combine([step_logprobs(step) for step in enc.trie.steps])
+
+    def _tail_ids(self, enc: Encoded, step: Step) -> list[int]:
+        """What follows the input on the full path: the cue, the step's label prefix, and a masked LM's <mask> </s>."""
+        return enc.cue + list(step.prefix) + (
+            [self.tokenizer.mask_token_id, self.tokenizer.sep_token_id or self.tokenizer.eos_token_id]
+            if self.is_masked else [])
 
     def _masked_scores(self, seqs: list[torch.Tensor], mask_from_end: int) -> torch.Tensor:
         embeds, mask = right_pad(seqs)

@@ -69,6 +69,7 @@ from bbtune.constants import (
     PROMPT_TOKEN_MARGIN,
 )
 from bbtune.errors import CapabilityError, ConfigError, TaskError, VerbalizerError
+from bbtune.core.options import string_tuple
 from bbtune.core.prompts import HardPrompt, Prompt, prompt_kind
 from bbtune.tasks import Example, TaskFormat, verbalizer_token_ids
 from bbtune.tasks.answers import AnswerRules, AnswerScores, answer_scores, parse_synonyms
@@ -155,8 +156,7 @@ class RemoteConfig:
         except ValueError:
             raise ConfigError(f"mode {self.mode!r} is not one of {[m.value for m in ScoreMode]}") from None
         object.__setattr__(self, "extra_headers", _headers(self.extra_headers))
-        synonyms = self.answer_synonyms  # one 'LABEL=word' string is one entry, not a sequence of characters
-        object.__setattr__(self, "answer_synonyms", (synonyms,) if isinstance(synonyms, str) else tuple(synonyms))
+        object.__setattr__(self, "answer_synonyms", string_tuple(self.answer_synonyms))
         parse_synonyms(self.answer_synonyms)  # a malformed entry fails here, not at the first score
         for name in ("local_model", "cache_dir"):
             object.__setattr__(self, name, getattr(self, name) or "")
@@ -248,7 +248,7 @@ class RemoteConfig:
 
 def _headers(value: Mapping[str, str] | Sequence[tuple[str, str] | str]) -> tuple[str, ...]:
     """'Name: value' strings from a mapping, (name, value) pairs, or such strings (command line)."""
-    items = value.items() if isinstance(value, Mapping) else value
+    items = value.items() if isinstance(value, Mapping) else string_tuple(value)
     out = []
     for item in items:
         name, sep, val = item.partition(":") if isinstance(item, str) else (item[0], ":", item[1])

@@ -16,6 +16,7 @@ import torch
 from bbtune.backends.base import Backend, gradient_backend
 from bbtune.search.discretize import Discretizer, Metric
 from bbtune.errors import ConfigError
+from bbtune.core.options import string_tuple
 from bbtune.core.prompts import HardPrompt
 from bbtune.search.subspace import P0Init
 from bbtune.tasks import Task
@@ -34,7 +35,7 @@ class PEZConfig(GradientConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "metric", Metric(self.metric))
-        object.__setattr__(self, "block_list", tuple(self.block_list))
+        object.__setattr__(self, "block_list", string_tuple(self.block_list))
         if self.vocab_filter not in ("words", "printable", "all"):
             raise ConfigError(f"vocab_filter must be words, printable or all, got {self.vocab_filter!r}")
 

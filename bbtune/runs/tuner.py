@@ -35,6 +35,7 @@ from bbtune.search.losses import Loss
 from bbtune.search.objective import (AnswerScoring, GenerationObjective, LabelObjective, Objective,
                                     skipped_for_generation)
 from bbtune.search.optimizers import OptimizerConfig, make_optimizer
+from bbtune.core.options import string_tuple
 from bbtune.core.progress import progress_bar
 from bbtune.core.prompts import MANUAL_PROMPT, HardPrompt, Prompt, SoftPrompt, distinct_prompts
 from bbtune.runs.folder import (BEST_PROMPT, CHECKPOINT, CONFIG, HARD_PROMPT, LEDGER, METRICS, REPLIES, RunFolder,
@@ -104,7 +105,7 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
             raise ConfigError(f"answer_max_tokens must be >= 1, got {self.answer_max_tokens}")
         if not 0 < self.guard_alpha < 1:
             raise ConfigError(f"guard_alpha must be in (0, 1), got {self.guard_alpha}")
-        object.__setattr__(self, "block_list", tuple(self.block_list))
+        object.__setattr__(self, "block_list", string_tuple(self.block_list))
         if self.budget_calls < self.popsize:
             raise ConfigError(f"budget_calls={self.budget_calls} is below one generation (popsize={self.popsize})")
         if self.eval_every < 1:
