@@ -200,3 +200,32 @@ def test_the_demos_tables_cover_every_study_with_or_without_the_demonstrations(s
     overall = {line["rule"]: line for line in json.loads((tmp_path / "t.json").read_text())["overall"]}
     assert overall["manual_calibrated"]["runs"] == 2 and overall["dev_acc+agree"]["runs"] == 2
     assert overall["default|demos"]["runs"] == 1 and overall["default|demos"]["held-out acc"] == pytest.approx(90.0)
+
+
+def test_cross_validation_lever_scores_each_rule_on_what_it_returns(monkeypatch, tmp_path):
+    """Two folds on the tiny model: each rule's held-out number is its candidate's (the pick behind its guard, else
+    the calibrated manual prompt), and the out-of-fold accuracy covers both folds' examples."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    sys.modules.pop("selection", None)
+    words = {"positive": "good fine great nice", "negative": "bad awful poor dull"}
+    lines = [json.dumps({"text": f"{words[label].split()[i % 4]} film number {i}", "label": label})
+             for i in range(30) for label in words]
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    cv = runpy.run_path(str(BENCH / "cv_lever.py"), run_name="cv_lever_script")
+    out = tmp_path / "cv.json"
+    cv["main"](["--data", str(tmp_path), "--model", "tiny", "--k", "4", "--seeds", "13", "--budget", "20",
+                "--heldout", "12", "--test-limit", "10", "--out", str(out)])
+    run = json.loads(out.read_text())["runs"][0]
+    returned, decisions = run["returned"], run["decisions"]
+    assert returned["default"] == ("pick_a" if run["default_replaces"] else "manual_calibrated")
+    for rule, guard in (("cv_agree", "cv_agree"), ("cv_paired", "cv_paired")):
+        assert returned[rule] == ("pick_a" if decisions[guard]["replace"] else "manual_calibrated")
+    for rule, pick in (("cv_agree_b64", "pick_a_b64"), ("cv_mean_b64", "mean_b64")):
+        assert returned[rule] == (pick if decisions["cv_agree"]["replace"] else "manual_b64")
+    for split in ("heldout_acc", "test_acc"):  # a rule's number is its candidate's
+        acc = run[split]
+        assert acc["default"] == acc[returned["default"]] and acc["cv_paired"] == acc[returned["cv_paired"]]
+    oof = run["out_of_fold"]
+    assert oof["tuned"][0] == pytest.approx((oof["pick_a"] + oof["pick_b"]) / 2)  # 8 examples per fold, each half
+    assert run["n_test"] == 10

@@ -1,0 +1,188 @@
+"""Lever: two-fold cross-validation over the pooled 64 few-shot examples. Evidence from held-out pool examples;
+test is scored for the matrix, never to choose.
+
+A run tunes on its 32 train examples and decides on its 32 dev examples whether the tuned prompt replaces the
+calibrated manual prompt: a gain of one or two dev examples decides, and the calibration bias is fitted on 32
+examples. This lever runs the same search twice, the second time with train and dev swapped (same seed, so the
+same subspace), which gives
+
+- an out-of-fold comparison on all 64 examples: each example scored by the pick of the search that did not train
+  on it, against the calibrated manual prompt fitted without it (twice the evidence for the guard);
+- a calibration bias fitted on all 64 examples for whatever is returned;
+- a second pick, and the mean of the two picks' points.
+
+Each pick was chosen among its search's points on the fold it is scored on out of fold (7 points at the
+defaults): that comparison is as optimistic as the default's own decision on dev, but on twice the examples.
+
+Rules scored on the held-out pool examples (the same 200 as `selection.py`'s study for a seed):
+
+    default        fold A's dev_acc pick behind the agree guard on its 32 dev examples, else the calibrated manual
+                   prompt: what `bbtune tune` returns today (a check against the study's numbers)
+    default_b64    the same decision, the returned prompt's bias refitted on all 64 examples
+    cv_agree       fold A's pick where the agree guard passes on the 64 out-of-fold examples
+    cv_paired      ... where a McNemar test passes on them
+    cv_agree_b64   cv_agree, bias on 64 (the manual prompt too)
+    cv_best_b64    the fold pick with the better out-of-fold accuracy, bias on 64, behind the out-of-fold agree guard
+    cv_mean_b64    the mean of the two picks' points, bias on 64, behind the out-of-fold agree guard
+
+It costs a second search (twice the calls of a run).
+
+    python benchmarks/cv_lever.py --data ../shared/data/sst2 --model smollm2 --seeds 13 42 100 --heldout 200 \
+        --out benchmarks/results/cv_lever/sst2_smollm2.json
+    python benchmarks/cv_lever.py --merge benchmarks/results/cv_lever/*.json --out benchmarks/results/cv_lever.json
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from selection import GUARD_ALPHA, Pick, heldout_split, rule_picks, write
+from task_args import ROOT, add_task_args
+from bbtune.backends.factory import LocalConfig
+from bbtune.constants import CPU_BUDGET_CALLS
+from bbtune.search.calibration import apply_bias, fit_label_bias
+from bbtune.search.evaluate import Evaluation, evaluation, score_examples
+from bbtune.search.selection import Guard, Selection, decide, selection_key
+from bbtune.tasks import TaskConfig
+from bbtune.runs.tuner import TuneConfig, Tuner
+
+DEFAULT = "default"
+
+
+@dataclasses.dataclass
+class Candidate:
+    """A prompt a rule may return: its point (None: the manual prompt) and calibration bias."""
+
+    z: np.ndarray | None
+    bias: np.ndarray | None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_task_args(ap, test_limit=-1)
+    ap.add_argument("--budget", type=int, default=CPU_BUDGET_CALLS, help="calls per fold's search")
+    ap.add_argument("--heldout", type=int, default=200, help="held-out examples from the training pool")
+    ap.add_argument("--guard-alpha", type=float, default=GUARD_ALPHA)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cv_lever.json"))
+    ap.add_argument("--merge", nargs="+", default=[], metavar="JSON", help="no runs: the tables over earlier outputs")
+    args = ap.parse_args(argv)
+    runs = [r for path in args.merge for r in json.loads(Path(path).read_text())["runs"]]
+    backend = None if args.merge else LocalConfig(model=args.model).build()
+    for seed in [] if args.merge else args.seeds:
+        task = TaskConfig(data=args.data, preset=args.preset, k=args.k, data_seed=seed, test_limit=1).load()
+        heldout = heldout_split(task, Path(args.data) / "train.jsonl", args.heldout, seed)
+        test = () if args.test_limit < 0 else TaskConfig(data=args.data, preset=args.preset, k=args.k, data_seed=seed,
+                                                        test_limit=args.test_limit).load().test
+        started = time.perf_counter()
+        folds, replaced = [], []
+        for fold_task in (task, dataclasses.replace(task, train=task.dev, dev=task.train)):
+            tuner = Tuner(fold_task, backend, TuneConfig(budget_calls=args.budget, seed=seed), progress=False)
+            replaced.append(tuner.run().metrics["decision"]["replace"])
+            folds.append(tuner)
+        if folds[0].subspace_.fingerprint() != folds[1].subspace_.fingerprint():
+            raise RuntimeError("the two folds searched different subspaces: their points cannot be averaged")
+        record = cv_record(folds, replaced[0], heldout, test, args.guard_alpha, seed)
+        runs.append({"model": args.model, "data": Path(args.data).name, "wall_s": round(time.perf_counter() - started, 1),
+                     **record})
+        print(json.dumps(runs[-1]["heldout_acc"]), flush=True)
+        write(Path(args.out), args, runs)  # after every seed: a killed study keeps what it finished
+    if args.merge:
+        write(Path(args.out), args, runs)
+
+
+def cv_record(folds: list[Tuner], default_replaces: bool, heldout: tuple, test: tuple, alpha: float,
+              seed: int) -> dict[str, Any]:
+    """Decisions, candidates and their held-out (and test) accuracy for one seed's two fold searches
+    (`default_replaces`: fold A's run returned its tuned prompt, as `bbtune tune` would)."""
+    a = folds[0]
+    fmt, backend = a.task_.format, a.backend
+    pooled = a.task_.train + a.task_.dev  # fold A's order: A's train, then A's dev (= B's train)
+    labels = fmt.label_ids(pooled)
+    n = len(a.task_.train)
+
+    def pooled_scores(z: np.ndarray | None) -> np.ndarray:
+        """(1, 64, L) scores of a point (None: the manual prompt) on both folds, A's train first."""
+        return score_examples(backend, a.manual_ if z is None else a.prompt(z), pooled, fmt)
+
+    picks: list[Pick] = [rule_picks(t)["dev_acc"] for t in folds]
+    scores = {"manual": pooled_scores(None), "pick_a": pooled_scores(picks[0].z), "pick_b": pooled_scores(picks[1].z)}
+    z_mean = (picks[0].z + picks[1].z) / 2
+    scores["mean"] = pooled_scores(z_mean)
+
+    def fold_bias(name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Biases fitted on A's 32 and on B's 32 examples."""
+        s = scores[name][0]
+        return fit_label_bias(s[:n], labels[:n]), fit_label_bias(s[n:], labels[n:])
+
+    def out_of_fold(on_a: tuple[str, np.ndarray | None], on_b: tuple[str, np.ndarray | None]) -> Evaluation:
+        """All 64 examples, A's scored by one (prompt, bias) and B's by another, neither fitted on them."""
+        return evaluation(np.concatenate([apply_bias(scores[on_a[0]][:, :n], on_a[1]),
+                                          apply_bias(scores[on_b[0]][:, n:], on_b[1])], axis=1), labels)
+
+    def bias64(name: str) -> np.ndarray:
+        return fit_label_bias(scores[name][0], labels)
+
+    manual_bias_a, manual_bias_b = fold_bias("manual")
+    manual_oof = out_of_fold(("manual", manual_bias_b), ("manual", manual_bias_a))
+    tuned_oof = out_of_fold(("pick_b", picks[1].bias), ("pick_a", picks[0].bias))  # each pick on the fold it left
+    cv_won = dev_acc_key(tuned_oof) < dev_acc_key(manual_oof)
+    cv = {g.value: decide(tuned_oof, manual_oof, cv_won, g, alpha, seed) for g in (Guard.AGREE, Guard.PAIRED)}
+    oof_acc = {"pick_a": np.mean(tuned_oof.example_correct[n:]), "pick_b": np.mean(tuned_oof.example_correct[:n])}
+    best = "pick_a" if oof_acc["pick_a"] >= oof_acc["pick_b"] else "pick_b"
+    zs = {"pick_a": picks[0].z, "pick_b": picks[1].z, "mean": z_mean}
+
+    candidates = {  # name: (point, bias); None: the manual prompt
+        "manual": Candidate(None, None), "manual_calibrated": Candidate(None, manual_bias_a),
+        "manual_b64": Candidate(None, bias64("manual")),
+        "pick_a": Candidate(picks[0].z, picks[0].bias), "pick_b": Candidate(picks[1].z, picks[1].bias),
+        "pick_a_b64": Candidate(picks[0].z, bias64("pick_a")), "best_b64": Candidate(zs[best], bias64(best)),
+        "mean_b64": Candidate(z_mean, bias64("mean")),
+    }
+    agree, paired = cv["agree"].replace, cv["paired"].replace
+    returned = {  # rule: the candidate it returns
+        "manual": "manual", "manual_calibrated": "manual_calibrated", "manual_b64": "manual_b64",
+        DEFAULT: "pick_a" if default_replaces else "manual_calibrated",
+        "default_b64": "pick_a_b64" if default_replaces else "manual_b64",
+        "cv_agree": "pick_a" if agree else "manual_calibrated",
+        "cv_paired": "pick_a" if paired else "manual_calibrated",
+        "cv_agree_b64": "pick_a_b64" if agree else "manual_b64",
+        "cv_best_b64": "best_b64" if agree else "manual_b64",
+        "cv_mean_b64": "mean_b64" if agree else "manual_b64",
+        "pick_a": "pick_a", "pick_b": "pick_b",
+    }
+
+    def accuracies(examples: tuple) -> dict[str, float]:
+        """Each rule's candidate on `examples`, a prompt scored once however many rules return it."""
+        ids, scored, acc = fmt.label_ids(examples), {}, {}
+        for rule, name in returned.items():
+            cand = candidates[name]
+            key_z = b"manual" if cand.z is None else cand.z.tobytes()
+            if key_z not in scored:
+                scored[key_z] = score_examples(backend, a.manual_ if cand.z is None else a.prompt(cand.z), examples, fmt)
+            acc[rule] = evaluation(scored[key_z], ids, cand.bias).accuracy
+        return acc
+
+    record: dict[str, Any] = {
+        "seed": seed, "calibrate": "on", "heldout_acc": accuracies(heldout),
+        "default_replaces": default_replaces, "returned": returned, "decisions": {f"cv_{g}": dataclasses.asdict(d) for g, d in cv.items()},
+        "out_of_fold": {"tuned": [tuned_oof.accuracy, tuned_oof.loss], "manual": [manual_oof.accuracy, manual_oof.loss],
+                        "pick_a": oof_acc["pick_a"], "pick_b": oof_acc["pick_b"]},
+    }
+    if test:
+        record["test_acc"], record["n_test"] = accuracies(test), len(test)
+    return record
+
+
+def dev_acc_key(evaluation: Evaluation) -> tuple[float, ...]:
+    """The default selection's key (accuracy, then cross-entropy; lower wins) of an evaluation."""
+    return selection_key(Selection.DEV_ACC, 0.0, 0, evaluation)
+
+
+if __name__ == "__main__":
+    main()
