@@ -101,10 +101,6 @@ def test_words_are_tokenized_after_the_cue_and_refused_where_they_merge_with_it(
 @pytest.mark.parametrize("placement, reuse", [("suffix", True), ("prefix", True), ("suffix", False)])
 def test_every_local_path_scores_multi_token_words_exactly(backend: LocalBackend, kind: str, placement: str,
                                                          reuse: bool) -> None:
-    if backend.name == "local:tiny-gemma" and placement == "prefix" and reuse:
-        pytest.xfail("on main already, single-token words too: the tiny Gemma 3's sliding window (16 positions) "
-                     "counts the left padding between shared keys/values and a tail, so the prefix-sharing path "
-                     "differs from the full path by up to 0.09 nats on padded rows (real Gemma 3: window 512)")
     f, prompts = fmt(placement), prompts_of(backend, kind)
     assert max(len(s) for s in verbalizer_token_sequences(backend.tokenizer, f)) > 1
     backend.kv_reuse = reuse
@@ -117,10 +113,6 @@ def test_every_local_path_scores_multi_token_words_exactly(backend: LocalBackend
 
 def test_a_hard_prompt_merging_with_its_input_is_scored_row_by_row_exactly(backend: LocalBackend) -> None:
     """A prompt whose text merges with the input (no leading space) takes the whole-string path."""
-    if backend.name == "local:tiny-gemma":
-        pytest.xfail("on main already, single-token words too: the tiny Gemma 3's sliding window (16 positions) "
-                     "counts the left padding of the row-by-row path, which then differs from a whole-string forward "
-                     "by up to 0.03 nats on padded rows")
     prompt = HardPrompt(tuple(backend.tokenizer.encode("s", add_special_tokens=False)), "s")
     got = backend.score([prompt], EXAMPLES, fmt())
     assert backend.text_stats.row_by_row >= 1

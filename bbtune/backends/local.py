@@ -38,7 +38,8 @@ from bbtune.backends.continuations import score_continuations
 from bbtune.backends.encoding import Encoded, InputEncoder, prompt_part
 from bbtune.backends.labeltrie import LabelTrie, Step
 from bbtune.backends.kvcache import KVStore, LayerKV, cache_kwarg, cache_layers, new_cache
-from bbtune.backends.padding import common_start, left_mask, left_pad, pad_left_kv, position_ids, right_pad
+from bbtune.backends.padding import (common_start, left_mask, left_pad, pad_left_kv, position_ids, right_pad,
+                                    sliding_window, unpadded_runs)
 
 
 class LocalBackend(Backend):
@@ -79,6 +80,7 @@ class LocalBackend(Backend):
         self.capabilities = Capabilities(soft=True, hard=True, gradients=True, generate=not self.is_masked)
         self.stats = CallStats()
         self._cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self._window = sliding_window(self._cfg)
         self._cache_kw = cache_kwarg(model)
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._vocab: Vocabulary | None = None
@@ -259,18 +261,29 @@ class LocalBackend(Backend):
 
         def step_logprobs(step: Step) -> torch.Tensor:
             out = torch.empty(len(rows), len(step.next_ids), device=self.device)
-            for part, _ in self.planner.blocks(lengths, 1, lambda n: (n, longest_tail + len(step.prefix))):
-                idx, longest = order[part], lengths[part.stop - 1]
-                past = [(k[:, None], v[:, None]) for k, v in
-                        (pad_left_kv([e[layer] for e in kv[part]], longest) for layer in range(len(kv[0])))]
-                embeds, tail_mask = left_pad([self._embed_ids(tails[r] + list(step.prefix)) for r in idx])
-                mask = torch.cat([left_mask(lengths[part], self.device), tail_mask], dim=1)
-                positions = torch.tensor(lengths[part], device=self.device)[:, None] + position_ids(tail_mask)
-                cache = self._shared_cache(past, (len(idx), 1), embeds.shape[1])
-                out[idx] = self._forward_last(embeds, mask, positions, cache)[:, list(step.next_ids)]
+            tail_lengths = [len(tails[r]) + len(step.prefix) for r in order]
+            for block, _ in self.planner.blocks(lengths, 1, lambda n: (n, longest_tail + len(step.prefix))):
+                for part in self._window_safe(tail_lengths, block, lengths[block.stop - 1]):
+                    idx, longest = order[part], lengths[part.stop - 1]
+                    past = [(k[:, None], v[:, None]) for k, v in
+                            (pad_left_kv([e[layer] for e in kv[part]], longest) for layer in range(len(kv[0])))]
+                    embeds, tail_mask = left_pad([self._embed_ids(tails[r] + list(step.prefix)) for r in idx])
+                    mask = torch.cat([left_mask(lengths[part], self.device), tail_mask], dim=1)
+                    positions = torch.tensor(lengths[part], device=self.device)[:, None] + position_ids(tail_mask)
+                    cache = self._shared_cache(past, (len(idx), 1), embeds.shape[1])
+                    out[idx] = self._forward_last(embeds, mask, positions, cache)[:, list(step.next_ids)]
             return out
 
         return trie.combine([step_logprobs(step) for step in trie.steps])
+
+    def _window_safe(self, tail_lengths: list[int], rows: slice, cached: int) -> list[slice]:
+        """`rows` as one block, or, where a sliding window would count the left padding between `cached` keys and
+        the rows' tails (`_window`: they could leave a window that really holds them), as runs of one tail length,
+        which need no padding: slower, and exact."""
+        longest = max(tail_lengths[rows])
+        if self._window is None or cached + longest <= self._window:
+            return [rows]
+        return unpadded_runs(tail_lengths, rows)
 
     def _embed_ids(self, ids: list[int]) -> torch.Tensor:
         return self.model.get_input_embeddings()(torch.tensor(ids, dtype=torch.long, device=self.device))
@@ -396,7 +409,9 @@ class LocalBackend(Backend):
         def step_logprobs(step: Step) -> torch.Tensor:
             tails = [self._embed_ids(enc.heads[b] + enc.cue + list(step.prefix)) for b in order]
 
-            def forward(ex: slice, cand: slice) -> torch.Tensor:
+            lengths = [len(t) for t in tails]
+
+            def forward_unpadded(ex: slice, cand: slice) -> torch.Tensor:
                 n_c = cand.stop - cand.start
                 embeds, tail_mask = left_pad(tails[ex])
                 past = [(k[None, cand], v[None, cand]) for k, v in prompt_kv]
@@ -405,8 +420,10 @@ class LocalBackend(Backend):
                 cache = self._shared_cache(past, (ex.stop - ex.start, n_c), embeds.shape[1])
                 return self._forward_last(embeds.repeat_interleave(n_c, 0), mask, positions, cache)
 
-            return self._blockwise([len(t) for t in tails], order, P, list(step.next_ids), lambda n: (ctx_len, n),
-                                   forward)
+            def forward(ex: slice, cand: slice) -> torch.Tensor:  # rows stay example-major across the runs
+                return torch.cat([forward_unpadded(run, cand) for run in self._window_safe(lengths, ex, ctx_len)])
+
+            return self._blockwise(lengths, order, P, list(step.next_ids), lambda n: (ctx_len, n), forward)
 
         return enc.trie.combine([step_logprobs(step) for step in enc.trie.steps])
 

@@ -39,6 +39,31 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(1) - 1).clamp(min=0)
 
 
+def sliding_window(config: object) -> int | None:
+    """How far back the model's local-attention layers see (None: every layer sees the whole context).
+
+    transformers builds that window from positions in the padded batch, so left padding *between* cached keys and
+    the new tokens counts as distance: a padded row loses keys the model really sees (Gemma 3: 512 positions).
+    """
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types and "sliding_attention" not in layer_types:
+        return None
+    return int(window)
+
+
+def unpadded_runs(lengths: list[int], rows: slice) -> list[slice]:
+    """`rows` split into runs of consecutive rows of one length: a run needs no padding."""
+    runs, start = [], rows.start
+    for i in range(rows.start + 1, rows.stop):
+        if lengths[i] != lengths[start]:
+            runs.append(slice(start, i))
+            start = i
+    return [*runs, slice(start, rows.stop)]
+
+
 def common_start(a: list[int], b: list[int]) -> int:
     """How many leading ids two sequences share."""
     n = 0
