@@ -24,8 +24,14 @@ Rules scored on the held-out pool examples (the same 200 as `selection.py`'s stu
     cv_agree_b64   cv_agree, bias on 64 (the manual prompt too)
     cv_best_b64    the fold pick with the better out-of-fold accuracy, bias on 64, behind the out-of-fold agree guard
     cv_mean_b64    the mean of the two picks' points, bias on 64, behind the out-of-fold agree guard
+    demos          2 demonstrations per class from A's train, prefix placement, bias on A's train (the matrix's
+                   in_context_train row)
+    default|demos  the demonstrations where their dev accuracy is higher and their dev CE no higher than the
+                   default's answer (`demos_lever.py`'s rule, from means)
+    default|demos_agree  ... where they pass the agree guard against it, example by example on dev (the test
+                   `demos_lever.py` could not run: it needs both per-example dev scores)
 
-It costs a second search (twice the calls of a run).
+The CV rules cost a second search (twice the calls of a run); the demonstrations cost no search.
 
     python benchmarks/cv_lever.py --data ../shared/data/sst2 --model smollm2 --seeds 13 42 100 --heldout 200 \
         --out benchmarks/results/cv_lever/sst2_smollm2.json
@@ -45,21 +51,24 @@ import numpy as np
 from selection import GUARD_ALPHA, Pick, heldout_split, rule_picks, write
 from task_args import ROOT, add_task_args
 from bbtune.backends.factory import LocalConfig
+from bbtune.baselines.incontext import InContextConfig, in_context_prompt
+from bbtune.core.prompts import Prompt
 from bbtune.constants import CPU_BUDGET_CALLS
 from bbtune.search.calibration import apply_bias, fit_label_bias
 from bbtune.search.evaluate import Evaluation, evaluation, score_examples
 from bbtune.search.selection import Guard, Selection, decide, selection_key
-from bbtune.tasks import TaskConfig
+from bbtune.tasks import Placement, Task, TaskConfig, TaskFormat
 from bbtune.runs.tuner import TuneConfig, Tuner
 
 DEFAULT = "default"
+SHOTS_PER_CLASS = 2  # as the matrix's in-context rows
 
 
 @dataclasses.dataclass
 class Candidate:
-    """A prompt a rule may return: its point (None: the manual prompt) and calibration bias."""
+    """What a rule may return: one of the scored prompts (by name) and its calibration bias."""
 
-    z: np.ndarray | None
+    prompt: str
     bias: np.ndarray | None
 
 
@@ -87,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             folds.append(tuner)
         if folds[0].subspace_.fingerprint() != folds[1].subspace_.fingerprint():
             raise RuntimeError("the two folds searched different subspaces: their points cannot be averaged")
-        record = cv_record(folds, replaced[0], heldout, test, args.guard_alpha, seed)
+        record = cv_record(task, folds, replaced[0], heldout, test, args.guard_alpha, seed)
         runs.append({"model": args.model, "data": Path(args.data).name, "wall_s": round(time.perf_counter() - started, 1),
                      **record})
         print(json.dumps(runs[-1]["heldout_acc"]), flush=True)
@@ -96,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         write(Path(args.out), args, runs)
 
 
-def cv_record(folds: list[Tuner], default_replaces: bool, heldout: tuple, test: tuple, alpha: float,
+def cv_record(task: Task, folds: list[Tuner], default_replaces: bool, heldout: tuple, test: tuple, alpha: float,
               seed: int) -> dict[str, Any]:
     """Decisions, candidates and their held-out (and test) accuracy for one seed's two fold searches
     (`default_replaces`: fold A's run returned its tuned prompt, as `bbtune tune` would)."""
@@ -105,15 +114,15 @@ def cv_record(folds: list[Tuner], default_replaces: bool, heldout: tuple, test: 
     pooled = a.task_.train + a.task_.dev  # fold A's order: A's train, then A's dev (= B's train)
     labels = fmt.label_ids(pooled)
     n = len(a.task_.train)
-
-    def pooled_scores(z: np.ndarray | None) -> np.ndarray:
-        """(1, 64, L) scores of a point (None: the manual prompt) on both folds, A's train first."""
-        return score_examples(backend, a.manual_ if z is None else a.prompt(z), pooled, fmt)
-
     picks: list[Pick] = [rule_picks(t)["dev_acc"] for t in folds]
-    scores = {"manual": pooled_scores(None), "pick_a": pooled_scores(picks[0].z), "pick_b": pooled_scores(picks[1].z)}
     z_mean = (picks[0].z + picks[1].z) / 2
-    scores["mean"] = pooled_scores(z_mean)
+    demos_task = task.with_placement(Placement.PREFIX)  # as the matrix's in_context_train row scores them
+    prompts: dict[str, tuple[Prompt, TaskFormat]] = {
+        "manual": (a.manual_, fmt), "pick_a": (a.prompt(picks[0].z), fmt), "pick_b": (a.prompt(picks[1].z), fmt),
+        "mean": (a.prompt(z_mean), fmt),
+        "demos": (in_context_prompt(demos_task, backend.vocabulary().tokenizer,
+                                    InContextConfig(shots_per_class=SHOTS_PER_CLASS, seed=seed)), demos_task.format)}
+    scores = {name: score_examples(backend, prompt, pooled, f) for name, (prompt, f) in prompts.items()}
 
     def fold_bias(name: str) -> tuple[np.ndarray, np.ndarray]:
         """Biases fitted on A's 32 and on B's 32 examples."""
@@ -128,6 +137,10 @@ def cv_record(folds: list[Tuner], default_replaces: bool, heldout: tuple, test: 
     def bias64(name: str) -> np.ndarray:
         return fit_label_bias(scores[name][0], labels)
 
+    def on_dev(name: str, bias: np.ndarray | None) -> Evaluation:
+        """A prompt on fold A's dev examples (B's), per example."""
+        return evaluation(scores[name][:, n:], labels[n:], bias)
+
     manual_bias_a, manual_bias_b = fold_bias("manual")
     manual_oof = out_of_fold(("manual", manual_bias_b), ("manual", manual_bias_a))
     tuned_oof = out_of_fold(("pick_b", picks[1].bias), ("pick_a", picks[0].bias))  # each pick on the fold it left
@@ -135,42 +148,52 @@ def cv_record(folds: list[Tuner], default_replaces: bool, heldout: tuple, test: 
     cv = {g.value: decide(tuned_oof, manual_oof, cv_won, g, alpha, seed) for g in (Guard.AGREE, Guard.PAIRED)}
     oof_acc = {"pick_a": np.mean(tuned_oof.example_correct[n:]), "pick_b": np.mean(tuned_oof.example_correct[:n])}
     best = "pick_a" if oof_acc["pick_a"] >= oof_acc["pick_b"] else "pick_b"
-    zs = {"pick_a": picks[0].z, "pick_b": picks[1].z, "mean": z_mean}
+    # the demonstrations against what the run returns, example by example on dev (both calibrated on A's train)
+    demos_bias = fold_bias("demos")[0]
+    answer_dev = on_dev("pick_a", picks[0].bias) if default_replaces else on_dev("manual", manual_bias_a)
+    demos_dev = on_dev("demos", demos_bias)
+    demos = decide(demos_dev, answer_dev, dev_acc_key(demos_dev) < dev_acc_key(answer_dev), Guard.AGREE, alpha, seed)
+    demos_by_margins = demos_dev.accuracy > answer_dev.accuracy and demos_dev.loss <= answer_dev.loss
 
-    candidates = {  # name: (point, bias); None: the manual prompt
-        "manual": Candidate(None, None), "manual_calibrated": Candidate(None, manual_bias_a),
-        "manual_b64": Candidate(None, bias64("manual")),
-        "pick_a": Candidate(picks[0].z, picks[0].bias), "pick_b": Candidate(picks[1].z, picks[1].bias),
-        "pick_a_b64": Candidate(picks[0].z, bias64("pick_a")), "best_b64": Candidate(zs[best], bias64(best)),
-        "mean_b64": Candidate(z_mean, bias64("mean")),
+    candidates = {  # name: (prompt, bias)
+        "manual": Candidate("manual", None), "manual_calibrated": Candidate("manual", manual_bias_a),
+        "manual_b64": Candidate("manual", bias64("manual")),
+        "pick_a": Candidate("pick_a", picks[0].bias), "pick_b": Candidate("pick_b", picks[1].bias),
+        "pick_a_b64": Candidate("pick_a", bias64("pick_a")), "best_b64": Candidate(best, bias64(best)),
+        "mean_b64": Candidate("mean", bias64("mean")), "demos": Candidate("demos", demos_bias),
     }
     agree, paired = cv["agree"].replace, cv["paired"].replace
+    default = "pick_a" if default_replaces else "manual_calibrated"
     returned = {  # rule: the candidate it returns
         "manual": "manual", "manual_calibrated": "manual_calibrated", "manual_b64": "manual_b64",
-        DEFAULT: "pick_a" if default_replaces else "manual_calibrated",
+        DEFAULT: default,
         "default_b64": "pick_a_b64" if default_replaces else "manual_b64",
         "cv_agree": "pick_a" if agree else "manual_calibrated",
         "cv_paired": "pick_a" if paired else "manual_calibrated",
         "cv_agree_b64": "pick_a_b64" if agree else "manual_b64",
         "cv_best_b64": "best_b64" if agree else "manual_b64",
         "cv_mean_b64": "mean_b64" if agree else "manual_b64",
-        "pick_a": "pick_a", "pick_b": "pick_b",
+        "pick_a": "pick_a", "pick_b": "pick_b", "demos": "demos",
+        "default|demos": "demos" if demos_by_margins else default,
+        "default|demos_agree": "demos" if demos.replace else default,
     }
 
     def accuracies(examples: tuple) -> dict[str, float]:
         """Each rule's candidate on `examples`, a prompt scored once however many rules return it."""
-        ids, scored, acc = fmt.label_ids(examples), {}, {}
+        scored: dict[str, np.ndarray] = {}
+        acc = {}
         for rule, name in returned.items():
             cand = candidates[name]
-            key_z = b"manual" if cand.z is None else cand.z.tobytes()
-            if key_z not in scored:
-                scored[key_z] = score_examples(backend, a.manual_ if cand.z is None else a.prompt(cand.z), examples, fmt)
-            acc[rule] = evaluation(scored[key_z], ids, cand.bias).accuracy
+            prompt, f = prompts[cand.prompt]
+            if cand.prompt not in scored:
+                scored[cand.prompt] = score_examples(backend, prompt, examples, f)
+            acc[rule] = evaluation(scored[cand.prompt], f.label_ids(examples), cand.bias).accuracy
         return acc
 
     record: dict[str, Any] = {
         "seed": seed, "calibrate": "on", "heldout_acc": accuracies(heldout),
-        "default_replaces": default_replaces, "returned": returned, "decisions": {f"cv_{g}": dataclasses.asdict(d) for g, d in cv.items()},
+        "default_replaces": default_replaces, "returned": returned,
+        "decisions": {**{f"cv_{g}": dataclasses.asdict(d) for g, d in cv.items()}, "demos": dataclasses.asdict(demos)},
         "out_of_fold": {"tuned": [tuned_oof.accuracy, tuned_oof.loss], "manual": [manual_oof.accuracy, manual_oof.loss],
                         "pick_a": oof_acc["pick_a"], "pick_b": oof_acc["pick_b"]},
     }

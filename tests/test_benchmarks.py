@@ -223,9 +223,11 @@ def test_cross_validation_lever_scores_each_rule_on_what_it_returns(monkeypatch,
         assert returned[rule] == ("pick_a" if decisions[guard]["replace"] else "manual_calibrated")
     for rule, pick in (("cv_agree_b64", "pick_a_b64"), ("cv_mean_b64", "mean_b64")):
         assert returned[rule] == (pick if decisions["cv_agree"]["replace"] else "manual_b64")
+    assert returned["default|demos_agree"] == ("demos" if decisions["demos"]["replace"] else returned["default"])
     for split in ("heldout_acc", "test_acc"):  # a rule's number is its candidate's
         acc = run[split]
         assert acc["default"] == acc[returned["default"]] and acc["cv_paired"] == acc[returned["cv_paired"]]
+        assert acc["default|demos_agree"] == acc[returned["default|demos_agree"]]
     oof = run["out_of_fold"]
     assert oof["tuned"][0] == pytest.approx((oof["pick_a"] + oof["pick_b"]) / 2)  # 8 examples per fold, each half
     assert run["n_test"] == 10
