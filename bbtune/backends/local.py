@@ -411,7 +411,7 @@ class LocalBackend(Backend):
 
             lengths = [len(t) for t in tails]
 
-            def forward_unpadded(ex: slice, cand: slice) -> torch.Tensor:
+            def forward_block(ex: slice, cand: slice) -> torch.Tensor:
                 n_c = cand.stop - cand.start
                 embeds, tail_mask = left_pad(tails[ex])
                 past = [(k[None, cand], v[None, cand]) for k, v in prompt_kv]
@@ -421,7 +421,7 @@ class LocalBackend(Backend):
                 return self._forward_last(embeds.repeat_interleave(n_c, 0), mask, positions, cache)
 
             def forward(ex: slice, cand: slice) -> torch.Tensor:  # rows stay example-major across the runs
-                return torch.cat([forward_unpadded(run, cand) for run in self._window_safe(lengths, ex, ctx_len)])
+                return torch.cat([forward_block(run, cand) for run in self._window_safe(lengths, ex, ctx_len)])
 
             return self._blockwise(lengths, order, P, list(step.next_ids), lambda n: (ctx_len, n), forward)
 
