@@ -48,12 +48,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from selection import GUARD_ALPHA, Pick, heldout_split, rule_picks, write
+from selection import GUARD_ALPHA, Pick, heldout_split, rule_picks, summary, write
 from task_args import ROOT, add_task_args
 from bbtune.backends.factory import LocalConfig
 from bbtune.baselines.incontext import InContextConfig, in_context_prompt
 from bbtune.core.prompts import Prompt
 from bbtune.constants import CPU_BUDGET_CALLS
+from bbtune.core.table import markdown_table
 from bbtune.search.calibration import apply_bias, fit_label_bias
 from bbtune.search.evaluate import Evaluation, evaluation, score_examples
 from bbtune.search.selection import Guard, Selection, decide, selection_key
@@ -103,6 +104,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         write(Path(args.out), args, runs)  # after every seed: a killed study keeps what it finished
     if args.merge:
         write(Path(args.out), args, runs)
+        print_test_table(runs)
+
+
+def print_test_table(runs: list[dict[str, Any]]) -> None:
+    """The same table on the test sets, for the matrix and the README (recorded, never chosen on)."""
+    scored = [{**r, "heldout_acc": r["test_acc"]} for r in runs if "test_acc" in r]
+    if scored:
+        _, overall = summary(scored)
+        tasks = list(dict.fromkeys(r.get("data", "") for r in scored))
+        print("test accuracy (the held-out columns' names; never used to choose):")
+        print(markdown_table(overall, ["rule", "runs", "held-out acc", "gain over calibrated", *tasks,
+                                       "worst vs better baseline", "below better baseline - 1", "per seed"]))
 
 
 def cv_record(task: Task, folds: list[Tuner], default_replaces: bool, heldout: tuple, test: tuple, alpha: float,
