@@ -48,21 +48,20 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from selection import GUARD_ALPHA, Pick, heldout_split, rule_picks, summary, write
+from demos_lever import demonstrations
+from selection import GUARD_ALPHA, Pick, rule_picks, study_splits, summary, write
 from task_args import ROOT, add_task_args
 from bbtune.backends.factory import LocalConfig
-from bbtune.baselines.incontext import InContextConfig, in_context_prompt
 from bbtune.core.prompts import Prompt
 from bbtune.constants import CPU_BUDGET_CALLS
 from bbtune.core.table import markdown_table
 from bbtune.search.calibration import apply_bias, fit_label_bias
 from bbtune.search.evaluate import Evaluation, evaluation, score_examples
 from bbtune.search.selection import Guard, Selection, decide, selection_key
-from bbtune.tasks import Placement, Task, TaskConfig, TaskFormat
+from bbtune.tasks import Task, TaskFormat
 from bbtune.runs.tuner import TuneConfig, Tuner
 
 DEFAULT = "default"
-SHOTS_PER_CLASS = 2  # as the matrix's in-context rows
 
 
 @dataclasses.dataclass
@@ -85,19 +84,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     runs = [r for path in args.merge for r in json.loads(Path(path).read_text())["runs"]]
     backend = None if args.merge else LocalConfig(model=args.model).build()
     for seed in [] if args.merge else args.seeds:
-        task = TaskConfig(data=args.data, preset=args.preset, k=args.k, data_seed=seed, test_limit=1).load()
-        heldout = heldout_split(task, Path(args.data) / "train.jsonl", args.heldout, seed)
-        test = () if args.test_limit < 0 else TaskConfig(data=args.data, preset=args.preset, k=args.k, data_seed=seed,
-                                                        test_limit=args.test_limit).load().test
+        task, heldout, test = study_splits(args, seed)
         started = time.perf_counter()
-        folds, replaced = [], []
-        for fold_task in (task, dataclasses.replace(task, train=task.dev, dev=task.train)):
-            tuner = Tuner(fold_task, backend, TuneConfig(budget_calls=args.budget, seed=seed), progress=False)
-            replaced.append(tuner.run().metrics["decision"]["replace"])
-            folds.append(tuner)
+        folds = [Tuner(fold_task, backend, TuneConfig(budget_calls=args.budget, seed=seed), progress=False)
+                 for fold_task in (task, dataclasses.replace(task, train=task.dev, dev=task.train))]
+        results = [t.run() for t in folds]
+        default_replaces = results[0].metrics["decision"]["replace"]  # fold A's search is today's run
         if folds[0].subspace_.fingerprint() != folds[1].subspace_.fingerprint():
             raise RuntimeError("the two folds searched different subspaces: their points cannot be averaged")
-        record = cv_record(task, folds, replaced[0], heldout, test, args.guard_alpha, seed)
+        record = cv_record(task, folds, default_replaces, heldout, test, args.guard_alpha, seed)
         runs.append({"model": args.model, "data": Path(args.data).name, "wall_s": round(time.perf_counter() - started, 1),
                      **record})
         print(json.dumps(runs[-1]["heldout_acc"]), flush=True)
@@ -129,12 +124,10 @@ def cv_record(task: Task, folds: list[Tuner], default_replaces: bool, heldout: t
     n = len(a.task_.train)
     picks: list[Pick] = [rule_picks(t)["dev_acc"] for t in folds]
     z_mean = (picks[0].z + picks[1].z) / 2
-    demos_task = task.with_placement(Placement.PREFIX)  # as the matrix's in_context_train row scores them
+    demos, demos_task = demonstrations(task, backend, seed)  # as the matrix's in_context_train row
     prompts: dict[str, tuple[Prompt, TaskFormat]] = {
         "manual": (a.manual_, fmt), "pick_a": (a.prompt(picks[0].z), fmt), "pick_b": (a.prompt(picks[1].z), fmt),
-        "mean": (a.prompt(z_mean), fmt),
-        "demos": (in_context_prompt(demos_task, backend.vocabulary().tokenizer,
-                                    InContextConfig(shots_per_class=SHOTS_PER_CLASS, seed=seed)), demos_task.format)}
+        "mean": (a.prompt(z_mean), fmt), "demos": (demos, demos_task.format)}
     scores = {name: score_examples(backend, prompt, pooled, f) for name, (prompt, f) in prompts.items()}
 
     def fold_bias(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -165,7 +158,8 @@ def cv_record(task: Task, folds: list[Tuner], default_replaces: bool, heldout: t
     demos_bias = fold_bias("demos")[0]
     answer_dev = on_dev("pick_a", picks[0].bias) if default_replaces else on_dev("manual", manual_bias_a)
     demos_dev = on_dev("demos", demos_bias)
-    demos = decide(demos_dev, answer_dev, dev_acc_key(demos_dev) < dev_acc_key(answer_dev), Guard.AGREE, alpha, seed)
+    demos_decision = decide(demos_dev, answer_dev, dev_acc_key(demos_dev) < dev_acc_key(answer_dev), Guard.AGREE,
+                            alpha, seed)
     demos_by_margins = demos_dev.accuracy > answer_dev.accuracy and demos_dev.loss <= answer_dev.loss
 
     candidates = {  # name: (prompt, bias)
@@ -188,7 +182,7 @@ def cv_record(task: Task, folds: list[Tuner], default_replaces: bool, heldout: t
         "cv_mean_b64": "mean_b64" if agree else "manual_b64",
         "pick_a": "pick_a", "pick_b": "pick_b", "demos": "demos",
         "default|demos": "demos" if demos_by_margins else default,
-        "default|demos_agree": "demos" if demos.replace else default,
+        "default|demos_agree": "demos" if demos_decision.replace else default,
     }
 
     def accuracies(examples: tuple) -> dict[str, float]:
@@ -206,7 +200,7 @@ def cv_record(task: Task, folds: list[Tuner], default_replaces: bool, heldout: t
     record: dict[str, Any] = {
         "seed": seed, "calibrate": "on", "heldout_acc": accuracies(heldout),
         "default_replaces": default_replaces, "returned": returned,
-        "decisions": {**{f"cv_{g}": dataclasses.asdict(d) for g, d in cv.items()}, "demos": dataclasses.asdict(demos)},
+        "decisions": {**{f"cv_{g}": dataclasses.asdict(d) for g, d in cv.items()}, "demos": dataclasses.asdict(demos_decision)},
         "out_of_fold": {"tuned": [tuned_oof.accuracy, tuned_oof.loss], "manual": [manual_oof.accuracy, manual_oof.loss],
                         "pick_a": oof_acc["pick_a"], "pick_b": oof_acc["pick_b"]},
     }

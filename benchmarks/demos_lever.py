@@ -32,8 +32,9 @@ from selection import GUARD_ALPHA, heldout_split, returned_by_default, with_guar
 from task_args import ROOT
 from bbtune.backends.factory import LocalConfig
 from bbtune.baselines.incontext import InContextConfig, in_context_prompt
+from bbtune.core.prompts import HardPrompt
 from bbtune.search.evaluate import evaluate, fitted_bias
-from bbtune.tasks import Placement, TaskConfig
+from bbtune.tasks import Placement, Task, TaskConfig
 
 SHOTS_PER_CLASS = 2  # as the matrix's in-context rows
 DEFAULT = "dev_acc+agree"  # what `bbtune tune` returns at the defaults
@@ -50,9 +51,7 @@ def demos_columns(run: dict[str, Any], backend: Any, data_dir: Path, k: int, tes
     task = TaskConfig(data=str(data_dir), preset=run["preset"], k=k, data_seed=seed,
                       test_limit=1 if test_limit is None else test_limit).load()  # the study's test sample
     heldout = heldout_split(task, data_dir / "train.jsonl", run["n_heldout"], seed)
-    task = task.with_placement(Placement.PREFIX)
-    prompt = in_context_prompt(task, backend.vocabulary().tokenizer,
-                               InContextConfig(shots_per_class=SHOTS_PER_CLASS, seed=seed, calibration="train"))
+    prompt, task = demonstrations(task, backend, seed)
     bias = fitted_bias(backend, prompt, task.train, task.format)
     dev = evaluate(backend, prompt, task.dev, task.format, label_bias=bias)
     out = {"dev": {"acc": dev.accuracy, "loss": dev.loss},
@@ -60,6 +59,14 @@ def demos_columns(run: dict[str, Any], backend: Any, data_dir: Path, k: int, tes
     if test_limit is not None:
         out["test_acc"] = evaluate(backend, prompt, task.test, task.format, label_bias=bias).accuracy
     return out
+
+
+def demonstrations(task: Task, backend: Any, seed: int) -> tuple[HardPrompt, Task]:
+    """The seed's demonstrations as `in_context_train` writes them, and the task in the placement that scores
+    them (prefix)."""
+    task = task.with_placement(Placement.PREFIX)
+    config = InContextConfig(shots_per_class=SHOTS_PER_CLASS, seed=seed, calibration="train")
+    return in_context_prompt(task, backend.vocabulary().tokenizer, config), task
 
 
 def with_demos(run: dict[str, Any], demos: dict[str, Any]) -> dict[str, Any]:

@@ -86,10 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     backend = LocalConfig(model=args.model).build() if not args.merge else None
     out = Path(args.out)
     for seed in [] if args.merge else args.seeds:
-        task = TaskConfig(data=args.data, preset=args.preset, k=args.k, data_seed=seed, test_limit=1).load()
-        heldout = heldout_split(task, Path(args.data) / "train.jsonl", args.heldout, seed)
-        test = () if args.test_limit < 0 else TaskConfig(data=args.data, preset=args.preset, k=args.k, data_seed=seed,
-                                                        test_limit=args.test_limit).load().test
+        task, heldout, test = study_splits(args, seed)
         for calibrate in args.calibrate:
             cfg = TuneConfig(mode=args.mode, budget_calls=args.budget, seed=seed, eval_every=args.eval_every,
                              calibrate=calibrate == "on", select=Selection.DEV_ACC, p0=args.p0, alpha=args.alpha)
@@ -184,6 +181,16 @@ def returned_by_default(run: dict[str, Any], alpha: float) -> dict[str, float]:
     if replaces(d, "agree", alpha):
         return {"acc": pick["acc"], "loss": pick["loss"]}
     return {"acc": pick["acc"] - d["dev_acc_margin"], "loss": pick["loss"] + d["dev_loss_margin"]}
+
+
+def study_splits(args: argparse.Namespace, seed: int) -> tuple[Task, tuple, tuple]:
+    """A study's few-shot task for `seed`, its held-out pool examples and its test sample (empty where
+    --test-limit is negative: test is not scored)."""
+    task = TaskConfig(data=args.data, preset=args.preset, k=args.k, data_seed=seed, test_limit=1).load()
+    heldout = heldout_split(task, Path(args.data) / "train.jsonl", args.heldout, seed)
+    test = () if args.test_limit < 0 else TaskConfig(data=args.data, preset=args.preset, k=args.k, data_seed=seed,
+                                                    test_limit=args.test_limit).load().test
+    return task, heldout, test
 
 
 def heldout_split(task: Task, train_file: Path, size: int, seed: int) -> tuple:

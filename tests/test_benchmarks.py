@@ -219,8 +219,8 @@ def test_cross_validation_lever_scores_each_rule_on_what_it_returns(monkeypatch,
     run = json.loads(out.read_text())["runs"][0]
     returned, decisions = run["returned"], run["decisions"]
     assert returned["default"] == ("pick_a" if run["default_replaces"] else "manual_calibrated")
-    for rule, guard in (("cv_agree", "cv_agree"), ("cv_paired", "cv_paired")):
-        assert returned[rule] == ("pick_a" if decisions[guard]["replace"] else "manual_calibrated")
+    for rule in ("cv_agree", "cv_paired"):
+        assert returned[rule] == ("pick_a" if decisions[rule]["replace"] else "manual_calibrated")
     for rule, pick in (("cv_agree_b64", "pick_a_b64"), ("cv_mean_b64", "mean_b64")):
         assert returned[rule] == (pick if decisions["cv_agree"]["replace"] else "manual_b64")
     assert returned["default|demos_agree"] == ("demos" if decisions["demos"]["replace"] else returned["default"])

@@ -421,7 +421,8 @@ class LocalBackend(Backend):
                 return self._forward_last(embeds.repeat_interleave(n_c, 0), mask, positions, cache)
 
             def forward(ex: slice, cand: slice) -> torch.Tensor:  # rows stay example-major across the runs
-                return torch.cat([forward_block(run, cand) for run in self._window_safe(lengths, ex, ctx_len)])
+                runs = self._window_safe(lengths, ex, ctx_len)
+                return forward_block(ex, cand) if len(runs) == 1 else torch.cat([forward_block(r, cand) for r in runs])
 
             return self._blockwise(lengths, order, P, list(step.next_ids), lambda n: (ctx_len, n), forward)
 
