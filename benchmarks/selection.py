@@ -76,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--alpha", type=float, default=0.0, help="step in embedding space, in embedding stds (0 = by p0)")
     ap.add_argument("--guard-alpha", type=float, default=GUARD_ALPHA, help="level of the guards' tests, post hoc")
     ap.add_argument("--p0", default="auto", choices=["auto", "vocab", "cue"])
+    ap.add_argument("--prompt-tokens", type=int, default=0,
+                    help="prompt length (0 = by p0; with --p0 cue, more pads the cue: the 'more tokens' lever)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "selection_sst2.json"))
     ap.add_argument("--merge", nargs="+", default=[], metavar="JSON",
                     help="no runs: merge earlier outputs (old ones get their paired column decided by today's rule)")
@@ -89,12 +91,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         task, heldout, test = study_splits(args, seed)
         for calibrate in args.calibrate:
             cfg = TuneConfig(mode=args.mode, budget_calls=args.budget, seed=seed, eval_every=args.eval_every,
-                             calibrate=calibrate == "on", select=Selection.DEV_ACC, p0=args.p0, alpha=args.alpha)
+                             calibrate=calibrate == "on", select=Selection.DEV_ACC, p0=args.p0, alpha=args.alpha,
+                             prompt_tokens=args.prompt_tokens)
             tuner = Tuner(task, backend, cfg, progress=False)
             started = time.perf_counter()
             tuner.run()
             search_s = time.perf_counter() - started  # the search alone: what a bbt_soft job spends before test
-            runs.append({"p0": args.p0, "alpha": args.alpha, "model": args.model, "data": Path(args.data).name,
+            runs.append({"p0": args.p0, "alpha": args.alpha, "prompt_tokens": tuner.subspace_.n_tokens,
+                         "model": args.model, "data": Path(args.data).name,
                          "search_wall_s": round(search_s, 3),
                          **score_rules(tuner, heldout, seed, calibrate, args.guard_alpha, test)})
             runs[-1] = with_guards(runs[-1], args.guard_alpha)

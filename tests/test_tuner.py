@@ -272,6 +272,23 @@ def test_p0_cue_in_hard_mode_starts_from_the_cue_tokens_themselves(tiny_backend,
     assert tuner.prompt(np.zeros(tuner.subspace_.dim)).token_ids == cue_ids
 
 
+def test_p0_cue_with_more_prompt_tokens_puts_copies_of_the_cues_first_token_before_it(tiny_backend, tiny_task):
+    """Issue 19's lever "more prompt tokens": the start reads as the manual prompt after blank lines, the manual
+    prompt the run compares against stays the cue itself."""
+    cue_ids = tuple(tiny_backend.tokenizer.encode(" It was", add_special_tokens=False))
+    padded = (cue_ids[0],) * 3 + cue_ids
+    hard = Tuner(tiny_task, tiny_backend, TuneConfig(**{**FAST, "p0": "cue", "prompt_tokens": len(padded)},
+                                                     mode="hard", vocab_filter="words", budget_calls=12))
+    hard.run()
+    assert hard.subspace_.n_tokens == len(padded) and hard.manual_.token_ids == cue_ids
+    assert hard.prompt(np.zeros(hard.subspace_.dim)).token_ids == padded
+    soft = Tuner(tiny_task, tiny_backend, TuneConfig(**{**FAST, "p0": "cue", "prompt_tokens": len(padded)},
+                                                     budget_calls=12))
+    metrics = soft.run().metrics
+    embeddings = tiny_backend.vocabulary().embeddings.float()
+    assert torch.equal(soft.subspace_.p0, embeddings[list(padded)]) and metrics["prompt_tokens_used"] == len(padded)
+
+
 def test_p0_auto_is_the_cue_where_the_prompt_can_take_its_place_else_random_words(tiny_backend, tiny_task):
     from bbtune.tasks import Template
 
@@ -291,8 +308,9 @@ def test_p0_cue_needs_cue_words_and_suffix_placement(tiny_backend, tiny_task):
     no_cue = tiny_task.with_template(Template("{text}{label}"))
     with pytest.raises(ConfigError, match="no cue words"):
         tune(no_cue, tiny_backend, TuneConfig(**{**FAST, "p0": "cue", "prompt_tokens": 0}, budget_calls=12), progress=False)
-    with pytest.raises(ConfigError, match="drop --prompt-tokens"):
-        tune(tiny_task, tiny_backend, TuneConfig(**{**FAST, "p0": "cue"}, budget_calls=12), progress=False)
+    with pytest.raises(ConfigError, match="--prompt-tokens 1 cannot hold it"):
+        tune(tiny_task, tiny_backend, TuneConfig(**{**FAST, "p0": "cue", "prompt_tokens": 1}, budget_calls=12),
+             progress=False)
     with pytest.raises(ConfigError, match="placement suffix"):
         tune(tiny_task.with_placement("prefix"), tiny_backend, TuneConfig(**{**FAST, "p0": "cue", "prompt_tokens": 0}, budget_calls=12), progress=False)
 

@@ -179,13 +179,15 @@ class Tuner:
         vocab = self.backend.vocabulary()
         self.manual_ = MANUAL_PROMPT
         self.p0_ = self._resolve_p0(vocab)
-        space = self._prompt_in_place_of_cue(vocab) if self.p0_ is P0Init.CUE else replace(cfg, p0=self.p0_)
+        space, p0_ids = (self._prompt_in_place_of_cue(vocab) if self.p0_ is P0Init.CUE
+                         else (replace(cfg, p0=self.p0_), ()))
         self.scorer_ = text_scorer(self.backend) if cfg.fluency or cfg.vocab_filter == "common" else None
         within = (whole_words(self.scorer_, vocab.allowed_mask("common"))
                   if self.scorer_ is not None and cfg.vocab_filter == "common" else None)
         self.discretizer_ = Discretizer(vocab, cfg.metric, cfg.vocab_filter, cfg.block_list,
                                         also_allow=self.manual_.token_ids, within=within)
-        self.subspace_ = Subspace.build(vocab, space, cfg.seed, allowed=self.discretizer_.allowed, sigma0=cfg.sigma0)
+        self.subspace_ = Subspace.build(vocab, space, cfg.seed, allowed=self.discretizer_.allowed, sigma0=cfg.sigma0,
+                                        p0_ids=p0_ids)
         self.hard_scale_, self.hard_change_ = 1.0, None
         if cfg.mode is Mode.HARD:
             self.hard_scale_, self.hard_change_ = calibrate_hard_scale(
@@ -220,22 +222,28 @@ class Tuner:
         template, cue = self.task.format.template.without_cue()
         return template, cue, tuple(vocab.tokenizer.encode(cue, add_special_tokens=False))
 
-    def _prompt_in_place_of_cue(self, vocab: Any) -> SubspaceConfig:
+    def _prompt_in_place_of_cue(self, vocab: Any) -> tuple[SubspaceConfig, tuple[int, ...]]:
         """``--p0 cue``: the search runs on the template without its cue, p0 is the cue's own words, so z = 0 is
-        exactly the manual prompt and every step is measured against it (the prompt has the cue's length)."""
+        exactly the manual prompt and every step is measured against it (the prompt has the cue's length).
+        A longer ``--prompt-tokens`` puts copies of the cue's first token (a newline in the presets) before it:
+        more tokens to tune, from a start that reads as the manual prompt after blank lines. Returns the
+        subspace's config and p0's token ids."""
         if self.task_.format.placement is not Placement.SUFFIX:
             raise ConfigError("--p0 cue replaces the words before the label, so it needs --placement suffix")
         template, cue, ids = self._cue_ids(vocab)
         if not ids:
             raise ConfigError(f"template {self.task_.format.template.pattern!r} has no cue words between the input and "
                               "{label} for --p0 cue to start from; add some (e.g. '\nSentiment:') or use --p0 vocab")
-        if self.config.prompt_tokens not in (0, len(ids)):
-            raise ConfigError(f"--p0 cue makes the prompt the cue {cue!r}, {len(ids)} tokens; drop --prompt-tokens "
-                              f"(or set it to {len(ids)}), or start from random words with --p0 vocab")
+        length = self.config.prompt_tokens or len(ids)
+        if length < len(ids):
+            raise ConfigError(f"--p0 cue makes the prompt the cue {cue!r}, {len(ids)} tokens; --prompt-tokens "
+                              f"{length} cannot hold it: drop --prompt-tokens, set it to {len(ids)} or more (the cue "
+                              "after copies of its first token), or start from random words with --p0 vocab")
         self.task_ = self.task_.with_template(template)
         self.manual_ = HardPrompt(ids, cue)
-        return replace(self.config, p0=P0Init.TEXT, p0_text=cue, prompt_tokens=len(ids),
-                       alpha=self.config.alpha or ALPHA_FROM_CUE)
+        p0_ids = (ids[0],) * (length - len(ids)) + ids
+        return replace(self.config, p0=P0Init.TEXT, p0_text=cue, prompt_tokens=length,
+                       alpha=self.config.alpha or ALPHA_FROM_CUE), p0_ids
 
     def prompt(self, z: np.ndarray) -> Prompt:
         """The prompt a point z of the subspace stands for (soft, or its nearest tokens in hard mode)."""

@@ -52,7 +52,8 @@ class P0Init(str, Enum):
 @dataclass(frozen=True)
 class SubspaceConfig:
     prompt_tokens: int = field(default=0, metadata={
-        "help": f"number of prompt tokens n; 0 = the cue's length when starting from the cue, else {CPU_PROMPT_TOKENS}"})
+        "help": f"number of prompt tokens n; 0 = the cue's length when starting from the cue (more: the cue after "
+                f"copies of its first token, e.g. newlines), else {CPU_PROMPT_TOKENS}"})
     intrinsic_dim: int = field(default=CPU_INTRINSIC_DIM, metadata={"help": "dimension d of z"})
     projection: Projection = field(default=Projection.NORMAL, metadata={"help": "distribution of A"})
     alpha: float = field(default=0.0, metadata={
@@ -60,7 +61,7 @@ class SubspaceConfig:
                 f"from random words or text, {ALPHA_FROM_CUE} from the cue"})
     p0: P0Init = field(default=P0Init.AUTO, metadata={
         "help": "start point p0: cue (the template's own cue words, which the prompt then replaces: the search starts "
-                "at the manual prompt; prompt length = the cue's), vocab (random words, BBT), text (--p0-text), zeros; "
+                "at the manual prompt; prompt length = the cue's unless --prompt-tokens pads it), vocab (random words, BBT), text (--p0-text), zeros; "
                 "auto = cue where possible, else vocab"})
     p0_text: str = field(default="", metadata={"help": "text whose embeddings are p0 (with p0=text)"})
 
@@ -109,10 +110,11 @@ class Subspace:
 
     @classmethod
     def build(cls, vocab: Vocabulary, config: SubspaceConfig, seed: int, allowed: torch.Tensor | None = None,
-              sigma0: float = 1.0) -> "Subspace":
-        config = replace(config, prompt_tokens=config.prompt_tokens or CPU_PROMPT_TOKENS)
+              sigma0: float = 1.0, p0_ids: tuple[int, ...] = ()) -> "Subspace":
         """`sigma0` is the optimizer's initial step: the std rule divides by it, so the step in embedding space
-        is ``alpha * std_hat`` whatever sigma0 is."""
+        is ``alpha * std_hat`` whatever sigma0 is. `p0_ids` (with ``p0=text``) gives p0's tokens directly: the
+        tuner's cue start knows them, and a padded cue's text would tokenize differently (newlines merge)."""
+        config = replace(config, prompt_tokens=config.prompt_tokens or CPU_PROMPT_TOKENS)
         emb = vocab.embeddings.float()
         n, hidden, d = config.prompt_tokens, emb.shape[1], config.intrinsic_dim
         gen = torch.Generator().manual_seed(seed)
@@ -121,15 +123,16 @@ class Subspace:
             A = torch.randn(n * hidden, d, generator=gen) * std
         else:
             A = (torch.rand(n * hidden, d, generator=gen) * 2 - 1) * std * np.sqrt(3.0)
-        return cls(A, _p0(vocab, config, gen, allowed))
+        return cls(A, _p0(vocab, config, gen, allowed, p0_ids))
 
 
-def _p0(vocab: Vocabulary, config: SubspaceConfig, gen: torch.Generator, allowed: torch.Tensor | None) -> torch.Tensor:
+def _p0(vocab: Vocabulary, config: SubspaceConfig, gen: torch.Generator, allowed: torch.Tensor | None,
+        p0_ids: tuple[int, ...] = ()) -> torch.Tensor:
     n, emb = config.prompt_tokens, vocab.embeddings.float()
     if config.p0 is P0Init.ZEROS:
         return torch.zeros(n, emb.shape[1])
     if config.p0 is P0Init.TEXT:
-        ids = vocab.tokenizer.encode(config.p0_text, add_special_tokens=False)
+        ids = list(p0_ids) or vocab.tokenizer.encode(config.p0_text, add_special_tokens=False)
         if len(ids) != n:
             raise ConfigError(
                 f"p0_text {config.p0_text!r} is {len(ids)} tokens but prompt_tokens={n}; "
