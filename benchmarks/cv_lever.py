@@ -200,7 +200,8 @@ def cv_record(task: Task, folds: list[Tuner], default_replaces: bool, heldout: t
     record: dict[str, Any] = {
         "seed": seed, "calibrate": "on", "heldout_acc": accuracies(heldout),
         "default_replaces": default_replaces, "returned": returned,
-        "decisions": {**{f"cv_{g}": dataclasses.asdict(d) for g, d in cv.items()}, "demos": dataclasses.asdict(demos_decision)},
+        "decisions": {**{f"cv_{g}": dataclasses.asdict(d) for g, d in cv.items()},
+                      "demos": dataclasses.asdict(demos_decision)},
         "out_of_fold": {"tuned": [tuned_oof.accuracy, tuned_oof.loss], "manual": [manual_oof.accuracy, manual_oof.loss],
                         "pick_a": oof_acc["pick_a"], "pick_b": oof_acc["pick_b"]},
     }
