@@ -11,7 +11,6 @@ rewords) one of the training pool. The label is the answer itself (a generation 
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -79,12 +78,9 @@ def build(n_pool: int = 64, seed: int = 2026) -> tuple[list[dict], list[dict]]:
 
 
 def main() -> None:
-    folder = Path(__file__).parent / "answers"
-    folder.mkdir(exist_ok=True)
-    pool, test = build()
-    for name, rows in (("train.jsonl", pool), ("test.jsonl", test)):
-        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-        print(f"wrote {len(rows)} rows to {folder / name}")
+    from bbtune.data.generate_demo import write_splits
+
+    write_splits(Path(__file__).parent / "answers", *build())
 
 
 if __name__ == "__main__":

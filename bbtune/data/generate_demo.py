@@ -75,12 +75,17 @@ def build(n_pool: int = 96, n_test: int = 240, seed: int = 2026) -> tuple[list[d
     return pool, test
 
 
-def main() -> None:
-    folder = Path(__file__).parent / "demo"
-    pool, test = build()
+def write_splits(folder: Path, pool: list[dict], test: list[dict]) -> None:
+    """Write the pool and test rows as the JSON Lines files `TaskConfig(data=...)` reads (shared by the
+    generators of bbtune's built-in sets)."""
+    folder.mkdir(exist_ok=True)
     for name, rows in (("train.jsonl", pool), ("test.jsonl", test)):
         (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
         print(f"wrote {len(rows)} rows to {folder / name}")
+
+
+def main() -> None:
+    write_splits(Path(__file__).parent / "demo", *build())
 
 
 if __name__ == "__main__":
