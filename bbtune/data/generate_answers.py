@@ -14,6 +14,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from bbtune.data.generate_demo import write_splits
+
 CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Germany": "Berlin", "Spain": "Madrid",
             "Russia": "Moscow", "Egypt": "Cairo", "England": "London", "Greece": "Athens", "Portugal": "Lisbon",
             "Ireland": "Dublin", "Austria": "Vienna", "Norway": "Oslo", "Sweden": "Stockholm", "Poland": "Warsaw",
@@ -78,8 +80,6 @@ def build(n_pool: int = 64, seed: int = 2026) -> tuple[list[dict], list[dict]]:
 
 
 def main() -> None:
-    from bbtune.data.generate_demo import write_splits
-
     write_splits(Path(__file__).parent / "answers", *build())
 
 
