@@ -78,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--p0", default="auto", choices=["auto", "vocab", "cue"])
     ap.add_argument("--prompt-tokens", type=int, default=0,
                     help="prompt length (0 = by p0; with --p0 cue, more pads the cue: the 'more tokens' lever)")
+    ap.add_argument("--intrinsic-dim", type=int, default=TuneConfig.intrinsic_dim, help="dimension d of z")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "selection_sst2.json"))
     ap.add_argument("--merge", nargs="+", default=[], metavar="JSON",
                     help="no runs: merge earlier outputs (old ones get their paired column decided by today's rule)")
@@ -92,12 +93,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         for calibrate in args.calibrate:
             cfg = TuneConfig(mode=args.mode, budget_calls=args.budget, seed=seed, eval_every=args.eval_every,
                              calibrate=calibrate == "on", select=Selection.DEV_ACC, p0=args.p0, alpha=args.alpha,
-                             prompt_tokens=args.prompt_tokens)
+                             prompt_tokens=args.prompt_tokens, intrinsic_dim=args.intrinsic_dim)
             tuner = Tuner(task, backend, cfg, progress=False)
             started = time.perf_counter()
             tuner.run()
             search_s = time.perf_counter() - started  # the search alone: what a bbt_soft job spends before test
             runs.append({"p0": args.p0, "alpha": args.alpha, "prompt_tokens": tuner.subspace_.n_tokens,
+                         "intrinsic_dim": tuner.subspace_.dim,
                          "model": args.model, "data": Path(args.data).name,
                          "search_wall_s": round(search_s, 3),
                          **score_rules(tuner, heldout, seed, calibrate, args.guard_alpha, test)})

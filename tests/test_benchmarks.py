@@ -202,16 +202,21 @@ def test_the_demos_tables_cover_every_study_with_or_without_the_demonstrations(s
     assert overall["default|demos"]["runs"] == 1 and overall["default|demos"]["held-out acc"] == pytest.approx(90.0)
 
 
+def write_toy_sentiment(folder: Path) -> None:
+    """A two-label set the tiny model can tune on: 60 sentences, each its label's word, as train and test."""
+    words = {"positive": "good fine great nice", "negative": "bad awful poor dull"}
+    lines = [json.dumps({"text": f"{words[label].split()[i % 4]} film number {i}", "label": label})
+             for i in range(30) for label in words]
+    for split in ("train", "test"):
+        (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+
+
 def test_cross_validation_lever_scores_each_rule_on_what_it_returns(monkeypatch, tmp_path):
     """Two folds on the tiny model: each rule's held-out number is its candidate's (the pick behind its guard, else
     the calibrated manual prompt), and the out-of-fold accuracy covers both folds' examples."""
     monkeypatch.syspath_prepend(str(BENCH))
     sys.modules.pop("selection", None)
-    words = {"positive": "good fine great nice", "negative": "bad awful poor dull"}
-    lines = [json.dumps({"text": f"{words[label].split()[i % 4]} film number {i}", "label": label})
-             for i in range(30) for label in words]
-    for split in ("train", "test"):
-        (tmp_path / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    write_toy_sentiment(tmp_path)
     cv = runpy.run_path(str(BENCH / "cv_lever.py"), run_name="cv_lever_script")
     out = tmp_path / "cv.json"
     cv["main"](["--data", str(tmp_path), "--model", "tiny", "--k", "4", "--seeds", "13", "--budget", "20",
@@ -231,3 +236,16 @@ def test_cross_validation_lever_scores_each_rule_on_what_it_returns(monkeypatch,
     oof = run["out_of_fold"]
     assert oof["tuned"][0] == pytest.approx((oof["pick_a"] + oof["pick_b"]) / 2)  # 8 examples per fold, each half
     assert run["n_test"] == 10
+
+
+def test_selection_study_searches_the_subspace_it_is_given(selection, tmp_path):
+    """`--intrinsic-dim` reaches the tuner: the run records the dimension its search had, and each rule's pick
+    is scored on held-out pool examples beside the calibrated manual prompt."""
+    write_toy_sentiment(tmp_path)
+    out = tmp_path / "sel.json"
+    selection.main(["--data", str(tmp_path), "--model", "tiny", "--k", "4", "--seeds", "13", "--budget", "20",
+                    "--heldout", "12", "--intrinsic-dim", "7", "--out", str(out)])
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["intrinsic_dim"] == 7
+    assert {"dev_acc", "manual_calibrated", "dev_acc+agree"} <= set(run["heldout_acc"])
+    assert "test_acc" not in run  # --test-limit defaults to no test scoring
