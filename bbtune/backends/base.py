@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import torch
 
     from bbtune.backends.wire import ProbeReport
+    from bbtune.core.topk import AnswerTopK
     from bbtune.core.vocab import Vocabulary
     from bbtune.tasks import Example, TaskFormat
 
@@ -42,6 +43,7 @@ class Capabilities:
     gradients: bool = False
     generate: bool = False  # it can write text after an input (`Backend.generate`)
     logprobs: bool = True  # it gives log-probs (False for a text-only server)
+    topk: int = 0  # deepest top-k of the answer position's distribution it returns (`Backend.score_topk`); 0: none
 
     def require(self, kind: str, backend_name: str) -> None:
         if not getattr(self, kind):
@@ -121,6 +123,14 @@ class Backend(Protocol):
         this with every example's continuations = the words."""
         raise CapabilityError(f"backend {self.name} cannot score continuations; use a LocalBackend, or a "
                               "RemoteBackend in echo or top_logprobs mode")
+
+    def score_topk(self, prompts: Sequence[Prompt], examples: Sequence["Example"], fmt: "TaskFormat",
+                   k: int) -> tuple[np.ndarray, list["AnswerTopK"]]:
+        """`score`'s (P, B, L) label log-probs and, per prompt, the top-`k` of the next-token distribution at the
+        answer position (where the label's first token would be read), as text -> log-prob: what a readout learns
+        from. Never deeper than `capabilities.topk`; a row may hold fewer tokens where the server returned fewer."""
+        raise CapabilityError(f"backend {self.name} returns no top-k log-probs; use a LocalBackend, or a "
+                              "RemoteBackend in top_logprobs, chat, echo or prompt_embeds mode")
 
     def vocabulary(self) -> "Vocabulary":
         """Tokenizer and the embedding of every token, for `A`'s scale and for discretization."""
