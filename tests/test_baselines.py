@@ -53,7 +53,9 @@ def test_a_step_accumulated_within_the_memory_budget_equals_the_whole_batch_at_o
     whose backward fits the budget, and the gradient stays the whole batch's mean."""
     roomy = LocalBackend("tiny")
     tight = LocalBackend("tiny", memory_budget_mb=0.3)
-    config = PromptTuningConfig(steps=3, batch_size=0, eval_every=3, prompt_tokens=3, lr=1.0, seed=0)
+    # PEZ scores the nearest tokens: a step must be long enough to change one (lr 1.0 moved none with torch 2.13)
+    config = PromptTuningConfig(steps=3, batch_size=0, eval_every=3, prompt_tokens=3, lr=3.0 if view == "pez" else 1.0,
+                                seed=0)
     init = initial_embeds(roomy.vocabulary(), 3, "vocab", "", seed=0)
     assert len(roomy.train_slices(3, tiny_task.train, tiny_task.format)) == 1
     parts = tight.train_slices(3, tiny_task.train, tiny_task.format)

@@ -4,6 +4,7 @@ and every server sees the same truncated input)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any, Sequence
 
 from bbtune.core.prompts import HardPrompt
@@ -23,7 +24,7 @@ class Encoded:
     trie: LabelTrie = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "trie", LabelTrie.build(self.label_seqs))
+        object.__setattr__(self, "trie", trie_of(tuple(self.label_seqs)))
 
     @property
     def label_ids(self) -> list[int]:
@@ -36,6 +37,13 @@ class Encoded:
         return [self.lead + (head if placement is Placement.SUFFIX else []) for head in self.heads]
 
 
+@lru_cache(maxsize=16)
+def trie_of(label_seqs: tuple[tuple[int, ...], ...]) -> LabelTrie:
+    """The trie of a verbalizer's token sequences, built once: a whole vocabulary read as labels
+    (`LocalBackend.score_topk`) is tens of thousands of words, scored chunk after chunk."""
+    return LabelTrie.build(label_seqs)
+
+
 class InputEncoder:
     """Encodes examples for one tokenizer; label ids are computed once per verbalizer."""
 
@@ -43,6 +51,7 @@ class InputEncoder:
         self.tokenizer, self.is_masked = tokenizer, is_masked
         self.context_length, self.max_input_tokens = context_length, max_input_tokens
         self._label_seqs: dict[tuple[str, tuple[tuple[str, str], ...]], list[tuple[int, ...]]] = {}
+        self.whole_vocabulary = 0  # > 0: every token id below it is read as a "label" (`LocalBackend.score_topk`)
 
     def lead(self) -> list[int]:
         """Special tokens that start every sequence (BOS / CLS), as the tokenizer adds them; maybe none."""
@@ -76,6 +85,8 @@ class InputEncoder:
         at its mask, so it takes single-token words only."""
         if fmt.is_generation:  # no label words: its inputs are encoded to generate after them
             return []
+        if self.whole_vocabulary:  # the answer position's whole distribution: one "label" per token
+            return [(i,) for i in range(self.whole_vocabulary)]
         key = (fmt.template.pattern, tuple(fmt.verbalizer.items()))
         if key not in self._label_seqs:
             seqs = verbalizer_token_sequences(self.tokenizer, fmt)

@@ -38,16 +38,15 @@ class LabelTrie:
     def build(cls, seqs: Sequence[Sequence[int]]) -> "LabelTrie":
         if any(len(s) == 0 for s in seqs):
             raise ValueError("a label word has no tokens")
-        nexts: dict[tuple[int, ...], list[int]] = {}
+        nexts: dict[tuple[int, ...], dict[int, int]] = {}  # prefix -> next token -> its column (insertion order)
         for seq in seqs:
             for t in range(len(seq)):
-                after = nexts.setdefault(tuple(seq[:t]), [])
-                if seq[t] not in after:
-                    after.append(seq[t])
+                after = nexts.setdefault(tuple(seq[:t]), {})
+                after.setdefault(seq[t], len(after))
         order = sorted(nexts, key=len)  # the empty prefix first: a failing step fails before deeper ones run
         index = {prefix: i for i, prefix in enumerate(order)}
         steps = tuple(Step(prefix, tuple(nexts[prefix])) for prefix in order)
-        paths = tuple(tuple((index[tuple(seq[:t])], nexts[tuple(seq[:t])].index(seq[t])) for t in range(len(seq)))
+        paths = tuple(tuple((index[tuple(seq[:t])], nexts[tuple(seq[:t])][seq[t]]) for t in range(len(seq)))
                       for seq in seqs)
         return cls(steps, paths)
 

@@ -19,7 +19,7 @@ extended by the word's earlier tokens; words sharing a prefix share that forward
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -28,6 +28,7 @@ import torch
 from bbtune.constants import DEFAULT_KV_CACHE_MB, DEFAULT_MEMORY_BUDGET_MB, EMBEDDED_MODEL
 from bbtune.errors import CapabilityError, ConfigError, TaskError
 from bbtune.backends.models import load_model
+from bbtune.core.topk import AnswerTopK
 from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt, distinct_prompts, prompt_kind
 from bbtune.tasks import Example, Placement, TaskFormat
 from bbtune.core.vocab import Vocabulary, token_embeddings
@@ -40,6 +41,9 @@ from bbtune.backends.labeltrie import LabelTrie, Step
 from bbtune.backends.kvcache import KVStore, LayerKV, cache_kwarg, cache_layers, new_cache
 from bbtune.backends.padding import (common_start, left_mask, left_pad, pad_left_kv, position_ids, right_pad,
                                     sliding_window, unpadded_runs)
+
+
+TOPK_FLOATS = 2**25  # most log-probs one full-vocabulary pass of `score_topk` holds (128 MiB of float32)
 
 
 class LocalBackend(Backend):
@@ -88,6 +92,8 @@ class LocalBackend(Backend):
         self.planner = BatchPlanner(self._cfg, model.get_input_embeddings().weight.element_size(),
                                     int(memory_budget_mb * 2**20), full_logits=self.is_masked or not self._keeps_logits)
         self.text_stats = TextExactStats()  # how hard prompts were scored as their text (repairs, row-by-row)
+        self._token_texts: dict[int, str] = {}
+        self.capabilities = replace(self.capabilities, topk=self.capabilities_topk)
 
     # ------------------------------------------------------------------ public
 
@@ -110,6 +116,49 @@ class LocalBackend(Backend):
         out = self._label_scores(prompts, examples, fmt)
         self.stats.add(len(prompts), len(examples))
         return check_scores(out, len(prompts), len(examples), len(fmt.labels), self.name)
+
+    def score_topk(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat,
+                   k: int) -> tuple[np.ndarray, list[AnswerTopK]]:
+        """`score`'s label log-probs and each prompt's top-`k` at the answer position (`Backend.score_topk`).
+
+        The whole distribution is read through the same paths as label words (every token id a one-token
+        "label"), in chunks of examples that keep (P, chunk, vocabulary) within `TOPK_FLOATS`; single-token
+        label words are read from it, longer ones scored as `score` scores them."""
+        if not examples:
+            raise TaskError("score_topk() got no examples; give at least one")
+        if k < 1:
+            raise ConfigError(f"k must be >= 1 token, got {k}")
+        size = self.capabilities_topk
+        k = min(k, size)
+        single = self.encoder.label_seqs(fmt)
+        ids = [s[0] for s in single] if all(len(s) == 1 for s in single) else None
+        chunk = max(1, TOPK_FLOATS // (len(prompts) * size))
+        labels, rows = [], [[] for _ in prompts]  # type: ignore[var-annotated]
+        for start in range(0, len(examples), chunk):
+            part = examples[start : start + chunk]
+            self.encoder.whole_vocabulary = size
+            try:
+                full = torch.from_numpy(self._label_scores(prompts, part, fmt))
+            finally:
+                self.encoder.whole_vocabulary = 0
+            labels.append(full[..., ids].numpy() if ids is not None else self._label_scores(prompts, part, fmt))
+            values, top = torch.topk(full, k, dim=-1)
+            for p in range(len(prompts)):
+                rows[p] += [list(zip(map(self.token_text, r), v)) for r, v in zip(top[p].tolist(), values[p].tolist())]
+        self.stats.add(len(prompts), len(examples))
+        out = check_scores(np.concatenate(labels, axis=1), len(prompts), len(examples), len(fmt.labels), self.name)
+        return out, [AnswerTopK.from_pairs(r, k) for r in rows]
+
+    @property
+    def capabilities_topk(self) -> int:
+        """Tokens a top-k can draw from: the ids the tokenizer can name (a model's padding rows are not text)."""
+        return min(len(self.tokenizer), int(self.model.get_output_embeddings().weight.shape[0]))
+
+    def token_text(self, token_id: int) -> str:
+        """What one token decodes to on its own: how an API names it in a top-k list."""
+        if token_id not in self._token_texts:
+            self._token_texts[token_id] = self.tokenizer.decode([token_id])
+        return self._token_texts[token_id]
 
     def continuation_logprobs(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat,
                               continuations: Sequence[Sequence[str]]) -> np.ndarray:

@@ -10,6 +10,7 @@ from bbtune.constants import EVAL_BATCH
 from bbtune.backends.base import Backend
 from bbtune.search.calibration import apply_bias, fit_label_bias
 from bbtune.search.losses import correct, per_example_loss
+from bbtune.search.readouts.answers import Answers
 from bbtune.core.prompts import Prompt
 from bbtune.tasks import Example, TaskFormat
 
@@ -56,3 +57,20 @@ def evaluation(scores: np.ndarray, labels: np.ndarray, label_bias: np.ndarray | 
     losses, right = per_example_loss(scores, labels)[0], correct(scores, labels)[0]
     return Evaluation(float(right.mean()), float(losses.mean()), scores.shape[1], tuple(map(float, losses)),
                       tuple(map(bool, right)))
+
+
+def answers_on(backend: Backend, prompt: Prompt, examples: Sequence[Example], fmt: TaskFormat, k: int,
+               chunk: int = EVAL_BATCH) -> Answers:
+    """One prompt's label scores and top-`k` lists on `examples` (what a readout reads), in chunks of `chunk`
+    examples (one model call each); `k` = 0 reads the label scores alone."""
+    if not examples:
+        raise ValueError("answers_on() got no examples")
+    parts = []
+    for i in range(0, len(examples), chunk):
+        part = examples[i : i + chunk]
+        if k:
+            labels, tops = backend.score_topk([prompt], part, fmt, k)
+            parts.append(Answers(labels[0], tops[0]))
+        else:
+            parts.append(Answers(backend.score([prompt], part, fmt)[0]))
+    return Answers.concat(parts)

@@ -1,0 +1,139 @@
+"""Readouts on the manual prompt, no search: what a hosted-API user gets from the log-probs an API returns.
+
+For every matrix cell (task x model x seed, the matrix's splits and test sets) the manual prompt's answers are
+read once at a deep top-k (1,000, what llama.cpp returns) on the training pool (train + dev, 16 + 16 per class)
+and on test; shallower depths (20, OpenAI chat's limit) are the same lists cut. Each readout is fitted on the pool
+and scored on test; ``auto`` is the one chosen out of fold on the pool (`bbtune.search.readouts.choose_readout`),
+never by test. Rows go to ``benchmarks/results/readouts_manual.json`` in the matrix's row format
+(`benchmarks/matrix.py --rows` merges them):
+
+    python benchmarks/readouts.py --models smollm2 gemma3-270m            # ~30 min on one core
+    python benchmarks/matrix.py --rows benchmarks/results/matrix.json benchmarks/results/readouts_manual.json
+
+Answers are cached per model and example text (``--cache``), so a cell shared by seeds is scored once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+import tomllib
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from task_args import ROOT
+
+from bbtune.api import backend_for
+from bbtune.backends.base import Backend
+from bbtune.core.prompts import MANUAL_PROMPT
+from bbtune.core.topk import AnswerTopK
+from bbtune.search.evaluate import answers_on
+from bbtune.search.readouts import Answers, ReadoutKind, choose_readout, make_readout
+from bbtune.tasks import Example, Task, TaskConfig
+
+SPEC = ROOT / "benchmarks" / "specs" / "matrix.toml"
+OUT = ROOT / "benchmarks" / "results" / "readouts_manual.json"
+DEEP = 1000
+
+
+class AnswerCache:
+    """One model's answers at the deep top-k, per task and example text, kept on disk between runs."""
+
+    def __init__(self, path: Path):
+        self.path, self.rows = path, {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                self.rows[row["key"]] = row
+
+    def answers(self, backend: Backend, task: Task, examples: Sequence[Example]) -> Answers:
+        keys = [f"{task.name}|{ex.text}|{ex.text_b}" for ex in examples]
+        todo = [ex for ex, key in zip(examples, keys) if key not in self.rows]
+        if todo:
+            fresh = answers_on(backend, MANUAL_PROMPT, todo, task.format, DEEP)
+            assert fresh.topk is not None
+            with self.path.open("a") as out:
+                for i, ex in enumerate(todo):
+                    row = {"key": f"{task.name}|{ex.text}|{ex.text_b}", "labels": fresh.labels[i].tolist(),
+                           "tokens": fresh.topk.tokens[i], "logprobs": fresh.topk.logprobs[i]}
+                    self.rows[row["key"]] = row
+                    out.write(json.dumps(row) + "\n")
+        rows = [self.rows[k] for k in keys]
+        return Answers(np.array([r["labels"] for r in rows], dtype=float),
+                       AnswerTopK(tuple(tuple(r["tokens"]) for r in rows), tuple(tuple(r["logprobs"]) for r in rows),
+                                  DEEP))
+
+
+def at_depth(answers: Answers, k: int) -> Answers:
+    """The answers an API returning only the top-`k` would have given: lists cut, labels outside them missing."""
+    assert answers.topk is not None
+    top = answers.topk.truncated(k)
+    labels = answers.labels.copy()
+    for row in range(len(labels)):
+        last = top.logprobs[row][-1] if top.logprobs[row] else np.inf
+        labels[row][labels[row] < last] = np.nan  # below the k-th listed value: not in the list
+    return Answers(labels, top)
+
+
+def cell_rows(task: Task, model: str, seed: int, pool: Answers, test: Answers, y_pool: np.ndarray,
+              y_test: np.ndarray, depths: Sequence[int], wall_s: float) -> list[dict[str, Any]]:
+    rows = []
+    for k in depths:
+        fit, held = at_depth(pool, k), at_depth(test, k)
+        base = {"task": task.name, "model": model, "seed": seed, "wall_s": None, "top_k": k,
+                "train_requests": len(y_pool), "calls_per_input": 1}
+        for kind in ReadoutKind:
+            readout = make_readout(kind).fit(fit, y_pool)
+            acc = float(np.mean(readout.predict(held) == y_test))
+            rows.append({**base, "method": f"manual_{kind.value}_top{k}", "test_acc": 100 * acc})
+        readout, choice = choose_readout(fit, y_pool, seed=seed)
+        acc = float(np.mean(readout.predict(held) == y_test))
+        rows.append({**base, "method": f"manual_readout_top{k}", "test_acc": 100 * acc, "wall_s": wall_s,
+                     "readout": choice.kind, "choice": choice.as_dict()})
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["smollm2", "gemma3-270m"])
+    ap.add_argument("--tasks", nargs="+", default=None, help="task names of the matrix spec (default: all)")
+    ap.add_argument("--seeds", nargs="+", type=int, default=None)
+    ap.add_argument("--depths", nargs="+", type=int, default=[20, DEEP])
+    ap.add_argument("--cache", default="/tmp/bbtune-readout-cache", help="folder for the per-model answer caches")
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    grid = tomllib.loads(SPEC.read_text())["grid"]
+    out = Path(args.out)
+    rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    done = {(r["task"], r["model"], r["seed"]) for r in rows}
+    Path(args.cache).mkdir(parents=True, exist_ok=True)
+    for model in args.models:
+        backend, cache = backend_for(model), AnswerCache(Path(args.cache) / f"{model}.jsonl")
+        for spec in grid["tasks"]:
+            if args.tasks and spec["name"] not in args.tasks:
+                continue
+            for seed in args.seeds or grid["seeds"]:
+                if (spec["name"], model, seed) in done:
+                    continue
+                options = {k: v for k, v in spec.items() if k not in ("name", "data")}
+                task = replace(TaskConfig(data=str((ROOT / spec["data"]).resolve()), data_seed=seed, **options).load(),
+                               name=spec["name"])
+                start = time.perf_counter()
+                pool_examples = list(task.train) + list(task.dev)
+                pool, test = cache.answers(backend, task, pool_examples), cache.answers(backend, task, task.test)
+                wall = time.perf_counter() - start
+                new = cell_rows(task, model, seed, pool, test, task.format.label_ids(pool_examples),
+                                task.format.label_ids(task.test), args.depths, wall)
+                rows += new
+                out.write_text(json.dumps({"rows": rows}, indent=1))  # every cell kept as it lands
+                auto = {r["top_k"]: (r["test_acc"], r["readout"]) for r in new if "readout" in r}
+                print(f"{spec['name']} {model} s{seed}: " + ", ".join(
+                    f"top-{k} {a:.1f} ({name})" for k, (a, name) in auto.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
