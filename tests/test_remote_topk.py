@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from bbtune.app.dryrun import price, shape_backend
 from bbtune.backends.accounting import Ledger
 from bbtune.backends.local import LocalBackend
 from bbtune.core.prompts import Prompt
@@ -194,3 +195,21 @@ def test_text_mode_returns_no_topk() -> None:
         with pytest.raises(CapabilityError, match="no top-k log-probs in text mode.*--remote-mode chat"):
             backend.score_topk(prompts(), EXAMPLES, FMT, k=20)
         assert backend.stats.requests == 0
+
+
+@pytest.mark.parametrize("bias", ["100", "off"])
+def test_the_dry_run_prices_a_topk_call_at_least_as_the_backend_spends_it(bias: str) -> None:
+    """The dry run's top-k call answers lists of at most k tokens and costs at least what the backend spends on it:
+    exactly `score`'s requests without a bias, an unbiased and a biased set at most with one."""
+    with make_backend(mock_transport(make_app()), top_k=5, logit_bias=bias, price_prompt_per_mtok=1.0) as backend:
+        backend.score_topk(prompts(), EXAMPLES, FMT, k=20)
+        spent = backend.stats
+        config = backend.config
+    shape, pricing = shape_backend("remote", None, config)
+    _, tops = shape.score_topk(prompts(), EXAMPLES, FMT, k=20)
+    assert [t.k for t in tops] == [5] * len(prompts()) and all(len(row) <= 5 for t in tops for row in t.tokens)
+    est = price(shape.calls, shape.vocabulary().tokenizer, pricing)
+    assert est.requests is not None and est.cost is not None
+    assert spent.requests <= est.requests and spent.prompt_tokens <= est.prompt_tokens and spent.cost <= est.cost
+    if bias == "off":
+        assert est.requests == spent.requests
