@@ -33,6 +33,10 @@ the log-probs are then those of the biased distribution, whose label *difference
 deeper lists where it does not, and refuses a run whose sample misses more than ``max_missing`` of its
 labels. The probe's findings (`ProbeReport`) go into the run folder (``metrics.json``, key ``probe``).
 
+`score_topk` adds each prompt's top-k at the answer position (what a readout learns from), up to the deepest the
+probe found the server accepts (`capabilities.topk`), always read from requests *without* logit_bias; what each mode
+sends for it: `bbtune.backends.remote_topk`.
+
     >>> backend = RemoteBackend(RemoteConfig(base_url=server.url, model="tiny", local_model="tiny"))  # doctest: +SKIP
     >>> backend.score([HardPrompt((), "")], [Example("a film", "pos")], fmt).shape                    # doctest: +SKIP
     (1, 1, 2)

@@ -15,6 +15,10 @@ Modes (`ScoreMode`), one request shape each:
   ``/v1/completions``) asks for an answer (`Generation`: ``max_tokens``, ``n``, ``temperature``, ``stop``) and
   the answers become label scores by rules (`bbtune.tasks.answers`).
 
+Every mode but ``text`` also gives the top-k at the answer position (`RemoteBackend.score_topk`): the top-k
+modes from the list they read labels from, ``echo`` from ``logprobs=k`` at the word's first token
+(`echo_answer_top`).
+
 Label words of several tokens: ``echo`` sums the word's tokens from one echoed prompt; the top-k modes
 (``top_logprobs``, ``prompt_embeds``) *chain*: the first token's top-k after the input, the next token's top-k
 after the input and the first token, and so on (teacher forcing; words sharing a prefix share its requests,
