@@ -64,7 +64,8 @@ class ListTopK:
     def collect(self, target: TopKTarget, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat,
                 depth: int) -> tuple[np.ndarray, Tops]:
         tops: Tops = []
-        bias = target.logit_bias_
+        labels = target.label_keys(fmt)
+        bias = target.logit_bias_ if labels.token_ids else 0.0  # no ids to bias: `score` sends no bias either
         plain = target.label_logprobs(prompts, examples, fmt, strict=bool(bias), answer_tops=tops)
         plain = plain.reshape(len(tops), -1)
         short = np.flatnonzero(np.isnan(plain).any(axis=1))
@@ -73,7 +74,6 @@ class ListTopK:
         if target.label_trie(fmt) is not None:  # a chain is asked for whole calls: all rows, keep the short ones
             biased = target.label_logprobs(prompts, examples, fmt, bias=bias).reshape(plain.shape)[short]
         else:
-            labels = target.label_keys(fmt)
             items = target.inputs(prompts, examples, fmt)
             sent = target.send(target.requests(target.shape(labels.token_ids, bias), [items[i] for i in short]))
             biased = np.stack([wire.label_scores(top, labels)[0] for top in sent])
