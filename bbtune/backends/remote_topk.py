@@ -34,7 +34,6 @@ Tops = list[dict[str, float]]
 class TopKTarget(Protocol):
     """What a strategy needs from a backend (`RemoteBackend` offers it)."""
 
-    top_k_: int
     logit_bias_: float
 
     def label_logprobs(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat, *,
