@@ -7,7 +7,10 @@ the tuner itself and follows it as it changes. `price` then costs each recorded 
 backend sends it: every rendered text tokenized by the real tokenizer, plus the meter's `PROMPT_TOKEN_MARGIN`
 (and `CHAT_TOKEN_MARGIN` in chat mode) per text; one request per `batch_size` texts (chat: one per text; echo:
 one text per label word; a label word of several tokens in the top-k modes: one text per step of the words'
-trie, see `bbtune.backends.labeltrie`); one completion token per text; cost from the ``--remote-price-*`` flags. Text
+trie, see `bbtune.backends.labeltrie`); one completion token per text; cost from the ``--remote-price-*`` flags. A
+top-k call (`Backend.score_topk`) in the top-k modes with logit_bias possibly on is priced twice: its unbiased
+requests and, at most, `score`'s biased ones again (`bbtune.backends.remote_topk`); echo asks its top-k in `score`'s
+own requests. Text
 mode (``--remote-mode text``): each text asks ``answer_samples`` answers of up to ``answer_tokens`` tokens, priced
 as if the server refused ``n`` (one request, and its prompt tokens, per answer): the most it can cost.
 
@@ -26,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bbtune.backends.base import Backend, CallStats, Capabilities
+from bbtune.core.topk import AnswerTopK
 from bbtune.constants import CHAT_TOKEN_MARGIN, PROMPT_TOKEN_MARGIN
 from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt
 from bbtune.backends.labeltrie import LabelTrie
@@ -39,6 +43,7 @@ class _Call:
     prompts: tuple[Prompt, ...]
     examples: tuple[Example, ...]
     fmt: TaskFormat
+    topk: bool = False  # asked through `score_topk`
 
 
 class _ShapeStats(CallStats):
@@ -81,6 +86,22 @@ class ShapeBackend(Backend):
             self.scoring = False
         return -np.abs(self._rng.normal(1.0, 0.5, (len(prompts), len(examples), len(fmt.labels))))
 
+    def score_topk(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat,
+                   k: int) -> tuple[np.ndarray, list[AnswerTopK]]:
+        """`score`'s noise and top-k lists of real token texts with noise log-probs; the call is recorded as a
+        top-k call, which `price` costs as the real backend sends it."""
+        if not self.capabilities.topk:
+            return super().score_topk(prompts, examples, fmt, k)  # the protocol's refusal
+        scores = self.score(prompts, examples, fmt)
+        self.calls[-1] = replace(self.calls[-1], topk=True)
+        depth = min(k, self.capabilities.topk)
+        tok = self.reference.vocabulary().tokenizer
+        ids = [self._rng.choice(len(tok), size=min(depth, len(tok)), replace=False) for _ in range(scores[..., 0].size)]
+        rows = [[(tok.decode([int(i)]), -abs(v)) for i, v in zip(row, self._rng.normal(3.0, 2.0, len(row)))]
+                for row in ids]
+        B = len(examples)
+        return scores, [AnswerTopK.from_pairs(rows[p * B: (p + 1) * B], depth) for p in range(len(prompts))]
+
 
 @dataclass
 class Estimate:
@@ -121,6 +142,7 @@ class Pricing:
     probe: bool = False
     completion_tokens: int = 1  # per text: one token, or text mode's answers x their tokens
     repeats: int = 1  # requests per batch of texts at most (text mode: one per answer where n is refused)
+    topk_twice: bool = False  # a top-k call may send score's biased requests beside its unbiased ones
 
     @classmethod
     def remote(cls, config: Any, tokenizer: Any) -> "Pricing":
@@ -129,9 +151,11 @@ class Pricing:
         extra = (CHAT_TOKEN_MARGIN + len(tokenizer.encode(instruction, add_special_tokens=False))) if chat else 0
         batch = 1 if chat else config.batch_size
         text = config.mode.value == "text"
+        biased = (config.mode.value in ("top_logprobs", "chat", "prompt_embeds") and config.logit_bias != "off"
+                  and (config.probe or config.logit_bias != "auto"))  # 'auto' is the probe's to turn on
         return cls(config.mode.value, batch, config.price_prompt_per_mtok, config.price_completion_per_mtok,
                    extra, config.probe, config.answer_samples * config.answer_tokens if text else 1,
-                   config.answer_samples if text else 1)
+                   config.answer_samples if text else 1, biased)
 
 
 def price(calls: Sequence[_Call], tokenizer: Any, pricing: Pricing) -> Estimate:
@@ -141,12 +165,14 @@ def price(calls: Sequence[_Call], tokenizer: Any, pricing: Pricing) -> Estimate:
     for call in calls:
         rows = _label_rows(_row_tokens(call, tokenizer), call.fmt, tokenizer, pricing.mode)
         per_text = [n + (PROMPT_TOKEN_MARGIN + pricing.extra_tokens if pricing.mode != "local" else 0) for n in rows]
+        twice = 2 if call.topk and pricing.topk_twice else 1
+        repeats = pricing.repeats * twice
         est.calls += len(call.prompts)
         est.examples_scored += len(call.prompts) * len(call.examples)
-        est.prompt_tokens += sum(per_text) * pricing.repeats
+        est.prompt_tokens += sum(per_text) * repeats
         if pricing.mode != "local":
-            est.requests = (est.requests or 0) + math.ceil(len(per_text) / pricing.batch_size) * pricing.repeats
-            est.completion_tokens += len(per_text) * pricing.completion_tokens
+            est.requests = (est.requests or 0) + math.ceil(len(per_text) / pricing.batch_size) * repeats
+            est.completion_tokens += len(per_text) * pricing.completion_tokens * twice
             largest = max(largest, sum(sorted(per_text)[-pricing.batch_size:]))
     if pricing.mode != "local":
         if pricing.probe:
@@ -208,7 +234,7 @@ def shape_backend(kind: str, local: Any, remote: Any,
                               "to the same model locally (a HF folder, a .gguf, 'smollm2' or 'tiny')")
         reference = loaded(("remote", remote.local_model), lambda: LocalBackend(remote.local_model))
         caps = Capabilities(soft=remote.mode.value == "prompt_embeds", hard=True, gradients=False, generate=True,
-                            logprobs=remote.mode.value != "text")
+                            logprobs=remote.mode.value != "text", topk=0 if remote.mode.value == "text" else remote.top_k)
         return ShapeBackend(reference, caps, f"remote:{remote.model}"), Pricing.remote(remote, reference.vocabulary().tokenizer)
     reference = loaded(("local", local), local.build)
     return ShapeBackend(reference, reference.capabilities, reference.name), Pricing()

@@ -33,6 +33,10 @@ the log-probs are then those of the biased distribution, whose label *difference
 deeper lists where it does not, and refuses a run whose sample misses more than ``max_missing`` of its
 labels. The probe's findings (`ProbeReport`) go into the run folder (``metrics.json``, key ``probe``).
 
+`score_topk` adds each prompt's top-k at the answer position (what a readout learns from), up to the deepest the
+probe found the server accepts (`capabilities.topk`), always read from requests *without* logit_bias; what each mode
+sends for it: `bbtune.backends.remote_topk`.
+
     >>> backend = RemoteBackend(RemoteConfig(base_url=server.url, model="tiny", local_model="tiny"))  # doctest: +SKIP
     >>> backend.score([HardPrompt((), "")], [Example("a film", "pos")], fmt).shape                    # doctest: +SKIP
     (1, 1, 2)
@@ -41,7 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Sequence
 
@@ -71,6 +75,7 @@ from bbtune.constants import (
 from bbtune.errors import CapabilityError, ConfigError, TaskError, VerbalizerError
 from bbtune.core.options import string_tuple
 from bbtune.core.prompts import HardPrompt, Prompt, prompt_kind
+from bbtune.core.topk import AnswerTopK
 from bbtune.tasks import Example, TaskFormat, verbalizer_token_ids
 from bbtune.tasks.answers import AnswerRules, AnswerScores, answer_scores, parse_synonyms
 from bbtune.core.vocab import Vocabulary
@@ -84,6 +89,7 @@ from bbtune.backends.labeltrie import LabelTrie
 from bbtune.backends.loop import LoopThread
 from bbtune.backends.replicas import ReplicaPool, display_url
 from bbtune.backends.probe import explain, run_probe
+from bbtune.backends.remote_topk import topk_strategy
 from bbtune.backends.wire import LabelKeys, ProbeReport, ScoreMode
 
 if TYPE_CHECKING:
@@ -273,7 +279,8 @@ class RemoteBackend(Backend):
         cfg = self.config
         self.name = f"remote:{cfg.model}@{display_url(cfg.urls[0])}"
         self.capabilities = Capabilities(soft=cfg.mode is ScoreMode.PROMPT_EMBEDS, hard=True, gradients=False,
-                                         generate=True, logprobs=cfg.mode is not ScoreMode.TEXT)
+                                         generate=True, logprobs=cfg.mode is not ScoreMode.TEXT,
+                                         topk=0 if cfg.mode is ScoreMode.TEXT else cfg.top_k)  # the probe may lower it
         self.stats = RemoteStats()
         self.probe_: ProbeReport | None = None
         self.top_k_, self.batch_size_ = cfg.top_k, (cfg.batch_size if cfg.mode.takes_lists and not cfg.uses_chat else 1)
@@ -307,21 +314,50 @@ class RemoteBackend(Backend):
         self.stats.add(len(prompts), len(examples))
         return check_scores(scores, len(prompts), len(examples), len(fmt.labels), self.name)
 
+    def score_topk(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat,
+                   k: int) -> tuple[np.ndarray, list[AnswerTopK]]:
+        """`score`'s label log-probs (P, B, L) and each prompt's top-k at the answer position, from requests
+        without logit_bias (a readout learns the model's own distribution), at most min(k, `capabilities.topk`)
+        tokens a row and never more than the server returned; what each mode sends: `bbtune.backends.remote_topk`."""
+        if not examples:
+            raise TaskError("score_topk() got no examples; give at least one")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"score_topk() needs k >= 1 (tokens per row), got {k!r}")
+        self.capabilities.require(prompt_kind(list(prompts)), self.name)
+        strategy = topk_strategy(self.config.mode, self.name)
+        if self.config.probe and self.probe_ is None:
+            self.check((prompts[0], examples, fmt))
+        depth = min(k, self.capabilities.topk)
+        flat, tops = strategy.collect(self, prompts, examples, fmt, depth)
+        scores = flat.reshape(len(prompts), len(examples), len(fmt.labels))
+        self.stats.count_labels(scores.size, int(np.isnan(scores).sum()))
+        self.stats.add(len(prompts), len(examples))
+        B = len(examples)
+        found = [AnswerTopK.from_pairs([top.items() for top in tops[p * B: (p + 1) * B]], depth)
+                 for p in range(len(prompts))]
+        return check_scores(scores, len(prompts), len(examples), len(fmt.labels), self.name), found
+
     def label_logprobs(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat, *,
-                       bias: float = 0.0, salt: str = "", strict: bool = False) -> np.ndarray:
+                       bias: float = 0.0, salt: str = "", strict: bool = False,
+                       answer_tops: list[dict[str, float]] | None = None) -> np.ndarray:
         """(P, B, L) label log-probs as the server gives them (NaN = missing; with `strict` also a label with
-        any spelling unlisted), with `bias` on every label token; counts nothing (the probe uses it too)."""
+        any spelling unlisted), with `bias` on every label token; counts nothing (the probe uses it too). Top-k modes:
+        `answer_tops`, where given, gets each row's top-k list at the answer position, the reply the scores were read
+        from (chained words: the first step's), for `score_topk`."""
         P, B, L = len(prompts), len(examples), len(fmt.verbalizer)
         if self.config.mode is ScoreMode.ECHO:
+            assert answer_tops is None, "echo reads its top-k with the words (remote_topk)"
             pairs = [(t + w, w) for t in self.texts(prompts, examples, fmt) for w in fmt.verbalizer.values()]
             flat = np.array(self.send(wire.echo_requests(self.shape(), pairs, lambda p: self.count_tokens(p[0]))),
                             dtype=np.float64)
         elif self.label_trie(fmt) is not None:
-            flat = self._chained(prompts, examples, fmt, bias=bias, salt=salt, strict=strict)
+            flat = self._chained(prompts, examples, fmt, bias=bias, salt=salt, strict=strict, answer_tops=answer_tops)
         else:
             labels = self.label_keys(fmt)
             shape = self.shape(labels.token_ids if bias else (), bias)
             tops = self.send(self.requests(shape, self.inputs(prompts, examples, fmt)), salt=salt)
+            if answer_tops is not None:
+                answer_tops.extend(tops)
             flat = np.stack([wire.label_scores(top, labels, strict)[0] for top in tops])
         return flat.reshape(P, B, L)
 
@@ -377,7 +413,7 @@ class RemoteBackend(Backend):
         return trie
 
     def _chained(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat, *, bias: float,
-                 salt: str, strict: bool) -> np.ndarray:
+                 salt: str, strict: bool, answer_tops: list[dict[str, float]] | None = None) -> np.ndarray:
         """(P * B, L) scores of multi-token words by chained top-k requests: per trie step, each row's input
         extended by the step's prefix tokens, the next tokens read from its top-k list. Every step's requests go
         out at once (teacher forcing: no step waits for another's answer). The bias, if any, is put on the first
@@ -394,6 +430,8 @@ class RemoteBackend(Backend):
             texts = [tok.decode([t]) for t in step.next_ids]
             keys.append(LabelKeys.build(texts, step.next_ids, texts))
         replies = self.send(requests, salt=salt)
+        if answer_tops is not None:  # the first step (no prefix) reads the answer position itself
+            answer_tops.extend(replies[: len(items)])
         per_step, start = [], 0
         for key in keys:
             tops, start = replies[start: start + len(items)], start + len(items)
@@ -461,6 +499,8 @@ class RemoteBackend(Backend):
         examples, their format) logit_bias and the missing rate (see probe.py). Runs before the first score
         unless ``probe=False``; may lower `batch_size_` / `top_k_` and set `logit_bias_` (see the report)."""
         self.probe_ = run_probe(self, sample)
+        if self.capabilities.topk:  # the deepest top-k the server accepted
+            self.capabilities = replace(self.capabilities, topk=self.top_k_)
         return self.probe_
 
     def probe_report(self) -> ProbeReport | None:

@@ -15,6 +15,10 @@ Modes (`ScoreMode`), one request shape each:
   ``/v1/completions``) asks for an answer (`Generation`: ``max_tokens``, ``n``, ``temperature``, ``stop``) and
   the answers become label scores by rules (`bbtune.tasks.answers`).
 
+Every mode but ``text`` also gives the top-k at the answer position (`RemoteBackend.score_topk`): the top-k
+modes from the list they read labels from, ``echo`` from ``logprobs=k`` at the word's first token
+(`echo_answer_top`).
+
 Label words of several tokens: ``echo`` sums the word's tokens from one echoed prompt; the top-k modes
 (``top_logprobs``, ``prompt_embeds``) *chain*: the first token's top-k after the input, the next token's top-k
 after the input and the first token, and so on (teacher forcing; words sharing a prefix share its requests,
@@ -121,9 +125,10 @@ def embeds_body(model: str, encoded: Sequence[str], k: int, bias: Mapping[int, f
                        "logprobs": k}, bias)
 
 
-def echo_body(model: str, texts: Sequence[str]) -> dict[str, Any]:
-    # max_tokens=1, not 0: vLLM refuses 0. logprobs=1: the smallest value every server accepts with echo.
-    return {"model": model, "prompt": _one_or_list(texts), "max_tokens": 1, "temperature": 0, "logprobs": 1,
+def echo_body(model: str, texts: Sequence[str], k: int = 1) -> dict[str, Any]:
+    # max_tokens=1, not 0: vLLM refuses 0. logprobs=1: the smallest value every server accepts with echo (a deeper
+    # `k` only where the top-k at each prompt position is wanted, `RemoteBackend.score_topk`).
+    return {"model": model, "prompt": _one_or_list(texts), "max_tokens": 1, "temperature": 0, "logprobs": k,
             "echo": True}
 
 
@@ -172,6 +177,10 @@ def _echo_parser(part: Sequence[tuple[str, str]]) -> Callable[[dict[str, Any]], 
     return lambda reply: [echo_label_logprob(c, t, w) for c, (t, w) in zip(choices(reply, len(part)), part)]
 
 
+def _echo_top_parser(part: Sequence[tuple[str, str]]) -> Callable[[dict[str, Any]], list[Any]]:
+    return lambda reply: [echo_answer_top(c, t, w) for c, (t, w) in zip(choices(reply, len(part)), part)]
+
+
 def text_requests(shape: Shape, texts: Sequence[str], tokens: Callable[[str], int],
                   size: int | None = None) -> list[Request]:
     """Top-k requests for texts: completions in chunks of `size` (default the shape's), chat one per request."""
@@ -191,10 +200,12 @@ def embeds_requests(shape: Shape, embeds: Sequence[torch.Tensor], tokens: Callab
 
 
 def echo_requests(shape: Shape, pairs: Sequence[tuple[str, str]], tokens: Callable[[tuple[str, str]], int],
-                  size: int | None = None) -> list[Request]:
-    """Echo requests for (text ending in the label word, the word) pairs."""
-    return _split(pairs, size or shape.batch_size, COMPLETIONS, lambda part: echo_body(shape.model, [t for t, _ in part]),
-                  _echo_parser, tokens)
+                  size: int | None = None, top_k: int = 0) -> list[Request]:
+    """Echo requests for (text ending in the label word, the word) pairs; each parses to the word's log-prob, or with
+    `top_k` (asked per position) to (that log-prob, the top-k at the word's first token: `echo_answer_top`)."""
+    return _split(pairs, size or shape.batch_size, COMPLETIONS,
+                  lambda part: echo_body(shape.model, [t for t, _ in part], top_k or 1),
+                  _echo_top_parser if top_k else _echo_parser, tokens)
 
 
 # ---------------------------------------------------------------------- text answers (text mode, `generate`)
@@ -452,6 +463,31 @@ def echo_label_logprob(choice: Mapping[str, Any], prompt: str, word: str) -> flo
     The word's tokens are found from ``text_offset`` (or the tokens' lengths); the first must start exactly where
     the word does, otherwise the server merged the word with the text before it and the score would be wrong.
     """
+    return _echo_sum(*_echo_word(choice, prompt, word))
+
+
+def echo_answer_top(choice: Mapping[str, Any], prompt: str, word: str) -> tuple[float, dict[str, float]]:
+    """The word's log-prob (`echo_label_logprob`) and the top-k list at its first token: the answer position, the
+    same list after every word of one context except that a server also lists the echoed token itself (OpenAI:
+    "up to logprobs+1 elements"), which the caller drops by keeping what every word's list shares."""
+    logprobs, own = _echo_word(choice, prompt, word)
+    tops = logprobs.get("top_logprobs")
+    top = tops[own[0]] if isinstance(tops, list) and len(tops) > own[0] else None
+    if not isinstance(top, Mapping) or not top:
+        raise _fail("the echo reply has no top_logprobs at the label word's first token (does the server list the "
+                    "prompt's top-k with echo?)")
+    return _echo_sum(logprobs, own), {str(t): _logprob(v, f"echo top_logprobs[{t!r}]") for t, v in top.items()}
+
+
+def _echo_sum(logprobs: Mapping[str, Any], own: Sequence[int]) -> float:
+    values = logprobs["token_logprobs"]
+    if any(values[i] is None for i in own):
+        raise _fail("the echo reply has no log-prob for a token of the label word")
+    return float(sum(_logprob(values[i], "echo token_logprob") for i in own))
+
+
+def _echo_word(choice: Mapping[str, Any], prompt: str, word: str) -> tuple[Mapping[str, Any], list[int]]:
+    """The echo reply's ``logprobs`` and the indexes of the label word's tokens at the end of ``prompt``."""
     logprobs = choice.get("logprobs")
     if not isinstance(logprobs, Mapping):
         raise _fail("no logprobs in the echo reply")
@@ -473,6 +509,4 @@ def echo_label_logprob(choice: Mapping[str, Any], prompt: str, word: str) -> flo
             f"the prompt ends in the tokens {shown}, which do not start at the label word {word!r}: the server "
             "tokenized the word together with the text before it; end the template's cue at a word boundary"
         )
-    if any(values[i] is None for i in own):
-        raise _fail("the echo reply has no log-prob for a token of the label word")
-    return float(sum(_logprob(values[i], "echo token_logprob") for i in own))
+    return logprobs, own
