@@ -54,6 +54,22 @@ def test_demo_runs_on_the_tiny_model(capsys, tmp_path):
     assert (tmp_path / "summary.md").read_text().strip() in out
 
 
+def test_the_demo_credits_calibration_and_the_search_separately():
+    """A run that returned the calibrated template owes its whole gain to calibration, and says so."""
+    from types import SimpleNamespace
+
+    from bbtune.app.demo import verdict
+
+    def result(selected: str, test: float) -> SimpleNamespace:
+        return SimpleNamespace(metrics={"selected": selected, "manual_test_acc": 0.6, "manual_calibrated_test_acc": 0.8,
+                                        "test_acc": test, "gain_over_manual": test - 0.6})
+
+    lines = verdict([[("BBT soft", result("tuned", 0.85)), ("BBT hard", result("manual", 0.8))]]).splitlines()
+    assert lines[0] == ("BBT soft beat the manual prompt: +25.0 points on test, +20.0 from calibration and +5.0 "
+                        "from the search.")
+    assert lines[1].startswith("BBT hard returned the calibrated template: +20.0 points on test, all of it calibration")
+
+
 def test_compare_command_writes_a_report(capsys, tmp_path):
     code = main(["compare", "--data", "demo", "--k", "4", "--model", "tiny", "--prompt-tokens", "2", "--intrinsic-dim", "8",
                  "--popsize", "4", "--budget-calls", "8", "--methods", "manual", "bbt_soft", "--seeds", "1", "2",
