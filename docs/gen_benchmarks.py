@@ -263,14 +263,21 @@ def images(results: Path = RESULTS) -> dict[str, Path]:
 # ------------------------------------------------------------------ MkDocs hook
 
 def on_config(config: Any) -> Any:
-    """The navigation, from the pages present: every guide page listed (known ones in reading order)."""
+    """The navigation, from the pages present: every Markdown page is listed (the guide's known pages in reading
+    order, then any other page of each folder by name), so a new page needs no edit here or in mkdocs.yml."""
     docs = Path(config["docs_dir"])
-    guide = sorted(p.stem for p in (docs / "guide").glob("*.md"))
-    ordered = [g for g in PREFERRED_GUIDE if g in guide] + [g for g in guide if g not in PREFERRED_GUIDE]
-    bench = sorted(benchmark_pages(), key=lambda p: (not p.endswith("index.md"), p))
-    config["nav"] = [{"Home": "index.md"}, {"Guide": [f"guide/{g}.md" for g in ordered]},
-                     {"Benchmarks": bench},
-                     *([{"API reference": "reference/api.md"}] if (docs / "reference" / "api.md").exists() else [])]
+    found = sorted(p.relative_to(docs).as_posix() for p in docs.rglob("*.md"))
+    guide = [f"guide/{g}.md" for g in PREFERRED_GUIDE if f"guide/{g}.md" in found]
+    pages = benchmark_pages()
+    bench = [uri for uri in ["benchmarks/index.md", *(f"benchmarks/{p}.md" for p in [*PAGES, "other"])] if uri in pages]
+    sections: dict[str, list[str]] = {"Guide": guide, "Benchmarks": bench}
+    for uri in found:
+        if uri == "index.md" or uri in guide:
+            continue
+        folder = uri.split("/")[0] if "/" in uri else ""
+        title = {"guide": "Guide", "reference": "API reference", "": "More"}.get(folder, folder.replace("-", " ").title())
+        sections.setdefault(title, []).append(uri)
+    config["nav"] = [{"Home": "index.md"}, *({title: uris} for title, uris in sections.items() if uris)]
     return config
 
 

@@ -39,7 +39,11 @@ class Prediction:
 
 @dataclass
 class TunedRun:
-    """A finished run folder, ready to classify. `backend` is built from the run's config when first needed."""
+    """A tuned run, ready to classify: what `bbtune.tune` returns and `load_run` reads back from a run folder.
+
+    `prompt` is the returned prompt (tuned, or the manual one where the run kept it), `metrics` every number of the
+    run, `curve` the learning curve (one row per generation), `decision` why the run returned what it did, and
+    `predict` classifies new inputs. `backend` is built from the run's config when first needed."""
 
     path: Path | None  # None: a run tuned in memory (no run_dir)
     format: TaskFormat
