@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bbtune-installed
 
-.PHONY: setup demo test test-all bench server clean
+.PHONY: setup demo test test-all docs bench server clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,11 @@ test: setup
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -n 2  # one worker per core: the tests are single-threaded (torch threads = 1)
 
+# The docs site into site/: the guide, the API reference and the benchmark pages generated from
+# benchmarks/results/ (tests/test_docs.py builds it too, and runs every code block on its pages).
+docs: setup
+	$(VENV)/bin/mkdocs build --strict
+
 test-all: setup
 	$(PY) -m pytest -q -m ''
 
@@ -43,4 +48,4 @@ server: setup
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --no-cache-dir 'llama-cpp-python[server]>=0.3'
 
 clean:
-	rm -rf runs reports .pytest_cache
+	rm -rf runs reports site .pytest_cache

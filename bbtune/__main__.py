@@ -3,4 +3,5 @@ import sys
 
 from bbtune.app.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing the module (the API reference inspects every module) runs nothing
+    sys.exit(main())

@@ -15,9 +15,11 @@ CACHE_DIR_ENV = "BBTUNE_CACHE_DIR"
 DEFAULT_MEMORY_BUDGET_MB = 1024  # per forward batch (activations + KV), sized for a 2-core laptop
 DEFAULT_KV_CACHE_MB = 512
 
-# Tuning defaults sized for a 2-core CPU (a demo in minutes); the paper setting is in README.md.
+# Tuning defaults sized for a 2-core CPU (a demo in minutes); the paper setting is in docs/guide/defaults.md.
 CPU_PROMPT_TOKENS = 5
-CPU_INTRINSIC_DIM = 500  # the paper's d; measured against 100: SST-2 +0.2, AG News +0.7 (README), same time
+# the paper's d; measured against 100: SST-2 +0.2, AG News +0.7 in the same time (benchmarks/results/sst2_bbt*.json,
+# agnews_sizes.json)
+CPU_INTRINSIC_DIM = 500
 CPU_POPSIZE = 10
 CPU_BUDGET_CALLS = 300
 

@@ -25,7 +25,7 @@ from bbtune.backends.factory import LocalConfig
 from bbtune.search.fluency import TextScorer, perplexity, text_scorer
 from bbtune.core.table import markdown_table
 from bbtune.tasks import TaskConfig
-from bbtune.runs.tuner import TuneConfig, tune
+from bbtune.runs.tuner import TuneConfig, run_tuner
 
 # method -> (vocab filter, fluency weight (None: --fluency), start from --instruction)
 METHODS = {"printable": ("printable", 0.0, False), "words": ("words", 0.0, False), "common": ("common", 0.0, False),
@@ -66,7 +66,7 @@ def run_one(backend: Backend, scorer: TextScorer, args: argparse.Namespace, seed
     cfg = TuneConfig(mode="hard", budget_calls=args.budget, seed=seed, vocab_filter=vocab_filter,
                      fluency=args.fluency if weight is None else weight, keep_manual=False, **start)
     started = time.perf_counter()
-    m = tune(task, backend, cfg, progress=False).metrics
+    m = run_tuner(task, backend, cfg, progress=False).metrics
     run = {"seed": seed, "method": method, "prompt": m["hard_prompt"], "perplexity": perplexity(scorer, m["hard_prompt"]),
            "test_acc": m["test_acc"], "manual_test_acc": m["manual_test_acc"], "gain": m["gain_over_manual"],
            "dev_acc": m["dev_acc"], "calls": m["calls"], "total_s": time.perf_counter() - started}

@@ -23,7 +23,7 @@ import torch
 
 from bbtune.backends.factory import LocalConfig
 from bbtune.core.table import markdown_table
-from bbtune.runs.tuner import TuneConfig, tune
+from bbtune.runs.tuner import TuneConfig, run_tuner
 from bbtune.tasks import TaskConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = TuneConfig(mode=mode, answer_scoring=scoring, answer_metric=args.metric, budget_calls=args.budget,
                          popsize=args.popsize, eval_every=args.budget // 2, seed=args.seed)
         started = time.perf_counter()
-        m = tune(task, backend, cfg, progress=False).metrics
+        m = run_tuner(task, backend, cfg, progress=False).metrics
         runs.append({"mode": mode, "scoring": scoring, "total_s": round(time.perf_counter() - started, 1),
                      **{k: m[k] for k in ("answer_scores", "hard_prompt", "initial_train_loss", "best_train_loss",
                                           "calls", "eval_calls", "selected", "decision")}})

@@ -38,7 +38,7 @@ from bbtune.errors import BBTuneError  # noqa: E402
 from bbtune.backends.models import embedded_gguf  # noqa: E402
 from bbtune.core.table import markdown_table  # noqa: E402
 from bbtune.tasks import Task, TaskConfig  # noqa: E402
-from bbtune.runs.tuner import TuneConfig, tune  # noqa: E402
+from bbtune.runs.tuner import TuneConfig, run_tuner  # noqa: E402
 
 LLAMA_MODEL = "smollm2"  # the alias the llama-cpp server answers to
 COLUMNS = ["server", "mode", "probe", "missing rate", "margin gap max", "argmax agree", "requests", "wall s",
@@ -127,7 +127,7 @@ def one_run(name: str, url: str, mode: str, task: Task, cfg: TuneConfig, n_promp
     start = time.perf_counter()
     with RemoteBackend(rcfg) as backend:
         try:
-            result = tune(task, backend, cfg, progress=False)
+            result = run_tuner(task, backend, cfg, progress=False)
         except BBTuneError as err:
             row.update(probe="refused: " + _first_clause(str(err)), probe_error=str(err), wall_s=time.perf_counter() - start,
                        requests=backend.stats.requests)

@@ -29,7 +29,7 @@ from bbtune.backends.factory import LocalConfig
 from bbtune.constants import CPU_BUDGET_CALLS, CPU_INTRINSIC_DIM, CPU_POPSIZE
 from bbtune.core.table import markdown_table
 from bbtune.tasks import TaskConfig
-from bbtune.runs.tuner import TuneConfig, tune
+from bbtune.runs.tuner import TuneConfig, run_tuner
 
 
 GOALS = {"sst2": {"bbt_soft": 85.0, "bbt_hard": 82.0, "gain": 4.0}, "agnews": {"gain": 5.0}}
@@ -120,7 +120,7 @@ def run_seed(backend: Backend, args: argparse.Namespace, seed: int, placement: s
                          intrinsic_dim=args.intrinsic_dim, popsize=args.popsize, sigma0=args.sigma0, p0=p0, alpha=args.alpha,
                          loss=args.loss, calibrate=args.calibrate == "on", select=args.select)
         started = time.perf_counter()
-        res = tune(task, backend, cfg, ROOT / "runs" / (f"{Path(args.data).name}-{args.preset}-{placement}-{mode}-{seed}"
+        res = run_tuner(task, backend, cfg, ROOT / "runs" / (f"{Path(args.data).name}-{args.preset}-{placement}-{mode}-{seed}"
                                                    f"-d{args.intrinsic_dim}-pop{args.popsize}-a{args.alpha}-b{args.budget}"
                                                    + ("" if args.loss == "ce" else f"-{args.loss}")), progress=False)
         m, total = res.metrics, time.perf_counter() - started

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bbtune.backends.remote import RemoteBackend, RemoteConfig  # noqa: E402
 from bbtune.core.table import markdown_table  # noqa: E402
 from bbtune.errors import BBTuneError  # noqa: E402
-from bbtune.runs.tuner import TuneConfig, tune  # noqa: E402
+from bbtune.runs.tuner import TuneConfig, run_tuner  # noqa: E402
 from bbtune.search.losses import accuracy  # noqa: E402
 from bbtune.tasks import Task, TaskConfig  # noqa: E402
 from task_args import DATA  # noqa: E402
@@ -72,7 +72,7 @@ def one_run(server: str, url: str, name: str, task: Task, cfg: TuneConfig, **rem
     start = time.perf_counter()
     with RemoteBackend(rcfg) as backend:
         try:
-            result = tune(task, backend, cfg, progress=False)
+            result = run_tuner(task, backend, cfg, progress=False)
         except BBTuneError as err:
             row.update(error=str(err), wall_s=time.perf_counter() - start, requests=backend.stats.requests)
             return row

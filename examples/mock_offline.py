@@ -16,8 +16,7 @@ import argparse
 import json
 import tempfile
 
-from bbtune import RemoteBackend, RemoteConfig, TaskConfig, TuneConfig
-from bbtune.runs.tuner import tune  # the lower-level call: its TuneResult keeps the learning curve compared below
+from bbtune import RemoteBackend, RemoteConfig, TaskConfig, TuneConfig, tune
 from mock_server import FaultConfig, FaultRule, MockServer, ServerConfig, shared_scorer
 
 FAULTS = FaultConfig(rules=(FaultRule("drop", every=13, limit=1), FaultRule("429", every=5), FaultRule("500", every=7)),
@@ -28,8 +27,8 @@ def run(url: str, args: argparse.Namespace, cache_dir: str, config: TuneConfig, 
     remote = RemoteConfig(base_url=url, model=args.model, local_model=args.model, mode=args.mode, top_k=20,
                           concurrency=8, cache_dir=cache_dir, max_requests=2000)
     with RemoteBackend(remote) as backend:
-        result = tune(task, backend, config, progress=False)
-        return result, backend.stats.as_dict()
+        run = tune(task, backend, config=config, progress=False)
+        return run, backend.stats.as_dict()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,13 +49,13 @@ def main(argv: list[str] | None = None) -> None:
         first, stats1 = run(clean.url, args, cache, config, task)
         second, stats2 = run(faulty.url, args, "", config, task)
         third, stats3 = run(clean.url, args, cache, config, task)
-        print(f"clean run:   prompt {first.hard_prompt.text!r}  dev acc {first.metrics['dev_acc']:.3f}  "
+        print(f"clean run:   prompt {first.prompt_text!r}  dev acc {first.metrics['dev_acc']:.3f}  "
               f"test acc {first.metrics.get('test_acc', float('nan')):.3f}  requests {stats1['requests']}")
-        print(f"faulty run:  prompt {second.hard_prompt.text!r}  dev acc {second.metrics['dev_acc']:.3f}  "
+        print(f"faulty run:  prompt {second.prompt_text!r}  dev acc {second.metrics['dev_acc']:.3f}  "
               f"requests {stats2['requests']} (retries {stats2['retries']}; faults {json.dumps(faulty.stats()['faults'])})")
-        print(f"cached rerun: prompt {third.hard_prompt.text!r}  requests {stats3['requests']}  "
+        print(f"cached rerun: prompt {third.prompt_text!r}  requests {stats3['requests']}  "
               f"cache hits {stats3['cache_hits']}")
-        print("same result with and without faults:", first.curve == second.curve and first.hard_prompt == second.hard_prompt)
+        print("same result with and without faults:", first.curve == second.curve and first.prompt_text == second.prompt_text)
         if args.mode != "echo":
             print(f"labels outside the top-20, bounded by the 20th value: {stats1['missing_rate']:.1%}")
 

@@ -255,10 +255,10 @@ def test_unknown_init_is_a_value_error():
 
 def test_the_calibrated_manual_baseline_is_the_tuners_calibrated_manual_prompt(tiny_backend, tiny_task):
     from bbtune.baselines.manual import run_manual_calibrated
-    from bbtune.runs.tuner import TuneConfig, tune
+    from bbtune.runs.tuner import TuneConfig, run_tuner
 
     baseline = run_manual_calibrated(tiny_task, tiny_backend)
-    run = tune(tiny_task, tiny_backend, TuneConfig(budget_calls=6, popsize=6, intrinsic_dim=4, prompt_tokens=2,
+    run = run_tuner(tiny_task, tiny_backend, TuneConfig(budget_calls=6, popsize=6, intrinsic_dim=4, prompt_tokens=2,
                                                     p0="vocab"), progress=False)
     assert baseline.test_acc == run.metrics["manual_calibrated_test_acc"]
     assert baseline.dev_acc == run.metrics["manual_calibrated_dev_acc"]

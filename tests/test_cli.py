@@ -42,11 +42,32 @@ def test_demo_runs_on_the_tiny_model(capsys, tmp_path):
     out = capsys.readouterr().out
     for name in ("manual prompt", "BBT soft", "nearest tokens", "BBT hard", "240 test reviews"):
         assert name in out
-    soft = json.loads((tmp_path / "soft" / "metrics.json").read_text())
-    gain = 100 * soft["gain_over_manual"]
-    verdict = "beat" if gain > 0 else "did not beat"
-    assert f"BBT soft {verdict} the manual prompt: {gain:+.1f} points on test." in out
+    for mode in ("soft", "hard"):  # the gain, credited to calibration and to the search separately
+        run = json.loads((tmp_path / mode / "metrics.json").read_text())
+        gain = 100 * run["gain_over_manual"]
+        if run["selected"] == "manual":
+            assert f"BBT {mode} returned the calibrated template: {gain:+.1f} points on test, all of it calibration" in out
+        else:
+            calibration = 100 * (run["manual_calibrated_test_acc"] - run["manual_test_acc"])
+            assert (f"the manual prompt: {gain:+.1f} points on test, {calibration:+.1f} from calibration and "
+                    f"{gain - calibration:+.1f} from the search.") in out
     assert (tmp_path / "summary.md").read_text().strip() in out
+
+
+def test_the_demo_credits_calibration_and_the_search_separately():
+    """A run that returned the calibrated template owes its whole gain to calibration, and says so."""
+    from types import SimpleNamespace
+
+    from bbtune.app.demo import verdict
+
+    def result(selected: str, test: float) -> SimpleNamespace:
+        return SimpleNamespace(metrics={"selected": selected, "manual_test_acc": 0.6, "manual_calibrated_test_acc": 0.8,
+                                        "test_acc": test, "gain_over_manual": test - 0.6})
+
+    lines = verdict([[("BBT soft", result("tuned", 0.85)), ("BBT hard", result("manual", 0.8))]]).splitlines()
+    assert lines[0] == ("BBT soft beat the manual prompt: +25.0 points on test, +20.0 from calibration and +5.0 "
+                        "from the search.")
+    assert lines[1].startswith("BBT hard returned the calibrated template: +20.0 points on test, all of it calibration")
 
 
 def test_compare_command_writes_a_report(capsys, tmp_path):

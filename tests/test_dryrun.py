@@ -9,7 +9,7 @@ from bbtune.backends.factory import LocalConfig
 from bbtune.backends.remote import RemoteConfig
 from bbtune.app.cli import main
 from bbtune.app.dryrun import PROBE_REQUESTS, dry_run_tune
-from bbtune.runs.tuner import TuneConfig, tune
+from bbtune.runs.tuner import TuneConfig, run_tuner
 from mock_server import MockServer, ServerConfig, shared_scorer
 
 HARD = TuneConfig(mode="hard", budget_calls=18, popsize=6, prompt_tokens=3, intrinsic_dim=20, eval_every=12, seed=5)
@@ -39,7 +39,7 @@ def test_estimate_bounds_a_real_run_and_is_close(server, tiny_task, mode, probe,
     config = _config(server, mode=mode, probe=probe, batch_size=4)
     before = server.stats()
     with config.build() as backend:
-        tune(tiny_task, backend, HARD, progress=False)
+        run_tuner(tiny_task, backend, HARD, progress=False)
         spent = backend.stats.as_dict()
     served = server.stats()  # what the server saw: requests and tokens, /models included
     assert served["prompt_tokens"] - before["prompt_tokens"] == spent["prompt_tokens"]
@@ -86,7 +86,7 @@ def test_text_mode_estimate_bounds_a_real_run(server, tiny_task, endpoint, sampl
     config = _config(server, mode="text", probe=False, answer_endpoint=endpoint, answer_samples=samples,
                      answer_temperature=1.0 if samples > 1 else 0.0, answer_tokens=3)
     with config.build() as backend:
-        tune(tiny_task, backend, HARD, progress=False)
+        run_tuner(tiny_task, backend, HARD, progress=False)
         spent = backend.stats.as_dict()
     est = dry_run_tune(tiny_task, HARD, "remote", LocalConfig(model="tiny"), config)
     assert spent["answers"] > 0

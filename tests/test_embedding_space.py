@@ -115,11 +115,11 @@ def test_an_exported_peft_prompt_scores_like_bbtune(backend, tmp_path):
 def test_bbt_soft_starts_at_the_manual_prompt(backend, tiny_task):
     """Generation 0 of a soft run from the cue is the manual prompt: same (calibrated) train loss."""
     from bbtune.tasks import Task
-    from bbtune.runs.tuner import TuneConfig, tune
+    from bbtune.runs.tuner import TuneConfig, run_tuner
 
     cued = Task(tiny_task.name, TaskFormat(Template("Review: {text}\nSentiment:{label}"), tiny_task.format.verbalizer),
                 tiny_task.train, tiny_task.dev)
-    result = tune(cued, backend, TuneConfig(budget_calls=6, popsize=6, intrinsic_dim=10, p0="cue"), progress=False)
+    result = run_tuner(cued, backend, TuneConfig(budget_calls=6, popsize=6, intrinsic_dim=10, p0="cue"), progress=False)
     assert result.metrics["p0"] == "cue"
     assert result.curve[0]["generation"] == 0
     assert result.curve[0]["train_loss"] == pytest.approx(result.metrics["manual_train_loss"], abs=1e-3)

@@ -11,7 +11,7 @@ import torch
 from bbtune.errors import CapabilityError, ConfigError
 from bbtune.search.fluency import TextScorer, perplexity, prompt_nll, text_scorer, whole_words
 from bbtune.core.prompts import HardPrompt, SoftPrompt
-from bbtune.runs.tuner import TuneConfig, tune
+from bbtune.runs.tuner import TuneConfig, run_tuner
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +100,13 @@ FAST = dict(mode="hard", prompt_tokens=4, intrinsic_dim=10, popsize=6, budget_ca
 
 def test_fluency_lowers_the_chosen_prompts_perplexity(tiny_backend, tiny_task, scorer):
     for seed in (0, 1):
-        off = tune(tiny_task, tiny_backend, TuneConfig(seed=seed, **FAST), progress=False).hard_prompt.text
-        on = tune(tiny_task, tiny_backend, TuneConfig(seed=seed, fluency=10.0, **FAST), progress=False).hard_prompt.text
+        off = run_tuner(tiny_task, tiny_backend, TuneConfig(seed=seed, **FAST), progress=False).hard_prompt.text
+        on = run_tuner(tiny_task, tiny_backend, TuneConfig(seed=seed, fluency=10.0, **FAST), progress=False).hard_prompt.text
         assert perplexity(scorer, on) < perplexity(scorer, off), (seed, on, off)
 
 
 def test_common_vocabulary_run_writes_only_common_words(tiny_backend, tiny_task):
-    res = tune(tiny_task, tiny_backend, TuneConfig(seed=3, vocab_filter="common", fluency=0.5, **FAST), progress=False)
+    res = run_tuner(tiny_task, tiny_backend, TuneConfig(seed=3, vocab_filter="common", fluency=0.5, **FAST), progress=False)
     words = re.findall(r" ?\S+", res.hard_prompt.text)
     assert len(words) == FAST["prompt_tokens"] and all(re.fullmatch(r" [a-z]{3,}", w) for w in words), words
     assert np.isfinite(res.metrics["best_train_loss"])

@@ -12,7 +12,7 @@ from bbtune.app.cli import main
 from bbtune.backends.base import Backend, CallStats, Capabilities
 from bbtune.core.prompts import HardPrompt, SoftPrompt
 from bbtune.errors import CapabilityError, TaskError, VerbalizerError
-from bbtune.runs.tuner import TuneConfig, tune
+from bbtune.runs.tuner import TuneConfig, run_tuner
 from bbtune.search.losses import MISSING_LABEL_LOSS
 from bbtune.search.objective import AnswerScoring, GenerationObjective
 from bbtune.tasks import Example, Task, TaskConfig, TaskFormat, Template, answers_data_dir
@@ -168,7 +168,7 @@ def test_backends_that_cannot_generate_or_give_logprobs_are_refused_by_name(tiny
 @pytest.mark.parametrize("mode, scoring", [("hard", "reference"), ("hard", "metric"), ("soft", "reference")])
 def test_the_tuner_minimises_the_generation_loss_and_reports_the_metric(tiny_backend, mode, scoring):
     backend = AnswerBackend(tiny_backend)
-    res = tune(_task(), backend, TuneConfig(mode=mode, answer_scoring=scoring, budget_calls=36, seed=3, **FAST),
+    res = run_tuner(_task(), backend, TuneConfig(mode=mode, answer_scoring=scoring, budget_calls=36, seed=3, **FAST),
                progress=False)
     m = res.metrics
     assert m["task_kind"] == "generate" and m["answer_scoring"] == scoring and m["answer_metric"] == "exact"
@@ -182,7 +182,7 @@ def test_the_tuner_minimises_the_generation_loss_and_reports_the_metric(tiny_bac
 
 
 def test_the_tuner_finds_better_answers_than_the_manual_prompt_on_the_fake_model(tiny_backend):
-    res = tune(_task(), AnswerBackend(tiny_backend), TuneConfig(mode="hard", answer_scoring="metric", budget_calls=60,
+    res = run_tuner(_task(), AnswerBackend(tiny_backend), TuneConfig(mode="hard", answer_scoring="metric", budget_calls=60,
                                                                 seed=0, **FAST), progress=False)
     assert res.metrics["tuned_dev_acc"] > res.metrics["manual_dev_acc"]
     assert res.metrics["best_train_loss"] < 1.0
@@ -284,7 +284,7 @@ class Interrupted(Exception):
 
 def test_a_killed_generation_run_resumes_to_the_uninterrupted_result(tiny_backend, tmp_path):
     cfg = TuneConfig(mode="hard", answer_scoring="reference", budget_calls=30, seed=5, **FAST)
-    whole = tune(_task(), AnswerBackend(tiny_backend), cfg, tmp_path / "whole", progress=False)
+    whole = run_tuner(_task(), AnswerBackend(tiny_backend), cfg, tmp_path / "whole", progress=False)
     dying = AnswerBackend(tiny_backend)
     calls = {"n": 0}
     original = dying.continuation_logprobs
@@ -297,8 +297,8 @@ def test_a_killed_generation_run_resumes_to_the_uninterrupted_result(tiny_backen
 
     dying.continuation_logprobs = die_on_the_fifth
     with pytest.raises(Interrupted):
-        tune(_task(), dying, cfg, tmp_path / "killed", progress=False)
-    resumed = tune(_task(), AnswerBackend(tiny_backend), cfg, tmp_path / "killed", progress=False, resume=True)
+        run_tuner(_task(), dying, cfg, tmp_path / "killed", progress=False)
+    resumed = run_tuner(_task(), AnswerBackend(tiny_backend), cfg, tmp_path / "killed", progress=False, resume=True)
     assert resumed.curve == whole.curve
     assert resumed.metrics["answer_scores"] == whole.metrics["answer_scores"]
 

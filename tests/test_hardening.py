@@ -1,5 +1,6 @@
 """Issue 22: the CLI and the run folder under hostile input. Every case ends in one line that names the problem and
-the fix (no traceback), with the README's exit code, and nothing is leaked, overwritten or silently changed."""
+the fix (no traceback), with the exit code the guide lists (docs/guide/durable-runs.md), and nothing is leaked,
+overwritten or silently changed."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ from bbtune.app.cli import main
 from bbtune.backends.base import Backend
 from bbtune.errors import CheckpointError
 from bbtune.runs.folder import RunFolder
-from bbtune.runs.tuner import TuneConfig, tune
+from bbtune.runs.tuner import TuneConfig, run_tuner
 from bbtune.tasks import demo_data_dir
 
 RUN = ["--k", "4", "--test-limit", "8", "--model", "tiny", "--prompt-tokens", "2", "--intrinsic-dim", "8",
@@ -268,11 +269,11 @@ class _Booked(Backend):
 
 def test_a_deleted_ledger_does_not_reset_a_request_limit(tmp_path, tiny_task, tiny_backend):
     cfg = TuneConfig(budget_calls=8, popsize=4, intrinsic_dim=8, prompt_tokens=2, eval_every=8)
-    tune(tiny_task, _Booked(tiny_backend), cfg, tmp_path / "r", progress=False)
+    run_tuner(tiny_task, _Booked(tiny_backend), cfg, tmp_path / "r", progress=False)
     (tmp_path / "r" / "metrics.json").unlink()
     (tmp_path / "r" / "ledger.jsonl").unlink()
     with pytest.raises(CheckpointError, match="ledger.jsonl is missing but the checkpoint says .* requests were sent"):
-        tune(tiny_task, _Booked(tiny_backend), cfg, tmp_path / "r", progress=False, resume=True)
+        run_tuner(tiny_task, _Booked(tiny_backend), cfg, tmp_path / "r", progress=False, resume=True)
 
 
 def test_a_remote_context_overflow_names_the_servers_limit_not_a_flag(tmp_path, capsys):

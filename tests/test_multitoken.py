@@ -288,8 +288,8 @@ def test_the_names_verbalizer_uses_each_label_name_after_a_space() -> None:
     task = TaskConfig(data=str(DATA), preset="sentiment-5", verbalizer="names", k=2, test_limit=4).load()
     assert task.format.verbalizer == {label: " " + label for label in SST5}
     with pytest.raises(TaskError, match="neither a mapping"):
-        from bbtune.tasks import load_task
-        load_task(DATA, "sentiment-5", verbalizer="label-names")
+        from bbtune.tasks import build_task
+        build_task(DATA, "sentiment-5", k=2, seed=13, verbalizer="label-names")
 
 
 TUNE = ["--data", str(DATA), "--preset", "sentiment-5", "--verbalizer", "names", "--k", "2", "--test-limit", "6",

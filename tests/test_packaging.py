@@ -83,5 +83,5 @@ def test_make_server_builds_llama_cpp_python_without_native_flags() -> None:
     install = [line for line in plan.splitlines() if "llama-cpp-python[server]" in line and "install" in line]
     assert len(install) == 1 and all(flag in install[0] for flag in NON_NATIVE), plan
     assert install[0].startswith('CMAKE_ARGS="') and "--no-cache-dir" in install[0]
-    assert "`make server`" in (ROOT / "README.md").read_text()
+    assert "`make server`" in (ROOT / "docs" / "guide" / "remote.md").read_text()
     assert "`make server`" in (ROOT / "tests" / "test_real_server.py").read_text()

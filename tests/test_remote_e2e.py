@@ -11,7 +11,7 @@ import pytest
 from bbtune.backends.local import LocalBackend
 from bbtune.backends.remote import RemoteBackend, RemoteConfig
 from bbtune.tasks import Task
-from bbtune.runs.tuner import TuneConfig, TuneResult, tune
+from bbtune.runs.tuner import TuneConfig, TuneResult, run_tuner
 from mock_server import FaultConfig, FaultRule, MockServer, ServerConfig, shared_scorer
 
 from test_remote_backend import EXAMPLES, FMT, prompts, Sleeps
@@ -47,7 +47,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def clean_run(clean_server: MockServer, cache_dir, tiny_task: Task) -> tuple[TuneResult, dict[str, Any]]:
     with remote(clean_server.url, cache_dir=str(cache_dir)) as backend:
-        result = tune(tiny_task, backend, HARD, progress=False)
+        result = run_tuner(tiny_task, backend, HARD, progress=False)
         return result, backend.stats.as_dict()
 
 
@@ -64,7 +64,7 @@ def test_hard_tuning_with_faults_ends_exactly_like_the_clean_run(clean_run, tiny
     try:
         limit = clean_stats["requests"] + 40
         with remote(server.url, max_requests=limit) as backend:
-            faulty = tune(tiny_task, backend, HARD, progress=False)
+            faulty = run_tuner(tiny_task, backend, HARD, progress=False)
             stats = backend.stats
         fired = server.stats()["faults"]
         assert fired["drop"] == 1 and fired["429"] >= 2 and fired["500"] >= 1
@@ -78,7 +78,7 @@ def test_a_run_never_crosses_its_request_limit(tiny_task: Task) -> None:
     server = serve(FAULTS)
     try:
         with remote(server.url, max_requests=20) as backend:
-            result = tune(tiny_task, backend, HARD, progress=False)  # stops cleanly, keeping finished generations
+            result = run_tuner(tiny_task, backend, HARD, progress=False)  # stops cleanly, keeping finished generations
         assert "remote-max-requests 20" in result.metrics["stopped_by"]
         assert result.metrics["calls"] < HARD.budget_calls
         # a request reserved, then cancelled when a sibling hit the limit, may never reach the server
@@ -92,7 +92,7 @@ def test_a_rerun_with_the_cache_pays_zero_requests(clean_run, clean_server: Mock
     clean, _ = clean_run
     before = clean_server.stats()["requests"]
     with remote(clean_server.url, cache_dir=str(cache_dir)) as backend:
-        again = tune(tiny_task, backend, HARD, progress=False)
+        again = run_tuner(tiny_task, backend, HARD, progress=False)
         assert backend.stats.requests == 0 and backend.stats.cache_hits > 0
     assert clean_server.stats()["requests"] == before
     same_run(clean, again)
@@ -102,10 +102,10 @@ def test_soft_prompts_over_prompt_embeds_score_like_the_local_backend(clean_serv
                                                                        tiny_backend: LocalBackend) -> None:
     soft = TuneConfig(mode="soft", budget_calls=12, popsize=6, prompt_tokens=3, intrinsic_dim=20, eval_every=12, seed=3,
                       keep_manual=False)  # the tuned soft prompt itself, whatever dev says of it
-    local = tune(tiny_task, tiny_backend, soft, progress=False)
+    local = run_tuner(tiny_task, tiny_backend, soft, progress=False)
     with remote(clean_server.url, mode="prompt_embeds") as backend:
         assert backend.capabilities.soft
-        over_wire = tune(tiny_task, backend, soft, progress=False)
+        over_wire = run_tuner(tiny_task, backend, soft, progress=False)
         prompt = over_wire.soft_prompt
         assert prompt is not None and backend.stats.labels_missing == 0
         np.testing.assert_allclose(np.diff(backend.score([prompt], tiny_task.dev, tiny_task.format)),  # logit_bias on
@@ -147,6 +147,6 @@ def test_a_run_records_its_missing_rate_and_the_probe_report(clean_server: MockS
     """Missing labels are allowed here (--remote-max-missing 1) but never hidden: metrics.json says how many."""
     small = TuneConfig(mode="hard", budget_calls=6, popsize=6, prompt_tokens=3, intrinsic_dim=20, eval_every=6, seed=5)
     with remote(clean_server.url, top_k=2, logit_bias="off", max_missing=1.0) as backend:
-        result = tune(tiny_task, backend, small, progress=False)
+        result = run_tuner(tiny_task, backend, small, progress=False)
         assert 0 < result.metrics["missing_rate"] == backend.stats.missing_rate
     assert result.metrics["probe"]["top_k"] == 2 and result.metrics["probe"]["sample_missing_rate"] > 0

@@ -10,7 +10,7 @@ import pytest
 from bbtune.backends.base import Backend, Capabilities
 from bbtune.app.cli import main
 from bbtune.runs.endings import Ending, budget_rounding, ending_line, ending_of
-from bbtune.runs.tuner import TuneConfig, tune
+from bbtune.runs.tuner import TuneConfig, run_tuner
 from mock_server import FaultConfig, FaultRule, MockServer, ServerConfig, shared_scorer
 
 RUN = ["--data", "demo", "--k", "4", "--test-limit", "8", "--model", "tiny", "--prompt-tokens", "3",
@@ -76,10 +76,10 @@ class ConstantBackend(Backend):
 
 def test_a_loss_that_never_moved_is_a_flat_ending(tiny_backend, tiny_task):
     cfg = TuneConfig(budget_calls=18, prompt_tokens=3, intrinsic_dim=20, popsize=6, eval_every=6)
-    flat = tune(tiny_task, ConstantBackend(tiny_backend), cfg, progress=False)
+    flat = run_tuner(tiny_task, ConstantBackend(tiny_backend), cfg, progress=False)
     assert flat.metrics["ending"] == "flat" and Ending.FLAT.exit_code == 4
     assert "never moved" in ending_line(flat.metrics, 18, 6)
-    moved = tune(tiny_task, tiny_backend, cfg, progress=False)
+    moved = run_tuner(tiny_task, tiny_backend, cfg, progress=False)
     assert moved.metrics["ending"] == "budget" and Ending.BUDGET.exit_code == 0
 
 

@@ -12,14 +12,14 @@ import bbtune
 from bbtune.app.cli import main
 from bbtune.errors import CheckpointError, ConfigError
 from bbtune.app.export import ADAPTER_CONFIG, export
-from bbtune.runs.tuner import TuneConfig, tune
+from bbtune.runs.tuner import TuneConfig, run_tuner
 
 
 def _run(tmp_path_factory, task, backend, mode: str):
     folder = tmp_path_factory.mktemp(f"run-{mode}")
     cfg = TuneConfig(mode=mode, budget_calls=20, popsize=5, intrinsic_dim=8, prompt_tokens=3, eval_every=10,
                      keep_manual=False)
-    return tune(task, backend, cfg, folder, progress=False)
+    return run_tuner(task, backend, cfg, folder, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 
 from bbtune.backends.base import Backend, CallStats, Capabilities
 from bbtune.core.prompts import HardPrompt
-from bbtune.runs.tuner import TuneConfig, Tuner, tune
+from bbtune.runs.tuner import TuneConfig, Tuner, run_tuner
 from bbtune.search.evaluate import Evaluation
 from bbtune.search.selection import Guard, Selection, decide, selection_key
 from bbtune.tasks import Example, Task
@@ -133,7 +133,7 @@ def test_the_run_keeps_the_manual_prompt_when_its_dev_advantage_is_noise(tiny_ba
     backend.first_dev_text = dev[0].text
     config = TuneConfig(budget_calls=12, popsize=6, intrinsic_dim=10, prompt_tokens=3, p0="vocab", eval_every=6,
                         calibrate=False, **({} if guard == "default" else {"guard": guard}))
-    metrics = tune(tiny_task, backend, config, progress=False).metrics
+    metrics = run_tuner(tiny_task, backend, config, progress=False).metrics
     decision = metrics["decision"]
     assert metrics["tuned_dev_acc"] == 1.0 and metrics["manual_dev_acc"] == 15 / 16
     if guard != "none":

@@ -18,7 +18,7 @@ from bbtune.backends.local import LocalBackend
 from bbtune.backends.remote import RemoteBackend, RemoteConfig
 from bbtune.core.prompts import SoftPrompt
 from bbtune.errors import BudgetExceeded, CapabilityError, ConfigError
-from bbtune.runs.tuner import TuneConfig, tune
+from bbtune.runs.tuner import TuneConfig, run_tuner
 from bbtune.tasks import Task
 from mock_server import FaultConfig, MockServer, ServerConfig, mock_transport, shared_scorer
 from mock_server.scorer import Scorer
@@ -102,7 +102,7 @@ def test_soft_prompts_generate_locally_and_are_refused_clearly_in_text_mode(loca
         with pytest.raises(CapabilityError, match="soft prompt is not text.*--mode hard"):
             backend.generate([soft], EXAMPLES, FMT)
         with pytest.raises(CapabilityError, match="answers text only.*--mode hard"):
-            tune(tiny_task, backend, TuneConfig(mode="soft", budget_calls=4, popsize=2), progress=False)
+            run_tuner(tiny_task, backend, TuneConfig(mode="soft", budget_calls=4, popsize=2), progress=False)
 
 
 @pytest.mark.parametrize("config, message", [

@@ -11,7 +11,7 @@ from bbtune.errors import CapabilityError, CheckpointError, ConfigError
 from bbtune.core.prompts import HardPrompt, SoftPrompt
 from bbtune.runs.folder import RunFolder
 from bbtune.search.subspace import Subspace, SubspaceConfig
-from bbtune.runs.tuner import TuneConfig, Tuner, calibrate_hard_scale, tune
+from bbtune.runs.tuner import TuneConfig, Tuner, calibrate_hard_scale, run_tuner
 
 FAST = dict(prompt_tokens=3, intrinsic_dim=20, popsize=6, eval_every=12, p0="vocab")  # BBT's start: random words
 
@@ -35,7 +35,7 @@ class CountingBackend(Backend):
 @pytest.mark.parametrize("budget", [12, 30, 35])
 def test_budget_is_counted_in_model_calls_and_never_exceeded(tiny_backend, tiny_task, budget):
     backend = CountingBackend(tiny_backend)
-    res = tune(tiny_task, backend, TuneConfig(budget_calls=budget, **FAST), progress=False)
+    res = run_tuner(tiny_task, backend, TuneConfig(budget_calls=budget, **FAST), progress=False)
     train_calls = sum(len(b) for b in backend.batches if len(b) == 6)
     assert res.metrics["calls"] == train_calls == (budget // 6) * 6 <= budget
     assert res.metrics["generations"] == budget // 6
@@ -43,7 +43,7 @@ def test_budget_is_counted_in_model_calls_and_never_exceeded(tiny_backend, tiny_
 
 
 def test_same_seed_same_result_other_seed_other(tiny_backend, tiny_task):
-    runs = [tune(tiny_task, tiny_backend, TuneConfig(budget_calls=18, seed=s, **FAST), progress=False) for s in (1, 1, 2)]
+    runs = [run_tuner(tiny_task, tiny_backend, TuneConfig(budget_calls=18, seed=s, **FAST), progress=False) for s in (1, 1, 2)]
     assert np.array_equal(runs[0].best_z, runs[1].best_z)
     assert runs[0].curve == runs[1].curve
     assert [r.get("train_loss") for r in runs[0].curve] != [r.get("train_loss") for r in runs[2].curve]
@@ -51,12 +51,12 @@ def test_same_seed_same_result_other_seed_other(tiny_backend, tiny_task):
 
 def test_soft_mode_on_text_only_backend_is_refused(tiny_backend, tiny_task):
     with pytest.raises(CapabilityError, match="cannot score soft prompts"):
-        tune(tiny_task, CountingBackend(tiny_backend, soft=False), TuneConfig(budget_calls=12, **FAST), progress=False)
+        run_tuner(tiny_task, CountingBackend(tiny_backend, soft=False), TuneConfig(budget_calls=12, **FAST), progress=False)
 
 
 def test_hard_mode_scores_only_hard_prompts_that_really_differ(tiny_backend, tiny_task):
     backend = CountingBackend(tiny_backend, soft=False)
-    res = tune(tiny_task, backend, TuneConfig(mode="hard", budget_calls=30, **FAST), progress=False)
+    res = run_tuner(tiny_task, backend, TuneConfig(mode="hard", budget_calls=30, **FAST), progress=False)
     assert all(isinstance(p, HardPrompt) for b in backend.batches for p in b)
     first_gen = backend.batches[4]  # after the manual prompt's and p0's train and dev scoring
     assert len({p.token_ids for p in first_gen}) >= 3
@@ -93,7 +93,7 @@ def test_calibration_hits_the_target_share(tiny_backend):
 
 
 def test_run_folder_has_every_artifact(tiny_backend, tiny_task, tmp_path):
-    res = tune(tiny_task, tiny_backend, TuneConfig(budget_calls=18, **FAST), tmp_path / "run", progress=False)
+    res = run_tuner(tiny_task, tiny_backend, TuneConfig(budget_calls=18, **FAST), tmp_path / "run", progress=False)
     folder = RunFolder(tmp_path / "run")
     cfg = folder.read_json("config.json")
     assert cfg["tune"]["budget_calls"] == 18 and cfg["task"]["template"] == "{text} It was{label}"
@@ -115,27 +115,27 @@ def test_run_folder_has_every_artifact(tiny_backend, tiny_task, tmp_path):
 
 def test_resume_continues_to_the_same_result(tiny_backend, tiny_task, tmp_path):
     cfg = TuneConfig(budget_calls=30, **FAST)
-    full = tune(tiny_task, tiny_backend, cfg, tmp_path / "full", progress=False)
+    full = run_tuner(tiny_task, tiny_backend, cfg, tmp_path / "full", progress=False)
     short = TuneConfig(**{**cfg.__dict__, "budget_calls": 12})
-    tune(tiny_task, tiny_backend, short, tmp_path / "part", progress=False)
+    run_tuner(tiny_task, tiny_backend, short, tmp_path / "part", progress=False)
     # pretend the run was stopped after 12 calls: same folder, original budget
     ckpt = RunFolder(tmp_path / "part").load_checkpoint()
     ckpt["run_config"]["tune"]["budget_calls"] = 30
     RunFolder(tmp_path / "part").save_checkpoint(ckpt)
     (tmp_path / "part" / "metrics.json").unlink()  # a stopped run has no metrics yet
-    resumed = tune(tiny_task, tiny_backend, cfg, tmp_path / "part", progress=False, resume=True)
+    resumed = run_tuner(tiny_task, tiny_backend, cfg, tmp_path / "part", progress=False, resume=True)
     assert np.array_equal(resumed.best_z, full.best_z)
     assert len(resumed.curve) == len(full.curve) > 3 and resumed.curve == full.curve
 
 
 def test_resume_refuses_another_config(tiny_backend, tiny_task, tmp_path):
-    tune(tiny_task, tiny_backend, TuneConfig(budget_calls=12, **FAST), tmp_path / "r", progress=False)
+    run_tuner(tiny_task, tiny_backend, TuneConfig(budget_calls=12, **FAST), tmp_path / "r", progress=False)
     (tmp_path / "r" / "metrics.json").unlink()  # unfinished: a finished run is refused before its config is read
     with pytest.raises(CheckpointError, match="another config"):
-        tune(tiny_task, tiny_backend, TuneConfig(budget_calls=12, seed=9, **FAST), tmp_path / "r", progress=False,
+        run_tuner(tiny_task, tiny_backend, TuneConfig(budget_calls=12, seed=9, **FAST), tmp_path / "r", progress=False,
              resume=True)
     with pytest.raises(CheckpointError, match="not a run that can resume"):
-        tune(tiny_task, tiny_backend, TuneConfig(budget_calls=12, **FAST), tmp_path / "empty", progress=False, resume=True)
+        run_tuner(tiny_task, tiny_backend, TuneConfig(budget_calls=12, **FAST), tmp_path / "empty", progress=False, resume=True)
 
 
 @pytest.mark.parametrize("kw, field", [({"budget_calls": 3}, "budget_calls"), ({"eval_every": 0}, "eval_every"),
@@ -151,7 +151,7 @@ def test_smollm2_end_to_end_train_loss_goes_down(smollm2_backend):
     from bbtune.tasks import TaskConfig
 
     task = TaskConfig(data="demo", k=4, test_limit=48).load()
-    res = tune(task, smollm2_backend, TuneConfig(intrinsic_dim=20, popsize=6, budget_calls=36, eval_every=36),
+    res = run_tuner(task, smollm2_backend, TuneConfig(intrinsic_dim=20, popsize=6, budget_calls=36, eval_every=36),
                progress=False)
     later = [r["train_loss"] for r in res.curve[1:]]
     assert min(later) < res.curve[0]["train_loss"]
@@ -177,7 +177,7 @@ class LimitedBackend(CountingBackend):
 
 def test_a_backend_hard_limit_ends_the_run_with_its_results_written(tiny_backend, tiny_task, tmp_path):
     # 6 batches: the manual prompt and p0 on train and dev, then two generations of 6 calls
-    res = tune(tiny_task, LimitedBackend(tiny_backend, limit=6), TuneConfig(budget_calls=60, **FAST), tmp_path / "r",
+    res = run_tuner(tiny_task, LimitedBackend(tiny_backend, limit=6), TuneConfig(budget_calls=60, **FAST), tmp_path / "r",
                progress=False)
     assert res.metrics["calls"] == 12 and "max_requests=3" in res.metrics["stopped_by"]
     assert "test_acc" not in res.metrics
@@ -241,9 +241,9 @@ def test_cma_es_reaches_a_loss_that_random_search_and_a_no_op_optimizer_do_not(t
     backend = QuadraticBackend(tiny_backend, sub.soft_prompt(z_star).embeds)
     finals = {}
     for name in ("cma", "random"):
-        finals[name] = tune(tiny_task, backend, TuneConfig(optimizer=name, **cfg), progress=False).metrics["best_train_loss"]
+        finals[name] = run_tuner(tiny_task, backend, TuneConfig(optimizer=name, **cfg), progress=False).metrics["best_train_loss"]
     monkeypatch.setattr(tuner_module, "make_optimizer", lambda c, dim, seed: NoOpCMA(make_optimizer(c, dim, seed)))
-    finals["noop"] = tune(tiny_task, backend, TuneConfig(**cfg), progress=False).metrics["best_train_loss"]
+    finals["noop"] = run_tuner(tiny_task, backend, TuneConfig(**cfg), progress=False).metrics["best_train_loss"]
     optimum = float(-np.log(1 / (1 + np.exp(-0.5))))  # distance 0: gold log-prob 0 against the other's -0.5
     assert finals["cma"] < optimum + 0.01
     assert finals["random"] > optimum + 0.05 and finals["noop"] > optimum + 0.05
@@ -293,10 +293,10 @@ def test_p0_auto_is_the_cue_where_the_prompt_can_take_its_place_else_random_word
     from bbtune.tasks import Template
 
     auto = {**FAST, "p0": "auto", "prompt_tokens": 0, "budget_calls": 12}
-    assert tune(tiny_task, tiny_backend, TuneConfig(**auto), progress=False).metrics["p0"] == "cue"
-    asked_for_three = tune(tiny_task, tiny_backend, TuneConfig(**{**auto, "prompt_tokens": 3}), progress=False).metrics
+    assert run_tuner(tiny_task, tiny_backend, TuneConfig(**auto), progress=False).metrics["p0"] == "cue"
+    asked_for_three = run_tuner(tiny_task, tiny_backend, TuneConfig(**{**auto, "prompt_tokens": 3}), progress=False).metrics
     assert asked_for_three["p0"] == "vocab" and asked_for_three["prompt_tokens_used"] == 3
-    prefix = tune(tiny_task.with_placement("prefix"), tiny_backend, TuneConfig(**auto), progress=False).metrics
+    prefix = run_tuner(tiny_task.with_placement("prefix"), tiny_backend, TuneConfig(**auto), progress=False).metrics
     assert prefix["p0"] == "vocab" and prefix["prompt_tokens_used"] == CPU_PROMPT_TOKENS
     no_cue = Tuner(tiny_task.with_template(Template("{text}{label}")), tiny_backend, TuneConfig(**auto))
     assert no_cue._resolve_p0(tiny_backend.vocabulary()).value == "vocab"
@@ -307,12 +307,12 @@ def test_p0_cue_needs_cue_words_and_suffix_placement(tiny_backend, tiny_task):
 
     no_cue = tiny_task.with_template(Template("{text}{label}"))
     with pytest.raises(ConfigError, match="no cue words"):
-        tune(no_cue, tiny_backend, TuneConfig(**{**FAST, "p0": "cue", "prompt_tokens": 0}, budget_calls=12), progress=False)
+        run_tuner(no_cue, tiny_backend, TuneConfig(**{**FAST, "p0": "cue", "prompt_tokens": 0}, budget_calls=12), progress=False)
     with pytest.raises(ConfigError, match="--prompt-tokens 1 cannot hold it"):
-        tune(tiny_task, tiny_backend, TuneConfig(**{**FAST, "p0": "cue", "prompt_tokens": 1}, budget_calls=12),
+        run_tuner(tiny_task, tiny_backend, TuneConfig(**{**FAST, "p0": "cue", "prompt_tokens": 1}, budget_calls=12),
              progress=False)
     with pytest.raises(ConfigError, match="placement suffix"):
-        tune(tiny_task.with_placement("prefix"), tiny_backend, TuneConfig(**{**FAST, "p0": "cue", "prompt_tokens": 0}, budget_calls=12), progress=False)
+        run_tuner(tiny_task.with_placement("prefix"), tiny_backend, TuneConfig(**{**FAST, "p0": "cue", "prompt_tokens": 0}, budget_calls=12), progress=False)
 
 
 class PromptsHurtBackend(QuadraticBackend):
@@ -332,7 +332,7 @@ class PromptsHurtBackend(QuadraticBackend):
 
 def test_the_result_is_never_worse_than_the_manual_prompt_on_dev_by_the_rule_that_chose_it(tiny_backend, tiny_task):
     backend = PromptsHurtBackend(tiny_backend, None)
-    kept = tune(tiny_task, backend, TuneConfig(budget_calls=24, **FAST), progress=False).metrics
+    kept = run_tuner(tiny_task, backend, TuneConfig(budget_calls=24, **FAST), progress=False).metrics
     assert kept["selected"] == "manual" and kept["dev_acc"] == 1.0 and kept["test_acc"] == kept["manual_test_acc"] == 1.0
-    forced = tune(tiny_task, backend, TuneConfig(budget_calls=24, keep_manual=False, **FAST), progress=False).metrics
+    forced = run_tuner(tiny_task, backend, TuneConfig(budget_calls=24, keep_manual=False, **FAST), progress=False).metrics
     assert forced["selected"] == "tuned" and forced["dev_acc"] < 1.0

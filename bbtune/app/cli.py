@@ -45,7 +45,7 @@ from bbtune.runs.endings import (
 from bbtune.runs.folder import CONFIG, RunFolder, refuse_overwrite
 from bbtune.runs.load import load_run, saved_backend
 from bbtune.runs.resume import given_dests, resumed_remote, split_settings
-from bbtune.runs.tuner import TuneConfig, TuneResult, tune
+from bbtune.runs.tuner import TuneConfig, TuneResult, run_tuner
 from bbtune.search.objective import skipped_for_generation
 from bbtune.tasks import FieldMap, TaskConfig, overlaps, parse_label_names, read_inputs
 
@@ -312,7 +312,7 @@ def _tune_command(args: argparse.Namespace, given: set[str]) -> tuple[TuneResult
     # RemoteConfig holds only the *name* of the key's variable; public() also drops header values and URL credentials
     fixed, settings = split_settings(remote)
     cli_config = {**{name: dataclasses.asdict(c) for name, c in configs.items()}, "backend_kind": kind, "remote": fixed}
-    result = tune(task, backend, configs["tune"], run_dir, progress=not args.no_progress, resume=resume,
+    result = run_tuner(task, backend, configs["tune"], run_dir, progress=not args.no_progress, resume=resume,
                   extra_config={"cli": cli_config}, overwrite=args.overwrite, settings={"remote": settings})
     return result, configs["tune"]
 

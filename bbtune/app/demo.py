@@ -1,5 +1,6 @@
 """`bbtune demo`: the first run a user sees. Manual prompt, BBT soft (+ its nearest tokens) and BBT hard on the
-built-in review set, with each result's gain over the manual prompt, and a plain verdict.
+built-in review set, with each result's gain over the manual prompt, and a plain verdict that credits the label
+calibration and the search separately.
 
 The built-in set (`bbtune/data/demo`, written for bbtune by `bbtune/data/generate_demo.py`) has 96 training-pool
 and 240 test reviews, half of them with a contrast or a negation; the demo starts from BBT's own template
@@ -19,7 +20,7 @@ from bbtune.app.summary import summary_table
 from bbtune.backends.factory import LocalConfig
 from bbtune.core.table import markdown_table
 from bbtune.runs.folder import RunFolder
-from bbtune.runs.tuner import Mode, TuneConfig, TuneResult, tune
+from bbtune.runs.tuner import Mode, TuneConfig, TuneResult, run_tuner
 from bbtune.tasks import TaskConfig
 
 DEMO_PRESET = "sentiment-bbt"
@@ -40,7 +41,7 @@ def run_demo(model: str, budget_calls: int, out: Path, seed: int, seeds: int = 1
                    "tune": dataclasses.asdict(cfg)}
             print(f"seed {data_seed}: tuning a {mode.value} prompt ({budget_calls} calls)...", file=sys.stderr)
             run_dir = out / (f"{mode.value}-{data_seed}" if seeds > 1 else mode.value)
-            result = tune(task, backend, cfg, run_dir, extra_config={"cli": cli}, overwrite=True)  # reruns replace it
+            result = run_tuner(task, backend, cfg, run_dir, extra_config={"cli": cli}, overwrite=True)  # reruns replace it
             results.append((f"BBT {mode.value}", result))
         per_seed.append(results)
     table = summary_table(per_seed[0]) if seeds == 1 else spread_table(per_seed)
@@ -52,14 +53,24 @@ def run_demo(model: str, budget_calls: int, out: Path, seed: int, seeds: int = 1
 
 
 def verdict(per_seed: list[list[tuple[str, TuneResult]]]) -> str:
-    """One plain sentence per method: did tuning beat the manual prompt on test, and by how much."""
+    """One plain sentence per method: its gain over the manual prompt on test, split between what the label
+    calibration gave (the calibrated template, no search) and what the search added on top of it."""
     lines = []
     for i, (name, _) in enumerate(per_seed[0]):
-        gains = [100 * results[i][1].metrics["gain_over_manual"] for results in per_seed]
-        mean = statistics.mean(gains)
+        runs = [results[i][1].metrics for results in per_seed]
+        gains = [100 * m["gain_over_manual"] for m in runs]
+        calibration = statistics.mean(100 * (m.get("manual_calibrated_test_acc", m["manual_test_acc"])
+                                             - m["manual_test_acc"]) for m in runs)
+        gain, kept = statistics.mean(gains), sum(m["selected"] == "manual" for m in runs)
+        per = f" (per split: {', '.join(f'{g:+.1f}' for g in gains)})" if len(gains) > 1 else ""
+        if kept == len(runs):
+            lines.append(f"{name} returned the calibrated template: {gain:+.1f} points on test{per}, all of it "
+                         "calibration; the search found nothing better on dev.")
+            continue
         word = "beat" if min(gains) > 0 else ("did not beat" if max(gains) <= 0 else "did not always beat")
-        lines.append(f"{name} {word} the manual prompt: {mean:+.1f} points on test"
-                     + (f" (per seed: {', '.join(f'{g:+.1f}' for g in gains)})" if len(gains) > 1 else "") + ".")
+        lines.append(f"{name} {word} the manual prompt: {gain:+.1f} points on test{per}, {calibration:+.1f} from "
+                     f"calibration and {gain - calibration:+.1f} from the search"
+                     + (f" (it returned the calibrated template on {kept} of {len(runs)} splits)" if kept else "") + ".")
     return "\n".join(lines)
 
 

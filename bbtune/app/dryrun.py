@@ -242,10 +242,10 @@ def shape_backend(kind: str, local: Any, remote: Any,
 
 def dry_run_tune(task: Any, tune_config: Any, kind: str, local: Any, remote: Any) -> Estimate:
     """What `bbtune tune` with these configs would spend at most (no run folder is written)."""
-    from bbtune.runs.tuner import tune
+    from bbtune.runs.tuner import run_tuner
 
     backend, pricing = shape_backend(kind, local, remote)
-    tune(task, backend, tune_config, None, progress=False)
+    run_tuner(task, backend, tune_config, None, progress=False)
     return price(backend.calls, backend.vocabulary().tokenizer, pricing)
 
 

@@ -94,6 +94,7 @@ class SweepResult:
     skipped: list[str] = field(default_factory=list)  # finished before it (never rerun)
     failed: dict[str, str] = field(default_factory=dict)  # name -> last error, after every retry
     attempts: dict[str, int] = field(default_factory=dict)  # name -> attempts made by this call
+    plan: str = ""  # a dry run's table: every job and the most it would spend (nothing ran, nothing was written)
 
     @property
     def finished(self) -> list[str]:
@@ -109,7 +110,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, progress: bool = True,
     folder.write_json(SPEC_JSON, spec.source)
     shares = spec.limit_shares()
     jobs = tuple(job.with_limits(shares) for job in spec.jobs)
-    result = SweepResult(out, jobs, Comparison(spec.name, "", (), (), jobs[0].method_settings()))
+    result = SweepResult(out, jobs, _empty_comparison(spec.name, jobs))
     pending = []
     for job in jobs:
         if _prepare(out, job):
@@ -261,6 +262,16 @@ def _append_failures(path: Path, failed: Mapping[str, str]) -> None:
 
 
 # ---------------------------------------------------------------------- --dry-run
+
+
+def _empty_comparison(name: str, jobs: tuple[Job, ...]) -> Comparison:
+    return Comparison(name, "", (), (), jobs[0].method_settings())
+
+
+def planned_sweep(spec: SweepSpec) -> SweepResult:
+    """A dry run as a `SweepResult`: no job ran; ``plan`` holds `dry_run_sweep`'s table."""
+    return SweepResult(Path(spec.config.out or f"sweeps/{spec.name}"), spec.jobs, _empty_comparison(spec.name, spec.jobs),
+                       plan=dry_run_sweep(spec))
 
 
 def dry_run_sweep(spec: SweepSpec) -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -132,11 +133,6 @@ class SweepSpec:
 
     @classmethod
     def load(cls, path: str | Path) -> "SweepSpec":
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            raise ConfigError("sweep specs are read with tomllib (Python >= 3.11); use Python 3.11+, or pass the "
-                              "spec as a dict to bbtune.sweep") from None
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"sweep spec {path} does not exist; give a TOML file (see benchmarks/specs/)")

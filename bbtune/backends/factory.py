@@ -3,13 +3,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bbtune.core.options import documented
 from bbtune.constants import DEFAULT_KV_CACHE_MB, DEFAULT_MEMORY_BUDGET_MB, EMBEDDED_MODEL
 from bbtune.errors import ConfigError
 from bbtune.backends.base import Backend
 
 
+@documented
 @dataclass(frozen=True)
 class LocalConfig:
+    """A local transformers model (the CLI's model flags)."""
+
     model: str = field(default=EMBEDDED_MODEL, metadata={"help": "smollm2 (embedded), tiny, a HF folder or a .gguf file"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto (cuda when present)"})
     dtype: str = field(default="auto", metadata={"help": "float32, bfloat16, float16, or auto (bf16 on cuda, fp32 on cpu)"})

@@ -1,5 +1,5 @@
 """BBT's own methods in the common record: soft, soft-then-discretized, hard (projection in the loop), and
-random search; each is one `tune()` run read into `MethodResult`s.
+random search; each is one `run_tuner()` run read into `MethodResult`s.
 
 A soft run also yields its discretized prompt (nearest tokens of the best soft prompt), so one search gives two
 records that share its cost; the second says so in its `note`.
@@ -13,7 +13,7 @@ from pathlib import Path
 from bbtune.backends.base import Backend
 from bbtune.runs.folder import RunFolder
 from bbtune.tasks import Task
-from bbtune.runs.tuner import Mode, TuneConfig, TuneResult, tune
+from bbtune.runs.tuner import Mode, TuneConfig, TuneResult, run_tuner
 from bbtune.baselines.record import Measurement, MethodResult, Meter
 
 
@@ -25,7 +25,7 @@ def run_bbt(task: Task, backend: Backend, config: TuneConfig, name: str, discret
     retried job continues from its last checkpoint instead of paying for its finished generations again."""
     holds = RunFolder(run_dir).holds() if run_dir is not None else None
     with Meter(backend) as meter:
-        result = tune(task, backend, config, run_dir, progress=False, resume=holds == "unfinished",
+        result = run_tuner(task, backend, config, run_dir, progress=False, resume=holds == "unfinished",
                       overwrite=holds == "finished")  # finished but its job unrecorded: run it again whole
     placement = task.format.placement.value
     searched = _searched(name, result, meter.measurement, placement)

@@ -22,7 +22,7 @@ from bbtune.search.losses import label_log_softmax
 from bbtune.constants import EVAL_BATCH
 from bbtune.core.progress import progress_bar
 from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt
-from bbtune.runs.folder import BEST_PROMPT, CALIBRATION, CONFIG, HARD_PROMPT, METRICS, RunFolder
+from bbtune.runs.folder import BEST_PROMPT, CALIBRATION, CONFIG, CURVE, HARD_PROMPT, METRICS, RunFolder
 from bbtune.runs.tuner import TuneResult
 from bbtune.tasks import Example, TaskFormat, Template
 
@@ -39,7 +39,11 @@ class Prediction:
 
 @dataclass
 class TunedRun:
-    """A finished run folder, ready to classify. `backend` is built from the run's config when first needed."""
+    """A tuned run, ready to classify: what `bbtune.tune` returns and `load_run` reads back from a run folder.
+
+    `prompt` is the returned prompt (tuned, or the manual one where the run kept it), `metrics` every number of the
+    run, `curve` the learning curve (one row per generation), `decision` why the run returned what it did, and
+    `predict` classifies new inputs. `backend` is built from the run's config when first needed."""
 
     path: Path | None  # None: a run tuned in memory (no run_dir)
     format: TaskFormat
@@ -48,6 +52,12 @@ class TunedRun:
     metrics: dict[str, Any]
     config: dict[str, Any]
     backend: Backend | None = field(default=None, repr=False)
+    curve: list[dict[str, Any]] = field(default_factory=list, repr=False)  # one row per generation (curve.csv)
+
+    @property
+    def decision(self) -> dict[str, Any] | None:
+        """Why the run returned what it did: tuned or manual, the dev margins and the tests behind them."""
+        return self.metrics.get("decision")
 
     @property
     def prompt_text(self) -> str:
@@ -93,6 +103,18 @@ class TunedRun:
             self.backend = saved_backend(self.config)
         return self.backend
 
+    def close(self) -> None:
+        """Close the run's backend where it holds connections (a remote one); the run stays readable."""
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> "TunedRun":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def load_run(run_dir: str | Path, backend: Backend | None = None) -> TunedRun:
     """The finished run in `run_dir`; a missing folder or an unfinished run is a `CheckpointError`."""
@@ -105,16 +127,36 @@ def load_run(run_dir: str | Path, backend: Backend | None = None) -> TunedRun:
                               f"`bbtune tune --resume {folder.path}`")
     metrics = folder.read_json(METRICS)
     fmt = saved_format(config["task"])
-    return TunedRun(folder.path, fmt, _prompt(folder), _label_bias(folder, metrics, fmt), metrics, config, backend)
+    curve = [_numbers(row) for row in folder.read_curve()] if (folder.path / CURVE).exists() else []
+    return TunedRun(folder.path, fmt, _prompt(folder), _label_bias(folder, metrics, fmt), metrics, config, backend,
+                    curve)
 
 
 def tuned_run(result: TuneResult, fmt: TaskFormat, backend: Backend) -> TunedRun:
     """The run a `Tuner` just finished, ready to predict through `backend`: read back from its folder where it
     wrote one (exactly what `load_run` gives later), else built from the result in memory."""
     if result.run_dir is not None:
-        return load_run(result.run_dir, backend)
+        run = load_run(result.run_dir, backend)
+        run.curve = result.curve  # the numbers themselves, not their CSV text
+        return run
     bias = _label_bias(None, result.metrics, fmt)
-    return TunedRun(None, fmt, result.best_prompt, bias, result.metrics, {"backend": backend.name}, backend)
+    return TunedRun(None, fmt, result.best_prompt, bias, result.metrics, {"backend": backend.name}, backend,
+                    result.curve)
+
+
+def _numbers(row: dict[str, str]) -> dict[str, Any]:
+    """A curve.csv row with its numbers as numbers (an empty cell: None)."""
+    def value(text: str) -> Any:
+        if text == "":
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                return float(text)
+            except ValueError:
+                return text
+    return {key: value(text) for key, text in row.items()}
 
 
 def saved_format(task: dict[str, Any]) -> TaskFormat:

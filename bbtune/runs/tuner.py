@@ -35,7 +35,7 @@ from bbtune.search.losses import Loss
 from bbtune.search.objective import (AnswerScoring, GenerationObjective, LabelObjective, Objective,
                                     skipped_for_generation)
 from bbtune.search.optimizers import OptimizerConfig, make_optimizer
-from bbtune.core.options import string_tuple
+from bbtune.core.options import documented, string_tuple
 from bbtune.core.progress import progress_bar
 from bbtune.core.prompts import MANUAL_PROMPT, HardPrompt, Prompt, SoftPrompt, distinct_prompts
 from bbtune.runs.folder import (BEST_PROMPT, CHECKPOINT, CONFIG, HARD_PROMPT, LEDGER, METRICS, REPLIES, RunFolder,
@@ -55,6 +55,7 @@ class Mode(str, Enum):
 DATA_FIELDS = ("task.data_sha256", "task.n_train", "task.n_dev", "task.n_test")  # what an edited data file changes
 
 
+@documented
 @dataclass(frozen=True)
 class TuneConfig(SubspaceConfig, OptimizerConfig):
     """Everything about one tuning run; subspace and optimizer fields are inherited (one flat CLI)."""
@@ -569,10 +570,10 @@ class Tuner:
         self.folder.write_json(METRICS, result.metrics)  # last: a folder with metrics.json is finished
 
 
-def tune(task: Task, backend: Backend, config: TuneConfig = TuneConfig(), run_dir: str | Path | None = None, *,
-         progress: bool = True, resume: bool = False, extra_config: dict[str, Any] | None = None,
-         overwrite: bool = False, settings: dict[str, Any] | None = None) -> TuneResult:
-    """Run BBT and return the result; see `Tuner`."""
+def run_tuner(task: Task, backend: Backend, config: TuneConfig = TuneConfig(), run_dir: str | Path | None = None, *,
+              progress: bool = True, resume: bool = False, extra_config: dict[str, Any] | None = None,
+              overwrite: bool = False, settings: dict[str, Any] | None = None) -> TuneResult:
+    """Run BBT and return the raw `TuneResult` (the library's own call; users call `bbtune.tune`); see `Tuner`."""
     return Tuner(task, backend, config, run_dir, progress=progress, extra_config=extra_config, overwrite=overwrite,
                  settings=settings).run(resume=resume)
 

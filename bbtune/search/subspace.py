@@ -36,7 +36,7 @@ class Projection(str, Enum):
 # Step sizes (alpha, in embedding stds) by start point. From random words, BBT's alpha = 1 (a step of sigma moves a
 # coordinate by one embedding std). From the template's cue, which already scores well, a step of 1 std replaces
 # the cue wholesale and every candidate scores worse than the start (SST-2, 10 candidates: train CE 0.46-0.53
-# against 0.375 at the cue); at 0.15 about a third of the candidates improve on it. See README, "Start point".
+# against 0.375 at the cue); at 0.15 about a third of the candidates improve on it. See docs/guide/defaults.md.
 ALPHA_FROM_WORDS = 1.0
 ALPHA_FROM_CUE = 0.15
 

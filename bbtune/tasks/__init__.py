@@ -8,9 +8,9 @@ from bbtune.tasks.data import (FieldMap, answer_split, few_shot_split, load_exam
 from bbtune.tasks.format import (Example, Placement, Rendered, TaskFormat, TaskKind, Template, multi_token_message,
                                  verbalizer_token_ids, verbalizer_token_sequences)
 from bbtune.tasks.task import (PRESETS, Preset, Task, TaskConfig, answers_data_dir, check_labels, demo_data_dir,
-                               label_name_words, load_task, overlaps)
+                               build_task, label_name_words, load_task, overlaps)
 
 __all__ = ["Example", "FieldMap", "PRESETS", "Placement", "Preset", "Rendered", "Task", "TaskConfig", "TaskFormat",
            "TaskKind", "Template", "answer_split", "answers_data_dir", "check_labels", "demo_data_dir", "few_shot_split",
-           "label_name_words", "load_examples", "load_task", "multi_token_message", "overlaps", "parse_label_names",
+           "build_task", "label_name_words", "load_examples", "load_task", "multi_token_message", "overlaps", "parse_label_names",
            "read_inputs", "read_rows", "subsample", "verbalizer_token_ids", "verbalizer_token_sequences"]

@@ -6,8 +6,9 @@ import codecs
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
+from bbtune.core.options import documented
 from bbtune.errors import TaskError, VerbalizerError
 from bbtune.tasks.data import (
     FieldMap,
@@ -131,12 +132,33 @@ PRESETS["trec"] = PRESETS["question"]
 PRESETS["sst5"] = PRESETS["sentiment-5"]
 
 
-def load_task(
+DEFAULT_DATA_SEED = 13  # the few-shot split's seed wherever none is given (load_task, TaskConfig, the CLI)
+
+
+def load_task(data: str | Path = "demo", preset: str = "sentiment", *, k: int = 16, seed: int = DEFAULT_DATA_SEED,
+              **options: Any) -> Task:
+    """A few-shot task from a data folder or file (train/test .jsonl/.csv/.tsv), ``hf:NAME[:CONFIG]``, or a
+    built-in set (``"demo"``: short reviews; ``"demo-answers"``: short questions, with ``preset="answer"``).
+
+    `k` examples per class for train and as many for dev, drawn with `seed`; `options` are the other
+    `TaskConfig` fields (template, verbalizer, placement, test_limit, text_field, label_names, ...). A verbalizer
+    may be a mapping label -> word.
+
+        >>> task = load_task("demo", k=4, test_limit=10)
+        >>> len(task.train), len(task.dev), len(task.test)
+        (8, 8, 10)
+    """
+    if isinstance(options.get("verbalizer"), Mapping):
+        options["verbalizer"] = json.dumps(dict(options["verbalizer"]))
+    return TaskConfig(data=str(data), preset=preset, k=k, data_seed=seed, **options).load()
+
+
+def build_task(
     data_dir: str | Path,
     preset: str = "sentiment",
     *,
-    k: int = 16,
-    seed: int = 42,
+    k: int,
+    seed: int,
     template: str | None = None,
     verbalizer: Mapping[str, str] | str | None = None,
     placement: Placement | str = Placement.SUFFIX,
@@ -144,8 +166,8 @@ def load_task(
     name: str | None = None,
     fields: FieldMap | None = None,
 ) -> Task:
-    """Build a few-shot task from a directory holding `train.jsonl` (and `test.jsonl`; or .csv/.tsv), or from a
-    Hugging Face dataset ``hf:NAME[:CONFIG]`` (see `bbtune.tasks.hf`).
+    """`load_task`'s work on resolved values: a few-shot task from a directory holding `train.jsonl` (and
+    `test.jsonl`; or .csv/.tsv), or from a Hugging Face dataset ``hf:NAME[:CONFIG]`` (see `bbtune.tasks.hf`).
 
     train and dev are k per class drawn with `seed` from the training file, disjoint (a generation preset, whose
     labels are free-text answers: k examples each); test is the test file
@@ -219,6 +241,7 @@ def _find(data_dir: Path, names: Sequence[str], required: bool = True) -> str | 
     return None
 
 
+@documented
 @dataclass(frozen=True)
 class TaskConfig:
     """How to build a few-shot task from files or a Hugging Face dataset (the CLI's task flags)."""
@@ -229,7 +252,7 @@ class TaskConfig:
     preset: str = field(default="sentiment", metadata={"help": f"template + verbalizer preset: {sorted(PRESETS)}"})
     k: int = field(default=16, metadata={
         "help": "examples per class in train and in dev (a generation task: examples in train and in dev)"})
-    data_seed: int = field(default=13, metadata={"help": "seed of the few-shot sample"})
+    data_seed: int = field(default=DEFAULT_DATA_SEED, metadata={"help": "seed of the few-shot sample"})
     template: str = field(default="", metadata={"help": "template overriding the preset's, e.g. '{text} It was{label}'"})
     verbalizer: str = field(default="", metadata={
         "help": "JSON label->word overriding the preset's, or 'names': each label's name is its word (' very negative'; "
@@ -272,7 +295,7 @@ class TaskConfig:
 
     def load(self) -> Task:
         data = BUILT_IN_DATA[self.data]() if self.data in BUILT_IN_DATA else self.data
-        return load_task(
+        return build_task(
             data, self.preset, k=self.k, seed=self.data_seed, template=self.template or None,
             verbalizer=self._verbalizer(), placement=self.placement,
             test_limit=self.test_limit or None, name=BUILT_IN_NAMES.get(self.data), fields=self.fields(),
