@@ -47,7 +47,8 @@ CURVE = "curve.csv"
 BEST_PROMPT = "best_prompt.safetensors"
 HARD_PROMPT = "hard_prompt.json"
 CALIBRATION = "calibration.json"
-RUN_FILES = (CONFIG, CHECKPOINT, LEDGER, REPLIES, CURVE, BEST_PROMPT, HARD_PROMPT, METRICS, CALIBRATION)
+READOUT = "readout.json"  # the returned prompt's readout (`bbtune.search.readouts.fitted.RunReadout`), plain numbers
+RUN_FILES = (CONFIG, CHECKPOINT, LEDGER, REPLIES, CURVE, BEST_PROMPT, HARD_PROMPT, METRICS, CALIBRATION, READOUT)
 
 
 def atomic_write(path: Path, data: bytes) -> None:

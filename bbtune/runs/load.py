@@ -1,7 +1,9 @@
 """Using a finished run: `load_run(dir)` rebuilds what `tune` wrote (the selected prompt, the task format and
 the per-label calibration) and `predict(texts)` classifies new inputs exactly as the run scored its test set:
-same prompt, same placement, scores ``log p(label word) + label_bias`` (bias from metrics.json's
-``label_bias`` or a ``calibration.json``), argmax, chunks of `EVAL_BATCH` like `evaluate`.
+same prompt, same placement, the same readout (``readout.json``: the label scores and, where it reads them, the
+top-k at the answer position, turned into class scores), argmax, chunks of `EVAL_BATCH` like `evaluate`. Runs
+written without a readout score ``log p(label word) + label_bias`` (metrics.json's ``label_bias`` or a
+``calibration.json``).
 
     >>> # run = load_run("runs/sst2-hard-42")
     >>> # run.predict(["a moving, funny film"])[0].label
@@ -22,7 +24,8 @@ from bbtune.search.losses import label_log_softmax
 from bbtune.constants import EVAL_BATCH
 from bbtune.core.progress import progress_bar
 from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt
-from bbtune.runs.folder import BEST_PROMPT, CALIBRATION, CONFIG, CURVE, HARD_PROMPT, METRICS, RunFolder
+from bbtune.runs.folder import BEST_PROMPT, CALIBRATION, CONFIG, CURVE, HARD_PROMPT, METRICS, READOUT, RunFolder
+from bbtune.search.readouts.fitted import RunReadout
 from bbtune.runs.tuner import TuneResult
 from bbtune.tasks import Example, TaskFormat, Template
 
@@ -53,6 +56,7 @@ class TunedRun:
     config: dict[str, Any]
     backend: Backend | None = field(default=None, repr=False)
     curve: list[dict[str, Any]] = field(default_factory=list, repr=False)  # one row per generation (curve.csv)
+    readout: RunReadout | None = field(default=None, repr=False)  # how answers become labels (None: `label_bias`)
 
     @property
     def decision(self) -> dict[str, Any] | None:
@@ -87,16 +91,24 @@ class TunedRun:
 
     def scores(self, examples: Sequence[Example], *, backend: Backend | None = None,
                progress: bool = False) -> np.ndarray:
-        """(B, L) calibrated label log-scores of `examples`, one model call per `EVAL_BATCH` examples."""
+        """(B, L) class log-scores of `examples` as the run classified its test set: through its readout (which
+        may read the top-k) where it has one, else its label scores plus `label_bias`; one model call per
+        `EVAL_BATCH` examples."""
         backend = backend or self.default_backend()
         out = []
         bar = progress_bar(-(-len(examples) // EVAL_BATCH), "batch", desc="bbtune predict", enabled=progress)
         for start in range(0, len(examples), EVAL_BATCH):
-            out.append(score_examples(backend, self.prompt, examples[start : start + EVAL_BATCH], self.format, EVAL_BATCH)[0])
+            part = examples[start : start + EVAL_BATCH]
+            if self.readout is not None:
+                out.append(self.readout.log_scores(self.readout.answers(backend, self.prompt, part, self.format)))
+            else:
+                out.append(score_examples(backend, self.prompt, part, self.format, EVAL_BATCH)[0])
             bar.update(1)
         bar.close()
         scores = np.concatenate(out) if out else np.zeros((0, len(self.format.labels)))
-        return scores + self.label_bias if self.label_bias is not None else scores
+        if self.readout is None and self.label_bias is not None:
+            return scores + self.label_bias
+        return scores
 
     def default_backend(self) -> Backend:
         if self.backend is None:
@@ -128,8 +140,9 @@ def load_run(run_dir: str | Path, backend: Backend | None = None) -> TunedRun:
     metrics = folder.read_json(METRICS)
     fmt = saved_format(config["task"])
     curve = [_numbers(row) for row in folder.read_curve()] if (folder.path / CURVE).exists() else []
+    readout = RunReadout.from_json(folder.read_json(READOUT)) if (folder.path / READOUT).exists() else None
     return TunedRun(folder.path, fmt, _prompt(folder), _label_bias(folder, metrics, fmt), metrics, config, backend,
-                    curve)
+                    curve, readout)
 
 
 def tuned_run(result: TuneResult, fmt: TaskFormat, backend: Backend) -> TunedRun:
@@ -141,7 +154,7 @@ def tuned_run(result: TuneResult, fmt: TaskFormat, backend: Backend) -> TunedRun
         return run
     bias = _label_bias(None, result.metrics, fmt)
     return TunedRun(None, fmt, result.best_prompt, bias, result.metrics, {"backend": backend.name}, backend,
-                    result.curve)
+                    result.curve, result.readout)
 
 
 def _numbers(row: dict[str, str]) -> dict[str, Any]:

@@ -35,16 +35,22 @@ from bbtune.search.losses import Loss
 from bbtune.search.objective import (AnswerScoring, GenerationObjective, LabelObjective, Objective,
                                     skipped_for_generation)
 from bbtune.search.optimizers import OptimizerConfig, make_optimizer
+from bbtune.search.readouts import Answers, ReadoutKind, choose_readout
+from bbtune.search.readouts.fitted import AUTO, OFF, RunReadout, fit_run_readout
 from bbtune.core.options import documented, string_tuple
 from bbtune.core.progress import progress_bar
 from bbtune.core.prompts import MANUAL_PROMPT, HardPrompt, Prompt, SoftPrompt, distinct_prompts
-from bbtune.runs.folder import (BEST_PROMPT, CHECKPOINT, CONFIG, HARD_PROMPT, LEDGER, METRICS, REPLIES, RunFolder,
+from bbtune.runs.folder import (BEST_PROMPT, CHECKPOINT, CONFIG, HARD_PROMPT, LEDGER, METRICS, READOUT, REPLIES,
+                                RunFolder,
                                 changed_fields, fingerprint, to_jsonable)
 from bbtune.search.selection import Decision, Guard, Selection, decide, selection_key
 from bbtune.search.subspace import ALPHA_FROM_CUE, P0Init, Subspace, SubspaceConfig
 from bbtune.tasks import Placement, Task
 from bbtune.tasks.answer_metrics import answer_metric
 from bbtune.core.vocab import FILTERS
+
+
+READOUT_SETTINGS = (AUTO, OFF, *(k.value for k in ReadoutKind))
 
 
 class Mode(str, Enum):
@@ -91,6 +97,13 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
         "help": "generation tasks: metric on generated answers, reported on dev and test (and the loss with "
                 "--answer-scoring metric): exact, f1, or package.module:function (prediction, reference) -> [0, 1]"})
     answer_max_tokens: int = field(default=8, metadata={"help": "generation tasks: most tokens of a generated answer"})
+    readout: str = field(default=AUTO, metadata={
+        "help": "how the returned prompt's answers become labels: auto (chosen out of fold on train + dev among "
+                "raw, bias, affine, verbalizer, logistic, knn; ties go to the simpler), one of those, or off (the "
+                "label words calibrated as in the search)"})
+    readout_topk: int = field(default=20, metadata={
+        "help": "top-k log-probs a readout may read at the answer position (OpenAI chat returns 20, llama.cpp "
+                "~1000); capped at what the backend returns"})
 
     def __post_init__(self) -> None:
         SubspaceConfig.__post_init__(self)
@@ -104,6 +117,10 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
         answer_metric(self.answer_metric)  # a name that cannot be imported fails here, before any model call
         if self.answer_max_tokens < 1:
             raise ConfigError(f"answer_max_tokens must be >= 1, got {self.answer_max_tokens}")
+        if self.readout not in READOUT_SETTINGS:
+            raise ConfigError(f"readout must be one of {', '.join(READOUT_SETTINGS)}, got {self.readout!r}")
+        if self.readout_topk < 1:
+            raise ConfigError(f"readout_topk must be >= 1 token, got {self.readout_topk}")
         if not 0 < self.guard_alpha < 1:
             raise ConfigError(f"guard_alpha must be in (0, 1), got {self.guard_alpha}")
         object.__setattr__(self, "block_list", string_tuple(self.block_list))
@@ -131,6 +148,7 @@ class TuneResult:
     curve: list[dict[str, Any]]
     run_dir: Path | None = None
     discretized: HardPrompt | None = None  # soft mode: nearest tokens of the tuned soft prompt (even if not selected)
+    readout: RunReadout | None = None  # how the returned prompt's answers become labels (None: its label bias)
 
 
 @dataclass
@@ -346,11 +364,22 @@ class Tuner:
         dev_scores = objective.eval_scores(self.manual_, dev)
         state.eval_calls += math.ceil(len(dev) / EVAL_BATCH)
         raw, calibrated = objective.evaluation(dev_scores, dev, None), objective.evaluation(dev_scores, dev, bias)
-        train_ce = objective.train_ce(scores[0], bias)
+        readout = self._manual_readout(scores[0], bias)
+        used, used_bias = (calibrated, bias) if readout == ReadoutKind.BIAS.value else (raw, None)
+        train_ce = objective.train_ce(scores[0], used_bias)
         state.manual = {"dev_acc": raw.accuracy, "dev_loss": raw.loss, "bias": bias, "train_loss": train_ce,
-                        "dev_eval": calibrated,
-                        "selected_dev": (calibrated.accuracy, calibrated.loss),  # as a candidate: calibrated like them
-                        "key": selection_key(self.config.select, train_ce, len(self.task_.train), calibrated)}
+                        "dev_eval": used, "readout": readout,
+                        "selected_dev": (used.accuracy, used.loss),  # as a candidate: raw or calibrated, out of fold
+                        "key": selection_key(self.config.select, train_ce, len(self.task_.train), used)}
+
+    def _manual_readout(self, train_scores: np.ndarray, bias: np.ndarray | None) -> str:
+        """The manual prompt as a candidate: calibrated like the tuned ones, or raw where calibration loses out of
+        fold on train (it can overfit 16 examples a class, and then the raw template is the floor)."""
+        if bias is None:
+            return ReadoutKind.RAW.value
+        labels = self.task_.format.label_ids(self.task_.train)
+        return choose_readout(Answers(train_scores), labels, (ReadoutKind.RAW, ReadoutKind.BIAS),
+                              seed=self.config.seed)[1].kind
 
     def _start_point(self, state: _State) -> None:
         """Curve row for p0 (z = 0), where every search starts: its train loss and dev accuracy."""
@@ -466,7 +495,7 @@ class Tuner:
         decision = self._decision(state)
         keep_manual = self.config.keep_manual and decision is not None and not decision.replace
         tuned = self.prompt(z)
-        best, bias = (self.manual_, state.manual["bias"]) if keep_manual else (tuned, state.best_bias)
+        best, bias = (self.manual_, _manual_bias(state.manual)) if keep_manual else (tuned, state.best_bias)
         soft = self.subspace_.soft_prompt(z) if self.config.mode is Mode.SOFT and not keep_manual else None
         discretized = None if isinstance(tuned, HardPrompt) else self.discretizer_.project(tuned.embeds)
         hard = best if isinstance(best, HardPrompt) else discretized
@@ -495,9 +524,11 @@ class Tuner:
                            manual_train_loss=state.manual.get("train_loss"))  # older checkpoints lack it
             if state.manual["bias"] is not None:
                 metrics["manual_calibrated_dev_acc"] = state.manual["selected_dev"][0]
+        run_readout = None
         if not state.stopped_by:
             try:
-                self._final_scores(metrics, best, bias, discretized, state)
+                run_readout = self._fit_readout(best, state, metrics)
+                self._final_scores(metrics, best, bias, discretized, state, run_readout)
             except BudgetExceeded as err:
                 state.stopped_by = str(err)
         if state.stopped_by:
@@ -517,7 +548,7 @@ class Tuner:
         metrics["ending"] = ending_of(metrics, state.curve).value
         metrics["config_fingerprint"] = fingerprint(self.run_config_)
         result = TuneResult(best, hard, soft, z, metrics, state.curve, self.folder.path if self.folder else None,
-                            discretized)
+                            discretized, run_readout)
         if self.folder:
             self._write_results(result, round_trip.reencoded)
         return result
@@ -529,17 +560,39 @@ class Tuner:
         return decide(state.best_dev_eval, state.manual["dev_eval"], state.best_key < state.manual["key"],
                       self.config.guard, self.config.guard_alpha, self.config.seed)
 
+    def _fit_readout(self, best: Prompt, state: _State, metrics: dict[str, Any]) -> RunReadout | None:
+        """The returned prompt's readout, chosen out of fold on train + dev (`bbtune.search.readouts.fitted`);
+        None for ``readout=off`` and for generation tasks (no label words to read)."""
+        cfg, task = self.config, self.task_
+        if cfg.readout == OFF or task.format.is_generation:
+            return None
+        pool = task.train + task.dev
+        fitted = fit_run_readout(self.backend, best, pool, task.format, cfg.readout, cfg.readout_topk, cfg.seed)
+        state.eval_calls += math.ceil(len(pool) / EVAL_BATCH)
+        metrics["eval_calls"] = state.eval_calls
+        metrics["readout"] = {"kind": fitted.readout.kind.value, "k": fitted.k, "reason": fitted.choice.reason,
+                              "out_of_fold": {s.kind: round(s.accuracy, 4) for s in fitted.choice.scores}}
+        return fitted
+
     def _final_scores(self, metrics: dict[str, Any], best: Prompt, bias: np.ndarray | None,
-                      discretized: HardPrompt | None, state: _State) -> None:
-        """Test numbers of the result, of the manual prompt beside it (raw, and calibrated where the run
-        calibrates: same scores, no extra calls), and of a soft result's nearest tokens."""
+                      discretized: HardPrompt | None, state: _State, readout: RunReadout | None = None) -> None:
+        """Test numbers of the result (through its readout where it has one), of the manual prompt beside it (raw,
+        and calibrated where the run calibrates: same scores, no extra calls), and of a soft result's nearest
+        tokens."""
         task, objective = self.task_, self.objective_
         if task.test:
             test = task.test
-            manual = objective.eval_scores(self.manual_, test) if state.manual else None
-            kept = manual is not None and best is self.manual_  # the manual prompt was kept: its scores are the result's
-            scores = manual if manual is not None and kept else objective.eval_scores(best, test)
+            answers = readout.answers(self.backend, best, test, task.format) if readout is not None else None
+            kept = bool(state.manual) and best is self.manual_  # the manual prompt was kept: its scores are the result's
+            scores = answers.labels[None] if answers is not None else None
+            manual = (scores if kept and scores is not None else objective.eval_scores(self.manual_, test)
+                      if state.manual else None)
+            if scores is None:
+                scores = manual if kept else objective.eval_scores(best, test)
             metrics.update(objective.evaluation(scores, test, bias).as_dict("test"))
+            if answers is not None and readout is not None:
+                metrics["test_acc_without_readout"] = metrics["test_acc"]
+                metrics.update(objective.evaluation(readout.log_scores(answers)[None], test, None).as_dict("test"))
             if manual is not None:
                 metrics["manual_test_acc"] = objective.evaluation(manual, test, None).accuracy
                 if state.manual["bias"] is not None:
@@ -567,6 +620,8 @@ class Tuner:
                                                     "round_trip_ok": reencoded == hp.token_ids, "reencoded_ids": reencoded,
                                                     "config_fingerprint": result.metrics["config_fingerprint"]})
         self.folder.write_curve(result.curve)
+        if result.readout is not None:
+            self.folder.write_json(READOUT, result.readout.as_json())
         self.folder.write_json(METRICS, result.metrics)  # last: a folder with metrics.json is finished
 
 
@@ -597,6 +652,12 @@ def calibrate_hard_scale(subspace: Subspace, discretizer: Discretizer, sigma0: f
         mid = math.sqrt(lo * hi)
         lo, hi = (mid, hi) if share(mid) < target else (lo, mid)
     return hi, share(hi)
+
+
+def _manual_bias(manual: dict[str, Any]) -> np.ndarray | None:
+    """The manual prompt's bias as its candidate used it: none where the raw template won out of fold (checkpoints
+    written before that choice calibrated it)."""
+    return manual["bias"] if manual.get("readout", ReadoutKind.BIAS.value) == ReadoutKind.BIAS.value else None
 
 
 def _row_bias(biases: np.ndarray | None, row: int) -> np.ndarray | None:
