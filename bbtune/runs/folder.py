@@ -6,7 +6,8 @@
       best_prompt.safetensors   z and the soft prompt (n x hidden)
       hard_prompt.json     text, token ids, tokens, round-trip check
       metrics.json         final numbers
-      checkpoint.pkl       optimizer + run state after the last finished generation (and the resolved config)
+      checkpoint.pkl       optimizer + run state after the last finished generation (and the resolved config);
+                           read back with an allow-list of types (`safepickle`), so it cannot run code
       ledger.jsonl         every paid request, booked (fsynced) before it is sent (remote backends)
       replies/             server replies by request, so a resumed run pays nothing twice
       .lock                held (flock) by the one process writing the folder; holds its pid
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 
 from bbtune.errors import CheckpointError, OutputExistsError, RunFolderError
+from bbtune.runs import safepickle
 
 CHECKPOINT = "checkpoint.pkl"
 CONFIG = "config.json"
@@ -229,21 +231,23 @@ class RunFolder:
         return load_file(self.path / name)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        atomic_write(self.path / CHECKPOINT, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+        atomic_write(self.path / CHECKPOINT, safepickle.dumps(state))
 
     def load_checkpoint(self) -> dict[str, Any]:
         file = self.path / CHECKPOINT
         if not file.exists():
             raise CheckpointError(f"no {CHECKPOINT} in {self.path}: not a run that can resume (is it a bbtune run "
                               "folder?); start a new run with --run-dir")
+        restart = (f"delete it to restart the run from its start with --resume {self.path}, or start over with "
+                   "--overwrite")
         try:
-            with file.open("rb") as f:
-                state = pickle.load(f)
-        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, ValueError) as err:
-            raise CheckpointError(f"{file} is damaged and cannot be read ({type(err).__name__}: {err}); delete it to "
-                                  f"restart the run from its start with --resume {self.path}, or start over with "
-                                  "--overwrite") from None
+            state = safepickle.loads(file.read_bytes())
+        except safepickle.Refused as err:
+            raise CheckpointError(f"{file} was not read: {err}; {restart}") from None
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, ValueError, TypeError,
+                KeyError) as err:
+            raise CheckpointError(f"{file} is damaged and cannot be read ({type(err).__name__}: {err}); "
+                                  f"{restart}") from None
         if not isinstance(state, dict) or "state" not in state:
-            raise CheckpointError(f"{file} is not a bbtune checkpoint; delete it to restart the run from its start with "
-                                  f"--resume {self.path}, or start over with --overwrite")
+            raise CheckpointError(f"{file} is not a bbtune checkpoint; {restart}")
         return state

@@ -134,7 +134,8 @@ class TuneResult:
 
 @dataclass
 class _State:
-    """Everything that changes during a run; pickled into the checkpoint with the optimizer."""
+    """Everything that changes during a run; pickled into the checkpoint with the optimizer (a field of a new
+    class needs a line in `bbtune.runs.safepickle`'s allow-list; plain values do not)."""
 
     generation: int = 0
     calls: int = 0

@@ -127,13 +127,14 @@ class RandomSearch:
     """Pure random search: z ~ N(0, sigma0^2 I), clipped to the bound. A floor any optimizer must beat."""
 
     def __init__(self, dim: int, config: OptimizerConfig, seed: int):
-        self.popsize, self.dim, self.config = config.popsize, dim, config
+        # plain numbers, not the config: the checkpoint reads back only allow-listed types (runs/safepickle.py)
+        self.popsize, self.dim, self.sigma0, self.bound = config.popsize, dim, config.sigma0, config.bound
         self.rng = np.random.default_rng(seed)
         self._best = (np.zeros(dim), math.inf)
 
     def ask(self) -> np.ndarray:
-        X = self.rng.standard_normal((self.popsize, self.dim)) * self.config.sigma0
-        return np.clip(X, -self.config.bound, self.config.bound) if self.config.bound else X
+        X = self.rng.standard_normal((self.popsize, self.dim)) * self.sigma0
+        return np.clip(X, -self.bound, self.bound) if self.bound else X
 
     def tell(self, candidates: np.ndarray, losses: np.ndarray) -> None:
         _keep_best(self, candidates, losses)
@@ -150,7 +151,7 @@ class RandomSearch:
 
     @property
     def sigma(self) -> float:
-        return self.config.sigma0
+        return self.sigma0
 
 
 def _plain(value: object) -> float:
