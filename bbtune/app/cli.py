@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import enum
 import json
+import os
 import re
 import sys
 import typing
@@ -33,6 +34,8 @@ from bbtune.backends.base import Backend
 from bbtune.backends.factory import LocalConfig, transfer_backend
 from bbtune.backends.remote import RemoteConfig
 from bbtune.backends.retry import should_retry
+from bbtune.constants import API_KEY_ENV, OPENAI_API_KEY_ENV
+from bbtune.core import secrets
 from bbtune.core.table import markdown_table
 from bbtune.errors import BackendError, BBTuneError, ConfigError, OutputExistsError
 from bbtune.runs.endings import (
@@ -225,12 +228,22 @@ def _add_use_commands(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """`bbtune ...`: every line it prints (argparse's errors too) passes the secrets policy
+    (`bbtune.core.secrets`), which knows the key-like flags' values before argparse sees them."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    secrets.remember_argv(words)
+    for env in (API_KEY_ENV, OPENAI_API_KEY_ENV):
+        secrets.remember(os.environ.get(env))
+    with secrets.redacting_streams():
+        return _main(build_parser().parse_args(words), words)
+
+
+def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     try:
         if args.command == "tune" and args.dry_run:
             print(_dry_run_tune(args))
         elif args.command == "tune":
-            return _tune_main(args, sys.argv[1:] if argv is None else argv)
+            return _tune_main(args, argv)
         elif args.command == "compare" and args.dry_run:
             print(_dry_run_compare(args))
         elif args.command == "compare":
@@ -246,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "export":
             print(export(args.run_dir, args.format, args.out or None, overwrite=args.overwrite))
         elif args.command == "sweep":
-            return _sweep_command(args, given_dests(sys.argv[1:] if argv is None else argv))
+            return _sweep_command(args, given_dests(argv))
     except BBTuneError as err:
         print(f"bbtune: error: {flag_words(str(err))}", file=sys.stderr)
         return 2

@@ -36,6 +36,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
+from bbtune.core import secrets
 from bbtune.errors import CheckpointError, OutputExistsError, RunFolderError
 from bbtune.runs import safepickle
 
@@ -64,6 +65,11 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """A text file (report, notes) written atomically, with every secret redacted (`bbtune.core.secrets`)."""
+    atomic_write(path, secrets.redact(text).encode("utf-8"))
 
 
 def refuse_overwrite(paths: Iterable[str | Path], overwrite: bool) -> None:
@@ -189,7 +195,8 @@ class RunFolder:
         return "unfinished" if names & {CONFIG, CHECKPOINT, LEDGER} else "foreign"
 
     def write_json(self, name: str, obj: Any) -> None:
-        atomic_write(self.path / name, (json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False) + "\n").encode())
+        text = json.dumps(secrets.redact_json(to_jsonable(obj)), indent=2, ensure_ascii=False)
+        atomic_write(self.path / name, (text + "\n").encode())
 
     def read_json(self, name: str) -> Any:
         file = self.path / name
