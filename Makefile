@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bbtune-installed
 
-.PHONY: setup demo test test-all bench server clean
+.PHONY: setup demo test test-all fuzz bench server clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,12 @@ test: setup
 	$(VENV)/bin/ruff check bbtune tests benchmarks mock_server examples
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -n 2  # one worker per core: the tests are single-threaded (torch threads = 1)
+
+# Hypothesis explores: random draws and ten times the examples (make test replays a fixed set, the ci profile in
+# tests/conftest.py); a failure is kept in .hypothesis/ and replayed first next time. Keep a crash it finds as an
+# @example (or a plain test) so make test checks it from then on.
+fuzz: setup
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:randomly -m hypothesis
 
 test-all: setup
 	$(PY) -m pytest -q -m ''

@@ -17,6 +17,8 @@ DEFAULT_KV_CACHE_MB = 512
 
 # Tuning defaults sized for a 2-core CPU (a demo in minutes); the paper setting is in README.md.
 CPU_PROMPT_TOKENS = 5
+MAX_PROJECTION_MB = 4096  # the projection A (n * hidden x d floats): a larger one is a typo, not a run
+CMA_MAX_DIM = 10_000  # CMA-ES keeps d x d matrices (covariance, eigenbasis): 800 MB each at this d
 CPU_INTRINSIC_DIM = 500  # the paper's d; measured against 100: SST-2 +0.2, AG News +0.7 (README), same time
 CPU_POPSIZE = 10
 CPU_BUDGET_CALLS = 300

@@ -1,8 +1,20 @@
 """Shared fixtures: the tiny in-process model (fast) and a tiny task; the real SmolLM2 only where marked."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# A gate that cannot fail by chance: `make test` replays the same examples on every run (derandomize, no example
+# database, no deadline: a loaded machine changes nothing). `make fuzz` explores (HYPOTHESIS_PROFILE=fuzz): random
+# draws, ten times the examples, failures kept in .hypothesis/; a crash it finds becomes an @example or a test.
+_QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, max_examples=100,
+                          suppress_health_check=_QUIET, print_blob=True)
+settings.register_profile("fuzz", derandomize=False, deadline=None, max_examples=1000, suppress_health_check=_QUIET)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # One thread: on 2 shared cores torch's default oversubscribes and tiny forwards get ~100x slower.
 torch.set_num_threads(1)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from bbtune.backends.wire import encode_embeds
@@ -344,7 +344,6 @@ def _depth(value: Any) -> int:
     return 0
 
 
-@settings(max_examples=300, deadline=None, database=None)
 @given(_JSON, st.booleans())
 def test_json_depth_matches_the_parsed_depth(value: Any, ascii_only: bool) -> None:
     assert json_depth(json.dumps(value, ensure_ascii=ascii_only).encode()) == _depth(value)
@@ -419,8 +418,6 @@ _FUZZ_APPS = (_app(max_prompts=4, max_messages=4, max_prompt_chars=200),
               _app(api_key="k", echo="reject", list_prompts=False, max_json_depth=8))
 
 
-@settings(max_examples=300, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.sampled_from(_FUZZ_APPS), _METHODS, _CALLS, _HEADERS, _AUTH)
 def test_fuzzed_requests_never_get_a_5xx(app: MockApp, method: str, call: tuple[str, Any], headers: dict[str, str],
                                          auth: dict[str, str]) -> None:

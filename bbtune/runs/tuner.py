@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bbtune.backends.base import Backend
-from bbtune.constants import CPU_BUDGET_CALLS, EVAL_BATCH
+from bbtune.constants import CMA_MAX_DIM, CPU_BUDGET_CALLS, EVAL_BATCH
 from bbtune.search.discretize import Discretizer, Metric
 from bbtune.runs.endings import ending_of
 from bbtune.errors import BudgetExceeded, CheckpointError, ConfigError
@@ -34,7 +34,7 @@ from bbtune.search.evaluate import Evaluation
 from bbtune.search.losses import Loss
 from bbtune.search.objective import (AnswerScoring, GenerationObjective, LabelObjective, Objective,
                                     skipped_for_generation)
-from bbtune.search.optimizers import OptimizerConfig, make_optimizer
+from bbtune.search.optimizers import OptimizerConfig, OptimizerName, make_optimizer
 from bbtune.core.options import string_tuple
 from bbtune.core.progress import progress_bar
 from bbtune.core.prompts import MANUAL_PROMPT, HardPrompt, Prompt, SoftPrompt, distinct_prompts
@@ -106,6 +106,10 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
         if not 0 < self.guard_alpha < 1:
             raise ConfigError(f"guard_alpha must be in (0, 1), got {self.guard_alpha}")
         object.__setattr__(self, "block_list", string_tuple(self.block_list))
+        if self.optimizer is OptimizerName.CMA and self.intrinsic_dim > CMA_MAX_DIM:
+            raise ConfigError(f"intrinsic_dim={self.intrinsic_dim} is too large for CMA-ES, which keeps d x d matrices "
+                              f"({8 * self.intrinsic_dim ** 2 / 2**30:,.1f} GB each): at most {CMA_MAX_DIM} (BBT uses "
+                              "500), or optimizer random")
         if self.budget_calls < self.popsize:
             raise ConfigError(f"budget_calls={self.budget_calls} is below one generation (popsize={self.popsize})")
         if self.eval_every < 1:

@@ -23,6 +23,9 @@ from bbtune.constants import CPU_POPSIZE
 from bbtune.errors import ConfigError
 
 
+CMA_MIN_POPSIZE = 3  # pycma's two-point step-size adaptation injects two mirrored candidates per generation
+
+
 class OptimizerName(str, Enum):
     CMA = "cma"
     RANDOM = "random"
@@ -41,6 +44,10 @@ class OptimizerConfig:
         object.__setattr__(self, "optimizer", OptimizerName(self.optimizer))
         if self.popsize < 2:
             raise ConfigError(f"popsize must be >= 2, got {self.popsize}")
+        if self.popsize < CMA_MIN_POPSIZE and self.optimizer is OptimizerName.CMA:  # else pycma fails in generation 2
+            raise ConfigError(f"popsize={self.popsize} is too small for CMA-ES: its step-size adaptation in large "
+                              f"dimensions needs >= {CMA_MIN_POPSIZE} candidates per generation (or use optimizer "
+                              "random)")
         if not self.sigma0 > 0 or not math.isfinite(self.sigma0):  # NaN compares False: say it, do not pass it on
             raise ConfigError(f"sigma0 must be a finite number > 0, got {self.sigma0}")
         if not self.bound >= 0 or not math.isfinite(self.bound):
