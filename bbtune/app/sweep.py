@@ -178,7 +178,7 @@ def job_folder(out: Path, name: str) -> Path:
 
 def _claim(out: Path, resume: bool) -> RunFolder:
     folder = RunFolder(out)
-    folder.check_is_folder()
+    folder.check_is_folder("--out")
     if (out / SWEEP_JSON).exists() or (out / SPEC_JSON).exists():
         if not resume:
             raise RunFolderError(f"{out} already holds a sweep; continue it with --resume (finished jobs are kept), "

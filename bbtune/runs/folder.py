@@ -154,6 +154,10 @@ class RunFolder:
                          "foreign": ("files that are not a bbtune run", "use another --run-dir (--overwrite writes "
                                                                        "beside them)")}[kind]
             raise RunFolderError(f"{self.path} already holds {what}; {fix}")
+        self.clear()
+
+    def clear(self) -> None:
+        """Remove the run's files (its lock and any file that is not bbtune's stay)."""
         for name in RUN_FILES:
             target = self.path / name
             if target.is_dir():
@@ -161,11 +165,11 @@ class RunFolder:
             else:
                 target.unlink(missing_ok=True)
 
-    def check_is_folder(self) -> None:
+    def check_is_folder(self, flag: str = "--run-dir") -> None:
         """A run folder path that names a file (or lies under one) is refused before anything is written."""
         for path in (self.path, *self.path.parents):
             if path.exists() and not path.is_dir():
-                raise RunFolderError(f"{self.path} is not a folder ({path} is a file); give --run-dir a folder path")
+                raise RunFolderError(f"{self.path} is not a folder ({path} is a file); give {flag} a folder path")
 
     def finished_ending(self) -> str | None:
         """The ending recorded in metrics.json of a finished run (None: not finished). A run stopped by a

@@ -28,7 +28,8 @@ from bbtune.backends.base import Backend
 from bbtune.constants import CMA_MAX_DIM, CPU_BUDGET_CALLS, EVAL_BATCH
 from bbtune.search.discretize import Discretizer, Metric
 from bbtune.runs.endings import ending_of
-from bbtune.errors import BudgetExceeded, CheckpointError, ConfigError
+from bbtune.backends.retry import should_retry
+from bbtune.errors import BBTuneError, BudgetExceeded, CheckpointError, ConfigError
 from bbtune.search.fluency import prompt_nll, text_scorer, whole_words
 from bbtune.search.evaluate import Evaluation
 from bbtune.search.losses import Loss
@@ -270,12 +271,16 @@ class Tuner:
     def _run(self, resume: bool) -> TuneResult:
         self._setup()
         state = self._resume() if resume else self._begin()
-        self._keep_books(resume)
-        if not state.curve:  # a new run, or one killed before its start point was checkpointed
-            self._manual_point(state)
-            self._start_point(state)
-            state.next_eval = self.config.eval_every
-            self._checkpoint(state)
+        try:
+            self._keep_books(resume)
+            if not state.curve:  # a new run, or one killed before its start point was checkpointed
+                self._manual_point(state)
+                self._start_point(state)
+                state.next_eval = self.config.eval_every
+                self._checkpoint(state)
+        except BBTuneError as err:
+            self._abandon(err, resume)
+            raise
         bar = progress_bar(self.config.budget_calls, "call", initial=state.calls, enabled=self.progress)
         try:
             while state.calls + self.config.popsize <= self.config.budget_calls and not state.converged:
@@ -397,6 +402,13 @@ class Tuner:
                                             "fingerprint": fingerprint(run_config)})
             self._checkpoint(state)
         return state
+
+    def _abandon(self, err: BBTuneError, resume: bool) -> None:
+        """A new run refused at start-up (a verbalizer, an input too long, a 401) leaves no folder behind: the
+        corrected command starts afresh instead of meeting "an unfinished run; --resume", which could not change
+        the bad flag. A limit or a transient failure keeps it: raise the limit, or try later, and --resume."""
+        if self.folder and not resume and not isinstance(err, BudgetExceeded) and not should_retry(err):
+            self.folder.clear()
 
     def _save_settings(self) -> None:
         """A resumed run's changed settings (raised limits, ...) are saved, so the next resume keeps them."""
