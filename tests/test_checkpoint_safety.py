@@ -87,3 +87,38 @@ def test_every_kind_of_run_resumes_under_the_allow_list(tmp_path, flags):
     RunFolder(run_dir).load_checkpoint()  # every global it names is allowed (a new one fails here, by name)
     (run_dir / METRICS).unlink()
     assert main(["tune", "--resume", str(run_dir), "--no-progress"]) == 0
+
+
+def test_a_prompt_embeds_payload_runs_nothing_when_decoded(tmp_path):
+    """The other file-like input bbtune unpickles: a `prompt_embeds` tensor (torch's weights-only loader)."""
+    import base64
+    import io
+
+    import torch
+
+    from bbtune.backends.wire import decode_embeds
+
+    canary = tmp_path / "canary"
+    buf = io.BytesIO()
+    torch.save({"t": _Evil(canary)}, buf)
+    with pytest.raises(Exception):  # noqa: B017 - torch's own refusal (UnpicklingError), whatever its type
+        decode_embeds(base64.b64encode(buf.getvalue()))
+    assert not canary.exists()
+
+
+UNSAFE = ("pickle.load(", "pickle.loads(", "joblib", "eval(", "exec(", "marshal.load", "shelve", "dill")
+
+
+def test_nothing_in_bbtune_reads_back_with_a_loader_that_runs_code():
+    """Every file bbtune reads back is JSON, CSV, safetensors, or the allow-listed checkpoint (runs/safepickle.py);
+    torch.load only with weights_only=True."""
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for path in [*(root / "bbtune").rglob("*.py"), *(root / "mock_server").rglob("*.py")]:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0].replace("safepickle.loads(", "")
+            if path.name != "safepickle.py" and any(word in code for word in UNSAFE) and ".eval()" not in code:
+                found.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
+            if "torch.load(" in code and "weights_only=True" not in code:
+                found.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
+    assert not found, found
