@@ -19,12 +19,20 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # One thread: on 2 shared cores torch's default oversubscribes and tiny forwards get ~100x slower.
 torch.set_num_threads(1)
 
+from bbtune.core import secrets
 from bbtune.tasks import Example, Task, TaskFormat, Template
 
 POS = ["a great film", "I love it", "an excellent and moving story", "good fun for everyone", "wonderful acting",
        "the story is great", "an excellent film", "I love the ending"]
 NEG = ["a terrible film", "I hate it", "a boring movie with bad jokes", "the ending is awful", "bad acting",
        "the story is boring", "an awful film", "I hate the jokes"]
+
+
+@pytest.fixture(autouse=True)
+def _forget_secrets():
+    """Values one test marked as secret are not redacted from the next test's output (no order dependence)."""
+    yield
+    secrets.forget()
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ SECRET_HINTS = ("auth", "key", "cookie", "token", "secret", "password")  # in a 
 _SHAPES = re.compile(r"(?<![A-Za-z0-9])(?:sk|gsk|xai)[-_][A-Za-z0-9_\-]{8,}"
                      r"|(?<=Bearer )[^\s'\"\\]+|(?<=Basic )[A-Za-z0-9+/=]{8,}", re.I)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_MIN_LEN = 6  # shorter values would mask ordinary words
+_MIN_LEN, _MIN_DISTINCT = 6, 4  # shorter or plainer values ('nlp', '000000') would mask ordinary text
 _known: set[str] = set()
 
 
@@ -44,8 +44,13 @@ def remember(value: str | None) -> None:
     """Hide `value` (stripped: a key file's newline is not part of it) in everything written or printed from now
     on."""
     value = (value or "").strip()
-    if len(value) >= _MIN_LEN:
+    if len(value) >= _MIN_LEN and len(set(value)) >= _MIN_DISTINCT:
         _known.add(value)
+
+
+def forget() -> None:
+    """Forget every remembered value (between tests; a long-lived process between unrelated jobs)."""
+    _known.clear()
 
 
 def remember_header(header: str) -> None:
