@@ -117,3 +117,18 @@ def test_the_peft_placement_warning_is_one_line(finished, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "UserWarning" not in err and "warnings.warn" not in err
     assert [x for x in err.splitlines() if x.startswith("bbtune: warning:") and "PEFT prepends" in x], err
+
+
+def test_a_401_at_start_up_leaves_no_folder_and_the_right_key_runs(tmp_path, capsys, monkeypatch):
+    from mock_server import MockServer, ServerConfig, shared_scorer
+
+    run_dir = tmp_path / "r"
+    with MockServer(ServerConfig(model="tiny", port=0, api_key="right-key-0123456789"),
+                    scorer=shared_scorer("tiny")) as server:
+        remote = ["--mode", "hard", "--backend", "remote", "--remote-base-url", server.url, "--remote-local-model",
+                  "tiny", "--remote-mode", "echo", "--run-dir", str(run_dir)]
+        monkeypatch.setenv("BBTUNE_API_KEY", "wrong-key-0123456789")
+        assert main(["tune", *RUN, *remote]) == 2
+        assert "rejected" in _one_line(capsys)
+        monkeypatch.setenv("BBTUNE_API_KEY", "right-key-0123456789")
+        assert main(["tune", *RUN, *remote]) == 0
