@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bbtune-installed
 
-.PHONY: setup demo test test-all docs bench server clean
+.PHONY: setup demo test test-all docs fuzz bench server clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,12 @@ test: setup
 # benchmarks/results/ (tests/test_docs.py builds it too, and runs every code block on its pages).
 docs: setup
 	$(VENV)/bin/mkdocs build --strict
+
+# Hypothesis explores: random draws and ten times the examples (make test replays a fixed set, the ci profile in
+# tests/conftest.py); a failure is kept in .hypothesis/ and replayed first next time. Keep a crash it finds as an
+# @example (or a plain test) so make test checks it from then on.
+fuzz: setup
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:randomly -m hypothesis
 
 test-all: setup
 	$(PY) -m pytest -q -m ''

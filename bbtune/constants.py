@@ -17,6 +17,8 @@ DEFAULT_KV_CACHE_MB = 512
 
 # Tuning defaults sized for a 2-core CPU (a demo in minutes); the paper setting is in docs/guide/defaults.md.
 CPU_PROMPT_TOKENS = 5
+MAX_PROJECTION_MB = 4096  # the projection A (n * hidden x d floats): a larger one is a typo, not a run
+CMA_MAX_DIM = 10_000  # CMA-ES keeps d x d matrices (covariance, eigenbasis): 800 MB each at this d
 # the paper's d; measured against 100: SST-2 +0.2, AG News +0.7 in the same time (benchmarks/results/sst2_bbt*.json,
 # agnews_sizes.json)
 CPU_INTRINSIC_DIM = 500

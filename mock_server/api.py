@@ -9,7 +9,9 @@ and ignore ``logprobs``: ``"logprobs": null`` in every choice.
 
 Every parameter is checked for type and range before any prompt is tokenized, and prompts for count and
 length (`ServerConfig.max_prompts`, ``max_messages``, ``max_prompt_chars``, the model's context) before any is
-tokenized: bad input gets a 400 that names the parameter, never a 500 or minutes of work.
+tokenized: bad input gets a 400 that names the parameter, never a 500 or minutes of work. A request's total
+work (prompt tokens plus prompts x ``n`` x ``max_tokens``) is bounded by ``max_request_tokens`` before any token
+is generated, and generation stops when the client has gone (`CLIENT_GONE`, set by the HTTP layer).
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ import itertools
 import re
 import reprlib
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -28,6 +31,8 @@ from .config import EchoSupport, ServerConfig
 from .scorer import Scorer
 
 _ids = itertools.count(1)
+# whether the client of the request this thread serves has closed its connection (the HTTP layer sets it)
+CLIENT_GONE: ContextVar[Callable[[], bool]] = ContextVar("CLIENT_GONE", default=lambda: False)
 _SEED_MAX = 2**63 - 1  # an int64, as OpenAI's `seed`; torch.Generator takes it
 _BIAS_MAX = 100  # OpenAI's logit_bias range is [-_BIAS_MAX, _BIAS_MAX]
 _TOKEN_ID = re.compile(r"-?[0-9]{1,12}")  # a logit_bias key; longer is out of any vocabulary (and cheap to refuse)
@@ -44,6 +49,10 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class ClientGone(Exception):
+    """The client closed its connection mid-request: nobody waits for the answer, so generation stops."""
 
 
 def _bad(message: str, param: str | None = None) -> ApiError:
@@ -166,6 +175,16 @@ def _logit_bias(body: Mapping[str, Any], vocab_size: int) -> dict[int, float]:
     return bias
 
 
+def _check_work(cfg: ServerConfig, prompt_tokens: int, prompts: int, n: int, max_tokens: int) -> None:
+    """Each field is capped on its own; their product is not, so a request's total is (before generating)."""
+    work = prompt_tokens + prompts * n * max_tokens
+    if work > cfg.max_request_tokens:
+        raise _bad(f"This request may cost {work} tokens ({prompt_tokens} prompt tokens + {prompts} prompt(s) x "
+                   f"n={n} x max_tokens={max_tokens}), over the server's max_request_tokens of "
+                   f"{cfg.max_request_tokens} (--max-request-tokens): send fewer prompts, a smaller n or max_tokens.",
+                   "max_tokens")
+
+
 def _check_context(scorer: Scorer, prompt_tokens: int, max_tokens: int) -> None:
     if prompt_tokens + max_tokens > scorer.context_length:
         raise _bad(f"This model's maximum context length is {scorer.context_length} tokens; the prompt has "
@@ -189,7 +208,10 @@ def _decode(scorer: Scorer, embeds: torch.Tensor, max_tokens: int, sampling: _Sa
     rows = scorer.logprobs(embeds, bias, every_position=echo)
     run = _Run(rows)
     eos = scorer.tokenizer.eos_token_id
+    gone = CLIENT_GONE.get()
     for step in range(max_tokens):
+        if gone():
+            raise ClientGone()
         row = rows[-1]
         token = int(row.argmax()) if temperature == 0 else _sample(row, temperature, gen)
         run.generated.append(token)
@@ -339,6 +361,7 @@ def completions(scorer: Scorer, cfg: ServerConfig, body: Mapping[str, Any]) -> d
         raise _bad("this server takes one prompt per request; send a string, not a list", "prompt")
     if echo and any(i.ids is None for i in inputs):
         raise _bad("'echo' is not supported with prompt_embeds", "echo")
+    _check_work(cfg, sum(i.embeds.shape[0] for i in inputs), len(inputs), sampling.n, max_tokens)
     out, prompt_tokens, completion_tokens = [], 0, 0
     for i, item in enumerate(inputs):
         prompt_tokens += item.embeds.shape[0]
@@ -442,6 +465,7 @@ def chat_completions(scorer: Scorer, cfg: ServerConfig, body: Mapping[str, Any])
     want = want and cfg.logprobs  # a text-only server accepts the fields and answers without log-probs
     sampling = _sampling(body, scorer.vocab_size)
     ids = _chat_ids(scorer, _chat_messages(cfg, body))
+    _check_work(cfg, len(ids), 1, sampling.n, max_tokens or 16)
     runs = _decode_n(scorer, scorer.embed(ids), max_tokens or 16, sampling, False, cfg.ignore_logit_bias)
     choices = [_chat_choice(scorer, i, run, want, k, sampling.stop) for i, run in enumerate(runs)]
     return {"id": f"chatcmpl-{next(_ids)}", "object": "chat.completion", "created": int(time.time()),

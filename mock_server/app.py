@@ -69,7 +69,8 @@ class MockApp:
         with self._lock:
             return {"requests": self.requests, "by_path": dict(self.by_path), "by_status": dict(self.by_status),
                     "faults": dict(self.faults.fired), "prompt_tokens": self.tokens["prompt_tokens"],
-                    "completion_tokens": self.tokens["completion_tokens"], "max_in_flight": self.max_in_flight}
+                    "completion_tokens": self.tokens["completion_tokens"], "max_in_flight": self.max_in_flight,
+                    "in_flight": self.in_flight}
 
     # ------------------------------------------------------------------ entry point
 
@@ -89,7 +90,8 @@ class MockApp:
             with self._lock:
                 self.in_flight -= 1
         with self._lock:
-            self.by_status[str(reply.status) if reply.action is None else reply.action.value] += 1
+            dropped = reply.action is not None and reply.status != 499  # 499: the client left (nginx's code)
+            self.by_status[reply.action.value if dropped else str(reply.status)] += 1  # type: ignore[union-attr]
         return reply
 
     def refused(self, err: api.ApiError) -> Reply:
@@ -165,6 +167,8 @@ class MockApp:
             reply = handler(self.scorer, self.config, payload)
         except api.ApiError as err:
             return _error(err)
+        except api.ClientGone:  # the connection is closed: no reply can reach it
+            return Reply(499, b"", {}, FaultKind.DROP)
         except Exception as err:  # noqa: BLE001 - a bug in the mock answers 500, as a real server would
             return _error(api.ApiError(500, f"internal error: {type(err).__name__}: {err}", type="server_error"))
         usage = reply.get("usage") or {}

@@ -98,6 +98,7 @@ class FaultConfig:
 
 
 _POSITIVE_LIMITS = ("max_body_bytes", "max_json_depth", "max_prompts", "max_messages", "max_prompt_chars",
+                    "max_request_tokens",
                     "read_timeout_s")
 
 
@@ -127,6 +128,8 @@ class ServerConfig:
     max_messages: int = _f(256, "most messages in one /v1/chat/completions request")
     max_prompt_chars: int = _f(100_000, "longest prompt (or chat messages together) in characters, "
                                         "refused before tokenizing")
+    max_request_tokens: int = _f(16_384, "most tokens one request may cost: its prompt tokens plus prompts x n x "
+                                         "max_tokens it may generate, refused (400) before any is generated")
     read_timeout_s: float = _f(10.0, "seconds a connection may wait on its client (each read, and a whole "
                                      "body); then 408 and the connection closes")
 

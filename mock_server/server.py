@@ -13,6 +13,7 @@ connection closes, and so does one idle that long, so a stalled client cannot ke
 """
 from __future__ import annotations
 
+import select
 import socket
 import sys
 import threading
@@ -20,7 +21,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-from .api import ApiError
+from .api import CLIENT_GONE, ApiError
 from .app import MockApp, Reply
 from .config import FaultConfig, FaultKind, ServerConfig
 from .limits import content_length
@@ -60,11 +61,24 @@ class _Handler(BaseHTTPRequestHandler):
         except ConnectionError:  # the client left mid-body: nobody to answer
             self.close_connection = True
             return
-        reply = app.handle(self.command, self.path, dict(self.headers.items()), body)
+        watch = CLIENT_GONE.set(self._client_gone)
+        try:
+            reply = app.handle(self.command, self.path, dict(self.headers.items()), body)
+        finally:
+            CLIENT_GONE.reset(watch)
         if reply.action is FaultKind.DROP:
             self._drop()
             return
         self._send(reply)
+
+    def _client_gone(self) -> bool:
+        """True once the client has closed its end (readable, yet nothing to read); a pipelined next request
+        is data, not a close. Asked between generated tokens, so a request nobody waits for stops."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and not self.connection.recv(1, socket.MSG_PEEK)
+        except (OSError, ValueError):
+            return True
 
     def _read_body(self, length: int) -> bytes:
         """`length` bytes within one read timeout in all, not per read: a client trickling a byte at a time

@@ -2,7 +2,7 @@
 refused with a `BBTuneError` that says why; random command lines for tune, compare (with --dry-run: nothing
 heavy runs), predict and export end in an exit code or argparse's SystemExit, never a traceback.
 
-Small examples, no example database, no deadline: the whole file runs in well under 30 s on one core."""
+Small examples; the `ci` profile (tests/conftest.py) replays the same ones every run, `make fuzz` explores."""
 from __future__ import annotations
 
 import contextlib
@@ -20,7 +20,7 @@ from bbtune.app.cli import main
 from bbtune.errors import BBTuneError
 from bbtune.tasks import FieldMap, load_examples, read_inputs
 
-FUZZ = settings(max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(suppress_health_check=list(HealthCheck))  # examples, seed and database: the profile's
 SUFFIXES = (".jsonl", ".csv", ".tsv")
 ENCODINGS = ("utf-8", "latin-1", "cp1252", "utf-16", "ascii", "no-such-encoding")
 
@@ -148,6 +148,8 @@ BASE = ["--dry-run", "--model", "tiny", "--data", "demo", "--k", "2", "--test-li
 @example(more=["--data-seed", "-1"])  # found by this test: numpy's ValueError from a negative seed
 @example(more=["--seed", "-1"])
 @example(more=["--text-field", ""])  # found by the compare test: a KeyError
+@example(more=["--test-limit", "-1"])  # found by a fresh clone's run (issue 36): numpy's negative dimensions
+@example(more=["--popsize", "2"])  # issue 36: pycma's "too small popsize" in generation 2
 def test_random_tune_command_lines_end_in_an_exit_code(more: list[str]) -> None:
     _ends_cleanly(["tune", *BASE, *more])
 

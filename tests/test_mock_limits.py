@@ -1,6 +1,7 @@
-"""The mock server bounds what one request may cost (issue 22): hostile input gets a quick 4xx, never a 5xx, a
-busy core or a held thread. Socket cases run against the real threaded server; the fuzz test against
-`MockApp.handle` in-process."""
+"""The mock server bounds what one request may cost (issues 22, 36): hostile input gets a 4xx before the work, never
+a 5xx, a busy core or a held thread. Socket cases run against the real threaded server; the fuzz test against
+`MockApp.handle` in-process. No test here bounds a wall-clock time (a loaded machine would fail it by chance): the
+reaction times are measured by `benchmarks/mock_limits.py`; here, what was refused and how much work was done."""
 from __future__ import annotations
 
 import http.client
@@ -13,16 +14,16 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from bbtune.backends.wire import encode_embeds
 from mock_server import MockApp, MockServer, ServerConfig, shared_scorer
+from mock_server.scorer import Scorer
 from mock_server.__main__ import build_parser, configs
 from mock_server.limits import content_length, json_depth
 
 
-FAST_S = 1.0  # every refusal must come within this
 READ_TIMEOUT_S = 0.5
 VOCAB, HIDDEN = shared_scorer("tiny").vocab_size, shared_scorer("tiny").hidden_size
 
@@ -35,10 +36,9 @@ def server():
 
 
 def send(port: int, body: bytes = b"", headers: dict[str, str] | None = None, path: str = "/v1/completions",
-         length: str | None = "auto") -> tuple[int, dict[str, Any], float]:
-    """One raw POST (Content-Length as given: "auto", any string, or None for none); (status, JSON, seconds)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    started = time.perf_counter()
+         length: str | None = "auto") -> tuple[int, dict[str, Any]]:
+    """One raw POST (Content-Length as given: "auto", any string, or None for none); (status, JSON)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     try:
         conn.putrequest("POST", path, skip_accept_encoding=True)
         if length is not None:
@@ -48,27 +48,34 @@ def send(port: int, body: bytes = b"", headers: dict[str, str] | None = None, pa
         conn.endheaders(body or None)
         reply = conn.getresponse()
         data = reply.read()
-        return reply.status, json.loads(data), time.perf_counter() - started
+        return reply.status, json.loads(data)
     finally:
         conn.close()
 
 
-def post_json(port: int, **body: Any) -> tuple[int, dict[str, Any], float]:
+def post_json(port: int, **body: Any) -> tuple[int, dict[str, Any]]:
     return send(port, json.dumps({"model": "tiny", "max_tokens": 1, "temperature": 0, **body}).encode())
 
 
-def assert_refused(result: tuple[int, dict[str, Any], float], status: int, *words: str) -> None:
-    got, reply, seconds = result
+def assert_refused(result: tuple[int, dict[str, Any]], status: int, *words: str) -> None:
+    got, reply = result
     assert got == status, reply
     message = reply["error"]["message"]
     assert all(w in message for w in words), message
-    assert seconds < FAST_S, f"refused after {seconds:.2f} s"
+
+
+def wait_until(done: Any, guard_s: float = 120.0) -> bool:
+    """Poll `done()`; the guard only keeps a broken server from hanging the suite (no test asserts a time)."""
+    deadline = time.monotonic() + guard_s
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return bool(done())
 
 
 # ---------------------------------------------------------------------- size limits, over a socket
 
 
-def test_a_million_prompts_are_refused_within_a_second(server: MockServer) -> None:
+def test_a_million_prompts_are_refused_before_any_is_read(server: MockServer) -> None:
     assert_refused(post_json(server.port, prompt=["a"] * 1_000_000), 400, "1000000 prompts", "256")
     assert_refused(post_json(server.port, prompt=[[1]] * 257), 400, "257 prompts", "--max-prompts")
 
@@ -121,37 +128,89 @@ def test_a_stalled_body_gets_408_and_its_thread_ends(server: MockServer) -> None
     baseline = _handler_threads()
     stalled = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(20)]
     silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(5)]  # never send a byte
-    started = time.perf_counter()
     for sock in stalled:  # 100 bytes promised, 1 sent
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{")
     for sock in stalled + silent:
-        sock.settimeout(5)
+        sock.settimeout(120)
     replies = [_read_all(sock) for sock in stalled]
     assert all(r.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in r for r in replies), replies[0][:200]
     assert all(_read_all(sock) == b"" for sock in silent)  # closed without a word
-    assert time.perf_counter() - started < READ_TIMEOUT_S + FAST_S
     for sock in stalled + silent:
         sock.close()
-    deadline = time.monotonic() + 2
-    while _handler_threads() > baseline and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert _handler_threads() <= baseline
+    assert wait_until(lambda: _handler_threads() <= baseline)
 
 
 def test_a_trickled_body_cannot_reset_the_timeout(server: MockServer) -> None:
-    """One byte every 0.2 s keeps each read under the timeout; the whole body still has to come within it."""
+    """One byte every 0.2 s keeps each read under the timeout; the whole body still has to come within it. Had
+    each read reset the timeout, all 100 bytes would arrive and the answer would be about the body (400)."""
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.settimeout(5)
-        started = time.perf_counter()
+        sock.settimeout(120)
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n")
         try:
-            for _ in range(10):
+            for _ in range(100):
                 sock.sendall(b" ")
                 time.sleep(0.2)
-        except OSError:  # the server may already have closed
+        except OSError:  # the server closed: the timeout held
             pass
         assert _read_all(sock).startswith(b"HTTP/1.1 408")
-        assert time.perf_counter() - started < 2 * READ_TIMEOUT_S + 0.5
+
+
+# ---------------------------------------------------------------------- total work (issue 36)
+
+
+@pytest.mark.parametrize("route, body, words", [
+    ("/v1/completions", {"prompt": ["a"] * 256, "n": 128, "max_tokens": 250}, ["256 prompt(s) x n=128"]),
+    ("/v1/completions", {"prompt": "a", "n": 128, "max_tokens": 250}, ["1 prompt(s) x n=128 x max_tokens=250"]),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "n": 128, "max_tokens": 250},
+     ["n=128 x max_tokens=250"]),
+])
+def test_a_requests_total_work_is_bounded_before_any_token_is_generated(route: str, body: dict[str, Any],
+                                                                       words: list[str]) -> None:
+    app = _app()
+    status, reply = _post(app, route, {"model": "tiny", "temperature": 0, **body})
+    assert status == 400 and reply["error"]["param"] == "max_tokens", reply
+    assert all(w in reply["error"]["message"] for w in [*words, "--max-request-tokens"]), reply
+    assert app.stats()["completion_tokens"] == 0
+
+
+def test_the_total_work_bound_is_a_config_field_and_a_flag() -> None:
+    config, _ = configs(build_parser().parse_args(["--max-request-tokens", "100"]))
+    assert config.max_request_tokens == 100
+    status, reply = _post(_app(max_request_tokens=100), "/v1/completions",
+                          {"model": "tiny", "prompt": "a", "n": 10, "max_tokens": 10, "temperature": 0})
+    assert status == 400 and "max_request_tokens of 100" in reply["error"]["message"]
+    assert _post(_app(max_request_tokens=100), "/v1/completions",
+                 {"model": "tiny", "prompt": "a", "n": 9, "max_tokens": 10, "temperature": 0})[0] == 200
+    with pytest.raises(ValueError, match="max_request_tokens"):
+        ServerConfig(max_request_tokens=0)
+
+
+class _CountingScorer(Scorer):
+    """The tiny model, counting forwards: how much work the server did, with no clock involved."""
+
+    def __init__(self) -> None:
+        tiny = shared_scorer("tiny")
+        super().__init__(loaded=(tiny.model, tiny.tokenizer))
+        self.forwards = 0
+
+    def logprobs(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self.forwards += 1
+        return super().logprobs(*args, **kwargs)
+
+
+def test_generation_stops_when_the_client_goes_away() -> None:
+    """A request for 128 x 250 tokens; the client leaves after a few: the server stops (a handful more forwards,
+    not the 32,000 left) and counts the request as 499."""
+    scorer = _CountingScorer()
+    with MockServer(ServerConfig(model="tiny", port=0, max_request_tokens=10**6), scorer=scorer) as srv:
+        body = json.dumps({"model": "tiny", "prompt": "a", "n": 128, "max_tokens": 250, "temperature": 1}).encode()
+        sock = socket.create_connection(("127.0.0.1", srv.port))
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert wait_until(lambda: scorer.forwards >= 5)
+        sock.close()
+        assert wait_until(lambda: srv.stats()["in_flight"] == 0)
+        assert scorer.forwards < 1000  # of 32,000
+        assert srv.stats()["by_status"] == {"499": 1}
 
 
 # ---------------------------------------------------------------------- JSON and parameters, over a socket
@@ -285,7 +344,6 @@ def _depth(value: Any) -> int:
     return 0
 
 
-@settings(max_examples=300, deadline=None, database=None)
 @given(_JSON, st.booleans())
 def test_json_depth_matches_the_parsed_depth(value: Any, ascii_only: bool) -> None:
     assert json_depth(json.dumps(value, ensure_ascii=ascii_only).encode()) == _depth(value)
@@ -360,8 +418,6 @@ _FUZZ_APPS = (_app(max_prompts=4, max_messages=4, max_prompt_chars=200),
               _app(api_key="k", echo="reject", list_prompts=False, max_json_depth=8))
 
 
-@settings(max_examples=300, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.sampled_from(_FUZZ_APPS), _METHODS, _CALLS, _HEADERS, _AUTH)
 def test_fuzzed_requests_never_get_a_5xx(app: MockApp, method: str, call: tuple[str, Any], headers: dict[str, str],
                                          auth: dict[str, str]) -> None:

@@ -102,7 +102,7 @@ def test_soft_prompts_generate_locally_and_are_refused_clearly_in_text_mode(loca
         with pytest.raises(CapabilityError, match="soft prompt is not text.*--mode hard"):
             backend.generate([soft], EXAMPLES, FMT)
         with pytest.raises(CapabilityError, match="answers text only.*--mode hard"):
-            run_tuner(tiny_task, backend, TuneConfig(mode="soft", budget_calls=4, popsize=2), progress=False)
+            run_tuner(tiny_task, backend, TuneConfig(mode="soft", budget_calls=4, popsize=3), progress=False)
 
 
 @pytest.mark.parametrize("config, message", [

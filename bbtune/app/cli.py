@@ -13,9 +13,11 @@ import argparse
 import dataclasses
 import enum
 import json
+import os
 import re
 import sys
 import typing
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,8 +35,10 @@ from bbtune.backends.base import Backend
 from bbtune.backends.factory import LocalConfig, transfer_backend
 from bbtune.backends.remote import RemoteConfig
 from bbtune.backends.retry import should_retry
+from bbtune.constants import API_KEY_ENV, OPENAI_API_KEY_ENV
+from bbtune.core import secrets
 from bbtune.core.table import markdown_table
-from bbtune.errors import BackendError, BBTuneError, ConfigError, OutputExistsError
+from bbtune.errors import BackendError, BBTuneError, BudgetExceeded, ConfigError, OutputExistsError
 from bbtune.runs.endings import (
     EPILOG,
     Ending,
@@ -225,12 +229,28 @@ def _add_use_commands(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """`bbtune ...`: every line it prints (argparse's errors too) passes the secrets policy
+    (`bbtune.core.secrets`), which knows the key-like flags' values before argparse sees them."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    secrets.remember_argv(words)
+    for env in (API_KEY_ENV, OPENAI_API_KEY_ENV):
+        secrets.remember(os.environ.get(env))
+    with secrets.redacting_streams(), warnings.catch_warnings():
+        warnings.showwarning = _warning_line
+        return _main(build_parser().parse_args(words), words)
+
+
+def _warning_line(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    """A library warning (PEFT placement, a raised budget) as one line, not Python's file:line and source."""
+    print(f"bbtune: warning: {flag_words(str(message))}", file=sys.stderr)
+
+
+def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     try:
         if args.command == "tune" and args.dry_run:
             print(_dry_run_tune(args))
         elif args.command == "tune":
-            return _tune_main(args, sys.argv[1:] if argv is None else argv)
+            return _tune_main(args, argv)
         elif args.command == "compare" and args.dry_run:
             print(_dry_run_compare(args))
         elif args.command == "compare":
@@ -246,12 +266,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "export":
             print(export(args.run_dir, args.format, args.out or None, overwrite=args.overwrite))
         elif args.command == "sweep":
-            return _sweep_command(args, given_dests(sys.argv[1:] if argv is None else argv))
+            return _sweep_command(args, given_dests(argv))
     except BBTuneError as err:
         print(f"bbtune: error: {flag_words(str(err))}", file=sys.stderr)
         return 2
     except OSError as err:  # a disk that is full or read-only, a path that is not allowed: one line, no traceback
-        print(f"bbtune: error: {os_error_line(err)}", file=sys.stderr)
+        print(f"bbtune: error: {os_error_line(err, args.command)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nbbtune: interrupted; finished generations are checkpointed, continue with --resume RUN_DIR",
@@ -260,11 +280,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def os_error_line(err: OSError) -> str:
-    """A failed read or write in one line: what failed, on which file, and what to check."""
+def os_error_line(err: OSError, command: str = "tune") -> str:
+    """A failed read or write in one line: what failed, on which file, and what to check (`--resume` only where
+    the command has it)."""
     where = f" {err.filename}" if err.filename else ""
+    resume = {"tune": " (a run that stopped here continues with --resume RUN_DIR)",
+              "sweep": " (finished jobs are kept: continue with --resume)"}.get(command, "")
     return (f"could not read or write{where}: {err.strerror or err}; check the path, its permissions and free disk "
-            "space, then run again (a run that stopped here continues with --resume RUN_DIR)")
+            f"space, then run again{resume}")
 
 
 def _tune_main(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -272,6 +295,9 @@ def _tune_main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     (see `bbtune.runs.endings`)."""
     try:
         result, tune_cfg = _tune_command(args, given_dests(argv))
+    except BudgetExceeded as err:  # a limit reached before the first generation (the probe, the start point)
+        print(f"bbtune: stopped by a limit before the first generation: {flag_words(str(err))}", file=sys.stderr)
+        return Ending.LIMIT.exit_code
     except BackendError as err:
         if not should_retry(err):
             raise
@@ -388,8 +414,20 @@ def _predict_command(args: argparse.Namespace) -> None:
     else:
         print("\n".join(lines))
     if examples and all(ex.label for ex in examples):
-        correct = sum(ex.label == p.label for ex, p in zip(examples, predictions))
-        print(f"accuracy {correct / len(examples):.4f} ({correct}/{len(examples)})", file=sys.stderr)
+        print(_accuracy_line(examples, [p.label for p in predictions], run.format.labels, args.input), file=sys.stderr)
+
+
+def _accuracy_line(examples: Sequence[Any], predicted: Sequence[str], labels: Sequence[str], source: str) -> str:
+    """The accuracy on labelled inputs; gold labels the run does not know (1/0 against negative/positive) would
+    score a meaningless 0, so they get a warning that says how to map them instead."""
+    unknown = sorted({ex.label for ex in examples} - set(labels))
+    if unknown:
+        shown = ", ".join(map(repr, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
+        return (f"bbtune: warning: no accuracy: the gold labels in {source} ({shown}) are not the run's labels "
+                f"({', '.join(labels)}); map them with --label-names, e.g. --label-names '{','.join(labels)}' "
+                "names 0, 1, ... in that order")
+    correct = sum(ex.label == p for ex, p in zip(examples, predicted))
+    return f"accuracy {correct / len(examples):.4f} ({correct}/{len(examples)})"
 
 
 def _check_output(args: argparse.Namespace) -> None:

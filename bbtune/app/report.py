@@ -29,7 +29,7 @@ from bbtune.baselines import (
     PromptTuningConfig,
 )
 from bbtune.core.table import markdown_table
-from bbtune.runs.folder import RunFolder
+from bbtune.runs.folder import RunFolder, write_text
 from bbtune.runs.tuner import TuneConfig
 
 REPORT_MD, RESULTS_JSON, PLOT_PNG = "report.md", "results.json", "accuracy_vs_calls.png"
@@ -55,7 +55,7 @@ def write_report(report: Comparison, plot: bool = True) -> None:
         "runs": [r.as_dict() for r in report.results], "transfer": report.transfer})
     if plot and report.results:
         plot_accuracy_vs_calls(report, report.out_dir / PLOT_PNG)
-    (report.out_dir / REPORT_MD).write_text(markdown(report, with_plot=(report.out_dir / PLOT_PNG).exists()))
+    write_text(report.out_dir / REPORT_MD, markdown(report, with_plot=(report.out_dir / PLOT_PNG).exists()))
 
 
 def read_report(folder: str | Path) -> Comparison:

@@ -44,7 +44,8 @@ from bbtune.baselines import MethodResult
 from bbtune.core.progress import progress_bar
 from bbtune.core.table import markdown_table
 from bbtune.errors import ConfigError, RunFolderError
-from bbtune.runs.folder import RunFolder, changed_fields
+from bbtune.core.secrets import redact_json
+from bbtune.runs.folder import RunFolder, changed_fields, write_text
 
 SWEEP_JSON, SPEC_JSON, JOBS = "sweep.json", "spec.json", "jobs"
 JOB_JSON, STARTED_JSON, ERRORS_JSON, RESULT_JSON, RUN = "job.json", "started.json", "errors.json", "result.json", "run"
@@ -178,7 +179,7 @@ def job_folder(out: Path, name: str) -> Path:
 
 def _claim(out: Path, resume: bool) -> RunFolder:
     folder = RunFolder(out)
-    folder.check_is_folder()
+    folder.check_is_folder("--out")
     if (out / SWEEP_JSON).exists() or (out / SPEC_JSON).exists():
         if not resume:
             raise RunFolderError(f"{out} already holds a sweep; continue it with --resume (finished jobs are kept), "
@@ -194,7 +195,7 @@ def _prepare(out: Path, job: Job) -> bool:
     folder = RunFolder(job_folder(out, job.name))
     if (folder.path / JOB_JSON).exists():
         saved = folder.read_json(JOB_JSON)
-        changes = changed_fields(saved, job.as_dict())
+        changes = changed_fields(saved, redact_json(job.as_dict()))  # job.json is written redacted
         if changes:
             raise ConfigError(f"job {job.name} in {out} was run with another config ({'; '.join(changes[:3])}); the "
                               f"spec changed: use another --out, or delete {folder.path} to run it again")
@@ -258,7 +259,7 @@ def _group(job: Job) -> str:
 def _append_failures(path: Path, failed: Mapping[str, str]) -> None:
     rows = [{"job": name, "error": error.splitlines()[0][:300].replace("|", "\\|")} for name, error in failed.items()]
     text = path.read_text() + "\n".join(["", "## Failed jobs", "", markdown_table(rows, ["job", "error"]), ""])
-    path.write_text(text)
+    write_text(path, text)
 
 
 # ---------------------------------------------------------------------- --dry-run

@@ -37,6 +37,7 @@ from bbtune.app.comparison import MethodSettings
 from bbtune.backends.factory import LocalConfig
 from bbtune.backends.remote import RemoteConfig
 from bbtune.errors import ConfigError
+from bbtune.core.secrets import remember_header
 from bbtune.runs.folder import to_jsonable
 from bbtune.runs.tuner import TuneConfig
 from bbtune.tasks import TaskConfig
@@ -86,6 +87,11 @@ class Job:
     model: dict[str, Any]  # {"backend": "local" | "remote", **LocalConfig or RemoteConfig fields}
     settings: dict[str, Any]  # TuneConfig fields and METHOD_FIELDS
     coords: dict[str, Any]  # the grid coordinates: task, model, method, seed and the settings axes
+
+    def __post_init__(self) -> None:
+        headers = self.model.get("extra_headers") or ()
+        for header in (headers.values() if isinstance(headers, Mapping) else headers):
+            remember_header(str(header))  # the sweep's own files and messages hide them (job.json keeps names)
 
     def as_dict(self) -> dict[str, Any]:
         return to_jsonable(asdict(self))

@@ -19,18 +19,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-_SECRET_HINTS = ("auth", "key", "cookie", "token", "secret", "password")
-
-
-def is_secret_header(name: str) -> bool:
-    lowered = name.lower()
-    return any(hint in lowered for hint in _SECRET_HINTS)
-
+from bbtune.core.secrets import is_secret_name
 
 def request_key(namespace: str, path: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None,
                 salt: str = "") -> str:
     """sha256 of the request as sent, minus credentials. `salt` tells apart deliberate repeats (the probe)."""
-    kept = {k.lower(): v for k, v in (headers or {}).items() if not is_secret_header(k)}
+    kept = {k.lower(): v for k, v in (headers or {}).items() if not is_secret_name(k)}
     blob = json.dumps({"ns": namespace, "path": path, "body": body, "headers": kept, "salt": salt},
                       sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()

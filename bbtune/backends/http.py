@@ -28,6 +28,7 @@ from bbtune.errors import (
     RateLimitError,
     ServerError,
 )
+from bbtune.core import secrets
 from bbtune.backends.accounting import SpendingLimiter, RemoteStats, Reservation
 from bbtune.backends.cache import ResponseCache, request_key
 from bbtune.backends.replicas import Replica, ReplicaPool
@@ -59,10 +60,10 @@ class KeyInfo:
 
     def redact(self, text: str) -> str:
         """`text` without the key, nor the masked tail servers echo back (OpenAI: 'sk-ab***wxyz')."""
-        if not self.value:
-            return text
-        text = text.replace(self.value, "***")
-        return text.replace(self.value[-4:], "****") if len(self.value) >= 12 else text
+        if self.value:
+            text = text.replace(self.value, "***")
+            text = text.replace(self.value[-4:], "****") if len(self.value) >= 12 else text
+        return secrets.redact(text)
 
 
 def status_error(response: httpx.Response, replica: str, path: str, model: str, key: KeyInfo) -> APIStatusError:

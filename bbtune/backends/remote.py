@@ -73,6 +73,7 @@ from bbtune.constants import (
     PROMPT_TOKEN_MARGIN,
 )
 from bbtune.errors import CapabilityError, ConfigError, TaskError, VerbalizerError
+from bbtune.core import secrets
 from bbtune.core.options import string_tuple
 from bbtune.core.prompts import HardPrompt, Prompt, prompt_kind
 from bbtune.core.topk import AnswerTopK
@@ -162,6 +163,7 @@ class RemoteConfig:
         except ValueError:
             raise ConfigError(f"mode {self.mode!r} is not one of {[m.value for m in ScoreMode]}") from None
         object.__setattr__(self, "extra_headers", _headers(self.extra_headers))
+        secrets.check_env_name(self.api_key_env, "api_key_env")
         object.__setattr__(self, "answer_synonyms", string_tuple(self.answer_synonyms))
         parse_synonyms(self.answer_synonyms)  # a malformed entry fails here, not at the first score
         for name in ("local_model", "cache_dir"):
@@ -252,14 +254,27 @@ class RemoteConfig:
         return out
 
 
+def _key(env: str) -> KeyInfo:
+    """The key in $`env`, checked before it goes into a header (a newline or non-ASCII character is refused in one
+    line, not retried as a network fault) and hidden from every message and file."""
+    value = os.environ.get(env) or None
+    if value is not None:
+        secrets.remember(value)
+        secrets.check_key(value, f"the API key in ${env}")
+    return KeyInfo(env, value)
+
+
 def _headers(value: Mapping[str, str] | Sequence[tuple[str, str] | str]) -> tuple[str, ...]:
     """'Name: value' strings from a mapping, (name, value) pairs, or such strings (command line)."""
     items = value.items() if isinstance(value, Mapping) else string_tuple(value)
-    out = []
+    out: list[str] = []
     for item in items:
         name, sep, val = item.partition(":") if isinstance(item, str) else (item[0], ":", item[1])
+        secrets.remember_header(item if isinstance(item, str) else f"{item[0]}:{item[1]}")
         if not sep or not name.strip():
-            raise ConfigError(f"extra_headers entry {item!r} is not 'Name: value'")
+            raise ConfigError(f"extra_headers entry {len(out) + 1} is not 'Name: value' (quote each header whole: "
+                              "'Authorization: Bearer ...'; the value is not shown)")
+        secrets.check_key(str(val).strip(), f"extra_headers entry {name.strip()!r}")
         out.append(f"{name.strip()}:{str(val).strip()}")
     return tuple(out)
 
@@ -639,7 +654,7 @@ class RemoteBackend(Backend):
                 ReplicaPool(cfg.urls, cfg.limits),
                 SpendingLimiter(Limits(cfg.max_requests or None, cfg.max_tokens or None, cfg.max_cost or None),
                       Prices(cfg.price_prompt_per_mtok, cfg.price_completion_per_mtok), stats, self.ledger_),
-                stats, model=cfg.model, key=KeyInfo(env, os.environ.get(env) or None),
+                stats, model=cfg.model, key=_key(env),
                 headers={"User-Agent": "bbtune", **cfg.headers}, timeout_s=cfg.timeout_s,
                 max_retries=cfg.max_retries, cache=ResponseCache(self._replies_dir) if self._replies_dir else None,
                 transport=self._transport, sleep=self._sleep)

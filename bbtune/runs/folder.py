@@ -6,7 +6,8 @@
       best_prompt.safetensors   z and the soft prompt (n x hidden)
       hard_prompt.json     text, token ids, tokens, round-trip check
       metrics.json         final numbers
-      checkpoint.pkl       optimizer + run state after the last finished generation (and the resolved config)
+      checkpoint.pkl       optimizer + run state after the last finished generation (and the resolved config);
+                           read back with an allow-list of types (`safepickle`), so it cannot run code
       ledger.jsonl         every paid request, booked (fsynced) before it is sent (remote backends)
       replies/             server replies by request, so a resumed run pays nothing twice
       .lock                held (flock) by the one process writing the folder; holds its pid
@@ -35,7 +36,9 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
+from bbtune.core import secrets
 from bbtune.errors import CheckpointError, OutputExistsError, RunFolderError
+from bbtune.runs import safepickle
 
 CHECKPOINT = "checkpoint.pkl"
 CONFIG = "config.json"
@@ -63,6 +66,11 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """A text file (report, notes) written atomically, with every secret redacted (`bbtune.core.secrets`)."""
+    atomic_write(path, secrets.redact(text).encode("utf-8"))
 
 
 def refuse_overwrite(paths: Iterable[str | Path], overwrite: bool) -> None:
@@ -147,6 +155,10 @@ class RunFolder:
                          "foreign": ("files that are not a bbtune run", "use another --run-dir (--overwrite writes "
                                                                        "beside them)")}[kind]
             raise RunFolderError(f"{self.path} already holds {what}; {fix}")
+        self.clear()
+
+    def clear(self) -> None:
+        """Remove the run's files (its lock and any file that is not bbtune's stay)."""
         for name in RUN_FILES:
             target = self.path / name
             if target.is_dir():
@@ -154,11 +166,11 @@ class RunFolder:
             else:
                 target.unlink(missing_ok=True)
 
-    def check_is_folder(self) -> None:
+    def check_is_folder(self, flag: str = "--run-dir") -> None:
         """A run folder path that names a file (or lies under one) is refused before anything is written."""
         for path in (self.path, *self.path.parents):
             if path.exists() and not path.is_dir():
-                raise RunFolderError(f"{self.path} is not a folder ({path} is a file); give --run-dir a folder path")
+                raise RunFolderError(f"{self.path} is not a folder ({path} is a file); give {flag} a folder path")
 
     def finished_ending(self) -> str | None:
         """The ending recorded in metrics.json of a finished run (None: not finished). A run stopped by a
@@ -188,7 +200,8 @@ class RunFolder:
         return "unfinished" if names & {CONFIG, CHECKPOINT, LEDGER} else "foreign"
 
     def write_json(self, name: str, obj: Any) -> None:
-        atomic_write(self.path / name, (json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False) + "\n").encode())
+        text = json.dumps(secrets.redact_json(to_jsonable(obj)), indent=2, ensure_ascii=False)
+        atomic_write(self.path / name, (text + "\n").encode())
 
     def read_json(self, name: str) -> Any:
         file = self.path / name
@@ -230,21 +243,23 @@ class RunFolder:
         return load_file(self.path / name)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        atomic_write(self.path / CHECKPOINT, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+        atomic_write(self.path / CHECKPOINT, safepickle.dumps(state))
 
     def load_checkpoint(self) -> dict[str, Any]:
         file = self.path / CHECKPOINT
         if not file.exists():
             raise CheckpointError(f"no {CHECKPOINT} in {self.path}: not a run that can resume (is it a bbtune run "
                               "folder?); start a new run with --run-dir")
+        restart = (f"delete it to restart the run from its start with --resume {self.path}, or start over with "
+                   "--overwrite")
         try:
-            with file.open("rb") as f:
-                state = pickle.load(f)
-        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, ValueError) as err:
-            raise CheckpointError(f"{file} is damaged and cannot be read ({type(err).__name__}: {err}); delete it to "
-                                  f"restart the run from its start with --resume {self.path}, or start over with "
-                                  "--overwrite") from None
+            state = safepickle.loads(file.read_bytes())
+        except safepickle.Refused as err:
+            raise CheckpointError(f"{file} was not read: {err}; {restart}") from None
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, ValueError, TypeError,
+                KeyError) as err:
+            raise CheckpointError(f"{file} is damaged and cannot be read ({type(err).__name__}: {err}); "
+                                  f"{restart}") from None
         if not isinstance(state, dict) or "state" not in state:
-            raise CheckpointError(f"{file} is not a bbtune checkpoint; delete it to restart the run from its start with "
-                                  f"--resume {self.path}, or start over with --overwrite")
+            raise CheckpointError(f"{file} is not a bbtune checkpoint; {restart}")
         return state

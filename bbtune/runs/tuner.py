@@ -25,16 +25,17 @@ import numpy as np
 import torch
 
 from bbtune.backends.base import Backend
-from bbtune.constants import CPU_BUDGET_CALLS, EVAL_BATCH
+from bbtune.constants import CMA_MAX_DIM, CPU_BUDGET_CALLS, EVAL_BATCH
 from bbtune.search.discretize import Discretizer, Metric
 from bbtune.runs.endings import ending_of
-from bbtune.errors import BudgetExceeded, CheckpointError, ConfigError
+from bbtune.backends.retry import should_retry
+from bbtune.errors import BBTuneError, BudgetExceeded, CheckpointError, ConfigError
 from bbtune.search.fluency import prompt_nll, text_scorer, whole_words
 from bbtune.search.evaluate import Evaluation
 from bbtune.search.losses import Loss
 from bbtune.search.objective import (AnswerScoring, GenerationObjective, LabelObjective, Objective,
                                     skipped_for_generation)
-from bbtune.search.optimizers import OptimizerConfig, make_optimizer
+from bbtune.search.optimizers import OptimizerConfig, OptimizerName, make_optimizer
 from bbtune.search.readouts import Answers, ReadoutKind, choose_readout
 from bbtune.search.readouts.fitted import AUTO, OFF, RunReadout, fit_run_readout
 from bbtune.core.options import documented, string_tuple
@@ -124,6 +125,10 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
         if not 0 < self.guard_alpha < 1:
             raise ConfigError(f"guard_alpha must be in (0, 1), got {self.guard_alpha}")
         object.__setattr__(self, "block_list", string_tuple(self.block_list))
+        if self.optimizer is OptimizerName.CMA and self.intrinsic_dim > CMA_MAX_DIM:
+            raise ConfigError(f"intrinsic_dim={self.intrinsic_dim} is too large for CMA-ES, which keeps d x d matrices "
+                              f"({8 * self.intrinsic_dim ** 2 / 2**30:,.1f} GB each): at most {CMA_MAX_DIM} (BBT uses "
+                              "500), or optimizer random")
         if self.budget_calls < self.popsize:
             raise ConfigError(f"budget_calls={self.budget_calls} is below one generation (popsize={self.popsize})")
         if self.eval_every < 1:
@@ -153,7 +158,8 @@ class TuneResult:
 
 @dataclass
 class _State:
-    """Everything that changes during a run; pickled into the checkpoint with the optimizer."""
+    """Everything that changes during a run; pickled into the checkpoint with the optimizer (a field of a new
+    class needs a line in `bbtune.runs.safepickle`'s allow-list; plain values do not)."""
 
     generation: int = 0
     calls: int = 0
@@ -284,12 +290,16 @@ class Tuner:
     def _run(self, resume: bool) -> TuneResult:
         self._setup()
         state = self._resume() if resume else self._begin()
-        self._keep_books(resume)
-        if not state.curve:  # a new run, or one killed before its start point was checkpointed
-            self._manual_point(state)
-            self._start_point(state)
-            state.next_eval = self.config.eval_every
-            self._checkpoint(state)
+        try:
+            self._keep_books(resume)
+            if not state.curve:  # a new run, or one killed before its start point was checkpointed
+                self._manual_point(state)
+                self._start_point(state)
+                state.next_eval = self.config.eval_every
+                self._checkpoint(state)
+        except BBTuneError as err:
+            self._abandon(err, resume)
+            raise
         bar = progress_bar(self.config.budget_calls, "call", initial=state.calls, enabled=self.progress)
         try:
             while state.calls + self.config.popsize <= self.config.budget_calls and not state.converged:
@@ -422,6 +432,13 @@ class Tuner:
                                             "fingerprint": fingerprint(run_config)})
             self._checkpoint(state)
         return state
+
+    def _abandon(self, err: BBTuneError, resume: bool) -> None:
+        """A new run refused at start-up (a verbalizer, an input too long, a 401) leaves no folder behind: the
+        corrected command starts afresh instead of meeting "an unfinished run; --resume", which could not change
+        the bad flag. A limit or a transient failure keeps it: raise the limit, or try later, and --resume."""
+        if self.folder and not resume and not isinstance(err, BudgetExceeded) and not should_retry(err):
+            self.folder.clear()
 
     def _save_settings(self) -> None:
         """A resumed run's changed settings (raised limits, ...) are saved, so the next resume keeps them."""

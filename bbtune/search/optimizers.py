@@ -23,6 +23,9 @@ from bbtune.constants import CPU_POPSIZE
 from bbtune.errors import ConfigError
 
 
+CMA_MIN_POPSIZE = 3  # pycma's two-point step-size adaptation injects two mirrored candidates per generation
+
+
 class OptimizerName(str, Enum):
     CMA = "cma"
     RANDOM = "random"
@@ -41,6 +44,10 @@ class OptimizerConfig:
         object.__setattr__(self, "optimizer", OptimizerName(self.optimizer))
         if self.popsize < 2:
             raise ConfigError(f"popsize must be >= 2, got {self.popsize}")
+        if self.popsize < CMA_MIN_POPSIZE and self.optimizer is OptimizerName.CMA:  # else pycma fails in generation 2
+            raise ConfigError(f"popsize={self.popsize} is too small for CMA-ES: its step-size adaptation in large "
+                              f"dimensions needs >= {CMA_MIN_POPSIZE} candidates per generation (or use optimizer "
+                              "random)")
         if not self.sigma0 > 0 or not math.isfinite(self.sigma0):  # NaN compares False: say it, do not pass it on
             raise ConfigError(f"sigma0 must be a finite number > 0, got {self.sigma0}")
         if not self.bound >= 0 or not math.isfinite(self.bound):
@@ -127,13 +134,14 @@ class RandomSearch:
     """Pure random search: z ~ N(0, sigma0^2 I), clipped to the bound. A floor any optimizer must beat."""
 
     def __init__(self, dim: int, config: OptimizerConfig, seed: int):
-        self.popsize, self.dim, self.config = config.popsize, dim, config
+        # plain numbers, not the config: the checkpoint reads back only allow-listed types (runs/safepickle.py)
+        self.popsize, self.dim, self.sigma0, self.bound = config.popsize, dim, config.sigma0, config.bound
         self.rng = np.random.default_rng(seed)
         self._best = (np.zeros(dim), math.inf)
 
     def ask(self) -> np.ndarray:
-        X = self.rng.standard_normal((self.popsize, self.dim)) * self.config.sigma0
-        return np.clip(X, -self.config.bound, self.config.bound) if self.config.bound else X
+        X = self.rng.standard_normal((self.popsize, self.dim)) * self.sigma0
+        return np.clip(X, -self.bound, self.bound) if self.bound else X
 
     def tell(self, candidates: np.ndarray, losses: np.ndarray) -> None:
         _keep_best(self, candidates, losses)
@@ -150,7 +158,7 @@ class RandomSearch:
 
     @property
     def sigma(self) -> float:
-        return self.config.sigma0
+        return self.sigma0
 
 
 def _plain(value: object) -> float:

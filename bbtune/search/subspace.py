@@ -22,7 +22,7 @@ from enum import Enum
 import numpy as np
 import torch
 
-from bbtune.constants import CPU_INTRINSIC_DIM, CPU_PROMPT_TOKENS
+from bbtune.constants import CPU_INTRINSIC_DIM, CPU_PROMPT_TOKENS, MAX_PROJECTION_MB
 from bbtune.errors import ConfigError
 from bbtune.core.prompts import SoftPrompt
 from bbtune.core.vocab import Vocabulary
@@ -117,6 +117,11 @@ class Subspace:
         config = replace(config, prompt_tokens=config.prompt_tokens or CPU_PROMPT_TOKENS)
         emb = vocab.embeddings.float()
         n, hidden, d = config.prompt_tokens, emb.shape[1], config.intrinsic_dim
+        mb = n * hidden * d * 4 / 2**20
+        if mb > MAX_PROJECTION_MB:  # refused before torch tries to allocate it
+            raise ConfigError(f"intrinsic_dim={d} with prompt_tokens={n} makes the projection A ({n * hidden} x {d}) "
+                              f"{mb:,.0f} MB, over {MAX_PROJECTION_MB} MB: lower intrinsic_dim (BBT uses 500) or "
+                              "prompt_tokens")
         gen = torch.Generator().manual_seed(seed)
         std = (config.alpha or ALPHA_FROM_WORDS) * float(emb.std()) / (np.sqrt(d) * sigma0)
         if config.projection is Projection.NORMAL:

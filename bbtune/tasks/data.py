@@ -200,6 +200,8 @@ def answer_split(examples: Sequence[Example], k: int, seed: int, n_splits: int =
 
 def subsample(examples: Sequence[Example], limit: int | None, seed: int) -> tuple[Example, ...]:
     """A seeded subset of at most `limit` examples (None keeps all), order preserved."""
+    if limit is not None and limit < 0:
+        raise TaskError(f"test_limit must be >= 0, got {limit}")
     if limit is None or limit >= len(examples):
         return tuple(examples)
     idx = np.sort(np.random.default_rng(seed).choice(len(examples), size=limit, replace=False))

@@ -277,6 +277,8 @@ class TaskConfig:
         parse_label_names(self.label_names)  # a bad spec fails here, before any data is read
         if self.k < 1:
             raise TaskError(f"k must be >= 1, got {self.k}")
+        if self.test_limit < 0:
+            raise TaskError(f"test_limit must be >= 0 (0 = every test example), got {self.test_limit}")
         if self.data_seed < 0:  # numpy's generators take non-negative seeds only
             raise TaskError(f"data_seed must be >= 0, got {self.data_seed}")
         if self.verbalizer and self.verbalizer != LABEL_NAMES:
