@@ -1,0 +1,67 @@
+"""A run's readout: chosen out of fold, used for its test numbers, saved beside the prompt, used by predict."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bbtune.backends.local import LocalBackend
+from bbtune.errors import ConfigError
+from bbtune.runs.load import load_run
+from bbtune.runs.tuner import TuneConfig, Tuner
+
+
+def _accuracy(run, task) -> float:
+    predictions = run.predict_examples(list(task.test))
+    return float(np.mean([p.label == ex.label for p, ex in zip(predictions, task.test)]))
+
+
+@pytest.mark.parametrize("readout", ["logistic", "auto"])
+def test_predict_from_the_run_folder_reproduces_the_runs_test_accuracy_with_its_readout(tiny_task, tmp_path, readout):
+    config = TuneConfig(mode="soft", budget_calls=20, popsize=10, readout=readout, readout_topk=5, seed=0)
+    result = Tuner(tiny_task, LocalBackend("tiny"), config, tmp_path / "run", progress=False).run()
+    saved = json.loads((tmp_path / "run" / "readout.json").read_text())
+    assert saved["readout"]["kind"] == result.metrics["readout"]["kind"]
+    if readout == "logistic":
+        assert saved["k"] == 5 and saved["readout"]["kind"] == "logistic"
+    run = load_run(tmp_path / "run")
+    assert run.readout is not None
+    assert _accuracy(run, tiny_task) == pytest.approx(result.metrics["test_acc"])
+    assert "test_acc_without_readout" in result.metrics
+
+
+def test_readout_off_keeps_the_label_bias_and_writes_no_readout(tiny_task, tmp_path):
+    config = TuneConfig(mode="soft", budget_calls=20, popsize=10, readout="off", seed=0)
+    result = Tuner(tiny_task, LocalBackend("tiny"), config, tmp_path / "run", progress=False).run()
+    assert result.readout is None and not (tmp_path / "run" / "readout.json").exists()
+    assert "readout" not in result.metrics and "test_acc_without_readout" not in result.metrics
+    assert _accuracy(load_run(tmp_path / "run"), tiny_task) == pytest.approx(result.metrics["test_acc"])
+
+
+def test_the_readout_choice_and_its_evidence_are_in_the_metrics(tiny_task):
+    result = Tuner(tiny_task, LocalBackend("tiny"), TuneConfig(budget_calls=20, popsize=10, seed=0),
+                   progress=False).run()
+    readout = result.metrics["readout"]
+    assert readout["kind"] in readout["out_of_fold"] and readout["reason"]
+    assert set(readout["out_of_fold"]) == {"raw", "bias", "affine", "verbalizer", "logistic", "knn"}
+    assert result.readout is not None and result.readout.k in (0, 20)
+
+
+def test_the_manual_prompt_competes_raw_where_calibration_loses_out_of_fold(tiny_task):
+    """The manual prompt's candidate is raw or calibrated, chosen out of fold on train, never always calibrated."""
+    tuner = Tuner(tiny_task, LocalBackend("tiny"), TuneConfig(budget_calls=20, popsize=10, seed=0), progress=False)
+    tuner._setup()
+    y = tiny_task.format.label_ids(tiny_task.train)
+    perfect = np.where(np.eye(2)[y] > 0, -0.1, -3.0)  # the raw label words already right: a bias only adds noise
+    assert tuner._manual_readout(perfect, np.zeros(2)) == "raw"
+    leaning = np.stack([2.0 + np.where(y == 0, 1.0, -1.0), np.zeros(len(y))], axis=1)  # raw always says label 0
+    assert tuner._manual_readout(leaning, np.array([-1.0, 1.0])) == "bias"  # a bias separates them
+    assert tuner._manual_readout(perfect, None) == "raw"
+
+
+@pytest.mark.parametrize("field, value, message", [("readout", "best", "readout must be one of"),
+                                                   ("readout_topk", 0, "readout_topk must be >= 1")])
+def test_bad_readout_settings_are_refused_by_name(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        TuneConfig(**{field: value})
