@@ -40,6 +40,7 @@ from bbtune.core.progress import progress_bar
 from bbtune.core.prompts import MANUAL_PROMPT, HardPrompt, Prompt, SoftPrompt, distinct_prompts
 from bbtune.runs.folder import (BEST_PROMPT, CHECKPOINT, CONFIG, HARD_PROMPT, LEDGER, METRICS, REPLIES, RunFolder,
                                 changed_fields, fingerprint, to_jsonable)
+from bbtune.runs.tracking import Track, Tracker, live_tracking, require, untracked
 from bbtune.search.selection import Decision, Guard, Selection, decide, selection_key
 from bbtune.search.subspace import ALPHA_FROM_CUE, P0Init, Subspace, SubspaceConfig
 from bbtune.tasks import Placement, Task
@@ -90,6 +91,11 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
         "help": "generation tasks: metric on generated answers, reported on dev and test (and the loss with "
                 "--answer-scoring metric): exact, f1, or package.module:function (prediction, reference) -> [0, 1]"})
     answer_max_tokens: int = field(default=8, metadata={"help": "generation tasks: most tokens of a generated answer"})
+    track: Track = field(default=Track.NONE, metadata={
+        "help": "also report the run to mlflow or tensorboard as it goes (none: the run folder only)"})
+    track_uri: str = field(default="", metadata={
+        "help": "--track's store: an MLflow tracking URI (default: sqlite mlruns/mlflow.db beside the run folder, or "
+                "$MLFLOW_TRACKING_URI) or a TensorBoard log folder (default: tensorboard/ beside it)"})
 
     def __post_init__(self) -> None:
         SubspaceConfig.__post_init__(self)
@@ -100,6 +106,7 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
         object.__setattr__(self, "select", Selection(self.select))
         object.__setattr__(self, "guard", Guard(self.guard))
         object.__setattr__(self, "answer_scoring", AnswerScoring(self.answer_scoring))
+        object.__setattr__(self, "track", require(self.track))  # a missing extra fails here, with its install command
         answer_metric(self.answer_metric)  # a name that cannot be imported fails here, before any model call
         if self.answer_max_tokens < 1:
             raise ConfigError(f"answer_max_tokens must be >= 1, got {self.answer_max_tokens}")
@@ -162,8 +169,9 @@ class Tuner:
 
     def __init__(self, task: Task, backend: Backend, config: TuneConfig = TuneConfig(), run_dir: str | Path | None = None,
                  *, progress: bool = True, extra_config: dict[str, Any] | None = None, overwrite: bool = False,
-                 settings: dict[str, Any] | None = None):
+                 settings: dict[str, Any] | None = None, tracker: Tracker | None = None):
         self.task, self.backend, self.config = task, backend, config
+        self.tracker = tracker  # where the run is reported (default: the one config.track names, if any)
         self.folder = RunFolder(run_dir) if run_dir else None
         self.progress = progress
         self.extra_config = extra_config or {}  # saved and fingerprinted: --resume must rebuild the same
@@ -197,7 +205,7 @@ class Tuner:
         self.objective_ = self._objective()
         self.eval_points_: list[dict[str, Any]] = []  # every dev-evaluated point (z, bias, numbers): for studies
         # fixed once the task is (a cue start changes its template); it hashes every example, so not per checkpoint
-        self.run_config_ = to_jsonable({"tune": asdict(cfg), "task": _describe_task(self.task_),
+        self.run_config_ = to_jsonable({"tune": untracked(asdict(cfg)), "task": _describe_task(self.task_),
                                         "backend": self.backend.name, **self.extra_config})
 
     def _objective(self) -> Objective:
@@ -259,18 +267,22 @@ class Tuner:
 
     def run(self, resume: bool = False) -> TuneResult:
         """The whole run, holding the run folder's lock (a second writer fails at once)."""
-        with self.folder.lock() if self.folder else nullcontext():
+        self.tracking_ = live_tracking(self.config.track, self.config.track_uri, self.folder.path if self.folder else None,
+                                       f"{self.task.name}-{self.config.mode.value}-{self.config.seed}", self.tracker)
+        with self.folder.lock() if self.folder else nullcontext(), self.tracking_:
             return self._run(resume)
 
     def _run(self, resume: bool) -> TuneResult:
         self._setup()
         state = self._resume() if resume else self._begin()
         self._keep_books(resume)
+        self.tracking_.begin(self.run_config_)
         if not state.curve:  # a new run, or one killed before its start point was checkpointed
             self._manual_point(state)
             self._start_point(state)
             state.next_eval = self.config.eval_every
             self._checkpoint(state)
+        self.tracking_.curve(state.curve, _stats(self.backend))  # a resumed run: the steps its tracker lacks
         bar = progress_bar(self.config.budget_calls, "call", initial=state.calls, enabled=self.progress)
         try:
             while state.calls + self.config.popsize <= self.config.budget_calls and not state.converged:
@@ -282,12 +294,15 @@ class Tuner:
                     break
                 state.elapsed_s += time.perf_counter() - started
                 self._checkpoint(state)
+                self.tracking_.curve(state.curve, _stats(self.backend))
                 bar.update(self.config.popsize)
                 bar.set_postfix(loss=f"{state.best_train_loss:.3f}", dev=f"{state.best_dev[0]:.3f}",
                                 **_missing_postfix(self.backend))
         finally:
             bar.close()
-        return self._finish(state)
+        result = self._finish(state)
+        self.tracking_.result(result.metrics, result.curve, result.run_dir)
+        return result
 
     def _generation(self, state: _State) -> None:
         cfg = self.config
@@ -571,10 +586,11 @@ class Tuner:
 
 def tune(task: Task, backend: Backend, config: TuneConfig = TuneConfig(), run_dir: str | Path | None = None, *,
          progress: bool = True, resume: bool = False, extra_config: dict[str, Any] | None = None,
-         overwrite: bool = False, settings: dict[str, Any] | None = None) -> TuneResult:
+         overwrite: bool = False, settings: dict[str, Any] | None = None,
+         tracker: Tracker | None = None) -> TuneResult:
     """Run BBT and return the result; see `Tuner`."""
     return Tuner(task, backend, config, run_dir, progress=progress, extra_config=extra_config, overwrite=overwrite,
-                 settings=settings).run(resume=resume)
+                 settings=settings, tracker=tracker).run(resume=resume)
 
 
 def calibrate_hard_scale(subspace: Subspace, discretizer: Discretizer, sigma0: float, target: float, seed: int,
