@@ -45,6 +45,10 @@ class MlflowTracker:
     def __str__(self) -> str:
         return f"mlflow ({self.uri}, experiment {self.experiment!r})"
 
+    @property
+    def ui(self) -> str:
+        return f"mlflow ui --backend-store-uri {self.uri}"
+
     def _connect(self) -> Any:
         if self._client is None:
             from mlflow.tracking import MlflowClient
@@ -139,6 +143,10 @@ class TensorBoardTracker:
 
     def __str__(self) -> str:
         return f"tensorboard ({self.logdir})"
+
+    @property
+    def ui(self) -> str:
+        return f"tensorboard --logdir {self.logdir}"
 
     def open(self, key: str | None, name: str, tags: Mapping[str, str], parent: Any = None) -> "TensorBoardRun":
         base = parent.path if parent is not None else self.logdir

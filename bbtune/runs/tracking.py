@@ -68,6 +68,7 @@ class Tracker(Protocol):
     """A store of runs. `open` finds the run with this key (None: always a new one) or starts it."""
 
     close_timeout_s: float
+    ui: str  # the command that shows the runs (mlflow ui ..., tensorboard --logdir ...)
 
     def open(self, key: str | None, name: str, tags: Mapping[str, str], parent: Any = None) -> TrackedRun: ...
 
@@ -179,9 +180,11 @@ def final_step(curve: Sequence[Mapping[str, Any]]) -> int:
     return int(float(curve[-1]["calls"])) if curve else 0
 
 
-def report_result(run: TrackedRun, metrics: Mapping[str, Any], step: int, folder: Path | None) -> None:
-    """The end of a run: final metrics (the decision's numbers among them), tags, prompt text, small files."""
-    run.log_summary(numbers(redact(metrics)), step)
+def report_result(run: TrackedRun, metrics: Mapping[str, Any], step: int, folder: Path | None, prefix: str = "",
+                  extra: Mapping[str, float] | None = None) -> None:
+    """The end of a run: final metrics (the decision's numbers among them; `prefix` before their names, `extra`
+    beside them), tags, prompt text, small files."""
+    run.log_summary({**numbers(redact(metrics), prefix), **(extra or {})}, step)
     run.set_tags(result_tags(metrics))
     if metrics.get("hard_prompt") is not None:
         run.log_text("prompt.txt", str(metrics["hard_prompt"]))
@@ -196,14 +199,16 @@ def report_result(run: TrackedRun, metrics: Mapping[str, Any], step: int, folder
 
 
 def report_folder(tracker: Tracker, path: Path, name: str | None = None, tags: Mapping[str, str] | None = None,
-                  parent: Any = None, extra_params: Mapping[str, Any] | None = None) -> bool:
-    """Log the run folder at `path` (its key) after the fact: config, curve, result. A run the tracker holds
-    complete is left alone (False); an unfinished folder is logged as far as its curve goes."""
+                  parent: Any = None, extra_params: Mapping[str, Any] | None = None,
+                  summary: Mapping[str, float] | None = None, key: str | None = None) -> bool:
+    """Log the run folder at `path` after the fact: config, curve, result. A run the tracker holds complete is
+    left alone (False); an unfinished folder is logged as far as its curve goes. With a `summary` (a sweep job's
+    record) the run's own final metrics go under ``run.``, the summary's at the top."""
     folder = RunFolder(path)
     if not (path / CONFIG).is_file():
         raise CheckpointError(f"{path} holds no {CONFIG}: not a bbtune run folder; give a folder `bbtune tune` wrote")
     config = folder.read_json(CONFIG)
-    run = tracker.open(str(path.resolve()), name or path.name, {**run_tags(config), **(tags or {})}, parent)
+    run = tracker.open(key or str(path.resolve()), name or path.name, {**run_tags(config), **(tags or {})}, parent)
     if run.complete:
         return False
     run.log_params(params_of({**(extra_params or {}), **config}))
@@ -212,7 +217,7 @@ def report_folder(tracker: Tracker, path: Path, name: str | None = None, tags: M
     run.log_metrics([step for step in map(step_of, curve) if step[0] > last])
     finished = (path / METRICS).is_file()
     if finished:
-        report_result(run, folder.read_json(METRICS), final_step(curve), path)
+        report_result(run, folder.read_json(METRICS), final_step(curve), path, "run." if summary else "", summary)
     run.finish("FINISHED" if finished and folder.finished_ending() is not None else "KILLED")
     return True
 
