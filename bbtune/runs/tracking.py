@@ -152,8 +152,14 @@ def numbers(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
             except ValueError:
                 continue
         if isinstance(v, (int, float)) and v == v and abs(v) != float("inf"):
-            out[prefix + k] = float(v)
+            out[metric_name(prefix + k)] = float(v)
     return out
+
+
+def metric_name(name: str) -> str:
+    """A name every tracker takes: MLflow refuses most punctuation and names a path would change (``//``), as
+    in a key that is a URL (``backend_stats.endpoints.http://host/v1``)."""
+    return re.sub(r"/{2,}", "/", re.sub(r"[^A-Za-z0-9_\-. /]", "_", name))
 
 
 def step_of(row: Mapping[str, Any], stats: Mapping[str, Any] | None = None) -> tuple[int, dict[str, float]]:
