@@ -198,7 +198,7 @@ class TensorBoardRun:
         from torch.utils.tensorboard.summary import hparams
 
         for summary in hparams(self.tags, dict(metrics)):
-            self.writer.file_writer.add_summary(summary)  # type: ignore[union-attr]
+            self.writer.file_writer.add_summary(summary)  # type: ignore[attr-defined,union-attr]
         self.log_metrics([(step, metrics)])
 
     def finish(self, status: str) -> None:

@@ -68,7 +68,9 @@ class Tracker(Protocol):
     """A store of runs. `open` finds the run with this key (None: always a new one) or starts it."""
 
     close_timeout_s: float
-    ui: str  # the command that shows the runs (mlflow ui ..., tensorboard --logdir ...)
+
+    @property
+    def ui(self) -> str: ...  # the command that shows the runs (mlflow ui ..., tensorboard --logdir ...)
 
     def open(self, key: str | None, name: str, tags: Mapping[str, str], parent: Any = None) -> TrackedRun: ...
 
