@@ -52,7 +52,8 @@ def track(path: str | Path, kind: Track | str = Track.MLFLOW, uri: str = "") -> 
 def _track_sweep(tracker: Tracker, out: Path, done: Tracked) -> None:
     folder = RunFolder(out)
     status = folder.read_json(SWEEP_JSON) if (out / SWEEP_JSON).is_file() else {"jobs": {}}
-    parent = open_sweep(tracker, out, out.name, folder.read_json(SPEC_JSON))
+    spec = folder.read_json(SPEC_JSON)
+    parent = open_sweep(tracker, out, str((spec.get("sweep") or {}).get("name") or out.name), spec)
     jobs = sorted(p for p in (out / JOBS).iterdir() if (p / RESULT_JSON).is_file()) if (out / JOBS).is_dir() else []
     for job_dir in jobs:
         job = RunFolder(job_dir)

@@ -47,7 +47,7 @@ class MlflowTracker:
 
     @property
     def ui(self) -> str:
-        return f"mlflow ui --backend-store-uri {self.uri}"
+        return f"open {self.uri}" if self.uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {self.uri}"
 
     def _connect(self) -> Any:
         if self._client is None:
