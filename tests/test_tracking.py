@@ -115,7 +115,7 @@ class DiesAfter:
 
 
 @pytest.mark.parametrize("kind", ["mlflow", "tensorboard"])
-def test_a_killed_and_resumed_run_logs_each_step_once(tiny_task, tiny_backend, empty_store, tmp_path, kind):
+def test_a_killed_and_resumed_run_logs_each_step_once_and_a_new_run_starts_anew(tiny_task, tiny_backend, empty_store, tmp_path, kind):
     client = store_in(tmp_path, empty_store)
     config, run_dir = TuneConfig(**FAST, track=kind), tmp_path / "x"
     with pytest.raises(Interrupt):
@@ -128,6 +128,12 @@ def test_a_killed_and_resumed_run_logs_each_step_once(tiny_task, tiny_backend, e
     else:
         assert sorted(e.step for e in events(tmp_path / "tensorboard" / "x").Scalars("curve/train_loss")) == calls
     assert track(run_dir, kind).skipped == [str(run_dir)]  # held complete: logging it again adds nothing
+    tune(tiny_task, tiny_backend, config, run_dir, progress=False, overwrite=True)  # a new run in the same folder
+    if kind == "mlflow":
+        runs = mlflow_runs(client)
+        assert len(runs) == 2 and all(steps(client, r.info.run_id, "curve/train_loss") == calls for r in runs)
+    else:
+        assert len([p for p in (tmp_path / "tensorboard").iterdir() if p.name.startswith("x")]) == 2
 
 
 def test_no_api_key_reaches_the_tracker(tiny_task, tiny_backend, empty_store, tmp_path, monkeypatch):
@@ -171,7 +177,7 @@ def test_redact_keeps_variable_names_and_drops_values():
 class BrokenTracker:
     close_timeout_s, ui = 5.0, ""
 
-    def open(self, key, name, tags, parent=None):
+    def open(self, key, name, tags, parent=None, fresh=False):
         raise ConnectionError("tracking server unreachable")
 
 
@@ -197,7 +203,7 @@ class StalledTracker:
     def __init__(self):
         self.release = threading.Event()
 
-    def open(self, key, name, tags, parent=None):
+    def open(self, key, name, tags, parent=None, fresh=False):
         return StalledRun(self.release)
 
 

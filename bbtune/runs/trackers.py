@@ -5,7 +5,9 @@ first opens a run, on the tracking thread, never by ``import bbtune``.
 
 A run is found again by its key (a run folder's path), so a resumed run or a second ``bbtune track`` adds to the
 run the tracker holds instead of starting another: `last_step` says how far its curve got, `complete` whether
-it was finished (then nothing more is logged).
+it was finished (then nothing more is logged). A new run in the same folder (``--overwrite``) opens with
+``fresh=True``: the old tracked run is set aside (MLflow: its key tag renamed; TensorBoard: its folder renamed)
+and a new one starts.
 """
 from __future__ import annotations
 
@@ -60,13 +62,16 @@ class MlflowTracker:
             self._client = client
         return self._client
 
-    def open(self, key: str | None, name: str, tags: Mapping[str, str], parent: Any = None) -> "MlflowRun":
+    def open(self, key: str | None, name: str, tags: Mapping[str, str], parent: Any = None,
+             fresh: bool = False) -> "MlflowRun":
         client = self._connect()
         found = []
         if key is not None:
             found = client.search_runs([self._experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key_hash(key)}'",
                                        max_results=1)
-        if found:
+        if found and fresh:
+            client.set_tag(found[0].info.run_id, KEY_TAG, f"{key_hash(key)}.replaced")  # type: ignore[arg-type]
+        elif found:
             run = MlflowRun(client, found[0])
             if not run.complete:
                 client.update_run(run.id, status="RUNNING")
@@ -148,10 +153,14 @@ class TensorBoardTracker:
     def ui(self) -> str:
         return f"tensorboard --logdir {self.logdir}"
 
-    def open(self, key: str | None, name: str, tags: Mapping[str, str], parent: Any = None) -> "TensorBoardRun":
+    def open(self, key: str | None, name: str, tags: Mapping[str, str], parent: Any = None,
+             fresh: bool = False) -> "TensorBoardRun":
         base = parent.path if parent is not None else self.logdir
-        folder = _slug(name) if key is not None else f"{_slug(name)}-{time.strftime('%Y%m%d-%H%M%S')}"
-        return TensorBoardRun(base / folder, tags)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = base / (_slug(name) if key is not None else f"{_slug(name)}-{stamp}")
+        if fresh and path.is_dir():
+            path.rename(path.with_name(f"{path.name}.replaced-{stamp}"))
+        return TensorBoardRun(path, tags)
 
 
 class TensorBoardRun:

@@ -65,14 +65,16 @@ class TrackedRun(Protocol):
 
 
 class Tracker(Protocol):
-    """A store of runs. `open` finds the run with this key (None: always a new one) or starts it."""
+    """A store of runs. `open` finds the run with this key (None: always a new one) or starts it; `fresh`: a new
+    run in the same folder, the tracked run found is set aside."""
 
     close_timeout_s: float
 
     @property
     def ui(self) -> str: ...  # the command that shows the runs (mlflow ui ..., tensorboard --logdir ...)
 
-    def open(self, key: str | None, name: str, tags: Mapping[str, str], parent: Any = None) -> TrackedRun: ...
+    def open(self, key: str | None, name: str, tags: Mapping[str, str], parent: Any = None,
+             fresh: bool = False) -> TrackedRun: ...
 
 
 def require(track: Track | str) -> Track:
@@ -305,9 +307,10 @@ class LiveTracking:
         self.reporter.submit(lambda: self._run.finish(status) if self._run is not None else None)
         self.reporter.close(None if kind is None else 5.0)
 
-    def begin(self, config: Mapping[str, Any]) -> None:
+    def begin(self, config: Mapping[str, Any], fresh: bool) -> None:
+        """`fresh`: a new run (not a resumed one), even in a folder a tracked run came from before."""
         if self.reporter is not None:
-            self.reporter.submit(lambda: self._open(config))
+            self.reporter.submit(lambda: self._open(config, fresh))
 
     def curve(self, rows: Sequence[Mapping[str, Any]], stats: Mapping[str, Any]) -> None:
         if self.reporter is None or len(rows) <= self._sent:
@@ -323,9 +326,9 @@ class LiveTracking:
         self.reporter.submit(lambda: self._report(metrics, step, folder))
         self._status = "KILLED" if metrics.get("ending") == "limit" else "FINISHED"  # a raised limit resumes it
 
-    def _open(self, config: Mapping[str, Any]) -> None:
+    def _open(self, config: Mapping[str, Any], fresh: bool) -> None:
         assert self.tracker is not None
-        run = self.tracker.open(self.key, self.name, run_tags(config))
+        run = self.tracker.open(self.key, self.name, run_tags(config), fresh=fresh)
         if not run.complete:
             run.log_params(params_of(config))
             self._last = run.last_step()

@@ -276,7 +276,7 @@ class Tuner:
         self._setup()
         state = self._resume() if resume else self._begin()
         self._keep_books(resume)
-        self.tracking_.begin(self.run_config_)
+        self.tracking_.begin(self.run_config_, fresh=not resume)
         if not state.curve:  # a new run, or one killed before its start point was checkpointed
             self._manual_point(state)
             self._start_point(state)
