@@ -284,3 +284,17 @@ def test_a_sweep_is_a_parent_run_with_a_child_per_job_and_track_logs_it_again(em
 def test_track_refuses_a_folder_bbtune_did_not_write(tmp_path, capsys):
     assert main(["track", str(tmp_path)]) == 2
     assert "neither a run folder" in capsys.readouterr().err
+
+
+def test_mlflows_file_store_works_where_mlflow_allows_it(tiny_task, tiny_backend, tmp_path, monkeypatch):
+    """MLflow >= 3.7 refuses its file store (./mlruns folders) unless MLFLOW_ALLOW_FILE_STORE is set; given that
+    (or MLflow 2), --track-uri file:... logs the same run into it."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = (tmp_path / "mlruns").as_uri()
+    result = tune(tiny_task, tiny_backend, TuneConfig(**FAST, track="mlflow", track_uri=uri), tmp_path / "x",
+                  progress=False)
+    client = MlflowClient(uri)
+    (run,) = mlflow_runs(client)
+    assert steps(client, run.info.run_id, "curve/train_loss") == [row["calls"] for row in result.curve]
+    assert "prompt.txt" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert (tmp_path / "mlruns").is_dir() and not (tmp_path / "mlruns" / "mlflow.db").exists()
