@@ -259,10 +259,11 @@ class Reporter:
 
     def close(self, timeout_s: float | None = None) -> bool:
         """Wait (at most the timeout) for the queued calls; True when they all ran."""
+        timeout_s = self.close_timeout_s if timeout_s is None else timeout_s
         self._queue.put(None)
-        self._thread.join(self.close_timeout_s if timeout_s is None else timeout_s)
+        self._thread.join(timeout_s)
         if self._thread.is_alive():
-            self._warn(f"it is still busy after {self.close_timeout_s:g} s; the rest is not logged")
+            self._warn(f"it is still busy after {timeout_s:g} s; the rest is not logged")
             return False
         return not self.failed
 
