@@ -51,3 +51,4 @@ DEFAULT_ANSWER_TOKENS = 8  # text mode: an answer names its label in its first w
 PROBE_SAMPLE = 8  # examples of the task the probe scores to measure the missing rate
 DEFAULT_CHAT_INSTRUCTION = "Answer with one word: {labels}.\n"  # puts SmolLM2-Instruct's answer words in its top 20
 EVAL_BATCH = 64  # examples per model call when a prompt is scored on dev, test or new inputs (same batches, same numbers)
+TRACK_CLOSE_TIMEOUT_S = 120.0  # at a run's end, the longest it waits for its tracker (MLflow, TensorBoard) to catch up

@@ -6,6 +6,7 @@
     bbtune predict runs/x --input new.jsonl --output predictions.jsonl
     bbtune export runs/x --format text   # the template with the tuned prompt in place (or peft, json)
     bbtune sweep spec.toml --workers 2   # a grid of jobs on a process pool (or --ray-address auto), one report
+    bbtune track sweeps/x                # run or sweep folders into MLflow (or --track tensorboard) after the fact
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from bbtune.app.report import PLOT_PNG, REPORT_MD, RESULTS_JSON
 from bbtune.app.summary import decision_line, summary_table
 from bbtune.app.sweep import dry_run_sweep, run_sweep
 from bbtune.app.sweepspec import SweepConfig, SweepSpec
+from bbtune.app.track import track
 from bbtune.backends.base import Backend
 from bbtune.backends.factory import LocalConfig, transfer_backend
 from bbtune.backends.remote import RemoteConfig
@@ -48,7 +50,8 @@ from bbtune.runs.endings import (
 )
 from bbtune.runs.folder import CONFIG, RunFolder, refuse_overwrite
 from bbtune.runs.load import load_run, saved_backend
-from bbtune.runs.resume import given_dests, resumed_remote, split_settings
+from bbtune.runs.resume import given_dests, resumed_remote, resumed_tracking, split_settings, tracking_settings
+from bbtune.runs.tracking import untracked
 from bbtune.runs.tuner import TuneConfig, TuneResult, run_tuner
 from bbtune.search.objective import skipped_for_generation
 from bbtune.tasks import FieldMap, TaskConfig, overlaps, parse_label_names, read_inputs
@@ -198,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue the sweep in --out: finished jobs are kept")
     s.add_argument("--dry-run", action="store_true", help="print the jobs and the calls (and cost) each would spend")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    k = sub.add_parser("track", help="report run or sweep folders to MLflow or TensorBoard after the fact")
+    k.add_argument("path", metavar="RUN_OR_SWEEP_DIR", help="a folder that bbtune tune or bbtune sweep wrote")
+    k.add_argument("--track", choices=["mlflow", "tensorboard"], default="mlflow", help="the tracker (default: mlflow)")
+    k.add_argument("--track-uri", default="", help=TuneConfig.__dataclass_fields__["track_uri"].metadata["help"])
     return parser
 
 
@@ -266,7 +273,11 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
         elif args.command == "export":
             print(export(args.run_dir, args.format, args.out or None, overwrite=args.overwrite))
         elif args.command == "sweep":
-            return _sweep_command(args, given_dests(argv))
+            return _sweep_command(args, given_dests(sys.argv[1:] if argv is None else argv))
+        elif args.command == "track":
+            done = track(args.path, args.track, args.track_uri)
+            print(f"{len(done.logged)} run(s) logged, {len(done.skipped)} held complete already, in {done.store}; "
+                  f"see them with: {done.ui}")
     except BBTuneError as err:
         print(f"bbtune: error: {flag_words(str(err))}", file=sys.stderr)
         return 2
@@ -321,6 +332,7 @@ def _tune_command(args: argparse.Namespace, given: set[str]) -> tuple[TuneResult
         saved_all = folder.read_json(CONFIG)
         saved = saved_all["cli"]
         configs = {name: from_args(cls, saved[name]) for name, cls in CONFIGS.items()}
+        configs["tune"] = resumed_tracking(configs["tune"], saved_all.get("settings") or {}, vars(args), given)
         kind = saved.get("backend_kind", "local")
         remote, applied = resumed_remote(saved, saved_all.get("settings") or {}, vars(args), given)
         for line in applied:
@@ -338,8 +350,10 @@ def _tune_command(args: argparse.Namespace, given: set[str]) -> tuple[TuneResult
     # RemoteConfig holds only the *name* of the key's variable; public() also drops header values and URL credentials
     fixed, settings = split_settings(remote)
     cli_config = {**{name: dataclasses.asdict(c) for name, c in configs.items()}, "backend_kind": kind, "remote": fixed}
+    cli_config["tune"] = untracked(cli_config["tune"])  # where the run is reported is a setting, not its config
     result = run_tuner(task, backend, configs["tune"], run_dir, progress=not args.no_progress, resume=resume,
-                  extra_config={"cli": cli_config}, overwrite=args.overwrite, settings={"remote": settings})
+                       extra_config={"cli": cli_config}, overwrite=args.overwrite,
+                       settings={"remote": settings, "track": tracking_settings(configs["tune"])})
     return result, configs["tune"]
 
 

@@ -33,13 +33,14 @@ import time
 import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from bbtune.app.compare import run_method
 from bbtune.app.comparison import Comparison
 from bbtune.app.executors import PoolRunner, RayRunner, WorkerDied, pool_size
-from bbtune.app.report import REPORT_MD, result_from_dict, write_report
+from bbtune.app.report import PLOT_PNG, REPORT_MD, RESULTS_JSON, result_from_dict, write_report
 from bbtune.app.sweepspec import Job, SweepSpec
+from bbtune.app.sweeptrack import SweepTracking
 from bbtune.baselines import MethodResult
 from bbtune.core.progress import progress_bar
 from bbtune.core.table import markdown_table
@@ -118,15 +119,28 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, progress: bool = True,
             result.skipped.append(job.name)  # finished before: never run again
         else:
             pending.append(job)
+    tracking = SweepTracking(cfg.track, cfg.track_uri, out, spec.name, spec.source)  # [sweep] track: parent + a child per job
+    for job in jobs:
+        if job.name in result.skipped:
+            track_job(tracking, out, job)
     bar = progress_bar(len(jobs), "job", initial=len(result.skipped), desc="bbtune sweep", enabled=progress)
     if pending:
         runner = runner or make_runner(spec, len(pending))
         with runner:
-            _drive(runner, pending, out, cfg.retries, result, bar, progress)
+            _drive(runner, pending, out, cfg.retries, result, bar, progress, lambda job: track_job(tracking, out, job))
     bar.close()
     result.comparison = write_sweep_report(out, spec, jobs, result.failed)
     _write_status(folder, jobs, result)
+    status = "FAILED" if result.failed else "FINISHED" if len(result.finished) == len(jobs) else "KILLED"
+    tracking.close([out / name for name in (REPORT_MD, RESULTS_JSON, PLOT_PNG, SWEEP_JSON)], status)
     return result
+
+
+def track_job(tracking: SweepTracking, out: Path, job: Job) -> None:
+    """A finished job, to the sweep's tracker (queued: the driver goes on at once)."""
+    if tracking.reporter is not None:
+        folder = job_folder(out, job.name)
+        tracking.job(folder, job.as_dict(), RunFolder(folder).read_json(RESULT_JSON)["result"], folder / RUN)
 
 
 def make_runner(spec: SweepSpec, n_jobs: int) -> PoolRunner | RayRunner:
@@ -137,7 +151,7 @@ def make_runner(spec: SweepSpec, n_jobs: int) -> PoolRunner | RayRunner:
 
 
 def _drive(runner: PoolRunner | RayRunner, pending: list[Job], out: Path, retries: int, result: SweepResult,
-           bar: Any, progress: bool) -> None:
+           bar: Any, progress: bool, finished: Callable[[Job], None] = lambda job: None) -> None:
     submitted: dict[str, float] = {}
 
     def say(line: str) -> None:
@@ -154,6 +168,7 @@ def _drive(runner: PoolRunner | RayRunner, pending: list[Job], out: Path, retrie
         for job, answer in runner.wait():
             if isinstance(answer, dict) and answer.get("ok"):
                 result.ran.append(job.name)
+                finished(job)
                 bar.update(1)
                 say(f"{job.name}: finished")
                 write_sweep_report(out, None, result.jobs, result.failed, plot=False)

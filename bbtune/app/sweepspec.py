@@ -4,6 +4,7 @@
     [sweep]                        # how to run it: `SweepConfig` fields (flags of `bbtune sweep` override them)
     out = "sweeps/sst2"
     retries = 1
+    track = "mlflow"               # optional: a parent run in MLflow (or TensorBoard) with a child per finished job
 
     [grid]                         # every combination of these is one job
     methods = ["manual", "bbt_soft", "bbt_hard"]
@@ -39,12 +40,14 @@ from bbtune.backends.remote import RemoteConfig
 from bbtune.errors import ConfigError
 from bbtune.core.secrets import remember_header
 from bbtune.runs.folder import to_jsonable
+from bbtune.runs.tracking import TRACK_FIELDS, Track, require
 from bbtune.runs.tuner import TuneConfig
 from bbtune.tasks import TaskConfig
 
 TABLES = ("sweep", "grid", "settings")
 GRID_KEYS = ("methods", "seeds", "models", "tasks", "settings")
-TUNE_FIELDS = tuple(f.name for f in fields(TuneConfig) if f.name != "seed")  # the grid's seed is the seed
+TUNE_FIELDS = tuple(f.name for f in fields(TuneConfig)
+                    if f.name != "seed" and f.name not in TRACK_FIELDS)  # the grid's seed is the seed; [sweep] tracks
 METHOD_FIELDS = ("grad_steps", "grad_batch_size", "pt_lr", "pez_lr", "shots_per_class")  # CompareConfig's own
 LIMITS = ("max_requests", "max_tokens", "max_cost")
 
@@ -67,6 +70,10 @@ class SweepConfig:
         "help": "remote models: HTTP requests for the whole sweep (0 = none), divided among the remote jobs up front"})
     max_tokens: int = field(default=0, metadata={"help": "remote models: tokens for the whole sweep, divided likewise"})
     max_cost: float = field(default=0.0, metadata={"help": "remote models: cost for the whole sweep, divided likewise"})
+    track: Track = field(default=Track.NONE, metadata={
+        "help": "report the sweep to mlflow or tensorboard: a parent run, a child per job as it finishes"})
+    track_uri: str = field(default="", metadata={
+        "help": "--track's store (default: sqlite mlruns/mlflow.db, or tensorboard/, beside the sweep folder)"})
 
     def __post_init__(self) -> None:
         for name in ("workers", "retries", "threads_per_job", *LIMITS):
@@ -74,6 +81,7 @@ class SweepConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.memory_per_job_mb <= 0:
             raise ConfigError(f"memory_per_job_mb must be > 0, got {self.memory_per_job_mb}")
+        object.__setattr__(self, "track", require(self.track))
 
 
 @dataclass(frozen=True)
@@ -198,6 +206,8 @@ def expand(grid: Mapping[str, Any], settings: Mapping[str, Any]) -> tuple[Job, .
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep spec [grid.settings]: {key} must list its values, e.g. {key} = [1, 2]")
     for key in [*settings, *axes]:
+        if key in TRACK_FIELDS:
+            raise ConfigError(f"sweep spec: {key} is a [sweep] key (where the sweep is reported), not a setting")
         if key not in TUNE_FIELDS and key not in METHOD_FIELDS:
             raise ConfigError(f"sweep spec: setting {key!r} is not known; settings are TuneConfig fields "
                               f"({', '.join(TUNE_FIELDS)}) and {', '.join(METHOD_FIELDS)} (the seed is the grid's)")

@@ -16,11 +16,12 @@ from typing import Any, Sequence
 
 from bbtune.backends.remote import RemoteConfig
 from bbtune.errors import ConfigError
+from bbtune.runs.tracking import TRACK_FIELDS, redact
 
 REMOTE_PREFIX = "remote_"
 RESUMABLE = ("max_requests", "max_tokens", "max_cost", "max_retries", "timeout_s", "concurrency",
              "replica_concurrency", "api_key_env", "extra_headers")
-ALWAYS_OK = frozenset({"resume", "no_progress"})  # flags that never change a run
+ALWAYS_OK = frozenset({"resume", "no_progress", *TRACK_FIELDS})  # flags that never change what a run computes
 
 
 def flag(dest: str) -> str:
@@ -67,3 +68,15 @@ def _shown(value: Any, name: str) -> str:
     if name == "extra_headers":  # values may be credentials
         return "[" + ", ".join(str(h).split(":", 1)[0] for h in (value or ())) + "]"
     return repr(value)
+
+
+def tracking_settings(tune: Any) -> dict[str, Any]:
+    """Where a run is reported (`TuneConfig.track`, `track_uri` without URL credentials), saved as a setting."""
+    return redact({name: getattr(tune, name) for name in TRACK_FIELDS})
+
+
+def resumed_tracking(tune: Any, settings: dict[str, Any], values: dict[str, Any], given: set[str]) -> Any:
+    """The rebuilt TuneConfig reporting where the run did (its saved settings), or where --track now says."""
+    saved = settings.get("track") or {}
+    return dataclasses.replace(tune, **{name: values[name] if name in given else saved.get(name, getattr(tune, name))
+                                        for name in TRACK_FIELDS})

@@ -44,6 +44,7 @@ from bbtune.core.prompts import MANUAL_PROMPT, HardPrompt, Prompt, SoftPrompt, d
 from bbtune.runs.folder import (BEST_PROMPT, CHECKPOINT, CONFIG, HARD_PROMPT, LEDGER, METRICS, READOUT, REPLIES,
                                 RunFolder,
                                 changed_fields, fingerprint, to_jsonable)
+from bbtune.runs.tracking import Track, Tracker, live_tracking, require, untracked
 from bbtune.search.selection import Decision, Guard, Selection, decide, selection_key
 from bbtune.search.subspace import ALPHA_FROM_CUE, P0Init, Subspace, SubspaceConfig
 from bbtune.tasks import Placement, Task
@@ -105,6 +106,11 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
     readout_topk: int = field(default=20, metadata={
         "help": "top-k log-probs a readout may read at the answer position (OpenAI chat returns 20, llama.cpp "
                 "~1000); capped at what the backend returns"})
+    track: Track = field(default=Track.NONE, metadata={
+        "help": "also report the run to mlflow or tensorboard as it goes (none: the run folder only)"})
+    track_uri: str = field(default="", metadata={
+        "help": "--track's store: an MLflow tracking URI (default: sqlite mlruns/mlflow.db beside the run folder, or "
+                "$MLFLOW_TRACKING_URI) or a TensorBoard log folder (default: tensorboard/ beside it)"})
 
     def __post_init__(self) -> None:
         SubspaceConfig.__post_init__(self)
@@ -115,6 +121,7 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
         object.__setattr__(self, "select", Selection(self.select))
         object.__setattr__(self, "guard", Guard(self.guard))
         object.__setattr__(self, "answer_scoring", AnswerScoring(self.answer_scoring))
+        object.__setattr__(self, "track", require(self.track))  # a missing extra fails here, with its install command
         answer_metric(self.answer_metric)  # a name that cannot be imported fails here, before any model call
         if self.answer_max_tokens < 1:
             raise ConfigError(f"answer_max_tokens must be >= 1, got {self.answer_max_tokens}")
@@ -187,8 +194,9 @@ class Tuner:
 
     def __init__(self, task: Task, backend: Backend, config: TuneConfig = TuneConfig(), run_dir: str | Path | None = None,
                  *, progress: bool = True, extra_config: dict[str, Any] | None = None, overwrite: bool = False,
-                 settings: dict[str, Any] | None = None):
+                 settings: dict[str, Any] | None = None, tracker: Tracker | None = None):
         self.task, self.backend, self.config = task, backend, config
+        self.tracker = tracker  # where the run is reported (default: the one config.track names, if any)
         self.folder = RunFolder(run_dir) if run_dir else None
         self.progress = progress
         self.extra_config = extra_config or {}  # saved and fingerprinted: --resume must rebuild the same
@@ -222,7 +230,7 @@ class Tuner:
         self.objective_ = self._objective()
         self.eval_points_: list[dict[str, Any]] = []  # every dev-evaluated point (z, bias, numbers): for studies
         # fixed once the task is (a cue start changes its template); it hashes every example, so not per checkpoint
-        self.run_config_ = to_jsonable({"tune": asdict(cfg), "task": _describe_task(self.task_),
+        self.run_config_ = to_jsonable({"tune": untracked(asdict(cfg)), "task": _describe_task(self.task_),
                                         "backend": self.backend.name, **self.extra_config})
 
     def _objective(self) -> Objective:
@@ -284,7 +292,9 @@ class Tuner:
 
     def run(self, resume: bool = False) -> TuneResult:
         """The whole run, holding the run folder's lock (a second writer fails at once)."""
-        with self.folder.lock() if self.folder else nullcontext():
+        self.tracking_ = live_tracking(self.config.track, self.config.track_uri, self.folder.path if self.folder else None,
+                                       f"{self.task.name}-{self.config.mode.value}-{self.config.seed}", self.tracker)
+        with self.folder.lock() if self.folder else nullcontext(), self.tracking_:
             return self._run(resume)
 
     def _run(self, resume: bool) -> TuneResult:
@@ -292,6 +302,7 @@ class Tuner:
         state = self._resume() if resume else self._begin()
         try:
             self._keep_books(resume)
+            self.tracking_.begin(self.run_config_, fresh=not resume)
             if not state.curve:  # a new run, or one killed before its start point was checkpointed
                 self._manual_point(state)
                 self._start_point(state)
@@ -300,6 +311,7 @@ class Tuner:
         except BBTuneError as err:
             self._abandon(err, resume)
             raise
+        self.tracking_.curve(state.curve, _stats(self.backend))  # a resumed run: the steps its tracker lacks
         bar = progress_bar(self.config.budget_calls, "call", initial=state.calls, enabled=self.progress)
         try:
             while state.calls + self.config.popsize <= self.config.budget_calls and not state.converged:
@@ -311,12 +323,15 @@ class Tuner:
                     break
                 state.elapsed_s += time.perf_counter() - started
                 self._checkpoint(state)
+                self.tracking_.curve(state.curve, _stats(self.backend))
                 bar.update(self.config.popsize)
                 bar.set_postfix(loss=f"{state.best_train_loss:.3f}", dev=f"{state.best_dev[0]:.3f}",
                                 **_missing_postfix(self.backend))
         finally:
             bar.close()
-        return self._finish(state)
+        result = self._finish(state)
+        self.tracking_.result(result.metrics, result.curve, result.run_dir)
+        return result
 
     def _generation(self, state: _State) -> None:
         cfg = self.config
@@ -644,10 +659,11 @@ class Tuner:
 
 def run_tuner(task: Task, backend: Backend, config: TuneConfig = TuneConfig(), run_dir: str | Path | None = None, *,
               progress: bool = True, resume: bool = False, extra_config: dict[str, Any] | None = None,
-              overwrite: bool = False, settings: dict[str, Any] | None = None) -> TuneResult:
+              overwrite: bool = False, settings: dict[str, Any] | None = None,
+              tracker: Tracker | None = None) -> TuneResult:
     """Run BBT and return the raw `TuneResult` (the library's own call; users call `bbtune.tune`); see `Tuner`."""
     return Tuner(task, backend, config, run_dir, progress=progress, extra_config=extra_config, overwrite=overwrite,
-                 settings=settings).run(resume=resume)
+                 settings=settings, tracker=tracker).run(resume=resume)
 
 
 def calibrate_hard_scale(subspace: Subspace, discretizer: Discretizer, sigma0: float, target: float, seed: int,
