@@ -2,7 +2,7 @@
 MLflow (a local SQLite store) and with TensorBoard, interleaved so that other load on the machine hits each alike.
 
 Two times per run: `loop_s`, the search loop (the run's own ``wall_s``: generations, checkpoints, the tracker
-calls it queues), and `total_s`, the whole `tune()` call including setup, the final scores and the wait for the
+calls it queues), and `total_s`, the whole `run_tuner()` call including setup, the final scores and the wait for the
 tracker to catch up at the end. A warm-up run of each kind comes first (the MLflow import and its store's tables
 are made once per process and per store, not per run), then `--repeats` rounds. Overhead = best tracked / best
 untracked - 1 (the best of N: on a shared machine other load only ever adds time).
@@ -31,7 +31,7 @@ from task_args import ROOT, add_task_args
 
 from bbtune.backends.local import LocalBackend
 from bbtune.runs.tracking import LiveTracking
-from bbtune.runs.tuner import TuneConfig, run_tuner as tune
+from bbtune.runs.tuner import TuneConfig, run_tuner
 from bbtune.tasks import TaskConfig
 
 KINDS = ("none", "mlflow", "tensorboard")
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
             for kind in KINDS:
                 SPENT.update(hook_s=0.0, close_s=0.0)
                 started = time.perf_counter()
-                result = tune(task, backend, TuneConfig(**config, track=kind), Path(tmp) / f"{kind}-{round_}",
+                result = run_tuner(task, backend, TuneConfig(**config, track=kind), Path(tmp) / f"{kind}-{round_}",
                               progress=False)
                 total = time.perf_counter() - started
                 if round_:

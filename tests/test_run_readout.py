@@ -65,3 +65,19 @@ def test_the_manual_prompt_competes_raw_where_calibration_loses_out_of_fold(tiny
 def test_bad_readout_settings_are_refused_by_name(field, value, message):
     with pytest.raises(ConfigError, match=message):
         TuneConfig(**{field: value})
+
+
+def test_export_writes_the_readout_beside_a_peft_adapter_and_says_it_cannot_carry_it(tmp_path, capsys):
+    from bbtune.app.cli import main
+
+    run = ["--data", "demo", "--k", "4", "--test-limit", "4", "--model", "tiny", "--prompt-tokens", "2",
+           "--intrinsic-dim", "8", "--popsize", "4", "--budget-calls", "8", "--eval-every", "8", "--no-progress",
+           "--readout", "logistic", "--readout-topk", "5", "--guard", "none", "--no-keep-manual"]
+    assert main(["tune", *run, "--run-dir", str(tmp_path / "run")]) == 0
+    assert main(["export", str(tmp_path / "run"), "--format", "peft", "--out", str(tmp_path / "peft")]) == 0
+    out = capsys.readouterr().out
+    assert "carries the prompt only, not the run's readout (logistic" in out
+    saved = json.loads((tmp_path / "peft" / "bbtune_readout.json").read_text())
+    assert saved["readout"]["kind"] == "logistic" and saved["k"] == 5
+    assert main(["export", str(tmp_path / "run"), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["readout"]["readout"]["kind"] == "logistic"

@@ -25,7 +25,7 @@ from bbtune.app.sweepspec import SweepSpec  # noqa: E402
 from bbtune.app.track import track  # noqa: E402
 from bbtune.errors import ConfigError  # noqa: E402
 from bbtune.runs.tracking import TrackingWarning, params_of, redact  # noqa: E402
-from bbtune.runs.tuner import TuneConfig, run_tuner as tune  # noqa: E402
+from bbtune.runs.tuner import TuneConfig, run_tuner  # noqa: E402
 
 FAST = dict(budget_calls=30, popsize=6, prompt_tokens=3, intrinsic_dim=10, eval_every=12)
 CANARY = "sk-canary-7f3a9c"
@@ -62,7 +62,7 @@ def events(folder: Path) -> EventAccumulator:
 
 def test_an_mlflow_run_holds_config_curve_result_and_files(tiny_task, tiny_backend, empty_store, tmp_path):
     client = store_in(tmp_path, empty_store)
-    result = tune(tiny_task, tiny_backend, TuneConfig(**FAST, track="mlflow"), tmp_path / "x", progress=False)
+    result = run_tuner(tiny_task, tiny_backend, TuneConfig(**FAST, track="mlflow"), tmp_path / "x", progress=False)
     (run,) = mlflow_runs(client)
     data, calls = run.data, [row["calls"] for row in result.curve]
     assert run.info.status == "FINISHED" and run.info.run_name == "x"
@@ -83,7 +83,7 @@ def test_an_mlflow_run_holds_config_curve_result_and_files(tiny_task, tiny_backe
 
 
 def test_tensorboard_event_files_hold_the_curve_the_prompt_and_hparams(tiny_task, tiny_backend, tmp_path):
-    result = tune(tiny_task, tiny_backend, TuneConfig(**FAST, track="tensorboard"), tmp_path / "x", progress=False)
+    result = run_tuner(tiny_task, tiny_backend, TuneConfig(**FAST, track="tensorboard"), tmp_path / "x", progress=False)
     acc = events(tmp_path / "tensorboard" / "x")
     assert [e.step for e in acc.Scalars("curve/train_loss")] == [row["calls"] for row in result.curve]
     assert acc.Scalars("test_acc")[-1].value == pytest.approx(result.metrics["test_acc"])
@@ -119,8 +119,8 @@ def test_a_killed_and_resumed_run_logs_each_step_once_and_a_new_run_starts_anew(
     client = store_in(tmp_path, empty_store)
     config, run_dir = TuneConfig(**FAST, track=kind), tmp_path / "x"
     with pytest.raises(Interrupt):
-        tune(tiny_task, DiesAfter(tiny_backend, 12), config, run_dir, progress=False)
-    result = tune(tiny_task, tiny_backend, config, run_dir, progress=False, resume=True)
+        run_tuner(tiny_task, DiesAfter(tiny_backend, 12), config, run_dir, progress=False)
+    result = run_tuner(tiny_task, tiny_backend, config, run_dir, progress=False, resume=True)
     calls = [row["calls"] for row in result.curve]
     if kind == "mlflow":
         (run,) = mlflow_runs(client)
@@ -128,7 +128,7 @@ def test_a_killed_and_resumed_run_logs_each_step_once_and_a_new_run_starts_anew(
     else:
         assert sorted(e.step for e in events(tmp_path / "tensorboard" / "x").Scalars("curve/train_loss")) == calls
     assert track(run_dir, kind).skipped == [str(run_dir)]  # held complete: logging it again adds nothing
-    tune(tiny_task, tiny_backend, config, run_dir, progress=False, overwrite=True)  # a new run in the same folder
+    run_tuner(tiny_task, tiny_backend, config, run_dir, progress=False, overwrite=True)  # a new run in the same folder
     if kind == "mlflow":
         runs = mlflow_runs(client)
         assert len(runs) == 2 and all(steps(client, r.info.run_id, "curve/train_loss") == calls for r in runs)
@@ -158,7 +158,7 @@ def test_no_api_key_reaches_the_tracker(tiny_task, tiny_backend, empty_store, tm
         finally:
             server.stop()
     assert not [w for w in caught if issubclass(w.category, TrackingWarning)]  # every tracker call went through
-    tune(tiny_task, tiny_backend, TuneConfig(**FAST, track="mlflow"), tmp_path / "py", progress=False,
+    run_tuner(tiny_task, tiny_backend, TuneConfig(**FAST, track="mlflow"), tmp_path / "py", progress=False,
          extra_config={"remote": {"api_key": CANARY, "base_url": f"http://me:{CANARY}@host/v1"}})
     assert CANARY in (tmp_path / "py" / "config.json").read_text()  # the folder keeps what it was given ...
     tracked = [p for d in ("mlruns", "tensorboard") for p in (tmp_path / d).rglob("*") if p.is_file()]
@@ -208,9 +208,9 @@ class StalledTracker:
 
 
 def test_a_failing_tracker_warns_once_and_the_run_ends_as_without_it(tiny_task, tiny_backend, tmp_path):
-    plain = tune(tiny_task, tiny_backend, TuneConfig(**FAST), tmp_path / "plain", progress=False)
+    plain = run_tuner(tiny_task, tiny_backend, TuneConfig(**FAST), tmp_path / "plain", progress=False)
     with pytest.warns(TrackingWarning, match="unreachable") as caught:
-        tracked = tune(tiny_task, tiny_backend, TuneConfig(**FAST), tmp_path / "t", progress=False,
+        tracked = run_tuner(tiny_task, tiny_backend, TuneConfig(**FAST), tmp_path / "t", progress=False,
                        tracker=BrokenTracker())
     assert len([w for w in caught if issubclass(w.category, TrackingWarning)]) == 1
     assert tracked.curve == plain.curve and tracked.metrics["test_acc"] == plain.metrics["test_acc"]
@@ -220,7 +220,7 @@ def test_a_stalled_tracker_does_not_stall_the_run(tiny_task, tiny_backend, tmp_p
     tracker = StalledTracker()
     try:
         with pytest.warns(TrackingWarning, match="still busy"):
-            result = tune(tiny_task, tiny_backend, TuneConfig(**FAST), tmp_path / "t", progress=False, tracker=tracker)
+            result = run_tuner(tiny_task, tiny_backend, TuneConfig(**FAST), tmp_path / "t", progress=False, tracker=tracker)
         assert result.metrics["ending"] and (tmp_path / "t" / "metrics.json").is_file()
     finally:
         tracker.release.set()
@@ -291,7 +291,7 @@ def test_mlflows_file_store_works_where_mlflow_allows_it(tiny_task, tiny_backend
     (or MLflow 2), --track-uri file:... logs the same run into it."""
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     uri = (tmp_path / "mlruns").as_uri()
-    result = tune(tiny_task, tiny_backend, TuneConfig(**FAST, track="mlflow", track_uri=uri), tmp_path / "x",
+    result = run_tuner(tiny_task, tiny_backend, TuneConfig(**FAST, track="mlflow", track_uri=uri), tmp_path / "x",
                   progress=False)
     client = MlflowClient(uri)
     (run,) = mlflow_runs(client)

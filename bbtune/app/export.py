@@ -92,6 +92,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, model_config: Any = 
                        fmt=fmt)
 
 
+READOUT_FILE = "bbtune_readout.json"  # the run's readout beside a PEFT adapter, which has no place for it
+
+
 class ExportFormat(str, Enum):
     """What `bbtune export` writes."""
 
@@ -115,7 +118,8 @@ def run_summary(run: "TunedRun") -> dict[str, Any]:
     return {"template": run.template_text(), "prompt": run.prompt_text, "placement": run.format.placement.value,
             "verbalizer": dict(run.format.verbalizer), "label_bias": bias, "mode": m.get("mode"),
             "selected": m.get("selected"), "backend": m.get("backend"), "dev_acc": m.get("dev_acc"),
-            "test_acc": m.get("test_acc"), "manual_test_acc": m.get("manual_test_acc")}
+            "test_acc": m.get("test_acc"), "manual_test_acc": m.get("manual_test_acc"),
+            "readout": run.readout.as_json() if run.readout is not None else None}
 
 
 def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, overwrite: bool = False) -> str:
@@ -127,9 +131,16 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, over
     run = load_run(run_dir)  # a missing or unfinished run folder fails here, whatever the format
     if kind is ExportFormat.PEFT:
         target = Path(out) if out else Path(run_dir) / "peft"
-        refuse_overwrite([target / name for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BBTUNE_INFO)], overwrite)
+        refuse_overwrite([target / name for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BBTUNE_INFO, READOUT_FILE)],
+                         overwrite)
         folder = export_run(run_dir, target, base_model=_base_model(run.config))
-        return f"PEFT adapter in {folder}/ (PeftModel.from_pretrained(base_model, '{folder}'))"
+        line = f"PEFT adapter in {folder}/ (PeftModel.from_pretrained(base_model, '{folder}'))"
+        if run.readout is None:
+            return line
+        (folder / READOUT_FILE).write_text(json.dumps(run.readout.as_json(), indent=1) + "\n", encoding="utf-8")
+        return (f"{line}\nnote: a PEFT adapter carries the prompt only, not the run's readout "
+                f"({run.readout.readout.kind.value}, which turns the model's answers into labels); it is written "
+                f"beside it as {folder / READOUT_FILE} (load it with bbtune's load_run, or apply it yourself)")
     text = run.template_text() if kind is ExportFormat.TEXT else json.dumps(run_summary(run), indent=2,
                                                                               ensure_ascii=False)
     if out:

@@ -13,7 +13,7 @@ metrics at step = model calls (with the backend's requests, cost and missing rat
 metrics and the selection decision, tags (task, model, seed, method, selected, ending), the prompt text and the
 folder's small files. A resumed run sends only the steps after the last one the tracker holds.
 
-    >>> # tune(task, backend, TuneConfig(track="mlflow"), run_dir="runs/x")   # runs/mlruns/mlflow.db
+    >>> # run_tuner(task, backend, TuneConfig(track="mlflow"), run_dir="runs/x")   # runs/mlruns/mlflow.db
 """
 from __future__ import annotations
 

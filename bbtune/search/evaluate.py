@@ -10,7 +10,7 @@ from bbtune.constants import EVAL_BATCH
 from bbtune.backends.base import Backend
 from bbtune.search.calibration import apply_bias, fit_label_bias
 from bbtune.search.losses import correct, per_example_loss
-from bbtune.search.readouts.answers import Answers
+from bbtune.search.answers import Answers
 from bbtune.core.prompts import Prompt
 from bbtune.tasks import Example, TaskFormat
 

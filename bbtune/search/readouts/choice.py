@@ -1,23 +1,29 @@
 """Which readout a run uses: the one with the best accuracy out of fold on the training pool, never test.
 
 Each candidate is fitted on all folds but one and scored on the one left out (`StratifiedKFold`), so a readout
-that only memorises its 64 training answers loses here to one that generalises. Ties go to the simpler readout
-(`ReadoutKind`'s order), so ``raw`` and ``bias`` (calibration) are the floor: a richer readout is chosen only
-when it is strictly better out of fold. The decision keeps its evidence: every candidate's out-of-fold accuracy,
-cross-entropy and per-fold accuracies.
+that only memorises its 64 training answers loses here to one that generalises. The floor is the better of ``raw``
+and ``bias`` (calibration) out of fold (a tie goes to ``raw``); a richer readout replaces it only when it is better
+out of fold *beyond noise*: an exact one-sided McNemar test on the examples the two classify differently, at
+`RICHER_ALPHA` (one or two examples more out of 64 is a lucky fold, not a better readout: on SST-2 such picks lost
+1-5 test points to calibration). Among the richer readouts that pass, the most accurate out of fold wins. The
+decision keeps its evidence: every candidate's out-of-fold accuracy, cross-entropy, per-fold accuracies and its
+p-value against the floor.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from bbtune.search.readouts.answers import Answers
+from bbtune.search.answers import Answers
 from bbtune.search.readouts.estimators import Readout, ReadoutKind, make_readout
+from bbtune.search.selection import mcnemar_p_value
 
 DEFAULT_FOLDS = 4
+RICHER_ALPHA = 0.1  # level of the paired test a readout richer than the floor must pass
+FLOOR = (ReadoutKind.RAW, ReadoutKind.BIAS)
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,7 @@ class ReadoutScore:
     accuracy: float
     loss: float  # mean cross-entropy of the held-out examples
     fold_accuracies: tuple[float, ...]
+    p_value: float = 1.0  # one-sided McNemar test against the floor out of fold (1.0 for the floor itself)
 
 
 @dataclass(frozen=True)
@@ -52,8 +59,9 @@ def available(kinds: Sequence[ReadoutKind | str], has_topk: bool) -> list[Readou
     return [k for k in ReadoutKind if k in wanted and (has_topk or not k.needs_topk)]
 
 
-def out_of_fold(kind: ReadoutKind, answers: Answers, y: np.ndarray, folds: int, seed: int) -> ReadoutScore:
-    """`kind`'s accuracy and CE on each held-out fold, fitted on the others."""
+def out_of_fold(kind: ReadoutKind, answers: Answers, y: np.ndarray, folds: int, seed: int
+                ) -> tuple[ReadoutScore, np.ndarray]:
+    """`kind`'s accuracy and CE on each held-out fold, fitted on the others, and which examples it got right."""
     log_scores = np.empty((len(y), answers.labels.shape[1]))
     accuracies = []
     for fit_rows, held_rows in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
@@ -61,13 +69,14 @@ def out_of_fold(kind: ReadoutKind, answers: Answers, y: np.ndarray, folds: int, 
         log_scores[held_rows] = readout.log_scores(answers.select(held_rows))
         accuracies.append(float(np.mean(log_scores[held_rows].argmax(axis=1) == y[held_rows])))
     gold = np.maximum(log_scores[np.arange(len(y)), y], -50.0)  # a -inf (unseen class) costs 50 nats, not inf
-    return ReadoutScore(kind.value, float(np.mean(log_scores.argmax(axis=1) == y)), float(-gold.mean()),
-                        tuple(accuracies))
+    right = log_scores.argmax(axis=1) == y
+    return ReadoutScore(kind.value, float(np.mean(right)), float(-gold.mean()), tuple(accuracies)), right
 
 
 def choose_readout(answers: Answers, y: np.ndarray, kinds: Sequence[ReadoutKind | str] = tuple(ReadoutKind),
                    folds: int = DEFAULT_FOLDS, seed: int = 0) -> tuple[Readout, ReadoutChoice]:
-    """The candidate with the best out-of-fold accuracy (ties: the simpler), refitted on all of `answers`.
+    """The floor, or the most accurate richer candidate that beats it out of fold beyond noise (module docstring),
+    refitted on all of `answers`.
 
     With fewer examples of some class than two folds need, there is nothing to hold out: the first candidate
     (the simplest) is used as it is."""
@@ -80,10 +89,23 @@ def choose_readout(answers: Answers, y: np.ndarray, kinds: Sequence[ReadoutKind 
         chosen = candidates[0]
         return (make_readout(chosen).fit(answers, y),
                 ReadoutChoice(chosen.value, (), 0, "too few examples per class to hold any out: the simplest readout"))
-    scores = tuple(out_of_fold(k, answers, y, folds, seed) for k in candidates)
-    best = max(range(len(scores)), key=lambda i: (scores[i].accuracy, -i))
-    floor = scores[0]
-    reason = (f"{scores[best].kind}: {scores[best].accuracy:.1%} out of fold ({folds} folds) against "
-              f"{floor.kind}'s {floor.accuracy:.1%}" if best else
-              f"{floor.kind}: no richer readout was better out of fold ({folds} folds)")
+    fitted = [out_of_fold(k, answers, y, folds, seed) for k in candidates]
+    floors = [i for i, k in enumerate(candidates) if k in FLOOR] or [0]
+    base = max(floors, key=lambda i: (fitted[i][0].accuracy, -i))
+    scores = tuple(score if i == base else replace(score, p_value=_p_against(right, fitted[base][1]))
+                   for i, (score, right) in enumerate(fitted))
+    richer = [i for i in range(len(scores)) if i not in floors and scores[i].p_value <= RICHER_ALPHA
+              and scores[i].accuracy > scores[base].accuracy]
+    best = max(richer, key=lambda i: (scores[i].accuracy, -i)) if richer else base
+    floor = scores[base]
+    reason = (f"{scores[best].kind}: {scores[best].accuracy:.1%} out of fold ({folds} folds) against the floor "
+              f"{floor.kind}'s {floor.accuracy:.1%}, McNemar p = {scores[best].p_value:.3f} <= {RICHER_ALPHA}"
+              if best != base else
+              f"{floor.kind} ({floor.accuracy:.1%} out of fold, {folds} folds): no richer readout beat it beyond noise "
+              f"(McNemar p <= {RICHER_ALPHA})")
     return make_readout(candidates[best]).fit(answers, y), ReadoutChoice(scores[best].kind, scores, folds, reason)
+
+
+def _p_against(right: np.ndarray, floor_right: np.ndarray) -> float:
+    """One-sided exact McNemar p-value that a candidate is right more often than the floor (paired examples)."""
+    return mcnemar_p_value(int(np.sum(right & ~floor_right)), int(np.sum(floor_right & ~right)))

@@ -37,7 +37,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from bbtune.errors import ConfigError
 from bbtune.search.calibration import fit_label_bias
 from bbtune.search.losses import label_log_softmax
-from bbtune.search.readouts.answers import Answers
+from bbtune.search.answers import Answers
 from bbtune.search.readouts.features import TokenColumns
 
 LOGISTIC_C_GRID = (0.01, 0.1, 1.0, 10.0)  # inverse L2 strength, chosen by inner CV on the training answers

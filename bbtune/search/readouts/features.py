@@ -21,7 +21,7 @@ import numpy as np
 from scipy import sparse
 
 from bbtune.core.topk import AnswerTopK
-from bbtune.search.readouts.answers import MISSING_GAP
+from bbtune.search.answers import MISSING_GAP
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import numpy as np
 from bbtune.backends.base import Backend
 from bbtune.core.prompts import Prompt
 from bbtune.search.evaluate import answers_on
-from bbtune.search.readouts.answers import Answers
+from bbtune.search.answers import Answers
 from bbtune.search.readouts.choice import ReadoutChoice, ReadoutScore, available, choose_readout
 from bbtune.search.readouts.estimators import Readout, ReadoutKind, load_readout
 from bbtune.tasks import Example, TaskFormat
@@ -48,8 +48,8 @@ class RunReadout:
     @classmethod
     def from_json(cls, saved: dict[str, Any]) -> "RunReadout":
         choice = dict(saved["choice"])
-        scores = tuple(ReadoutScore(s["kind"], s["accuracy"], s["loss"], tuple(s["fold_accuracies"]))
-                       for s in choice.pop("scores"))
+        scores = tuple(ReadoutScore(s["kind"], s["accuracy"], s["loss"], tuple(s["fold_accuracies"]),
+                                    s.get("p_value", 1.0)) for s in choice.pop("scores"))
         return cls(load_readout(saved["readout"]), ReadoutChoice(scores=scores, **choice), int(saved["k"]))
 
 
