@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
+from readouts import rows_to_matrix
 from task_args import ROOT
 
 from bbtune.app.sweep import read_job
@@ -69,6 +70,14 @@ def from_selection(path: Path) -> list[dict[str, Any]]:
                 rows.append({"task": run["data"], "model": Path(run["model"]).name, "seed": int(run["seed"]),
                              "method": method, "test_acc": 100 * run["test_acc"][column], "wall_s": wall})
     return rows
+
+
+def _matrix_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A readouts row as the matrix keeps it: coordinates, accuracy, calls and the chosen readout (not the whole
+    out-of-fold evidence, which stays in the readouts file)."""
+    keep = ("task", "model", "seed", "method", "test_acc", "wall_s", "top_k", "calls_per_run", "requests_per_run",
+            "calls_per_input", "readout")
+    return {k: row[k] for k in keep if k in row}
 
 
 def gains(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -151,6 +160,7 @@ def goals(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[bool, str]]:
         return f"{won} of {len(both)} pairs with both (of 8)"
 
     return {
+        **hosted_api_goals(rows, acc, cells),
         "safety: every cell >= max(manual, calibrated) - 1.0": (worst is not None and worst >= -1.0,
                                                                f"worst {worst:+.1f}" if worst is not None else "-"),
         "gain: mean over cells >= calibrated manual + 3.0": (bool(soft_gains) and statistics.fmean(soft_gains) >= 3.0,
@@ -158,6 +168,37 @@ def goals(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[bool, str]]:
         "BBT soft >= prompt tuning": (False, beats("prompt_tuning")),
         "BBT soft >= calibrated in-context (contextual)": (False, beats("in_context_calibrated")),
         "BBT soft >= calibrated in-context (bias fitted on train)": (False, beats("in_context_train")),
+    }
+
+
+HOSTED = "manual_readout_top20"  # the text prompt + a readout of the top-20 an API returns
+DEEP = "manual_readout_top1000"
+
+
+def hosted_api_goals(rows: Sequence[dict[str, Any]], acc: dict[tuple, float], cells: Sequence[tuple]
+                     ) -> dict[str, tuple[bool, str]]:
+    """The hosted-API goals over the cells the readout rows cover: mean gain >= +8.0 over the calibrated manual
+    prompt, no cell below max(manual, calibrated) - 1.0, at least prompt tuning in 6 of 8 pairs, and TREC >= 80
+    on both models from a deep top-k."""
+    mine = [c for c in cells if (*c, HOSTED) in acc and (*c, BASELINE) in acc and (*c, "manual") in acc]
+    if not mine:
+        return {}
+    gains_ = [acc[(*c, HOSTED)] - acc[(*c, BASELINE)] for c in mine]
+    below = [c for c in mine if acc[(*c, HOSTED)] < max(acc[(*c, "manual")], acc[(*c, BASELINE)]) - 1.0]
+    pairs = sorted({c[:2] for c in mine if (*c, "prompt_tuning") in acc})
+    won = sum(statistics.fmean(acc[(*c, HOSTED)] for c in mine if c[:2] == p) >=
+              statistics.fmean(acc[(*c, "prompt_tuning")] for c in mine if c[:2] == p) for p in pairs)
+    trec = {m: statistics.fmean(acc[(t, m, s, DEEP)] for t, m2, s in cells if t == "trec" and m2 == m
+                                and (t, m, s, DEEP) in acc) for m in {c[1] for c in cells if c[0] == "trec"
+                                                                       and (*c, DEEP) in acc}}
+    return {
+        f"hosted API ({HOSTED}): mean gain >= +8.0": (statistics.fmean(gains_) >= 8.0,
+                                                      f"mean {statistics.fmean(gains_):+.1f} over {len(mine)} cells"),
+        f"hosted API ({HOSTED}): no cell below max(manual, calibrated) - 1.0": (
+            not below, f"{len(below)} of {len(mine)} cells below"),
+        f"hosted API ({HOSTED}) >= prompt tuning": (won >= 6, f"{won} of {len(pairs)} pairs with both (of 8)"),
+        f"TREC >= 80 on both models ({DEEP})": (len(trec) == 2 and min(trec.values()) >= 80.0,
+                                                ", ".join(f"{m} {v:.1f}" for m, v in sorted(trec.items())) or "-"),
     }
 
 
@@ -195,12 +236,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--rows", nargs="+", default=[], metavar="JSON", help="rows of earlier matrix.json files")
     ap.add_argument("--selection", nargs="+", default=[], metavar="JSON",
                     help="benchmarks/selection.py outputs run with --test-limit")
+    ap.add_argument("--readouts", nargs="+", default=[], metavar="JSON",
+                    help="benchmarks/readouts.py outputs: their out-of-fold rows (manual_readout_topK) join the matrix")
     ap.add_argument("--out", default=str(OUT), help="folder for matrix.json, matrix.md, matrix.png")
     args = ap.parse_args(argv)
     sweep_dirs = [Path(d) for d in args.sweep_dirs]
     sources = ([r for path in args.rows for r in json.loads(Path(path).read_text())["rows"]]
                + [r for d in reversed(sweep_dirs) for r in collect(d)]
-               + [r for path in args.selection for r in from_selection(Path(path))])  # later sources win a duplicate
+               + [r for path in args.selection for r in from_selection(Path(path))]
+               + [_matrix_row(r) for path in args.readouts for r in rows_to_matrix(Path(path))])  # later sources win
     cells: dict[tuple, dict[str, Any]] = {}
     for r in sources:  # a later source wins the accuracy; a wall time it lacks is kept from the earlier one
         key = (r["task"], r["model"], r["seed"], r["method"])

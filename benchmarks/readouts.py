@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from dataclasses import replace
 import tomllib
@@ -27,6 +28,7 @@ import torch
 from task_args import ROOT
 
 from bbtune.api import backend_for
+from bbtune.constants import EVAL_BATCH
 from bbtune.backends.base import Backend
 from bbtune.core.prompts import MANUAL_PROMPT
 from bbtune.core.topk import AnswerTopK
@@ -84,7 +86,8 @@ def cell_rows(task: Task, model: str, seed: int, pool: Answers, test: Answers, y
     for k in depths:
         fit, held = at_depth(pool, k), at_depth(test, k)
         base = {"task": task.name, "model": model, "seed": seed, "wall_s": None, "top_k": k,
-                "train_requests": len(y_pool), "calls_per_input": 1}
+                "calls_per_run": math.ceil(len(y_pool) / EVAL_BATCH), "requests_per_run": len(y_pool),
+                "calls_per_input": 1}
         for kind in ReadoutKind:
             readout = make_readout(kind).fit(fit, y_pool)
             acc = float(np.mean(readout.predict(held) == y_test))
@@ -94,6 +97,12 @@ def cell_rows(task: Task, model: str, seed: int, pool: Answers, test: Answers, y
         rows.append({**base, "method": f"manual_readout_top{k}", "test_acc": 100 * acc, "wall_s": wall_s,
                      "readout": choice.kind, "choice": choice.as_dict()})
     return rows
+
+
+def rows_to_matrix(path: Path = OUT) -> list[dict[str, Any]]:
+    """The rows the matrix takes from a readouts file: the out-of-fold choice at each depth (the per-readout rows
+    stay on the benchmark page)."""
+    return [r for r in json.loads(path.read_text())["rows"] if "choice" in r]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -43,10 +43,10 @@ def _rows(inputs: list[torch.Tensor], local: LocalBackend, k: int) -> list[list[
 def local_topk(local: LocalBackend, ps: list[Prompt], examples: list[Example], fmt: TaskFormat, k: int,
                chat_instruction: str | None = None) -> list[AnswerTopK]:
     """The reference: the tiny model's own top-k at the answer position, per prompt (chat: inside the chat
-    template around the instruction and the same text, as `_chat_reference` builds it). TODO(lead): the non-chat
-    branch becomes ``local.score_topk(ps, examples, fmt, k)[1]`` once LocalBackend.score_topk lands."""
+    template around the instruction and the same text, as `_chat_reference` builds it): the local backend's own
+    `score_topk` where no chat template is involved."""
     if chat_instruction is None:
-        inputs = local.input_embeds(ps, examples, fmt)
+        return local.score_topk(ps, examples, fmt, k)[1]
     else:
         scorer = shared_scorer("tiny")
         inputs = [local.embed_text_ids(scorer.chat_ids([{"role": "user", "content": chat_instruction + fmt.text(ex, p.text)}]))
