@@ -68,7 +68,7 @@ def llama_server(threads: int = 1, start_timeout_s: float = 120.0, log: Path | N
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        _wait_until_up(proc, url, start_timeout_s)
+        wait_until_up(proc, url, start_timeout_s)
         yield url
     finally:
         proc.terminate()
@@ -81,18 +81,19 @@ def llama_server(threads: int = 1, start_timeout_s: float = 120.0, log: Path | N
             out.close()  # type: ignore[union-attr]
 
 
-def _wait_until_up(proc: subprocess.Popen, url: str, timeout_s: float) -> None:
+def wait_until_up(proc: subprocess.Popen, url: str, timeout_s: float, name: str = "llama_cpp.server") -> None:
+    """Returns once the server at `url` lists its models; raises if its process exits or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"llama_cpp.server exited with code {proc.returncode} before answering")
+            raise RuntimeError(f"{name} exited with code {proc.returncode} before answering")
         try:
             if httpx.get(f"{url}/models", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.5)
-    raise RuntimeError(f"llama_cpp.server did not answer {url}/models within {timeout_s:.0f} s")
+    raise RuntimeError(f"{name} did not answer {url}/models within {timeout_s:.0f} s")
 
 
 @contextmanager
