@@ -60,9 +60,16 @@ def command(model_dir: Path, port: int, python: Path = VLLM_VENV / "bin" / "pyth
 
 
 def environment(cfg: VllmConfig) -> dict[str, str]:
-    """The environment vLLM's CPU build reads; ignored by a CUDA build."""
+    """The environment vLLM's CPU build reads; a GPU build (plain `vllm`) gets the environment as it is."""
+    if not cpu_build(cfg.python):
+        return dict(os.environ)
     return {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib),
             "VLLM_CPU_OMP_THREADS_BIND": cfg.threads_bind}
+
+
+def cpu_build(python: Path) -> bool:
+    """Whether the venv holds vllm-cpu (what `make vllm-install` installs without a GPU)."""
+    return any(python.parent.parent.glob("lib/python*/site-packages/vllm_cpu-*.dist-info"))
 
 
 def installed(python: Path = VLLM_VENV / "bin" / "python") -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import sys
 import json
 import os
 from pathlib import Path
@@ -38,6 +39,7 @@ EXACT = 1e-3  # nats: vLLM and the local model both run SmolLM2 in float32 (meas
 def _vllm_module() -> Any:
     spec = importlib.util.spec_from_file_location("bench_vllm_server", ROOT / "benchmarks" / "vllm_server.py")
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]  # dataclasses look their module up there
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
 
@@ -104,7 +106,8 @@ def test_vllm_chat_top_logprobs_are_the_local_models_after_the_chat_template(vll
     top = {t["token"]: t["logprob"] for t in reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]}
     tok = smollm2_backend.tokenizer
     ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
-    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    if hasattr(ids, "keys"):  # transformers 5 answers with a BatchEncoding
+        ids = ids["input_ids"]
     with torch.inference_mode():
         logits = smollm2_backend.model(torch.tensor([list(ids)])).logits[0, -1].float()
     local = torch.log_softmax(logits, -1)
