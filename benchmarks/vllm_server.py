@@ -7,7 +7,9 @@
 
 The flags are the ones bbtune needs: `--enable-prompt-embeds` (soft prompts), `--max-logprobs 1000` (vLLM's
 default of 20 leaves ~19% of SST-2's label scores outside the top-k, and the probe refuses), float32 (bf16
-embeddings move log-probs by up to 6e-3), `--enforce-eager` (start-up 54 s instead of ~190 s of torch.compile).
+embeddings move log-probs by up to 6e-3), `--enforce-eager` (start-up 54 s instead of ~190 s of torch.compile),
+`--logprobs-mode processed_logprobs` (the log-probs returned are those after `logit_bias`, so the probe can use it
+to bring every label into the list: TREC's labels are half missing from the top-1000 without it).
 """
 from __future__ import annotations
 
@@ -56,7 +58,7 @@ def command(model_dir: Path, port: int, python: Path = VLLM_VENV / "bin" / "pyth
     return [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
             "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port),
             "--enable-prompt-embeds", "--max-logprobs", str(MAX_LOGPROBS), "--max-model-len", str(max_model_len),
-            "--dtype", "float32", "--enforce-eager"]
+            "--dtype", "float32", "--enforce-eager", "--logprobs-mode", "processed_logprobs"]
 
 
 def environment(cfg: VllmConfig) -> dict[str, str]:

@@ -85,6 +85,13 @@ def soft(local: LocalBackend, n: int = 4, seed: int = 0) -> SoftPrompt:
     return SoftPrompt(rows + 0.02 * torch.randn(rows.shape, generator=gen))
 
 
+def over_labels(scores: np.ndarray) -> np.ndarray:
+    """Label log-probs renormalised over the labels: what the loss sees. With logit_bias on (the probe's choice
+    where vLLM returns processed log-probs) the server's scores are the biased distribution's, shifted by the
+    same amount for every label."""
+    return scores - np.logaddexp.reduce(scores, axis=-1, keepdims=True)
+
+
 @pytest.mark.parametrize("mode, kind", [("prompt_embeds", "soft"), ("prompt_embeds", "hard"),
                                         ("top_logprobs", "hard"), ("echo", "hard")])
 def test_vllm_label_scores_are_the_local_models_exact_scores(vllm_url: str, smollm2_backend: LocalBackend,
@@ -95,7 +102,7 @@ def test_vllm_label_scores_are_the_local_models_exact_scores(vllm_url: str, smol
         missing = backend.stats.missing_rate
     here = smollm2_backend.score([prompt], sst2.test, sst2.format)
     assert missing == 0.0
-    np.testing.assert_allclose(there, here, atol=EXACT)
+    np.testing.assert_allclose(over_labels(there), over_labels(here), atol=EXACT)
 
 
 def test_vllm_chat_top_logprobs_are_the_local_models_after_the_chat_template(vllm_url: str,
@@ -129,15 +136,18 @@ def test_vllm_text_answers_are_the_local_models_greedy_answers(vllm_url: str, sm
     assert there == here
 
 
-def test_the_probe_on_vllm_finds_lists_a_deep_top_k_and_no_logit_bias(vllm_url: str, smollm2_backend: LocalBackend,
-                                                                       sst2: Task) -> None:
-    """What the probe records on vLLM (the docs' table): lists of prompts accepted; top-k as deep as
-    --max-logprobs; logit_bias applied to sampling but not to the log-probs it returns, so not used."""
+def test_the_probe_on_vllm_finds_lists_a_deep_top_k_and_logit_bias_honoured(vllm_url: str,
+                                                                            smollm2_backend: LocalBackend,
+                                                                            sst2: Task) -> None:
+    """What the probe records on vLLM as `make vllm-server` starts it (the guide's table): lists of prompts
+    accepted; top-k as deep as --max-logprobs; and, with --logprobs-mode processed_logprobs, logit_bias in the
+    log-probs it returns, so the probe adds it to the label tokens and no label is missing. (With vLLM's default
+    raw log-probs the probe finds the bias ignored and leaves it off: benchmarks/results/vllm_bbt.json, SST-2.)"""
     with remote(vllm_url, smollm2_backend, "prompt_embeds", top_k=1000) as backend:
         report = backend.check((hard(smollm2_backend), sst2.test, sst2.format))
     assert report.batch_size > 1 and report.top_k == 1000 and report.top_k_returned == 1000
-    assert report.logit_bias == 0.0 and any("logit_bias not used" in n for n in report.notes)
     assert {"lists match single prompts", "prompt_embeds match text"} <= set(report.checks)
+    assert report.logit_bias > 0 and report.sample_missing_rate == 0.0, report
 
 
 @pytest.mark.parametrize("body, refused", [
@@ -165,9 +175,8 @@ def test_multi_token_label_names_through_vllm_match_the_local_exact_scores(vllm_
     with remote(vllm_url, smollm2_backend, mode, top_k=1000, max_missing=0.2) as backend:
         there = backend.score([prompt], task.test, task.format)
     here = smollm2_backend.score([prompt], task.test, task.format)
-    present = ~np.isnan(there)
-    assert present.mean() >= 0.9
-    np.testing.assert_allclose(there[present], here[present], atol=EXACT)
+    assert not np.isnan(there).any()
+    np.testing.assert_allclose(over_labels(there), over_labels(here), atol=EXACT)
 
 
 def _curve(run_dir: Path) -> list[dict[str, str]]:
