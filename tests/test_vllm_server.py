@@ -8,6 +8,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -50,3 +52,29 @@ def test_the_server_gets_the_flags_bbtune_needs(tmp_path: Path) -> None:
     for flag, value in (("--max-logprobs", "1000"), ("--dtype", "float32"), ("--host", "127.0.0.1"),
                         ("--port", "8123"), ("--served-model-name", "smollm2")):
         assert cmd[cmd.index(flag) + 1] == value
+
+
+def _bbt_module() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_vllm_bbt", ROOT / "benchmarks" / "vllm_bbt.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def _run(folder: Path, losses: list[float], ledger: list[str]) -> Path:
+    folder.mkdir()
+    rows = "".join(f"{g},{g * 10},{loss},{loss},," + "\n" for g, loss in enumerate(losses))
+    (folder / "curve.csv").write_text("generation,calls,train_loss,best_train_loss,dev_acc,dev_loss\n" + rows)
+    (folder / "ledger.jsonl").write_text("\n".join(ledger) + "\n")
+    return folder
+
+
+def test_the_comparison_reads_gaps_per_generation_and_a_request_paid_twice(tmp_path: Path) -> None:
+    bbt = _bbt_module()
+    paid_twice = ['{"n":0,"book":[1,1]}', '{"n":0,"paid":[1,1]}', '{"n":0,"paid":[1,1]}', '{"n":1,"book":[1,1]}']
+    remote = _run(tmp_path / "vllm", [0.5, 0.4], paid_twice)
+    local = _run(tmp_path / "local", [0.5, 0.3], [])
+    gaps = bbt.curve_gaps(remote, local)
+    assert gaps["max gap"]["train_loss"] == pytest.approx(0.1) and gaps["generations"][0]["train_loss gap"] == 0
+    assert bbt.ledger(remote) == {"booked": 2, "paid": 2, "paid twice": 1, "booked, never paid": 1}
