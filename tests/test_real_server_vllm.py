@@ -10,8 +10,6 @@ vllm-server``) with ``BBTUNE_VLLM_URL=http://127.0.0.1:8000/v1``.
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 import json
 import os
 from pathlib import Path
@@ -37,11 +35,9 @@ EXACT = 1e-3  # nats: vLLM and the local model both run SmolLM2 in float32 (meas
 
 
 def _vllm_module() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_vllm_server", ROOT / "benchmarks" / "vllm_server.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[spec.name] = module  # type: ignore[union-attr]  # dataclasses look their module up there
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    from test_vllm_server import load_benchmark  # tests/ is on the path: no __init__.py
+
+    return load_benchmark("vllm_server")
 
 
 pytestmark = [

@@ -13,12 +13,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _module() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_vllm_server", ROOT / "benchmarks" / "vllm_server.py")
+def load_benchmark(name: str) -> Any:
+    """benchmarks/NAME.py as a module (benchmarks/ is not a package that is installed)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     sys.modules[spec.name] = module  # type: ignore[union-attr]  # dataclasses look their module up there
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
+
+
+def _module() -> Any:
+    return load_benchmark("vllm_server")
 
 
 METADATA = """Metadata-Version: 2.1
@@ -54,14 +59,6 @@ def test_the_server_gets_the_flags_bbtune_needs(tmp_path: Path) -> None:
         assert cmd[cmd.index(flag) + 1] == value
 
 
-def _bbt_module() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_vllm_bbt", ROOT / "benchmarks" / "vllm_bbt.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[spec.name] = module  # type: ignore[union-attr]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 def _run(folder: Path, losses: list[float], ledger: list[str]) -> Path:
     folder.mkdir()
     rows = "".join(f"{g},{g * 10},{loss},{loss},," + "\n" for g, loss in enumerate(losses))
@@ -71,7 +68,7 @@ def _run(folder: Path, losses: list[float], ledger: list[str]) -> Path:
 
 
 def test_the_comparison_reads_gaps_per_generation_and_a_request_paid_twice(tmp_path: Path) -> None:
-    bbt = _bbt_module()
+    bbt = load_benchmark("vllm_bbt")
     paid_twice = ['{"n":0,"book":[1,1]}', '{"n":0,"paid":[1,1]}', '{"n":0,"paid":[1,1]}', '{"n":1,"book":[1,1]}']
     remote = _run(tmp_path / "vllm", [0.5, 0.4], paid_twice)
     local = _run(tmp_path / "local", [0.5, 0.3], [])
