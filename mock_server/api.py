@@ -25,9 +25,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from bbtune.backends.wire import decode_embeds
-
 from .config import EchoSupport, ServerConfig
+from .embeds import EmbedsError, load_prompt_embeds
 from .scorer import Scorer
 
 _ids = itertools.count(1)
@@ -311,13 +310,12 @@ def _check_prompt(scorer: Scorer, cfg: ServerConfig, item: Any, max_tokens: int)
 
 
 def _embeds_input(scorer: Scorer, item: Any) -> _Input:
+    if not isinstance(item, str):
+        raise _bad("each 'prompt_embeds' entry must be a base64 string", "prompt_embeds")
     try:
-        tensor = decode_embeds(item)
-    except Exception as err:  # noqa: BLE001 - any decoding failure is the caller's bad input
-        raise _bad(f"'prompt_embeds' could not be decoded: {_show(str(err))}", "prompt_embeds") from None
-    if tensor.shape[1] != scorer.hidden_size:
-        raise _bad(f"prompt_embeds hidden size {tensor.shape[1]} != model hidden size {scorer.hidden_size}",
-                   "prompt_embeds")
+        tensor = load_prompt_embeds(item, scorer.hidden_size)
+    except EmbedsError as err:
+        raise _bad(str(err), "prompt_embeds") from None
     if not bool(torch.isfinite(tensor).all()):
         raise _bad("prompt_embeds hold NaN or infinite values", "prompt_embeds")
     return _Input(tensor, None, "")

@@ -75,7 +75,7 @@ def test_prompt_embeds_give_the_same_numbers_as_the_text() -> None:
     a, b = (r["choices"][0]["logprobs"]["top_logprobs"][0] for r in (as_text, as_embeds))
     assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-5 for k in a)
     status, err = completion(app(), prompt_embeds=encode_embeds(torch.zeros(3, 7)), max_tokens=1)
-    assert status == 400 and "hidden size" in err["error"]["message"]
+    assert status == 400 and "hidden_size" in err["error"]["message"]
     status, err = completion(app(prompt_embeds=False), prompt_embeds=encode_embeds(scorer.embed(ids)), max_tokens=1)
     assert status == 400 and "--enable-prompt-embeds" in err["error"]["message"]
 

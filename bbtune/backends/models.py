@@ -65,7 +65,7 @@ def load_model(ref: str, *, dtype: str = "float32", device: str = "cpu", masked:
         family = "gemma3" if ref == "tiny-gemma" else "llama"
         model, tok = build_tiny_model(masked=(ref == "tiny-masked") if masked is None else masked, family=family)
     elif ref in EMBEDDED_ALIASES:
-        model, tok = _load_dir(_converted_embedded(), masked=False, dtype=dtype)
+        model, tok = _load_dir(embedded_model_dir(), masked=False, dtype=dtype)
     elif ref in GEMMA_ALIASES:
         model, tok = _load_dir(_converted_gguf(gemma_gguf()), masked=False, dtype=dtype)
     elif ref.endswith(".gguf"):
@@ -100,8 +100,12 @@ def _load_dir(path: Path, masked: bool | None, dtype: str) -> tuple[Any, Any]:
     return cls.from_pretrained(path, dtype=_dtype(dtype)), AutoTokenizer.from_pretrained(path)
 
 
-def _converted_embedded() -> Path:
+def embedded_model_dir() -> Path:
+    """The embedded model as a Hugging Face folder (float32, dequantized once into the cache): what a server
+    that loads HF folders (vLLM) is pointed at."""
     return _converted_gguf(embedded_gguf(), name="smollm2-135m-instruct")
+
+
 
 
 def _converted_gguf(gguf: Path, name: str | None = None) -> Path:

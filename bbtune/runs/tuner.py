@@ -308,6 +308,8 @@ class Tuner:
                 self._start_point(state)
                 state.next_eval = self.config.eval_every
                 self._checkpoint(state)
+            elif state.manual:
+                self._first_call_again()
         except BBTuneError as err:
             self._abandon(err, resume)
             raise
@@ -377,6 +379,13 @@ class Tuner:
         """Per-candidate label biases fitted on its own training scores (None without --calibrate, or for a
         generation task)."""
         return self.objective_.biases(scores)
+
+    def _first_call_again(self) -> None:
+        """A resumed run opens as its first run did, with the manual prompt on train (from the run's saved replies
+        on a server: nothing is paid again). A server's probe checks its first score call's sample: without this
+        it would check a tuned candidate instead, and could refuse, on labels missing from a far candidate's
+        top-k, a run that it let start (seen on vLLM: 0% missing for the manual prompt, 19% for a candidate)."""
+        self.objective_.train_scores([self.manual_], self.task_.train)
 
     def _manual_point(self, state: _State) -> None:
         """Score the manual prompt (the template alone) on train and dev: the baseline the result must beat."""
