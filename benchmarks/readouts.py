@@ -51,6 +51,9 @@ class AnswerCache:
                 row = json.loads(line)
                 self.rows[row["key"]] = row
 
+    def holds(self, task: Task, examples: Sequence[Example]) -> bool:
+        return all(f"{task.name}|{ex.text}|{ex.text_b}" in self.rows for ex in examples)
+
     def answers(self, backend: Backend, task: Task, examples: Sequence[Example]) -> Answers:
         keys = [f"{task.name}|{ex.text}|{ex.text_b}" for ex in examples]
         todo = [ex for ex, key in zip(examples, keys) if key not in self.rows]
@@ -81,7 +84,7 @@ def at_depth(answers: Answers, k: int) -> Answers:
 
 
 def cell_rows(task: Task, model: str, seed: int, pool: Answers, test: Answers, y_pool: np.ndarray,
-              y_test: np.ndarray, depths: Sequence[int], wall_s: float) -> list[dict[str, Any]]:
+              y_test: np.ndarray, depths: Sequence[int], wall_s: float | None) -> list[dict[str, Any]]:
     rows = []
     for k in depths:
         fit, held = at_depth(pool, k), at_depth(test, k)
@@ -113,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--depths", nargs="+", type=int, default=[20, DEEP])
     ap.add_argument("--cache", default="/tmp/bbtune-readout-cache", help="folder for the per-model answer caches")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--cached-only", action="store_true",
+                    help="only the cells whose answers are all in the cache (refit the readouts, score nothing)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     grid = tomllib.loads(SPEC.read_text())["grid"]
@@ -133,8 +138,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                                name=spec["name"])
                 start = time.perf_counter()
                 pool_examples = list(task.train) + list(task.dev)
+                if args.cached_only and not cache.holds(task, pool_examples + list(task.test)):
+                    continue
                 pool, test = cache.answers(backend, task, pool_examples), cache.answers(backend, task, task.test)
-                wall = time.perf_counter() - start
+                wall = None if args.cached_only else time.perf_counter() - start  # refitting alone is not the cost
                 new = cell_rows(task, model, seed, pool, test, task.format.label_ids(pool_examples),
                                 task.format.label_ids(task.test), args.depths, wall)
                 rows += new

@@ -59,7 +59,7 @@ PAGES = {
     "speed": ("Speed and sweeps", ("eval_speed", "sweep_scaling")),
 }
 IMAGES = {"matrix": ("matrix.png",), "gradient": ("compare_sst2.png",)}
-PREFERRED_GUIDE = ("tuning-locally", "remote", "any-label", "generation", "durable-runs", "sweeps", "gradient",
+PREFERRED_GUIDE = ("tuning-locally", "remote", "readouts", "any-label", "generation", "durable-runs", "sweeps", "gradient",
                    "defaults")
 
 

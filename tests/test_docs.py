@@ -9,6 +9,9 @@ or is checked exactly as written. The rule, by the block's language:
   every flag exists, every value converts and is one of its choices); ``python -m mock_server`` with the mock's
   parser; ``python FILE`` names a file of the repository; ``make TARGET`` a Makefile target; ``pip install`` only
   extras that pyproject.toml declares. Any other command fails this test until a rule is added here.
+- ``console``: a terminal session: lines starting with ``$ `` (and their continuation lines) are commands, checked
+  by the ``bash`` rules, which also take the programs a declared extra or a Makefile target installs (``mlflow``,
+  ``tensorboard``, ``.venv-vllm/bin/python -m vllm...``); other lines are output, shown.
 - ``toml``: parsed; a sweep spec (a ``[grid]`` table) must expand into jobs. ``json`` and ``jsonl``: parsed.
 - ``text``: shown, not run (output). A fence without a language fails.
 """
@@ -28,7 +31,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
 FENCE = re.compile(r"^```(\S*)\n(.*?)^```", re.S | re.M)
-LANGUAGES = {"python", "bash", "toml", "json", "jsonl", "text"}
+LANGUAGES = {"python", "bash", "console", "toml", "json", "jsonl", "text"}
+INSTALLED_TOOLS = {"mlflow": "mlflow", "tensorboard": "tensorboard"}  # program -> the extra that installs it
+VLLM = [".venv-vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server"]  # what `make vllm-install` installs
 
 
 def blocks(page: Path, language: str | None = None) -> list[str]:
@@ -77,10 +82,25 @@ def commands(code: str) -> list[list[str]]:
     return out
 
 
+def console_commands(code: str) -> list[list[str]]:
+    """The commands of a terminal session: ``$ `` lines with their continuation lines; the rest is output."""
+    lines, keep = [], False
+    for line in code.splitlines():
+        if line.startswith("$ ") or keep:
+            lines.append(line[2:] if line.startswith("$ ") else line)
+            keep = line.endswith("\\")
+    return commands("\n".join(lines))
+
+
 def check_command(words: list[str]) -> None:
     from bbtune.app.cli import build_parser
 
-    if words[0] == "bbtune":
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    if words[0] in INSTALLED_TOOLS:
+        assert INSTALLED_TOOLS[words[0]] in extras, f"{words[0]} is installed by no extra"
+    elif words[:3] == VLLM:
+        assert "vllm-install:" in (ROOT / "Makefile").read_text(), "no make vllm-install target installs vLLM"
+    elif words[0] == "bbtune":
         build_parser().parse_args(words[1:])
     elif words[:3] == ["python", "-m", "mock_server"]:
         from mock_server.__main__ import build_parser as mock_parser
@@ -92,7 +112,6 @@ def check_command(words: list[str]) -> None:
         targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
         assert set(words[1:]) <= targets, f"make targets {set(words[1:]) - targets} are not in the Makefile"
     elif words[:2] == ["pip", "install"]:
-        extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
         for word in words[2:]:
             named = re.search(r"\[([\w,-]+)\]", word)
             assert named is None or set(named.group(1).split(",")) <= extras, f"{word}: no such extra"
@@ -100,15 +119,15 @@ def check_command(words: list[str]) -> None:
         raise AssertionError(f"no rule for the command {' '.join(words)!r}: add one to tests/test_docs.py")
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if blocks(p, "bash")], ids=name)
+@pytest.mark.parametrize("page", [p for p in PAGES if blocks(p, "bash") + blocks(p, "console")], ids=name)
 def test_shell_commands_parse(page, capsys):
-    for code in blocks(page, "bash"):
-        for words in commands(code):
-            try:
-                check_command(words)
-            except SystemExit as stop:  # argparse's way of refusing (and of ending after --help: code 0)
-                if stop.code:
-                    pytest.fail(f"{name(page)}: `{' '.join(words)}` is refused: {capsys.readouterr().err.strip()}")
+    for words in [*(w for code in blocks(page, "bash") for w in commands(code)),
+                  *(w for code in blocks(page, "console") for w in console_commands(code))]:
+        try:
+            check_command(words)
+        except SystemExit as stop:  # argparse's way of refusing (and of ending after --help: code 0)
+            if stop.code:
+                pytest.fail(f"{name(page)}: `{' '.join(words)}` is refused: {capsys.readouterr().err.strip()}")
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if blocks(p, "toml") + blocks(p, "json") + blocks(p, "jsonl")],
