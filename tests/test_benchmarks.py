@@ -249,3 +249,29 @@ def test_selection_study_searches_the_subspace_it_is_given(selection, tmp_path):
     assert run["intrinsic_dim"] == 7
     assert {"dev_acc", "manual_calibrated", "dev_acc+agree"} <= set(run["heldout_acc"])
     assert "test_acc" not in run  # --test-limit defaults to no test scoring
+
+
+@pytest.fixture()
+def readouts_script(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    sys.modules.pop("readouts_script", None)
+    return runpy.run_path(str(BENCH / "readouts.py"), run_name="readouts_script")
+
+
+def test_a_shallower_api_is_the_deep_list_cut_and_its_labels_below_the_cut_go_missing(readouts_script):
+    import numpy as np
+
+    from bbtune.core.topk import AnswerTopK
+    from bbtune.search.answers import Answers
+
+    deep = Answers(np.array([[-0.5, -4.0]]), AnswerTopK.from_pairs([[("a", -0.5), ("b", -1.0), ("c", -4.0)]], k=3))
+    cut = readouts_script["at_depth"](deep, 2)
+    assert cut.topk.tokens == (("a", "b"),)
+    assert cut.labels[0, 0] == -0.5 and np.isnan(cut.labels[0, 1])  # -4.0 is below the 2nd listed value
+
+
+def test_only_the_out_of_fold_rows_join_the_matrix(readouts_script, tmp_path):
+    rows = [{"method": "manual_logistic_top20", "test_acc": 50.0},
+            {"method": "manual_readout_top20", "test_acc": 55.0, "choice": {"kind": "logistic"}}]
+    (tmp_path / "r.json").write_text(json.dumps({"rows": rows}))
+    assert [r["method"] for r in readouts_script["rows_to_matrix"](tmp_path / "r.json")] == ["manual_readout_top20"]
