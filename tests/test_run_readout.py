@@ -81,3 +81,15 @@ def test_export_writes_the_readout_beside_a_peft_adapter_and_says_it_cannot_carr
     assert saved["readout"]["kind"] == "logistic" and saved["k"] == 5
     assert main(["export", str(tmp_path / "run"), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["readout"]["readout"]["kind"] == "logistic"
+
+
+def test_the_cli_lines_say_which_readout_and_how_the_manual_prompt_competed():
+    from bbtune.app.summary import decision_line, readout_line
+
+    assert readout_line({}) is None
+    line = readout_line({"readout": {"kind": "logistic", "k": 20, "reason": "logistic: 70% out of fold"}})
+    assert line == "readout: logistic of the top-20, chosen out of fold on train + dev: logistic: 70% out of fold"
+    decision = {"replace": False, "dev_acc_margin": 0.0, "wins": 0, "losses": 0, "p_value": 1.0,
+                "dev_loss_margin": 0.0, "reason": "r"}
+    assert "returned the manual prompt;" in decision_line({"decision": decision, "manual_readout": "raw"})
+    assert "returned the calibrated manual prompt;" in decision_line({"decision": decision, "manual_readout": "bias"})

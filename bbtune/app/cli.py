@@ -29,7 +29,7 @@ from bbtune.app.demo import run_demo
 from bbtune.app.dryrun import dry_run_compare, dry_run_tune
 from bbtune.app.export import check_parent, export
 from bbtune.app.report import PLOT_PNG, REPORT_MD, RESULTS_JSON
-from bbtune.app.summary import decision_line, summary_table
+from bbtune.app.summary import decision_line, readout_line, summary_table
 from bbtune.app.sweep import dry_run_sweep, run_sweep
 from bbtune.app.sweepspec import SweepConfig, SweepSpec
 from bbtune.app.track import track
@@ -318,6 +318,8 @@ def _tune_main(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return Ending.GAVE_UP.exit_code
     print(summary_table([("bbtune " + result.metrics["mode"], result)]))
     print(decision_line(result.metrics))
+    if (readout := readout_line(result.metrics)) is not None:
+        print(readout)
     print(f"\nresults in {result.run_dir}")
     ending = Ending(result.metrics["ending"])
     print(f"bbtune: {ending_line(result.metrics, tune_cfg.budget_calls, tune_cfg.popsize)}",

@@ -55,12 +55,22 @@ def decision_line(metrics: dict[str, Any]) -> str:
     d = metrics.get("decision")
     if not d:
         return "decision: no manual prompt was scored (this backend takes no hard prompts); the tuned prompt is returned"
-    manual = "the manual prompt" if "answer_metric" in metrics else "the calibrated manual prompt"
+    raw = "answer_metric" in metrics or metrics.get("manual_readout") == "raw"  # it competed uncalibrated
+    manual = "the manual prompt" if raw else "the calibrated manual prompt"
     kept = "the tuned prompt" if d["replace"] else manual
     # 0.0 - margin, not -margin: a zero margin prints +0.000, not -0.000
     return (f"decision: returned {kept}; dev margin {100 * d['dev_acc_margin']:+.1f} points, {d['wins']} examples won "
             f"and {d['losses']} lost (McNemar p = {d['p_value']:.2f}), dev cross-entropy {0.0 - d['dev_loss_margin']:+.3f}: "
             f"{d['reason']}")
+
+
+def readout_line(metrics: dict[str, Any]) -> str | None:
+    """How the returned prompt's answers become labels, and why that readout (`metrics.json` `readout`)."""
+    r = metrics.get("readout")
+    if not r:
+        return None
+    depth = f" of the top-{r['k']}" if r.get("k") else ""
+    return f"readout: {r['kind']}{depth}, chosen out of fold on train + dev: {r['reason']}"
 
 
 def _short(text: str | None, width: int = 40) -> str | None:

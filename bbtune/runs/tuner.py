@@ -561,6 +561,7 @@ class Tuner:
                            answer_metric=self.config.answer_metric,
                            skipped=skipped_for_generation(self.config.calibrate, self.config.loss))
         if state.manual:
+            metrics["manual_readout"] = state.manual.get("readout", ReadoutKind.BIAS.value)  # how it competed
             metrics.update(manual_dev_acc=state.manual["dev_acc"], manual_dev_loss=state.manual["dev_loss"],
                            manual_train_loss=state.manual.get("train_loss"))  # older checkpoints lack it
             if state.manual["bias"] is not None:
