@@ -630,7 +630,7 @@ class Tuner:
             manual = (scores if kept and scores is not None else objective.eval_scores(self.manual_, test)
                       if state.manual else None)
             if scores is None:
-                scores = manual if kept else objective.eval_scores(best, test)
+                scores = manual if kept and manual is not None else objective.eval_scores(best, test)
             metrics.update(objective.evaluation(scores, test, bias).as_dict("test"))
             if answers is not None and readout is not None:
                 metrics["test_acc_without_readout"] = metrics["test_acc"]
