@@ -11,7 +11,7 @@ import numpy as np
 from bbtune.backends.remote import RemoteBackend, RemoteConfig
 from bbtune.core.prompts import MANUAL_PROMPT
 from bbtune.runs.folder import RunFolder
-from bbtune.runs.tuner import TuneConfig, tune
+from bbtune.runs.tuner import TuneConfig, run_tuner
 from bbtune.tasks import Task
 from mock_server import MockApp, ServerConfig, mock_transport, shared_scorer
 
@@ -38,9 +38,9 @@ def test_a_resumed_run_probes_on_its_first_runs_sample_and_ends_as_an_uninterrup
                                                                                           tmp_path: Path) -> None:
     cfg = TuneConfig(budget_calls=30, **FAST)  # type: ignore[arg-type]
     with backend() as whole:
-        full = tune(tiny_task, whole, cfg, tmp_path / "full", progress=False)
+        full = run_tuner(tiny_task, whole, cfg, tmp_path / "full", progress=False)
     with backend() as first:
-        tune(tiny_task, first, TuneConfig(budget_calls=12, **FAST), tmp_path / "part", progress=False)  # type: ignore[arg-type]
+        run_tuner(tiny_task, first, TuneConfig(budget_calls=12, **FAST), tmp_path / "part", progress=False)  # type: ignore[arg-type]
     # pretend the run was stopped after 12 calls: same folder, the whole budget
     folder = RunFolder(tmp_path / "part")
     ckpt = folder.load_checkpoint()
@@ -49,7 +49,7 @@ def test_a_resumed_run_probes_on_its_first_runs_sample_and_ends_as_an_uninterrup
     (tmp_path / "part" / "metrics.json").unlink()
     Recording.probed.clear()
     with backend() as resumed_backend:
-        resumed = tune(tiny_task, resumed_backend, cfg, tmp_path / "part", progress=False, resume=True)
+        resumed = run_tuner(tiny_task, resumed_backend, cfg, tmp_path / "part", progress=False, resume=True)
         reread = resumed_backend.stats.cache_hits
     assert len(Recording.probed) == 1 and Recording.probed[0] == MANUAL_PROMPT
     assert reread > 0  # the manual prompt's scores came from the run's saved replies

@@ -166,7 +166,7 @@ models = ["tiny"]\ntasks = [{{name = "demo", data = "demo", k = 2, test_limit = 
 [settings]\nbudget_calls = 20\npopsize = 10\nintrinsic_dim = 8\n""")
     assert main(["sweep", str(path), "--dry-run", "--workers", "1"]) == 0
     printed = capsys.readouterr().out
-    assert "| demo-tiny-bbt_soft-s2 | 30 " in printed and "total (4 jobs)" in printed
+    assert "| demo-tiny-bbt_soft-s2 | 31 " in printed and "total (4 jobs)" in printed  # 30 + the readout's pool
     assert not (tmp_path / "never").exists()
 
 

@@ -401,7 +401,8 @@ class Tuner:
         readout = self._manual_readout(scores[0], bias)
         used, used_bias = (calibrated, bias) if readout == ReadoutKind.BIAS.value else (raw, None)
         train_ce = objective.train_ce(scores[0], used_bias)
-        state.manual = {"dev_acc": raw.accuracy, "dev_loss": raw.loss, "bias": bias, "train_loss": train_ce,
+        state.manual = {"dev_acc": raw.accuracy, "dev_loss": raw.loss, "bias": bias,
+                        "train_loss": objective.train_ce(scores[0], bias),  # calibrated, as p0's start is
                         "dev_eval": used, "readout": readout,
                         "selected_dev": (used.accuracy, used.loss),  # as a candidate: raw or calibrated, out of fold
                         "key": selection_key(self.config.select, train_ce, len(self.task_.train), used)}
@@ -575,9 +576,11 @@ class Tuner:
                 state.stopped_by = str(err)
         if state.stopped_by:
             metrics["stopped_by"] = state.stopped_by
+        if keep_manual and task.test and not state.stopped_by:
+            # the tuned prompt on test even where it was not returned: tables report it, and a run then costs the
+            # same whichever prompt it returns (a dry run's estimate is a bound however the decision goes)
+            metrics["tuned_test_acc"] = self._evaluate(tuned, task.test, state.best_bias).accuracy
         if task.format.is_generation and not state.stopped_by:
-            if keep_manual and task.test:  # the table reports the tuned prompt on test even where it was not returned
-                metrics["tuned_test_acc"] = self._evaluate(tuned, task.test, state.best_bias).accuracy
             metrics["answer_scores"] = _answer_scores(metrics)
             metrics["answer_scores"]["tuned_prompt"] = tuned.text if isinstance(tuned, HardPrompt) else discretized.text  # type: ignore[union-attr]
         metrics["backend_stats"] = _stats(self.backend)

@@ -13,6 +13,7 @@ import numpy as np
 
 from bbtune.backends.base import Backend
 from bbtune.core.prompts import Prompt
+from bbtune.errors import CapabilityError
 from bbtune.search.evaluate import answers_on
 from bbtune.search.answers import Answers
 from bbtune.search.readouts.choice import ReadoutChoice, ReadoutScore, available, choose_readout
@@ -62,6 +63,11 @@ def fit_run_readout(backend: Backend, prompt: Prompt, pool: Sequence[Example], f
     if not available(kinds, depth > 0):
         raise ValueError(f"readout {setting!r} reads the top-k log-probs, which backend {backend.name} does not "
                          "return; use readout auto, bias or affine")
-    answers = answers_on(backend, prompt, pool, fmt, depth)
+    try:
+        answers = answers_on(backend, prompt, pool, fmt, depth)
+    except CapabilityError:  # it declares a top-k but gives none (a wrapper that copies capabilities): labels alone
+        if setting != AUTO or not depth:
+            raise
+        depth, answers = 0, answers_on(backend, prompt, pool, fmt, 0)
     readout, choice = choose_readout(answers, fmt.label_ids(pool), kinds, seed=seed)
     return RunReadout(readout, choice, depth if readout.kind.needs_topk else 0)
