@@ -119,11 +119,8 @@ def test_local_top_k_matches_the_full_distribution_and_the_label_scores():
     prompts = [HardPrompt((), ""), HardPrompt((5, 6), backend.tokenizer.decode([5, 6]))]
     labels, tops = backend.score_topk(prompts, examples, fmt, k=7)
     assert np.allclose(labels, backend.score(prompts, examples, fmt))
-    backend.encoder.whole_vocabulary = backend.capabilities.topk
-    try:
+    with backend.encoder.reading_whole_vocabulary(backend.capabilities.topk):
         full = backend._label_scores(prompts, examples, fmt)
-    finally:
-        backend.encoder.whole_vocabulary = 0
     for p, top in enumerate(tops):
         for b in range(len(examples)):
             best = np.sort(full[p, b])[::-1][:7]

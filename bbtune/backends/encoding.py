@@ -3,9 +3,10 @@ start a sequence, checked against the model's context (or cut to `max_input_toke
 and every server sees the same truncated input)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from bbtune.core.prompts import HardPrompt
 from bbtune.errors import TaskError, VerbalizerError
@@ -98,6 +99,15 @@ class InputEncoder:
                                                                                     list(seqs[longest])))
             self._label_seqs[key] = seqs
         return self._label_seqs[key]
+
+    @contextmanager
+    def reading_whole_vocabulary(self, size: int) -> Iterator[None]:
+        """Within it, every token id below `size` is a one-token "label": the paths read the whole distribution."""
+        self.whole_vocabulary = size
+        try:
+            yield
+        finally:
+            self.whole_vocabulary = 0
 
     def ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False) if text else []

@@ -93,7 +93,9 @@ class LocalBackend(Backend):
                                     int(memory_budget_mb * 2**20), full_logits=self.is_masked or not self._keeps_logits)
         self.text_stats = TextExactStats()  # how hard prompts were scored as their text (repairs, row-by-row)
         self._token_texts: dict[int, str] = {}
-        self.capabilities = replace(self.capabilities, topk=self.capabilities_topk)
+        # a top-k draws from the ids the tokenizer can name (a model's padding rows are not text)
+        self.capabilities = replace(self.capabilities, topk=min(len(tokenizer), int(
+            model.get_output_embeddings().weight.shape[0])))
 
     # ------------------------------------------------------------------ public
 
@@ -128,7 +130,7 @@ class LocalBackend(Backend):
             raise TaskError("score_topk() got no examples; give at least one")
         if k < 1:
             raise ConfigError(f"k must be >= 1 token, got {k}")
-        size = self.capabilities_topk
+        size = self.capabilities.topk
         k = min(k, size)
         single = self.encoder.label_seqs(fmt)
         ids = [s[0] for s in single] if all(len(s) == 1 for s in single) else None
@@ -136,11 +138,8 @@ class LocalBackend(Backend):
         labels, rows = [], [[] for _ in prompts]  # type: ignore[var-annotated]
         for start in range(0, len(examples), chunk):
             part = examples[start : start + chunk]
-            self.encoder.whole_vocabulary = size
-            try:
+            with self.encoder.reading_whole_vocabulary(size):
                 full = torch.from_numpy(self._label_scores(prompts, part, fmt))
-            finally:
-                self.encoder.whole_vocabulary = 0
             labels.append(full[..., ids].numpy() if ids is not None else self._label_scores(prompts, part, fmt))
             values, top = torch.topk(full, k, dim=-1)
             for p in range(len(prompts)):
@@ -148,11 +147,6 @@ class LocalBackend(Backend):
         self.stats.add(len(prompts), len(examples))
         out = check_scores(np.concatenate(labels, axis=1), len(prompts), len(examples), len(fmt.labels), self.name)
         return out, [AnswerTopK.from_pairs(r, k) for r in rows]
-
-    @property
-    def capabilities_topk(self) -> int:
-        """Tokens a top-k can draw from: the ids the tokenizer can name (a model's padding rows are not text)."""
-        return min(len(self.tokenizer), int(self.model.get_output_embeddings().weight.shape[0]))
 
     def token_text(self, token_id: int) -> str:
         """What one token decodes to on its own: how an API names it in a top-k list."""

@@ -400,9 +400,9 @@ class Tuner:
         raw, calibrated = objective.evaluation(dev_scores, dev, None), objective.evaluation(dev_scores, dev, bias)
         readout = self._manual_readout(scores[0], bias)
         used, used_bias = (calibrated, bias) if readout == ReadoutKind.BIAS.value else (raw, None)
-        train_ce = objective.train_ce(scores[0], used_bias)
-        state.manual = {"dev_acc": raw.accuracy, "dev_loss": raw.loss, "bias": bias,
-                        "train_loss": objective.train_ce(scores[0], bias),  # calibrated, as p0's start is
+        calibrated_ce = objective.train_ce(scores[0], bias)  # reported: calibrated, as p0's start is
+        train_ce = calibrated_ce if used_bias is not None or bias is None else objective.train_ce(scores[0], None)
+        state.manual = {"dev_acc": raw.accuracy, "dev_loss": raw.loss, "bias": bias, "train_loss": calibrated_ce,
                         "dev_eval": used, "readout": readout,
                         "selected_dev": (used.accuracy, used.loss),  # as a candidate: raw or calibrated, out of fold
                         "key": selection_key(self.config.select, train_ce, len(self.task_.train), used)}

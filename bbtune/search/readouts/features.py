@@ -1,7 +1,7 @@
 """Sparse features from top-k lists: one column per token seen in the training lists, plus the row's floor.
 
-An example's value for a token is its log-prob where the list holds it and, where it does not, the row's
-`Answers.floor` (the k-th value minus one: the token is known only to be below the list). Stored sparse as the
+An example's value for a token is its log-prob where the list holds it and, where it does not, the row's floor:
+the list's last (k-th) value minus `MISSING_GAP` (the token is known only to be below the list). Stored sparse as the
 gap above the floor (absent = 0) with the floor itself as a last column, which a linear model reads exactly as the
 dense table (``w . x_dense = w . gap + floor * sum(w)``, and the floor column has its own weight).
 
