@@ -38,6 +38,7 @@ from bbtune.search.objective import (AnswerScoring, GenerationObjective, LabelOb
 from bbtune.search.optimizers import OptimizerConfig, OptimizerName, make_optimizer
 from bbtune.search.readouts import Answers, ReadoutKind, choose_readout
 from bbtune.search.readouts.fitted import AUTO, OFF, RunReadout, fit_run_readout
+from bbtune.search.readout_objective import SearchReadout, readout_objective
 from bbtune.core.options import documented, string_tuple
 from bbtune.core.progress import progress_bar
 from bbtune.core.prompts import MANUAL_PROMPT, HardPrompt, Prompt, SoftPrompt, distinct_prompts
@@ -103,6 +104,11 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
         "help": "how the returned prompt's answers become labels: auto (chosen out of fold on train + dev among "
                 "raw, bias, affine, verbalizer, logistic, knn; ties go to the simpler), one of those, or off (the "
                 "label words calibrated as in the search)"})
+    search_readout: SearchReadout = field(default=SearchReadout.LABELS, metadata={
+        "help": "what a candidate's train loss reads during the search: labels (its label words, calibrated with "
+                "--calibrate; any API), fixed (a logistic readout of its top-k, fitted once on the manual prompt) or "
+                "fold (its own logistic readout of its top-k, cross-entropy out of fold on train); the top-k ones need "
+                "a backend that returns top-k log-probs and read --readout-topk of them"})
     readout_topk: int = field(default=20, metadata={
         "help": "top-k log-probs a readout may read at the answer position (OpenAI chat returns 20, llama.cpp "
                 "~1000); capped at what the backend returns"})
@@ -121,6 +127,7 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
         object.__setattr__(self, "select", Selection(self.select))
         object.__setattr__(self, "guard", Guard(self.guard))
         object.__setattr__(self, "answer_scoring", AnswerScoring(self.answer_scoring))
+        object.__setattr__(self, "search_readout", SearchReadout(self.search_readout))
         object.__setattr__(self, "track", require(self.track))  # a missing extra fails here, with its install command
         answer_metric(self.answer_metric)  # a name that cannot be imported fails here, before any model call
         if self.answer_max_tokens < 1:
@@ -227,19 +234,30 @@ class Tuner:
                 self.subspace_, self.discretizer_, cfg.sigma0, cfg.hard_change, cfg.seed)
             self.subspace_ = self.subspace_.rescaled(self.hard_scale_)
         self.optimizer_ = make_optimizer(cfg, self.subspace_.dim, cfg.seed)
+        self.label_objective_ = self._label_objective()
         self.objective_ = self._objective()
         self.eval_points_: list[dict[str, Any]] = []  # every dev-evaluated point (z, bias, numbers): for studies
         # fixed once the task is (a cue start changes its template); it hashes every example, so not per checkpoint
         self.run_config_ = to_jsonable({"tune": untracked(asdict(cfg)), "task": _describe_task(self.task_),
                                         "backend": self.backend.name, **self.extra_config})
 
-    def _objective(self) -> Objective:
-        """What the loop minimises: label-word scores (classification) or answers (a generation task)."""
+    def _label_objective(self) -> Objective:
+        """The task's own scores: label words (classification) or answers (a generation task). The manual prompt's
+        reported numbers read these whatever the search reads."""
         cfg, fmt = self.config, self.task_.format
         if fmt.is_generation:
             return GenerationObjective(self.backend, fmt, cfg.answer_scoring, answer_metric(cfg.answer_metric),
                                        cfg.answer_max_tokens)
         return LabelObjective(self.backend, fmt, fmt.label_ids(self.task_.train), cfg.loss, cfg.calibrate)
+
+    def _objective(self) -> Objective:
+        """What the loop minimises: the task's own scores, or a classifier's through a readout of the top-k
+        (``search_readout``, `bbtune.search.readout_objective`)."""
+        cfg, fmt = self.config, self.task_.format
+        if fmt.is_generation or cfg.search_readout is SearchReadout.LABELS:
+            return self.label_objective_
+        return readout_objective(cfg.search_readout, self.backend, fmt, fmt.label_ids(self.task_.train),
+                                 cfg.readout_topk, cfg.loss, cfg.seed)
 
     def _resolve_p0(self, vocab: Any) -> P0Init:
         """``--p0 auto``: start from the cue where the prompt can take its place, else from random words (BBT)."""
@@ -630,7 +648,7 @@ class Tuner:
             answers = readout.answers(self.backend, best, test, task.format) if readout is not None else None
             kept = bool(state.manual) and best is self.manual_  # the manual prompt was kept: its scores are the result's
             scores = answers.labels[None] if answers is not None else None
-            manual = (scores if kept and scores is not None else objective.eval_scores(self.manual_, test)
+            manual = (scores if kept and scores is not None else self.label_objective_.eval_scores(self.manual_, test)
                       if state.manual else None)
             if scores is None:
                 scores = manual if kept and manual is not None else objective.eval_scores(best, test)
@@ -639,9 +657,10 @@ class Tuner:
                 metrics["test_acc_without_readout"] = metrics["test_acc"]
                 metrics.update(objective.evaluation(readout.log_scores(answers)[None], test, None).as_dict("test"))
             if manual is not None:
-                metrics["manual_test_acc"] = objective.evaluation(manual, test, None).accuracy
+                labels = self.label_objective_
+                metrics["manual_test_acc"] = labels.evaluation(manual, test, None).accuracy
                 if state.manual["bias"] is not None:
-                    metrics["manual_calibrated_test_acc"] = objective.evaluation(manual, test, state.manual["bias"]).accuracy
+                    metrics["manual_calibrated_test_acc"] = labels.evaluation(manual, test, state.manual["bias"]).accuracy
                 metrics["gain_over_manual"] = metrics["test_acc"] - metrics["manual_test_acc"]
         if discretized is not None:  # the nearest tokens are another prompt: their own bias, fitted on train
             hard_bias = (_row_bias(self._biases(objective.train_scores([discretized], task.train)), 0)

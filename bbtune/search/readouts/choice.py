@@ -59,17 +59,26 @@ def available(kinds: Sequence[ReadoutKind | str], has_topk: bool) -> list[Readou
     return [k for k in ReadoutKind if k in wanted and (has_topk or not k.needs_topk)]
 
 
-def out_of_fold(kind: ReadoutKind, answers: Answers, y: np.ndarray, folds: int, seed: int
-                ) -> tuple[ReadoutScore, np.ndarray]:
-    """`kind`'s accuracy and CE on each held-out fold, fitted on the others, and which examples it got right.
-    Inside the folds a readout fits its settled form (`make_readout(quick=True)`: the logistic regression at C = 1
-    rather than C chosen by a CV of its own, 17 fits per fold instead of one); the chosen one is refitted whole."""
+def held_out_log_scores(kind: ReadoutKind, answers: Answers, y: np.ndarray, folds: int, seed: int
+                        ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(B, L) class log-probs of every example from `kind` fitted on the other folds, and the held-out rows of
+    each fold. Inside the folds a readout fits its settled form (`make_readout(quick=True)`: the logistic
+    regression at C = 1 rather than C chosen by a CV of its own, 17 fits per fold instead of one)."""
     log_scores = np.empty((len(y), answers.labels.shape[1]))
-    accuracies = []
+    held = []
     for fit_rows, held_rows in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
         readout = make_readout(kind, quick=True).fit(answers.select(fit_rows), y[fit_rows])
         log_scores[held_rows] = readout.log_scores(answers.select(held_rows))
-        accuracies.append(float(np.mean(log_scores[held_rows].argmax(axis=1) == y[held_rows])))
+        held.append(held_rows)
+    return log_scores, held
+
+
+def out_of_fold(kind: ReadoutKind, answers: Answers, y: np.ndarray, folds: int, seed: int
+                ) -> tuple[ReadoutScore, np.ndarray]:
+    """`kind`'s accuracy and CE on each held-out fold, fitted on the others, and which examples it got right (the
+    chosen one is refitted whole)."""
+    log_scores, held = held_out_log_scores(kind, answers, y, folds, seed)
+    accuracies = [float(np.mean(log_scores[rows].argmax(axis=1) == y[rows])) for rows in held]
     gold = np.maximum(log_scores[np.arange(len(y)), y], -50.0)  # a -inf (unseen class) costs 50 nats, not inf
     right = log_scores.argmax(axis=1) == y
     return ReadoutScore(kind.value, float(np.mean(right)), float(-gold.mean()), tuple(accuracies)), right
