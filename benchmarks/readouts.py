@@ -72,15 +72,23 @@ class AnswerCache:
                                   DEEP))
 
 
-def at_depth(answers: Answers, k: int) -> Answers:
-    """The answers an API returning only the top-`k` would have given: lists cut, labels outside them missing."""
+def at_depth(answers: Answers, k: int, labels_asked: bool = False) -> Answers:
+    """The answers an API returning only the top-`k` would have given: lists cut, labels outside them missing, or
+    (`labels_asked`) read by a second request that lifts them into the list with logit_bias, as
+    `bbtune.backends.remote` does where the server honours it (OpenAI does; vLLM does not)."""
     assert answers.topk is not None
     top = answers.topk.truncated(k)
     labels = answers.labels.copy()
-    for row in range(len(labels)):
-        last = top.logprobs[row][-1] if top.logprobs[row] else np.inf
-        labels[row][labels[row] < last] = np.nan  # below the k-th listed value: not in the list
+    if not labels_asked:
+        labels[missing_labels(answers, k)] = np.nan  # below the k-th listed value: not in the list
     return Answers(labels, top)
+
+
+def missing_labels(answers: Answers, k: int) -> np.ndarray:
+    """(B, L) which label scores fall below the top-`k` list."""
+    assert answers.topk is not None
+    last = np.array([row[k - 1] if len(row) >= k else -np.inf for row in answers.topk.logprobs])
+    return answers.labels < last[:, None]
 
 
 def cell_rows(task: Task, model: str, seed: int, pool: Answers, test: Answers, y_pool: np.ndarray,
@@ -88,11 +96,20 @@ def cell_rows(task: Task, model: str, seed: int, pool: Answers, test: Answers, y
               ) -> list[dict[str, Any]]:
     """The cell's rows: each readout fitted on the pool (`each`) and the out-of-fold choice, at every depth."""
     rows = []
-    for k in depths:
-        fit, held = at_depth(pool, k), at_depth(test, k)
+    for k, asked in [(k, asked) for k in depths for asked in ((False, True) if k < DEEP else (False,))]:
+        fit, held = at_depth(pool, k, asked), at_depth(test, k, asked)
+        # a second request for each input whose labels are not all in its list
+        extra = float(missing_labels(test, k).any(axis=1).mean()) if asked else 0.0
+        extra_pool = int(missing_labels(pool, k).any(axis=1).sum()) if asked else 0
         base = {"task": task.name, "model": model, "seed": seed, "wall_s": None, "top_k": k,
-                "calls_per_run": math.ceil(len(y_pool) / EVAL_BATCH), "requests_per_run": len(y_pool),
-                "calls_per_input": 1}
+                "calls_per_run": math.ceil(len(y_pool) / EVAL_BATCH), "requests_per_run": len(y_pool) + extra_pool,
+                "calls_per_input": round(1 + extra, 3), "labels_asked": asked}
+        if asked:
+            readout, choice = choose_readout(fit, y_pool, seed=seed)
+            acc = float(np.mean(readout.predict(held) == y_test))
+            rows.append({**base, "method": f"manual_readout_top{k}_labels", "test_acc": 100 * acc, "wall_s": wall_s,
+                         "readout": choice.kind, "choice": choice.as_dict()})
+            continue
         for kind in ReadoutKind if each else ():
             readout = make_readout(kind).fit(fit, y_pool)
             acc = float(np.mean(readout.predict(held) == y_test))

@@ -268,6 +268,9 @@ def test_a_shallower_api_is_the_deep_list_cut_and_its_labels_below_the_cut_go_mi
     cut = readouts_script["at_depth"](deep, 2)
     assert cut.topk.tokens == (("a", "b"),)
     assert cut.labels[0, 0] == -0.5 and np.isnan(cut.labels[0, 1])  # -4.0 is below the 2nd listed value
+    asked = readouts_script["at_depth"](deep, 2, labels_asked=True)  # a second request lifts them (logit_bias)
+    assert asked.topk.tokens == (("a", "b"),) and asked.labels.tolist() == [[-0.5, -4.0]]
+    assert readouts_script["missing_labels"](deep, 2).tolist() == [[False, True]]
 
 
 def test_only_the_out_of_fold_rows_join_the_matrix(readouts_script, tmp_path):
