@@ -138,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--rechoose", action="store_true",
                     help="redo only the out-of-fold choice of the cells already in --out, from the cache (after a "
                          "change of the choice rule; each readout's own rows do not depend on it)")
+    ap.add_argument("--rescore", action="store_true",
+                    help="with --rechoose: score the answers the cache lacks instead of skipping their cells")
     ap.add_argument("--cached-only", action="store_true",
                     help="only the cells whose answers are all in the cache (refit the readouts, score nothing)")
     args = ap.parse_args(argv)
@@ -147,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
     done = {(r["task"], r["model"], r["seed"]) for r in rows}
     if args.rechoose:
-        redo, done, args.cached_only = done, set(), True
+        redo, done, args.cached_only = done, set(), not args.rescore
         walls = {(r["task"], r["model"], r["seed"], r["top_k"]): r["wall_s"] for r in rows if "choice" in r}
         rows = [r for r in rows if "choice" not in r]
     Path(args.cache).mkdir(parents=True, exist_ok=True)

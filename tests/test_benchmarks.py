@@ -278,3 +278,30 @@ def test_only_the_out_of_fold_rows_join_the_matrix(readouts_script, tmp_path):
             {"method": "manual_readout_top20", "test_acc": 55.0, "choice": {"kind": "logistic"}}]
     (tmp_path / "r.json").write_text(json.dumps({"rows": rows}))
     assert [r["method"] for r in readouts_script["rows_to_matrix"](tmp_path / "r.json")] == ["manual_readout_top20"]
+
+
+@pytest.fixture()
+def boosting_script(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    sys.modules.pop("boosting_script", None)
+    return runpy.run_path(str(BENCH / "boosting.py"), run_name="boosting_script")
+
+
+def test_the_boosting_pool_is_the_manual_template_and_the_cells_own_search_prompts(boosting_script):
+    runs = [{"task": "trec", "model": "m", "seed": 13, "run": {"hard_prompt": " Question kind"}},
+            {"task": "trec", "model": "m", "seed": 13, "run": {"hard_prompt": " Question kind"}},  # counted once
+            {"task": "trec", "model": "m", "seed": 42, "run": {"hard_prompt": " another seed"}},
+            {"task": "sst2", "model": "m", "seed": 13, "run": {"hard_prompt": " another task"}}]
+    assert boosting_script["pool_texts"](runs, "trec", "m", 13) == ["", " Question kind"]
+
+
+def test_the_boosted_row_reads_each_member_prompt_once_per_input(boosting_script, tiny_backend, tiny_task):
+    rows = boosting_script["cell_rows"](tiny_task, "tiny", 13, tiny_backend, ["", " great film", " bad"], 5, 3)
+    assert [r["method"] for r in rows] == ["prompt0_readout_top5", "prompt1_readout_top5", "prompt2_readout_top5",
+                                          "best_prompt_readout_top5", "boosted_top5"]
+    boosted = rows[-1]
+    members = {m["prompt"] for m in boosted["ensemble"]["members"]}
+    assert boosted["calls_per_input"] == len(members) and members <= {0, 1, 2}
+    assert all(0 <= r["test_acc"] <= 100 for r in rows)
+    best = max(rows[:3], key=lambda r: r["out_of_fold"])  # chosen on the pool, out of fold, never on test
+    assert rows[3]["prompt"] == best["prompt"] and rows[3]["test_acc"] == best["test_acc"]
