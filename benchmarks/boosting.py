@@ -4,8 +4,8 @@ For each matrix cell that `benchmarks/search_readout.py` has runs of, the pool i
 distinct text prompt those runs returned or discretized (what a hosted API accepts). Each pool prompt is read at
 the top-`k` on the training pool (train + dev) and on test, labels included (a hosted API that honours logit_bias
 gives them with a second request). `bbtune.search.readouts.boosting.boost` fits SAMME on the training pool; test is
-read only to report. Beside it, per prompt, the readout chosen out of fold on the pool (what one prompt gives), and
-the best single prompt chosen by out-of-fold accuracy. Rows go to ``benchmarks/results/boosting.json``:
+read only to report. Beside it, the best single prompt with its own readout, both chosen out of fold on the pool
+(each prompt's own numbers are kept in the boosted row's ``singles``). Rows go to ``benchmarks/results/boosting.json``:
 
     python benchmarks/boosting.py --tasks trec --models smollm2 --seeds 13
 
@@ -61,21 +61,18 @@ def cell_rows(task: Task, model: str, seed: int, backend: Backend, texts: Sequen
     wall = round(time.perf_counter() - started, 1)
     base = {"task": task.name, "model": model, "seed": seed, "top_k": k, "pool": len(examples),
             "test_n": len(task.test), "labels_asked": True}
-    rows, singles = [], []
+    singles = []
     for i, text in enumerate(texts):
         readout, choice = choose_readout(pool[i], y_pool, seed=seed)
-        acc = 100 * float(np.mean(readout.predict(test[i]) == y_test))
-        singles.append((choice.score_of(choice.kind).accuracy, acc))
-        rows.append({**base, "method": f"prompt{i}_readout_top{k}", "prompt": text, "test_acc": acc,
-                     "calls_per_input": 1, "readout": choice.kind, "out_of_fold": singles[-1][0]})
-    best = max(range(len(singles)), key=lambda i: singles[i][0])
-    rows.append({**base, "method": f"best_prompt_readout_top{k}", "prompt": texts[best],
-                 "test_acc": singles[best][1], "calls_per_input": 1})
+        singles.append({"prompt": text, "readout": choice.kind, "out_of_fold": choice.score_of(choice.kind).accuracy,
+                        "test_acc": 100 * float(np.mean(readout.predict(test[i]) == y_test))})
+    best = max(singles, key=lambda single: single["out_of_fold"])
     ensemble = boost(pool, y_pool, rounds=rounds, seed=seed)
     acc = 100 * float(np.mean(ensemble.predict(test) == y_test))
-    rows.append({**base, "method": f"boosted_top{k}", "test_acc": acc, "calls_per_input": len(ensemble.prompts),
-                 "wall_s": wall, "pool_prompts": list(texts), "ensemble": ensemble.as_json()})
-    return rows
+    return [{**base, "method": f"best_prompt_readout_top{k}", "prompt": best["prompt"], "test_acc": best["test_acc"],
+             "calls_per_input": 1, "readout": best["readout"], "wall_s": wall},
+            {**base, "method": f"boosted_top{k}", "test_acc": acc, "calls_per_input": len(ensemble.prompts),
+             "wall_s": wall, "singles": singles, "ensemble": ensemble.as_json()}]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

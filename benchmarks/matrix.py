@@ -171,35 +171,40 @@ def goals(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[bool, str]]:
     }
 
 
-HOSTED = "manual_readout_top20"  # the text prompt + a readout of the top-20 an API returns
+HOSTED = ("manual_readout_top20", "manual_readout_top20_labels")  # a readout of the top-20 an API returns; with
+# the label words lifted by a second request where they fall below it (logit_bias: OpenAI honours it, vLLM does not)
 DEEP = "manual_readout_top1000"
 
 
 def hosted_api_goals(rows: Sequence[dict[str, Any]], acc: dict[tuple, float], cells: Sequence[tuple]
                      ) -> dict[str, tuple[bool, str]]:
-    """The hosted-API goals over the cells the readout rows cover: mean gain >= +8.0 over the calibrated manual
-    prompt, no cell below max(manual, calibrated) - 1.0, at least prompt tuning in 6 of 8 pairs, and TREC >= 80
-    on both models from a deep top-k."""
-    mine = [c for c in cells if (*c, HOSTED) in acc and (*c, BASELINE) in acc and (*c, "manual") in acc]
-    if not mine:
-        return {}
-    gains_ = [acc[(*c, HOSTED)] - acc[(*c, BASELINE)] for c in mine]
-    below = [c for c in mine if acc[(*c, HOSTED)] < max(acc[(*c, "manual")], acc[(*c, BASELINE)]) - 1.0]
-    pairs = sorted({c[:2] for c in mine if (*c, "prompt_tuning") in acc})
-    won = sum(statistics.fmean(acc[(*c, HOSTED)] for c in mine if c[:2] == p) >=
-              statistics.fmean(acc[(*c, "prompt_tuning")] for c in mine if c[:2] == p) for p in pairs)
+    """The hosted-API goals, for each hosted row over the cells it covers: mean gain >= +8.0 over the calibrated
+    manual prompt, no cell below max(manual, calibrated) - 1.0, at least prompt tuning in 6 of 8 pairs; and TREC
+    >= 80 on both models from a deep top-k."""
+    found: dict[str, tuple[bool, str]] = {}
+    for hosted in HOSTED:
+        mine = [c for c in cells if (*c, hosted) in acc and (*c, BASELINE) in acc and (*c, "manual") in acc]
+        if not mine:
+            continue
+        gains_ = [acc[(*c, hosted)] - acc[(*c, BASELINE)] for c in mine]
+        below = [c for c in mine if acc[(*c, hosted)] < max(acc[(*c, "manual")], acc[(*c, BASELINE)]) - 1.0]
+        pairs = sorted({c[:2] for c in mine if (*c, "prompt_tuning") in acc})
+        won = sum(statistics.fmean(acc[(*c, hosted)] for c in mine if c[:2] == p) >=
+                  statistics.fmean(acc[(*c, "prompt_tuning")] for c in mine if c[:2] == p) for p in pairs)
+        found.update({
+            f"hosted API ({hosted}): mean gain >= +8.0": (
+                statistics.fmean(gains_) >= 8.0, f"mean {statistics.fmean(gains_):+.1f} over {len(mine)} cells"),
+            f"hosted API ({hosted}): no cell below max(manual, calibrated) - 1.0": (
+                not below, f"{len(below)} of {len(mine)} cells below"),
+            f"hosted API ({hosted}) >= prompt tuning": (won >= 6, f"{won} of {len(pairs)} pairs with both (of 8)"),
+        })
     trec = {m: statistics.fmean(acc[(t, m, s, DEEP)] for t, m2, s in cells if t == "trec" and m2 == m
                                 and (t, m, s, DEEP) in acc) for m in {c[1] for c in cells if c[0] == "trec"
                                                                        and (*c, DEEP) in acc}}
-    return {
-        f"hosted API ({HOSTED}): mean gain >= +8.0": (statistics.fmean(gains_) >= 8.0,
-                                                      f"mean {statistics.fmean(gains_):+.1f} over {len(mine)} cells"),
-        f"hosted API ({HOSTED}): no cell below max(manual, calibrated) - 1.0": (
-            not below, f"{len(below)} of {len(mine)} cells below"),
-        f"hosted API ({HOSTED}) >= prompt tuning": (won >= 6, f"{won} of {len(pairs)} pairs with both (of 8)"),
-        f"TREC >= 80 on both models ({DEEP})": (len(trec) == 2 and min(trec.values()) >= 80.0,
-                                                ", ".join(f"{m} {v:.1f}" for m, v in sorted(trec.items())) or "-"),
-    }
+    if trec:
+        found[f"TREC >= 80 on both models ({DEEP})"] = (
+            len(trec) == 2 and min(trec.values()) >= 80.0, ", ".join(f"{m} {v:.1f}" for m, v in sorted(trec.items())))
+    return found
 
 
 def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
@@ -238,13 +243,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="benchmarks/selection.py outputs run with --test-limit")
     ap.add_argument("--readouts", nargs="+", default=[], metavar="JSON",
                     help="benchmarks/readouts.py outputs: their out-of-fold rows (manual_readout_topK) join the matrix")
+    ap.add_argument("--runs", nargs="+", default=[], metavar="JSON",
+                    help="rows of other studies in the matrix's row format (benchmarks/search_readout.py, "
+                         "benchmarks/boosting.py)")
     ap.add_argument("--out", default=str(OUT), help="folder for matrix.json, matrix.md, matrix.png")
     args = ap.parse_args(argv)
     sweep_dirs = [Path(d) for d in args.sweep_dirs]
     sources = ([r for path in args.rows for r in json.loads(Path(path).read_text())["rows"]]
                + [r for d in reversed(sweep_dirs) for r in collect(d)]
                + [r for path in args.selection for r in from_selection(Path(path))]
-               + [_matrix_row(r) for path in args.readouts for r in rows_to_matrix(Path(path))])  # later sources win
+               + [_matrix_row(r) for path in args.readouts for r in rows_to_matrix(Path(path))]
+               + [_matrix_row(r) for path in args.runs for r in json.loads(Path(path).read_text())["rows"]])
+    # later sources win
     cells: dict[tuple, dict[str, Any]] = {}
     for r in sources:  # a later source wins the accuracy; a wall time it lacks is kept from the earlier one
         key = (r["task"], r["model"], r["seed"], r["method"])

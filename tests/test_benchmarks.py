@@ -136,6 +136,30 @@ def test_matrix_takes_rows_from_a_selection_study_and_an_earlier_matrix(tmp_path
     assert "sst2-smollm2-prompt_tuning-s13" in data["unfinished"]
 
 
+def test_matrix_takes_other_studies_rows_and_checks_each_hosted_readout(tmp_path, monkeypatch):
+    """--runs joins rows in the matrix's format (search_readout.py, boosting.py); the hosted-API goals are checked
+    for the top-20 readout with and without the label words lifted by a second request."""
+    cell = {"task": "trec", "model": "smollm2", "seed": 13, "wall_s": None}
+    earlier = [{**cell, "method": "manual", "test_acc": 20.0}, {**cell, "method": "manual_calibrated", "test_acc": 40.0}]
+    hosted = [{**cell, "method": "manual_readout_top20", "test_acc": 38.0, "choice": {}},
+              {**cell, "method": "manual_readout_top20_labels", "test_acc": 50.0, "choice": {}}]
+    studies = [{**cell, "method": "bbt_hard_fold_top20", "test_acc": 55.0, "wall_s": 600.0, "run": {"calls": 300}}]
+    for name, rows in (("old", earlier), ("readouts", hosted), ("runs", studies)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"rows": rows}))
+    monkeypatch.syspath_prepend(str(BENCH))
+    matrix = runpy.run_path(str(BENCH / "matrix.py"), run_name="matrix_script")
+    matrix["main"](["--rows", str(tmp_path / "old.json"), "--readouts", str(tmp_path / "readouts.json"),
+                    "--runs", str(tmp_path / "runs.json"), "--out", str(tmp_path / "out")])
+    data = json.loads((tmp_path / "out" / "matrix.json").read_text())
+    acc = {r["method"]: r["test_acc"] for r in data["rows"]}
+    assert acc["bbt_hard_fold_top20"] == 55.0 and acc["manual_readout_top20_labels"] == 50.0
+    assert all("run" not in r for r in data["rows"])  # a study's own evidence stays in its file
+    goals = data["goals"]  # name -> [met, detail]
+    below = [name for name in goals if "no cell below" in name]
+    assert sorted(below) == ["hosted API (manual_readout_top20): no cell below max(manual, calibrated) - 1.0",
+                             "hosted API (manual_readout_top20_labels): no cell below max(manual, calibrated) - 1.0"]
+
+
 @pytest.fixture()
 def selection(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
@@ -296,12 +320,11 @@ def test_the_boosting_pool_is_the_manual_template_and_the_cells_own_search_promp
 
 
 def test_the_boosted_row_reads_each_member_prompt_once_per_input(boosting_script, tiny_backend, tiny_task):
-    rows = boosting_script["cell_rows"](tiny_task, "tiny", 13, tiny_backend, ["", " great film", " bad"], 5, 3)
-    assert [r["method"] for r in rows] == ["prompt0_readout_top5", "prompt1_readout_top5", "prompt2_readout_top5",
-                                          "best_prompt_readout_top5", "boosted_top5"]
-    boosted = rows[-1]
+    best, boosted = boosting_script["cell_rows"](tiny_task, "tiny", 13, tiny_backend, ["", " great film", " bad"], 5, 3)
+    assert (best["method"], boosted["method"]) == ("best_prompt_readout_top5", "boosted_top5")
     members = {m["prompt"] for m in boosted["ensemble"]["members"]}
     assert boosted["calls_per_input"] == len(members) and members <= {0, 1, 2}
-    assert all(0 <= r["test_acc"] <= 100 for r in rows)
-    best = max(rows[:3], key=lambda r: r["out_of_fold"])  # chosen on the pool, out of fold, never on test
-    assert rows[3]["prompt"] == best["prompt"] and rows[3]["test_acc"] == best["test_acc"]
+    assert [s["prompt"] for s in boosted["singles"]] == ["", " great film", " bad"]
+    assert all(0 <= r["test_acc"] <= 100 for r in [best, boosted, *boosted["singles"]])
+    chosen = max(boosted["singles"], key=lambda s: s["out_of_fold"])  # chosen on the pool, out of fold, not test
+    assert (best["prompt"], best["test_acc"]) == (chosen["prompt"], chosen["test_acc"])
