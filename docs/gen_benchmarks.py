@@ -23,12 +23,21 @@ RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 BASELINE = "manual_calibrated"
 # The order methods are listed in; a method matrix.json holds that is not here follows, in name order.
-METHOD_ORDER = ("manual_readout_top20", "manual_readout_top1000", "manual", "manual_calibrated", "in_context_calibrated", "in_context_train", "bbt_soft",
+METHOD_ORDER = ("manual_readout_top20", "manual_readout_top20_labels", "manual_readout_top1000", "manual", "manual_calibrated", "in_context_calibrated", "in_context_train", "bbt_soft",
                 "bbt_soft_paired", "bbt_soft_or_demos", "bbt_hard", "prompt_tuning", "pez")
 METHOD_WORDS = {
     "manual_readout_top20": "the template + a readout of the top-20 log-probs a chat API returns, chosen out of fold; "
                             "no search",
+    "manual_readout_top20_labels": "the same, label words below the top-20 read by a second request (logit_bias)",
     "manual_readout_top1000": "the same from a top-1,000 (llama.cpp's depth)",
+    "bbt_soft_labels_top20": "BBT soft searched on the calibrated label words, then a readout of the top-20",
+    "bbt_soft_fixed_top20": "BBT soft searched through a top-20 logistic readout fitted once on the template",
+    "bbt_soft_fold_top20": "BBT soft searched through each candidate's own top-20 readout, out of fold",
+    "bbt_hard_labels_top20": "BBT hard (text) searched on the calibrated label words, then a readout of the top-20",
+    "bbt_hard_fixed_top20": "BBT hard (text) searched through a top-20 logistic readout fitted once on the template",
+    "bbt_hard_fold_top20": "BBT hard (text) searched through each candidate's own top-20 readout, out of fold",
+    "best_prompt_readout_top20": "the best of the template and the search's text prompts, each with its readout",
+    "boosted_top20": "a boosted vote (SAMME) of the template and the search's text prompts, each with a readout",
     "manual": "the template alone",
     "manual_calibrated": "the template, one bias per label fitted on train",
     "in_context_calibrated": "2 demonstrations per class, contextual calibration",
@@ -85,7 +94,7 @@ def results_table(matrix: dict[str, Any]) -> str:
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     base = {(r["task"], r["model"], r["seed"]): r["test_acc"] for r in rows if r["method"] == BASELINE}
     with_calls = any(_first(r, CALLS_KEYS + PER_INPUT_KEYS) is not None for r in rows)
-    header = ["method", "what it is", *(TASK_NAMES.get(t, t) for t in tasks), "gain vs calibrated"]
+    header = ["method", "what it is", *(TASK_NAMES.get(t, t) for t in tasks), "gain vs calibrated", "cells"]
     header += ["calls per run / per test input"] if with_calls else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method in ordered_methods(rows):
@@ -93,7 +102,8 @@ def results_table(matrix: dict[str, Any]) -> str:
         accs = [_mean([r["test_acc"] for r in mine if r["task"] == t]) for t in tasks]
         gains = [r["test_acc"] - base[key] for r in mine if (key := (r["task"], r["model"], r["seed"])) in base]
         cells = [f"`{method}`", METHOD_WORDS.get(method, ""), *("-" if a is None else f"{a:.1f}" for a in accs),
-                 "-" if method == BASELINE or not gains else f"{statistics.fmean(gains):+.1f}"]
+                 "-" if method == BASELINE or not gains else f"{statistics.fmean(gains):+.1f}",
+                 str(len({(r["task"], r["model"], r["seed"]) for r in mine}))]
         if with_calls:
             cells.append(_calls_cell(mine))
         lines.append("| " + " | ".join(cells) + " |")
@@ -101,7 +111,9 @@ def results_table(matrix: dict[str, Any]) -> str:
     seeds = sorted({r["seed"] for r in rows})
     return "\n".join(lines) + (f"\n\nTest accuracy in %, the mean over {', '.join(models)} and seeds "
                                f"{', '.join(map(str, seeds))}; gain in points over the calibrated manual prompt on "
-                               "the same task, model and seed. Generated from `benchmarks/results/matrix.json`.")
+                               "the same task, model and seed; cells: the task x model x seed cells a method was run "
+                               "on (a method on fewer cells is a study of those). Generated from "
+                               "`benchmarks/results/matrix.json`.")
 
 
 def _calls_cell(rows: Sequence[dict[str, Any]]) -> str:
