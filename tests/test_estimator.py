@@ -13,7 +13,7 @@ from sklearn.utils import estimator_checks as checks
 
 from bbtune import PromptClassifier
 from bbtune.errors import ConfigError
-from conftest import NEG, POS
+from tests.conftest import NEG, POS
 
 TEXTS, LABELS = POS + NEG, ["pos"] * len(POS) + ["neg"] * len(NEG)
 SMALL = dict(model="tiny", template="{text} It was{label}", budget_calls=10, popsize=5, intrinsic_dim=8)

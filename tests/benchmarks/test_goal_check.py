@@ -3,7 +3,7 @@ prompt or, with a reference, against another preset's manual prompt on the same 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from sst2_bbt import GOALS, goal_check  # noqa: E402
 
 

@@ -29,7 +29,7 @@ SST5 = ("very negative", "negative", "neutral", "positive", "very positive")
 TEMPLATE = Template("Review: {text}\nSentiment:{label}")
 EXAMPLES = [Example("a great film", "positive"), Example("the story is boring and the jokes are bad", "negative"),
             Example("I love it", "very positive")]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst5"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "sst5"
 TOL = 1e-4
 
 

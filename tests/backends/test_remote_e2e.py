@@ -14,7 +14,7 @@ from bbtune.tasks import Task
 from bbtune.runs.tuner import TuneConfig, TuneResult, run_tuner
 from mock_server import FaultConfig, FaultRule, MockServer, ServerConfig, shared_scorer
 
-from test_remote_backend import EXAMPLES, FMT, prompts, Sleeps
+from tests.backends.test_remote_backend import EXAMPLES, FMT, prompts, Sleeps
 
 HARD = TuneConfig(mode="hard", budget_calls=18, popsize=6, prompt_tokens=3, intrinsic_dim=20, eval_every=12, seed=5)
 FAULTS = FaultConfig(rules=(FaultRule("drop", every=9, limit=1), FaultRule("429", every=5), FaultRule("500", every=7),

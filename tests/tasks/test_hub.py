@@ -10,7 +10,7 @@ from bbtune.backends.models import build_tiny_model, load_model
 from bbtune.core.prompts import HardPrompt
 from bbtune.tasks import TaskConfig
 
-from conftest import NEG, POS
+from tests.conftest import NEG, POS
 
 
 @pytest.fixture(autouse=True)

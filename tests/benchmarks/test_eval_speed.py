@@ -9,7 +9,7 @@ import torch
 
 from bbtune.tasks import demo_data_dir
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_speed.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "eval_speed.py"
 
 
 def test_eval_speed_writes_every_line(tmp_path):

@@ -1,13 +1,13 @@
 """The README is a pitch: the two fresh-machine commands first, at most 250 lines, no work-item numbers, and its
 results table is the one `docs/gen_benchmarks.py --readme` generates from benchmarks/results/matrix.json (its
-code blocks run in tests/test_docs.py)."""
+code blocks run in tests/docs/test_docs.py)."""
 from __future__ import annotations
 
 import importlib.util
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 WORK_ITEMS = re.compile(r"issue [0-9]+|issue #|lent to this task", re.I)
 

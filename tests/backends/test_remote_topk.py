@@ -18,7 +18,7 @@ from bbtune.core.topk import AnswerTopK
 from bbtune.errors import CapabilityError
 from bbtune.tasks import Example, TaskFormat, Template
 from mock_server import mock_transport, shared_scorer
-from tests.test_remote_backend import EXAMPLES, FMT, _chat_reference, make_app, make_backend, prompts
+from tests.backends.test_remote_backend import EXAMPLES, FMT, _chat_reference, make_app, make_backend, prompts
 
 MULTI = TaskFormat(Template("{text} It was{label}"), {"neg": " terrible", "pos": " wonderfulness"})
 

@@ -16,7 +16,7 @@ from bbtune.backends.local import LocalBackend
 from bbtune.core.prompts import SoftPrompt
 from bbtune.errors import CapabilityError
 from mock_server import mock_transport
-from test_remote_backend import EXAMPLES, FMT, make_app, make_backend, prompts
+from tests.backends.test_remote_backend import EXAMPLES, FMT, make_app, make_backend, prompts
 
 REMOTE_MODES = ["echo", "top_logprobs", "chat", "prompt_embeds"]
 EXACT = {"local", "echo", "prompt_embeds"}  # scores equal to the local model's; top-k modes are bounded instead

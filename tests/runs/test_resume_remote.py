@@ -15,7 +15,7 @@ import pytest
 from bbtune.backends.accounting import Ledger, Limits, SpendingLimiter, Prices, RemoteStats
 from bbtune.app.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ["--data", "demo", "--k", "4", "--test-limit", "16", "--model", "tiny", "--prompt-tokens", "3",
          "--intrinsic-dim", "20", "--popsize", "6", "--eval-every", "24", "--no-progress"]
 

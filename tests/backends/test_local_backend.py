@@ -77,7 +77,7 @@ def test_prefix_sharing_encodes_each_prompt_once(tiny):
 
 
 def test_hard_prompt_equals_soft_prompt_of_its_embeddings(tiny):
-    # texts that tokenize to these ids in context (else the text is scored: tests/test_text_exact.py)
+    # texts that tokenize to these ids in context (else the text is scored: tests/backends/test_text_exact.py)
     ids = [tiny.tokenizer.encode(t, add_special_tokens=False) for t in (" the story is", " not good ,")]
     hard = [HardPrompt(tuple(i), tiny.tokenizer.decode(i)) for i in ids]
     table = tiny.vocabulary().embeddings

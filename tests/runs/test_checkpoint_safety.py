@@ -112,7 +112,7 @@ UNSAFE = ("pickle.load(", "pickle.loads(", "joblib", "eval(", "exec(", "marshal.
 def test_nothing_in_bbtune_reads_back_with_a_loader_that_runs_code():
     """Every file bbtune reads back is JSON, CSV, safetensors, or the allow-listed checkpoint (runs/safepickle.py);
     torch.load only with weights_only=True."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     found = []
     for path in [*(root / "bbtune").rglob("*.py"), *(root / "mock_server").rglob("*.py")]:
         for number, line in enumerate(path.read_text().splitlines(), 1):

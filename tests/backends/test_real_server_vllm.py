@@ -27,7 +27,7 @@ from bbtune.backends.wire import chat_body
 from bbtune.core.prompts import HardPrompt, SoftPrompt
 from bbtune.tasks import Task, TaskConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 URL_ENV = "BBTUNE_VLLM_URL"
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
 SST5 = ROOT.parent / "shared" / "data" / "sst5"
@@ -35,7 +35,7 @@ EXACT = 1e-3  # nats: vLLM and the local model both run SmolLM2 in float32 (meas
 
 
 def _vllm_module() -> Any:
-    from test_vllm_server import load_benchmark  # tests/ is on the path: no __init__.py
+    from tests.benchmarks.test_vllm_server import load_benchmark
 
     return load_benchmark("vllm_server")
 

@@ -27,7 +27,7 @@ pytestmark = [
                        reason="llama-cpp-python is not installed: run `make server` (builds it for AVX2; a native "
                               "build segfaults on AVX-512/AMX machines)"),
 ]
-SERVERS = Path(__file__).resolve().parents[1] / "benchmarks" / "servers.py"
+SERVERS = Path(__file__).resolve().parents[2] / "benchmarks" / "servers.py"
 TOKEN_TOL = 0.3  # nats per token in a label difference (SST-5 chained: max gap 0.53 over 4 tokens, mean 0.12)
 MARGIN_TOL = 0.5  # nats: llama.cpp computes with quantized activations, the local model in float32 (measured <= 0.29)
 
@@ -70,7 +70,7 @@ def test_a_hard_prompt_tuned_through_llama_cpp_scores_like_the_local_model(llama
     assert (there.argmax(-1) == here.argmax(-1)).mean() >= 0.75
 
 
-SST5 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst5"
+SST5 = Path(__file__).resolve().parents[3] / "shared" / "data" / "sst5"
 
 
 @pytest.mark.skipif(not SST5.exists(), reason="the shared SST-5 data is not here")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
 FENCE = re.compile(r"^```(\S*)\n(.*?)^```", re.S | re.M)
 LANGUAGES = {"python", "bash", "console", "toml", "json", "jsonl", "text"}
@@ -116,7 +116,7 @@ def check_command(words: list[str]) -> None:
             named = re.search(r"\[([\w,-]+)\]", word)
             assert named is None or set(named.group(1).split(",")) <= extras, f"{word}: no such extra"
     else:
-        raise AssertionError(f"no rule for the command {' '.join(words)!r}: add one to tests/test_docs.py")
+        raise AssertionError(f"no rule for the command {' '.join(words)!r}: add one to tests/docs/test_docs.py")
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if blocks(p, "bash") + blocks(p, "console")], ids=name)

@@ -12,7 +12,7 @@ from bbtune.backends.remote import RemoteBackend
 from bbtune.errors import CapabilityError
 from mock_server import MockApp, mock_transport
 
-from test_remote_backend import (  # noqa: F401
+from tests.backends.test_remote_backend import (  # noqa: F401
     EXAMPLES,
     FMT,
     clean_scores,
