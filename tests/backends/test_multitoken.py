@@ -1,5 +1,6 @@
 """Label words of several tokens, scored exactly: locally on every path (teacher forcing through the label-token
-trie), remotely by echo or chained top-k requests, and `continuation_logprobs` for any strings after an input.
+trie), remotely by echo or chained top-k requests (that those equal the local scores, mode by mode, is
+tests/backends/test_remote_contract.py), and `continuation_logprobs` for any strings after an input.
 
 The reference is one forward per (row, word) over the row's whole input and the word's tokens, summing the word's
 token log-probs: what "exact" means, computed without any of the paths under test.
@@ -220,27 +221,6 @@ def tiny() -> LocalBackend:
     return LocalBackend("tiny")
 
 
-@pytest.mark.parametrize("mode", ["echo", "top_logprobs", "prompt_embeds"])
-@pytest.mark.parametrize("placement", ["suffix", "prefix"])
-def test_remote_label_differences_equal_the_local_exact_ones(tiny: LocalBackend, mode: str, placement: str) -> None:
-    prompts, f = prompts_of(tiny, "hard"), fmt(placement)
-    server = Counted()
-    with remote(server.transport, mode=mode, probe=True) as backend:
-        scores = backend.score(prompts, EXAMPLES, f)
-        assert backend.stats.labels_missing == 0
-        assert backend.stats.requests == server.requests  # every request booked, the probe's and the chained ones
-    exact = tiny.score(prompts, EXAMPLES, f)
-    np.testing.assert_allclose(np.diff(scores, axis=-1), np.diff(exact, axis=-1), atol=2e-3)
-    if mode == "echo":  # echo's numbers are the exact log-probs themselves, not only their differences
-        np.testing.assert_allclose(scores, exact, atol=TOL)
-
-
-def test_soft_prompts_chain_through_prompt_embeds(tiny: LocalBackend) -> None:
-    soft = prompts_of(tiny, "soft")
-    with remote(Counted().transport, mode="prompt_embeds", logit_bias="off") as backend:
-        np.testing.assert_allclose(backend.score(soft, EXAMPLES, fmt()), tiny.score(soft, EXAMPLES, fmt()), atol=TOL)
-
-
 def test_chained_requests_share_prefixes_and_count_as_requests(tiny: LocalBackend) -> None:
     f = fmt()
     steps = len(LabelTrie.build(verbalizer_token_sequences(tiny.tokenizer, f)).steps)
@@ -269,16 +249,6 @@ def test_top_k_modes_without_a_tokenizer_refuse_words_of_several_words_naming_th
     with remote(Counted().transport, mode="top_logprobs", local_model="", probe=False) as backend, pytest.raises(
             ConfigError, match="several tokens.*--remote-local-model.*--remote-mode echo"):
         backend.score([HardPrompt((), "")], EXAMPLES, fmt())
-
-
-@pytest.mark.parametrize("mode", ["echo", "top_logprobs"])
-def test_remote_continuations_equal_local_ones(tiny: LocalBackend, mode: str) -> None:
-    """Per-example strings (a generation task's references) by echo and by chained top-k requests."""
-    strings = [[" a fine film", " bad"], [" bad", " the end"], [" bad", " bad"]]
-    prompts = prompts_of(tiny, "hard")
-    with remote(Counted().transport, mode=mode, probe=False) as backend:
-        got = backend.continuation_logprobs(prompts, EXAMPLES, fmt(), strings)
-    np.testing.assert_allclose(got, tiny.continuation_logprobs(prompts, EXAMPLES, fmt(), strings), atol=TOL)
 
 
 # ---------------------------------------------------------------------- the label names as words, end to end

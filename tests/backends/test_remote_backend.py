@@ -1,5 +1,6 @@
 """RemoteBackend against the mock's endpoints in-process (httpx.MockTransport): retries, typed errors, budget,
-cache, replicas. No sockets, no sleeping: the retry wait is recorded instead."""
+cache, replicas. No sockets, no sleeping: the retry wait is recorded instead. That every mode scores as the local
+model does is one contract: tests/backends/test_remote_contract.py."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from bbtune.backends.local import LocalBackend
 from bbtune.backends.remote import RemoteBackend, RemoteConfig
 from bbtune.errors import (
     APIConnectionError,
@@ -84,18 +84,9 @@ def failing_first(app: MockApp, n: int, status: int, headers: dict[str, str] | N
 
 
 @pytest.fixture(scope="module")
-def local() -> LocalBackend:
-    return LocalBackend("tiny")
-
-
-@pytest.fixture(scope="module")
 def clean_scores() -> np.ndarray:
     with make_backend(mock_transport(make_app())) as backend:
         return backend.score(prompts(), EXAMPLES, FMT)
-
-
-def test_scores_match_the_local_backend_on_the_same_model(local: LocalBackend, clean_scores: np.ndarray) -> None:
-    np.testing.assert_allclose(clean_scores, local.score(prompts(), EXAMPLES, FMT), atol=1e-4)
 
 
 def test_labels_outside_a_small_top_k_are_missing_and_counted(clean_scores: np.ndarray) -> None:
@@ -123,19 +114,6 @@ def _chat_reference(instruction: str) -> np.ndarray:
             row = scorer.logprobs(scorer.embed(ids), None, every_position=False)[-1]
             out.append([float(torch.logsumexp(row[[int(k[1].split(":")[1]) for k in v]], 0)) for v in labels.variants])
     return np.array(out).reshape(len(prompts()), len(EXAMPLES), -1)
-
-
-@pytest.mark.parametrize("mode, top_k", [("top_logprobs", 5), ("top_logprobs", 400), ("chat", 5), ("echo", 5),
-                                         ("prompt_embeds", 5)])
-def test_every_mode_gives_the_exact_label_differences(mode: str, top_k: int, local: LocalBackend) -> None:
-    """What the losses use (label log-prob differences) equals the exact local numbers for the same text, with
-    OpenAI's k = 5 too (the probe turns logit_bias on; echo is exact by construction)."""
-    with make_backend(mock_transport(make_app()), mode=mode, top_k=top_k, probe=True) as backend:
-        scores = backend.score(prompts(), EXAMPLES, FMT)
-        assert backend.stats.labels_missing == 0
-        instruction = backend.texts(prompts()[:1], EXAMPLES[:1], FMT)[0].split(EXAMPLES[0].text)[0]
-    exact = _chat_reference(instruction) if mode == "chat" else local.score(prompts(), EXAMPLES, FMT)
-    np.testing.assert_allclose(np.diff(scores, axis=-1), np.diff(exact, axis=-1), atol=2e-3)
 
 
 @pytest.mark.parametrize("status, headers, expected_wait", [
@@ -307,34 +285,11 @@ def test_server_errors_are_typed() -> None:
         backend.score(prompts(), EXAMPLES, FMT)
 
 
-def test_multi_token_words_are_chained_in_top_logprobs_and_refused_in_chat(local: LocalBackend) -> None:
-    """Once refused in every mode; now top_logprobs chains requests (exact differences), chat names the modes."""
-    fmt = TaskFormat(Template("{text} It was{label}"), {"neg": " terrible", "pos": " wonderfulness"})
-    with make_backend(mock_transport(make_app())) as backend:
-        scores = backend.score(prompts(), EXAMPLES, fmt)
-    np.testing.assert_allclose(np.diff(scores, axis=-1), np.diff(local.score(prompts(), EXAMPLES, fmt), axis=-1),
-                               atol=2e-3)
-    with make_backend(mock_transport(make_app()), mode="chat", top_k=5) as backend, pytest.raises(
-            CapabilityError, match="several tokens.*echo.*top_logprobs"):
-        backend.score(prompts(), EXAMPLES, fmt)
-
-
 def test_soft_prompts_need_the_prompt_embeds_mode() -> None:
     soft = [SoftPrompt(torch.zeros(2, 32))]
     with make_backend(mock_transport(make_app())) as backend, pytest.raises(CapabilityError, match="prompt_embeds|soft"):
         backend.score(soft, EXAMPLES, FMT)
     assert not backend.capabilities.soft
-
-
-def test_echo_and_prompt_embeds_modes_match_local_scores(local: LocalBackend) -> None:
-    expected = local.score(prompts(), EXAMPLES, FMT)
-    for mode in ("echo", "prompt_embeds"):
-        with make_backend(mock_transport(make_app()), mode=mode, probe=True, logit_bias="off") as backend:
-            np.testing.assert_allclose(backend.score(prompts(), EXAMPLES, FMT), expected, atol=1e-4, err_msg=mode)
-    soft = [SoftPrompt(torch.randn(3, 32, generator=torch.Generator().manual_seed(i)) * 0.05) for i in range(2)]
-    with make_backend(mock_transport(make_app()), mode="prompt_embeds") as backend:
-        assert backend.capabilities.soft
-        np.testing.assert_allclose(backend.score(soft, EXAMPLES, FMT), local.score(soft, EXAMPLES, FMT), atol=1e-4)
 
 
 def test_config_errors_name_the_field() -> None:

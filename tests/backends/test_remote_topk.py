@@ -18,7 +18,7 @@ from bbtune.core.topk import AnswerTopK
 from bbtune.errors import CapabilityError
 from bbtune.tasks import Example, TaskFormat, Template
 from mock_server import mock_transport, shared_scorer
-from tests.backends.test_remote_backend import EXAMPLES, FMT, _chat_reference, make_app, make_backend, prompts
+from tests.backends.test_remote_backend import EXAMPLES, FMT, make_app, make_backend, prompts
 
 MULTI = TaskFormat(Template("{text} It was{label}"), {"neg": " terrible", "pos": " wonderfulness"})
 
@@ -85,15 +85,13 @@ class Recorder(httpx.MockTransport):
 @pytest.mark.parametrize("mode", ["top_logprobs", "chat", "prompt_embeds", "echo"])
 def test_the_remote_top20_equals_the_local_one_on_the_mock(mode: str, local: LocalBackend) -> None:
     """OpenAI's chat depth (20) through the mock, with the probe on (logit_bias turned on where honoured): the
-    readout sees exactly the local model's top-20, and the label scores keep the exact differences."""
+    readout sees exactly the local model's top-20 (the label scores beside it: test_remote_contract.py)."""
     with make_backend(mock_transport(make_app()), mode=mode, top_k=20, probe=True) as backend:
-        scores, tops = backend.score_topk(prompts(), EXAMPLES, FMT, k=20)
+        _, tops = backend.score_topk(prompts(), EXAMPLES, FMT, k=20)
         assert backend.capabilities.topk == 20 and backend.stats.calls == len(prompts())
         instruction = backend.texts(prompts()[:1], EXAMPLES[:1], FMT)[0].split(EXAMPLES[0].text)[0]
     chat = mode == "chat"
     assert_same_topk(tops, local_topk(local, prompts(), EXAMPLES, FMT, 20, instruction if chat else None))
-    exact = _chat_reference(instruction) if chat else local.score(prompts(), EXAMPLES, FMT)
-    np.testing.assert_allclose(np.diff(scores, axis=-1), np.diff(exact, axis=-1), atol=2e-3)
 
 
 def test_k_is_cut_to_what_was_asked_and_to_what_the_server_accepts(local: LocalBackend) -> None:
