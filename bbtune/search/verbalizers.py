@@ -15,7 +15,7 @@ the server's list length and not the word.
 Caution: with 16 examples per class the search overfits. On SST-2 with SmolLM2-135M (seed 13, full test,
 calibrated) the preset's " negative"/" positive" scored 79.6%, the pair best on train (" stupid"/" wonderful")
 67.4%, no better than the mean of all 272 pairs (67.4%), and an ensemble of all words
-(`CandidateScores.ensemble`) 79.5%. So nothing turns this search on by default; `benchmarks/verbalizers.py`
+(`CandidateScores.ensemble`) 79.5%. So nothing turns this search on by default; `benchmarks/studies/verbalizers/`
 measures it.
 
     >>> scores = candidate_scores(backend, MANUAL_PROMPT, task.train, task.format, PRESET_CANDIDATES["sentiment"])  # doctest: +SKIP

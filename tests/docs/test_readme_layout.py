@@ -56,6 +56,6 @@ def test_the_benchmark_pages_cover_every_result_file_and_name_no_work_items():
     gen = generator()
     pages = gen.benchmark_pages()
     text = "\n".join(pages.values())
-    for path in gen.RESULTS.glob("*.json"):
+    for path in gen.result_files():
         assert f"`{path.name}`" in text, path.name
     assert not WORK_ITEMS.search(text)

@@ -9,7 +9,7 @@ subset for
   mean + calib the same on mean
 The test subset is scored once; train (k per class) is drawn per seed, for the bias.
 
-    python benchmarks/label_length.py --model smollm2 --data ../shared/data/sst5 --preset sentiment-5 --seeds 13 42 100
+    python benchmarks/studies/label_length/label_length.py --model smollm2 --data ../shared/data/sst5 --preset sentiment-5 --seeds 13 42 100
 Prints a Markdown table and the words' token counts.
 """
 from __future__ import annotations

@@ -9,12 +9,13 @@ reported is calibrated accuracy for
   ensemble         logsumexp of all kept words per label
   all_pairs_mean   the mean over every pair of kept words (what a random choice of words would give)
 
-    python benchmarks/verbalizers.py --seeds 13 42 100
-Prints Markdown tables and writes JSON (default benchmarks/results/verbalizers_sst2.json). Data: ../shared/data/sst2.
+    python benchmarks/studies/verbalizers/verbalizers.py --seeds 13 42 100
+Prints Markdown tables and writes JSON (default: verbalizers_sst2.json beside this script). Data: ../shared/data/sst2.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import itertools
 import json
 import statistics
@@ -24,7 +25,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from task_args import ROOT, add_task_args
 from bbtune.backends.base import Backend
 from bbtune.backends.factory import LocalConfig
 from bbtune.search.calibration import fit_label_bias
@@ -34,6 +34,9 @@ from bbtune.tasks import TaskConfig
 from bbtune.core.prompts import MANUAL_PROMPT
 from bbtune.search.verbalizers import DEFAULT_PER_LABEL, PRESET_CANDIDATES, CandidateScores, candidate_scores, rank_verbalizers
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/: the shared task_args
+from task_args import add_task_args  # noqa: E402
+
 METHODS = ("preset", "train_best", "dev_best_top5", "ensemble", "all_pairs_mean")
 
 
@@ -41,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_task_args(ap)
     ap.add_argument("--per-label", type=int, default=DEFAULT_PER_LABEL, help="words per label ranked (0 = all)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "verbalizers_sst2.json"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "verbalizers_sst2.json"))
     args = ap.parse_args(argv)
 
     backend = LocalConfig(model=args.model).build()

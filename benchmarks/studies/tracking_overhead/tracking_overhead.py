@@ -13,11 +13,12 @@ params, curve rows, the result) and `close_s`, the wait at the end for the track
 over the untracked run's best total is `direct_pct`: what tracking adds to a run's wall time, short of the
 tracking thread's share of the CPU.
 
-    python benchmarks/tracking_overhead.py --model smollm2 --budget-calls 100 --repeats 3
+    python benchmarks/studies/tracking_overhead/tracking_overhead.py --model smollm2 --budget-calls 100 --repeats 3
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import platform
 import statistics
@@ -27,12 +28,14 @@ from pathlib import Path
 
 import torch
 
-from task_args import ROOT, add_task_args
 
 from bbtune.backends.local import LocalBackend
 from bbtune.runs.tracking import LiveTracking
 from bbtune.runs.tuner import TuneConfig, run_tuner
 from bbtune.tasks import TaskConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/: the shared task_args
+from task_args import add_task_args  # noqa: E402
 
 KINDS = ("none", "mlflow", "tensorboard")
 SPENT = {"hook_s": 0.0, "close_s": 0.0}  # seconds on the run's thread inside LiveTracking, this run
@@ -51,7 +54,7 @@ def timed(method, bucket: str):
 for _name in ("begin", "curve", "result"):
     setattr(LiveTracking, _name, timed(getattr(LiveTracking, _name), "hook_s"))
 LiveTracking.__exit__ = timed(LiveTracking.__exit__, "close_s")  # type: ignore[method-assign]
-OUT = ROOT / "benchmarks" / "results" / "tracking_overhead.json"
+OUT = Path(__file__).resolve().parent / "tracking_overhead.json"
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -6,8 +6,8 @@ the event loop), i.e. time not spent waiting on the server. Measured with zero a
 compute bounds the rate) and with added latency (concurrency should hide it), at several concurrency
 levels, one prompt per request and with lists of prompts.
 
-    python benchmarks/remote_throughput.py                      # prints a table, writes benchmarks/results/
-    python benchmarks/remote_throughput.py --latency 0 0.05 --concurrency 1 4 16 64
+    python benchmarks/studies/remote_throughput/remote_throughput.py      # prints a table, writes the JSON beside it
+    python benchmarks/studies/remote_throughput/remote_throughput.py --latency 0 0.05 --concurrency 1 4 16 64
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ TEXTS = ["a great film", "I love it", "an excellent and moving story", "good fun
 def start_server(model: str, latency: float) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "mock_server", "--model", model, "--port", "0", "--latency-s", str(latency),
            "--max-logprobs", "20"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[3])
     line = proc.stdout.readline() if proc.stdout else ""
     if " at " not in line:
         proc.kill()
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="prompts per request")
     parser.add_argument("--rows", type=int, default=64, help="(prompt, example) rows per score() call")
     parser.add_argument("--repeats", type=int, default=3, help="score() calls per setting")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "remote_throughput.json"))
+    parser.add_argument("--out", default=str(Path(__file__).parent / "remote_throughput.json"))
     args = parser.parse_args(argv)
     results = []
     header = f"{'latency':>8} {'conc':>5} {'batch':>5} {'req/s':>8} {'rows/s':>8} {'client ms/req':>14} {'client cpu':>10}"

@@ -1,12 +1,12 @@
 """Wall time of the same small sweep on a process pool of 1 and of 2 workers (issue 23), on the tiny model and on
 SmolLM2: 4 jobs of BBT soft (seeds 13, 42, 100, 7) on the built-in demo data.
 
-    python benchmarks/sweep_scaling.py                       # tiny and smollm2, 1 and 2 workers
-    python benchmarks/sweep_scaling.py --models tiny --budget 60
+    python benchmarks/studies/sweep_scaling/sweep_scaling.py         # tiny and smollm2, 1 and 2 workers
+    python benchmarks/studies/sweep_scaling/sweep_scaling.py --models tiny --budget 60
 
 Each worker gets cores // workers torch threads (the sweep's default), so both rows use the whole machine: the
 ratio shows what running jobs side by side gains over one job using every core. Prints a table and writes
-benchmarks/results/sweep_scaling.json. Every sweep runs into a fresh temporary folder (nothing is skipped).
+sweep_scaling.json beside this script. Every sweep runs into a fresh temporary folder (nothing is skipped).
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from bbtune.app.sweep import run_sweep
 from bbtune.app.sweepspec import SweepSpec
 from bbtune.core.table import markdown_table
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def spec(model: str, workers: int, out: Path, budget: int, seeds: list[int], k: int, test_limit: int) -> SweepSpec:
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[13, 42, 100, 7], help="one job per seed")
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--test-limit", type=int, default=64)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sweep_scaling.json"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "sweep_scaling.json"))
     args = ap.parse_args(argv)
     rows = []
     for model in args.models:

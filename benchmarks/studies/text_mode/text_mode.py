@@ -8,7 +8,7 @@ the local model (the same prompt's label log-probs: how good the prompt found th
 prompt's, calls, HTTP requests, answers naming no label, wall time. With llama-cpp-python installed
 (`server` extra) its server on the embedded GGUF adds a text-mode row (`benchmarks/servers.py` starts it).
 
-    python benchmarks/text_mode.py        # prints the table, writes benchmarks/results/text_mode.json
+    python benchmarks/studies/text_mode/text_mode.py        # prints the table, writes text_mode.json beside it
 
 Small on purpose (2 CPU cores shared with other jobs, one process; the mock runs every sequence alone, ~0.25 s
 of CPU per SmolLM2 forward): SST-2 k=8 per class, 36 calls, 50 test sentences, answers of 1 token (the label
@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -100,7 +100,7 @@ def main() -> None:
     ap.add_argument("--answer-tokens", type=int, default=1, help="text mode: tokens per answer (see the docstring)")
     ap.add_argument("--llama", action="store_true", help="add llama-cpp-python's server, the --llama-plans rows")
     ap.add_argument("--llama-plans", default="0,1,2", help="which PLANS rows to run on llama-cpp-python's server")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "text_mode.json"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "text_mode.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
     task = TaskConfig(data=args.data, preset="sst2", k=args.k, test_limit=args.test_limit).load()

@@ -3,21 +3,25 @@ weight rows (what bbtune built before the fix), and as a soft prompt from the em
 `vocab.token_embeddings` gives now); plus generation 0 of a short BBT soft run from the cue against the manual
 prompt's train loss. On Gemma the module scales rows by sqrt(hidden), so only the rows row may differ.
 
-    python benchmarks/embedding_space.py --model /path/gemma-3-270m-q4_k_m.gguf --out benchmarks/results/embedding_space_gemma.json
-    python benchmarks/embedding_space.py --model smollm2 --out benchmarks/results/embedding_space_smollm2.json
+    python benchmarks/studies/embedding_space/embedding_space.py --model /path/gemma-3-270m-q4_k_m.gguf --out benchmarks/studies/embedding_space/embedding_space_gemma.json
+    python benchmarks/studies/embedding_space/embedding_space.py --model smollm2 --out benchmarks/studies/embedding_space/embedding_space_smollm2.json
 Prints a table and writes JSON.
 """
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 import json
 
 import numpy as np
-from task_args import add_task_args
 
 from bbtune import HardPrompt, LocalBackend, SoftPrompt, load_task, tune
 from bbtune.core.table import markdown_table
 from bbtune.search.evaluate import evaluate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/: the shared task_args
+from task_args import add_task_args  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,17 +1,18 @@
 """Readable hard prompts on SST-2 16-shot with SmolLM2: accuracy vs prompt perplexity, per vocabulary and fluency.
 
-    nice -n 10 python benchmarks/fluency.py --seeds 13 42 100 --budget 200 --test-limit 300
+    nice -n 10 python benchmarks/studies/fluency/fluency.py --seeds 13 42 100 --budget 200 --test-limit 300
 
 Methods (all BBT hard mode, projection in the loop, preset ``sentiment``): ``printable`` (unconstrained: any
 printable token), ``words`` (alphabetic tokens, today's default), ``common`` (frequent whole words), ``fluent``
 (common words + the ``--fluency`` term, starting from an instruction, ``--instruction``). Each tuned prompt's test accuracy, its gain over the manual prompt (the
 template alone) and its perplexity under the model (read as the start of a document) are reported; the returned
 prompt is always the tuned one (``keep_manual=False``), so the table measures the search, not the fallback.
-Prints a table and writes JSON (default benchmarks/results/fluency.json). Data: ../shared/data/sst2 (never copied).
+Prints a table and writes JSON (default: beside this script). Data: ../shared/data/sst2 (never copied).
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import math
 import statistics
@@ -19,13 +20,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from task_args import ROOT, add_task_args
 from bbtune.backends.base import Backend
 from bbtune.backends.factory import LocalConfig
 from bbtune.search.fluency import TextScorer, perplexity, text_scorer
 from bbtune.core.table import markdown_table
 from bbtune.tasks import TaskConfig
 from bbtune.runs.tuner import TuneConfig, run_tuner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/: the shared task_args
+from task_args import add_task_args  # noqa: E402
 
 # method -> (vocab filter, fluency weight (None: --fluency), start from --instruction)
 METHODS = {"printable": ("printable", 0.0, False), "words": ("words", 0.0, False), "common": ("common", 0.0, False),
@@ -40,7 +43,7 @@ def main() -> None:
     ap.add_argument("--instruction", default=" how does the writer feel",
                     help="the 'fluent' search starts here (p0): words of the common vocabulary, --prompt-tokens of them")
     ap.add_argument("--budget", type=int, default=200)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fluency.json"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "fluency.json"))
     args = ap.parse_args()
 
     backend = LocalConfig(model=args.model).build()
