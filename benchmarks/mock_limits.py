@@ -1,4 +1,4 @@
-"""How fast the mock server refuses hostile requests and lets go of a client that left (issues 22, 36).
+"""How fast the mock server refuses hostile requests and lets go of a client that left.
 
 The unit tests (tests/mock_server/test_limits.py) check *what* is refused and how much work was done, never how long it
 took: a bound on time fails by chance on a loaded machine. The times live here, measured on a running server:

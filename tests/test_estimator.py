@@ -1,4 +1,4 @@
-"""Issue 36: `PromptClassifier` keeps scikit-learn's contract: parameters checked in `fit` (one line naming the
+"""`PromptClassifier` keeps scikit-learn's contract: parameters checked in `fit` (one line naming the
 parameter), `NotFittedError` before `fit`, empty inputs answered, and a budget below the population raised to it so
 `cross_val_score` fits; the estimator checks that do not need numeric features pass."""
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Verbalizer search: choose each label's word from candidates by calibrated train accuracy.
 
-Why: the label word is a lever next to the prompt (issue 11): a model may separate the classes better through
+Why: the label word is a lever next to the prompt: a model may separate the classes better through
 " wonderful" than through " positive". The search is cheap because one score call can cover every candidate:
 a "wide" `TaskFormat` has the task's template and placement and one pseudo-label per candidate word, and a
 backend scores each word's log-prob under the full vocabulary, which does not depend on the other words. So it

@@ -81,8 +81,8 @@ BASE = ["--dry-run", "--model", "tiny", "--data", "demo", "--k", "2", "--test-li
 @example(more=["--data-seed", "-1"])  # found by this test: numpy's ValueError from a negative seed
 @example(more=["--seed", "-1"])
 @example(more=["--text-field", ""])  # found by the compare test: a KeyError
-@example(more=["--test-limit", "-1"])  # found by a fresh clone's run (issue 36): numpy's negative dimensions
-@example(more=["--popsize", "2"])  # issue 36: pycma's "too small popsize" in generation 2
+@example(more=["--test-limit", "-1"])  # found by a fresh clone's run: numpy's negative dimensions
+@example(more=["--popsize", "2"])  # found by the second hostile-input pass: pycma's "too small popsize" in generation 2
 def test_random_tune_command_lines_end_in_an_exit_code(more: list[str]) -> None:
     _ends_cleanly(["tune", *BASE, *more])
 

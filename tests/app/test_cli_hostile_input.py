@@ -1,4 +1,4 @@
-"""Issue 22: the CLI and the run folder under hostile input. Every case ends in one line that names the problem and
+"""The CLI and the run folder under hostile input. Every case ends in one line that names the problem and
 the fix (no traceback), with the exit code the guide lists (docs/guide/durable-runs.md), and nothing is leaked,
 overwritten or silently changed."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 36: the cases a hostile and a careless user found in the second pass. Each ends in one line with the README's
+"""The cases a hostile and a careless user found in a second pass over the CLI. Each ends in one line with the README's
 exit code (2 bad input, 3 a limit), or behaves correctly, and each test failed on the code before the fix."""
 from __future__ import annotations
 

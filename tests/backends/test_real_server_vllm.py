@@ -1,4 +1,4 @@
-"""A real vLLM server (issue 38): every score mode vLLM supports against the local model's exact scores, the
+"""A real vLLM server: every score mode vLLM supports against the local model's exact scores, the
 probe's findings on it, multi-token labels, and a BBT soft run through `prompt_embeds` that scores as the same
 run does locally. vLLM computes in float32 like the local model, so scores agree to ~2e-5 nats, not merely in
 argmax.

@@ -1,4 +1,4 @@
-"""One embedding space for the whole project, over model families (issue 24).
+"""One embedding space for the whole project, over model families.
 
 "The embedding of a token" is the input-embedding module's output (`vocab.token_embeddings`). Gemma's module
 scales its weight rows by sqrt(hidden); a soft prompt built from raw rows is then too small next to the text
@@ -63,7 +63,8 @@ def test_a_texts_soft_prompt_scores_like_the_text(backend, placement):
 
 
 def test_the_cue_start_point_is_the_manual_prompt(backend):
-    """The issue's table: the cue as token ids, as what `--p0 cue` builds (z = 0), as the module's output."""
+    """The embedding-space study's table (benchmarks/studies/embedding_space): the cue as token ids, as what
+    `--p0 cue` builds (z = 0), as the module's output."""
     cue = "\nSentiment:"
     ids = tuple(backend.tokenizer.encode(cue, add_special_tokens=False))
     space = SubspaceConfig(prompt_tokens=len(ids), intrinsic_dim=8, p0=P0Init.TEXT, p0_text=cue)

@@ -1,4 +1,4 @@
-"""Issue 36: one secrets policy for every writer and printer. Whatever way a key or header value comes in (the
+"""One secrets policy for every writer and printer. Whatever way a key or header value comes in (the
 environment, a flag, a header, a key file read with its newline, the wrong flag, a flag before the subcommand),
 `grep` for it over every file written and everything printed finds nothing, and a key that cannot be sent is
 refused up front in one line that does not show it."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
-WORK_ITEMS = re.compile(r"issue [0-9]+|issue #|lent to this task", re.I)
+WORK_ITEMS = re.compile(r"issue (?:[0-9]+|#)|lent to this\s+task", re.I)
 
 
 def generator():  # docs/gen_benchmarks.py is a script and a MkDocs hook, not a package module

@@ -1,4 +1,4 @@
-"""The mock server bounds what one request may cost (issues 22, 36): hostile input gets a 4xx before the work, never
+"""The mock server bounds what one request may cost: hostile input gets a 4xx before the work, never
 a 5xx, a busy core or a held thread. Socket cases run against the real threaded server; the fuzz test against
 `MockApp.handle` in-process. No test here bounds a wall-clock time (a loaded machine would fail it by chance): the
 reaction times are measured by `benchmarks/mock_limits.py`; here, what was refused and how much work was done."""
@@ -155,7 +155,7 @@ def test_a_trickled_body_cannot_reset_the_timeout(server: MockServer) -> None:
         assert _read_all(sock).startswith(b"HTTP/1.1 408")
 
 
-# ---------------------------------------------------------------------- total work (issue 36)
+# ---------------------------------------------------------------------- total work
 
 
 @pytest.mark.parametrize("route, body, words", [

@@ -1,4 +1,4 @@
-"""Issue 36: a checkpoint runs no code when read back, whatever a shared run folder holds; every run state bbtune
+"""A checkpoint runs no code when read back, whatever a shared run folder holds; every run state bbtune
 writes (soft, hard, random search, calibrated) reads back under the allow-list, and so does a plain new field."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ RUN = ["--data", "demo", "--k", "4", "--test-limit", "8", "--model", "tiny", "--
 
 
 class _Evil:
-    """Unpickled plainly, it creates the canary file (the issue's `os.system` payload, without a shell)."""
+    """Unpickled plainly, it creates the canary file (the reported `os.system` payload, without a shell)."""
 
     def __init__(self, canary: Path):
         self.canary = canary
@@ -62,7 +62,7 @@ def test_a_malicious_checkpoint_runs_nothing_on_resume(finished_run, tmp_path, c
 def test_an_old_checkpoint_is_refused_with_the_reason(finished_run, tmp_path):
     run_dir = _unfinished(finished_run, tmp_path)
     state = safepickle.loads((run_dir / CHECKPOINT).read_bytes())
-    (run_dir / CHECKPOINT).write_bytes(pickle.dumps(state))  # what bbtune wrote before issue 36
+    (run_dir / CHECKPOINT).write_bytes(pickle.dumps(state))  # what bbtune wrote before the allow-list
     with pytest.raises(CheckpointError, match="not in this bbtune's checkpoint format"):
         RunFolder(run_dir).load_checkpoint()
 

@@ -1,4 +1,4 @@
-"""A resumed remote run probes the server on the sample its first run probed on (issue 38): found on vLLM,
+"""A resumed remote run probes the server on the sample its first run probed on: found on vLLM,
 where a resumed BBT soft run's first call was a tuned candidate with 19% of its labels outside the top-1000,
 and the probe refused a run it had let start (0% missing for the manual prompt)."""
 from __future__ import annotations

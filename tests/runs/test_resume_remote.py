@@ -1,4 +1,4 @@
-"""Durable runs (issue 12): a remote run killed with SIGKILL and resumed stays within its request limit by the
+"""Durable runs: a remote run killed with SIGKILL and resumed stays within its request limit by the
 mock's own count and pays no answered request twice; one writer per run folder; finished folders are kept."""
 from __future__ import annotations
 

@@ -273,8 +273,8 @@ def test_p0_cue_in_hard_mode_starts_from_the_cue_tokens_themselves(tiny_backend,
 
 
 def test_p0_cue_with_more_prompt_tokens_puts_copies_of_the_cues_first_token_before_it(tiny_backend, tiny_task):
-    """Issue 19's lever "more prompt tokens": the start reads as the manual prompt after blank lines, the manual
-    prompt the run compares against stays the cue itself."""
+    """The generalization matrix's lever "more prompt tokens": the start reads as the manual prompt after blank
+    lines, the manual prompt the run compares against stays the cue itself."""
     cue_ids = tuple(tiny_backend.tokenizer.encode(" It was", add_special_tokens=False))
     padded = (cue_ids[0],) * 3 + cue_ids
     hard = Tuner(tiny_task, tiny_backend, TuneConfig(**{**FAST, "p0": "cue", "prompt_tokens": len(padded)},

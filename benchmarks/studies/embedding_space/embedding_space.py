@@ -1,4 +1,4 @@
-"""Issue 24's table on a real model: the template's cue given as token ids, as a soft prompt from the embedding
+"""One embedding space, on a real model: the template's cue given as token ids, as a soft prompt from the embedding
 weight rows (what bbtune built before the fix), and as a soft prompt from the embedding module's output (what
 `vocab.token_embeddings` gives now); plus generation 0 of a short BBT soft run from the cue against the manual
 prompt's train loss. On Gemma the module scales rows by sqrt(hidden), so only the rows row may differ.

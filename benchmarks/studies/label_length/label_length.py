@@ -1,4 +1,4 @@
-"""Should a label word of several tokens be length-normalized? (issue 21: multi-token label words)
+"""Should a label word of several tokens be length-normalized?
 
 With the label names as words (``--verbalizer names``) a multi-token word's exact score is the sum of its tokens'
 log-probs, which favours short words. Compared on the manual prompt (the template alone), accuracy on a test

@@ -1,4 +1,4 @@
-"""Wall time of the same small sweep on a process pool of 1 and of 2 workers (issue 23), on the tiny model and on
+"""Wall time of the same small sweep on a process pool of 1 and of 2 workers, on the tiny model and on
 SmolLM2: 4 jobs of BBT soft (seeds 13, 42, 100, 7) on the built-in demo data.
 
     python benchmarks/studies/sweep_scaling/sweep_scaling.py         # tiny and smollm2, 1 and 2 workers

@@ -1,4 +1,4 @@
-"""Text mode vs log-prob mode (issue 21): tuning a hard prompt through a server that returns only text, against
+"""Text mode vs log-prob mode: tuning a hard prompt through a server that returns only text, against
 the same server read through its log-probs, at the same number of calls.
 
 One mock server over SmolLM2-135M-Instruct (float32, in a thread of this process) answers every row; the text

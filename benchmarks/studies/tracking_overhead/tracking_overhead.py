@@ -1,4 +1,4 @@
-"""What tracking costs a run (issue 37): the same run (same seed, task, model, budget) with no tracker, with
+"""What tracking costs a run: the same run (same seed, task, model, budget) with no tracker, with
 MLflow (a local SQLite store) and with TensorBoard, interleaved so that other load on the machine hits each alike.
 
 Two times per run: `loop_s`, the search loop (the run's own ``wall_s``: generations, checkpoints, the tracker

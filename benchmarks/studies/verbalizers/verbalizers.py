@@ -1,4 +1,4 @@
-"""Does choosing label words on the few-shot train set help on test? (issue 11's verbalizer lever)
+"""Does choosing label words on the few-shot train set help on test? (the verbalizer lever)
 
 Per seed: the preset's candidate words (`bbtune.search.verbalizers.PRESET_CANDIDATES`) are scored once on train, dev
 and test with the template alone (one wide score call per split). Every method's bias is fitted on train;
