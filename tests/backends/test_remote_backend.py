@@ -99,23 +99,6 @@ def test_labels_outside_a_small_top_k_are_missing_and_counted(clean_scores: np.n
     np.testing.assert_allclose(scores[~missing], clean_scores[~missing], atol=1e-5)
 
 
-def _chat_reference(instruction: str) -> np.ndarray:
-    """Exact chat-mode label log-probs computed on the model itself: the chat template around the same text,
-    each label the logsumexp of its single-token spellings."""
-    from bbtune.backends.wire import LabelKeys
-
-    scorer = shared_scorer("tiny")
-    labels = LabelKeys.chat(list(FMT.verbalizer.values()), scorer.tokenizer)
-    out = []
-    for p in prompts():
-        for ex in EXAMPLES:
-            r = FMT.render(ex)
-            ids = scorer.chat_ids([{"role": "user", "content": instruction + r.head + p.text + r.cue}])
-            row = scorer.logprobs(scorer.embed(ids), None, every_position=False)[-1]
-            out.append([float(torch.logsumexp(row[[int(k[1].split(":")[1]) for k in v]], 0)) for v in labels.variants])
-    return np.array(out).reshape(len(prompts()), len(EXAMPLES), -1)
-
-
 @pytest.mark.parametrize("status, headers, expected_wait", [
     (429, {"Retry-After": "2"}, [2.0]), (503, {"retry-after-ms": "250"}, [0.25]),
     (500, {}, None), (502, {}, None), (408, {}, None),

@@ -21,11 +21,12 @@ import torch
 
 from bbtune.backends.local import LocalBackend
 from bbtune.backends.remote import RemoteBackend
+from bbtune.backends.wire import LabelKeys
 from bbtune.core.prompts import SoftPrompt
 from bbtune.errors import CapabilityError
 from bbtune.tasks import Example, TaskFormat, Template, label_name_words
-from mock_server import MockApp, mock_transport
-from tests.backends.test_remote_backend import EXAMPLES, FMT, _chat_reference, make_app, make_backend, prompts
+from mock_server import MockApp, mock_transport, shared_scorer
+from tests.backends.test_remote_backend import EXAMPLES, FMT, make_app, make_backend, prompts
 
 EXACT_TOL = 1e-4  # float32 on both sides; only the batching differs
 DIFF_TOL = 2e-3  # label differences under logit_bias: the bias is applied in float32 and subtracted back
@@ -87,12 +88,27 @@ def assert_same(got: np.ndarray, want: np.ndarray, mode: Mode) -> None:
         np.testing.assert_allclose(np.diff(got, axis=-1), np.diff(want, axis=-1), atol=DIFF_TOL)
 
 
+def chat_reference(instruction: str) -> np.ndarray:
+    """Exact chat-mode label log-probs computed on the model itself: the chat template around the same text,
+    each label the logsumexp of its single-token spellings."""
+    scorer = shared_scorer("tiny")
+    labels = LabelKeys.chat(list(FMT.verbalizer.values()), scorer.tokenizer)
+    out = []
+    for p in prompts():
+        for ex in EXAMPLES:
+            r = FMT.render(ex)
+            ids = scorer.chat_ids([{"role": "user", "content": instruction + r.head + p.text + r.cue}])
+            row = scorer.logprobs(scorer.embed(ids), None, every_position=False)[-1]
+            out.append([float(torch.logsumexp(row[[int(k[1].split(":")[1]) for k in v]], 0)) for v in labels.variants])
+    return np.array(out).reshape(len(prompts()), len(EXAMPLES), -1)
+
+
 def reference(local: LocalBackend, backend: RemoteBackend, mode: Mode) -> np.ndarray:
     """The local model's label log-probs of the same text (chat: inside the chat template the backend builds)."""
     if mode.mode != "chat":
         return local.score(prompts(), EXAMPLES, FMT)
     instruction = backend.texts(prompts()[:1], EXAMPLES[:1], FMT)[0].split(EXAMPLES[0].text)[0]
-    return _chat_reference(instruction)
+    return chat_reference(instruction)
 
 
 def test_label_scores_are_the_local_models(mode: Mode, local: LocalBackend) -> None:

@@ -43,8 +43,8 @@ def _rows(inputs: list[torch.Tensor], local: LocalBackend, k: int) -> list[list[
 def local_topk(local: LocalBackend, ps: list[Prompt], examples: list[Example], fmt: TaskFormat, k: int,
                chat_instruction: str | None = None) -> list[AnswerTopK]:
     """The reference: the tiny model's own top-k at the answer position, per prompt (chat: inside the chat
-    template around the instruction and the same text, as `_chat_reference` builds it): the local backend's own
-    `score_topk` where no chat template is involved."""
+    template around the instruction and the same text, as test_remote_contract's `chat_reference` builds it):
+    the local backend's own `score_topk` where no chat template is involved."""
     if chat_instruction is None:
         return local.score_topk(ps, examples, fmt, k)[1]
     else:
