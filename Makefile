@@ -26,7 +26,7 @@ test: setup
 	$(PY) -m pytest -q -n 2  # one worker per core: the tests are single-threaded (torch threads = 1)
 
 # The docs site into site/: the guide, the API reference and the benchmark pages generated from
-# benchmarks/results/ (tests/test_docs.py builds it too, and runs every code block on its pages).
+# benchmarks/results/ (tests/docs/test_docs.py builds it too, and runs every code block on its pages).
 docs: setup
 	$(VENV)/bin/mkdocs build --strict
 

@@ -6,7 +6,7 @@
 Seeds in parallel: `bbtune sweep benchmarks/specs/compare_sst2.toml` runs the same grid as jobs on a process pool
 (or Ray) into one report, instead of one process per seed joined with --merge (which still works).
 
-Writes report.md, results.json and accuracy_vs_calls.png to --out. The defaults are issue 11's real budget on
+Writes report.md, results.json and accuracy_vs_calls.png to --out. The defaults are the SST-2 goal's real budget on
 CPU: BBT 300 calls from the cue (d=500, popsize 10, calibrated, as `bbtune tune`), prompt tuning and PEZ 100
 AdamW steps of 8 examples with 5 prompt tokens, one demonstration per class in context, the whole test set; the
 paper's BBT setting (50 tokens, popsize 20, 8000 calls) needs a GPU. With --transfer-mock the hard prompts are also

@@ -1,4 +1,4 @@
-"""How fast LocalBackend scores one CMA-ES generation, against the limit of the hardware (issue 6).
+"""How fast LocalBackend scores one CMA-ES generation, against the limit of the hardware.
 
 One generation = `popsize` soft prompts of `prompt-tokens` tokens, each scored on the k-shot training set
 (SST-2 16-shot: 32 examples). Measured on the same machine, in one run, interleaved so that other load

@@ -1,5 +1,5 @@
-"""Hostile-user cases for durable runs (issue 12): kill -9 and --resume, limits across a kill, two writers, a
-run into a finished folder; and issue 22's refusals: a deleted ledger, a finished run resumed, a corrupt
+"""Hostile-user cases for durable runs: kill -9 and --resume, limits across a kill, two writers, a run into a
+finished folder; and the refusals of the hostile-input pass: a deleted ledger, a finished run resumed, a corrupt
 checkpoint, a mistyped key flag, a server whose echo is misaligned. Every case runs real `bbtune tune`
 processes against the mock server (in a thread of this process, with latency) and reads the mock's own counters.
 
@@ -256,7 +256,7 @@ class Bench:
         return run_dir
 
     def hardening(self, clean: Path) -> list[Case]:
-        """Issue 22: refusals that send nothing, change nothing and say what to do in one line."""
+        """Refusals that send nothing, change nothing and say what to do in one line."""
         resume = ["--resume"]
         no_ledger = self.copy(clean, "no-ledger", "metrics.json", "ledger.jsonl")  # as if killed, then the ledger lost
         cases = [self.refusal("deleted ledger: --resume refused", [*resume, str(no_ledger), "--no-progress"],

@@ -1,4 +1,4 @@
-"""Issue 19's generalization matrix from a finished (or partial) sweep of `benchmarks/specs/matrix.toml`:
+"""The generalization matrix from a finished (or partial) sweep of `benchmarks/specs/matrix.toml`:
 one row per task, model, seed and method with its test accuracy, the gain of each method over the calibrated
 manual prompt per cell, and the goal checks.
 
@@ -140,7 +140,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def goals(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[bool, str]]:
-    """Issue 19's goals over the cells present: safety (every cell >= max(manual, calibrated) - 1), mean gain
+    """The matrix's goals over the cells present: safety (every cell >= max(manual, calibrated) - 1), mean gain
     >= 3, and BBT soft at least prompt tuning and calibrated in-context learning in 6 of 8 task x model pairs."""
     acc = {(r["task"], r["model"], r["seed"], r["method"]): r["test_acc"] for r in rows}
     cells = sorted({k[:3] for k in acc})

@@ -1,6 +1,6 @@
-"""How fast the mock server refuses hostile requests and lets go of a client that left (issues 22, 36).
+"""How fast the mock server refuses hostile requests and lets go of a client that left.
 
-The unit tests (tests/test_mock_limits.py) check *what* is refused and how much work was done, never how long it
+The unit tests (tests/mock_server/test_limits.py) check *what* is refused and how much work was done, never how long it
 took: a bound on time fails by chance on a loaded machine. The times live here, measured on a running server:
 
 - each hostile request: seconds from sending it to its 4xx (a million prompts, a 7 MB prompt, a 10 MB

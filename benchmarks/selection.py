@@ -125,7 +125,7 @@ def write(out: Path, args: argparse.Namespace, runs: list[dict[str, Any]]) -> No
 def summary(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Per task, model and calibration, and over all of them: each rule's held-out accuracy, its gain over the
     calibrated manual prompt and its margin over the better of the manual and calibrated manual prompts (the
-    issue's safety line: a run below that minus 1 point fails it)."""
+    matrix's safety goal: a run below that minus 1 point fails it)."""
     def margins(rule: str, mine: list[dict[str, Any]]) -> dict[str, Any]:
         have = [r["heldout_acc"] for r in mine if rule in r["heldout_acc"]]
         gain = [100 * (a[rule] - a["manual_calibrated"]) for a in have]

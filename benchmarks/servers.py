@@ -1,4 +1,4 @@
-"""Tuning through servers (issue 10): our mock and independent ones (llama-cpp-python's OpenAI-compatible
+"""Tuning through servers: our mock and independent ones (llama-cpp-python's OpenAI-compatible
 server on the embedded SmolLM2 GGUF, the `server` extra; vLLM on its float32 HF folder, `make vllm-install`),
 per scoring mode.
 

@@ -1,5 +1,5 @@
 """BBT on SST-2 16-shot with SmolLM2: manual prompt vs BBT soft vs its nearest tokens vs BBT hard (in the loop),
-each with its gain over the manual prompt per seed, and the goal check of issue 11.
+each with its gain over the manual prompt per seed, and the goal check (the SST-2 and AG News targets).
 
     python benchmarks/sst2_bbt.py --seeds 13 42 100 --budget 300
     python benchmarks/sst2_bbt.py --placements suffix prefix --modes soft --out benchmarks/results/placement_sst2.json
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None, data: str = "sst2", preset: str = "senti
 
 def goal_check(runs: list[dict], goals: dict[str, float], reference: dict[int, float] | None = None,
                baseline: str = "manual") -> dict[str, tuple[bool, str]]:
-    """Issue 11's targets: mean test accuracy per method, and a gain over the manual prompt on every seed; with
+    """The goal table's targets: mean test accuracy per method, and a gain over the manual prompt on every seed; with
     `reference` (seed -> test accuracy of another manual prompt on the same split) the gain over that one."""
     out = {}
     for method in ("bbt_soft", "bbt_hard"):

@@ -1,4 +1,4 @@
-"""The committed generalization matrix (`benchmarks/results/matrix.json`, issue 19: 4 tasks x 2 models x 3 seeds x
+"""The committed generalization matrix (`benchmarks/results/matrix.json`: 4 tasks x 2 models x 3 seeds x
 9 methods) in MLflow, as a sweep: one parent run with a child per row, tagged task, model, seed and method, so the
 matrix can be browsed and its methods compared in `mlflow ui` (the sweep folders themselves are not committed;
 `bbtune track SWEEP_DIR` logs a sweep folder with its curves and files).

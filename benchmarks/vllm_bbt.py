@@ -1,4 +1,4 @@
-"""BBT soft through vLLM against the same run on the local model (issue 38): the run folders' curves side by
+"""BBT soft through vLLM against the same run on the local model: the run folders' curves side by
 side, generation by generation, with requests, wall time and the ledger's word on what was paid.
 
 The runs are ordinary CLI runs (same task, seed and budget; only the backend differs), made first:

@@ -1,4 +1,4 @@
-"""A CMA-ES population across two vLLM replicas (issue 38): throughput against one server, and failover when
+"""A CMA-ES population across two vLLM replicas: throughput against one server, and failover when
 one replica is killed (SIGKILL) mid-population.
 
 Same machine, same cores: one server with both cores (`VLLM_CPU_OMP_THREADS_BIND=0-1`) against two servers

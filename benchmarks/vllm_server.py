@@ -1,4 +1,4 @@
-"""vLLM's OpenAI-compatible server on the embedded SmolLM2 (issue 38): the one served way to use a soft prompt
+"""vLLM's OpenAI-compatible server on the embedded SmolLM2: the one served way to use a soft prompt
 (`prompt_embeds`). It lives in its own venv (``.venv-vllm``, built by ``make vllm-server``) because its pins
 (transformers, torch) are not bbtune's; bbtune only talks to it over HTTP.
 

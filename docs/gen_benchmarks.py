@@ -1,4 +1,5 @@
-"""Benchmark pages and the README's results table, generated from ``benchmarks/results/*.json`` (never typed).
+"""Benchmark pages and the README's results table, generated from ``benchmarks/results/*.json`` and the finished
+studies' ``benchmarks/studies/*/*.json`` (never typed).
 
 As a script:
 
@@ -20,6 +21,7 @@ from typing import Any, Iterable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+STUDIES = ROOT / "benchmarks" / "studies"  # finished one-off studies: a folder each, its script beside its results
 README = ROOT / "README.md"
 BASELINE = "manual_calibrated"
 # The order methods are listed in; a method matrix.json holds that is not here follows, in name order.
@@ -239,18 +241,24 @@ def page_of(name: str) -> str:
     return next((page for page, (_, prefixes) in PAGES.items() if name.startswith(prefixes)), "other")
 
 
-def benchmark_pages(results: Path = RESULTS) -> dict[str, str]:
+def result_files(results: Path = RESULTS, studies: Path = STUDIES) -> list[Path]:
+    """Every result file, by name: the live benchmarks' and the finished studies'."""
+    return sorted([*results.glob("*.json"), *studies.glob("*/*.json")], key=lambda path: path.name)
+
+
+def benchmark_pages(results: Path = RESULTS, studies: Path = STUDIES) -> dict[str, str]:
     """``benchmarks/<page>.md`` -> Markdown, for every page that has result files, plus the index."""
     files: dict[str, list[Path]] = {}
-    for path in sorted(results.glob("*.json")):
+    for path in result_files(results, studies):
         files.setdefault(page_of(path.name), []).append(path)
     pages: dict[str, str] = {}
     titles = {**{k: t for k, (t, _) in PAGES.items()}, "other": "Other results"}
     for page in [*PAGES, "other"]:
         if page not in files:
             continue
-        body = [f"# {titles[page]}", "Generated from `benchmarks/results/` by `docs/gen_benchmarks.py` on every "
-                "docs build: the numbers are the files', as measured (machine and settings in each file)."]
+        body = [f"# {titles[page]}", "Generated from `benchmarks/results/` and `benchmarks/studies/` by "
+                "`docs/gen_benchmarks.py` on every docs build: the numbers are the files', as measured (machine and "
+                "settings in each file)."]
         if page == "matrix":
             matrix = load(results / "matrix.json")
             body += ["## Per method", results_table(matrix), "## Per task and model",
@@ -266,7 +274,8 @@ def benchmark_pages(results: Path = RESULTS) -> dict[str, str]:
                if p in files]
     pages["benchmarks/index.md"] = "\n\n".join([
         "# Benchmarks", "Every table in this section is generated from the JSON files in `benchmarks/results/` "
-        "(the scripts in `benchmarks/` write them). The headline table, over four tasks, two models and three seeds:",
+        "(the scripts in `benchmarks/` write them) and `benchmarks/studies/` (finished studies, each folder its "
+        "script and its results). The headline table, over four tasks, two models and three seeds:",
         results_table(load(results / "matrix.json")), markdown([["page", "result files"], *listing])]) + "\n"
     return pages
 

@@ -1,5 +1,5 @@
 """The public API (`import bbtune`), the scikit-learn estimator and the examples (run on the tiny model through
-their own flags and environment variables). The README's and the guide's code blocks run in tests/test_docs.py.
+their own flags and environment variables). The README's and the guide's code blocks run in tests/docs/test_docs.py.
 """
 from __future__ import annotations
 

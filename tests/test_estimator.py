@@ -1,4 +1,4 @@
-"""Issue 36: `PromptClassifier` keeps scikit-learn's contract: parameters checked in `fit` (one line naming the
+"""`PromptClassifier` keeps scikit-learn's contract: parameters checked in `fit` (one line naming the
 parameter), `NotFittedError` before `fit`, empty inputs answered, and a budget below the population raised to it so
 `cross_val_score` fits; the estimator checks that do not need numeric features pass."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from sklearn.utils import estimator_checks as checks
 
 from bbtune import PromptClassifier
 from bbtune.errors import ConfigError
-from conftest import NEG, POS
+from tests.conftest import NEG, POS
 
 TEXTS, LABELS = POS + NEG, ["pos"] * len(POS) + ["neg"] * len(NEG)
 SMALL = dict(model="tiny", template="{text} It was{label}", budget_calls=10, popsize=5, intrinsic_dim=8)

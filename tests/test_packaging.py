@@ -84,4 +84,4 @@ def test_make_server_builds_llama_cpp_python_without_native_flags() -> None:
     assert len(install) == 1 and all(flag in install[0] for flag in NON_NATIVE), plan
     assert install[0].startswith('CMAKE_ARGS="') and "--no-cache-dir" in install[0]
     assert "`make server`" in (ROOT / "docs" / "guide" / "remote.md").read_text()
-    assert "`make server`" in (ROOT / "tests" / "test_real_server.py").read_text()
+    assert "`make server`" in (ROOT / "tests" / "backends" / "test_real_server.py").read_text()

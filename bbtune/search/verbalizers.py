@@ -1,6 +1,6 @@
 """Verbalizer search: choose each label's word from candidates by calibrated train accuracy.
 
-Why: the label word is a lever next to the prompt (issue 11): a model may separate the classes better through
+Why: the label word is a lever next to the prompt: a model may separate the classes better through
 " wonderful" than through " positive". The search is cheap because one score call can cover every candidate:
 a "wide" `TaskFormat` has the task's template and placement and one pseudo-label per candidate word, and a
 backend scores each word's log-prob under the full vocabulary, which does not depend on the other words. So it
@@ -15,7 +15,7 @@ the server's list length and not the word.
 Caution: with 16 examples per class the search overfits. On SST-2 with SmolLM2-135M (seed 13, full test,
 calibrated) the preset's " negative"/" positive" scored 79.6%, the pair best on train (" stupid"/" wonderful")
 67.4%, no better than the mean of all 272 pairs (67.4%), and an ensemble of all words
-(`CandidateScores.ensemble`) 79.5%. So nothing turns this search on by default; `benchmarks/verbalizers.py`
+(`CandidateScores.ensemble`) 79.5%. So nothing turns this search on by default; `benchmarks/studies/verbalizers/`
 measures it.
 
     >>> scores = candidate_scores(backend, MANUAL_PROMPT, task.train, task.format, PRESET_CANDIDATES["sentiment"])  # doctest: +SKIP
