@@ -44,12 +44,14 @@ def test_the_table_follows_whatever_the_matrix_holds():
     rows = [{"task": "sst2", "model": "m", "seed": 1, "method": "manual_calibrated", "test_acc": 80.0},
             {"task": "sst2", "model": "m", "seed": 1, "method": "zz_new", "test_acc": 82.0, "calls": 300,
              "calls_per_input": 2},
-            {"task": "sst2", "model": "m", "seed": 1, "method": "bbt_soft", "test_acc": 81.0}]
+            {"task": "sst2", "model": "m", "seed": 1, "method": "bbt_soft", "test_acc": 81.0},
+            {"task": "sst2", "model": "m", "seed": 2, "method": "bbt_soft", "test_acc": 79.0}]
     lines = gen.results_table({"rows": rows}).splitlines()
     assert "calls per run / per test input" in lines[0]
     order = [line.split("|")[1].strip() for line in lines[2:5]]
     assert order == ["`manual_calibrated`", "`bbt_soft`", "`zz_new`"]  # the listed order, then new ones
-    assert lines[4].rstrip(" |").endswith("+2.0 | 300 / 2")
+    assert lines[4].rstrip(" |").endswith("+2.0 | 1 | 300 / 2")  # gain, cells it covers, calls
+    assert lines[3].rstrip(" |").endswith("+1.0 | 2 | -")  # two seeds; the one with a baseline gives the gain
 
 
 def test_the_benchmark_pages_cover_every_result_file_and_name_no_work_items():
