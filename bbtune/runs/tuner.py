@@ -48,7 +48,7 @@ from bbtune.search.optimizers import make_optimizer
 from bbtune.search.readout_objective import SearchReadout, readout_objective
 from bbtune.search.readouts.fitted import RunReadout
 from bbtune.search.selection import selection_key
-from bbtune.search.subspace import P0Init, Subspace
+from bbtune.search.subspace import P0Init, Subspace, SubspaceConfig
 from bbtune.tasks import Task
 from bbtune.tasks.answer_metrics import answer_metric
 
@@ -117,7 +117,8 @@ class Tuner:
         vocab = self.backend.vocabulary()
         self.manual_ = MANUAL_PROMPT
         self.p0_ = resolve_p0(cfg, self.task, vocab)
-        space, p0_ids = replace(cfg, p0=self.p0_), ()
+        space: SubspaceConfig = replace(cfg, p0=self.p0_)
+        p0_ids: tuple[int, ...] = ()
         if self.p0_ is P0Init.CUE:
             space, p0_ids, self.task_, self.manual_ = start_from_cue(cfg, self.task_, vocab)
         self.scorer_ = text_scorer(self.backend) if cfg.fluency or cfg.vocab_filter == "common" else None

@@ -14,18 +14,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
+from bbtune.app.flags import REMOTE_PREFIX, flag
 from bbtune.backends.remote import RemoteConfig
 from bbtune.errors import ConfigError
 from bbtune.runs.tracking import TRACK_FIELDS, redact
 
-REMOTE_PREFIX = "remote_"
 RESUMABLE = ("max_requests", "max_tokens", "max_cost", "max_retries", "timeout_s", "concurrency",
              "replica_concurrency", "api_key_env", "extra_headers")
 ALWAYS_OK = frozenset({"resume", "no_progress", *TRACK_FIELDS})  # flags that never change what a run computes
-
-
-def flag(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
 
 
 def given_dests(argv: Sequence[str]) -> set[str]:
