@@ -11,7 +11,7 @@ The calls a notebook makes:
     >>> run = bbtune.tune(task, model="tiny", budget_calls=20, progress=False)
     >>> run.predict(["a wonderful film"])[0].label in task.format.labels
     True
-    >>> run.metrics["selected"] in ("tuned", "manual")
+    >>> run.metrics.selected in ("tuned", "manual")
     True
 
 - `tune(task, model, **options)` -> `TunedRun` (`.predict`, `.metrics`, `.curve`, `.decision`, `.prompt_text`);
