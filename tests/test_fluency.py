@@ -81,9 +81,9 @@ def test_smollm2_tells_word_pieces_from_words(smollm2_backend):
 
 
 def test_fluency_needs_hard_mode_and_a_weight_of_zero_or_more():
-    with pytest.raises(ConfigError, match="--fluency"):
+    with pytest.raises(ConfigError, match="fluency=0.1: .* with mode=hard"):
         TuneConfig(fluency=0.1)  # soft mode
-    with pytest.raises(ConfigError, match="--fluency"):
+    with pytest.raises(ConfigError, match="fluency=-1.0"):
         TuneConfig(mode="hard", fluency=-1.0)
 
 

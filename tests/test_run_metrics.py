@@ -118,3 +118,16 @@ def test_an_old_file_without_a_limit_ended_by_budget_or_convergence():
 def test_a_file_from_a_newer_bbtune_is_refused_with_what_to_do():
     with pytest.raises(CheckpointError, match="upgrade bbtune"):
         RunMetrics.from_json({"schema_version": SCHEMA_VERSION + 1})
+
+
+def test_the_library_names_fields_and_the_cli_shows_them_as_flags(tiny_task, tiny_backend):
+    from bbtune.app.flags import flag_words
+    from bbtune.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        run_tuner(tiny_task.with_placement("prefix"), tiny_backend, TuneConfig(**{**SMALL, "p0": "cue"}), progress=False)
+    assert "p0=cue" in str(err.value) and "placement=suffix" in str(err.value) and "--" not in str(err.value)
+    assert "--p0=cue" in flag_words(str(err.value)) and "--placement=suffix" in flag_words(str(err.value))
+    with pytest.raises(ConfigError) as err:
+        TuneConfig(fluency=0.1)
+    assert flag_words(str(err.value)).startswith("--fluency=0.1: ") and "--mode=hard" in flag_words(str(err.value))

@@ -24,10 +24,12 @@ def flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
 
-def field_flags() -> dict[str, str]:
-    """Every config field's flag: the one mapping the parser and the messages share."""
-    flags = {f.name: flag(f.name) for cls in CONFIGS.values() for f in dataclasses.fields(cls)}
-    flags.update({f.name: flag(REMOTE_PREFIX + f.name) for f in dataclasses.fields(RemoteConfig)})
+def field_flags(remote: bool = False) -> dict[str, str]:
+    """Every config field's flag: the one mapping the parser and the messages share. A name both configs have
+    (``mode``) is the tuning field's unless `remote` (a message that says ``RemoteConfig.mode``)."""
+    flags = {f.name: flag(REMOTE_PREFIX + f.name) for f in dataclasses.fields(RemoteConfig)}
+    if not remote:
+        flags.update({f.name: flag(f.name) for cls in CONFIGS.values() for f in dataclasses.fields(cls)})
     return flags
 
 
@@ -60,13 +62,13 @@ def flag_words(message: str) -> str:
     """A library message in the command line's words: the Python API names fields (``max_input_tokens``,
     ``RemoteConfig.timeout_s``, ``popsize=6``), the CLI user needs the flags (``--max-input-tokens``). A server's
     own words (``HTTP 400 (...)``) are kept: its ``max_tokens`` is the request's field, not --remote-max-tokens."""
-    flags = field_flags()
+    flags, remote = field_flags(), field_flags(remote=True)
 
     def swap(match: re.Match[str]) -> str:
-        name = match.group("name")
-        if name not in flags or not (match.group("cls") or match.group("eq") or "_" in name):
+        name, named = match.group("name"), remote if match.group("cls") else flags
+        if name not in named or not (match.group("cls") or match.group("eq") or "_" in name):
             return match.group(0)
-        return flags[name] + (match.group("eq") or "")
+        return named[name] + (match.group("eq") or "")
 
     field_name = re.compile(r"(?<![\w./-])(?P<cls>RemoteConfig\.)?(?P<name>[a-z][a-z0-9_]*)\b(?P<eq>=)?")
     out, at = [], 0

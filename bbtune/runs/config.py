@@ -124,7 +124,7 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
         if self.vocab_filter not in FILTERS:
             raise ConfigError(f"vocab_filter must be one of {', '.join(FILTERS)}, got {self.vocab_filter!r}")
         if not self.fluency >= 0 or not math.isfinite(self.fluency) or (self.fluency and self.mode is not Mode.HARD):
-            raise ConfigError(f"fluency={self.fluency}: give --fluency a weight >= 0 (0 = off), with --mode hard")
+            raise ConfigError(f"fluency={self.fluency}: give fluency a weight >= 0 (0 = off), with mode=hard")
 
 
 def describe_task(task: Task) -> dict[str, Any]:
