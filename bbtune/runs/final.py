@@ -47,6 +47,19 @@ class FinalScoring:
         cfg = self.config
         return decide(tuned_dev, manual["dev_eval"], tuned_key < manual["key"], cfg.guard, cfg.guard_alpha, cfg.seed)
 
+    def scores(self, metrics: RunMetrics, best: Prompt, bias: np.ndarray | None, discretized: HardPrompt | None,
+               manual: dict[str, Any]) -> RunReadout | None:
+        """All of the above into `metrics`: the returned prompt's readout (its eval calls counted), its test numbers
+        beside the manual prompt's, and a soft result's nearest tokens; returns the readout."""
+        fitted, calls = self.readout(best)
+        metrics.eval_calls += calls
+        metrics.readout = readout_summary(fitted) if fitted is not None else None
+        if self.task.test:
+            self.test_scores(metrics, best, bias, manual, fitted)
+        if discretized is not None:
+            self.nearest_tokens(metrics, discretized)
+        return fitted
+
     def readout(self, best: Prompt) -> tuple[RunReadout | None, int]:
         """The returned prompt's readout, chosen out of fold on train + dev (`bbtune.search.readouts.fitted`), and
         the eval calls it cost; None for ``readout=off`` and for generation tasks (no label words to read)."""

@@ -32,7 +32,7 @@ from bbtune.errors import BBTuneError, BudgetExceeded, CheckpointError
 from bbtune.runs.cue import resolve_p0, start_from_cue
 from bbtune.runs.config import READOUT_SETTINGS, Mode, TuneConfig, describe_task
 from bbtune.runs.endings import ending_of
-from bbtune.runs.final import FinalScoring, answer_scores, readout_summary
+from bbtune.runs.final import FinalScoring, answer_scores
 from bbtune.runs.folder import (BEST_PROMPT, HARD_PROMPT, LEDGER, METRICS, READOUT, REPLIES,
                                 RunFolder, fingerprint, to_jsonable)
 from bbtune.runs.manual import bias_row, manual_bias, manual_point
@@ -360,7 +360,7 @@ class Tuner:
         run_readout = None
         if not state.stopped_by:
             try:
-                run_readout = self._final_scores(metrics, best, bias, discretized, state)
+                run_readout = self.scoring_.scores(metrics, best, bias, discretized, state.manual)
             except BudgetExceeded as err:
                 state.stopped_by = str(err)
         metrics.stopped_by = state.stopped_by or None
@@ -369,7 +369,6 @@ class Tuner:
             # same whichever prompt it returns (a dry run's estimate is a bound however the decision goes)
             metrics.tuned_test_acc = self.scoring_.evaluate(tuned, task.test, state.best_bias).accuracy
         if task.format.is_generation and not state.stopped_by:
-            assert discretized is not None or isinstance(tuned, HardPrompt)
             metrics.answer_scores = answer_scores(metrics, tuned.text if isinstance(tuned, HardPrompt) else
                                                   discretized.text if discretized is not None else None)
         metrics.backend_stats = copy.deepcopy(self.backend.stats)  # as the run left them
@@ -407,20 +406,6 @@ class Tuner:
             if manual["bias"] is not None:
                 metrics.manual_calibrated_dev_acc = manual["selected_dev"][0]
         return metrics
-
-    def _final_scores(self, metrics: RunMetrics, best: Prompt, bias: np.ndarray | None,
-                      discretized: HardPrompt | None, state: _State) -> RunReadout | None:
-        """The returned prompt's readout, its test numbers beside the manual prompt's, and a soft result's nearest
-        tokens (`bbtune.runs.final`); returns the readout."""
-        fitted, calls = self.scoring_.readout(best)
-        state.eval_calls += calls
-        metrics.eval_calls = state.eval_calls
-        metrics.readout = readout_summary(fitted) if fitted is not None else None
-        if self.task_.test:
-            self.scoring_.test_scores(metrics, best, bias, state.manual, fitted)
-        if discretized is not None:
-            self.scoring_.nearest_tokens(metrics, discretized)
-        return fitted
 
     def _write_results(self, result: TuneResult, reencoded: tuple[int, ...]) -> None:
         assert self.folder is not None
