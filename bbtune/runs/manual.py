@@ -24,7 +24,8 @@ def manual_point(objective: Objective, manual: Prompt, task: Task, select: Selec
     bias = bias_row(objective.biases(scores), 0)
     dev_scores = objective.eval_scores(manual, dev)
     raw, calibrated = objective.evaluation(dev_scores, dev, None), objective.evaluation(dev_scores, dev, bias)
-    readout = manual_readout(scores[0], bias, task.format.label_ids(task.train), seed)
+    readout = (manual_readout(scores[0], bias, task.format.label_ids(task.train), seed) if bias is not None
+               else ReadoutKind.RAW.value)  # uncalibrated (a generation task has no labels to read either)
     used, used_bias = (calibrated, bias) if readout == ReadoutKind.BIAS.value else (raw, None)
     calibrated_ce = objective.train_ce(scores[0], bias)  # reported: calibrated, as p0's start is
     train_ce = calibrated_ce if used_bias is not None or bias is None else objective.train_ce(scores[0], None)
