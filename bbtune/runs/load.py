@@ -22,6 +22,7 @@ from bbtune.errors import CheckpointError, ConfigError, TaskError
 from bbtune.search.evaluate import score_examples
 from bbtune.search.losses import label_log_softmax
 from bbtune.constants import EVAL_BATCH
+from bbtune.core.options import known_fields
 from bbtune.core.progress import progress_bar
 from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt
 from bbtune.runs.folder import BEST_PROMPT, CALIBRATION, CONFIG, CURVE, HARD_PROMPT, METRICS, READOUT, RunFolder
@@ -219,10 +220,5 @@ def saved_backend(config: dict[str, Any], max_input_tokens: int = 0) -> Backend:
         if truncate:
             raise ConfigError("max_input_tokens truncates inputs for a local model; this run's backend is a server "
                               "(score through a local one with --model, or shorten the inputs)")
-        return RemoteConfig(**_known(RemoteConfig, {**cli["remote"], "extra_headers": ()})).build()
-    return LocalConfig(**{**_known(LocalConfig, cli["backend"]), **truncate}).build()
-
-
-def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    names = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
-    return {k: v for k, v in values.items() if k in names}
+        return RemoteConfig(**known_fields(RemoteConfig, {**cli["remote"], "extra_headers": ()})).build()
+    return LocalConfig(**{**known_fields(LocalConfig, cli["backend"]), **truncate}).build()

@@ -14,18 +14,20 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from bbtune.backends.accounting import RemoteStats
 from bbtune.backends.base import CallStats
 from bbtune.backends.wire import ProbeReport
+from bbtune.core.options import known_fields
 from bbtune.errors import CheckpointError
 from bbtune.runs.endings import Ending
 from bbtune.search.selection import Decision
 
 SCHEMA_VERSION = 2  # 1: the untyped dict (no schema_version key)
+SCHEMA_KEY = "schema_version"
 ALWAYS_WRITTEN = frozenset({"discretized_prompt", "hard_change_at_sigma0"})  # null in the file where None
-DERIVED = frozenset({"missing_rate", "schema_version"})  # written for readers, computed again on load
+DERIVED = frozenset({"missing_rate", SCHEMA_KEY})  # written for readers, computed again on load
 
 
 @dataclass
@@ -137,7 +139,7 @@ class RunMetrics:
 
     def to_json(self) -> dict[str, Any]:
         """The metrics.json object: the keys of every earlier version, ``schema_version`` first."""
-        out: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
+        out: dict[str, Any] = {SCHEMA_KEY: SCHEMA_VERSION}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name != "extra" and (value is not None or f.name in ALWAYS_WRITTEN):
@@ -149,9 +151,9 @@ class RunMetrics:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "RunMetrics":
         """A metrics.json object of any version (an older one is converted first); unknown keys go to `extra`."""
-        version = data.get("schema_version", 1)
+        version = data.get(SCHEMA_KEY, 1)
         if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise CheckpointError(f"metrics.json has schema_version {version!r}, which this bbtune cannot read (it "
+            raise CheckpointError(f"metrics.json has {SCHEMA_KEY} {version!r}, which this bbtune cannot read (it "
                                   f"reads up to {SCHEMA_VERSION}); upgrade bbtune")
         data = _from_version_1(data) if version == 1 else dict(data)
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
@@ -187,27 +189,27 @@ def _from_version_1(data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def known_fields(cls: type, data: Mapping[str, Any]) -> Any:
-    """An instance of dataclass `cls` from a JSON object, ignoring keys it does not have (a newer or older file)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+def _part(cls: type) -> Callable[[Mapping[str, Any]], Any]:
+    """Reads a nested part, ignoring keys it does not have (a newer or older file)."""
+    return lambda data: cls(**known_fields(cls, data))
 
 
 def _stats(data: Mapping[str, Any]) -> CallStats:
     """A remote backend's counters where the file has any of them (requests, cost, ...), else the common ones."""
     remote_only = {f.name for f in dataclasses.fields(RemoteStats)} - {f.name for f in dataclasses.fields(CallStats)}
-    return known_fields(RemoteStats if remote_only & set(data) else CallStats, data)  # type: ignore[no-any-return]
+    stats: CallStats = _part(RemoteStats if remote_only & set(data) else CallStats)(data)
+    return stats
 
 
 def _answer_scores(data: Mapping[str, Any]) -> AnswerScores:
-    parts = {name: known_fields(SplitScores, data.get(name) or {}) for name in ("manual", "tuned")}
-    return known_fields(AnswerScores, {**data, **parts})  # type: ignore[no-any-return]
+    parts = {name: _part(SplitScores)(data.get(name) or {}) for name in ("manual", "tuned")}
+    scores: AnswerScores = _part(AnswerScores)({**data, **parts})
+    return scores
 
 
-_PARTS: dict[str, Any] = {
-    "decision": lambda d: known_fields(Decision, d), "readout": lambda d: known_fields(ReadoutSummary, d),
-    "answer_scores": _answer_scores, "backend_stats": _stats, "probe": lambda d: known_fields(ProbeReport, d),
-    "ending": Ending, "stop_reasons": dict,
+_PARTS: dict[str, Callable[[Any], Any]] = {
+    "decision": _part(Decision), "readout": _part(ReadoutSummary), "answer_scores": _answer_scores,
+    "backend_stats": _stats, "probe": _part(ProbeReport), "ending": Ending, "stop_reasons": dict,
 }
 
 

@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 from bbtune.errors import CheckpointError, ConfigError
 from bbtune.runs.folder import BEST_PROMPT, CALIBRATION, CONFIG, CURVE, HARD_PROMPT, METRICS, RunFolder
 from bbtune.runs.endings import Ending
-from bbtune.runs.metrics import RunMetrics
+from bbtune.runs.metrics import SCHEMA_KEY, RunMetrics
 
 TRACK_FIELDS = ("track", "track_uri")  # TuneConfig fields that change where a run is reported, never what it computes
 STEP_PREFIX = "curve/"
@@ -198,7 +198,8 @@ def report_result(run: TrackedRun, metrics: RunMetrics, step: int, folder: Path 
                   extra: Mapping[str, float] | None = None) -> None:
     """The end of a run: final metrics (the decision's numbers among them; `prefix` before their names, `extra`
     beside them), tags, prompt text, small files."""
-    run.log_summary({**numbers(redact(metrics.to_json()), prefix), **(extra or {})}, step)
+    saved = {k: v for k, v in metrics.to_json().items() if k != SCHEMA_KEY}  # the file's version is no metric
+    run.log_summary({**numbers(redact(saved), prefix), **(extra or {})}, step)
     run.set_tags(result_tags(metrics))
     if metrics.hard_prompt is not None:
         run.log_text("prompt.txt", metrics.hard_prompt)
