@@ -11,10 +11,11 @@ The calls a notebook makes:
     >>> run = bbtune.tune(task, model="tiny", budget_calls=20, progress=False)
     >>> run.predict(["a wonderful film"])[0].label in task.format.labels
     True
-    >>> run.metrics["selected"] in ("tuned", "manual")
+    >>> run.metrics.selected in ("tuned", "manual")
     True
 
-- `tune(task, model, **options)` -> `TunedRun` (`.predict`, `.metrics`, `.curve`, `.decision`, `.prompt_text`);
+- `tune(task, model, **options)` -> `TunedRun` (`.predict`, `.metrics` (a `RunMetrics`), `.curve`, `.decision`,
+  `.prompt_text`);
   `model` may be a name, a `Backend`, or `backend=RemoteConfig(...)`; `TuneConfig` holds every option (mode
   soft/hard, budget, sizes, selection), and `help(bbtune.tune)` lists them.
 - `load_task(data, preset=..., k=16, seed=13)` -> `Task`; `TaskConfig` for every option.
@@ -42,6 +43,7 @@ from bbtune.core.prompts import HardPrompt, SoftPrompt
 from bbtune.errors import BBTuneError
 from bbtune.estimator import PromptClassifier
 from bbtune.runs.load import Prediction, TunedRun, load_run
+from bbtune.runs.metrics import RunMetrics
 from bbtune.runs.tuner import TuneConfig, TuneResult  # noqa: F401  TuneResult: the raw result, kept importable
 from bbtune.tasks import Example, Task, TaskConfig, TaskFormat, Template
 from bbtune.tasks.answers import AnswerRules
@@ -52,6 +54,6 @@ except _metadata.PackageNotFoundError:  # run from a source tree that was never 
     __version__ = "0+unknown"
 
 __all__ = ["AnswerRules", "Backend", "BBTuneError", "Comparison", "Example", "HardPrompt", "LocalBackend", "LocalConfig",
-           "MethodSettings", "Prediction", "PromptClassifier", "RemoteBackend", "RemoteConfig", "SoftPrompt", "SweepConfig",
-           "SweepResult", "SweepSpec", "Task", "TaskConfig", "TaskFormat", "Template", "TuneConfig", "TunedRun",
+           "MethodSettings", "Prediction", "PromptClassifier", "RemoteBackend", "RemoteConfig", "RunMetrics", "SoftPrompt",
+           "SweepConfig", "SweepResult", "SweepSpec", "Task", "TaskConfig", "TaskFormat", "Template", "TuneConfig", "TunedRun",
            "__version__", "backend_for", "compare", "load_run", "load_task", "sweep", "tune"]

@@ -51,7 +51,7 @@ def tune(task: Task | str = "demo", model: Model = "smollm2", *, backend: Model 
     keeps that backend open for `predict`, ``run.close()`` closes it). `options` override `config`'s fields
     (``mode="hard"``, ``budget_calls=300``, ``seed=1``, ...: every option below). With `run_dir` the run is also
     written there (resumable with ``resume=True``, readable later with `load_run`). The run keeps the manual
-    prompt when tuning does not beat it on dev; ``run.metrics["selected"]`` says which it returned.
+    prompt when tuning does not beat it on dev; ``run.metrics.selected`` says which it returned.
 
         >>> import bbtune
         >>> run = bbtune.tune("demo", model="tiny", budget_calls=20, progress=False)

@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         folds = [Tuner(fold_task, backend, TuneConfig(budget_calls=args.budget, seed=seed), progress=False)
                  for fold_task in (task, dataclasses.replace(task, train=task.dev, dev=task.train))]
         results = [t.run() for t in folds]
-        default_replaces = results[0].metrics["decision"]["replace"]  # fold A's search is today's run
+        default_replaces = results[0].metrics.decision.replace  # fold A's search is today's run
         if folds[0].subspace_.fingerprint() != folds[1].subspace_.fingerprint():
             raise RuntimeError("the two folds searched different subspaces: their points cannot be averaged")
         record = cv_record(task, folds, default_replaces, heldout, test, args.guard_alpha, seed)

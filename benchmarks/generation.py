@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = TuneConfig(mode=mode, answer_scoring=scoring, answer_metric=args.metric, budget_calls=args.budget,
                          popsize=args.popsize, eval_every=args.budget // 2, seed=args.seed)
         started = time.perf_counter()
-        m = run_tuner(task, backend, cfg, progress=False).metrics
+        m = run_tuner(task, backend, cfg, progress=False).metrics.to_json()  # the metrics.json view
         runs.append({"mode": mode, "scoring": scoring, "total_s": round(time.perf_counter() - started, 1),
                      **{k: m[k] for k in ("answer_scores", "hard_prompt", "initial_train_loss", "best_train_loss",
                                           "calls", "eval_calls", "selected", "decision")}})

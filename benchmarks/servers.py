@@ -137,8 +137,8 @@ def one_run(name: str, url: str, mode: str, task: Task, cfg: TuneConfig, n_promp
         row["wall_s"] = time.perf_counter() - start
         stats, probe = backend.stats, backend.probe_
         row.update(requests=stats.requests, missing_rate=stats.missing_rate, probe_report=asdict(probe) if probe else None,
-                   probe=_probe_summary(probe), test_acc=result.metrics.get("test_acc"),
-                   manual_test_acc=result.metrics.get("manual_test_acc"), hard_prompt=result.hard_prompt.text)
+                   probe=_probe_summary(probe), test_acc=result.metrics.test_acc,
+                   manual_test_acc=result.metrics.manual_test_acc, hard_prompt=result.hard_prompt.text)
         if mode != "chat":
             local = backend.reference()  # the local model on the same text: exact scores
             prompts = Discretizer(local.vocabulary()).random_prompts(n_prompts, cfg.prompt_tokens, cfg.seed)

@@ -123,7 +123,7 @@ def run_seed(backend: Backend, args: argparse.Namespace, seed: int, placement: s
         res = run_tuner(task, backend, cfg, ROOT / "runs" / (f"{Path(args.data).name}-{args.preset}-{placement}-{mode}-{seed}"
                                                    f"-d{args.intrinsic_dim}-pop{args.popsize}-a{args.alpha}-b{args.budget}"
                                                    + ("" if args.loss == "ce" else f"-{args.loss}")), progress=False)
-        m, total = res.metrics, time.perf_counter() - started
+        m, total = res.metrics.to_json(), time.perf_counter() - started  # the metrics.json view: rows by key
         manual = m["manual_test_acc"]
         if with_manual and i == 0:
             runs.append({"seed": seed, "placement": "-", "method": "manual", "dev_acc": m["manual_dev_acc"],

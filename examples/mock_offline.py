@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> None:
         first, stats1 = run(clean.url, args, cache, config, task)
         second, stats2 = run(faulty.url, args, "", config, task)
         third, stats3 = run(clean.url, args, cache, config, task)
-        print(f"clean run:   prompt {first.prompt_text!r}  dev acc {first.metrics['dev_acc']:.3f}  "
-              f"test acc {first.metrics.get('test_acc', float('nan')):.3f}  requests {stats1['requests']}")
-        print(f"faulty run:  prompt {second.prompt_text!r}  dev acc {second.metrics['dev_acc']:.3f}  "
+        print(f"clean run:   prompt {first.prompt_text!r}  dev acc {first.metrics.dev_acc:.3f}  "
+              f"test acc {first.metrics.test_acc or float('nan'):.3f}  requests {stats1['requests']}")
+        print(f"faulty run:  prompt {second.prompt_text!r}  dev acc {second.metrics.dev_acc:.3f}  "
               f"requests {stats2['requests']} (retries {stats2['retries']}; faults {json.dumps(faulty.stats()['faults'])})")
         print(f"cached rerun: prompt {third.prompt_text!r}  requests {stats3['requests']}  "
               f"cache hits {stats3['cache_hits']}")

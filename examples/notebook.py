@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         run = bbtune.tune(task, model=args.model, mode="soft", budget_calls=args.budget, run_dir=folder, progress=False)
         m = run.metrics
-        print(f"returned the {m['selected']} prompt: test {m['test_acc']:.3f} against the manual prompt's "
-              f"{m['manual_test_acc']:.3f} ({m.get('manual_calibrated_test_acc', float('nan')):.3f} calibrated)")
+        print(f"returned the {m.selected} prompt: test {m.test_acc:.3f} against the manual prompt's "
+              f"{m.manual_test_acc:.3f} ({m.manual_calibrated_test_acc or float('nan'):.3f} calibrated)")
         for p in run.predict(["The room was clean and the staff were kind.", "It broke after a day."]):
             print(f"  {p.label:<9} {p.probs}")
         again = bbtune.load_run(folder)  # what `bbtune predict` reads

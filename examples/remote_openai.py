@@ -60,8 +60,8 @@ def main() -> int:
             print(f"error: {err}", file=sys.stderr)
             print("usage so far:", json.dumps(backend.stats.as_dict()), file=sys.stderr)
             return 1
-        print(f"prompt {run.prompt_text!r}: dev acc {run.metrics['dev_acc']:.3f}, "
-              f"test acc {run.metrics.get('test_acc', float('nan')):.3f}")
+        print(f"prompt {run.prompt_text!r}: dev acc {run.metrics.dev_acc:.3f}, "
+              f"test acc {run.metrics.test_acc or float('nan'):.3f}")
         s = backend.stats
         print(f"{s.requests} requests ({s.retries} retries, {s.cache_hits} cache hits), "
               f"{s.prompt_tokens + s.completion_tokens} tokens, ~${s.cost:.4f}; "

@@ -84,7 +84,7 @@ def test_the_run_has_its_curve_and_decision_in_memory_and_from_the_folder(tiny_t
     again = bbtune.load_run(tmp_path / "run")
     assert run.curve and [row["calls"] for row in again.curve] == [row["calls"] for row in run.curve]
     assert isinstance(again.curve[-1]["train_loss"], float)
-    assert run.decision == again.decision and "reason" in run.decision
+    assert run.decision == again.decision and run.decision is not None and run.decision.reason
 
 
 def test_tune_takes_a_remote_config_and_keeps_its_backend_open_for_predict(tiny_task):

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import enum
 import json
 import os
-import re
 import sys
-import typing
 import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -27,8 +24,11 @@ from bbtune.app.compare import CompareConfig, compare
 from bbtune.app.comparison import Comparison
 from bbtune.app.demo import run_demo
 from bbtune.app.dryrun import dry_run_compare, dry_run_tune
+from bbtune.app.exits import BAD_INPUT, EPILOG, INTERRUPTED, budget_rounding, ending_line, exit_code, gave_up_line
 from bbtune.app.export import check_parent, export
+from bbtune.app.flags import CONFIGS, REMOTE_PREFIX, add_dataclass_args, flag_words, from_args
 from bbtune.app.report import PLOT_PNG, REPORT_MD, RESULTS_JSON
+from bbtune.app.resume import given_dests, resumed_remote, resumed_tracking, split_settings, tracking_settings
 from bbtune.app.summary import decision_line, readout_line, summary_table
 from bbtune.app.sweep import dry_run_sweep, run_sweep
 from bbtune.app.sweepspec import SweepConfig, SweepSpec
@@ -41,24 +41,16 @@ from bbtune.constants import API_KEY_ENV, OPENAI_API_KEY_ENV
 from bbtune.core import secrets
 from bbtune.core.table import markdown_table
 from bbtune.errors import BackendError, BBTuneError, BudgetExceeded, ConfigError, OutputExistsError
-from bbtune.runs.endings import (
-    EPILOG,
-    Ending,
-    budget_rounding,
-    ending_line,
-    gave_up_line,
-)
+from bbtune.runs.endings import Ending
 from bbtune.runs.folder import CONFIG, RunFolder, refuse_overwrite
 from bbtune.runs.load import load_run, saved_backend
-from bbtune.runs.resume import given_dests, resumed_remote, resumed_tracking, split_settings, tracking_settings
 from bbtune.runs.tracking import untracked
 from bbtune.runs.tuner import TuneConfig, TuneResult, run_tuner
 from bbtune.search.objective import skipped_for_generation
 from bbtune.tasks import FieldMap, TaskConfig, overlaps, parse_label_names, read_inputs
 
-CONFIGS = {"task": TaskConfig, "backend": LocalConfig, "tune": TuneConfig}
 REPORT_FILES = (REPORT_MD, RESULTS_JSON, PLOT_PNG)  # what `compare` writes in --out
-REMOTE_PREFIX = "remote_"  # remote flags are --remote-*, so --model stays the local model's
+__all__ = ["CompareConfig", "build_parser", "flag_words", "from_args", "main", "run_compare"]
 
 
 def run_compare(config: CompareConfig, task: TaskConfig = TaskConfig(), backend: LocalConfig = LocalConfig(),
@@ -75,68 +67,6 @@ def run_compare(config: CompareConfig, task: TaskConfig = TaskConfig(), backend:
     return compare(lambda seed: replace(task, data_seed=seed).load(), model, config.methods, config.seeds,
                    config.settings(tune), config.out, transfer_to=target, transfer_limit=config.transfer_limit or None,
                    progress=progress, record=record)
-
-
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str, prefix: str = "") -> None:
-    """One flag per field: `--intrinsic-dim`, with the field's help, default and choices."""
-    group = parser.add_argument_group(title)
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        kind = hints[f.name]
-        flag = "--" + (prefix + f.name).replace("_", "-")
-        help_ = f"{f.metadata.get('help', '')} (default: {_show(f.default)})"
-        if kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
-        elif isinstance(kind, type) and issubclass(kind, enum.Enum):
-            group.add_argument(flag, choices=[e.value for e in kind], default=f.default.value, help=help_)
-        elif typing.get_origin(kind) is tuple:
-            group.add_argument(flag, nargs="*", type=typing.get_args(kind)[0], default=list(f.default),  # type: ignore[arg-type]
-                               help=help_)
-        else:
-            group.add_argument(flag, type=kind, default=f.default, help=help_)
-
-
-def flag_words(message: str) -> str:
-    """A config error in the command line's words: the Python API names fields (``max_input_tokens``,
-    ``RemoteConfig.timeout_s``, ``popsize=6``), the CLI user needs the flags (``--max-input-tokens``). A server's
-    own words (``HTTP 400 (...)``) are kept: its ``max_tokens`` is the request's field, not --remote-max-tokens."""
-    flags = {f.name: "--" + f.name.replace("_", "-") for cls in CONFIGS.values() for f in dataclasses.fields(cls)}
-    flags.update({f.name: "--" + (REMOTE_PREFIX + f.name).replace("_", "-") for f in dataclasses.fields(RemoteConfig)})
-
-    def swap(match: re.Match[str]) -> str:
-        name = match.group("name")
-        if name not in flags or not (match.group("cls") or match.group("eq") or "_" in name):
-            return match.group(0)
-        return flags[name] + (match.group("eq") or "")
-
-    field_name = re.compile(r"(?<![\w./-])(?P<cls>RemoteConfig\.)?(?P<name>[a-z][a-z0-9_]*)\b(?P<eq>=)?")
-    out, at = [], 0
-    for start, end in _server_words(message):
-        out += [field_name.sub(swap, message[at:start]), message[start:end]]
-        at = end
-    return "".join(out) + field_name.sub(swap, message[at:])
-
-
-def _server_words(message: str) -> list[tuple[int, int]]:
-    """Spans of a message quoting a server: from ``HTTP 400 (`` (or ``(HTTP 404: ``) to the matching ``)``."""
-    spans: list[tuple[int, int]] = []
-    for match in re.finditer(r"HTTP \d{3} \(|\(HTTP \d{3}: ", message):
-        depth, i = 1, match.end()
-        while i < len(message) and depth:
-            depth += {"(": 1, ")": -1}.get(message[i], 0)
-            i += 1
-        if not spans or match.start() >= spans[-1][1]:
-            spans.append((match.end(), i))
-    return spans
-
-
-def _show(value: Any) -> str:
-    return repr(value.value if isinstance(value, enum.Enum) else value)
-
-
-def from_args(cls: type, ns: argparse.Namespace | dict[str, Any], prefix: str = "") -> Any:
-    values = vars(ns) if isinstance(ns, argparse.Namespace) else ns
-    return cls(**{f.name: values[prefix + f.name] for f in dataclasses.fields(cls) if prefix + f.name in values})
 
 
 class Parser(argparse.ArgumentParser):
@@ -280,14 +210,14 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
                   f"see them with: {done.ui}")
     except BBTuneError as err:
         print(f"bbtune: error: {flag_words(str(err))}", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     except OSError as err:  # a disk that is full or read-only, a path that is not allowed: one line, no traceback
         print(f"bbtune: error: {os_error_line(err, args.command)}", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     except KeyboardInterrupt:
         print("\nbbtune: interrupted; finished generations are checkpointed, continue with --resume RUN_DIR",
               file=sys.stderr)
-        return 130
+        return INTERRUPTED
     return 0
 
 
@@ -303,28 +233,28 @@ def os_error_line(err: OSError, command: str = "tune") -> str:
 
 def _tune_main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """Run `tune`, print the table and how the run ended; the exit code says whether the result is usable
-    (see `bbtune.runs.endings`)."""
+    (see `bbtune.app.exits`)."""
     try:
         result, tune_cfg = _tune_command(args, given_dests(argv))
     except BudgetExceeded as err:  # a limit reached before the first generation (the probe, the start point)
         print(f"bbtune: stopped by a limit before the first generation: {flag_words(str(err))}", file=sys.stderr)
-        return Ending.LIMIT.exit_code
+        return exit_code(Ending.LIMIT)
     except BackendError as err:
         if not should_retry(err):
             raise
         retries = getattr(args, "remote_max_retries", RemoteConfig.max_retries)
         print(f"bbtune: {flag_words(gave_up_line(err, retries, args.resume or args.run_dir or 'RUN_DIR'))}",
               file=sys.stderr)
-        return Ending.GAVE_UP.exit_code
-    print(summary_table([("bbtune " + result.metrics["mode"], result)]))
+        return exit_code(Ending.GAVE_UP)
+    print(summary_table([("bbtune " + result.metrics.mode, result)]))
     print(decision_line(result.metrics))
     if (readout := readout_line(result.metrics)) is not None:
         print(readout)
     print(f"\nresults in {result.run_dir}")
-    ending = Ending(result.metrics["ending"])
+    code = exit_code(result.metrics.ending)
     print(f"bbtune: {ending_line(result.metrics, tune_cfg.budget_calls, tune_cfg.popsize)}",
-          file=sys.stderr if ending.exit_code else sys.stdout)
-    return ending.exit_code
+          file=sys.stderr if code else sys.stdout)
+    return code
 
 
 def _tune_command(args: argparse.Namespace, given: set[str]) -> tuple[TuneResult, TuneConfig]:

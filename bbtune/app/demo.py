@@ -13,13 +13,14 @@ import dataclasses
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bbtune.core.numbers import mean_std
 from bbtune.app.summary import summary_table
 from bbtune.backends.factory import LocalConfig
 from bbtune.core.table import markdown_table
 from bbtune.runs.folder import RunFolder
+from bbtune.runs.metrics import RunMetrics
 from bbtune.runs.tuner import Mode, TuneConfig, TuneResult, run_tuner
 from bbtune.tasks import TaskConfig
 
@@ -47,7 +48,7 @@ def run_demo(model: str, budget_calls: int, out: Path, seed: int, seeds: int = 1
     table = summary_table(per_seed[0]) if seeds == 1 else spread_table(per_seed)
     report = "\n\n".join([f"Built-in set: {len(task.test)} test reviews, k = {DEMO_K} per class for train and dev, "
                           f"template {task.format.template.pattern!r}.", table, verdict(per_seed)])
-    RunFolder(out).write_json("summary.json", [{name: r.metrics for name, r in results} for results in per_seed])
+    RunFolder(out).write_json("summary.json", [{name: r.metrics.to_json() for name, r in results} for results in per_seed])
     (out / "summary.md").write_text(report + "\n")
     return f"{report}\n\nrun folders and summary in {out}/"
 
@@ -58,10 +59,10 @@ def verdict(per_seed: list[list[tuple[str, TuneResult]]]) -> str:
     lines = []
     for i, (name, _) in enumerate(per_seed[0]):
         runs = [results[i][1].metrics for results in per_seed]
-        gains = [100 * m["gain_over_manual"] for m in runs]
-        calibration = statistics.mean(100 * (m.get("manual_calibrated_test_acc", m["manual_test_acc"])
-                                             - m["manual_test_acc"]) for m in runs)
-        gain, kept = statistics.mean(gains), sum(m["selected"] == "manual" for m in runs)
+        gains = [100 * (m.gain_over_manual or 0.0) for m in runs]
+        calibration = statistics.mean(100 * ((m.manual_calibrated_test_acc or m.manual_test_acc or 0.0)
+                                             - (m.manual_test_acc or 0.0)) for m in runs)
+        gain, kept = statistics.mean(gains), sum(m.kept_manual for m in runs)
         per = f" (per split: {', '.join(f'{g:+.1f}' for g in gains)})" if len(gains) > 1 else ""
         if kept == len(runs):
             lines.append(f"{name} returned the calibrated template: {gain:+.1f} points on test{per}, all of it "
@@ -76,17 +77,18 @@ def verdict(per_seed: list[list[tuple[str, TuneResult]]]) -> str:
 
 def spread_table(per_seed: list[list[tuple[str, TuneResult]]]) -> str:
     """Mean and spread over seeds of every row the single-seed table shows."""
-    columns = {"manual prompt": "manual_test_acc", "manual + label calibration": "manual_calibrated_test_acc"}
-    for name, _ in per_seed[0]:
-        columns[name] = "test_acc"
+    columns: dict[str, tuple[int, Callable[[RunMetrics], float | None]]] = {
+        "manual prompt": (0, lambda m: m.manual_test_acc),
+        "manual + label calibration": (0, lambda m: m.manual_calibrated_test_acc)}
+    for i, (name, _) in enumerate(per_seed[0]):
+        columns[name] = (i, lambda m: m.test_acc)
         if name.endswith("soft"):
-            columns[f"{name} -> nearest tokens"] = "hard_test_acc"
+            columns[f"{name} -> nearest tokens"] = (i, lambda m: m.hard_test_acc)
     rows: list[dict[str, Any]] = []
-    first = {name: i for i, (name, _) in enumerate(per_seed[0])}
-    manual = [100 * results[0][1].metrics["manual_test_acc"] for results in per_seed]
-    for label, key in columns.items():
-        source = first.get(label.split(" -> ")[0], 0)
-        values = [100 * results[source][1].metrics[key] for results in per_seed if key in results[source][1].metrics]
+    manual = [100 * (results[0][1].metrics.manual_test_acc or 0.0) for results in per_seed]
+    for label, (source, read) in columns.items():
+        found = (read(results[source][1].metrics) for results in per_seed)
+        values = [100 * value for value in found if value is not None]
         mean, std = mean_std(values)
         rows.append({"method": label, "test acc (mean ± std)": f"{mean:.1f} ± {std:.1f}",
                      "gain vs manual": f"{statistics.mean(values) - statistics.mean(manual):+.1f} pts"})

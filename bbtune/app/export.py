@@ -116,9 +116,9 @@ def run_summary(run: "TunedRun") -> dict[str, Any]:
     m = run.metrics
     bias = None if run.label_bias is None else dict(zip(run.format.labels, map(float, run.label_bias)))
     return {"template": run.template_text(), "prompt": run.prompt_text, "placement": run.format.placement.value,
-            "verbalizer": dict(run.format.verbalizer), "label_bias": bias, "mode": m.get("mode"),
-            "selected": m.get("selected"), "backend": m.get("backend"), "dev_acc": m.get("dev_acc"),
-            "test_acc": m.get("test_acc"), "manual_test_acc": m.get("manual_test_acc"),
+            "verbalizer": dict(run.format.verbalizer), "label_bias": bias, "mode": m.mode,
+            "selected": m.selected, "backend": m.backend, "dev_acc": m.dev_acc,
+            "test_acc": m.test_acc, "manual_test_acc": m.manual_test_acc,
             "readout": run.readout.as_json() if run.readout is not None else None}
 
 

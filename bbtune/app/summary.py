@@ -5,30 +5,32 @@ import json
 from typing import Any, Sequence
 
 from bbtune.core.table import markdown_table
+from bbtune.runs.metrics import RunMetrics
 from bbtune.runs.tuner import TuneResult
 
 
-def summary_table(results: Sequence[tuple[str, TuneResult | dict[str, Any]]]) -> str:
+def summary_table(results: Sequence[tuple[str, TuneResult]]) -> str:
     """Manual prompt and tuned results side by side, with each one's test gain over the manual prompt."""
-    rows, manual_test = [], None
+    rows: list[dict[str, Any]] = []
+    manual_test = None
     for name, res in results:
-        m = res.metrics if isinstance(res, TuneResult) else res
-        if "manual_test_acc" in m and manual_test is None:  # a tuned run scores the manual prompt beside itself
-            manual_test = m["manual_test_acc"]
-            rows.append({"method": "manual prompt (template alone)", "dev acc": m.get("manual_dev_acc"),
+        m = res.metrics
+        if m.manual_test_acc is not None and manual_test is None:  # a tuned run scores the manual prompt beside itself
+            manual_test = m.manual_test_acc
+            rows.append({"method": "manual prompt (template alone)", "dev acc": m.manual_dev_acc,
                          "test acc": manual_test, "calls": 0})
-            if "manual_calibrated_test_acc" in m:
-                rows.append({"method": "  + label calibration", "dev acc": m.get("manual_calibrated_dev_acc"),
-                             "test acc": m["manual_calibrated_test_acc"], "calls": 0})
-        kept = " (kept the manual prompt: tuning did not beat it on dev)" if m.get("selected") == "manual" else ""
-        rows.append({"method": name + kept, "dev acc": m.get("dev_acc"), "test acc": m.get("test_acc"),
-                     "calls": m.get("calls", 0), "time s": m.get("wall_s"), "prompt": _short(m.get("prompt_shown"))})
-        if "hard_test_acc" in m:
-            rows.append({"method": f"  {name} -> nearest tokens", "dev acc": m.get("hard_dev_acc"),
-                         "test acc": m.get("hard_test_acc"), "calls": "", "time s": None,
-                         "prompt": _short(m.get("discretized_prompt", m.get("hard_prompt")))})
-        elif m.get("mode") == "hard":
-            rows[-1]["prompt"] = _short(m.get("hard_prompt"))
+            if m.manual_calibrated_test_acc is not None:
+                rows.append({"method": "  + label calibration", "dev acc": m.manual_calibrated_dev_acc,
+                             "test acc": m.manual_calibrated_test_acc, "calls": 0})
+        kept = " (kept the manual prompt: tuning did not beat it on dev)" if m.kept_manual else ""
+        rows.append({"method": name + kept, "dev acc": m.dev_acc, "test acc": m.test_acc,
+                     "calls": m.calls, "time s": m.wall_s, "prompt": None})
+        if m.hard_test_acc is not None:
+            rows.append({"method": f"  {name} -> nearest tokens", "dev acc": m.hard_dev_acc,
+                         "test acc": m.hard_test_acc, "calls": "", "time s": None,
+                         "prompt": _short(m.discretized_prompt or m.hard_prompt)})
+        elif m.mode == "hard":
+            rows[-1]["prompt"] = _short(m.hard_prompt)
     for row in rows:
         if manual_test is not None and isinstance(row.get("test acc"), float):
             row["gain vs manual"] = f"{100 * (row['test acc'] - manual_test):+.1f} pts"
@@ -40,37 +42,36 @@ def summary_table(results: Sequence[tuple[str, TuneResult | dict[str, Any]]]) ->
     return markdown_table(rows, columns)
 
 
-def _score_name(results: Sequence[tuple[str, TuneResult | dict[str, Any]]]) -> str:
+def _score_name(results: Sequence[tuple[str, TuneResult]]) -> str:
     """What the runs' "accuracy" measures: acc, or a generation task's answer metric (exact, f1, a function)."""
     for _, res in results:
-        m = res.metrics if isinstance(res, TuneResult) else res
-        if "answer_metric" in m:
-            return str(m["answer_metric"]).rsplit(":", 1)[-1]
+        if res.metrics.answer_metric is not None:
+            return res.metrics.answer_metric.rsplit(":", 1)[-1]
     return "acc"
 
 
-def decision_line(metrics: dict[str, Any]) -> str:
+def decision_line(metrics: RunMetrics) -> str:
     """The run's decision in a sentence: which prompt it returned, its dev margin over the calibrated manual
     prompt, how sure that is, and why (`metrics.json` `decision`)."""
-    d = metrics.get("decision")
-    if not d:
+    d = metrics.decision
+    if d is None:
         return "decision: no manual prompt was scored (this backend takes no hard prompts); the tuned prompt is returned"
-    raw = "answer_metric" in metrics or metrics.get("manual_readout") == "raw"  # it competed uncalibrated
+    raw = metrics.answer_metric is not None or metrics.manual_readout == "raw"  # it competed uncalibrated
     manual = "the manual prompt" if raw else "the calibrated manual prompt"
-    kept = "the tuned prompt" if d["replace"] else manual
+    kept = "the tuned prompt" if d.replace else manual
     # 0.0 - margin, not -margin: a zero margin prints +0.000, not -0.000
-    return (f"decision: returned {kept}; dev margin {100 * d['dev_acc_margin']:+.1f} points, {d['wins']} examples won "
-            f"and {d['losses']} lost (McNemar p = {d['p_value']:.2f}), dev cross-entropy {0.0 - d['dev_loss_margin']:+.3f}: "
-            f"{d['reason']}")
+    return (f"decision: returned {kept}; dev margin {100 * d.dev_acc_margin:+.1f} points, {d.wins} examples won "
+            f"and {d.losses} lost (McNemar p = {d.p_value:.2f}), dev cross-entropy {0.0 - d.dev_loss_margin:+.3f}: "
+            f"{d.reason}")
 
 
-def readout_line(metrics: dict[str, Any]) -> str | None:
+def readout_line(metrics: RunMetrics) -> str | None:
     """How the returned prompt's answers become labels, and why that readout (`metrics.json` `readout`)."""
-    r = metrics.get("readout")
-    if not r:
+    r = metrics.readout
+    if r is None:
         return None
-    depth = f" of the top-{r['k']}" if r.get("k") else ""
-    return f"readout: {r['kind']}{depth}, chosen out of fold on train + dev: {r['reason']}"
+    depth = f" of the top-{r.k}" if r.k else ""
+    return f"readout: {r.kind}{depth}, chosen out of fold on train + dev: {r.reason}"
 
 
 def _short(text: str | None, width: int = 40) -> str | None:

@@ -38,15 +38,15 @@ def _searched(name: str, result: TuneResult, cost: Measurement, placement: str) 
     m = result.metrics
     curve = tuple((int(row["calls"]), float(row["best_dev_acc"])) for row in result.curve if "best_dev_acc" in row)
     hard = result.soft_prompt is None
-    return MethodResult(name, int(m["seed"]), placement, float(m["dev_acc"]), m.get("test_acc"), train_calls=int(m["calls"]),
+    return MethodResult(name, m.seed, placement, float(m.dev_acc or 0.0), m.test_acc, train_calls=m.calls,
                         cost=cost, curve=curve, prompt_text=result.hard_prompt.text if hard else None,
                         best=result.best_prompt)
 
 
 def _discretized(name: str, result: TuneResult, cost: Measurement, placement: str, shared_with: str) -> MethodResult:
     m = result.metrics
-    dev = float(m["hard_dev_acc"])
-    assert result.discretized is not None
-    return MethodResult(name, int(m["seed"]), placement, dev, m.get("hard_test_acc"), train_calls=int(m["calls"]), cost=cost,
-                        curve=((int(m["calls"]), dev),), prompt_text=result.discretized.text, best=result.discretized,
+    assert result.discretized is not None and m.hard_dev_acc is not None
+    dev = m.hard_dev_acc
+    return MethodResult(name, m.seed, placement, dev, m.hard_test_acc, train_calls=m.calls, cost=cost,
+                        curve=((m.calls, dev),), prompt_text=result.discretized.text, best=result.discretized,
                         note=f"nearest tokens of {shared_with}'s prompt; same search, cost shared")

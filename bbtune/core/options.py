@@ -1,9 +1,10 @@
-"""Config fields that hold several strings, taken the same way everywhere."""
+"""Config fields that hold several strings, taken the same way everywhere; a dataclass's fields out of a saved
+dict that may hold more (a newer or older file)."""
 from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Iterable, TypeVar
+from typing import Any, Iterable, Mapping, TypeVar
 
 T = TypeVar("T")
 
@@ -11,6 +12,13 @@ T = TypeVar("T")
 def string_tuple(value: str | Iterable[T]) -> tuple[str | T, ...]:
     """A lone string is one entry: ``block_list="spam"`` blocks the word, not the letters s, p, a, m."""
     return (value,) if isinstance(value, str) else tuple(value)
+
+
+def known_fields(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of `values` that name a field of dataclass `cls`: ``cls(**known_fields(cls, saved))`` reads a
+    file written by another version without failing over a key."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
 
 
 def options_doc(cls: type, indent: str = "") -> str:

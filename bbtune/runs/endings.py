@@ -1,15 +1,5 @@
-"""Why a run ended, the line that says so, and the exit code `bbtune tune` returns for it.
-
-| ending | exit | the result |
-|---|---|---|
-| budget: spent ``--budget-calls`` | 0 | what was asked for |
-| converged: CMA-ES stopped improving before the budget | 0 | usable (more calls would not change it) |
-| limit: a ``--remote-max-*`` limit stopped it | 3 | partial (best so far); raise the limit and ``--resume`` |
-| flat: the training loss never moved | 4 | not usable: every candidate scored alike (scores missing, prompt unchanged) |
-| gave up: a request failed after every retry | 5 | none; finished generations are checkpointed, ``--resume`` |
-
-Bad input or flags exit 2; Ctrl-C exits 130.
-"""
+"""Why a run ended, read from its numbers: the budget was spent, CMA-ES converged, a limit stopped it, or the
+training loss never moved. (The exit code `bbtune tune` returns for each is the CLI's: `bbtune.app.exits`.)"""
 from __future__ import annotations
 
 import math
@@ -20,29 +10,20 @@ FLAT_TOLERANCE = 1e-9  # a training loss that moves less than this over a whole 
 
 
 class Ending(str, Enum):
-    BUDGET = "budget"
-    CONVERGED = "converged"
-    LIMIT = "limit"
-    FLAT = "flat"
-    GAVE_UP = "gave_up"
-
-    @property
-    def exit_code(self) -> int:
-        return {"budget": 0, "converged": 0, "limit": 3, "flat": 4, "gave_up": 5}[self.value]
+    BUDGET = "budget"  # spent budget_calls: what was asked for
+    CONVERGED = "converged"  # CMA-ES stopped improving before the budget: usable
+    LIMIT = "limit"  # a backend's spending limit stopped it: partial (best so far), resumable
+    FLAT = "flat"  # the training loss never moved: not usable
+    GAVE_UP = "gave_up"  # a request failed after every retry: no result (finished generations are checkpointed)
 
 
-EPILOG = "exit codes: 0 budget spent or converged; 2 bad input or flags; 3 stopped by a --remote-max-* limit " \
-         "(partial result, raise it and --resume); 4 the training loss never moved (result not usable); 5 a request " \
-         "failed after every retry (raise --remote-max-retries, or --resume later); 130 interrupted"
-
-
-def ending_of(metrics: dict[str, Any], curve: Sequence[dict[str, Any]]) -> Ending:
-    """Classify a finished run from its metrics (``stopped_by``, ``converged``) and learning curve."""
-    if metrics.get("stopped_by"):
+def ending_of(stopped_by: str | None, converged: bool, curve: Sequence[dict[str, Any]]) -> Ending:
+    """Classify a finished run from why it stopped early (if it did), whether it converged, and its curve."""
+    if stopped_by:
         return Ending.LIMIT
     if loss_never_moved(curve):
         return Ending.FLAT
-    return Ending.CONVERGED if metrics.get("converged") else Ending.BUDGET
+    return Ending.CONVERGED if converged else Ending.BUDGET
 
 
 def loss_never_moved(curve: Sequence[dict[str, Any]]) -> bool:
@@ -51,37 +32,3 @@ def loss_never_moved(curve: Sequence[dict[str, Any]]) -> bool:
     if len(curve) < 2 or not all(math.isfinite(x) for x in losses):
         return False
     return max(losses) - min(losses) <= FLAT_TOLERANCE
-
-
-def ending_line(metrics: dict[str, Any], budget_calls: int, popsize: int) -> str:
-    """One line that says how the run ended and, where the result is not what was asked for, what to do."""
-    ending, calls = Ending(metrics["ending"]), metrics.get("calls", 0)
-    if ending is Ending.LIMIT:
-        return f"stopped by a limit after {calls} of {budget_calls} calls: {metrics['stopped_by']} (partial result)"
-    if ending is Ending.FLAT:
-        check = ("a metric on generated answers moves in steps: right on no training question, no candidate moves "
-                 "it (try --answer-scoring reference, or --answer-metric f1)" if "answer_metric" in metrics else
-                 "check the label words reach the scores (missing_rate in metrics.json)")
-        return (f"the training loss never moved in {calls} calls (every candidate scored like the start point): the "
-                f"result is not usable; {check}, and that candidates differ (hard mode: --hard-change)")
-    if ending is Ending.CONVERGED:
-        reasons = ", ".join(metrics.get("stop_reasons") or {}) or "no progress"
-        return f"converged early after {calls} of {budget_calls} calls ({reasons}); the result is usable"
-    note = budget_rounding(budget_calls, popsize)
-    return f"budget spent: {calls} calls" + (f" ({note})" if note else "")
-
-
-def budget_rounding(budget_calls: int, popsize: int) -> str | None:
-    """What a budget that is not a multiple of the population becomes (None when it is one)."""
-    used = budget_calls // popsize * popsize
-    if used == budget_calls:
-        return None
-    return (f"--budget-calls {budget_calls} is not a multiple of --popsize {popsize}: the run makes {used} calls "
-            f"({used // popsize} generations)")
-
-
-def gave_up_line(err: BaseException, max_retries: int, run_dir: str) -> str:
-    """A request that failed after every retry: the count, and the flags that change the outcome."""
-    return (f"gave up after {max_retries} retries (--remote-max-retries {max_retries}): {err}; raise "
-            f"--remote-max-retries, or continue later with `bbtune tune --resume {run_dir}` (finished generations "
-            "are checkpointed)")

@@ -39,6 +39,8 @@ import torch
 from bbtune.core import secrets
 from bbtune.errors import CheckpointError, OutputExistsError, RunFolderError
 from bbtune.runs import safepickle
+from bbtune.runs.endings import Ending
+from bbtune.runs.metrics import RunMetrics
 
 CHECKPOINT = "checkpoint.pkl"
 CONFIG = "config.json"
@@ -177,8 +179,8 @@ class RunFolder:
         ``--remote-max-*`` limit is not finished: raising the limit and resuming continues it."""
         if not (self.path / METRICS).is_file():
             return None
-        ending = str(self.read_json(METRICS).get("ending", "budget"))
-        return None if ending == "limit" else ending
+        ending = RunMetrics.from_json(self.read_json(METRICS)).ending
+        return None if ending is Ending.LIMIT else ending.value
 
     def refuse_finished(self) -> None:
         """`--resume` of a finished run has nothing left to do (and must not pay for its test scores again)."""

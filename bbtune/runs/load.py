@@ -3,7 +3,7 @@ the per-label calibration) and `predict(texts)` classifies new inputs exactly as
 same prompt, same placement, the same readout (``readout.json``: the label scores and, where it reads them, the
 top-k at the answer position, turned into class scores), argmax, chunks of `EVAL_BATCH` like `evaluate`. Runs
 written without a readout score ``log p(label word) + label_bias`` (metrics.json's ``label_bias`` or a
-``calibration.json``).
+``calibration.json``). ``metrics.json`` is read as a `RunMetrics`, whatever version wrote it.
 
     >>> # run = load_run("runs/sst2-hard-42")
     >>> # run.predict(["a moving, funny film"])[0].label
@@ -22,11 +22,14 @@ from bbtune.errors import CheckpointError, ConfigError, TaskError
 from bbtune.search.evaluate import score_examples
 from bbtune.search.losses import label_log_softmax
 from bbtune.constants import EVAL_BATCH
+from bbtune.core.options import known_fields
 from bbtune.core.progress import progress_bar
 from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt
 from bbtune.runs.folder import BEST_PROMPT, CALIBRATION, CONFIG, CURVE, HARD_PROMPT, METRICS, READOUT, RunFolder
 from bbtune.search.readouts.fitted import RunReadout
+from bbtune.runs.metrics import RunMetrics
 from bbtune.runs.tuner import TuneResult
+from bbtune.search.selection import Decision
 from bbtune.tasks import Example, TaskFormat, Template
 
 
@@ -45,28 +48,28 @@ class TunedRun:
     """A tuned run, ready to classify: what `bbtune.tune` returns and `load_run` reads back from a run folder.
 
     `prompt` is the returned prompt (tuned, or the manual one where the run kept it), `metrics` every number of the
-    run, `curve` the learning curve (one row per generation), `decision` why the run returned what it did, and
+    run (a `RunMetrics`), `curve` the learning curve (one row per generation), `decision` why the run returned what it did, and
     `predict` classifies new inputs. `backend` is built from the run's config when first needed."""
 
     path: Path | None  # None: a run tuned in memory (no run_dir)
     format: TaskFormat
     prompt: Prompt
     label_bias: np.ndarray | None
-    metrics: dict[str, Any]
+    metrics: RunMetrics
     config: dict[str, Any]
     backend: Backend | None = field(default=None, repr=False)
     curve: list[dict[str, Any]] = field(default_factory=list, repr=False)  # one row per generation (curve.csv)
     readout: RunReadout | None = field(default=None, repr=False)  # how answers become labels (None: `label_bias`)
 
     @property
-    def decision(self) -> dict[str, Any] | None:
+    def decision(self) -> Decision | None:
         """Why the run returned what it did: tuned or manual, the dev margins and the tests behind them."""
-        return self.metrics.get("decision")
+        return self.metrics.decision
 
     @property
     def prompt_text(self) -> str:
         """The text a person pastes: the hard prompt (for a soft run, its nearest tokens)."""
-        return self.metrics.get("hard_prompt") or ""
+        return self.metrics.hard_prompt or ""
 
     def template_text(self) -> str:
         """The task's template with the prompt text in place (prefix: before the input; suffix: before the cue)."""
@@ -137,7 +140,7 @@ def load_run(run_dir: str | Path, backend: Backend | None = None) -> TunedRun:
     if not (folder.path / METRICS).exists():
         raise CheckpointError(f"{folder.path} holds no metrics.json: the run has not finished; finish it with "
                               f"`bbtune tune --resume {folder.path}`")
-    metrics = folder.read_json(METRICS)
+    metrics = RunMetrics.from_json(folder.read_json(METRICS))
     fmt = saved_format(config["task"])
     curve = [_numbers(row) for row in folder.read_curve()] if (folder.path / CURVE).exists() else []
     readout = RunReadout.from_json(folder.read_json(READOUT)) if (folder.path / READOUT).exists() else None
@@ -187,9 +190,9 @@ def _prompt(folder: RunFolder) -> Prompt:
     return HardPrompt(tuple(hard["token_ids"]), hard["text"], tuple(hard.get("tokens", ())))
 
 
-def _label_bias(folder: RunFolder | None, metrics: dict[str, Any], fmt: TaskFormat) -> np.ndarray | None:
+def _label_bias(folder: RunFolder | None, metrics: RunMetrics, fmt: TaskFormat) -> np.ndarray | None:
     """Per-label bias in the format's label order, from metrics.json or calibration.json (None: uncalibrated)."""
-    bias = metrics.get("label_bias")
+    bias: Any = metrics.label_bias
     if bias is None and folder is not None and (folder.path / CALIBRATION).exists():
         bias = folder.read_json(CALIBRATION).get("label_bias")
     if bias is None:
@@ -217,10 +220,5 @@ def saved_backend(config: dict[str, Any], max_input_tokens: int = 0) -> Backend:
         if truncate:
             raise ConfigError("max_input_tokens truncates inputs for a local model; this run's backend is a server "
                               "(score through a local one with --model, or shorten the inputs)")
-        return RemoteConfig(**_known(RemoteConfig, {**cli["remote"], "extra_headers": ()})).build()
-    return LocalConfig(**{**_known(LocalConfig, cli["backend"]), **truncate}).build()
-
-
-def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    names = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
-    return {k: v for k, v in values.items() if k in names}
+        return RemoteConfig(**known_fields(RemoteConfig, {**cli["remote"], "extra_headers": ()})).build()
+    return LocalConfig(**{**known_fields(LocalConfig, cli["backend"]), **truncate}).build()

@@ -31,6 +31,8 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from bbtune.errors import CheckpointError, ConfigError
 from bbtune.runs.folder import BEST_PROMPT, CALIBRATION, CONFIG, CURVE, HARD_PROMPT, METRICS, RunFolder
+from bbtune.runs.endings import Ending
+from bbtune.runs.metrics import SCHEMA_KEY, RunMetrics
 
 TRACK_FIELDS = ("track", "track_uri")  # TuneConfig fields that change where a run is reported, never what it computes
 STEP_PREFIX = "curve/"
@@ -180,9 +182,11 @@ def run_tags(config: Mapping[str, Any]) -> dict[str, str]:
             "seed": str(tune.get("seed", "")), "method": method}
 
 
-def result_tags(metrics: Mapping[str, Any]) -> dict[str, str]:
-    tags = {k: str(metrics[k]) for k in ("selected", "ending", "select_rule", "stopped_by") if metrics.get(k)}
-    reason = (metrics.get("decision") or {}).get("reason")
+def result_tags(metrics: RunMetrics) -> dict[str, str]:
+    named = {"selected": metrics.selected, "ending": metrics.ending.value, "select_rule": metrics.select_rule,
+             "stopped_by": metrics.stopped_by}
+    tags = {k: str(v) for k, v in named.items() if v}
+    reason = metrics.decision.reason if metrics.decision is not None else None
     return {**tags, **({"decision": str(reason)[:5000]} if reason else {})}
 
 
@@ -190,14 +194,15 @@ def final_step(curve: Sequence[Mapping[str, Any]]) -> int:
     return int(float(curve[-1]["calls"])) if curve else 0
 
 
-def report_result(run: TrackedRun, metrics: Mapping[str, Any], step: int, folder: Path | None, prefix: str = "",
+def report_result(run: TrackedRun, metrics: RunMetrics, step: int, folder: Path | None, prefix: str = "",
                   extra: Mapping[str, float] | None = None) -> None:
     """The end of a run: final metrics (the decision's numbers among them; `prefix` before their names, `extra`
     beside them), tags, prompt text, small files."""
-    run.log_summary({**numbers(redact(metrics), prefix), **(extra or {})}, step)
+    saved = {k: v for k, v in metrics.to_json().items() if k != SCHEMA_KEY}  # the file's version is no metric
+    run.log_summary({**numbers(redact(saved), prefix), **(extra or {})}, step)
     run.set_tags(result_tags(metrics))
-    if metrics.get("hard_prompt") is not None:
-        run.log_text("prompt.txt", str(metrics["hard_prompt"]))
+    if metrics.hard_prompt is not None:
+        run.log_text("prompt.txt", metrics.hard_prompt)
     for name in SMALL_FILES if folder is not None else ():
         path = folder / name  # type: ignore[operator]
         if not path.is_file() or path.stat().st_size > MAX_FILE_BYTES:
@@ -227,7 +232,7 @@ def report_folder(tracker: Tracker, path: Path, name: str | None = None, tags: M
     run.log_metrics([step for step in map(step_of, curve) if step[0] > last])
     finished = (path / METRICS).is_file()
     if finished:
-        report_result(run, folder.read_json(METRICS), final_step(curve), path, "run." if summary else "", summary)
+        report_result(run, RunMetrics.from_json(folder.read_json(METRICS)), final_step(curve), path, "run." if summary else "", summary)
     run.finish("FINISHED" if finished and folder.finished_ending() is not None else "KILLED")
     return True
 
@@ -320,12 +325,12 @@ class LiveTracking:
         self._sent = len(rows)
         self.reporter.submit(lambda: self._log_steps(new))
 
-    def result(self, metrics: Mapping[str, Any], curve: Sequence[Mapping[str, Any]], folder: Path | None) -> None:
+    def result(self, metrics: RunMetrics, curve: Sequence[Mapping[str, Any]], folder: Path | None) -> None:
         if self.reporter is None:
             return
-        step, metrics = final_step(curve), dict(metrics)
+        step = final_step(curve)
         self.reporter.submit(lambda: self._report(metrics, step, folder))
-        self._status = "KILLED" if metrics.get("ending") == "limit" else "FINISHED"  # a raised limit resumes it
+        self._status = "KILLED" if metrics.ending is Ending.LIMIT else "FINISHED"  # a raised limit resumes it
 
     def _open(self, config: Mapping[str, Any], fresh: bool) -> None:
         assert self.tracker is not None
@@ -341,7 +346,7 @@ class LiveTracking:
             self._run.log_metrics(steps)
             self._last = steps[-1][0]
 
-    def _report(self, metrics: Mapping[str, Any], step: int, folder: Path | None) -> None:
+    def _report(self, metrics: RunMetrics, step: int, folder: Path | None) -> None:
         if self._run is not None:
             report_result(self._run, metrics, step, folder)
 

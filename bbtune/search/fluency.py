@@ -39,8 +39,8 @@ class TextScorer:
 
     def __init__(self, model: Any, tokenizer: Any):
         if "MaskedLM" in type(model).__name__:
-            raise CapabilityError("--fluency and --vocab-filter common need a causal LM to read the prompt; "
-                                  "this model is a masked LM: use --fluency 0 and another --vocab-filter")
+            raise CapabilityError("fluency and vocab_filter=common need a causal LM to read the prompt; "
+                                  "this model is a masked LM: use fluency=0 and another vocab_filter")
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
         self._pieces: dict[int, float] = {}
@@ -108,7 +108,7 @@ def text_scorer(backend: Backend) -> TextScorer:
     local = backend.local_model()
     if local is None:
         raise CapabilityError(f"backend {backend.name!r} has no local model to read prompts with; use a local "
-                              "backend or set --remote-local-model, or run with --fluency 0")
+                              "backend or set RemoteConfig.local_model, or run with fluency=0")
     if local.model not in _SCORERS:
         _SCORERS[local.model] = TextScorer(local.model, local.vocabulary().tokenizer)
     return _SCORERS[local.model]
@@ -118,7 +118,7 @@ def prompt_nll(scorer: TextScorer, prompts: Sequence[Prompt]) -> np.ndarray:
     """Mean NLL per token of each hard prompt's text (what an API receives), repeated prompts read once."""
     texts = [p.text for p in prompts if isinstance(p, HardPrompt)]
     if len(texts) != len(prompts):
-        raise CapabilityError("fluency is defined for hard prompts only; use --mode hard with --fluency")
+        raise CapabilityError("fluency is defined for hard prompts only; use mode=hard with fluency")
     unique = list(dict.fromkeys(texts))
     nll = dict(zip(unique, scorer.nll(unique)))
     return np.array([nll[t] for t in texts])
@@ -138,5 +138,5 @@ def whole_words(scorer: TextScorer, allowed: torch.Tensor, max_piece_p: float = 
     piece = scorer.piece_probability(ids.tolist())
     keep[ids] = piece < max(max_piece_p, 2 * float(piece.median()) if len(piece) else 0.0)
     if not keep.any():
-        raise ConfigError("--vocab-filter common leaves no whole word for this model; use --vocab-filter words")
+        raise ConfigError("vocab_filter=common leaves no whole word for this model; use vocab_filter=words")
     return keep

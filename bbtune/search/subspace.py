@@ -69,11 +69,11 @@ class SubspaceConfig:
         object.__setattr__(self, "projection", Projection(self.projection))
         object.__setattr__(self, "p0", P0Init(self.p0))
         if self.prompt_tokens < 0:
-            raise ConfigError(f"--prompt-tokens must be >= 1 (or 0 = chosen by --p0), got {self.prompt_tokens}")
+            raise ConfigError(f"prompt_tokens must be >= 1 (or 0 = chosen by the p0 start), got {self.prompt_tokens}")
         if self.intrinsic_dim < 1:
-            raise ConfigError(f"--intrinsic-dim must be >= 1, got {self.intrinsic_dim}")
+            raise ConfigError(f"intrinsic_dim must be >= 1, got {self.intrinsic_dim}")
         if not self.alpha >= 0 or not math.isfinite(self.alpha):
-            raise ConfigError(f"--alpha must be > 0 (or 0 = chosen by --p0), got {self.alpha}")
+            raise ConfigError(f"alpha={self.alpha}: it must be > 0 (or 0 = chosen by the p0 start)")
         if self.p0 is P0Init.TEXT and not self.p0_text:
             raise ConfigError("p0='text' needs p0_text (e.g. a manual prompt of prompt_tokens tokens)")
 

@@ -60,9 +60,11 @@ def test_the_demo_credits_calibration_and_the_search_separately():
 
     from bbtune.app.demo import verdict
 
+    from bbtune.runs.metrics import RunMetrics
+
     def result(selected: str, test: float) -> SimpleNamespace:
-        return SimpleNamespace(metrics={"selected": selected, "manual_test_acc": 0.6, "manual_calibrated_test_acc": 0.8,
-                                        "test_acc": test, "gain_over_manual": test - 0.6})
+        return SimpleNamespace(metrics=RunMetrics(selected=selected, manual_test_acc=0.6, manual_calibrated_test_acc=0.8,
+                                                  test_acc=test, gain_over_manual=test - 0.6))
 
     lines = verdict([[("BBT soft", result("tuned", 0.85)), ("BBT hard", result("manual", 0.8))]]).splitlines()
     assert lines[0] == ("BBT soft beat the manual prompt: +25.0 points on test, +20.0 from calibration and +5.0 "

@@ -9,7 +9,9 @@ import pytest
 
 from bbtune.backends.base import Backend, Capabilities
 from bbtune.app.cli import main
-from bbtune.runs.endings import Ending, budget_rounding, ending_line, ending_of
+from bbtune.app.exits import budget_rounding, ending_line, exit_code
+from bbtune.runs.endings import Ending, ending_of
+from bbtune.runs.metrics import RunMetrics
 from bbtune.runs.tuner import TuneConfig, run_tuner
 from mock_server import FaultConfig, FaultRule, MockServer, ServerConfig, shared_scorer
 
@@ -77,10 +79,10 @@ class ConstantBackend(Backend):
 def test_a_loss_that_never_moved_is_a_flat_ending(tiny_backend, tiny_task):
     cfg = TuneConfig(budget_calls=18, prompt_tokens=3, intrinsic_dim=20, popsize=6, eval_every=6)
     flat = run_tuner(tiny_task, ConstantBackend(tiny_backend), cfg, progress=False)
-    assert flat.metrics["ending"] == "flat" and Ending.FLAT.exit_code == 4
+    assert flat.metrics.ending is Ending.FLAT and exit_code(Ending.FLAT) == 4
     assert "never moved" in ending_line(flat.metrics, 18, 6)
     moved = run_tuner(tiny_task, tiny_backend, cfg, progress=False)
-    assert moved.metrics["ending"] == "budget" and Ending.BUDGET.exit_code == 0
+    assert moved.metrics.ending is Ending.BUDGET and exit_code(Ending.BUDGET) == 0
 
 
 @pytest.mark.parametrize("metrics, ending, words", [
@@ -90,8 +92,9 @@ def test_a_loss_that_never_moved_is_a_flat_ending(tiny_backend, tiny_task):
 ])
 def test_each_ending_says_why(metrics, ending, words):
     curve = [{"train_loss": 1.0}, {"train_loss": 0.5}]
-    assert ending_of(metrics, curve) is ending
-    assert words in ending_line({**metrics, "ending": ending.value}, 30, 6)
+    run = RunMetrics(**metrics)
+    assert ending_of(run.stopped_by, run.converged, curve) is ending
+    assert words in ending_line(RunMetrics(**metrics, ending=ending), 30, 6)
 
 
 def test_budget_rounding_is_said():
@@ -106,7 +109,7 @@ def test_giving_up_after_retries_names_the_count_and_the_flags(tmp_path, capsys)
                      "--remote-local-model", "tiny", "--remote-mode", "echo", "--remote-max-retries", "1",
                      "--no-remote-probe", "--run-dir", str(tmp_path / "r")])
     err = capsys.readouterr().err
-    assert code == Ending.GAVE_UP.exit_code == 5
+    assert code == exit_code(Ending.GAVE_UP) == 5
     assert "gave up after 1 retries (--remote-max-retries 1)" in err and f"--resume {tmp_path / 'r'}" in err
 
 

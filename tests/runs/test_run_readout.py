@@ -9,7 +9,10 @@ import pytest
 from bbtune.backends.local import LocalBackend
 from bbtune.errors import ConfigError
 from bbtune.runs.load import load_run
+from bbtune.runs.manual import manual_readout
+from bbtune.runs.metrics import ReadoutSummary, RunMetrics
 from bbtune.runs.tuner import TuneConfig, Tuner
+from bbtune.search.selection import Decision
 
 
 def _accuracy(run, task) -> float:
@@ -54,10 +57,10 @@ def test_the_manual_prompt_competes_raw_where_calibration_loses_out_of_fold(tiny
     tuner._setup()
     y = tiny_task.format.label_ids(tiny_task.train)
     perfect = np.where(np.eye(2)[y] > 0, -0.1, -3.0)  # the raw label words already right: a bias only adds noise
-    assert tuner._manual_readout(perfect, np.zeros(2)) == "raw"
+    assert manual_readout(perfect, np.zeros(2), y, 0) == "raw"
     leaning = np.stack([2.0 + np.where(y == 0, 1.0, -1.0), np.zeros(len(y))], axis=1)  # raw always says label 0
-    assert tuner._manual_readout(leaning, np.array([-1.0, 1.0])) == "bias"  # a bias separates them
-    assert tuner._manual_readout(perfect, None) == "raw"
+    assert manual_readout(leaning, np.array([-1.0, 1.0]), y, 0) == "bias"  # a bias separates them
+    assert manual_readout(perfect, None, y, 0) == "raw"
 
 
 @pytest.mark.parametrize("field, value, message", [("readout", "best", "readout must be one of"),
@@ -86,10 +89,11 @@ def test_export_writes_the_readout_beside_a_peft_adapter_and_says_it_cannot_carr
 def test_the_cli_lines_say_which_readout_and_how_the_manual_prompt_competed():
     from bbtune.app.summary import decision_line, readout_line
 
-    assert readout_line({}) is None
-    line = readout_line({"readout": {"kind": "logistic", "k": 20, "reason": "logistic: 70% out of fold"}})
+    assert readout_line(RunMetrics()) is None
+    line = readout_line(RunMetrics(readout=ReadoutSummary("logistic", 20, "logistic: 70% out of fold")))
     assert line == "readout: logistic of the top-20, chosen out of fold on train + dev: logistic: 70% out of fold"
-    decision = {"replace": False, "dev_acc_margin": 0.0, "wins": 0, "losses": 0, "p_value": 1.0,
-                "dev_loss_margin": 0.0, "reason": "r"}
-    assert "returned the manual prompt;" in decision_line({"decision": decision, "manual_readout": "raw"})
-    assert "returned the calibrated manual prompt;" in decision_line({"decision": decision, "manual_readout": "bias"})
+    decision = Decision(replace=False, dev_acc_margin=0.0, wins=0, losses=0, p_value=1.0, dev_loss_margin=0.0,
+                        loss_p_value=1.0, reason="r")
+    assert "returned the manual prompt;" in decision_line(RunMetrics(decision=decision, manual_readout="raw"))
+    assert "returned the calibrated manual prompt;" in decision_line(RunMetrics(decision=decision,
+                                                                                manual_readout="bias"))

@@ -298,8 +298,10 @@ def test_p0_auto_is_the_cue_where_the_prompt_can_take_its_place_else_random_word
     assert asked_for_three["p0"] == "vocab" and asked_for_three["prompt_tokens_used"] == 3
     prefix = run_tuner(tiny_task.with_placement("prefix"), tiny_backend, TuneConfig(**auto), progress=False).metrics
     assert prefix["p0"] == "vocab" and prefix["prompt_tokens_used"] == CPU_PROMPT_TOKENS
-    no_cue = Tuner(tiny_task.with_template(Template("{text}{label}")), tiny_backend, TuneConfig(**auto))
-    assert no_cue._resolve_p0(tiny_backend.vocabulary()).value == "vocab"
+    from bbtune.runs.cue import resolve_p0
+
+    no_cue = tiny_task.with_template(Template("{text}{label}"))
+    assert resolve_p0(TuneConfig(**auto), no_cue, tiny_backend.vocabulary()).value == "vocab"
 
 
 def test_p0_cue_needs_cue_words_and_suffix_placement(tiny_backend, tiny_task):
@@ -308,10 +310,10 @@ def test_p0_cue_needs_cue_words_and_suffix_placement(tiny_backend, tiny_task):
     no_cue = tiny_task.with_template(Template("{text}{label}"))
     with pytest.raises(ConfigError, match="no cue words"):
         run_tuner(no_cue, tiny_backend, TuneConfig(**{**FAST, "p0": "cue", "prompt_tokens": 0}, budget_calls=12), progress=False)
-    with pytest.raises(ConfigError, match="--prompt-tokens 1 cannot hold it"):
+    with pytest.raises(ConfigError, match="prompt_tokens=1 cannot hold it"):
         run_tuner(tiny_task, tiny_backend, TuneConfig(**{**FAST, "p0": "cue", "prompt_tokens": 1}, budget_calls=12),
              progress=False)
-    with pytest.raises(ConfigError, match="placement suffix"):
+    with pytest.raises(ConfigError, match="placement=suffix"):
         run_tuner(tiny_task.with_placement("prefix"), tiny_backend, TuneConfig(**{**FAST, "p0": "cue", "prompt_tokens": 0}, budget_calls=12), progress=False)
 
 

@@ -68,7 +68,7 @@ def test_whole_words_drops_the_tokens_the_model_expects_letters_after(tiny_backe
     assert set(torch.nonzero(kept).flatten().tolist()) == set(ids) - pieces
     # a model that expects letters after every token cannot tell pieces from words: it keeps them all
     assert torch.equal(whole_words(_Judged(tiny_backend.model, tiny_backend.tokenizer, set(ids)), common), common)
-    with pytest.raises(ConfigError, match="--vocab-filter words"):
+    with pytest.raises(ConfigError, match="vocab_filter=words"):
         whole_words(_Judged(tiny_backend.model, tiny_backend.tokenizer, set()), torch.zeros_like(common))
 
 
@@ -81,9 +81,9 @@ def test_smollm2_tells_word_pieces_from_words(smollm2_backend):
 
 
 def test_fluency_needs_hard_mode_and_a_weight_of_zero_or_more():
-    with pytest.raises(ConfigError, match="--fluency"):
+    with pytest.raises(ConfigError, match="fluency=0.1: .* with mode=hard"):
         TuneConfig(fluency=0.1)  # soft mode
-    with pytest.raises(ConfigError, match="--fluency"):
+    with pytest.raises(ConfigError, match="fluency=-1.0"):
         TuneConfig(mode="hard", fluency=-1.0)
 
 
@@ -91,7 +91,7 @@ def test_a_backend_without_a_local_model_cannot_judge_fluency():
     from bbtune.backends.remote import RemoteBackend
 
     remote = RemoteBackend(base_url="http://unused.test/v1", model="x", local_model="")  # no local copy of the model
-    with pytest.raises(CapabilityError, match="--remote-local-model"):
+    with pytest.raises(CapabilityError, match="RemoteConfig.local_model"):
         text_scorer(remote)
 
 

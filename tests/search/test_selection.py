@@ -7,6 +7,7 @@ import pytest
 
 from bbtune.backends.base import Backend, CallStats, Capabilities
 from bbtune.core.prompts import HardPrompt
+from bbtune.runs.metrics import RunMetrics
 from bbtune.runs.tuner import TuneConfig, Tuner, run_tuner
 from bbtune.search.evaluate import Evaluation
 from bbtune.search.selection import Guard, Selection, decide, selection_key
@@ -146,7 +147,7 @@ def test_the_printed_decision_says_which_prompt_and_why():
     from bbtune.app.summary import decision_line
 
     kept = decide(evaluation_of([0.72] * 31 + [0.55]), evaluation_of([0.74] * 31 + [0.45]), True, Guard.PAIRED, 0.1)
-    line = decision_line({"decision": {**kept.__dict__}})
+    line = decision_line(RunMetrics(decision=kept))
     assert line.startswith("decision: returned the calibrated manual prompt; dev margin +3.1 points, 1 examples won")
     assert "within noise" in line and "McNemar p = 0.50" in line and "dev cross-entropy +0.02" in line
-    assert "no manual prompt was scored" in decision_line({})
+    assert "no manual prompt was scored" in decision_line(RunMetrics())

@@ -72,6 +72,10 @@ def test_p0_text_of_wrong_length_names_the_fix(vocab):
 
 
 @pytest.mark.parametrize("flag, value", [("prompt-tokens", -1), ("intrinsic-dim", 0), ("alpha", -0.5)])
-def test_bad_subspace_config_names_the_flag(flag, value):
-    with pytest.raises(ConfigError, match=f"--{flag}"):
-        SubspaceConfig(**{flag.replace("-", "_"): value})
+def test_bad_subspace_config_names_the_field_and_the_cli_the_flag(flag, value):
+    from bbtune.app.flags import flag_words
+
+    field = flag.replace("-", "_")
+    with pytest.raises(ConfigError, match=field) as err:
+        SubspaceConfig(**{field: value})
+    assert "--" not in str(err.value) and f"--{flag}" in flag_words(str(err.value))

@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> None:
         ev = evaluate(backend, prompt, bare.test, bare.format)
         table.append({"the cue given as": name, "accuracy": round(ev.accuracy, 3), "loss": round(ev.loss, 3)})
     run = tune(task, backend, budget_calls=10, popsize=10, p0="cue", seed=seed, progress=False)
-    start = {"generation 0 train loss": run.metrics["initial_train_loss"],
-             "manual prompt train loss (calibrated)": run.metrics["manual_train_loss"]}
+    start = {"generation 0 train loss": run.metrics.initial_train_loss,
+             "manual prompt train loss (calibrated)": run.metrics.manual_train_loss}
     print(markdown_table(table, list(table[0])))
     print(json.dumps(start))
     print("scale (module / rows):", float(np.linalg.norm(prompts[list(prompts)[2]].embeds) / np.linalg.norm(rows)))

@@ -69,7 +69,7 @@ def run_one(backend: Backend, scorer: TextScorer, args: argparse.Namespace, seed
     cfg = TuneConfig(mode="hard", budget_calls=args.budget, seed=seed, vocab_filter=vocab_filter,
                      fluency=args.fluency if weight is None else weight, keep_manual=False, **start)
     started = time.perf_counter()
-    m = run_tuner(task, backend, cfg, progress=False).metrics
+    m = run_tuner(task, backend, cfg, progress=False).metrics.to_json()  # the metrics.json view
     run = {"seed": seed, "method": method, "prompt": m["hard_prompt"], "perplexity": perplexity(scorer, m["hard_prompt"]),
            "test_acc": m["test_acc"], "manual_test_acc": m["manual_test_acc"], "gain": m["gain_over_manual"],
            "dev_acc": m["dev_acc"], "calls": m["calls"], "total_s": time.perf_counter() - started}

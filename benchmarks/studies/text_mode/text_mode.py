@@ -79,10 +79,10 @@ def one_run(server: str, url: str, name: str, task: Task, cfg: TuneConfig, **rem
         wall = time.perf_counter() - start
         stats = backend.stats
         exact = backend.reference().score([result.hard_prompt], task.test, task.format)
-        row.update({"test acc (as run)": result.metrics.get("test_acc"),
+        row.update({"test acc (as run)": result.metrics.test_acc,
                     "test acc (log-probs)": float(accuracy(exact, task.format.label_ids(task.test))[0]),
-                    "manual test acc (as run)": result.metrics.get("manual_test_acc"),
-                    "calls": result.metrics.get("calls"), "requests": stats.requests,
+                    "manual test acc (as run)": result.metrics.manual_test_acc,
+                    "calls": result.metrics.calls, "requests": stats.requests,
                     "unparsed": f"{stats.unparsed_rate:.1%}" if stats.answers else "-", "wall s": round(wall, 1),
                     "prompt": repr(result.hard_prompt.text), "answers": stats.answers,
                     "answers_unparsed": stats.answers_unparsed, "completion_tokens": stats.completion_tokens,

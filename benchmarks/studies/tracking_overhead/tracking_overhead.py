@@ -82,10 +82,10 @@ def main(argv: list[str] | None = None) -> dict:
                               progress=False)
                 total = time.perf_counter() - started
                 if round_:
-                    times[kind].append({"loop_s": result.metrics["wall_s"], "total_s": round(total, 2),
+                    times[kind].append({"loop_s": result.metrics.wall_s, "total_s": round(total, 2),
                                         "hook_s": round(SPENT["hook_s"], 4), "close_s": round(SPENT["close_s"], 4),
-                                        "test_acc": result.metrics.get("test_acc")})
-                print(f"round {round_} {kind:12s} loop {result.metrics['wall_s']:7.2f} s  total {total:7.2f} s  "
+                                        "test_acc": result.metrics.test_acc})
+                print(f"round {round_} {kind:12s} loop {result.metrics.wall_s:7.2f} s  total {total:7.2f} s  "
                       f"hook {SPENT['hook_s']:.4f} s  close {SPENT['close_s']:.3f} s")
     report = summarize(times, vars(args))
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -14,18 +14,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
+from bbtune.app.flags import REMOTE_PREFIX, flag
 from bbtune.backends.remote import RemoteConfig
+from bbtune.core.options import known_fields
 from bbtune.errors import ConfigError
 from bbtune.runs.tracking import TRACK_FIELDS, redact
 
-REMOTE_PREFIX = "remote_"
 RESUMABLE = ("max_requests", "max_tokens", "max_cost", "max_retries", "timeout_s", "concurrency",
              "replica_concurrency", "api_key_env", "extra_headers")
 ALWAYS_OK = frozenset({"resume", "no_progress", *TRACK_FIELDS})  # flags that never change what a run computes
-
-
-def flag(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
 
 
 def given_dests(argv: Sequence[str]) -> set[str]:
@@ -60,8 +57,7 @@ def resumed_remote(saved_cli: dict[str, Any], settings: dict[str, Any], values: 
         if dest in given:
             applied.append(f"{flag(dest)} {_shown(remote.get(name), name)} -> {_shown(values[dest], name)}")
             remote[name] = values[dest]
-    known = {f.name for f in dataclasses.fields(RemoteConfig)}
-    return RemoteConfig(**{k: v for k, v in remote.items() if k in known}), applied
+    return RemoteConfig(**known_fields(RemoteConfig, remote)), applied
 
 
 def _shown(value: Any, name: str) -> str:
