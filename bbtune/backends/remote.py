@@ -305,7 +305,7 @@ class RemoteBackend(Backend):
         if not examples:
             raise TaskError("score() got no examples; give at least one")
         self.capabilities.require(prompt_kind(list(prompts)), self.name)
-        settings = self.probed((prompts[0], examples, fmt))
+        settings = self.after_probe((prompts[0], examples, fmt))
         scores = self.strategy.score(self, settings, prompts, examples, fmt)
         return self._counted(scores.reshape(len(prompts), len(examples), -1), len(fmt.labels))
 
@@ -320,7 +320,7 @@ class RemoteBackend(Backend):
             raise ConfigError(f"score_topk() needs k >= 1 (tokens per row), got {k!r}")
         self.capabilities.require(prompt_kind(list(prompts)), self.name)
         self.strategy.require_topk(self.name)
-        settings = self.probed((prompts[0], examples, fmt))
+        settings = self.after_probe((prompts[0], examples, fmt))
         depth = min(k, self.capabilities.topk)
         flat, tops = self.strategy.collect_topk(self, settings, prompts, examples, fmt, depth)
         scores = self._counted(flat.reshape(len(prompts), len(examples), len(fmt.labels)), len(fmt.labels))
@@ -362,7 +362,7 @@ class RemoteBackend(Backend):
         return self.strategy.generate(self, self.settings, prompts, examples, fmt, max_tokens=max_tokens, n=n,
                                       temperature=temperature, stop=stop, salt=salt)
 
-    def probed(self, sample: tuple[Prompt, Sequence[Example], TaskFormat] | None) -> Settings:
+    def after_probe(self, sample: tuple[Prompt, Sequence[Example], TaskFormat] | None) -> Settings:
         """The settings requests are built with now, after probing on `sample` if the probe is on and has not run."""
         if self.config.probe and self.probe_ is None:
             self.check(sample)

@@ -48,7 +48,7 @@ class Scorer(Protocol):
     def count_tokens(self, text: str) -> int: ...
     def get(self, path: str, parse: Callable[[dict[str, Any]], Any]) -> Any: ...
     def send(self, requests: list[Request], salt: str = "", retries: int | None = None) -> list[Any]: ...
-    def probed(self, sample: Sample | None) -> Settings: ...
+    def after_probe(self, sample: Sample | None) -> Settings: ...
 
 
 class ProbeContext(Protocol):
@@ -202,7 +202,7 @@ class ScoreStrategy(ABC):
                               fmt: TaskFormat, continuations: Sequence[Sequence[str]]) -> np.ndarray:
         """(P, B, C) log-probs of each example's strings: each string scored as a label word."""
         def scores(ps: Sequence[Prompt], exs: Sequence[Example], words: TaskFormat) -> np.ndarray:
-            settings = scorer.probed((ps[0], exs, words))
+            settings = scorer.after_probe((ps[0], exs, words))
             flat = self.label_logprobs(scorer, settings, ps, exs, words, bias=settings.logit_bias)
             return flat.reshape(len(ps), len(exs), len(words.verbalizer))
 

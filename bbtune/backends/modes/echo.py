@@ -63,7 +63,7 @@ class EchoStrategy(ScoreStrategy):
     def continuation_logprobs(self, scorer: Scorer, prompts: Sequence[Prompt], examples: Sequence[Example],
                               fmt: TaskFormat, continuations: Sequence[Sequence[str]]) -> np.ndarray:
         """Any strings per row: every (row, string) in one concurrent send."""
-        settings = scorer.probed(None)
+        settings = scorer.after_probe(None)
         sent = scorer.send(self.requests(scorer, settings, self.pairs(scorer, prompts, examples, fmt, continuations)))
         return np.array(sent, dtype=np.float64).reshape(len(prompts), len(examples), -1)
 
