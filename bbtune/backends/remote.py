@@ -35,7 +35,6 @@ sends for it: the mode's `collect_topk`.
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Sequence
@@ -68,15 +67,13 @@ from bbtune.tasks import Example, TaskFormat
 from bbtune.tasks.answers import AnswerRules, parse_synonyms
 from bbtune.core.vocab import Vocabulary
 from bbtune.backends import wire
-from bbtune.backends.accounting import Ledger, Limits, SpendingLimiter, Prices, RemoteStats, restore
+from bbtune.backends.accounting import RemoteStats
 from bbtune.backends.base import Backend, check_scores
-from bbtune.backends.cache import ResponseCache
 from bbtune.backends.continuations import check_continuations
 from bbtune.backends.findings import ProbeReport, Settings
-from bbtune.backends.http import ApiClient, KeyInfo
-from bbtune.backends.loop import LoopThread
 from bbtune.backends.modes import STRATEGIES, strategy_for
-from bbtune.backends.replicas import ReplicaPool, display_url
+from bbtune.backends.remote_send import Sender
+from bbtune.backends.replicas import display_url
 from bbtune.backends.probe import run_probe
 from bbtune.backends.wire import ScoreMode
 
@@ -241,16 +238,6 @@ class RemoteConfig:
         return out
 
 
-def _key(env: str) -> KeyInfo:
-    """The key in $`env`, checked before it goes into a header (a newline or non-ASCII character is refused in one
-    line, not retried as a network fault) and hidden from every message and file."""
-    value = os.environ.get(env) or None
-    if value is not None:
-        secrets.remember(value)
-        secrets.check_key(value, f"the API key in ${env}")
-    return KeyInfo(env, value)
-
-
 def _headers(value: Mapping[str, str] | Sequence[tuple[str, str] | str]) -> tuple[str, ...]:
     """'Name: value' strings from a mapping, (name, value) pairs, or such strings (command line)."""
     items = value.items() if isinstance(value, Mapping) else string_tuple(value)
@@ -285,12 +272,8 @@ class RemoteBackend(Backend):
         self.stats = RemoteStats()
         self.probe_: ProbeReport | None = None
         self.settings = self.strategy.settings()  # how requests are built: the config's, then the probe's findings
-        self._transport, self._sleep = transport, sleep
-        self._loop = LoopThread()
-        self._api: ApiClient | None = None
+        self.sender = Sender(cfg, self.stats, transport, sleep)  # client, limits, ledger, cache
         self._local: Any = None
-        self.ledger_: Ledger | None = None  # the run folder's write-ahead ledger (keep_books)
-        self._replies_dir = self.config.cache_dir
 
     # what the probe found, as the requests use it (read-only: only a probe's report changes them)
     top_k_ = property(lambda self: self.settings.top_k)
@@ -393,12 +376,7 @@ class RemoteBackend(Backend):
                 "probe": asdict(self.probe_) if self.probe_ else None}
 
     def close(self) -> None:
-        if self.ledger_ is not None:
-            self.ledger_.close()
-        if self._api is not None:
-            self._loop.run(self._api.aclose())
-            self._api = None
-        self._loop.close()
+        self.sender.close()
 
     def __enter__(self) -> "RemoteBackend":
         return self
@@ -445,55 +423,20 @@ class RemoteBackend(Backend):
         """Book every request in the write-ahead `ledger` (and keep replies in `replies` unless --remote-cache-dir
         is set), so a run killed at any instant and resumed neither forgets a request nor pays twice for an
         answer; on `resume` the spending counters start from the ledger's totals."""
-        self.ledger_ = Ledger(ledger)
-        if resume:
-            restore(self.stats, self.ledger_.spent())
-        self._replies_dir = self.config.cache_dir or str(replies)
-        if self._api is not None:  # a client made before (a probe by hand) gets the books too
-            self._api.meter.ledger = self.ledger_
-            self._api.cache = self._api.cache or ResponseCache(self._replies_dir)
-
-    def _client(self) -> ApiClient:
-        if self._api is None:
-            cfg = self.config
-            env = cfg.api_key_env if os.environ.get(cfg.api_key_env) else (
-                OPENAI_API_KEY_ENV if os.environ.get(OPENAI_API_KEY_ENV) else cfg.api_key_env)
-            stats = self.stats
-            self._api = ApiClient(
-                ReplicaPool(cfg.urls, cfg.limits),
-                SpendingLimiter(Limits(cfg.max_requests or None, cfg.max_tokens or None, cfg.max_cost or None),
-                      Prices(cfg.price_prompt_per_mtok, cfg.price_completion_per_mtok), stats, self.ledger_),
-                stats, model=cfg.model, key=_key(env),
-                headers={"User-Agent": "bbtune", **cfg.headers}, timeout_s=cfg.timeout_s,
-                max_retries=cfg.max_retries, cache=ResponseCache(self._replies_dir) if self._replies_dir else None,
-                transport=self._transport, sleep=self._sleep)
-        return self._api
+        self.sender.keep_books(ledger, replies, resume)
 
     def get(self, path: str, parse: Callable[[dict[str, Any]], Any]) -> Any:
         """One GET (e.g. ``/models``), parsed."""
-        return self._loop.run(self._client().call(path, None, parse, method="GET"))
+        return self.sender.get(path, parse)
 
     def send(self, requests: list[wire.Request], salt: str = "", retries: int | None = None) -> list[Any]:
         """Send all requests concurrently; their parsed items, flattened in order. `salt` keeps deliberate
-        repeats apart in the cache; `retries` overrides the configured count (the probe sends some with none)."""
-        api = self._client()
-
-        async def all_of() -> list[list[Any]]:
-            tasks = [asyncio.ensure_future(api.call(r.path, r.body, r.parse, estimate=r.estimate, salt=salt,
-                                                    retries=retries)) for r in requests]
-            try:
-                return await asyncio.gather(*tasks)
-            except BaseException:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                raise
-
+        repeats apart in the cache; `retries` overrides the configured count (the probe sends some with none).
+        A refusal of the mode's feature becomes a `CapabilityError` naming the mode to use instead."""
         try:
-            parts = self._loop.run(all_of())
+            return self.sender.send(requests, salt=salt, retries=retries)
         except Exception as err:
             better = self.strategy.explain(err)
             if better is err:
                 raise
             raise better from err
-        return [item for part in parts for item in part]
