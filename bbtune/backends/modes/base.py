@@ -271,9 +271,10 @@ class ScoreStrategy(ABC):
 
     # ------------------------------------------------------------------ the price
 
-    def priced_rows(self, rows: Sequence[int], label_seqs: Sequence[Sequence[int]]) -> list[int]:
-        """Each text sent for rows of `rows` tokens (the label words' tokens they carry added)."""
-        return list(rows)
+    def priced_groups(self, rows: Sequence[int], label_seqs: Sequence[Sequence[int]]) -> list[list[int]]:
+        """The texts sent for rows of `rows` tokens (the label words' tokens they carry added), in the groups that
+        are cut into requests separately."""
+        return [list(rows)]
 
     def sends(self, topk: bool) -> int:
         """How many times each text goes out at most (`topk`: a `score_topk` call)."""
@@ -294,10 +295,11 @@ class ScoreStrategy(ABC):
               topk: bool = False) -> BatchPrice:
         """The most scoring rows of `rows` tokens costs (`topk`: through `score_topk`), as this mode sends them
         with the configured list size."""
-        batch, sends = self.settings().batch_size, self.sends(topk)
-        per_text = [n + self.extra_tokens(tokenizer) for n in self.priced_rows(rows, label_seqs)]
-        return BatchPrice(math.ceil(len(per_text) / batch) * sends, sum(per_text) * sends,
-                          len(per_text) * self.completion_tokens() * sends, sum(sorted(per_text)[-batch:]))
+        batch, sends, extra = self.settings().batch_size, self.sends(topk), self.extra_tokens(tokenizer)
+        groups = [[n + extra for n in group] for group in self.priced_groups(rows, label_seqs)]
+        texts = sum(map(len, groups))
+        return BatchPrice(sum(math.ceil(len(g) / batch) for g in groups) * sends, sum(map(sum, groups)) * sends,
+                          texts * self.completion_tokens() * sends, max(sum(sorted(g)[-batch:]) for g in groups))
 
     def price_probe(self, requests: int, largest: int) -> BatchPrice:
         """The probe at most: `requests` requests as large as the run's `largest`."""

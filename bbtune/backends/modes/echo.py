@@ -88,9 +88,9 @@ class EchoStrategy(ScoreStrategy):
     def cross_check(self, ctx: ProbeContext, first: Any) -> None:
         EchoCheck(self, ctx).run(first)
 
-    def priced_rows(self, rows: Sequence[int], label_seqs: Sequence[Sequence[int]]) -> list[int]:
-        """Each text once per label word, the word appended."""
-        return [n + len(seq) for n in rows for seq in label_seqs]
+    def priced_groups(self, rows: Sequence[int], label_seqs: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Each text once per label word, the word appended, all in one list of requests."""
+        return [[n + len(seq) for n in rows for seq in label_seqs]]
 
 
 class EchoCheck:

@@ -157,9 +157,10 @@ class ListStrategy(ScoreStrategy):
         biased = cfg.logit_bias != "off" and (cfg.probe or cfg.logit_bias != "auto")
         return 2 if topk and biased else 1
 
-    def priced_rows(self, rows: Sequence[int], label_seqs: Sequence[Sequence[int]]) -> list[int]:
-        """Each text once per step of the words' trie (once for single-token words), extended by the step's prefix."""
-        return [n + len(step.prefix) for step in LabelTrie.build(label_seqs).steps for n in rows]
+    def priced_groups(self, rows: Sequence[int], label_seqs: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Each text once per step of the words' trie (once for single-token words), extended by the step's prefix;
+        each step's requests are cut apart."""
+        return [[n + len(step.prefix) for n in rows] for step in LabelTrie.build(label_seqs).steps]
 
 
 def check_distribution(top: Mapping[str, float], ctx: ProbeContext) -> None:
