@@ -26,7 +26,7 @@ class Sender:
     def __init__(self, config: Any, stats: RemoteStats, transport: httpx.AsyncBaseTransport | None,
                  sleep: Callable[[float], Awaitable[Any]]):
         self.config, self.stats = config, stats
-        self._transport, self._sleep = transport, sleep
+        self.transport, self.sleep = transport, sleep  # the network and the retry wait (tests replace both)
         self._loop = LoopThread()
         self._api: ApiClient | None = None
         self.ledger: Ledger | None = None  # the run folder's write-ahead ledger (keep_books)
@@ -55,7 +55,7 @@ class Sender:
                 stats, model=cfg.model, key=api_key(env),
                 headers={"User-Agent": "bbtune", **cfg.headers}, timeout_s=cfg.timeout_s,
                 max_retries=cfg.max_retries, cache=ResponseCache(self._replies_dir) if self._replies_dir else None,
-                transport=self._transport, sleep=self._sleep)
+                transport=self.transport, sleep=self.sleep)
         return self._api
 
     def get(self, path: str, parse: Callable[[dict[str, Any]], Any]) -> Any:
