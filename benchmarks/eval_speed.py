@@ -114,7 +114,7 @@ class Bench:
         dtype = model.get_input_embeddings().weight.dtype
         kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        cache_kw = self.backend._cache_kw
+        cache_kw = self.backend.fwd.cache_kw
 
         def inputs(b: ForwardBatch) -> dict[str, Any]:
             kv = [(torch.randn(b.rows, kv_heads, b.cached, head_dim, device=device, dtype=dtype),) * 2

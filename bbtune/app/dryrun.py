@@ -4,15 +4,14 @@ The real `Tuner` (or `compare`) runs against a `ShapeBackend`, which scores noth
 every call it is asked for: which prompts on which examples. The run's shape (generations, dev evaluations in
 chunks of 64, the manual and start points, final test scores, a soft run's nearest tokens) thus comes from
 the tuner itself and follows it as it changes. `price` then costs each recorded call the way the remote
-backend sends it: every rendered text tokenized by the real tokenizer, plus the meter's `PROMPT_TOKEN_MARGIN`
-(and `CHAT_TOKEN_MARGIN` in chat mode) per text; one request per `batch_size` texts (chat: one per text; echo:
-one text per label word; a label word of several tokens in the top-k modes: one text per step of the words'
-trie, see `bbtune.backends.labeltrie`); one completion token per text; cost from the ``--remote-price-*`` flags. A
+backend sends it, asking the backend's own mode object (`ScoreStrategy.price`, `bbtune.backends.modes`): every
+rendered text tokenized by the real tokenizer, plus the meter's margins per text; one request per `batch_size`
+texts (chat: one per text; echo: one text per label word; a label word of several tokens in the top-k modes: one
+text per step of the words' trie); one completion token per text; cost from the ``--remote-price-*`` flags. A
 top-k call (`Backend.score_topk`) in the top-k modes with logit_bias possibly on is priced twice: its unbiased
-requests and, at most, `score`'s biased ones again (`bbtune.backends.remote_topk`); echo asks its top-k in `score`'s
-own requests. Text
-mode (``--remote-mode text``): each text asks ``answer_samples`` answers of up to ``answer_tokens`` tokens, priced
-as if the server refused ``n`` (one request, and its prompt tokens, per answer): the most it can cost.
+requests and, at most, `score`'s biased ones again; echo asks its top-k in `score`'s own requests. Text mode
+(``--remote-mode text``): each text asks ``answer_samples`` answers of up to ``answer_tokens`` tokens, priced as
+if the server refused ``n`` (one request, and its prompt tokens, per answer): the most it can cost.
 
 Why it is an upper bound: candidates the tuner would skip as repeats are priced as if sent, cached replies as
 if paid, and the probe as `PROBE_REQUESTS` requests as large as the largest request of the run. Not included:
@@ -22,17 +21,15 @@ retries (a 429 or 5xx is not billed, but a dropped request may be).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
 
 from bbtune.backends.base import Backend, CallStats, Capabilities
+from bbtune.backends.modes import ScoreStrategy, strategy_for
 from bbtune.core.topk import AnswerTopK
-from bbtune.constants import CHAT_TOKEN_MARGIN, PROMPT_TOKEN_MARGIN
 from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt
-from bbtune.backends.labeltrie import LabelTrie
 from bbtune.tasks import Example, TaskFormat, verbalizer_token_sequences
 
 PROBE_REQUESTS = 10  # the probe's requests at most: /models, first, repeat, lists, top-k step-downs, a sample
@@ -132,69 +129,39 @@ class Estimate:
 
 @dataclass(frozen=True)
 class Pricing:
-    """How texts become requests and money: the remote backend's mode, batch size and prices (None = local)."""
+    """How texts become requests and money: the remote backend's mode object (None = local, nothing is sent), its
+    prices, and whether a probe runs first."""
 
-    mode: str = "local"
-    batch_size: int = 1
+    strategy: ScoreStrategy | None = None
     prompt_per_mtok: float = 0.0
     completion_per_mtok: float = 0.0
-    extra_tokens: int = 0  # tokens every text carries besides itself (chat role markers, an instruction)
     probe: bool = False
-    completion_tokens: int = 1  # per text: one token, or text mode's answers x their tokens
-    repeats: int = 1  # requests per batch of texts at most (text mode: one per answer where n is refused)
-    topk_twice: bool = False  # a top-k call may send score's biased requests beside its unbiased ones
 
     @classmethod
-    def remote(cls, config: Any, tokenizer: Any) -> "Pricing":
-        chat = config.uses_chat
-        instruction = getattr(config, "chat_instruction", "") if chat else ""
-        extra = (CHAT_TOKEN_MARGIN + len(tokenizer.encode(instruction, add_special_tokens=False))) if chat else 0
-        batch = 1 if chat else config.batch_size
-        text = config.mode.value == "text"
-        biased = (config.mode.value in ("top_logprobs", "chat", "prompt_embeds") and config.logit_bias != "off"
-                  and (config.probe or config.logit_bias != "auto"))  # 'auto' is the probe's to turn on
-        return cls(config.mode.value, batch, config.price_prompt_per_mtok, config.price_completion_per_mtok,
-                   extra, config.probe, config.answer_samples * config.answer_tokens if text else 1,
-                   config.answer_samples if text else 1, biased)
+    def remote(cls, config: Any) -> "Pricing":
+        return cls(strategy_for(config), config.price_prompt_per_mtok, config.price_completion_per_mtok, config.probe)
 
 
 def price(calls: Sequence[_Call], tokenizer: Any, pricing: Pricing) -> Estimate:
     """The most the recorded `calls` cost when sent as `pricing` says (see the module docstring)."""
-    est = Estimate()
-    largest = 0
-    for call in calls:
-        rows = _label_rows(_row_tokens(call, tokenizer), call.fmt, tokenizer, pricing.mode)
-        per_text = [n + (PROMPT_TOKEN_MARGIN + pricing.extra_tokens if pricing.mode != "local" else 0) for n in rows]
-        twice = 2 if call.topk and pricing.topk_twice else 1
-        repeats = pricing.repeats * twice
-        est.calls += len(call.prompts)
-        est.examples_scored += len(call.prompts) * len(call.examples)
-        est.prompt_tokens += sum(per_text) * repeats
-        if pricing.mode != "local":
-            est.requests = (est.requests or 0) + math.ceil(len(per_text) / pricing.batch_size) * repeats
-            est.completion_tokens += len(per_text) * pricing.completion_tokens * twice
-            largest = max(largest, sum(sorted(per_text)[-pricing.batch_size:]))
-    if pricing.mode != "local":
-        if pricing.probe:
-            est.requests = (est.requests or 0) + PROBE_REQUESTS
-            est.prompt_tokens += PROBE_REQUESTS * largest
-            est.completion_tokens += PROBE_REQUESTS * pricing.batch_size * pricing.completion_tokens
-            est.notes.append(f"includes the probe as {PROBE_REQUESTS} requests of the run's largest size")
-        est.cost = (est.prompt_tokens * pricing.prompt_per_mtok + est.completion_tokens * pricing.completion_per_mtok) / 1e6
-        est.notes.append("not included: retries of failed requests; cached replies are counted as paid")
+    est = Estimate(calls=sum(len(c.prompts) for c in calls),
+                   examples_scored=sum(len(c.prompts) * len(c.examples) for c in calls))
+    rows = [_row_tokens(call, tokenizer) for call in calls]
+    strategy = pricing.strategy
+    if strategy is None:
+        est.prompt_tokens = sum(map(sum, rows))
+        return est
+    paid = [strategy.price(r, tokenizer, verbalizer_token_sequences(tokenizer, c.fmt), topk=c.topk)
+            for c, r in zip(calls, rows)]
+    if pricing.probe:
+        paid.append(strategy.price_probe(PROBE_REQUESTS, max((p.largest for p in paid), default=0)))
+        est.notes.append(f"includes the probe as {PROBE_REQUESTS} requests of the run's largest size")
+    est.requests = sum(p.requests for p in paid)
+    est.prompt_tokens = sum(p.prompt_tokens for p in paid)
+    est.completion_tokens = sum(p.completion_tokens for p in paid)
+    est.cost = (est.prompt_tokens * pricing.prompt_per_mtok + est.completion_tokens * pricing.completion_per_mtok) / 1e6
+    est.notes.append("not included: retries of failed requests; cached replies are counted as paid")
     return est
-
-
-def _label_rows(rows: list[int], fmt: Any, tokenizer: Any, mode: str) -> list[int]:
-    """The texts the label words add to `rows` (their tokens): echo sends each text with each word appended; the
-    top-k modes send each text once per step of the words' trie (once for single-token words), extended by
-    the step's prefix (chained requests for words of several tokens); chat and local, each text once."""
-    if mode in ("local", "chat"):
-        return rows
-    seqs = verbalizer_token_sequences(tokenizer, fmt)
-    if mode == "echo":
-        return [n + len(seq) for n in rows for seq in seqs]
-    return [n + len(step.prefix) for step in LabelTrie.build(seqs).steps for n in rows]
 
 
 def _row_tokens(call: _Call, tokenizer: Any) -> list[int]:
@@ -233,9 +200,9 @@ def shape_backend(kind: str, local: Any, remote: Any,
             raise ConfigError("--dry-run counts tokens with the model's own tokenizer: set --remote-local-model "
                               "to the same model locally (a HF folder, a .gguf, 'smollm2' or 'tiny')")
         reference = loaded(("remote", remote.local_model), lambda: LocalBackend(remote.local_model))
-        caps = Capabilities(soft=remote.mode.value == "prompt_embeds", hard=True, gradients=False, generate=True,
-                            logprobs=remote.mode.value != "text", topk=0 if remote.mode.value == "text" else remote.top_k)
-        return ShapeBackend(reference, caps, f"remote:{remote.model}"), Pricing.remote(remote, reference.vocabulary().tokenizer)
+        pricing = Pricing.remote(remote)
+        assert pricing.strategy is not None
+        return ShapeBackend(reference, pricing.strategy.capabilities(), f"remote:{remote.model}"), pricing
     reference = loaded(("local", local), local.build)
     return ShapeBackend(reference, reference.capabilities, reference.name), Pricing()
 
@@ -266,7 +233,7 @@ def dry_run_compare(config: Any, task: Any, local: Any, tune_config: Any) -> dic
     if config.transfer_url:
         remote = RemoteConfig(base_url=config.transfer_url, model=config.transfer_served_model)
         target = ShapeBackend(backend.reference, Capabilities(soft=False), f"remote:{remote.model}")
-        target_pricing = Pricing.remote(remote, backend.vocabulary().tokenizer)
+        target_pricing = Pricing.remote(remote)
     elif config.transfer_model:
         target, target_pricing = shape_backend("local", replace(local, model=config.transfer_model), None)
     methods = [m for m in config.methods if m not in GRADIENT_METHODS]

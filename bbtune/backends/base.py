@@ -26,7 +26,7 @@ from bbtune.core.prompts import Prompt
 if TYPE_CHECKING:
     import torch
 
-    from bbtune.backends.wire import ProbeReport
+    from bbtune.backends.findings import ProbeReport
     from bbtune.core.topk import AnswerTopK
     from bbtune.core.vocab import Vocabulary
     from bbtune.tasks import Example, TaskFormat

@@ -18,9 +18,8 @@ extended by the word's earlier tokens; words sharing a prefix share that forward
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -37,10 +36,10 @@ from bbtune.backends.generation import generate_texts
 from bbtune.backends.batching import BatchPlanner
 from bbtune.backends.continuations import score_continuations
 from bbtune.backends.encoding import Encoded, InputEncoder, prompt_part
+from bbtune.backends.forward import Forward, keeps_logits, text_config
 from bbtune.backends.labeltrie import LabelTrie, Step
-from bbtune.backends.kvcache import KVStore, LayerKV, cache_kwarg, cache_layers, new_cache
-from bbtune.backends.padding import (common_start, left_mask, left_pad, pad_left_kv, position_ids, right_pad,
-                                    sliding_window, unpadded_runs)
+from bbtune.backends.kvcache import KVStore
+from bbtune.backends.padding import common_start, left_mask, left_pad, pad_left_kv, position_ids
 
 
 TOPK_FLOATS = 2**25  # most log-probs one full-vocabulary pass of `score_topk` holds (128 MiB of float32)
@@ -83,14 +82,12 @@ class LocalBackend(Backend):
         self.kv_store = KVStore(int(kv_cache_mb * 2**20))
         self.capabilities = Capabilities(soft=True, hard=True, gradients=True, generate=not self.is_masked)
         self.stats = CallStats()
-        self._cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        self._window = sliding_window(self._cfg)
-        self._cache_kw = cache_kwarg(model)
-        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._cfg = text_config(model)
         self._vocab: Vocabulary | None = None
         self.encoder = InputEncoder(tokenizer, self.is_masked, self.context_length, max_input_tokens)
         self.planner = BatchPlanner(self._cfg, model.get_input_embeddings().weight.element_size(),
-                                    int(memory_budget_mb * 2**20), full_logits=self.is_masked or not self._keeps_logits)
+                                    int(memory_budget_mb * 2**20), full_logits=self.is_masked or not keeps_logits(model))
+        self.fwd = Forward(model, self.device, self.stats, self.kv_store, self.planner)  # the paths' forward passes
         self.text_stats = TextExactStats()  # how hard prompts were scored as their text (repairs, row-by-row)
         self._token_texts: dict[int, str] = {}
         # a top-k draws from the ids the tokenizer can name (a model's padding rows are not text)
@@ -246,7 +243,7 @@ class LocalBackend(Backend):
         examples = self.encoder.fit_inputs(examples, fmt)
         with torch.inference_mode():
             if kind == "hard":
-                rows = [self._embed_ids(ids) for p in prompts for ids in self.encoder.text_ids(p, examples, fmt)]  # type: ignore[arg-type]
+                rows = [self.fwd.embed_ids(ids) for p in prompts for ids in self.encoder.text_ids(p, examples, fmt)]  # type: ignore[arg-type]
             else:
                 dtype = self.model.get_input_embeddings().weight.dtype
                 rows = [r.to(device=self.device, dtype=dtype) for r in self.input_embeds(prompts, examples, fmt)]
@@ -300,104 +297,26 @@ class LocalBackend(Backend):
         contexts, tails = [row[:n] for row, n in zip(rows, split)], [row[n:] for row, n in zip(rows, split)]
         order = sorted(range(len(rows)), key=lambda r: len(contexts[r]))
         lengths, longest_tail = [len(contexts[r]) for r in order], max(map(len, tails))
-        kv = self._context_kv([contexts[r] for r in order])
+        kv = self.fwd.context_kv([contexts[r] for r in order])
 
         def step_logprobs(step: Step) -> torch.Tensor:
             out = torch.empty(len(rows), len(step.next_ids), device=self.device)
             tail_lengths = [len(tails[r]) + len(step.prefix) for r in order]
             for block, _ in self.planner.blocks(lengths, 1, lambda n: (n, longest_tail + len(step.prefix))):
-                for part in self._window_safe(tail_lengths, block, lengths[block.stop - 1]):
+                for part in self.fwd.window_safe(tail_lengths, block, lengths[block.stop - 1]):
                     idx, longest = order[part], lengths[part.stop - 1]
                     past = [(k[:, None], v[:, None]) for k, v in
                             (pad_left_kv([e[layer] for e in kv[part]], longest) for layer in range(len(kv[0])))]
-                    embeds, tail_mask = left_pad([self._embed_ids(tails[r] + list(step.prefix)) for r in idx])
+                    embeds, tail_mask = left_pad([self.fwd.embed_ids(tails[r] + list(step.prefix)) for r in idx])
                     mask = torch.cat([left_mask(lengths[part], self.device), tail_mask], dim=1)
                     positions = torch.tensor(lengths[part], device=self.device)[:, None] + position_ids(tail_mask)
-                    cache = self._shared_cache(past, (len(idx), 1), embeds.shape[1])
-                    out[idx] = self._forward_last(embeds, mask, positions, cache)[:, list(step.next_ids)]
+                    cache = self.fwd.shared_cache(past, (len(idx), 1), embeds.shape[1])
+                    out[idx] = self.fwd.last(embeds, mask, positions, cache)[:, list(step.next_ids)]
             return out
 
         return trie.combine([step_logprobs(step) for step in trie.steps])
 
-    def _window_safe(self, tail_lengths: list[int], rows: slice, cached: int) -> list[slice]:
-        """`rows` as one block, or, where a sliding window would count the left padding between `cached` keys and
-        the rows' tails (`_window`: they could leave a window that really holds them), as runs of one tail length,
-        which need no padding: slower, and exact."""
-        longest = max(tail_lengths[rows])
-        if self._window is None or cached + longest <= self._window:
-            return [rows]
-        return unpadded_runs(tail_lengths, rows)
-
-    def _embed_ids(self, ids: list[int]) -> torch.Tensor:
-        return self.model.get_input_embeddings()(torch.tensor(ids, dtype=torch.long, device=self.device))
-
     # ------------------------------------------------------------------ forward helpers
-
-    def _forward_last(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any = None) -> torch.Tensor:
-        """Log-softmax over the vocabulary at the last position of each row (causal LMs)."""
-        self.stats.forward_passes += 1
-        self.stats.tokens_processed += int(embeds.shape[0] * embeds.shape[1])
-        logits = self._model_forward(embeds, mask, positions, cache).logits[:, -1]
-        return torch.log_softmax(logits.float(), dim=-1)
-
-    def _model_forward(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> Any:
-        kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions,
-                                  "use_cache": cache is not None}
-        if cache is not None:
-            kwargs[self._cache_kw] = cache
-        if self._keeps_logits:
-            kwargs["logits_to_keep"] = 1
-        return self.model(**kwargs)
-
-    def _prefill(self, embeds: torch.Tensor, mask: torch.Tensor) -> list[LayerKV]:
-        """Keys/values of every layer, (rows, kv_heads, length, head_dim), for left-padded rows."""
-        self.stats.forward_passes += 1
-        self.stats.tokens_processed += int(mask.numel())
-        cache = new_cache(self.model.config)
-        result = self._model_forward(embeds, mask, position_ids(mask), cache)
-        return cache_layers(getattr(result, "cache", None) or getattr(result, "past_key_values", None) or cache)
-
-    def _context_kv(self, contexts: list[list[int]]) -> list[list[LayerKV]]:
-        """Keys/values of each context (trimmed to its length), from the store or computed left-padded."""
-        keys = [tuple(c) for c in contexts]
-        found: dict[tuple[int, ...], Any] = {k: self.kv_store.get(k) for k in dict.fromkeys(keys)}
-        todo = sorted((k for k, entry in found.items() if entry is None), key=len)  # similar lengths pad little
-        if todo:
-            for part, _ in self.planner.blocks([len(k) for k in todo], 1, lambda n: (0, n)):
-                batch = todo[part]
-                layers = self._prefill(*left_pad([self._embed_ids(list(k)) for k in batch]))
-                for row, key in enumerate(batch):
-                    entry = [(k[row, :, -len(key):].clone(), v[row, :, -len(key):].clone()) for k, v in layers]
-                    self.kv_store.put(key, entry)
-                    found[key] = entry
-        return [found[k] for k in keys]
-
-    def _shared_cache(self, past: list[LayerKV], rows: tuple[int, int], new_len: int) -> Any:
-        """A cache for a block of (examples x candidates) rows, whose past keys/values broadcast from `past`:
-        per layer (examples or 1, candidates or 1, kv_heads, length, head_dim).
-
-        Each layer is written once into a buffer with room for the `new_len` tokens the forward appends, so
-        tiling costs one copy and the forward none (a plain DynamicCache would copy three times).
-        """
-        past_len = past[0][0].shape[3]
-
-        def tile(x: torch.Tensor) -> torch.Tensor:
-            buf = x.new_empty(rows[0] * rows[1], x.shape[2], past_len + new_len, x.shape[4])
-            buf[:, :, :past_len].view(*rows, *x.shape[2:]).copy_(x)
-            return buf
-
-        return new_cache(self.model.config, [(tile(k), tile(v)) for k, v in past], past_len)
-
-    def _blockwise(self, lengths: list[int], order: list[int], P: int, label_ids: list[int],
-                   shape: Callable[[int], tuple[int, int]], forward: Callable[[slice, slice], torch.Tensor]) -> torch.Tensor:
-        """(P * B, labels) log-probs, row p * B + b, from `forward(examples, candidates)` run over `_blocks`;
-        each block's rows are example-major, examples in `order` (sorted by length)."""
-        where = torch.tensor(order, device=self.device)
-        out = torch.empty(P, len(order), len(label_ids), device=self.device)
-        for ex, cand in self.planner.blocks(lengths, P, shape):
-            logp = forward(ex, cand)[:, label_ids]
-            out[cand, where[ex]] = logp.view(ex.stop - ex.start, cand.stop - cand.start, -1).transpose(0, 1)
-        return out.view(P * len(order), -1)
 
     # ------------------------------------------------------------------ the three paths
 
@@ -406,13 +325,13 @@ class LocalBackend(Backend):
         contexts = [enc.lead + h for h in enc.heads]
         order = sorted(range(B), key=lambda b: len(contexts[b]))
         lengths = [len(contexts[b]) for b in order]
-        stack = self._padded_contexts([contexts[b] for b in order])
+        stack = self.fwd.padded_contexts([contexts[b] for b in order])
         if prompt_embeds.shape[1] + len(enc.cue) == 0:
             raise TaskError("nothing to score after the input: give the template a cue or use a prompt of >=1 token")
 
         def step_logprobs(step: Step) -> torch.Tensor:
             cue_ids = enc.cue + list(step.prefix)  # a word's earlier tokens extend the cue (teacher forcing)
-            cue = self._embed_ids(cue_ids) if cue_ids else prompt_embeds.new_zeros(0, prompt_embeds.shape[2])
+            cue = self.fwd.embed_ids(cue_ids) if cue_ids else prompt_embeds.new_zeros(0, prompt_embeds.shape[2])
             tail = torch.cat([prompt_embeds, cue.expand(P, -1, -1)], dim=1)  # (P, prompt + cue, hidden)
             steps = torch.arange(tail.shape[1], device=self.device)
 
@@ -422,35 +341,26 @@ class LocalBackend(Backend):
                 ctx_mask = left_mask(lengths[ex], self.device).repeat_interleave(n_c, 0)
                 mask = torch.cat([ctx_mask, ctx_mask.new_ones(len(ctx_mask), tail.shape[1])], dim=1)
                 positions = (torch.tensor(lengths[ex], device=self.device)[:, None] + steps).repeat_interleave(n_c, 0)
-                cache = self._shared_cache(past, (ex.stop - ex.start, n_c), tail.shape[1])
-                return self._forward_last(tail[cand].repeat(ex.stop - ex.start, 1, 1), mask, positions, cache)
+                cache = self.fwd.shared_cache(past, (ex.stop - ex.start, n_c), tail.shape[1])
+                return self.fwd.last(tail[cand].repeat(ex.stop - ex.start, 1, 1), mask, positions, cache)
 
-            return self._blockwise(lengths, order, P, list(step.next_ids), lambda n: (n, tail.shape[1]), forward)
+            return self.fwd.blockwise(lengths, order, P, list(step.next_ids), lambda n: (n, tail.shape[1]), forward)
 
         return enc.trie.combine([step_logprobs(step) for step in enc.trie.steps])
 
-    def _padded_contexts(self, contexts: list[list[int]]) -> list[LayerKV]:
-        """Per layer, the contexts' keys/values stacked (B, kv_heads, longest, head_dim), zero-padded on the left."""
-
-        def build() -> list[LayerKV]:
-            kv, longest = self._context_kv(contexts), max(map(len, contexts))
-            return [pad_left_kv([e[layer] for e in kv], longest) for layer in range(len(kv[0]))]
-
-        return self.kv_store.stacked(tuple(map(tuple, contexts)), build)
-
     def _prefix_path(self, prompt_embeds: torch.Tensor, enc: Encoded) -> torch.Tensor:
         P, B = prompt_embeds.shape[0], len(enc.heads)
-        lead = self._embed_ids(enc.lead).expand(P, -1, -1) if enc.lead else prompt_embeds[:, :0]
+        lead = self.fwd.embed_ids(enc.lead).expand(P, -1, -1) if enc.lead else prompt_embeds[:, :0]
         ctx = torch.cat([lead, prompt_embeds], dim=1)
         ctx_len = ctx.shape[1]
         ones = torch.ones(P, ctx_len, dtype=torch.long, device=self.device)
         # each candidate's prompt is encoded once, then shared by all B examples
-        parts = [self._prefill(ctx[s], ones[s]) for s in self.planner.chunks(P, 0, ctx_len)]
+        parts = [self.fwd.prefill(ctx[s], ones[s]) for s in self.planner.chunks(P, 0, ctx_len)]
         prompt_kv = [(torch.cat([p[i][0] for p in parts]), torch.cat([p[i][1] for p in parts])) for i in range(len(parts[0]))]
         order = sorted(range(B), key=lambda b: len(enc.heads[b]))
 
         def step_logprobs(step: Step) -> torch.Tensor:
-            tails = [self._embed_ids(enc.heads[b] + enc.cue + list(step.prefix)) for b in order]
+            tails = [self.fwd.embed_ids(enc.heads[b] + enc.cue + list(step.prefix)) for b in order]
 
             lengths = [len(t) for t in tails]
 
@@ -460,20 +370,20 @@ class LocalBackend(Backend):
                 past = [(k[None, cand], v[None, cand]) for k, v in prompt_kv]
                 mask = torch.cat([ones[:1].expand(len(tail_mask), -1), tail_mask], dim=1).repeat_interleave(n_c, 0)
                 positions = (ctx_len + position_ids(tail_mask)).repeat_interleave(n_c, 0)
-                cache = self._shared_cache(past, (ex.stop - ex.start, n_c), embeds.shape[1])
-                return self._forward_last(embeds.repeat_interleave(n_c, 0), mask, positions, cache)
+                cache = self.fwd.shared_cache(past, (ex.stop - ex.start, n_c), embeds.shape[1])
+                return self.fwd.last(embeds.repeat_interleave(n_c, 0), mask, positions, cache)
 
             def forward(ex: slice, cand: slice) -> torch.Tensor:  # rows stay example-major across the runs
-                runs = self._window_safe(lengths, ex, ctx_len)
+                runs = self.fwd.window_safe(lengths, ex, ctx_len)
                 return forward_block(ex, cand) if len(runs) == 1 else torch.cat([forward_block(r, cand) for r in runs])
 
-            return self._blockwise(lengths, order, P, list(step.next_ids), lambda n: (ctx_len, n), forward)
+            return self.fwd.blockwise(lengths, order, P, list(step.next_ids), lambda n: (ctx_len, n), forward)
 
         return enc.trie.combine([step_logprobs(step) for step in enc.trie.steps])
 
     def _full_path(self, prompt_embeds: torch.Tensor, enc: Encoded, placement: Placement) -> torch.Tensor:
         P, B = prompt_embeds.shape[0], len(enc.heads)
-        emb = self._embed_ids
+        emb = self.fwd.embed_ids
         lead = emb(enc.lead) if enc.lead else prompt_embeds[0, :0]
         heads = [emb(h) for h in enc.heads]
 
@@ -489,10 +399,10 @@ class LocalBackend(Backend):
                     middle = [prompt_embeds[p], heads[b]] if placement is Placement.PREFIX else [heads[b], prompt_embeds[p]]
                     seqs.append(torch.cat([lead, *middle, tail]))
                 if self.is_masked:
-                    results.append(self._masked_scores(seqs, 1)[:, list(step.next_ids)])  # <mask> </s> ends each row
+                    results.append(self.fwd.masked_scores(seqs, 1)[:, list(step.next_ids)])  # <mask> </s> ends each row
                 else:
                     embeds, mask = left_pad(seqs)
-                    results.append(self._forward_last(embeds, mask, position_ids(mask))[:, list(step.next_ids)])
+                    results.append(self.fwd.last(embeds, mask, position_ids(mask))[:, list(step.next_ids)])
             return torch.cat(results)
 
         return enc.trie.combine([step_logprobs(step) for step in enc.trie.steps])
@@ -502,14 +412,6 @@ class LocalBackend(Backend):
         return enc.cue + list(step.prefix) + (
             [self.tokenizer.mask_token_id, self.tokenizer.sep_token_id or self.tokenizer.eos_token_id]
             if self.is_masked else [])
-
-    def _masked_scores(self, seqs: list[torch.Tensor], mask_from_end: int) -> torch.Tensor:
-        embeds, mask = right_pad(seqs)
-        self.stats.forward_passes += 1
-        self.stats.tokens_processed += int(mask.numel())
-        logits = self.model(inputs_embeds=embeds, attention_mask=mask).logits
-        where = mask.sum(1) - 1 - mask_from_end
-        return torch.log_softmax(logits[torch.arange(len(seqs), device=logits.device), where].float(), dim=-1)
 
 
 @dataclass

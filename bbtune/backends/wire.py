@@ -1,5 +1,5 @@
-"""What goes over the wire for each scoring mode: request bodies in, label log-probs out, and what the probe
-found. `remote.py` and `probe.py` both import this module; it imports neither.
+"""What goes over the wire: request bodies in, label log-probs out. Which bodies a mode sends, and how many, is
+its strategy's business (`bbtune.backends.modes`); this module imports none of them.
 
 Modes (`ScoreMode`), one request shape each:
 
@@ -47,13 +47,14 @@ from __future__ import annotations
 import base64
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from bbtune.backends.findings import ProbeReport  # noqa: F401 - re-exported: it lived here
 from bbtune.errors import MalformedResponseError
 
 COMPLETIONS = "/completions"
@@ -70,11 +71,6 @@ class ScoreMode(str, Enum):
     PROMPT_EMBEDS = "prompt_embeds"
     TEXT = "text"
 
-    @property
-    def takes_lists(self) -> bool:
-        """Whether one request can carry several prompts (chat cannot; text mode only on /completions, which
-        `RemoteBackend` decides from its `text_endpoint`)."""
-        return self is not ScoreMode.CHAT
 
 
 # ---------------------------------------------------------------------- prompt_embeds codec
@@ -145,67 +141,6 @@ class Request:
     body: dict[str, Any]
     parse: Callable[[dict[str, Any]], list[Any]]
     estimate: tuple[int, int]
-
-
-@dataclass(frozen=True)
-class Shape:
-    """How requests are built right now; the probe may lower `top_k` and `batch_size` or drop `bias`."""
-
-    model: str
-    mode: ScoreMode
-    top_k: int
-    batch_size: int
-    bias: Mapping[int, float] | None = None
-
-
-def _split(items: Sequence[Any], size: int, path: str, body: Callable[[Sequence[Any]], dict[str, Any]],
-           parse: Callable[[Sequence[Any]], Callable[[dict[str, Any]], list[Any]]],
-           tokens: Callable[[Any], int]) -> list[Request]:
-    parts = [items[i : i + size] for i in range(0, len(items), size)]
-    return [Request(path, body(part), parse(part), (sum(map(tokens, part)), len(part))) for part in parts]
-
-
-def _top_parser(part: Sequence[Any]) -> Callable[[dict[str, Any]], list[Any]]:
-    return lambda reply: [completion_top(c) for c in choices(reply, len(part))]
-
-
-def _chat_parser(part: Sequence[Any]) -> Callable[[dict[str, Any]], list[Any]]:
-    return lambda reply: [chat_top(choices(reply, 1)[0])]
-
-
-def _echo_parser(part: Sequence[tuple[str, str]]) -> Callable[[dict[str, Any]], list[Any]]:
-    return lambda reply: [echo_label_logprob(c, t, w) for c, (t, w) in zip(choices(reply, len(part)), part)]
-
-
-def _echo_top_parser(part: Sequence[tuple[str, str]]) -> Callable[[dict[str, Any]], list[Any]]:
-    return lambda reply: [echo_answer_top(c, t, w) for c, (t, w) in zip(choices(reply, len(part)), part)]
-
-
-def text_requests(shape: Shape, texts: Sequence[str], tokens: Callable[[str], int],
-                  size: int | None = None) -> list[Request]:
-    """Top-k requests for texts: completions in chunks of `size` (default the shape's), chat one per request."""
-    model, k, bias = shape.model, shape.top_k, shape.bias
-    if shape.mode is ScoreMode.CHAT:
-        return _split(texts, 1, CHAT, lambda part: chat_body(model, part[0], k, bias), _chat_parser, tokens)
-    return _split(texts, size or shape.batch_size, COMPLETIONS, lambda part: top_logprob_body(model, part, k, bias),
-                  _top_parser, tokens)
-
-
-def embeds_requests(shape: Shape, embeds: Sequence[torch.Tensor], tokens: Callable[[torch.Tensor], int],
-                    size: int | None = None) -> list[Request]:
-    """Top-k requests for (seq_len, hidden) input embeddings."""
-    model, k, bias = shape.model, shape.top_k, shape.bias
-    return _split(embeds, size or shape.batch_size, COMPLETIONS,
-                  lambda part: embeds_body(model, [encode_embeds(e) for e in part], k, bias), _top_parser, tokens)
-
-
-def echo_requests(shape: Shape, pairs: Sequence[tuple[str, str]], tokens: Callable[[tuple[str, str]], int],
-                  size: int | None = None, top_k: int = 0) -> list[Request]:
-    """Echo requests for (text ending in the label word, the word) pairs; each parses to the word's log-prob, or with
-    `top_k` (asked per position) to (that log-prob, the top-k at the word's first token: `echo_answer_top`)."""
-    return _split(pairs, size or shape.batch_size, COMPLETIONS,
-                  lambda part: echo_body(shape.model, [t for t, _ in part], top_k or 1),
-                  _echo_top_parser if top_k else _echo_parser, tokens)
 
 
 # ---------------------------------------------------------------------- text answers (text mode, `generate`)
@@ -294,26 +229,6 @@ def chat_answer(choice: Mapping[str, Any]) -> str:
     if not isinstance(content, str):
         raise _fail(f"a chat message's content is not text (got {str(content)[:60]!r})")
     return content
-
-
-# ---------------------------------------------------------------------- what the probe found
-
-
-@dataclass
-class ProbeReport:
-    """What the probe found and decided; saved in the run folder (config/metrics) with the backend's stats."""
-
-    mode: str
-    top_k: int  # the deepest k the server accepted (asked for first: the configured one)
-    batch_size: int  # 1 when lists of prompts were refused or answered differently
-    logit_bias: float = 0.0  # the bias added to every label token (0 = none)
-    top_k_returned: int | None = None
-    sample_missing_rate: float | None = None  # labels missing on the probe's sample of the task, as run
-    sample_unparsed_rate: float | None = None  # text mode: answers on the sample that named no label
-    answers_per_request: int | None = None  # text mode: answers one request carries (the server's `n`)
-    models: list[str] | None = None
-    checks: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------- replies

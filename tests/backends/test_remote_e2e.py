@@ -140,7 +140,7 @@ def test_failover_between_two_replicas(tiny_backend: LocalBackend) -> None:
             served = second.stats()["requests"]
             np.testing.assert_allclose(backend.score(prompts()[::-1], EXAMPLES, FMT), expected[::-1], atol=1e-4)
             assert second.stats()["requests"] - served == 9  # every row of the new generation answered by the live one
-            assert backend.stats.failovers >= 1 and set(backend._sleep) <= {0.0}  # moved at once, no backoff
+            assert backend.stats.failovers >= 1 and set(backend.sender.sleep) <= {0.0}  # moved at once, no backoff
     finally:
         first.stop()
         second.stop()
