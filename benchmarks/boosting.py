@@ -1,7 +1,8 @@
 """A boosted ensemble of the search's own text prompts: does voting over several pay what one prompt does not?
 
-For each matrix cell that `benchmarks/search_readout.py` has runs of, the pool is the manual template plus every
-distinct text prompt those runs returned or discretized (what a hosted API accepts). Each pool prompt is read at
+For each matrix cell that `benchmarks/search_readout.py` has runs of, the pool is the manual prompt (the
+template's cue) plus every distinct text prompt those runs returned or discretized, each in the cue's place and
+sent as text (what a hosted API accepts). Each pool prompt is read at
 the top-`k` on the training pool (train + dev) and on test, labels included (a hosted API that honours logit_bias
 gives them with a second request). `bbtune.search.readouts.boosting.boost` fits SAMME on the training pool; test is
 read only to report. Beside it, the best single prompt with its own readout, both chosen out of fold on the pool
@@ -28,7 +29,7 @@ from task_args import ROOT
 from bbtune.api import backend_for
 from bbtune.app.compare import retokenize
 from bbtune.backends.base import Backend
-from bbtune.core.prompts import MANUAL_PROMPT, HardPrompt
+from bbtune.core.prompts import HardPrompt
 from bbtune.search.evaluate import answers_on
 from bbtune.search.readouts import Answers, choose_readout
 from bbtune.search.readouts.boosting import DEFAULT_ROUNDS, boost
@@ -39,9 +40,11 @@ RUNS = ROOT / "benchmarks" / "results" / "search_readout.json"
 OUT = ROOT / "benchmarks" / "results" / "boosting.json"
 
 
-def pool_texts(runs: Sequence[dict[str, Any]], task: str, model: str, seed: int) -> list[str]:
-    """The manual template ("") first, then each distinct text prompt the cell's search runs ended with."""
-    texts = [""]
+def pool_texts(runs: Sequence[dict[str, Any]], task: str, model: str, seed: int, cue: str) -> list[str]:
+    """The manual prompt first, then each distinct text prompt the cell's search runs ended with. The matrix's
+    searches start from the template's cue and put their prompt in its place: the manual prompt is the cue, and a
+    run that kept it reports the cue as its text."""
+    texts = [cue]
     for row in runs:
         text = row["run"].get("hard_prompt", "")
         if (row["task"], row["model"], row["seed"]) == (task, model, seed) and text not in texts:
@@ -51,8 +54,11 @@ def pool_texts(runs: Sequence[dict[str, Any]], task: str, model: str, seed: int)
 
 def cell_rows(task: Task, model: str, seed: int, backend: Backend, texts: Sequence[str], k: int, rounds: int
               ) -> list[dict[str, Any]]:
-    """The boosted ensemble's row and one row per pool prompt (its own out-of-fold readout), on test."""
-    prompts = [MANUAL_PROMPT if not t else retokenize(HardPrompt((), t), backend) for t in texts]
+    """The best single prompt's row and the boosted ensemble's, on test. `texts` take the place of the task's cue
+    (`pool_texts`), each sent as text: what a hosted API receives, whatever ids the search had."""
+    template, _ = task.format.template.without_cue()
+    task = task.with_template(template)
+    prompts = [retokenize(HardPrompt((), t), backend) for t in texts]
     examples = list(task.train) + list(task.dev)
     y_pool, y_test = task.format.label_ids(examples), task.format.label_ids(task.test)
     started = time.perf_counter()
@@ -97,14 +103,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                 if any((r["task"], r["model"], r["seed"], r["method"]) == (name, model, seed, f"boosted_top{args.k}")
                        for r in rows):
                     continue
-                texts = pool_texts(runs, name, model, seed)
-                if len(texts) < 2:
-                    print(f"{name} {model} s{seed}: no search runs in {args.runs}; skipped", flush=True)
-                    continue
                 spec = tasks[name]
                 options = {key: v for key, v in spec.items() if key not in ("name", "data")}
                 task = replace(TaskConfig(data=str((ROOT / spec["data"]).resolve()), data_seed=seed, **options).load(),
                                name=name)
+                texts = pool_texts(runs, name, model, seed, task.format.template.without_cue()[1])
+                if len(texts) < 2:
+                    print(f"{name} {model} s{seed}: no search runs in {args.runs}; skipped", flush=True)
+                    continue
                 new = cell_rows(task, model, seed, backend, texts, args.k, args.rounds)
                 rows += new
                 out.write_text(json.dumps({"rows": rows}, indent=1))  # every cell kept as it lands

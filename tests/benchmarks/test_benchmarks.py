@@ -311,20 +311,22 @@ def boosting_script(monkeypatch):
     return runpy.run_path(str(BENCH / "boosting.py"), run_name="boosting_script")
 
 
-def test_the_boosting_pool_is_the_manual_template_and_the_cells_own_search_prompts(boosting_script):
+def test_the_boosting_pool_is_the_manual_cue_and_the_cells_own_search_prompts(boosting_script):
     runs = [{"task": "trec", "model": "m", "seed": 13, "run": {"hard_prompt": " Question kind"}},
+            {"task": "trec", "model": "m", "seed": 13, "run": {"hard_prompt": " Type:"}},  # kept the manual cue
             {"task": "trec", "model": "m", "seed": 13, "run": {"hard_prompt": " Question kind"}},  # counted once
             {"task": "trec", "model": "m", "seed": 42, "run": {"hard_prompt": " another seed"}},
             {"task": "sst2", "model": "m", "seed": 13, "run": {"hard_prompt": " another task"}}]
-    assert boosting_script["pool_texts"](runs, "trec", "m", 13) == ["", " Question kind"]
+    assert boosting_script["pool_texts"](runs, "trec", "m", 13, " Type:") == [" Type:", " Question kind"]
 
 
 def test_the_boosted_row_reads_each_member_prompt_once_per_input(boosting_script, tiny_backend, tiny_task):
-    best, boosted = boosting_script["cell_rows"](tiny_task, "tiny", 13, tiny_backend, ["", " great film", " bad"], 5, 3)
+    texts = [" It was", " great film", " bad"]  # in place of the template's cue
+    best, boosted = boosting_script["cell_rows"](tiny_task, "tiny", 13, tiny_backend, texts, 5, 3)
     assert (best["method"], boosted["method"]) == ("best_prompt_readout_top5", "boosted_top5")
     members = {m["prompt"] for m in boosted["ensemble"]["members"]}
     assert boosted["calls_per_input"] == len(members) and members <= {0, 1, 2}
-    assert [s["prompt"] for s in boosted["singles"]] == ["", " great film", " bad"]
+    assert [s["prompt"] for s in boosted["singles"]] == texts
     assert all(0 <= r["test_acc"] <= 100 for r in [best, boosted, *boosted["singles"]])
     chosen = max(boosted["singles"], key=lambda s: s["out_of_fold"])  # chosen on the pool, out of fold, not test
     assert (best["prompt"], best["test_acc"]) == (chosen["prompt"], chosen["test_acc"])
