@@ -252,7 +252,7 @@ def _tune_main(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(readout)
     print(f"\nresults in {result.run_dir}")
     code = exit_code(result.metrics.ending)
-    print(f"bbtune: {ending_line(result.metrics, tune_cfg.budget_calls, tune_cfg.popsize)}",
+    print(f"bbtune: {flag_words(ending_line(result.metrics, tune_cfg.budget_calls, tune_cfg.popsize))}",
           file=sys.stderr if code else sys.stdout)
     return code
 
@@ -300,7 +300,7 @@ def _notes(task: Any, cfg: TuneConfig) -> None:
               file=sys.stderr)
     if task.format.is_generation:
         for skipped in skipped_for_generation(cfg.calibrate, cfg.loss):
-            print(f"bbtune: note: skipped for this generation task: {skipped}", file=sys.stderr)
+            print(f"bbtune: note: skipped for this generation task: {flag_words(skipped)}", file=sys.stderr)
     rounding = budget_rounding(cfg.budget_calls, cfg.popsize)
     if rounding:
         print(f"bbtune: note: {rounding}", file=sys.stderr)

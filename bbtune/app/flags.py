@@ -22,7 +22,7 @@ REMOTE_PREFIX = "remote_"  # remote flags are --remote-*, so --model stays the l
 OPTION_FLAGS = {
     r"run_dir=(?P<dir>.+?), resume=True": r"--resume \g<dir>",
     r"overwrite=True": "--overwrite",
-    r"resume=True": "--resume",
+    r"resume=True": "--resume RUN_DIR",
     r"run_dir": "--run-dir",
 }
 
