@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from bbtune.app.compare import CompareConfig, compare
 from bbtune.app.comparison import Comparison
@@ -172,9 +174,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     secrets.remember_argv(words)
     for env in (API_KEY_ENV, OPENAI_API_KEY_ENV):
         secrets.remember(os.environ.get(env))
-    with secrets.redacting_streams(), warnings.catch_warnings():
+    with secrets.redacting_streams(), warnings.catch_warnings(), _flag_words_logging():
         warnings.showwarning = _warning_line
         return _main(build_parser().parse_args(words), words)
+
+
+class _FlagWordsFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return flag_words(super().format(record))
+
+
+@contextmanager
+def _flag_words_logging() -> Iterator[None]:
+    """The library's logged notes (a probe's finding) in flags, like its errors and warnings; the handler is made
+    here, inside `redacting_streams`, so its lines pass the secrets policy too."""
+    logger, handler = logging.getLogger("bbtune"), logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_FlagWordsFormatter())
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def _warning_line(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:

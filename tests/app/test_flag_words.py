@@ -3,6 +3,7 @@ case raises (or builds) a real library message, from every package that refuses 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Callable
@@ -90,3 +91,11 @@ def test_tune_arguments_map_to_their_flags() -> None:
     said = "continue with run_dir=/r 1, resume=True, or overwrite=True in another run_dir; or resume=True"
     assert flag_words(said) == "continue with --resume /r 1, or --overwrite in another --run-dir; or --resume RUN_DIR"
     assert flag_words("TaskConfig.verbalizer, TuneConfig.mode=hard, LocalConfig.model") == "--verbalizer, --mode=hard, --model"
+
+
+def test_the_cli_logs_library_notes_in_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    from bbtune.app.cli import _flag_words_logging
+
+    with _flag_words_logging():
+        logging.getLogger("bbtune").warning("bbtune: %s", "average more answers (RemoteConfig.answer_samples)")
+    assert "bbtune: average more answers (--remote-answer-samples)" in capsys.readouterr().err
