@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("track", help="report run or sweep folders to MLflow or TensorBoard after the fact")
     k.add_argument("path", metavar="RUN_OR_SWEEP_DIR", help="a folder that bbtune tune or bbtune sweep wrote")
     k.add_argument("--track", choices=["mlflow", "tensorboard"], default="mlflow", help="the tracker (default: mlflow)")
-    k.add_argument("--track-uri", default="", help=TuneConfig.__dataclass_fields__["track_uri"].metadata["help"])
+    k.add_argument("--track-uri", default="", help=flag_words(TuneConfig.__dataclass_fields__["track_uri"].metadata["help"]))
     return parser
 
 

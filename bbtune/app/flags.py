@@ -48,7 +48,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str, p
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
         name = flag(prefix + f.name)
-        help_ = f"{f.metadata.get('help', '')} (default: {_show(f.default)})"
+        help_ = f"{flag_words(f.metadata.get('help', ''))} (default: {_show(f.default)})"  # help names fields
         if kind is bool:
             group.add_argument(name, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
         elif isinstance(kind, type) and issubclass(kind, enum.Enum):

@@ -248,7 +248,7 @@ class TaskConfig:
 
     data: str = field(default="", metadata={
         "help": "folder with train/test .jsonl, .csv or .tsv; hf:NAME[:CONFIG] (Hugging Face datasets); 'demo' = built-in "
-                "sentiment set, 'demo-answers' = built-in generation set (with --preset answer)"})
+                "sentiment set, 'demo-answers' = built-in generation set (with preset=answer)"})
     preset: str = field(default="sentiment", metadata={"help": f"template + verbalizer preset: {sorted(PRESETS)}"})
     k: int = field(default=16, metadata={
         "help": "examples per class in train and in dev (a generation task: examples in train and in dev)"})

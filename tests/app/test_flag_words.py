@@ -2,6 +2,7 @@
 case raises (or builds) a real library message, from every package that refuses input."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -99,3 +100,16 @@ def test_the_cli_logs_library_notes_in_flags(capsys: pytest.CaptureFixture[str])
     with _flag_words_logging():
         logging.getLogger("bbtune").warning("bbtune: %s", "average more answers (RemoteConfig.answer_samples)")
     assert "bbtune: average more answers (--remote-answer-samples)" in capsys.readouterr().err
+
+
+def test_field_help_names_fields_and_the_parser_shows_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    """A field's help is also the Python docs (`tune`'s options), so it names fields; ``bbtune tune -h`` shows flags."""
+    from bbtune import LocalConfig, TuneConfig
+    from bbtune.app.cli import main
+
+    for cls in (TaskConfig, LocalConfig, TuneConfig, RemoteConfig):
+        assert not [f.name for f in dataclasses.fields(cls) if "--" in f.metadata.get("help", "")], cls
+    with pytest.raises(SystemExit):
+        main(["tune", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "wins by --select" in shown and "higher at --guard-alpha" in shown and "text (--p0-text)" in shown
