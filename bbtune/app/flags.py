@@ -17,9 +17,11 @@ from bbtune.tasks import TaskConfig
 
 CONFIGS = {"task": TaskConfig, "backend": LocalConfig, "tune": TuneConfig}
 REMOTE_PREFIX = "remote_"  # remote flags are --remote-*, so --model stays the local model's
-# Arguments of `tune()` that are no config field, as a Python user writes them -> the `bbtune tune` words; tried in
-# order, so the folder of ``run_dir=X, resume=True`` becomes --resume's own value (the CLI resumes by folder).
+# Arguments of `tune()` that are no config field (and `load_run`), as a Python user writes them -> the CLI's words;
+# tried in order, so the folder of ``run_dir=X, resume=True`` becomes --resume's own value (the CLI resumes by folder).
 OPTION_FLAGS = {
+    r"load_run\('(?P<dir>[^']*)'\) predicts and exports":
+        r"`bbtune predict \g<dir> --input FILE`, `bbtune export \g<dir>`",
     r"run_dir=(?P<dir>.+?), resume=True": r"--resume \g<dir>",
     r"overwrite=True": "--overwrite",
     r"resume=True": "--resume RUN_DIR",

@@ -214,7 +214,8 @@ def saved_backend(config: dict[str, Any], max_input_tokens: int = 0) -> Backend:
     if cli is None:
         name = str(config.get("backend", ""))
         if not name.startswith("local:"):
-            raise CheckpointError(f"cannot rebuild backend {name!r} from the run folder; pass a backend (or a LocalConfig.model to score with)")
+            raise CheckpointError(f"cannot rebuild backend {name!r} from the run folder; pass a backend (or a "
+                                  "LocalConfig.model to score with)")
         return LocalConfig(model=name[len("local:"):], **truncate).build()
     if cli.get("backend_kind") == "remote":
         if truncate:

@@ -74,6 +74,6 @@ class RunStore:
         sent = int(stats.get("requests", 0) or 0)
         if sent and not (self.folder.path / LEDGER).exists():  # only paid backends count requests
             raise CheckpointError(f"{self.folder.path / LEDGER} is missing but the checkpoint says {sent} requests were "
-                                  "sent: without the ledger the limits (RemoteConfig.max_requests, max_tokens, max_cost) would count "
-                                  "from zero again. Restore ledger.jsonl, or start a new run (another run_dir, or "
-                                  "overwrite=True)")
+                                  "sent: without the ledger the limits (RemoteConfig.max_requests, RemoteConfig.max_tokens, "
+                                  "RemoteConfig.max_cost) would count from zero again. Restore ledger.jsonl, or start "
+                                  "a new run (another run_dir, or overwrite=True)")

@@ -91,6 +91,8 @@ def test_tune_arguments_map_to_their_flags() -> None:
     """`tune()`'s own arguments are no config field: ``resume=True`` is --resume with the folder as its value."""
     said = "continue with run_dir=/r 1, resume=True, or overwrite=True in another run_dir; or resume=True"
     assert flag_words(said) == "continue with --resume /r 1, or --overwrite in another --run-dir; or --resume RUN_DIR"
+    assert flag_words("Use it (load_run('/r') predicts and exports)") == \
+        "Use it (`bbtune predict /r --input FILE`, `bbtune export /r`)"
     assert flag_words("TaskConfig.verbalizer, TuneConfig.mode=hard, LocalConfig.model") == "--verbalizer, --mode=hard, --model"
 
 
