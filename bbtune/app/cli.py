@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from bbtune.app.compare import CompareConfig, compare
 from bbtune.app.comparison import Comparison
@@ -134,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("track", help="report run or sweep folders to MLflow or TensorBoard after the fact")
     k.add_argument("path", metavar="RUN_OR_SWEEP_DIR", help="a folder that bbtune tune or bbtune sweep wrote")
     k.add_argument("--track", choices=["mlflow", "tensorboard"], default="mlflow", help="the tracker (default: mlflow)")
-    k.add_argument("--track-uri", default="", help=TuneConfig.__dataclass_fields__["track_uri"].metadata["help"])
+    k.add_argument("--track-uri", default="", help=flag_words(TuneConfig.__dataclass_fields__["track_uri"].metadata["help"]))
     return parser
 
 
@@ -172,9 +174,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     secrets.remember_argv(words)
     for env in (API_KEY_ENV, OPENAI_API_KEY_ENV):
         secrets.remember(os.environ.get(env))
-    with secrets.redacting_streams(), warnings.catch_warnings():
+    with secrets.redacting_streams(), warnings.catch_warnings(), _flag_words_logging():
         warnings.showwarning = _warning_line
         return _main(build_parser().parse_args(words), words)
+
+
+class _FlagWordsFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return flag_words(super().format(record))
+
+
+@contextmanager
+def _flag_words_logging() -> Iterator[None]:
+    """The library's logged notes (a probe's finding) in flags, like its errors and warnings; the handler is made
+    here, inside `redacting_streams`, so its lines pass the secrets policy too."""
+    logger, handler = logging.getLogger("bbtune"), logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_FlagWordsFormatter())
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def _warning_line(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
@@ -252,7 +272,7 @@ def _tune_main(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(readout)
     print(f"\nresults in {result.run_dir}")
     code = exit_code(result.metrics.ending)
-    print(f"bbtune: {ending_line(result.metrics, tune_cfg.budget_calls, tune_cfg.popsize)}",
+    print(f"bbtune: {flag_words(ending_line(result.metrics, tune_cfg.budget_calls, tune_cfg.popsize))}",
           file=sys.stderr if code else sys.stdout)
     return code
 
@@ -300,7 +320,7 @@ def _notes(task: Any, cfg: TuneConfig) -> None:
               file=sys.stderr)
     if task.format.is_generation:
         for skipped in skipped_for_generation(cfg.calibrate, cfg.loss):
-            print(f"bbtune: note: skipped for this generation task: {skipped}", file=sys.stderr)
+            print(f"bbtune: note: skipped for this generation task: {flag_words(skipped)}", file=sys.stderr)
     rounding = budget_rounding(cfg.budget_calls, cfg.popsize)
     if rounding:
         print(f"bbtune: note: {rounding}", file=sys.stderr)

@@ -17,6 +17,16 @@ from bbtune.tasks import TaskConfig
 
 CONFIGS = {"task": TaskConfig, "backend": LocalConfig, "tune": TuneConfig}
 REMOTE_PREFIX = "remote_"  # remote flags are --remote-*, so --model stays the local model's
+# Arguments of `tune()` that are no config field (and `load_run`), as a Python user writes them -> the CLI's words;
+# tried in order, so the folder of ``run_dir=X, resume=True`` becomes --resume's own value (the CLI resumes by folder).
+OPTION_FLAGS = {
+    r"load_run\('(?P<dir>[^']*)'\) predicts and exports":
+        r"`bbtune predict \g<dir> --input FILE`, `bbtune export \g<dir>`",
+    r"run_dir=(?P<dir>.+?), resume=True": r"--resume \g<dir>",
+    r"overwrite=True": "--overwrite",
+    r"resume=True": "--resume RUN_DIR",
+    r"run_dir": "--run-dir",
+}
 
 
 def flag(dest: str) -> str:
@@ -40,7 +50,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str, p
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
         name = flag(prefix + f.name)
-        help_ = f"{f.metadata.get('help', '')} (default: {_show(f.default)})"
+        help_ = f"{flag_words(f.metadata.get('help', ''))} (default: {_show(f.default)})"  # help names fields
         if kind is bool:
             group.add_argument(name, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
         elif isinstance(kind, type) and issubclass(kind, enum.Enum):
@@ -58,24 +68,41 @@ def from_args(cls: type, ns: argparse.Namespace | dict[str, Any], prefix: str = 
     return cls(**{f.name: values[prefix + f.name] for f in dataclasses.fields(cls) if prefix + f.name in values})
 
 
+def class_flags() -> dict[str, dict[str, str]]:
+    """Each config class's fields as flags, for a message that names one with its class (``TaskConfig.verbalizer``,
+    ``RemoteConfig.mode``): the class makes a one-word name unambiguous."""
+    named = {cls.__name__: {f.name: flag(f.name) for f in dataclasses.fields(cls)} for cls in CONFIGS.values()}
+    return {**named, RemoteConfig.__name__: field_flags(remote=True)}
+
+
 def flag_words(message: str) -> str:
     """A library message in the command line's words: the Python API names fields (``max_input_tokens``,
-    ``RemoteConfig.timeout_s``, ``popsize=6``), the CLI user needs the flags (``--max-input-tokens``). A server's
-    own words (``HTTP 400 (...)``) are kept: its ``max_tokens`` is the request's field, not --remote-max-tokens."""
-    flags, remote = field_flags(), field_flags(remote=True)
+    ``RemoteConfig.timeout_s``, ``TaskConfig.verbalizer``, ``popsize=6``) and `tune()`'s arguments
+    (``overwrite=True``, ``run_dir``), the CLI user needs the flags (``--max-input-tokens``, ``--overwrite``). A
+    server's own words (``HTTP 400 (...)``) are kept: its ``max_tokens`` is the request's field, not
+    --remote-max-tokens."""
+    flags, by_class = field_flags(), class_flags()
 
     def swap(match: re.Match[str]) -> str:
-        name, named = match.group("name"), remote if match.group("cls") else flags
-        if name not in named or not (match.group("cls") or match.group("eq") or "_" in name):
+        name, cls = match.group("name"), match.group("cls")
+        named = by_class[cls] if cls else flags
+        if name not in named or not (cls or match.group("eq") or "_" in name):
             return match.group(0)
         return named[name] + (match.group("eq") or "")
 
-    field_name = re.compile(r"(?<![\w./-])(?P<cls>RemoteConfig\.)?(?P<name>[a-z][a-z0-9_]*)\b(?P<eq>=)?")
+    classes = "|".join(by_class)
+    field_name = re.compile(rf"(?<![\w./-])(?:(?P<cls>{classes})\.)?(?P<name>[a-z][a-z0-9_]*)\b(?P<eq>=)?")
+
+    def words(text: str) -> str:
+        for python, cli in OPTION_FLAGS.items():
+            text = re.sub(rf"(?<![\w./-]){python}(?![\w-])", cli, text)
+        return field_name.sub(swap, text)
+
     out, at = [], 0
     for start, end in _server_words(message):
-        out += [field_name.sub(swap, message[at:start]), message[start:end]]
+        out += [words(message[at:start]), message[start:end]]
         at = end
-    return "".join(out) + field_name.sub(swap, message[at:])
+    return "".join(out) + words(message[at:])
 
 
 def _server_words(message: str) -> list[tuple[int, int]]:

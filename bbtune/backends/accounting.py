@@ -176,14 +176,14 @@ class SpendingLimiter:
         cost = self.prices.cost(prompt_tokens, completion_tokens)
         used_tokens = s.prompt_tokens + s.completion_tokens + self._held_tokens
         if lim.max_requests is not None and s.requests + 1 > lim.max_requests:
-            raise BudgetExceeded(f"request limit reached: {s.requests} requests sent, --remote-max-requests "
-                                 f"{lim.max_requests}; raise it (with --resume RUN_DIR to continue) or lower --budget-calls")
+            raise BudgetExceeded(f"request limit reached: {s.requests} requests sent, RemoteConfig.max_requests "
+                                 f"{lim.max_requests}; raise it (with resume=True to continue) or lower budget_calls")
         if lim.max_tokens is not None and used_tokens + tokens > lim.max_tokens:
             raise BudgetExceeded(f"token limit: {used_tokens} tokens used or in flight + ~{tokens} for the next "
-                                 f"request would exceed --remote-max-tokens {lim.max_tokens}")
+                                 f"request would exceed RemoteConfig.max_tokens {lim.max_tokens}")
         if lim.max_cost is not None and s.cost + self._held_cost + cost > lim.max_cost:
             raise BudgetExceeded(f"cost limit: ${s.cost + self._held_cost:.4f} spent or in flight + ~${cost:.4f} "
-                                 f"would exceed --remote-max-cost {lim.max_cost}")
+                                 f"would exceed RemoteConfig.max_cost {lim.max_cost}")
         entry = self.ledger.book(prompt_tokens, completion_tokens, cost, endpoint) if self.ledger is not None else -1
         s.requests += 1
         if endpoint is not None:

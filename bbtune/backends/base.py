@@ -52,12 +52,12 @@ class Capabilities:
                 "hard": "use soft prompts with this backend",
                 "gradients": "gradient baselines need a LocalBackend",
                 "generate": "use a LocalBackend or a RemoteBackend, which answer with text",
-                "logprobs": "this needs the model's log-probs; the server answers text only (--remote-mode text); a generation "
-                             "task can score answers with --answer-scoring metric",
+                "logprobs": "this needs the model's log-probs; the server answers text only (RemoteConfig.mode=text); a generation "
+                             "task can score answers with answer_scoring=metric",
             }[kind]
             if kind == "soft" and not self.logprobs:
-                hint = ("this server answers text only (--remote-mode text) and a soft prompt is not text: tune hard "
-                        "prompts (--mode hard)")
+                hint = ("this server answers text only (RemoteConfig.mode=text) and a soft prompt is not text: tune hard "
+                        "prompts (mode=hard)")
             can = {"generate": "generate text", "logprobs": "give log-probs"}.get(kind, f"score {kind} prompts")
             raise CapabilityError(f"backend {backend_name} cannot {can}; {hint}")
 

@@ -40,8 +40,8 @@ T = TypeVar("T")
 # fit into the model", llama.cpp "exceeds the available context size" / "context window", its n_ctx)
 CONTEXT_OVERFLOW = re.compile(r"context (length|window|size)|maximum context|too long to fit|\bn_ctx\b", re.I)
 CONTEXT_FIX = ("the input does not fit the server's context: the server's limit, not one of bbtune's (bbtune asks for "
-               "a single generated token, and --remote-max-tokens only caps what a run may spend). Shorten the longest "
-               "example or the template, lower --prompt-tokens, or serve the model with a longer context (vLLM "
+               "a single generated token, and RemoteConfig.max_tokens only caps what a run may spend). Shorten the longest "
+               "example or the template, lower prompt_tokens, or serve the model with a longer context (vLLM "
                "--max-model-len, llama.cpp -c)")
 
 
@@ -82,7 +82,7 @@ def status_error(response: httpx.Response, replica: str, path: str, model: str, 
         fix = (f"no API key was sent: set ${key.env} to this server's key" if not key.value
                else f"the key in ${key.env} was rejected: check it is a valid key for {replica}")
         if _url_credentials(response):  # Basic auth from user:password@ in the URL, not the key
-            fix = ("the server refused the credentials written in the base URL (user:password@ in --remote-base-url, "
+            fix = ("the server refused the credentials written in the base URL (user:password@ in RemoteConfig.base_url, "
                    f"not shown): check them, or send an API key through ${key.env} instead")
         msg = f"{where}: HTTP {status} ({detail}); {fix}"
     elif status == 404:

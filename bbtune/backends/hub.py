@@ -31,4 +31,4 @@ def cached_model_dir(repo_id: str) -> Path:
             f"model {repo_id!r} is not in the local Hugging Face cache ({os.environ.get('HF_HUB_CACHE', HF_HUB_CACHE)})"
             " and bbtune never "
             f"downloads; run `huggingface-cli download {repo_id}` where there is internet (same HF_HUB_CACHE), "
-            "or pass the model's folder to --model") from err
+            "or pass the model's folder as LocalConfig.model") from err

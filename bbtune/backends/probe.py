@@ -206,11 +206,11 @@ class Sampled:
         """The biased scores if the server honours logit_bias (the backend then uses it), else `plain`."""
         n_tokens, k = self.n_label_tokens(), self.prober.settings.top_k
         if not n_tokens:
-            self.report.notes.append("logit_bias not used: it needs the label token ids (set --remote-local-model)")
+            self.report.notes.append("logit_bias not used: it needs the label token ids (set RemoteConfig.local_model)")
             return plain
         if n_tokens > k:  # biased, they fill the list in their own order: a label could still fall off its end
             self.report.notes.append(f"logit_bias not used: the labels have {n_tokens} tokens (spellings) and a "
-                                     f"top-{k} list cannot hold them all; ask --remote-top-k {n_tokens} or more")
+                                     f"top-{k} list cannot hold them all; ask RemoteConfig.top_k {n_tokens} or more")
             return plain
         bias = self.cfg.bias
         try:
@@ -251,8 +251,8 @@ def bias_problem(plain: np.ndarray, biased: np.ndarray, tol: float) -> str:
 def missing_message(missing: float, n: int, k: int, cfg: Any, hint: str = "") -> str:
     """The refusal when too many label scores are missing, naming every fix (and the mode's own `hint`)."""
     return (f"{missing:.0%} of the label scores on the probe's sample of {n} examples are missing from the server's "
-            f"top-{k} list (allowed: --remote-max-missing {cfg.max_missing:g}); a missing label cannot be ranked. "
-            "Fixes: --remote-mode echo (exact scores, where the server supports echo); --remote-logit-bias auto "
-            "(needs a server that honours logit_bias and --remote-local-model); label words the model says more "
-            "readily (--verbalizer); a deeper --remote-top-k (vLLM: --max-logprobs); for label words of several "
-            f"tokens, --remote-local-model (chained requests read each token){hint}")
+            f"top-{k} list (allowed: RemoteConfig.max_missing {cfg.max_missing:g}); a missing label cannot be ranked. "
+            "Fixes: RemoteConfig.mode=echo (exact scores, where the server supports echo); RemoteConfig.logit_bias=auto "
+            "(needs a server that honours logit bias and RemoteConfig.local_model); label words the model says more "
+            "readily (TaskConfig.verbalizer); a deeper RemoteConfig.top_k (vLLM: --max-logprobs); for label words of several "
+            f"tokens, RemoteConfig.local_model (chained requests read each token){hint}")

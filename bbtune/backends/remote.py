@@ -196,7 +196,7 @@ class RemoteConfig:
         except ValueError:
             ok = False
         if not ok:
-            raise ConfigError(f"--remote-logit-bias must be 'auto', 'off' or a number in (0, 100], got {self.logit_bias!r}")
+            raise ConfigError(f"RemoteConfig.logit_bias must be 'auto', 'off' or a number in (0, 100], got {self.logit_bias!r}")
 
     @property
     def bias(self) -> float:
@@ -394,7 +394,7 @@ class RemoteBackend(Backend):
         if self._local is None:
             if not self.config.local_model:
                 raise ConfigError(
-                    "this needs the model's tokenizer/embeddings: set --remote-local-model to the same model "
+                    "this needs the model's tokenizer/embeddings: set RemoteConfig.local_model to the same model "
                     "(a HF directory, a .gguf file, 'smollm2' or 'tiny')")
             from bbtune.backends.local import LocalBackend
 
@@ -420,7 +420,7 @@ class RemoteBackend(Backend):
     # ------------------------------------------------------------------ sending
 
     def keep_books(self, ledger: Path, replies: Path, resume: bool) -> None:
-        """Book every request in the write-ahead `ledger` (and keep replies in `replies` unless --remote-cache-dir
+        """Book every request in the write-ahead `ledger` (and keep replies in `replies` unless RemoteConfig.cache_dir
         is set), so a run killed at any instant and resumed neither forgets a request nor pays twice for an
         answer; on `resume` the spending counters start from the ledger's totals."""
         self.sender.keep_books(ledger, replies, resume)

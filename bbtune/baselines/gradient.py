@@ -40,7 +40,7 @@ class GradientConfig:
     eval_every: int = field(default=20, metadata={"help": "evaluate on dev every N steps (and at the end)"})
     seed: int = field(default=42, metadata={"help": "seed of the initial prompt and the batch order"})
     select: Selection = field(default=Selection.DEV_ACC, metadata={
-        "help": "which evaluated prompt is returned: the same rule as BBT's --select"})
+        "help": "which evaluated prompt is returned: the same rule as BBT's TuneConfig.select"})
     calibrate: bool = field(default=False, metadata={
         "help": "score dev and test with one bias per label fitted on train for the prompt at hand, as BBT does"})
 

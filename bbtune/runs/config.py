@@ -51,24 +51,24 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
     hard_change: float = field(default=0.4, metadata={"help": "hard mode: share of tokens a step of sigma0 changes"})
     fluency: float = field(default=0.0, metadata={
         "help": "hard mode: weight of the prompt's log-perplexity under the model in the loss (0 = off; "
-                "0.05 with --vocab-filter common gives readable prompts)"})
+                "0.05 with vocab_filter=common gives readable prompts)"})
     calibrate: bool = field(default=True, metadata={
         "help": "fit one bias per label word for every candidate on train (label scores only: works through any API)"})
     select: Selection = field(default=Selection.DEV_ACC, metadata={
         "help": "how the result is chosen among dev-evaluated points: dev_acc, dev_loss or train_dev_loss"})
     keep_manual: bool = field(default=True, metadata={
-        "help": "return the manual prompt (template alone) when no tuned prompt beats it on dev by --select"})
+        "help": "return the manual prompt (template alone) when no tuned prompt beats it on dev by TuneConfig.select"})
     guard: Guard = field(default=Guard.AGREE, metadata={
-        "help": "when a tuned prompt may replace the calibrated manual prompt: agree (it wins by --select, its "
-                "dev accuracy is no lower and its dev cross-entropy not significantly higher at --guard-alpha), "
-                "paired (a McNemar test on the dev examples at --guard-alpha: stricter) or none (it wins by --select)"})
-    guard_alpha: float = field(default=0.1, metadata={"help": "level of --guard's paired tests"})
+        "help": "when a tuned prompt may replace the calibrated manual prompt: agree (it wins by TuneConfig.select, its "
+                "dev accuracy is no lower and its dev cross-entropy not significantly higher at guard_alpha), "
+                "paired (a McNemar test on the dev examples at guard_alpha: stricter) or none (it wins by TuneConfig.select)"})
+    guard_alpha: float = field(default=0.1, metadata={"help": "level of TuneConfig.guard's paired tests"})
     answer_scoring: AnswerScoring = field(default=AnswerScoring.REFERENCE, metadata={
         "help": "generation tasks: score a prompt by its reference answers' log-likelihood (reference) or by "
-                "--answer-metric on its greedy answers (metric)"})
+                "answer_metric on its greedy answers (metric)"})
     answer_metric: str = field(default="exact", metadata={
         "help": "generation tasks: metric on generated answers, reported on dev and test (and the loss with "
-                "--answer-scoring metric): exact, f1, or package.module:function (prediction, reference) -> [0, 1]"})
+                "answer_scoring=metric): exact, f1, or package.module:function (prediction, reference) -> [0, 1]"})
     answer_max_tokens: int = field(default=8, metadata={"help": "generation tasks: most tokens of a generated answer"})
     readout: str = field(default=AUTO, metadata={
         "help": "how the returned prompt's answers become labels: auto (chosen out of fold on train + dev among "
@@ -76,16 +76,16 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
                 "label words calibrated as in the search)"})
     search_readout: SearchReadout = field(default=SearchReadout.LABELS, metadata={
         "help": "what a candidate's train loss reads during the search: labels (its label words, calibrated with "
-                "--calibrate; any API), fixed (a logistic readout of its top-k, fitted once on the manual prompt) or "
+                "TuneConfig.calibrate; any API), fixed (a logistic readout of its top-k, fitted once on the manual prompt) or "
                 "fold (its own logistic readout of its top-k, cross-entropy out of fold on train); the top-k ones need "
-                "a backend that returns top-k log-probs and read --readout-topk of them"})
+                "a backend that returns top-k log-probs and read readout_topk of them"})
     readout_topk: int = field(default=20, metadata={
         "help": "top-k log-probs a readout may read at the answer position (OpenAI chat returns 20, llama.cpp "
                 "~1000); capped at what the backend returns"})
     track: Track = field(default=Track.NONE, metadata={
         "help": "also report the run to mlflow or tensorboard as it goes (none: the run folder only)"})
     track_uri: str = field(default="", metadata={
-        "help": "--track's store: an MLflow tracking URI (default: sqlite mlruns/mlflow.db beside the run folder, or "
+        "help": "TuneConfig.track's store: an MLflow tracking URI (default: sqlite mlruns/mlflow.db beside the run folder, or "
                 "$MLFLOW_TRACKING_URI) or a TensorBoard log folder (default: tensorboard/ beside it)"})
 
     def __post_init__(self) -> None:

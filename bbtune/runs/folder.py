@@ -76,10 +76,10 @@ def write_text(path: Path, text: str) -> None:
 
 
 def refuse_overwrite(paths: Iterable[str | Path], overwrite: bool) -> None:
-    """Outputs (predictions, reports, exports) never replace existing files unless the user said --overwrite."""
+    """Outputs (predictions, reports, exports) never replace existing files unless the user said overwrite=True."""
     existing = [str(p) for p in paths if Path(p).exists()]
     if existing and not overwrite:
-        raise OutputExistsError(f"{', '.join(existing)} already exists; replace it with --overwrite, or write "
+        raise OutputExistsError(f"{', '.join(existing)} already exists; replace it with overwrite=True, or write "
                                 "elsewhere")
 
 
@@ -135,7 +135,7 @@ class RunFolder:
                 f.seek(0)
                 holder = f.read().strip() or "unknown"
                 raise RunFolderError(f"{self.path} is being written by another bbtune run (pid {holder}); wait for it "
-                                     "to end, or use another --run-dir") from None
+                                     "to end, or use another run_dir") from None
             f.seek(0)
             f.truncate()
             f.write(str(os.getpid()))
@@ -151,11 +151,11 @@ class RunFolder:
         if kind is None:
             return
         if not overwrite:
-            what, fix = {"finished": ("a finished run", "replace it with --overwrite, or use another --run-dir"),
-                         "unfinished": ("an unfinished run", f"continue it with --resume {self.path}, replace it with "
-                                                             "--overwrite, or use another --run-dir"),
-                         "foreign": ("files that are not a bbtune run", "use another --run-dir (--overwrite writes "
-                                                                       "beside them)")}[kind]
+            what, fix = {"finished": ("a finished run", "replace it with overwrite=True, or use another run_dir"),
+                         "unfinished": ("an unfinished run", f"continue it with run_dir={self.path}, resume=True, "
+                                                             "replace it with overwrite=True, or use another run_dir"),
+                         "foreign": ("files that are not a bbtune run", "use another run_dir (overwrite=True "
+                                                                       "writes beside them)")}[kind]
             raise RunFolderError(f"{self.path} already holds {what}; {fix}")
         self.clear()
 
@@ -168,11 +168,11 @@ class RunFolder:
             else:
                 target.unlink(missing_ok=True)
 
-    def check_is_folder(self, flag: str = "--run-dir") -> None:
+    def check_is_folder(self, name: str = "run_dir") -> None:
         """A run folder path that names a file (or lies under one) is refused before anything is written."""
         for path in (self.path, *self.path.parents):
             if path.exists() and not path.is_dir():
-                raise RunFolderError(f"{self.path} is not a folder ({path} is a file); give {flag} a folder path")
+                raise RunFolderError(f"{self.path} is not a folder ({path} is a file); give {name} a folder path")
 
     def finished_ending(self) -> str | None:
         """The ending recorded in metrics.json of a finished run (None: not finished). A run stopped by a
@@ -183,12 +183,12 @@ class RunFolder:
         return None if ending is Ending.LIMIT else ending.value
 
     def refuse_finished(self) -> None:
-        """`--resume` of a finished run has nothing left to do (and must not pay for its test scores again)."""
+        """Resuming a finished run has nothing left to do (and must not pay for its test scores again)."""
         ending = self.finished_ending()
         if ending is not None:
             raise RunFolderError(f"{self.path} holds a finished run (ending: {ending}); nothing to resume, nothing was "
-                                 f"sent. Use it (`bbtune predict {self.path} --input FILE`, `bbtune export {self.path}`), "
-                                 "or start over with --overwrite or another --run-dir")
+                                 f"sent. Use it (load_run({str(self.path)!r}) predicts and exports), or start over with "
+                                 "overwrite=True or another run_dir")
 
     def holds(self) -> str | None:
         """What the folder holds: None (nothing), 'finished', 'unfinished' (a run that can resume) or 'foreign'."""
@@ -216,9 +216,9 @@ class RunFolder:
 
     def _damaged_fix(self, name: str) -> str:
         if name == METRICS:
-            return (f"the run's result cannot be read: run it again (`bbtune tune --resume {self.path}` after deleting "
-                    f"{name}, or a new run with --overwrite)")
-        return "the folder cannot be resumed or used; start the run again with --overwrite (or another --run-dir)"
+            return (f"the run's result cannot be read: run it again (delete {name}, then run_dir={self.path}, "
+                    "resume=True; or a new run with overwrite=True)")
+        return "the folder cannot be resumed or used; start the run again with overwrite=True (or another run_dir)"
 
     def write_curve(self, rows: list[dict[str, Any]]) -> None:
         columns: list[str] = []
@@ -251,9 +251,9 @@ class RunFolder:
         file = self.path / CHECKPOINT
         if not file.exists():
             raise CheckpointError(f"no {CHECKPOINT} in {self.path}: not a run that can resume (is it a bbtune run "
-                              "folder?); start a new run with --run-dir")
-        restart = (f"delete it to restart the run from its start with --resume {self.path}, or start over with "
-                   "--overwrite")
+                              "folder?); start a new run in another run_dir")
+        restart = (f"delete it to restart the run from its start with run_dir={self.path}, resume=True, or start "
+                   "over with overwrite=True")
         try:
             state = safepickle.loads(file.read_bytes())
         except safepickle.Refused as err:

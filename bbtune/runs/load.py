@@ -135,11 +135,11 @@ def load_run(run_dir: str | Path, backend: Backend | None = None) -> TunedRun:
     """The finished run in `run_dir`; a missing folder or an unfinished run is a `CheckpointError`."""
     folder = RunFolder(run_dir)
     if not folder.path.is_dir():
-        raise CheckpointError(f"run folder {folder.path} does not exist; give the --run-dir a `bbtune tune` wrote")
+        raise CheckpointError(f"run folder {folder.path} does not exist; give the run_dir of a tuning run")
     config = folder.read_json(CONFIG)
     if not (folder.path / METRICS).exists():
         raise CheckpointError(f"{folder.path} holds no metrics.json: the run has not finished; finish it with "
-                              f"`bbtune tune --resume {folder.path}`")
+                              f"run_dir={folder.path}, resume=True")
     metrics = RunMetrics.from_json(folder.read_json(METRICS))
     fmt = saved_format(config["task"])
     curve = [_numbers(row) for row in folder.read_curve()] if (folder.path / CURVE).exists() else []
@@ -214,11 +214,12 @@ def saved_backend(config: dict[str, Any], max_input_tokens: int = 0) -> Backend:
     if cli is None:
         name = str(config.get("backend", ""))
         if not name.startswith("local:"):
-            raise CheckpointError(f"cannot rebuild backend {name!r} from the run folder; pass a backend (--model)")
+            raise CheckpointError(f"cannot rebuild backend {name!r} from the run folder; pass a backend (or a "
+                                  "LocalConfig.model to score with)")
         return LocalConfig(model=name[len("local:"):], **truncate).build()
     if cli.get("backend_kind") == "remote":
         if truncate:
             raise ConfigError("max_input_tokens truncates inputs for a local model; this run's backend is a server "
-                              "(score through a local one with --model, or shorten the inputs)")
+                              "(score through a local one, LocalConfig.model, or shorten the inputs)")
         return RemoteConfig(**known_fields(RemoteConfig, {**cli["remote"], "extra_headers": ()})).build()
     return LocalConfig(**{**known_fields(LocalConfig, cli["backend"]), **truncate}).build()

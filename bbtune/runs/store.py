@@ -67,12 +67,13 @@ class RunStore:
                "resume with the saved config (config.json must not be edited; restore the data files if they "
                "changed)")
         raise CheckpointError(f"{self.folder.path} was made with another config: {'; '.join(changed)}; {why}, or "
-                              "start a new run (another --run-dir, or --overwrite)")
+                              "start a new run (another run_dir, or overwrite=True)")
 
     def check_ledger(self, stats: dict[str, Any]) -> None:
         """Limits hold against the ledger: without it, a run that sent requests would start counting from zero."""
         sent = int(stats.get("requests", 0) or 0)
         if sent and not (self.folder.path / LEDGER).exists():  # only paid backends count requests
             raise CheckpointError(f"{self.folder.path / LEDGER} is missing but the checkpoint says {sent} requests were "
-                                  "sent: without the ledger the --remote-max-* limits would count from zero again. "
-                                  "Restore ledger.jsonl, or start a new run (another --run-dir, or --overwrite)")
+                                  "sent: without the ledger the limits (RemoteConfig.max_requests, RemoteConfig.max_tokens, "
+                                  "RemoteConfig.max_cost) would count from zero again. Restore ledger.jsonl, or start "
+                                  "a new run (another run_dir, or overwrite=True)")

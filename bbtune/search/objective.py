@@ -179,7 +179,7 @@ def skipped_for_generation(calibrate: bool, loss: Loss | str) -> list[str]:
     crash: they are on by default, and a user who switched them on should know they did nothing."""
     out = []
     if calibrate:
-        out.append("label calibration (--calibrate): a generation task has no label words to bias")
+        out.append("label calibration (TuneConfig.calibrate): a generation task has no label words to bias")
     if Loss(loss) is not Loss.CE:
-        out.append(f"--loss {Loss(loss).value}: a generation task's loss is set by --answer-scoring")
+        out.append(f"loss={Loss(loss).value}: a generation task's loss is set by answer_scoring")
     return out

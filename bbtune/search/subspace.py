@@ -61,8 +61,8 @@ class SubspaceConfig:
                 f"from random words or text, {ALPHA_FROM_CUE} from the cue"})
     p0: P0Init = field(default=P0Init.AUTO, metadata={
         "help": "start point p0: cue (the template's own cue words, which the prompt then replaces: the search starts "
-                "at the manual prompt; prompt length = the cue's unless --prompt-tokens pads it), vocab (random "
-                "words, BBT), text (--p0-text), zeros; auto = cue where possible, else vocab"})
+                "at the manual prompt; prompt length = the cue's unless prompt_tokens pads it), vocab (random "
+                "words, BBT), text (p0_text), zeros; auto = cue where possible, else vocab"})
     p0_text: str = field(default="", metadata={"help": "text whose embeddings are p0 (with p0=text)"})
 
     def __post_init__(self) -> None:

@@ -52,7 +52,7 @@ class AnswerRules:
         for label, words in self.words.items():
             if not any(self.normalize(w) for w in words):
                 raise ConfigError(f"label {label!r} has no word an answer could contain (got {list(words)}); "
-                                  "give it a synonym with --remote-answer-synonyms LABEL=WORD")
+                                  "give it a synonym with RemoteConfig.answer_synonyms LABEL=WORD")
             for w in filter(None, map(self.normalize, words)):
                 if owner.setdefault(w, label) != label:
                     raise ConfigError(f"the word {w!r} names two labels ({owner[w]!r} and {label!r}); an answer "

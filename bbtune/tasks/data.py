@@ -31,7 +31,7 @@ class FieldMap:
 
     def __post_init__(self) -> None:
         if not self.text:
-            raise TaskError("--text-field is empty; name the field that holds each example's text (default: 'text')")
+            raise TaskError("text_field is empty; name the field that holds each example's text (default: 'text')")
 
     def examples(self, rows: Sequence[Mapping[str, Any]], source: str) -> list[Example]:
         """Rows (dicts) as examples; a row lacking a field is a `TaskError` naming the flag to set."""
@@ -42,7 +42,7 @@ class FieldMap:
             missing = [f for f in (self.text, self.label, self.text_b) if f and f not in row]
             if missing:
                 raise TaskError(f"{source}: row {i + 1} lacks field(s) {missing}; it has {sorted(row)} "
-                                "(choose them with --text-field, --text-b-field, --label-field)")
+                                "(choose them with text_field, text_b_field, label_field)")
             label = _label_value(row[self.label], self.label, f"{source}: row {i + 1}") if self.label else ""
             label = (self.label_names or {}).get(label, label)
             text_b = _text_value(row[self.text_b], self.text_b, f"{source}: row {i + 1}") if self.text_b else None
@@ -56,7 +56,7 @@ def _text_value(value: Any, name: str, where: str) -> str:
         return value
     what = "null" if value is None else f"a {type(value).__name__} ({str(value)[:40]})"
     raise TaskError(f"{where}: field {name!r} is {what}, not a text; give every row a text there (or choose the "
-                    "field with --text-field / --text-b-field)")
+                    "field with text_field / text_b_field)")
 
 
 def _label_value(value: Any, name: str, where: str) -> str:
@@ -65,7 +65,7 @@ def _label_value(value: Any, name: str, where: str) -> str:
         return str(value)
     what = "null" if value is None else f"a {type(value).__name__} ({str(value)[:40]})"
     raise TaskError(f"{where}: field {name!r} is {what}, not a label; give every row a label (a word or a class "
-                    "number; rename numbers with --label-names)")
+                    "number; rename numbers with label_names)")
 
 
 def parse_label_names(spec: str) -> dict[str, str] | None:
@@ -76,7 +76,7 @@ def parse_label_names(spec: str) -> dict[str, str] | None:
         try:
             parsed = json.loads(spec)
         except json.JSONDecodeError as err:
-            raise TaskError(f"--label-names is not valid JSON ({err.msg}); e.g. '{{\"0\": \"negative\"}}'") from err
+            raise TaskError(f"label_names is not valid JSON ({err.msg}); e.g. '{{\"0\": \"negative\"}}'") from err
         return {str(k): str(v) for k, v in parsed.items()}
     return {str(i): name.strip() for i, name in enumerate(spec.split(","))}
 
@@ -151,17 +151,17 @@ def _json_kind(value: Any) -> str:
 
 
 def _decode(path: Path, encoding: str) -> str:
-    """The file's text; a byte that is not `encoding` is a TaskError naming the file, the line and --encoding."""
+    """The file's text; a byte that is not `encoding` is a TaskError naming the file, the line and the field."""
     data = path.read_bytes()
     try:
         return data.decode("utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding)
     except LookupError:  # no such codec, or one that is not a text encoding (base64)
-        raise TaskError(f"--encoding {encoding!r} is not a text encoding Python knows; e.g. utf-8, cp1252, latin-1 "
+        raise TaskError(f"encoding={encoding!r} is not a text encoding Python knows; e.g. utf-8, cp1252, latin-1 "
                         f"(reading {path})") from None
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise TaskError(f"{path}: line {line} is not valid {encoding} (byte {data[err.start]:#04x}); give the file's "
-                        "encoding with --encoding (e.g. --encoding cp1252 or latin-1), or save it as UTF-8") from None
+                        "encoding with TaskConfig.encoding (e.g. encoding=cp1252 or latin-1), or save it as UTF-8") from None
 
 
 def few_shot_split(

@@ -175,7 +175,7 @@ class TaskFormat:
 def no_verbalizer_message(given: object) -> str:
     """Why a generation task refuses a verbalizer, and what to do."""
     return (f"a generation task's answers are free text, so it takes no verbalizer (got {given!r}); drop "
-            "--verbalizer, or use a classification preset")
+            "TaskConfig.verbalizer, or use a classification preset")
 
 
 class _Tokenizer(Protocol):

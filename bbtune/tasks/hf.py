@@ -41,7 +41,7 @@ def _load(spec: str) -> Any:
     try:
         import datasets
     except ImportError:
-        raise ConfigError(f"--data {spec} needs the datasets package: pip install 'bbtune[hf]' (or datasets)") from None
+        raise ConfigError(f"data={spec} needs the datasets package: pip install 'bbtune[hf]' (or datasets)") from None
     offline()
     datasets.config.HF_HUB_OFFLINE = True
     if Path(name).is_dir():
@@ -54,7 +54,7 @@ def _load(spec: str) -> Any:
             f"dataset {name!r}{f' ({config})' if config else ''} is not in the local datasets cache "
             f"({datasets.config.HF_DATASETS_CACHE}) and bbtune never downloads; on a machine with internet run "
             f"`python -c \"import datasets; datasets.load_dataset('{name}'{f', {config!r}' if config else ''})\"` "
-            f"(same HF_DATASETS_CACHE), or save it with save_to_disk and pass --data hf:FOLDER ({err})") from err
+            f"(same HF_DATASETS_CACHE), or save it with save_to_disk and pass data=hf:FOLDER ({err})") from err
 
 
 def dataset_splits(spec: str, fields: FieldMap) -> tuple[list[Example], list[Example]]:

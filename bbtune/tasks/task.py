@@ -219,8 +219,8 @@ def check_labels(examples: list[Example], fmt: TaskFormat, source: str) -> list[
     for i, ex in enumerate(examples):
         if ex.label not in fmt.labels:
             raise VerbalizerError(f"{source}: row {i + 1} has label {ex.label!r}, which has no verbalizer word; known "
-                                  f"labels: {list(fmt.labels)}. Fix the data, rename label values with --label-names, "
-                                  "or add the label to --verbalizer")
+                                  f"labels: {list(fmt.labels)}. Fix the data, rename label values with label_names, "
+                                  "or add the label to TaskConfig.verbalizer")
     return examples
 
 
@@ -248,7 +248,7 @@ class TaskConfig:
 
     data: str = field(default="", metadata={
         "help": "folder with train/test .jsonl, .csv or .tsv; hf:NAME[:CONFIG] (Hugging Face datasets); 'demo' = built-in "
-                "sentiment set, 'demo-answers' = built-in generation set (with --preset answer)"})
+                "sentiment set, 'demo-answers' = built-in generation set (with preset=answer)"})
     preset: str = field(default="sentiment", metadata={"help": f"template + verbalizer preset: {sorted(PRESETS)}"})
     k: int = field(default=16, metadata={
         "help": "examples per class in train and in dev (a generation task: examples in train and in dev)"})
@@ -272,7 +272,7 @@ class TaskConfig:
         try:
             codecs.lookup(self.encoding)
         except LookupError:
-            raise TaskError(f"--encoding {self.encoding!r} is not an encoding Python knows (e.g. utf-8, cp1252, "
+            raise TaskError(f"encoding={self.encoding!r} is not an encoding Python knows (e.g. utf-8, cp1252, "
                             "latin-1)") from None
         parse_label_names(self.label_names)  # a bad spec fails here, before any data is read
         if self.k < 1:

@@ -244,7 +244,8 @@ def test_resuming_a_finished_run_sends_nothing_and_keeps_its_metrics(run_copy, c
     monkeypatch.setattr(LocalConfig, "build", no_model)
     before = (run_copy / "metrics.json").read_bytes(), (run_copy / "metrics.json").stat().st_mtime_ns
     assert main(["tune", "--resume", str(run_copy), "--no-progress"]) == 2
-    _one_line_error(capsys, "holds a finished run (ending: budget); nothing to resume")
+    line = _one_line_error(capsys, "holds a finished run (ending: budget); nothing to resume")
+    assert f"`bbtune predict {run_copy} --input FILE`" in line and "--overwrite or another --run-dir" in line
     assert before == ((run_copy / "metrics.json").read_bytes(), (run_copy / "metrics.json").stat().st_mtime_ns)
 
 

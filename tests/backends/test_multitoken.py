@@ -241,13 +241,13 @@ def test_a_token_outside_the_top_k_makes_its_word_missing_and_counted(tiny: Loca
 
 def test_chat_mode_refuses_multi_token_words_naming_the_modes() -> None:
     with remote(Counted().transport, mode="chat", probe=False, top_k=5) as backend, pytest.raises(
-            CapabilityError, match="several tokens.*--remote-mode echo.*--remote-mode top_logprobs"):
+            CapabilityError, match="several tokens.*RemoteConfig.mode=echo.*RemoteConfig.mode=top_logprobs"):
         backend.score([HardPrompt((), "")], EXAMPLES, fmt())
 
 
 def test_top_k_modes_without_a_tokenizer_refuse_words_of_several_words_naming_the_fixes() -> None:
     with remote(Counted().transport, mode="top_logprobs", local_model="", probe=False) as backend, pytest.raises(
-            ConfigError, match="several tokens.*--remote-local-model.*--remote-mode echo"):
+            ConfigError, match="several tokens.*RemoteConfig.local_model.*RemoteConfig.mode=echo"):
         backend.score([HardPrompt((), "")], EXAMPLES, fmt())
 
 

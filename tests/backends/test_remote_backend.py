@@ -195,7 +195,7 @@ def test_transient_faults_are_retried_to_the_same_scores(fault: str, clean_score
 def test_the_request_limit_is_never_crossed_even_in_flight() -> None:
     app = make_app()
     with make_backend(mock_transport(app), batch_size=1, concurrency=4, max_requests=5) as backend:
-        with pytest.raises(BudgetExceeded, match="remote-max-requests 5"):
+        with pytest.raises(BudgetExceeded, match="RemoteConfig.max_requests 5"):
             backend.score(prompts(), EXAMPLES, FMT)  # 9 rows, one per request
         assert app.requests == 5 and backend.stats.requests == 5
 

@@ -79,7 +79,7 @@ def test_a_run_never_crosses_its_request_limit(tiny_task: Task) -> None:
     try:
         with remote(server.url, max_requests=20) as backend:
             result = run_tuner(tiny_task, backend, HARD, progress=False)  # stops cleanly, keeping finished generations
-        assert "remote-max-requests 20" in result.metrics["stopped_by"]
+        assert "RemoteConfig.max_requests 20" in result.metrics["stopped_by"]
         assert result.metrics["calls"] < HARD.budget_calls
         # a request reserved, then cancelled when a sibling hit the limit, may never reach the server
         assert server.stats()["requests"] <= backend.stats.requests == 20

@@ -211,7 +211,7 @@ def test_meter_reserves_before_sending_so_in_flight_requests_count() -> None:
     stats = RemoteStats()
     meter = SpendingLimiter(Limits(max_requests=2), Prices(), stats)
     a, b = meter.reserve(10, 1), meter.reserve(10, 1)
-    with pytest.raises(BudgetExceeded, match="remote-max-requests 2"):
+    with pytest.raises(BudgetExceeded, match="RemoteConfig.max_requests 2"):
         meter.reserve(10, 1)
     meter.settle(a, {"prompt_tokens": 8, "completion_tokens": 1}, billed=True)
     meter.settle(b, None, billed=False)
@@ -246,7 +246,7 @@ def test_credentials_in_the_base_url_are_reported_as_such_and_never_shown() -> N
     request = httpx.Request("POST", "http://ann:s3cret-pw@h:1/v1/completions")
     reply = httpx.Response(401, json={"error": {"message": "bad credentials"}}, request=request)
     message = str(status_error(reply, "http://h:1/v1", "/completions", "m", KeyInfo("BBTUNE_API_KEY", "sk-0123456789ab")))
-    assert "credentials written in the base URL" in message and "--remote-base-url" in message
+    assert "credentials written in the base URL" in message and "RemoteConfig.base_url" in message
     assert "was rejected" not in message and "s3cret-pw" not in message and "ann" not in message
 
 

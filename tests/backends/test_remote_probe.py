@@ -93,7 +93,7 @@ def test_echo_is_cross_checked_against_the_top_k_of_the_same_position(top_k: int
         report = backend.check()
         assert "echo matches top-k" in report.checks and not report.notes
     with probed(mock_transport(make_app(wrong_echo=True)), mode="echo", top_k=top_k) as backend, pytest.raises(
-            CapabilityError, match="echoed log-probs are misaligned.*--remote-mode top_logprobs"):
+            CapabilityError, match="echoed log-probs are misaligned.*RemoteConfig.mode=top_logprobs"):
         backend.check()
 
 
@@ -106,7 +106,7 @@ def _echo_above_the_list(request: dict[str, Any], reply: dict[str, Any]) -> None
 
 def test_an_echoed_word_absent_from_the_top_k_cannot_score_above_its_last_value() -> None:
     with probed(tampered(make_app(), _echo_above_the_list), mode="echo", top_k=5) as backend, pytest.raises(
-            CapabilityError, match=r"not in the top-5 of the same position.*--remote-mode top_logprobs"):
+            CapabilityError, match=r"not in the top-5 of the same position.*RemoteConfig.mode=top_logprobs"):
         backend.check()
 
 
@@ -121,8 +121,8 @@ def test_logit_bias_is_used_where_the_server_honours_it(clean_scores: np.ndarray
 
 def test_a_server_that_ignores_logit_bias_is_refused_when_labels_go_missing() -> None:
     with probed(mock_transport(make_app(ignore_logit_bias=True, max_logprobs=20)), top_k=2) as backend, pytest.raises(
-            CapabilityError, match=r"missing from the server's top-2.*--remote-mode echo.*--remote-logit-bias.*"
-                                   r"--verbalizer.*--remote-top-k"):
+            CapabilityError, match=r"missing from the server's top-2.*RemoteConfig.mode=echo.*RemoteConfig.logit_bias.*"
+                                   r"TaskConfig.verbalizer.*RemoteConfig.top_k"):
         backend.score(prompts(), EXAMPLES, FMT)
     assert backend.logit_bias_ == 0.0
 
@@ -158,7 +158,7 @@ def _jitter(request: dict[str, Any], reply: dict[str, Any]) -> None:
      "not sorted"),
     (lambda req, rep: [c["logprobs"].update(top_logprobs=[{t: v / 100 for t, v in c["logprobs"]["top_logprobs"][0].items()}])
                        for c in rep["choices"]], "sum to"),
-    (lambda req, rep: [c.update(logprobs=None) for c in rep["choices"]], "use --remote-mode chat"),
+    (lambda req, rep: [c.update(logprobs=None) for c in rep["choices"]], "use RemoteConfig.mode=chat"),
 ])
 def test_servers_that_answer_wrongly_are_refused_with_a_reason(edit: Callable, message: str) -> None:
     with probed(tampered(make_app(), edit)) as backend, pytest.raises(CapabilityError, match=message):
@@ -166,8 +166,8 @@ def test_servers_that_answer_wrongly_are_refused_with_a_reason(edit: Callable, m
 
 
 @pytest.mark.parametrize("server, mode, message", [
-    ({"echo": "ignore"}, "echo", "llama.cpp ignores echo.*--remote-mode top_logprobs"),
-    ({"echo": "reject"}, "echo", "--remote-mode top_logprobs"),
+    ({"echo": "ignore"}, "echo", "llama.cpp ignores echo.*RemoteConfig.mode=top_logprobs"),
+    ({"echo": "reject"}, "echo", "RemoteConfig.mode=top_logprobs"),
     ({"prompt_embeds": False}, "prompt_embeds", "--enable-prompt-embeds"),
 ])
 def test_missing_features_name_the_mode_to_use_instead(server: dict, mode: str, message: str) -> None:
@@ -184,7 +184,7 @@ def test_a_server_without_chat_is_told_to_use_completions() -> None:
         return inner.handle_request(request)
 
     with probed(httpx.MockTransport(handle), mode="chat", top_k=20) as backend, pytest.raises(
-            CapabilityError, match="use --remote-mode top_logprobs"):
+            CapabilityError, match="use RemoteConfig.mode=top_logprobs"):
         backend.check()
 
 

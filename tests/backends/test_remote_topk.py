@@ -190,7 +190,7 @@ def test_a_second_identical_call_is_served_from_the_cache_and_pays_nothing(tmp_p
 def test_text_mode_returns_no_topk() -> None:
     with make_backend(mock_transport(make_app()), mode="text") as backend:
         assert backend.capabilities.topk == 0
-        with pytest.raises(CapabilityError, match="no top-k log-probs in text mode.*--remote-mode chat"):
+        with pytest.raises(CapabilityError, match="no top-k log-probs in text mode.*RemoteConfig.mode=chat"):
             backend.score_topk(prompts(), EXAMPLES, FMT, k=20)
         assert backend.stats.requests == 0
 

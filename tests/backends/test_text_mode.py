@@ -99,9 +99,9 @@ def test_soft_prompts_generate_locally_and_are_refused_clearly_in_text_mode(loca
     assert len(local.generate([soft], EXAMPLES, FMT, max_tokens=2)[0]) == len(EXAMPLES)
     with text_backend(mock_transport(make_app(**TEXT_ONLY))) as backend:
         assert not backend.capabilities.soft and not backend.capabilities.logprobs and backend.capabilities.generate
-        with pytest.raises(CapabilityError, match="soft prompt is not text.*--mode hard"):
+        with pytest.raises(CapabilityError, match="soft prompt is not text.*mode=hard"):
             backend.generate([soft], EXAMPLES, FMT)
-        with pytest.raises(CapabilityError, match="answers text only.*--mode hard"):
+        with pytest.raises(CapabilityError, match="answers text only.*mode=hard"):
             run_tuner(tiny_task, backend, TuneConfig(mode="soft", budget_calls=4, popsize=3), progress=False)
 
 
@@ -123,7 +123,7 @@ def test_text_mode_settings_are_checked_by_name(config: dict, message: str) -> N
 def test_the_probe_names_text_mode_on_a_server_without_logprobs(mode: str) -> None:
     cfg = RemoteConfig(base_url=URL, model="tiny", local_model="tiny", mode=mode, top_k=20)
     with RemoteBackend(cfg, transport=mock_transport(make_app(**TEXT_ONLY))) as backend, \
-            pytest.raises(CapabilityError, match="no log-probs at all.*--remote-mode text"):
+            pytest.raises(CapabilityError, match="no log-probs at all.*RemoteConfig.mode=text"):
         backend.score(prompts(), EXAMPLES, FMT)
 
 
@@ -137,7 +137,7 @@ def test_the_probe_names_text_mode_when_the_server_refuses_logprobs() -> None:
 
     cfg = RemoteConfig(base_url=URL, model="tiny", local_model="tiny", mode="chat", top_k=20)
     with RemoteBackend(cfg, transport=httpx.MockTransport(handle)) as backend, \
-            pytest.raises(CapabilityError, match="--remote-mode text"):
+            pytest.raises(CapabilityError, match="RemoteConfig.mode=text"):
         backend.score(prompts(), EXAMPLES, FMT)
     with text_backend(httpx.MockTransport(handle), answer_synonyms=("pos=was",)) as backend:
         assert backend.score(prompts(), EXAMPLES, FMT).shape == (3, 3, 2)  # text mode asks no logprobs
@@ -162,7 +162,7 @@ def test_a_server_that_samples_at_temperature_0_gets_a_note_not_a_refusal() -> N
         backend.score(prompts(), EXAMPLES, FMT)
         report = backend.probe_report()
     assert report is not None and "temperature 0 answers repeat" not in report.checks
-    assert any("different answers" in note and "--remote-answer-samples" in note for note in report.notes)
+    assert any("different answers" in note and "RemoteConfig.answer_samples" in note for note in report.notes)
 
 
 def test_a_server_refusing_n_gets_one_request_per_answer_with_distinct_seeds() -> None:
@@ -197,7 +197,7 @@ def test_text_scores_follow_the_answers() -> None:
 def test_a_server_answering_garbage_gives_unparsed_counts_not_a_crash() -> None:
     transport = rewriting(make_app(**TEXT_ONLY), answering("\u2603 lorem ipsum {}"))
     with text_backend(transport) as backend, pytest.raises(CapabilityError, match="name no label.*lorem ipsum"
-                                                                                  ".*--remote-answer-synonyms"):
+                                                                                  ".*RemoteConfig.answer_synonyms"):
         backend.score(prompts(), EXAMPLES, FMT)  # the probe refuses a run that could learn nothing
     with text_backend(transport, max_unparsed=1.0) as backend:
         scores = backend.score(prompts(), EXAMPLES, FMT)
@@ -214,7 +214,7 @@ def test_text_requests_count_against_the_budget_and_are_booked(tmp_path) -> None
         backend.score(prompts()[:1], EXAMPLES, FMT)  # chat: one request per input, n=2 in it
         assert backend.stats.requests == len(EXAMPLES) == app.stats()["requests"]
         assert backend.stats.completion_tokens > 0
-        with pytest.raises(BudgetExceeded, match="remote-max-requests 8"):
+        with pytest.raises(BudgetExceeded, match="RemoteConfig.max_requests 8"):
             backend.score(prompts(), EXAMPLES, FMT)  # 6 more requests (3 answers come from the run's replies)
         assert backend.stats.requests == 8
     assert Ledger(tmp_path / "ledger.jsonl").spent().requests == backend.stats.requests

@@ -75,7 +75,7 @@ def test_clear_errors(hard_run, tmp_path):
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     (unfinished / "config.json").write_text((hard_run.run_dir / "config.json").read_text())
-    with pytest.raises(CheckpointError, match="not finished.*--resume"):
+    with pytest.raises(CheckpointError, match="not finished.*resume=True"):
         bbtune.load_run(unfinished)
     assert main(["export", str(unfinished), "--format", "text"]) == 2
 

@@ -160,7 +160,7 @@ def test_evaluation_reports_the_metric_and_the_scorings_loss(tiny_backend):
 def test_backends_that_cannot_generate_or_give_logprobs_are_refused_by_name(tiny_backend):
     with pytest.raises(CapabilityError, match="cannot generate text"):
         GenerationObjective(AnswerBackend(tiny_backend, generate=False), FMT, "metric", answer_metric("exact"))
-    with pytest.raises(CapabilityError, match="cannot give log-probs.*answer-scoring metric"):
+    with pytest.raises(CapabilityError, match="cannot give log-probs.*answer_scoring=metric"):
         GenerationObjective(AnswerBackend(tiny_backend, logprobs=False), FMT, "reference", answer_metric("exact"))
     GenerationObjective(AnswerBackend(tiny_backend, logprobs=False), FMT, "metric", answer_metric("exact"))
 
@@ -176,7 +176,7 @@ def test_the_tuner_minimises_the_generation_loss_and_reports_the_metric(tiny_bac
     assert m["answer_scores"]["manual"]["dev"] == m["manual_dev_acc"] == 0.0  # the template alone: quality 0
     assert 0.0 <= m["answer_scores"]["tuned"]["test"] <= 1.0 and m["test_n"] == 2
     assert "label_bias" not in m and "manual_calibrated_test_acc" not in m
-    assert m["skipped"] == ["label calibration (--calibrate): a generation task has no label words to bias"]
+    assert m["skipped"] == ["label calibration (TuneConfig.calibrate): a generation task has no label words to bias"]
     assert m["answer_scores"]["returned"] == m["selected"]
     assert m["dev_acc"] == (m["tuned_dev_acc"] if m["selected"] == "tuned" else m["manual_dev_acc"])
 

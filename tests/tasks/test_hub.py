@@ -29,13 +29,13 @@ def test_tsv_with_field_and_label_mapping(tmp_path):
                       label_names="negative,positive").load()
     assert {ex.label for ex in task.train} == {"negative", "positive"}
     assert all(ex.text in POS + NEG for ex in task.train + task.dev)
-    with pytest.raises(TaskError, match=r"lacks field\(s\) \['text'\].*--text-field"):
+    with pytest.raises(TaskError, match=r"lacks field\(s\) \['text'\].*text_field"):
         TaskConfig(data=str(tmp_path), k=2, label_field="y").load()
 
 
 def test_label_names_json_and_bad_spec():
     assert TaskConfig(label_names='{"0": "neg"}').fields().label_names == {"0": "neg"}
-    with pytest.raises(TaskError, match="--label-names is not valid JSON"):
+    with pytest.raises(TaskError, match="label_names is not valid JSON"):
         TaskConfig(label_names="{0: neg")
 
 

@@ -142,7 +142,7 @@ def test_a_byte_order_mark_is_read_transparently(tmp_path):
 def test_a_non_utf8_file_names_the_file_the_line_and_the_flag(tmp_path):
     body = ("text,label\n" + CSV_ROWS.replace("film 3", "caf\u00e9 3")).encode("cp1252")
     folder = _sentiment_folder(tmp_path, body)
-    with pytest.raises(TaskError, match=r"train\.csv: line 8 is not valid utf-8.*--encoding"):
+    with pytest.raises(TaskError, match=r"train\.csv: line 8 is not valid utf-8.*TaskConfig\.encoding"):
         TaskConfig(data=str(folder), k=2, label_names="negative,positive").load()
     task = TaskConfig(data=str(folder), k=2, label_names="negative,positive", encoding="cp1252").load()
     texts = {ex.text for ex in task.train + task.dev}  # k=2 takes all 4 rows of each label
@@ -150,8 +150,8 @@ def test_a_non_utf8_file_names_the_file_the_line_and_the_flag(tmp_path):
     assert texts == {f"{w} {cafe if i == 3 else 'film'} {i}" for i in range(4) for w in ("great", "awful")}
 
 
-def test_an_unknown_encoding_is_refused_by_flag():
-    with pytest.raises(TaskError, match="--encoding 'utf-9'"):
+def test_an_unknown_encoding_is_refused_by_field():
+    with pytest.raises(TaskError, match="encoding='utf-9'"):
         TaskConfig(encoding="utf-9")
 
 

@@ -29,7 +29,7 @@ Sample = tuple[Prompt, Sequence[Example], TaskFormat]
 Tops = list[dict[str, float]]
 PROBE_TEXTS = ("The film was great and the acting was wonderful. It was", "The market fell today. This news is about")
 TEXT_ONLY = ("a server that returns no log-probs at all (a text-only API) can still tune hard prompts with "
-             "--remote-mode text (scores from its answers, parsed to labels)")
+             "RemoteConfig.mode=text (scores from its answers, parsed to labels)")
 
 LIST_PROBE_RETRIES = 2  # enough to ride out a transient fault, few enough not to wait long on a server that refuses
 REFUSALS = (BadRequestError, ServerError, MalformedResponseError, CapabilityError)  # "no" in its many shapes
@@ -172,7 +172,7 @@ class ScoreStrategy(ABC):
 
     def refuse_soft(self, name: str) -> None:
         raise CapabilityError(f"backend {name} sends text ({self.mode.value} mode): a soft prompt is not "
-                              "text; tune hard prompts (--mode hard), or use --remote-mode prompt_embeds with a "
+                              "text; tune hard prompts (mode=hard), or use RemoteConfig.mode=prompt_embeds with a "
                               "server that takes prompt embeddings")
 
     def token_margin(self) -> int:

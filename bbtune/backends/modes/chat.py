@@ -22,9 +22,9 @@ def chat_parser(part: Sequence[Any]) -> Any:
 
 class ChatStrategy(ListStrategy):
     mode = ScoreMode.CHAT
-    use_instead = f"the server gives no top_logprobs on /chat/completions: use --remote-mode top_logprobs; {TEXT_ONLY}"
+    use_instead = f"the server gives no top_logprobs on /chat/completions: use RemoteConfig.mode=top_logprobs; {TEXT_ONLY}"
     max_top_k = 20
-    missing_hint = "; in chat mode name the answer words with --remote-chat-instruction"
+    missing_hint = "; in chat mode name the answer words with RemoteConfig.chat_instruction"
 
     @property
     def endpoint(self) -> str:
@@ -43,8 +43,8 @@ class ChatStrategy(ListStrategy):
         long = [w for w, n in zip(fmt.verbalizer.values(), trie.lengths) if n > 1]
         raise CapabilityError(
             f"label words of several tokens ({long}) cannot be scored in chat mode, which reads only the first "
-            "token of an answer; use --remote-mode echo (exact, where the server supports echo) or "
-            "--remote-mode top_logprobs (chained requests, one per token), or single-token words")
+            "token of an answer; use RemoteConfig.mode=echo (exact, where the server supports echo) or "
+            "RemoteConfig.mode=top_logprobs (chained requests, one per token), or single-token words")
 
     def label_keys(self, scorer: Scorer, fmt: TaskFormat) -> LabelKeys:
         """Every spelling of each word an answer may start with."""

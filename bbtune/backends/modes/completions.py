@@ -26,7 +26,7 @@ def text_requests(model: str, k: int, texts: Sequence[str], tokens: Any, size: i
 
 class TopLogprobsStrategy(ListStrategy):
     mode = ScoreMode.TOP_LOGPROBS
-    use_instead = ("the server gives no next-token logprobs on /completions: use --remote-mode chat "
+    use_instead = ("the server gives no next-token logprobs on /completions: use RemoteConfig.mode=chat "
                    f"(top_logprobs on chat completions) or a server that does (vLLM, llama.cpp); {TEXT_ONLY}")
 
     def requests(self, scorer: Scorer, settings: Settings, items: Sequence[Any], size: int | None = None,
@@ -41,5 +41,5 @@ class TopLogprobsStrategy(ListStrategy):
         if not any(w.startswith(text) for w in fmt.verbalizer.values()):
             raise VerbalizerError(f"the tokens {list(prefix)} of a label word decode to {text!r}, which starts none of "
                                   f"the words {list(fmt.verbalizer.values())}; chained requests need tokens that decode "
-                                  "to the word's own text: use --remote-mode echo, or other words")
+                                  "to the word's own text: use RemoteConfig.mode=echo, or other words")
         return item + text

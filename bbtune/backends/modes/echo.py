@@ -23,7 +23,7 @@ class EchoStrategy(ScoreStrategy):
     mode = ScoreMode.ECHO
     feature_words = ("echo", "logprobs")
     use_instead = ("the server does not return the prompt's log-probs with echo (llama.cpp ignores echo, "
-                   f"gpt-3.5-turbo-instruct refuses echo with logprobs): use --remote-mode top_logprobs; {TEXT_ONLY}")
+                   f"gpt-3.5-turbo-instruct refuses echo with logprobs): use RemoteConfig.mode=top_logprobs; {TEXT_ONLY}")
 
     def requests(self, scorer: Scorer, settings: Settings, pairs: Sequence[Pair], size: int | None = None,
                  top_k: int = 0) -> list[Request]:
@@ -158,7 +158,7 @@ class EchoCheck:
                     f"{kth:.4f}: an absent token cannot score higher")
         raise CapabilityError(
             f"echo gave {word!r} the log-prob {echoed:.4f}, but {seen}; the server's echoed log-probs are "
-            "misaligned (another position's scores?) and cannot be trusted; use --remote-mode top_logprobs")
+            "misaligned (another position's scores?) and cannot be trusted; use RemoteConfig.mode=top_logprobs")
 
 
 def shared_entries(tops: Sequence[dict[str, float]]) -> dict[str, float]:

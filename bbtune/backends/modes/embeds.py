@@ -22,7 +22,7 @@ class PromptEmbedsStrategy(TopLogprobsStrategy):
     soft = True
     feature_words = ("prompt_embeds", "prompt-embeds", "embeds")
     use_instead = ("the server does not accept prompt_embeds (start vLLM with --enable-prompt-embeds), "
-                   "or tune hard prompts with --remote-mode top_logprobs or echo")
+                   "or tune hard prompts with RemoteConfig.mode=top_logprobs or echo")
 
     def requests(self, scorer: Scorer, settings: Settings, items: Sequence[Any], size: int | None = None,
                  bias: Mapping[int, float] | None = None) -> list[Request]:

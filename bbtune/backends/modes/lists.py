@@ -55,10 +55,10 @@ class ListStrategy(ScoreStrategy):
             spaced = [w for w in fmt.verbalizer.values() if len(w.split()) > 1]
             if spaced:
                 raise ConfigError(
-                    f"label words {spaced} are several words, so several tokens, and --remote-mode "
-                    f"{self.mode.value} reads one token per list; set --remote-local-model to the same model "
+                    f"label words {spaced} are several words, so several tokens, and RemoteConfig.mode="
+                    f"{self.mode.value} reads one token per list; set RemoteConfig.local_model to the same model "
                     "(its tokenizer splits the words, then each token is read by a chained request) or use "
-                    "--remote-mode echo (exact, where the server supports echo)")
+                    "RemoteConfig.mode=echo (exact, where the server supports echo)")
             return None
         trie = LabelTrie.build(scorer.reference().encoder.label_seqs(fmt))
         return None if trie.single else self.chain(trie, fmt)

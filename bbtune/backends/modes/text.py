@@ -32,7 +32,7 @@ class TextStrategy(ScoreStrategy):
     mode = ScoreMode.TEXT
     logprobs = False
     feature_words = ()
-    use_instead = ("the server does not answer this text request: try --remote-answer-endpoint completions (or "
+    use_instead = ("the server does not answer this text request: try RemoteConfig.answer_endpoint completions (or "
                    "chat), or check the model name and the server's API")
 
     @property
@@ -58,11 +58,11 @@ class TextStrategy(ScoreStrategy):
                        examples: Sequence[Example], fmt: TaskFormat, *, bias: float = 0.0, salt: str = "",
                        strict: bool = False, answer_tops: Tops | None = None) -> np.ndarray:
         raise CapabilityError(f"backend {scorer.name} returns no log-probs in text mode (its answers are text); use "
-                              "--remote-mode chat, top_logprobs, echo or prompt_embeds")
+                              "RemoteConfig.mode=chat, top_logprobs, echo or prompt_embeds")
 
     def require_topk(self, name: str) -> None:
         raise CapabilityError(f"backend {name} returns no top-k log-probs in text mode (its answers are text); use "
-                              "--remote-mode chat, top_logprobs, echo or prompt_embeds")
+                              "RemoteConfig.mode=chat, top_logprobs, echo or prompt_embeds")
 
     def collect_topk(self, scorer: Scorer, settings: Settings, prompts: Sequence[Prompt],
                      examples: Sequence[Example], fmt: TaskFormat, depth: int) -> tuple[np.ndarray, Tops]:
@@ -118,8 +118,8 @@ class TextProbe:
             self.ctx.report.checks.append("temperature 0 answers repeat")
             return
         note = (f"the same request at temperature 0 got different answers ({first[0]!r} vs {again[0]!r}): the server "
-                "samples anyway, so scores from one answer are noisy; average more answers (--remote-answer-samples "
-                "with --remote-answer-temperature > 0)")
+                "samples anyway, so scores from one answer are noisy; average more answers (RemoteConfig.answer_samples "
+                "with RemoteConfig.answer_temperature > 0)")
         self.ctx.report.notes.append(note)
         log.warning("bbtune: %s", note)
 
@@ -174,7 +174,7 @@ def unparsed_message(share: float, n: int, unparsed: Sequence[str], rules: Answe
     said = ", ".join(repr(a[:40]) for a in list(dict.fromkeys(unparsed))[:4])
     words = "; ".join(f"{label}: {', '.join(ws)}" for label, ws in rules.words.items())
     return (f"{share:.0%} of the answers to the probe's sample of {n} examples name no label (allowed: "
-            f"--remote-max-unparsed {cfg.max_unparsed:g}); they said {said}, and the labels' words are {words}. Fixes: "
-            "add the words the model says with --remote-answer-synonyms LABEL=word|word; name the answer words in "
-            "--remote-chat-instruction (with --remote-answer-endpoint chat); more --remote-answer-tokens; or a "
-            "higher --remote-max-unparsed (unparsed answers score as missing labels)")
+            f"RemoteConfig.max_unparsed {cfg.max_unparsed:g}); they said {said}, and the labels' words are {words}. Fixes: "
+            "add the words the model says with RemoteConfig.answer_synonyms LABEL=word|word; name the answer words in "
+            "RemoteConfig.chat_instruction (with RemoteConfig.answer_endpoint chat); more RemoteConfig.answer_tokens; or a "
+            "higher RemoteConfig.max_unparsed (unparsed answers score as missing labels)")
