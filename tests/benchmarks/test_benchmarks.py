@@ -12,6 +12,13 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
+def load_script(monkeypatch, name: str) -> dict:
+    """A benchmark script's namespace, run fresh (the scripts import their shared task_args from benchmarks/)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    sys.modules.pop(f"{name}_script", None)
+    return runpy.run_path(str(BENCH / f"{name}.py"), run_name=f"{name}_script")
+
+
 def row(seed: int, method: str, test_acc: float, manual: float) -> dict:
     return {"seed": seed, "placement": "suffix", "method": method, "dev_acc": 0.8, "test_acc": test_acc,
             "gain": test_acc - manual, "calls": 300, "wall_s": 10.0, "total_s": 12.0}
@@ -19,9 +26,7 @@ def row(seed: int, method: str, test_acc: float, manual: float) -> dict:
 
 @pytest.fixture()
 def sst2_bbt(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))  # the scripts import their shared task_args
-    sys.modules.pop("sst2_bbt_script", None)
-    return runpy.run_path(str(BENCH / "sst2_bbt.py"), run_name="sst2_bbt_script")
+    return load_script(monkeypatch, "sst2_bbt")
 
 
 def test_merge_joins_per_seed_outputs_into_one_table(sst2_bbt, tmp_path, capsys):
@@ -85,8 +90,7 @@ def test_matrix_summarizes_a_sweep(tmp_path, monkeypatch):
         (folder / "job.json").write_text(json.dumps(job.as_dict()))
         if job is not spec.jobs[-1]:  # the last job stays unfinished, as in a partial sweep
             assert run_job(job.as_dict(), str(folder))["ok"]
-    monkeypatch.syspath_prepend(str(BENCH))
-    matrix = runpy.run_path(str(BENCH / "matrix.py"), run_name="matrix_script")
+    matrix = load_script(monkeypatch, "matrix")
     matrix["main"]([str(tmp_path / "sweep"), "--out", str(tmp_path / "out"), "--spec", str(tmp_path / "m.toml")])
     data = json.loads((tmp_path / "out" / "matrix.json").read_text())
     assert len(data["rows"]) == 2 * len(methods) - 1
@@ -117,8 +121,7 @@ def test_matrix_takes_rows_from_a_selection_study_and_an_earlier_matrix(tmp_path
     earlier = [{"task": "sst2", "model": "smollm2", "seed": 13, "method": "bbt_hard", "test_acc": 77.0, "wall_s": 60.0},
                {"task": "sst2", "model": "smollm2", "seed": 13, "method": "manual", "test_acc": 71.0, "wall_s": 5.0}]
     (tmp_path / "old.json").write_text(json.dumps({"rows": earlier}))
-    monkeypatch.syspath_prepend(str(BENCH))
-    matrix = runpy.run_path(str(BENCH / "matrix.py"), run_name="matrix_script")
+    matrix = load_script(monkeypatch, "matrix")
     matrix["main"](["--selection", str(tmp_path / "sel.json"), "--rows", str(tmp_path / "old.json"),
                     "--out", str(tmp_path / "out")])
     data = json.loads((tmp_path / "out" / "matrix.json").read_text())
@@ -146,8 +149,7 @@ def test_matrix_takes_other_studies_rows_and_checks_each_hosted_readout(tmp_path
     studies = [{**cell, "method": "bbt_hard_fold_top20", "test_acc": 55.0, "wall_s": 600.0, "run": {"calls": 300}}]
     for name, rows in (("old", earlier), ("readouts", hosted), ("runs", studies)):
         (tmp_path / f"{name}.json").write_text(json.dumps({"rows": rows}))
-    monkeypatch.syspath_prepend(str(BENCH))
-    matrix = runpy.run_path(str(BENCH / "matrix.py"), run_name="matrix_script")
+    matrix = load_script(monkeypatch, "matrix")
     matrix["main"](["--rows", str(tmp_path / "old.json"), "--readouts", str(tmp_path / "readouts.json"),
                     "--runs", str(tmp_path / "runs.json"), "--out", str(tmp_path / "out")])
     data = json.loads((tmp_path / "out" / "matrix.json").read_text())
@@ -277,9 +279,7 @@ def test_selection_study_searches_the_subspace_it_is_given(selection, tmp_path):
 
 @pytest.fixture()
 def readouts_script(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    sys.modules.pop("readouts_script", None)
-    return runpy.run_path(str(BENCH / "readouts.py"), run_name="readouts_script")
+    return load_script(monkeypatch, "readouts")
 
 
 def test_a_shallower_api_is_the_deep_list_cut_and_its_labels_below_the_cut_go_missing(readouts_script):
@@ -306,9 +306,7 @@ def test_only_the_out_of_fold_rows_join_the_matrix(readouts_script, tmp_path):
 
 @pytest.fixture()
 def boosting_script(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    sys.modules.pop("boosting_script", None)
-    return runpy.run_path(str(BENCH / "boosting.py"), run_name="boosting_script")
+    return load_script(monkeypatch, "boosting")
 
 
 def test_the_boosting_pool_is_the_manual_cue_and_the_cells_own_search_prompts(boosting_script):
