@@ -151,7 +151,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.rechoose:
         redo, done, args.cached_only = done, set(), not args.rescore
         walls = {(r["task"], r["model"], r["seed"], r["top_k"]): r["wall_s"] for r in rows if "choice" in r}
-        rows = [r for r in rows if "choice" not in r]
     Path(args.cache).mkdir(parents=True, exist_ok=True)
     for model in args.models:
         backend, cache = backend_for(model), AnswerCache(Path(args.cache) / f"{model}.jsonl")
@@ -177,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 if args.rechoose:  # the scoring time measured when the answers were read, not the refit's
                     new = [{**r, "wall_s": walls.get((r["task"], model, seed, r["top_k"]))} if "choice" in r else r
                            for r in new]
+                    # this cell's earlier choice rows give way to the new ones; every other cell's stay
+                    rows = [r for r in rows if "choice" not in r or (r["task"], r["model"], r["seed"]) != (
+                        spec["name"], model, seed)]
                 rows += new
                 out.write_text(json.dumps({"rows": rows}, indent=1))  # every cell kept as it lands
                 auto = {r["top_k"]: (r["test_acc"], r["readout"]) for r in new if "readout" in r}
