@@ -89,10 +89,16 @@ def _first(row: dict[str, Any], keys: Sequence[str]) -> Any:
     return next((row[k] for k in keys if row.get(k) is not None), None)
 
 
-def results_table(matrix: dict[str, Any]) -> str:
+def results_table(matrix: dict[str, Any], every_cell: bool = False) -> str:
     """One row per method: mean test accuracy per task (over models and seeds), the mean gain over the calibrated
-    manual prompt on the same cells, and the calls it spends where the rows record them."""
+    manual prompt on the same cells, and the calls it spends where the rows record them. `every_cell`: only the
+    methods run on every cell (the README's table; studies on a few cells stay on the benchmark pages)."""
     rows = matrix["rows"]
+    if every_cell:
+        cells = {(r["task"], r["model"], r["seed"]) for r in rows}
+        covered = {m: {(r["task"], r["model"], r["seed"]) for r in rows if r["method"] == m}
+                   for m in {r["method"] for r in rows}}
+        rows = [r for r in rows if covered[r["method"]] == cells]
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     base = {(r["task"], r["model"], r["seed"]): r["test_acc"] for r in rows if r["method"] == BASELINE}
     with_calls = any(_first(r, CALLS_KEYS + PER_INPUT_KEYS) is not None for r in rows)
@@ -152,7 +158,7 @@ def update_readme(path: Path = README) -> bool:
     """Rewrite the README's results table from matrix.json; True when it changed."""
     text = path.read_text()
     start, end = text.index(START) + len(START), text.index(END)
-    table = "\n" + results_table(load(RESULTS / "matrix.json")) + "\n"
+    table = "\n" + results_table(load(RESULTS / "matrix.json"), every_cell=True) + "\n"
     if text[start:end] == table:
         return False
     path.write_text(text[:start] + table + text[end:])
