@@ -72,14 +72,15 @@ def compare(remote: Path, local: Path) -> dict[str, Any]:
     return {"vllm": summary(remote), "local": summary(local), "ledger": ledger(remote), **curve_gaps(remote, local)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("pairs", nargs="+", help="NAME=VLLM_RUN_DIR:LOCAL_RUN_DIR")
     ap.add_argument("--note", action="append", default=[], help="NAME=text kept beside the numbers (how it was run)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "vllm_bbt.json"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     notes = dict(n.split("=", 1) for n in args.note)
-    out: dict[str, Any] = {}
+    # the tasks not compared this time are kept: one task's pair can be measured again alone
+    out: dict[str, Any] = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
     for pair in args.pairs:
         name, dirs = pair.split("=", 1)
         remote, local = (Path(d) for d in dirs.split(":"))

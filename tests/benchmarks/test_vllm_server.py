@@ -3,6 +3,7 @@ real one is in tests/backends/test_real_server_vllm.py, opt-in)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import zipfile
 from pathlib import Path
@@ -75,3 +76,17 @@ def test_the_comparison_reads_gaps_per_generation_and_a_request_paid_twice(tmp_p
     gaps = bbt.curve_gaps(remote, local)
     assert gaps["max gap"]["train_loss"] == pytest.approx(0.1) and gaps["generations"][0]["train_loss gap"] == 0
     assert bbt.ledger(remote) == {"booked": 2, "paid": 2, "paid twice": 1, "booked, never paid": 1}
+
+
+def test_comparing_one_task_again_keeps_the_other_tasks(tmp_path: Path) -> None:
+    bbt = load_benchmark("vllm_bbt")
+    out = tmp_path / "vllm_bbt.json"
+    out.write_text('{"sst2": {"note": "measured earlier"}}')
+    remote = _run(tmp_path / "vllm", [0.5, 0.4], ['{"n":0,"book":[1,1]}', '{"n":0,"paid":[1,1]}'])
+    local = _run(tmp_path / "local", [0.5, 0.4], [])
+    for folder in (remote, local):
+        (folder / "metrics.json").write_text('{"calls": 10, "test_acc": 0.5}')
+    bbt.main([f"trec={remote}:{local}", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["sst2"] == {"note": "measured earlier"}
+    assert result["trec"]["vllm"]["calls"] == 10 and result["trec"]["max gap"]["train_loss"] == 0

@@ -31,11 +31,35 @@ def test_the_readme_is_a_pitch():
     assert "pip install" in README and "RemoteConfig" in README and "docs/guide/" in README
 
 
-def test_the_results_table_is_generated_from_the_matrix():
+def test_the_readme_tables_are_generated_from_the_result_files():
     gen = generator()
-    matrix = gen.load(gen.RESULTS / "matrix.json")
-    assert gen.readme_table() == gen.results_table(matrix, every_cell=True), \
-        "README.md's results table is stale: run `python docs/gen_benchmarks.py --readme`"
+    for name, block in gen.readme_blocks().items():
+        assert gen.readme_block(name) == block, \
+            f"README.md's {name} is stale: run `python docs/gen_benchmarks.py --readme`"
+
+
+def test_the_servers_table_shows_each_server_and_what_its_probe_refused():
+    gen = generator()
+    servers = {"setup": {"k": 4, "budget_calls": 12, "test_limit": 32}, "rows": [
+        {"server": "real", "mode": "top_logprobs", "probe": "top-k 1000, lists", "margin gap max": 2.5e-5,
+         "argmax agree": 1.0},
+        {"server": "real", "mode": "echo", "probe_error": "echo gave -10.5, top-k -1.3: the server's echoed "
+                                                          "log-probs are misaligned; use --remote-mode top_logprobs"}]}
+    runs = {"trec": {"vllm": {"calls": 300, "best_train_loss": 0.5, "test_acc": 0.61, "requests": 900,
+                              "missing_rate": 0.0},
+                     "local": {"best_train_loss": 0.5, "test_acc": 0.6}, "max gap": {"train_loss": 1e-6},
+                     "generations": [{"generation": 0, "train_loss gap": 1e-6}]},
+            "sst2": {"vllm": {"calls": 300, "best_train_loss": 0.2, "test_acc": 0.8, "requests": 900,
+                              "missing_rate": 0.1},
+                     "local": {"best_train_loss": 0.3, "test_acc": 0.8}, "max gap": {"train_loss": 0.04},
+                     "generations": [{"generation": 0, "train_loss gap": 1e-6},
+                                     {"generation": 3, "train_loss gap": 0.04}]}}
+    lines = gen.servers_table(servers, runs).splitlines()
+    assert lines[2] == "| real | `top_logprobs` | top-k 1000, lists | 2.5e-05 | 100% |"
+    assert lines[3] == "| real | `echo` | refused: the server's echoed log-probs are misaligned | - | - |"
+    assert "| TREC | 300 | 0.5000 / 0.5000 | 1.0e-06 | 61.0 / 60.0 | 900 | 0.0% |" in lines
+    assert "SST-2 from generation 3, with 10.0% of its label scores missing" in lines[-1]
+    assert "TREC from" not in lines[-1]
 
 
 def test_the_table_follows_whatever_the_matrix_holds():
