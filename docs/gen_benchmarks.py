@@ -32,6 +32,10 @@ METHOD_WORDS = {
                             "no search",
     "manual_readout_top20_labels": "the same, label words below the top-20 read by a second request (logit_bias)",
     "manual_readout_top1000": "the same from a top-1,000 (llama.cpp's depth)",
+    "manual_readout_top20_top_logprobs_api": "the labels-lifted top-20 readout read through an OpenAI-shaped API "
+                                             "(the mock: completions, at most 20 log-probs)",
+    "manual_readout_top20_chat_api": "the same through the API's chat endpoint (one message per request, its chat "
+                                     "template around the prompt)",
     "bbt_soft_labels_top20": "BBT soft searched on the calibrated label words, then a readout of the top-20",
     "bbt_soft_fixed_top20": "BBT soft searched through a top-20 logistic readout fitted once on the template",
     "bbt_soft_fold_top20": "BBT soft searched through each candidate's own top-20 readout, out of fold",
@@ -135,7 +139,7 @@ def _calls_cell(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _mean_text(values: Sequence[float]) -> str:
-    return f"{statistics.fmean(values):g}" if values else "-"
+    return f"{round(statistics.fmean(values), 2):g}" if values else "-"
 
 
 def cell_table(matrix: dict[str, Any]) -> str:
