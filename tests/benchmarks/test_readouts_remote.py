@@ -1,0 +1,29 @@
+"""benchmarks/readouts_remote.py: the template's readout read through an OpenAI-shaped server (the mock, top-20 at
+most) is the readout computed locally from the same answers."""
+from __future__ import annotations
+
+import numpy as np
+
+import bbtune
+from bbtune.backends.local import LocalBackend
+from bbtune.core.prompts import MANUAL_PROMPT
+from bbtune.search.evaluate import answers_on
+from bbtune.search.readouts import choose_readout
+from mock_server import MockServer, ServerConfig, shared_scorer
+from tests.benchmarks.test_benchmarks import load_script
+
+
+def test_the_remote_readout_row_is_the_local_readout(monkeypatch):
+    script = load_script(monkeypatch, "readouts_remote")
+    task = bbtune.load_task("demo", k=8, test_limit=24)
+    local = LocalBackend("tiny")
+    pool = list(task.train) + list(task.dev)
+    y_pool, y_test = task.format.label_ids(pool), task.format.label_ids(task.test)
+    readout, choice = choose_readout(answers_on(local, MANUAL_PROMPT, pool, task.format, 20), np.asarray(y_pool))
+    expected = 100 * float(np.mean(readout.predict(answers_on(local, MANUAL_PROMPT, list(task.test), task.format, 20))
+                                   == np.asarray(y_test)))
+    with MockServer(ServerConfig(model="tiny", port=0, max_logprobs=20), scorer=shared_scorer("tiny")) as server:
+        row = script["remote_row"](task, "tiny", 0, server.url, "top_logprobs", local_acc=expected)
+    assert row["readout"] == choice.kind and row["test_acc"] == expected
+    assert row["method"] == "manual_readout_top20_top_logprobs_api" and row["test_n"] == 24
+    assert 0 < row["requests_per_input"] <= 2  # lists of prompts: fewer than one request per input, plus lifts
