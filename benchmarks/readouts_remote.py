@@ -28,6 +28,7 @@ import torch
 from task_args import ROOT
 
 from bbtune.backends.remote import RemoteBackend, RemoteConfig
+from bbtune.backends.wire import ScoreMode
 from bbtune.core.prompts import MANUAL_PROMPT
 from bbtune.search.evaluate import answers_on
 from bbtune.search.readouts import choose_readout
@@ -51,7 +52,7 @@ def remote_row(task: Task, model: str, seed: int, url: str, mode: str, local_acc
     """The cell's readout row through the server in `mode`, with the requests it took and the local number."""
     pool_examples = list(task.train) + list(task.dev)
     y_pool, y_test = task.format.label_ids(pool_examples), task.format.label_ids(task.test)
-    config = RemoteConfig(base_url=url, model=model, local_model=model, mode=mode, top_k=DEPTH)
+    config = RemoteConfig(base_url=url, model=model, local_model=model, mode=ScoreMode(mode), top_k=DEPTH)
     started = time.perf_counter()
     with RemoteBackend(config) as backend:
         pool = answers_on(backend, MANUAL_PROMPT, pool_examples, task.format, DEPTH)

@@ -52,7 +52,8 @@ def curve_gaps(remote: Path, local: Path) -> dict[str, Any]:
 
 def ledger(run_dir: Path) -> dict[str, Any]:
     """Requests booked and paid in the run's write-ahead ledger; a request number paid twice would show here."""
-    booked, paid = Counter(), Counter()
+    booked: Counter[int] = Counter()
+    paid: Counter[int] = Counter()
     for line in (run_dir / "ledger.jsonl").read_text().splitlines():
         entry = json.loads(line)
         (booked if "book" in entry else paid)[entry["n"]] += 1

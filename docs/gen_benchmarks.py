@@ -115,12 +115,12 @@ def results_table(matrix: dict[str, Any], every_cell: bool = False) -> str:
         mine = [r for r in rows if r["method"] == method]
         accs = [_mean([r["test_acc"] for r in mine if r["task"] == t]) for t in tasks]
         gains = [r["test_acc"] - base[key] for r in mine if (key := (r["task"], r["model"], r["seed"])) in base]
-        cells = [f"`{method}`", METHOD_WORDS.get(method, ""), *("-" if a is None else f"{a:.1f}" for a in accs),
-                 "-" if method == BASELINE or not gains else f"{statistics.fmean(gains):+.1f}",
-                 str(len({(r["task"], r["model"], r["seed"]) for r in mine}))]
+        line = [f"`{method}`", METHOD_WORDS.get(method, ""), *("-" if a is None else f"{a:.1f}" for a in accs),
+                "-" if method == BASELINE or not gains else f"{statistics.fmean(gains):+.1f}",
+                str(len({(r["task"], r["model"], r["seed"]) for r in mine}))]
         if with_calls:
-            cells.append(_calls_cell(mine))
-        lines.append("| " + " | ".join(cells) + " |")
+            line.append(_calls_cell(mine))
+        lines.append("| " + " | ".join(line) + " |")
     models = sorted({r["model"] for r in rows})
     seeds = sorted({r["seed"] for r in rows})
     return "\n".join(lines) + (f"\n\nTest accuracy in %, the mean over {', '.join(models)} and seeds "
