@@ -54,7 +54,7 @@ def test_the_servers_table_shows_each_server_and_what_its_probe_refused():
                      "local": {"best_train_loss": 0.3, "test_acc": 0.8}, "max gap": {"train_loss": 0.04},
                      "generations": [{"generation": 0, "train_loss gap": 1e-6},
                                      {"generation": 3, "train_loss gap": 0.04}]}}
-    lines = gen.servers_table(servers, runs).splitlines()
+    lines = gen.servers_table(servers).splitlines() + gen.same_run_table(runs).splitlines()
     assert lines[2] == "| real | `top_logprobs` | top-k 1000, lists | 2.5e-05 | 100% |"
     assert lines[3] == "| real | `echo` | refused: the server's echoed log-probs are misaligned | - | - |"
     assert "| TREC | 300 | 0.5000 / 0.5000 | 1.0e-06 | 61.0 / 60.0 | 900 | 0.0% |" in lines
