@@ -18,13 +18,12 @@ import argparse
 import json
 import time
 import tomllib
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from task_args import ROOT
+from task_args import ROOT, matrix_task
 
 from bbtune.api import backend_for
 from bbtune.app.compare import retokenize
@@ -33,7 +32,7 @@ from bbtune.core.prompts import HardPrompt
 from bbtune.search.evaluate import answers_on
 from bbtune.search.readouts import Answers, choose_readout
 from bbtune.search.readouts.boosting import DEFAULT_ROUNDS, boost
-from bbtune.tasks import Task, TaskConfig
+from bbtune.tasks import Task
 
 SPEC = ROOT / "benchmarks" / "specs" / "matrix.toml"
 RUNS = ROOT / "benchmarks" / "results" / "search_readout.json"
@@ -103,10 +102,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 if any((r["task"], r["model"], r["seed"], r["method"]) == (name, model, seed, f"boosted_top{args.k}")
                        for r in rows):
                     continue
-                spec = tasks[name]
-                options = {key: v for key, v in spec.items() if key not in ("name", "data")}
-                task = replace(TaskConfig(data=str((ROOT / spec["data"]).resolve()), data_seed=seed, **options).load(),
-                               name=name)
+                task = matrix_task(tasks[name], seed)
                 texts = pool_texts(runs, name, model, seed, task.format.template.without_cue()[1])
                 if len(texts) < 2:
                     print(f"{name} {model} s{seed}: no search runs in {args.runs}; skipped", flush=True)

@@ -18,14 +18,13 @@ import argparse
 import json
 import math
 import time
-from dataclasses import replace
 import tomllib
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from task_args import ROOT
+from task_args import ROOT, matrix_task
 
 from bbtune.api import backend_for
 from bbtune.constants import EVAL_BATCH
@@ -34,7 +33,7 @@ from bbtune.core.prompts import MANUAL_PROMPT
 from bbtune.core.topk import AnswerTopK
 from bbtune.search.evaluate import answers_on
 from bbtune.search.readouts import Answers, ReadoutKind, choose_readout, make_readout
-from bbtune.tasks import Example, Task, TaskConfig
+from bbtune.tasks import Example, Task
 
 SPEC = ROOT / "benchmarks" / "specs" / "matrix.toml"
 OUT = ROOT / "benchmarks" / "results" / "readouts_manual.json"
@@ -160,9 +159,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             for seed in args.seeds or grid["seeds"]:
                 if (spec["name"], model, seed) in done:
                     continue
-                options = {k: v for k, v in spec.items() if k not in ("name", "data")}
-                task = replace(TaskConfig(data=str((ROOT / spec["data"]).resolve()), data_seed=seed, **options).load(),
-                               name=spec["name"])
+                task = matrix_task(spec, seed)
                 start = time.perf_counter()
                 pool_examples = list(task.train) + list(task.dev)
                 if args.cached_only and not cache.holds(task, pool_examples + list(task.test)):

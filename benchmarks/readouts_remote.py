@@ -19,13 +19,12 @@ import argparse
 import json
 import time
 import tomllib
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from task_args import ROOT
+from task_args import ROOT, matrix_task
 
 from bbtune.backends.remote import RemoteBackend, RemoteConfig
 from bbtune.backends.wire import ScoreMode
@@ -33,7 +32,7 @@ from bbtune.core.prompts import MANUAL_PROMPT
 from bbtune.errors import CapabilityError
 from bbtune.search.evaluate import answers_on
 from bbtune.search.readouts import choose_readout
-from bbtune.tasks import Task, TaskConfig
+from bbtune.tasks import Task
 from mock_server import MockServer, ServerConfig
 
 SPEC = ROOT / "benchmarks" / "specs" / "matrix.toml"
@@ -41,12 +40,6 @@ LOCAL = ROOT / "benchmarks" / "results" / "readouts_manual.json"
 OUT = ROOT / "benchmarks" / "results" / "readouts_remote.json"
 DEPTH = 20  # OpenAI chat's top_logprobs limit
 CELLS = ("sst2:smollm2:13", "trec:smollm2:13", "sst5:smollm2:13", "agnews:smollm2:13")
-
-
-def matrix_task(spec: dict[str, Any], seed: int) -> Task:
-    options = {k: v for k, v in spec.items() if k not in ("name", "data")}
-    return replace(TaskConfig(data=str((ROOT / spec["data"]).resolve()), data_seed=seed, **options).load(),
-                   name=spec["name"])
 
 
 def remote_row(task: Task, model: str, seed: int, url: str, mode: str, local_acc: float | None) -> dict[str, Any]:
@@ -69,11 +62,11 @@ def remote_row(task: Task, model: str, seed: int, url: str, mode: str, local_acc
             "test_n": len(task.test), "wall_s": round(time.perf_counter() - started, 1), "reason": choice.reason}
 
 
-def local_accuracy(task: str, model: str, seed: int) -> float | None:
-    """The same cell's labels-lifted top-20 readout, computed locally by benchmarks/readouts.py."""
-    rows = json.loads(LOCAL.read_text())["rows"] if LOCAL.exists() else []
-    return next((r["test_acc"] for r in rows if (r["task"], r["model"], r["seed"], r["method"])
-                 == (task, model, seed, f"manual_readout_top{DEPTH}_labels")), None)
+def local_accuracies(path: Path = LOCAL) -> dict[tuple[str, str, int], float]:
+    """Per cell, the labels-lifted top-20 readout computed locally by benchmarks/readouts.py."""
+    rows = json.loads(path.read_text())["rows"] if path.exists() else []
+    return {(r["task"], r["model"], r["seed"]): r["test_acc"] for r in rows
+            if r["method"] == f"manual_readout_top{DEPTH}_labels"}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -86,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     specs = {t["name"]: t for t in tomllib.loads(SPEC.read_text())["grid"]["tasks"]}
     out = Path(args.out)
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    local = local_accuracies()
     for cell in args.cells:
         name, model, seed_text = cell.split(":")
         seed = int(seed_text)
@@ -96,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 if any((r["task"], r["model"], r["seed"], r["method"]) == (name, model, seed, method) for r in rows):
                     continue
                 try:
-                    row = remote_row(task, model, seed, server.url, mode, local_accuracy(name, model, seed))
+                    row = remote_row(task, model, seed, server.url, mode, local.get((name, model, seed)))
                 except CapabilityError as err:  # what a user of such an API gets: kept as the cell's finding
                     row = {"task": name, "model": model, "seed": seed, "method": method, "mode": mode,
                            "top_k": DEPTH, "refused": str(err).split(". Fixes")[0]}

@@ -20,16 +20,14 @@ import json
 import math
 import time
 import tomllib
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from task_args import ROOT
+from task_args import ROOT, matrix_task
 
 from bbtune.api import backend_for
 from bbtune.runs.tuner import TuneConfig, Tuner
-from bbtune.tasks import TaskConfig
 
 SPEC = ROOT / "benchmarks" / "specs" / "matrix.toml"
 OUT = ROOT / "benchmarks" / "results" / "search_readout.json"
@@ -41,9 +39,7 @@ KEPT = ("test_acc", "test_acc_without_readout", "dev_acc", "tuned_dev_acc", "tun
 def run_row(task_spec: dict[str, Any], model: str, seed: int, mode: str, variant: str, k: int,
             settings: dict[str, Any]) -> dict[str, Any]:
     """One BBT run of the cell, as a matrix row with the run's own numbers beside it."""
-    options = {key: v for key, v in task_spec.items() if key not in ("name", "data")}
-    task = replace(TaskConfig(data=str((ROOT / task_spec["data"]).resolve()), data_seed=seed, **options).load(),
-                   name=task_spec["name"])
+    task = matrix_task(task_spec, seed)
     config = TuneConfig(mode=mode, seed=seed, search_readout=variant, readout="auto", readout_topk=k,
                         budget_calls=settings["budget_calls"], popsize=settings["popsize"],
                         intrinsic_dim=settings["intrinsic_dim"], eval_every=settings["eval_every"])

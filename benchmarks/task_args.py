@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
+
+from bbtune.tasks import Task, TaskConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"  # the shared data sets: read in place, never copied into the project
@@ -20,3 +24,11 @@ def add_task_args(ap: argparse.ArgumentParser, data: str = "sst2", preset: str =
     if test_limit is not None:
         ap.add_argument("--test-limit", type=int, default=test_limit,
                         help="test examples scored, a seeded sample (0 = the whole test set)")
+
+
+def matrix_task(spec: dict[str, Any], seed: int) -> Task:
+    """One task of the matrix spec (``[grid] tasks`` in benchmarks/specs/matrix.toml) on its few-shot split `seed`,
+    named as the spec names it."""
+    options = {key: v for key, v in spec.items() if key not in ("name", "data")}
+    return replace(TaskConfig(data=str((ROOT / spec["data"]).resolve()), data_seed=seed, **options).load(),
+                   name=spec["name"])
