@@ -32,7 +32,9 @@ from bbtune.backends.base import Backend
 from bbtune.core.prompts import MANUAL_PROMPT
 from bbtune.core.topk import AnswerTopK
 from bbtune.search.evaluate import answers_on
+from bbtune.search.answers import MISSING_GAP
 from bbtune.search.readouts import Answers, ReadoutKind, choose_readout, make_readout
+from bbtune.search.readouts.features import lift_candidates
 from bbtune.tasks import Example, Task
 
 SPEC = ROOT / "benchmarks" / "specs" / "matrix.toml"
@@ -81,6 +83,37 @@ def at_depth(answers: Answers, k: int, labels_asked: bool = False) -> Answers:
     if not labels_asked:
         labels[missing_labels(answers, k)] = np.nan  # below the k-th listed value: not in the list
     return Answers(labels, top)
+
+
+def lifted_at_depth(deep: Answers, cut: Answers, tokens: Sequence[str]) -> Answers:
+    """`cut` (answers at a shallow depth) with `tokens` read below its lists, as `Backend.score_lifted` reads them:
+    each row's deep value (a token below even the deep list: that list's last value minus `MISSING_GAP`, about where
+    it lies). A remote lift also misses the few texts that are no single token (byte pieces); this reads them."""
+    assert deep.topk is not None and cut.topk is not None
+    values = [[dict(zip(t, v)).get(token, v[-1] - MISSING_GAP) for token in tokens]
+              for t, v in zip(deep.topk.tokens, deep.topk.logprobs)]
+    return Answers(cut.labels, cut.topk.with_lifted(tokens, values))
+
+
+def lift_rows(task: Task, model: str, seed: int, pool: Answers, test: Answers, y_pool: np.ndarray,
+              y_test: np.ndarray, k: int, lift: int) -> list[dict[str, Any]]:
+    """The labels-lifted top-`k` readout with the `lift` tokens listed most often on the pool also read below the
+    list (`bbtune.search.readouts.fitted`): its out-of-fold choice and what it costs per input."""
+    fit, held = at_depth(pool, k, True), at_depth(test, k, True)
+    assert fit.topk is not None
+    tokens = lift_candidates(fit.topk, lift)
+    readout, choice = choose_readout(lifted_at_depth(pool, fit, tokens), y_pool, seed=seed)
+    reads = readout.kind.needs_topk  # the lift is asked only where the readout chosen reads the top-k
+    acc = float(np.mean(readout.predict(lifted_at_depth(test, held, tokens) if reads else held) == y_test))
+    per_input = math.ceil(len(tokens) / (k - 1)) if reads else 0  # k - 1 lifted tokens and the anchor a request
+    extra = float(missing_labels(test, k).any(axis=1).mean())
+    return [{"task": task.name, "model": model, "seed": seed, "wall_s": None, "top_k": k, "labels_asked": True,
+             "lifted": len(tokens) if reads else 0, "method": f"manual_readout_top{k}_lift{lift}",
+             "calls_per_run": math.ceil(len(y_pool) / EVAL_BATCH) * (2 if reads else 1),
+             "requests_per_run": len(y_pool) * (1 + math.ceil(len(tokens) / (k - 1)))
+             + int(missing_labels(pool, k).any(axis=1).sum()),
+             "calls_per_input": round(1 + extra + per_input, 3), "test_acc": 100 * acc, "readout": choice.kind,
+             "choice": choice.as_dict()}]
 
 
 def missing_labels(answers: Answers, k: int) -> np.ndarray:
@@ -141,7 +174,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="with --rechoose: score the answers the cache lacks instead of skipping their cells")
     ap.add_argument("--cached-only", action="store_true",
                     help="only the cells whose answers are all in the cache (refit the readouts, score nothing)")
+    ap.add_argument("--lift", type=int, default=0,
+                    help="only the rows of the labels-lifted top-20 readout with this many tokens read below the "
+                         "list, for every cell the cache holds (they replace earlier rows of the same method)")
     args = ap.parse_args(argv)
+    if args.lift:
+        return add_lift_rows(Path(args.out), Path(args.cache), args.models, args.tasks, args.seeds, args.lift)
     torch.set_num_threads(1)
     grid = tomllib.loads(SPEC.read_text())["grid"]
     out = Path(args.out)
@@ -181,6 +219,31 @@ def main(argv: Sequence[str] | None = None) -> None:
                 auto = {r["top_k"]: (r["test_acc"], r["readout"]) for r in new if "readout" in r}
                 print(f"{spec['name']} {model} s{seed}: " + ", ".join(
                     f"top-{k} {a:.1f} ({name})" for k, (a, name) in auto.items()), flush=True)
+
+
+def add_lift_rows(out: Path, cache_dir: Path, models: Sequence[str], tasks: Sequence[str] | None,
+                  seeds: Sequence[int] | None, lift: int, k: int = 20) -> None:
+    """`lift_rows` for every cell whose answers the cache holds, refitted from the cache (no model call)."""
+    grid = tomllib.loads(SPEC.read_text())["grid"]
+    rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    method = f"manual_readout_top{k}_lift{lift}"
+    for model in models:
+        cache = AnswerCache(cache_dir / f"{model}.jsonl")
+        for spec in grid["tasks"]:
+            for seed in seeds or grid["seeds"]:
+                task = matrix_task(spec, seed)
+                pool_examples = list(task.train) + list(task.dev)
+                if (tasks and spec["name"] not in tasks) or not cache.holds(task, pool_examples + list(task.test)):
+                    continue
+                pool, test = (cache.answers(None, task, pool_examples),  # type: ignore[arg-type]
+                              cache.answers(None, task, task.test))  # type: ignore[arg-type]
+                new = lift_rows(task, model, seed, pool, test, task.format.label_ids(pool_examples),
+                                task.format.label_ids(task.test), k, lift)
+                rows = [r for r in rows if (r["task"], r["model"], r["seed"], r["method"]) != (
+                    spec["name"], model, seed, method)] + new
+                out.write_text(json.dumps({"rows": rows}, indent=1))
+                print(f"{spec['name']} {model} s{seed}: {new[0]['test_acc']:.1f} ({new[0]['readout']}, "
+                      f"{new[0]['calls_per_input']} requests per input)", flush=True)
 
 
 if __name__ == "__main__":

@@ -25,12 +25,14 @@ STUDIES = ROOT / "benchmarks" / "studies"  # finished one-off studies: a folder 
 README = ROOT / "README.md"
 BASELINE = "manual_calibrated"
 # The order methods are listed in; a method matrix.json holds that is not here follows, in name order.
-METHOD_ORDER = ("manual_readout_top20", "manual_readout_top20_labels", "manual_readout_top1000", "manual", "manual_calibrated", "in_context_calibrated", "in_context_train", "bbt_soft",
+METHOD_ORDER = ("manual_readout_top20_lift95", "manual_readout_top20", "manual_readout_top20_labels", "manual_readout_top1000", "manual", "manual_calibrated", "in_context_calibrated", "in_context_train", "bbt_soft",
                 "bbt_soft_paired", "bbt_soft_or_demos", "bbt_hard", "prompt_tuning", "pez")
 METHOD_WORDS = {
     "manual_readout_top20": "the template + a readout of the top-20 log-probs a chat API returns, chosen out of fold; "
                             "no search",
     "manual_readout_top20_labels": "the same, label words below the top-20 read by a second request (logit_bias)",
+    "manual_readout_top20_lift95": "the template + a readout of the top-20, the label words and the 95 tokens listed "
+                                   "most often on train read below it too (logit_bias, 19 a request); no search",
     "manual_readout_top1000": "the same from a top-1,000 (llama.cpp's depth)",
     "manual_readout_top20_top_logprobs_api": "the labels-lifted top-20 readout read through an OpenAI-shaped API "
                                              "(the mock: completions, at most 20 log-probs)",

@@ -71,6 +71,8 @@ def readout_line(metrics: RunMetrics) -> str | None:
     if r is None:
         return None
     depth = f" of the top-{r.k}" if r.k else ""
+    if r.lifted:
+        depth += f" and {r.lifted} tokens read below it"
     return f"readout: {r.kind}{depth}, chosen out of fold on train + dev: {r.reason}"
 
 

@@ -132,6 +132,14 @@ class Backend(Protocol):
         raise CapabilityError(f"backend {self.name} returns no top-k log-probs; use a LocalBackend, or a "
                               "RemoteBackend in top_logprobs, chat, echo or prompt_embeds mode")
 
+    def score_lifted(self, prompts: Sequence[Prompt], examples: Sequence["Example"], fmt: "TaskFormat",
+                     tokens: Sequence[str], tops: Sequence["AnswerTopK"]) -> np.ndarray:
+        """(P, B, T) log-probs of `tokens` (texts, as a top-k list names them) at the answer position, read below
+        the top-k lists `tops` that `score_topk` returned for the same rows (NaN where one cannot be read): what
+        lets a readout learn from tokens a shallow list cuts off (`AnswerTopK.lifted`)."""
+        raise CapabilityError(f"backend {self.name} cannot read tokens below its top-k lists; use a LocalBackend, or "
+                              "a RemoteBackend in top_logprobs or chat mode on a server that honours logit_bias")
+
     def vocabulary(self) -> "Vocabulary":
         """Tokenizer and the embedding of every token, for `A`'s scale and for discretization."""
         ...

@@ -19,7 +19,7 @@ extended by the word's earlier tokens; words sharing a prefix share that forward
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -90,6 +90,7 @@ class LocalBackend(Backend):
         self.fwd = Forward(model, self.device, self.stats, self.kv_store, self.planner)  # the paths' forward passes
         self.text_stats = TextExactStats()  # how hard prompts were scored as their text (repairs, row-by-row)
         self._token_texts: dict[int, str] = {}
+        self._ids_by_text: dict[str, tuple[int, ...]] | None = None
         # a top-k draws from the ids the tokenizer can name (a model's padding rows are not text)
         self.capabilities = replace(self.capabilities, topk=min(len(tokenizer), int(
             model.get_output_embeddings().weight.shape[0])))
@@ -127,16 +128,11 @@ class LocalBackend(Backend):
             raise TaskError("score_topk() got no examples; give at least one")
         if k < 1:
             raise ConfigError(f"k must be >= 1 token, got {k}")
-        size = self.capabilities.topk
-        k = min(k, size)
+        k = min(k, self.capabilities.topk)
         single = self.encoder.label_seqs(fmt)
         ids = [s[0] for s in single] if all(len(s) == 1 for s in single) else None
-        chunk = max(1, TOPK_FLOATS // (len(prompts) * size))
         labels, rows = [], [[] for _ in prompts]  # type: ignore[var-annotated]
-        for start in range(0, len(examples), chunk):
-            part = examples[start : start + chunk]
-            with self.encoder.reading_whole_vocabulary(size):
-                full = torch.from_numpy(self._label_scores(prompts, part, fmt))
+        for part, full in self._distributions(prompts, examples, fmt):
             labels.append(full[..., ids].numpy() if ids is not None else self._label_scores(prompts, part, fmt))
             values, top = torch.topk(full, k, dim=-1)
             for p in range(len(prompts)):
@@ -144,6 +140,43 @@ class LocalBackend(Backend):
         self.stats.add(len(prompts), len(examples))
         out = check_scores(np.concatenate(labels, axis=1), len(prompts), len(examples), len(fmt.labels), self.name)
         return out, [AnswerTopK.from_pairs(r, k) for r in rows]
+
+    def score_lifted(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat,
+                     tokens: Sequence[str], tops: Sequence[AnswerTopK]) -> np.ndarray:
+        """`Backend.score_lifted` off the whole distribution: a text's log-prob is its best id's, as in a top-k
+        list; a text no token decodes to is NaN. `tops` is not needed here."""
+        ids = self._text_ids()
+        out = np.full((len(prompts), len(examples), len(tokens)), np.nan)
+        known = [(j, ids[t]) for j, t in enumerate(tokens) if t in ids]
+        if not known:
+            return out
+        start = 0
+        for part, full in self._distributions(prompts, examples, fmt):
+            values = torch.stack([full[..., list(group)].amax(dim=-1) for _, group in known], dim=-1)
+            out[:, start: start + len(part), [j for j, _ in known]] = values.numpy()
+            start += len(part)
+        self.stats.add(len(prompts), len(examples))
+        return out
+
+    def _distributions(self, prompts: Sequence[Prompt], examples: Sequence[Example],
+                       fmt: TaskFormat) -> Iterator[tuple[Sequence[Example], torch.Tensor]]:
+        """Each chunk of examples with (P, chunk, V) log-probs of the whole vocabulary at the answer position, in
+        chunks that keep it within `TOPK_FLOATS`."""
+        size = self.capabilities.topk
+        chunk = max(1, TOPK_FLOATS // (len(prompts) * size))
+        for start in range(0, len(examples), chunk):
+            part = examples[start : start + chunk]
+            with self.encoder.reading_whole_vocabulary(size):
+                yield part, torch.from_numpy(self._label_scores(prompts, part, fmt))
+
+    def _text_ids(self) -> dict[str, tuple[int, ...]]:
+        """Token text -> the ids that decode to it (`token_text`), built once: a list names tokens by text."""
+        if self._ids_by_text is None:
+            groups: dict[str, list[int]] = {}
+            for i in range(self.capabilities.topk):
+                groups.setdefault(self.token_text(i), []).append(i)
+            self._ids_by_text = {t: tuple(g) for t, g in groups.items()}
+        return self._ids_by_text
 
     def token_text(self, token_id: int) -> str:
         """What one token decodes to on its own: how an API names it in a top-k list."""

@@ -311,6 +311,19 @@ class RemoteBackend(Backend):
         return scores, [AnswerTopK.from_pairs([top.items() for top in tops[p * B: (p + 1) * B]], depth)
                         for p in range(len(prompts))]
 
+    def score_lifted(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat,
+                     tokens: Sequence[str], tops: Sequence[AnswerTopK]) -> np.ndarray:
+        """`Backend.score_lifted`: ``logit_bias`` on up to k - 1 of `tokens` at a time and on a token each row's
+        list holds (`tops`), whose known value undoes the bias (`ListStrategy.lift`)."""
+        if not examples:
+            raise TaskError("score_lifted() got no examples; give at least one")
+        if len(tops) != len(prompts) or any(len(top) != len(examples) for top in tops):
+            raise ValueError("score_lifted() needs the top-k lists score_topk returned for the same prompts and examples")
+        self.capabilities.require(prompt_kind(list(prompts)), self.name)
+        settings = self.after_probe((prompts[0], examples, fmt))
+        flat = self.strategy.lift(self, settings, prompts, examples, fmt, tokens, tops)
+        return flat.reshape(len(prompts), len(examples), len(tokens))
+
     def _counted(self, scores: np.ndarray, n_columns: int) -> np.ndarray:
         """Scores (P, B, C) booked in the stats (missing ones too) and checked."""
         self.stats.count_labels(scores.size, int(np.isnan(scores).sum()))

@@ -82,6 +82,10 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
     readout_topk: int = field(default=20, metadata={
         "help": "top-k log-probs a readout may read at the answer position (OpenAI chat returns 20, llama.cpp "
                 "~1000); capped at what the backend returns"})
+    readout_lift: int = field(default=95, metadata={
+        "help": "tokens a top-k readout also reads below the top-k list: those listed most often on train + dev, "
+                "lifted into the list with logit_bias (an API: one more request per k - 1 of them and input, where "
+                "the readout chosen reads the top-k); 0: the list alone"})
     track: Track = field(default=Track.NONE, metadata={
         "help": "also report the run to mlflow or tensorboard as it goes (none: the run folder only)"})
     track_uri: str = field(default="", metadata={
@@ -106,6 +110,8 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
             raise ConfigError(f"readout must be one of {', '.join(READOUT_SETTINGS)}, got {self.readout!r}")
         if self.readout_topk < 1:
             raise ConfigError(f"readout_topk must be >= 1 token, got {self.readout_topk}")
+        if self.readout_lift < 0:
+            raise ConfigError(f"readout_lift must be >= 0 tokens (0: the top-k list alone), got {self.readout_lift}")
         if not 0 < self.guard_alpha < 1:
             raise ConfigError(f"guard_alpha must be in (0, 1), got {self.guard_alpha}")
         object.__setattr__(self, "block_list", string_tuple(self.block_list))

@@ -67,8 +67,9 @@ class FinalScoring:
         if cfg.readout == OFF or task.format.is_generation:
             return None, 0
         pool = task.train + task.dev
-        fitted = fit_run_readout(self.backend, best, pool, task.format, cfg.readout, cfg.readout_topk, cfg.seed)
-        return fitted, math.ceil(len(pool) / EVAL_BATCH)
+        fitted = fit_run_readout(self.backend, best, pool, task.format, cfg.readout, cfg.readout_topk, cfg.seed,
+                                 cfg.readout_lift)
+        return fitted, math.ceil(len(pool) / EVAL_BATCH) * (2 if fitted.lift else 1)  # a second pass reads the lift
 
     def test_scores(self, metrics: RunMetrics, best: Prompt, bias: np.ndarray | None, manual: dict[str, Any],
                     readout: RunReadout | None) -> None:
@@ -107,7 +108,7 @@ class FinalScoring:
 
 def readout_summary(fitted: RunReadout) -> ReadoutSummary:
     return ReadoutSummary(fitted.readout.kind.value, fitted.k, fitted.choice.reason,
-                          {s.kind: round(s.accuracy, 4) for s in fitted.choice.scores})
+                          {s.kind: round(s.accuracy, 4) for s in fitted.choice.scores}, len(fitted.lift))
 
 
 def answer_scores(metrics: RunMetrics, tuned_prompt: str | None) -> AnswerScores:

@@ -38,6 +38,7 @@ class ReadoutSummary:
     k: int | None = None  # top-k depth it reads (0 or None: the label scores alone)
     reason: str = ""
     out_of_fold: dict[str, float] = field(default_factory=dict)  # each candidate readout's out-of-fold accuracy
+    lifted: int = 0  # tokens it reads below the top-k list
 
 
 @dataclass

@@ -60,9 +60,10 @@ def evaluation(scores: np.ndarray, labels: np.ndarray, label_bias: np.ndarray | 
 
 
 def answers_on(backend: Backend, prompt: Prompt, examples: Sequence[Example], fmt: TaskFormat, k: int,
-               chunk: int = EVAL_BATCH) -> Answers:
+               chunk: int = EVAL_BATCH, lift: Sequence[str] = ()) -> Answers:
     """One prompt's label scores and top-`k` lists on `examples` (what a readout reads), in chunks of `chunk`
-    examples (one model call each); `k` = 0 reads the label scores alone."""
+    examples (one model call each); `k` = 0 reads the label scores alone. `lift`: tokens read below the lists too
+    (`Backend.score_lifted`)."""
     if not examples:
         raise ValueError("answers_on() got no examples")
     parts = []
@@ -70,7 +71,10 @@ def answers_on(backend: Backend, prompt: Prompt, examples: Sequence[Example], fm
         part = examples[i : i + chunk]
         if k:
             labels, tops = backend.score_topk([prompt], part, fmt, k)
-            parts.append(Answers(labels[0], tops[0]))
+            top = tops[0]
+            if lift:
+                top = top.with_lifted(lift, backend.score_lifted([prompt], part, fmt, lift, tops)[0])
+            parts.append(Answers(labels[0], top))
         else:
             parts.append(Answers(backend.score([prompt], part, fmt)[0]))
     return Answers.concat(parts)

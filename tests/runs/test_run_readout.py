@@ -26,8 +26,9 @@ def test_predict_from_the_run_folder_reproduces_the_runs_test_accuracy_with_its_
     result = Tuner(tiny_task, LocalBackend("tiny"), config, tmp_path / "run", progress=False).run()
     saved = json.loads((tmp_path / "run" / "readout.json").read_text())
     assert saved["readout"]["kind"] == result.metrics["readout"]["kind"]
-    if readout == "logistic":
-        assert saved["k"] == 5 and saved["readout"]["kind"] == "logistic"
+    if readout == "logistic":  # it reads the top-5 and, below it, the tokens listed on the pool (up to 95)
+        assert saved["k"] == 5 and saved["readout"]["kind"] == "logistic" and 5 < len(saved["lift"]) <= 95
+        assert result.metrics["readout"]["lifted"] == len(saved["lift"])
     run = load_run(tmp_path / "run")
     assert run.readout is not None
     assert _accuracy(run, tiny_task) == pytest.approx(result.metrics["test_acc"])
@@ -64,7 +65,8 @@ def test_the_manual_prompt_competes_raw_where_calibration_loses_out_of_fold(tiny
 
 
 @pytest.mark.parametrize("field, value, message", [("readout", "best", "readout must be one of"),
-                                                   ("readout_topk", 0, "readout_topk must be >= 1")])
+                                                   ("readout_topk", 0, "readout_topk must be >= 1"),
+                                                   ("readout_lift", -1, "readout_lift must be >= 0")])
 def test_bad_readout_settings_are_refused_by_name(field, value, message):
     with pytest.raises(ConfigError, match=message):
         TuneConfig(**{field: value})

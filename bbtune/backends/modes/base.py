@@ -20,6 +20,7 @@ from bbtune.backends.findings import ProbeReport, Settings
 from bbtune.backends.wire import CHAT, COMPLETIONS, Generation, Request, ScoreMode, generation_requests
 from bbtune.constants import CHAT_TOKEN_MARGIN, PROMPT_TOKEN_MARGIN
 from bbtune.core.prompts import HardPrompt, Prompt, prompt_kind
+from bbtune.core.topk import AnswerTopK
 from bbtune.errors import (BadRequestError, CapabilityError, MalformedResponseError, NotFoundError, ServerError,
                            TaskError)
 from bbtune.tasks import Example, TaskFormat
@@ -210,6 +211,14 @@ class ScoreStrategy(ABC):
 
     def require_topk(self, name: str) -> None:
         """Refuses `score_topk` before anything is sent where the mode has no top-k (text)."""
+
+    def lift(self, scorer: Scorer, settings: Settings, prompts: Sequence[Prompt], examples: Sequence[Example],
+             fmt: TaskFormat, tokens: Sequence[str], tops: Sequence[AnswerTopK]) -> np.ndarray:
+        """(P * B, T) log-probs of `tokens` below each row's list (`RemoteBackend.score_lifted`); only the modes
+        that read top-k lists with ``logit_bias`` can."""
+        raise CapabilityError(f"RemoteConfig.mode={self.mode.value} cannot read tokens below the top-k list; use "
+                              "RemoteConfig.mode=top_logprobs or chat on a server that honours logit_bias, or "
+                              "TuneConfig.readout_lift=0")
 
     # ------------------------------------------------------------------ answers (`generate`, text mode)
 

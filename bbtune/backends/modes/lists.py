@@ -8,6 +8,10 @@ go out at once). ``logit_bias`` goes on the first step's tokens only: that step'
 The top-k at the answer position (`collect_topk`) always comes from requests without a bias: the same bodies
 `score` sends unbiased (one cache); with a bias on, `score`'s biased requests follow only for the rows whose
 unbiased list lacks a label, their scores moved onto the unbiased scale (`on_plain_scale`).
+
+Tokens below the list (`lift`) are read the same way: the same bias on up to k - 1 of them and on an *anchor*, a
+token of the row's unbiased list. The bias shifts them all by one constant, and the anchor is the most likely of
+them, so it is always listed and its known value puts the others back on the unbiased scale.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from bbtune.backends.labeltrie import LabelTrie
 from bbtune.backends.modes.base import ProbeContext, Scorer, ScoreStrategy, Tops, bias_map
 from bbtune.backends.wire import LabelKeys, Request
 from bbtune.core.prompts import Prompt
+from bbtune.core.topk import AnswerTopK
 from bbtune.errors import CapabilityError, ConfigError
 from bbtune.tasks import Example, TaskFormat, verbalizer_token_ids
 
@@ -139,6 +144,44 @@ class ListStrategy(ScoreStrategy):
         plain[short] = on_plain_scale(biased, plain[short])
         return plain, tops
 
+    def lift(self, scorer: Scorer, settings: Settings, prompts: Sequence[Prompt], examples: Sequence[Example],
+             fmt: TaskFormat, tokens: Sequence[str], tops: Sequence[AnswerTopK]) -> np.ndarray:
+        tok, bias = scorer.tokenizer, settings.logit_bias
+        if tok is None:
+            raise CapabilityError("reading tokens below the top-k list needs their ids: set RemoteConfig.local_model "
+                                  "to the served model (its tokenizer), or TuneConfig.readout_lift=0")
+        if not bias:
+            raise CapabilityError("reading tokens below the top-k list needs logit_bias, which this server does not "
+                                  "honour (or RemoteConfig.logit_bias is off); set TuneConfig.readout_lift=0")
+        rows = [(t, v) for top in tops for t, v in zip(top.tokens, top.logprobs)]
+        ids = [single_id(tok, t) for t in tokens]
+        liftable = [j for j, i in enumerate(ids) if i is not None]
+        per_request = max(1, settings.top_k - 1)
+        chunks = [liftable[i: i + per_request] for i in range(0, len(liftable), per_request)]
+        anchors = [next(((i, v) for t, v in zip(*row) if (i := single_id(tok, t)) is not None), None) for row in rows]
+        items = self.inputs(scorer, prompts, examples, fmt)
+        groups: dict[int, list[int]] = {}
+        for r, anchor in enumerate(anchors):
+            if anchor is not None:
+                groups.setdefault(anchor[0], []).append(r)
+        requests, plan = [], []
+        for chunk in chunks:
+            for anchor_id, members in groups.items():
+                biased = [ids[j] for j in chunk] + [anchor_id]
+                requests += self.requests(scorer, settings, [items[r] for r in members],
+                                          bias=bias_map(biased, bias))  # type: ignore[arg-type]
+                plan += [(r, chunk) for r in members]
+        out = np.full((len(rows), len(tokens)), np.nan)
+        for (r, chunk), top in zip(plan, scorer.send(requests)):
+            anchor_id, plain = anchors[r]  # type: ignore[misc]
+            shifted = top.get(tok.decode([anchor_id]))
+            if shifted is None:
+                continue
+            for j in chunk:
+                if tokens[j] in top:
+                    out[r, j] = top[tokens[j]] - shifted + plain
+        return out
+
     # ------------------------------------------------------------------ the probe and the price
 
     def probe_requests(self, scorer: Scorer, settings: Settings, texts: Sequence[str], size: int) -> list[Request]:
@@ -190,3 +233,10 @@ def on_plain_scale(biased: np.ndarray, plain: np.ndarray) -> np.ndarray:
     both = ~np.isnan(biased) & ~np.isnan(plain)
     gap = np.where(both, plain - biased, 0.0).sum(axis=1) / np.maximum(both.sum(axis=1), 1)
     return biased + gap[:, None]
+
+
+def single_id(tokenizer: Any, text: str) -> int | None:
+    """The one token id `text` is, where the tokenizer encodes it as one token that decodes back to it (what
+    ``logit_bias`` needs); None otherwise."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return ids[0] if len(ids) == 1 and tokenizer.decode(ids) == text else None

@@ -3,7 +3,9 @@
 An example's value for a token is its log-prob where the list holds it and, where it does not, the row's floor:
 the list's last (k-th) value minus `MISSING_GAP` (the token is known only to be below the list). Stored sparse as the
 gap above the floor (absent = 0) with the floor itself as a last column, which a linear model reads exactly as the
-dense table (``w . x_dense = w . gap + floor * sum(w)``, and the floor column has its own weight).
+dense table (``w . x_dense = w . gap + floor * sum(w)``, and the floor column has its own weight). A token the
+row's list lacks but that was *lifted* (read below the list, `AnswerTopK.lifted`) has its read value instead of
+the floor: which tokens to lift is chosen from the training lists alone (`lift_candidates`).
 
     >>> from bbtune.core.topk import AnswerTopK
     >>> top = AnswerTopK.from_pairs([[("a", -0.5), ("b", -1.0)], [("b", -0.2), ("c", -3.0)]], k=2)
@@ -12,9 +14,12 @@ dense table (``w . x_dense = w . gap + floor * sum(w)``, and the floor column ha
     ('a', 'b', 'c')
     >>> cols.dense(top).round(1).tolist()
     [[-0.5, -1.0, -2.0], [-4.0, -0.2, -3.0]]
+    >>> TokenColumns.fit(top).dense(top.with_lifted(["c"], [[-6.0], [-3.0]])).round(1).tolist()
+    [[-0.5, -1.0, -6.0], [-4.0, -0.2, -3.0]]
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +38,7 @@ class TokenColumns:
     @classmethod
     def fit(cls, topk: AnswerTopK) -> "TokenColumns":
         seen = dict.fromkeys(t for row in topk.tokens for t in row)
+        seen.update(dict.fromkeys(topk.lifted))
         return cls(tuple(sorted(seen)))
 
     @property
@@ -43,8 +49,13 @@ class TokenColumns:
         """(B, V) log-prob minus the row's floor for listed known tokens (0 elsewhere), and (B,) the floors."""
         index, rows, cols, vals = self.index, [], [], []
         floors = np.array([(row[-1] if row else 0.0) - MISSING_GAP for row in topk.logprobs])
+        lifted = [(j, index[t]) for j, t in enumerate(topk.lifted) if t in index]
         for r, (tokens, values) in enumerate(zip(topk.tokens, topk.logprobs)):
-            for token, value in zip(tokens, values):
+            listed = dict(zip(tokens, values))
+            if lifted:  # a lifted value where the list lacks the token (where it has it, the two agree)
+                read = topk.lifted_logprobs[r]
+                listed = {**{topk.lifted[j]: read[j] for j, _ in lifted if np.isfinite(read[j])}, **listed}
+            for token, value in listed.items():
                 if token in index:
                     rows.append(r)
                     cols.append(index[token])
@@ -68,3 +79,20 @@ class TokenColumns:
         out = gaps.copy()
         out.data = np.exp(out.data + np.repeat(floors, np.diff(out.indptr)))
         return out
+
+
+def lift_candidates(topk: AnswerTopK, n: int) -> tuple[str, ...]:
+    """The `n` tokens listed most often across the training rows (ties: the better mean rank first): those whose
+    value varies from one example to the next, and whose value is unknown wherever the list cuts them off.
+
+    >>> top = AnswerTopK.from_pairs([[("a", -0.5), ("b", -1.0)], [("b", -0.2), ("c", -3.0)]], k=2)
+    >>> lift_candidates(top, 2)
+    ('b', 'a')
+    """
+    counts: Counter[str] = Counter()
+    ranks: Counter[str] = Counter()
+    for row in topk.tokens:
+        for rank, token in enumerate(row):
+            counts[token] += 1
+            ranks[token] += rank
+    return tuple(sorted(counts, key=lambda t: (-counts[t], ranks[t] / counts[t], t))[:n])

@@ -3,10 +3,14 @@
 Chosen out of fold on the training pool (train + dev: every labelled example the run may learn from, never test),
 saved beside the prompt as JSON (``readout.json``), and used by everything that classifies with the run: its
 test numbers, `predict`, `load_run`, the estimator, sweeps.
+
+A shallow list (an API's top-20) cuts off most of what separates many classes, so the tokens listed most often on
+the pool are also read below the list (*lifted*, `Backend.score_lifted`), on the pool and on every input the
+readout classifies later, where the readout chosen reads the top-k; those tokens are part of the readout.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,6 +22,7 @@ from bbtune.search.evaluate import answers_on
 from bbtune.search.answers import Answers
 from bbtune.search.readouts.choice import ReadoutChoice, ReadoutScore, available, choose_readout
 from bbtune.search.readouts.estimators import Readout, ReadoutKind, load_readout
+from bbtune.search.readouts.features import lift_candidates
 from bbtune.tasks import Example, TaskFormat
 
 AUTO = "auto"
@@ -31,33 +36,38 @@ def readout_kinds(setting: str) -> tuple[ReadoutKind, ...]:
 
 @dataclass(frozen=True)
 class RunReadout:
-    """A fitted readout and how to feed it: `k` is the top-k depth it reads (0: the label scores alone)."""
+    """A fitted readout and how to feed it: `k` is the top-k depth it reads (0: the label scores alone) and `lift`
+    the tokens it reads below that list."""
 
     readout: Readout
     choice: ReadoutChoice
     k: int
+    lift: tuple[str, ...] = ()
 
     def answers(self, backend: Backend, prompt: Prompt, examples: Sequence[Example], fmt: TaskFormat) -> Answers:
-        return answers_on(backend, prompt, examples, fmt, self.k)
+        return answers_on(backend, prompt, examples, fmt, self.k, lift=self.lift)
 
     def log_scores(self, answers: Answers) -> np.ndarray:
         return self.readout.log_scores(answers)
 
     def as_json(self) -> dict[str, Any]:
-        return {"k": self.k, "readout": self.readout.describe(), "choice": self.choice.as_dict()}
+        return {"k": self.k, "lift": list(self.lift), "readout": self.readout.describe(),
+                "choice": self.choice.as_dict()}
 
     @classmethod
     def from_json(cls, saved: dict[str, Any]) -> "RunReadout":
         choice = dict(saved["choice"])
         scores = tuple(ReadoutScore(s["kind"], s["accuracy"], s["loss"], tuple(s["fold_accuracies"]),
                                     s.get("p_value", 1.0)) for s in choice.pop("scores"))
-        return cls(load_readout(saved["readout"]), ReadoutChoice(scores=scores, **choice), int(saved["k"]))
+        return cls(load_readout(saved["readout"]), ReadoutChoice(scores=scores, **choice), int(saved["k"]),
+                   tuple(saved.get("lift", ())))
 
 
 def fit_run_readout(backend: Backend, prompt: Prompt, pool: Sequence[Example], fmt: TaskFormat, setting: str,
-                    k: int, seed: int) -> RunReadout:
-    """Score `prompt` on the pool (with the top-k where a candidate reads it and the backend returns it), choose
-    among `setting`'s candidates out of fold and refit the winner on the whole pool."""
+                    k: int, seed: int, lift: int = 0) -> RunReadout:
+    """Score `prompt` on the pool (with the top-k where a candidate reads it and the backend returns it, and the
+    `lift` tokens listed most often read below it), choose among `setting`'s candidates out of fold and refit the
+    winner on the whole pool."""
     kinds = readout_kinds(setting)
     depth = min(k, backend.capabilities.topk) if any(kind.needs_topk for kind in kinds) else 0
     if not available(kinds, depth > 0):
@@ -69,5 +79,16 @@ def fit_run_readout(backend: Backend, prompt: Prompt, pool: Sequence[Example], f
         if setting != AUTO or not depth:
             raise
         depth, answers = 0, answers_on(backend, prompt, pool, fmt, 0)
+    lifted: tuple[str, ...] = ()
+    note = ""
+    if lift and depth and answers.topk is not None:
+        lifted = lift_candidates(answers.topk, lift)
+        try:
+            values = backend.score_lifted([prompt], pool, fmt, lifted, [answers.topk])[0]
+            answers = Answers(answers.labels, answers.topk.with_lifted(lifted, values))
+        except CapabilityError as e:  # the list alone, and the run says why
+            lifted, note = (), f"; no tokens read below the top-{depth}: {e}"
     readout, choice = choose_readout(answers, fmt.label_ids(pool), kinds, seed=seed)
-    return RunReadout(readout, choice, depth if readout.kind.needs_topk else 0)
+    reads_topk = readout.kind.needs_topk
+    return RunReadout(readout, replace(choice, reason=choice.reason + note), depth if reads_topk else 0,
+                      lifted if reads_topk else ())
