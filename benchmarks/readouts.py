@@ -29,6 +29,7 @@ from task_args import ROOT, matrix_task
 from bbtune.api import backend_for
 from bbtune.constants import EVAL_BATCH
 from bbtune.backends.base import Backend
+from bbtune.backends.encoding import single_id
 from bbtune.core.prompts import MANUAL_PROMPT
 from bbtune.core.topk import AnswerTopK
 from bbtune.search.evaluate import answers_on
@@ -85,26 +86,27 @@ def at_depth(answers: Answers, k: int, labels_asked: bool = False) -> Answers:
     return Answers(labels, top)
 
 
-def lifted_at_depth(deep: Answers, cut: Answers, tokens: Sequence[str]) -> Answers:
+def lifted_at_depth(deep: Answers, cut: Answers, tokens: Sequence[str], tokenizer: Any) -> Answers:
     """`cut` (answers at a shallow depth) with `tokens` read below its lists, as `Backend.score_lifted` reads them:
     each row's deep value (a token below even the deep list: that list's last value minus `MISSING_GAP`, about where
-    it lies). A remote lift also misses the few texts that are no single token (byte pieces); this reads them."""
+    it lies), NaN for a text that is no single token (`single_id`: no logit_bias can lift it)."""
     assert deep.topk is not None and cut.topk is not None
-    values = [[dict(zip(t, v)).get(token, v[-1] - MISSING_GAP) for token in tokens]
-              for t, v in zip(deep.topk.tokens, deep.topk.logprobs)]
+    liftable = [single_id(tokenizer, token) is not None for token in tokens]
+    values = [[dict(zip(t, v)).get(token, v[-1] - MISSING_GAP) if ok else math.nan
+               for token, ok in zip(tokens, liftable)] for t, v in zip(deep.topk.tokens, deep.topk.logprobs)]
     return Answers(cut.labels, cut.topk.with_lifted(tokens, values))
 
 
 def lift_rows(task: Task, model: str, seed: int, pool: Answers, test: Answers, y_pool: np.ndarray,
-              y_test: np.ndarray, k: int, lift: int) -> list[dict[str, Any]]:
+              y_test: np.ndarray, k: int, lift: int, tokenizer: Any) -> list[dict[str, Any]]:
     """The labels-lifted top-`k` readout with the `lift` tokens listed most often on the pool also read below the
     list (`bbtune.search.readouts.fitted`): its out-of-fold choice and what it costs per input."""
     fit, held = at_depth(pool, k, True), at_depth(test, k, True)
     assert fit.topk is not None
     tokens = lift_candidates(fit.topk, lift)
-    readout, choice = choose_readout(lifted_at_depth(pool, fit, tokens), y_pool, seed=seed)
+    readout, choice = choose_readout(lifted_at_depth(pool, fit, tokens, tokenizer), y_pool, seed=seed)
     reads = readout.kind.needs_topk  # the lift is asked only where the readout chosen reads the top-k
-    acc = float(np.mean(readout.predict(lifted_at_depth(test, held, tokens) if reads else held) == y_test))
+    acc = float(np.mean(readout.predict(lifted_at_depth(test, held, tokens, tokenizer) if reads else held) == y_test))
     per_input = math.ceil(len(tokens) / (k - 1)) if reads else 0  # k - 1 lifted tokens and the anchor a request
     extra = float(missing_labels(test, k).any(axis=1).mean())
     return [{"task": task.name, "model": model, "seed": seed, "wall_s": None, "top_k": k, "labels_asked": True,
@@ -228,7 +230,7 @@ def add_lift_rows(out: Path, cache_dir: Path, models: Sequence[str], tasks: Sequ
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
     method = f"manual_readout_top{k}_lift{lift}"
     for model in models:
-        cache = AnswerCache(cache_dir / f"{model}.jsonl")
+        cache, tokenizer = AnswerCache(cache_dir / f"{model}.jsonl"), backend_for(model).vocabulary().tokenizer
         for spec in grid["tasks"]:
             for seed in seeds or grid["seeds"]:
                 task = matrix_task(spec, seed)
@@ -238,7 +240,7 @@ def add_lift_rows(out: Path, cache_dir: Path, models: Sequence[str], tasks: Sequ
                 pool, test = (cache.answers(None, task, pool_examples),  # type: ignore[arg-type]
                               cache.answers(None, task, task.test))  # type: ignore[arg-type]
                 new = lift_rows(task, model, seed, pool, test, task.format.label_ids(pool_examples),
-                                task.format.label_ids(task.test), k, lift)
+                                task.format.label_ids(task.test), k, lift, tokenizer)
                 rows = [r for r in rows if (r["task"], r["model"], r["seed"], r["method"]) != (
                     spec["name"], model, seed, method)] + new
                 out.write_text(json.dumps({"rows": rows}, indent=1))

@@ -12,6 +12,13 @@ variant generalises; test is reported beside it and never used to choose. Rows g
     python benchmarks/matrix.py --rows benchmarks/results/matrix.json --runs benchmarks/results/search_readout.json
 
 Each finished run is written as it lands; a run already in ``--out`` is skipped.
+
+``--lift N`` searches nothing: it re-reads the text prompt each finished hard run returned with the run's readout
+plus N tokens read below the list (`TuneConfig.readout_lift`), as a row ``{method}_lift{N}`` beside it. The same
+prompt's readout without the lift is refitted too, and must give the run's own test number within
+`REBUILT_TOLERANCE` (a check that the prompt was rebuilt faithfully from its text):
+
+    python benchmarks/search_readout.py --lift 95 --models smollm2 --out benchmarks/results/search_readout.json
 """
 from __future__ import annotations
 
@@ -27,7 +34,12 @@ import torch
 from task_args import ROOT, matrix_task
 
 from bbtune.api import backend_for
+from bbtune.backends.base import Backend
+from bbtune.core.prompts import MANUAL_PROMPT, HardPrompt
+from bbtune.runs.cue import resolve_p0, start_from_cue
 from bbtune.runs.tuner import TuneConfig, Tuner
+from bbtune.search.readouts.fitted import AUTO, fit_run_readout
+from bbtune.search.subspace import P0Init
 
 SPEC = ROOT / "benchmarks" / "specs" / "matrix.toml"
 OUT = ROOT / "benchmarks" / "results" / "search_readout.json"
@@ -54,6 +66,63 @@ def run_row(task_spec: dict[str, Any], model: str, seed: int, mode: str, variant
             "run": {key: metrics[key] for key in KEPT if key in metrics}}
 
 
+# Points of test accuracy the rebuilt prompt may differ by without its lift: its text re-tokenized may not be the
+# search's ids (Gemma joins "\nAnswer" differently), which moves a near-tie example or two.
+REBUILT_TOLERANCE = 0.5
+
+
+def lifted_row(row: dict[str, Any], task_spec: dict[str, Any], backend: Backend, lift: int) -> dict[str, Any]:
+    """A finished hard run's returned text prompt read again with `lift` tokens below its top-k (module doc)."""
+    task, run, k = matrix_task(task_spec, row["seed"]), row["run"], row["top_k"]
+    vocab = backend.vocabulary()
+    manual = MANUAL_PROMPT
+    config = TuneConfig(mode="hard", seed=row["seed"])
+    if resolve_p0(config, task, vocab) is P0Init.CUE:  # the run searched the template's cue: it is the prompt
+        _, _, task, manual = start_from_cue(config, task, vocab)
+    text = run["hard_prompt"] if run["selected"] == "tuned" else manual.text
+    prompt = (HardPrompt(tuple(vocab.tokenizer.encode(text, add_special_tokens=False)), text)
+              if run["selected"] == "tuned" else manual)
+    pool, fmt, started = list(task.train) + list(task.dev), task.format, time.perf_counter()
+
+    def accuracy(lifted: int) -> tuple[float, Any]:
+        fitted = fit_run_readout(backend, prompt, pool, fmt, AUTO, k, row["seed"], lifted)
+        answers = fitted.answers(backend, prompt, list(task.test), fmt)
+        predicted = fitted.log_scores(answers).argmax(axis=1)
+        return 100 * float((predicted == fmt.label_ids(task.test)).mean()), fitted
+
+    plain, _ = accuracy(0)
+    if abs(plain - row["test_acc"]) > REBUILT_TOLERANCE:
+        raise SystemExit(f"{row['task']} {row['model']} s{row['seed']}: the rebuilt prompt {text!r} gives "
+                         f"{plain:.2f} without the lift, the run gave {row['test_acc']:.2f}: not the same prompt")
+    acc, fitted = accuracy(lift)
+    per_input = math.ceil(len(fitted.lift) / (k - 1))
+    return {**{key: row[key] for key in ("task", "model", "seed", "top_k", "pool", "test_n")},
+            "method": f"{row['method']}_lift{lift}", "test_acc": acc, "lifted": len(fitted.lift),
+            "wall_s": round(time.perf_counter() - started, 1),
+            "calls_per_run": row["calls_per_run"] + math.ceil(len(pool) / 64) * (2 if fitted.lift else 1),
+            "requests_per_run": None, "calls_per_input": 1 + per_input, "without_lift": plain,
+            "readout": fitted.readout.kind.value, "choice": fitted.choice.as_dict(), "hard_prompt": text}
+
+
+def relift(out: Path, models: Sequence[str], lift: int, tasks: dict[str, Any]) -> None:
+    """`lifted_row` for every finished hard run of `models` in `out` that has none yet, written as each lands."""
+    rows = json.loads(out.read_text())["rows"]
+    for model in models:
+        backend = backend_for(model)
+        for row in [r for r in rows if r["model"] == model and r["method"].startswith("bbt_hard_")
+                    and "_lift" not in r["method"]]:
+            method = f"{row['method']}_lift{lift}"
+            if any((r["task"], r["model"], r["seed"], r["method"]) == (row["task"], model, row["seed"], method)
+                   for r in rows):
+                continue
+            new = lifted_row(row, tasks[row["task"]], backend, lift)
+            rows.append(new)
+            out.write_text(json.dumps({"rows": rows}, indent=1))
+            print(f"{row['task']} {model} s{row['seed']} {method}: test {new['test_acc']:.1f} (without the lift "
+                  f"{new['without_lift']:.1f}, readout {new['readout']}, {new['lifted']} lifted) "
+                  f"{new['wall_s']:.0f} s", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["smollm2"])
@@ -63,11 +132,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--variants", nargs="+", default=["labels", "fixed", "fold"])
     ap.add_argument("--depths", nargs="+", type=int, default=[20])
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--lift", type=int, default=0, help="re-read the finished hard runs' prompts with this many "
+                                                        "tokens read below the list (no search)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     spec = tomllib.loads(SPEC.read_text())
     tasks = {t["name"]: t for t in spec["grid"]["tasks"]}
     out = Path(args.out)
+    if args.lift:
+        return relift(out, args.models, args.lift, tasks)
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
     for task_name in args.tasks:
         for model in args.models:

@@ -150,3 +150,9 @@ def prompt_part(rows: list[list[int]], enc: Encoded, placement: Placement) -> tu
         found.add(tuple(row[len(before): end]))
     return found.pop() if len(found) == 1 else None
 
+
+def single_id(tokenizer: Any, text: str) -> int | None:
+    """The one token id `text` is, where the tokenizer encodes it as one token that decodes back to it (what
+    ``logit_bias`` needs, and so all a lifted token can be: `Backend.score_lifted`); None otherwise."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return ids[0] if len(ids) == 1 and tokenizer.decode(ids) == text else None

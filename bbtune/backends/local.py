@@ -35,7 +35,7 @@ from bbtune.backends.base import Backend, Capabilities, CallStats, check_generat
 from bbtune.backends.generation import generate_texts
 from bbtune.backends.batching import BatchPlanner
 from bbtune.backends.continuations import score_continuations
-from bbtune.backends.encoding import Encoded, InputEncoder, prompt_part
+from bbtune.backends.encoding import Encoded, InputEncoder, prompt_part, single_id
 from bbtune.backends.forward import Forward, keeps_logits, text_config
 from bbtune.backends.labeltrie import LabelTrie, Step
 from bbtune.backends.kvcache import KVStore
@@ -90,7 +90,6 @@ class LocalBackend(Backend):
         self.fwd = Forward(model, self.device, self.stats, self.kv_store, self.planner)  # the paths' forward passes
         self.text_stats = TextExactStats()  # how hard prompts were scored as their text (repairs, row-by-row)
         self._token_texts: dict[int, str] = {}
-        self._ids_by_text: dict[str, tuple[int, ...]] | None = None
         # a top-k draws from the ids the tokenizer can name (a model's padding rows are not text)
         self.capabilities = replace(self.capabilities, topk=min(len(tokenizer), int(
             model.get_output_embeddings().weight.shape[0])))
@@ -143,17 +142,16 @@ class LocalBackend(Backend):
 
     def score_lifted(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat,
                      tokens: Sequence[str], tops: Sequence[AnswerTopK]) -> np.ndarray:
-        """`Backend.score_lifted` off the whole distribution: a text's log-prob is its best id's, as in a top-k
-        list; a text no token decodes to is NaN. `tops` is not needed here."""
-        ids = self._text_ids()
+        """`Backend.score_lifted` off the whole distribution, for the texts that are one token (`single_id`), as
+        an API lifts them with logit_bias; any other text is NaN. `tops` is not needed here."""
         out = np.full((len(prompts), len(examples), len(tokens)), np.nan)
-        known = [(j, ids[t]) for j, t in enumerate(tokens) if t in ids]
+        known = [(j, i) for j, t in enumerate(tokens) if (i := single_id(self.tokenizer, t)) is not None]
         if not known:
             return out
+        columns, ids = [j for j, _ in known], torch.tensor([i for _, i in known])
         start = 0
         for part, full in self._distributions(prompts, examples, fmt):
-            values = torch.stack([full[..., list(group)].amax(dim=-1) for _, group in known], dim=-1)
-            out[:, start: start + len(part), [j for j, _ in known]] = values.numpy()
+            out[:, start: start + len(part), columns] = full[..., ids].numpy()
             start += len(part)
         self.stats.add(len(prompts), len(examples))
         return out
@@ -168,15 +166,6 @@ class LocalBackend(Backend):
             part = examples[start : start + chunk]
             with self.encoder.reading_whole_vocabulary(size):
                 yield part, torch.from_numpy(self._label_scores(prompts, part, fmt))
-
-    def _text_ids(self) -> dict[str, tuple[int, ...]]:
-        """Token text -> the ids that decode to it (`token_text`), built once: a list names tokens by text."""
-        if self._ids_by_text is None:
-            groups: dict[str, list[int]] = {}
-            for i in range(self.capabilities.topk):
-                groups.setdefault(self.token_text(i), []).append(i)
-            self._ids_by_text = {t: tuple(g) for t, g in groups.items()}
-        return self._ids_by_text
 
     def token_text(self, token_id: int) -> str:
         """What one token decodes to on its own: how an API names it in a top-k list."""

@@ -297,6 +297,29 @@ def test_a_shallower_api_is_the_deep_list_cut_and_its_labels_below_the_cut_go_mi
     assert readouts_script["missing_labels"](deep, 2).tolist() == [[False, True]]
 
 
+def test_a_lift_reads_the_deep_value_below_the_cut_and_nothing_for_a_text_no_bias_can_lift(readouts_script):
+    import math
+
+    import numpy as np
+
+    from bbtune.core.topk import AnswerTopK
+    from bbtune.search.answers import Answers
+
+    class Letters:  # one token per letter; "xy" is two tokens, so no logit_bias can lift it
+        def encode(self, text, add_special_tokens=False):
+            return [ord(c) for c in text]
+
+        def decode(self, ids):
+            return "".join(map(chr, ids))
+
+    deep = Answers(np.array([[-0.5, -4.0]]), AnswerTopK.from_pairs([[("a", -0.5), ("b", -1.0), ("c", -4.0)]], k=3))
+    cut = readouts_script["at_depth"](deep, 1, labels_asked=True)
+    lifted = readouts_script["lifted_at_depth"](deep, cut, ["c", "z", "xy"], Letters())
+    assert lifted.topk.tokens == (("a",),) and lifted.topk.lifted == ("c", "z", "xy")
+    c, z, xy = lifted.topk.lifted_logprobs[0]
+    assert c == -4.0 and z == -4.0 - 1.0 and math.isnan(xy)  # z: below the deep list, read as its floor
+
+
 def test_only_the_out_of_fold_rows_join_the_matrix(readouts_script, tmp_path):
     rows = [{"method": "manual_logistic_top20", "test_acc": 50.0},
             {"method": "manual_readout_top20", "test_acc": 55.0, "choice": {"kind": "logistic"}}]

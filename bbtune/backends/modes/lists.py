@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from bbtune.backends import wire
+from bbtune.backends.encoding import single_id
 from bbtune.backends.findings import Settings
 from bbtune.backends.labeltrie import LabelTrie
 from bbtune.backends.modes.base import ProbeContext, Scorer, ScoreStrategy, Tops, bias_map
@@ -233,10 +234,3 @@ def on_plain_scale(biased: np.ndarray, plain: np.ndarray) -> np.ndarray:
     both = ~np.isnan(biased) & ~np.isnan(plain)
     gap = np.where(both, plain - biased, 0.0).sum(axis=1) / np.maximum(both.sum(axis=1), 1)
     return biased + gap[:, None]
-
-
-def single_id(tokenizer: Any, text: str) -> int | None:
-    """The one token id `text` is, where the tokenizer encodes it as one token that decodes back to it (what
-    ``logit_bias`` needs); None otherwise."""
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    return ids[0] if len(ids) == 1 and tokenizer.decode(ids) == text else None
