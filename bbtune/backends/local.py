@@ -165,7 +165,8 @@ class LocalBackend(Backend):
         for start in range(0, len(examples), chunk):
             part = examples[start : start + chunk]
             with self.encoder.reading_whole_vocabulary(size):
-                yield part, torch.from_numpy(self._label_scores(prompts, part, fmt))
+                full = torch.from_numpy(self._label_scores(prompts, part, fmt))
+            yield part, full  # outside the block: the caller may score label words of several tokens
 
     def token_text(self, token_id: int) -> str:
         """What one token decodes to on its own: how an API names it in a top-k list."""

@@ -104,3 +104,18 @@ def test_a_lifted_readout_reads_the_lifted_values(local: LocalBackend) -> None:
     answers = fitted.answers(local, prompts()[0], EXAMPLES, FMT)
     assert answers.topk is not None and answers.topk.lifted == fitted.lift
     assert not np.isnan(np.array(answers.topk.lifted_logprobs)).any()
+
+
+def test_label_words_of_several_tokens_are_scored_beside_the_lists_and_the_lift(local: LocalBackend) -> None:
+    """A word of several tokens is scored outside the whole-vocabulary pass: its score is `score`'s, and the lift
+    reads the same distribution as with one-token words."""
+    from tests.backends.test_remote_topk import MULTI
+
+    labels, shallow = local.score_topk(prompts(), EXAMPLES, MULTI, SHALLOW)
+    np.testing.assert_allclose(labels, local.score(prompts(), EXAMPLES, MULTI), atol=1e-5)
+    _, deep = local.score_topk(prompts(), EXAMPLES, MULTI, DEEP)
+    tokens = below(shallow, deep)
+    got, want = local.score_lifted(prompts(), EXAMPLES, MULTI, tokens, shallow), deep_values(deep, tokens)
+    both = ~np.isnan(got) & ~np.isnan(want)
+    assert both.sum() >= 8
+    np.testing.assert_allclose(got[both], want[both], atol=1e-5)
