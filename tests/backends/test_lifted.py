@@ -119,3 +119,28 @@ def test_label_words_of_several_tokens_are_scored_beside_the_lists_and_the_lift(
     both = ~np.isnan(got) & ~np.isnan(want)
     assert both.sum() >= 8
     np.testing.assert_allclose(got[both], want[both], atol=1e-5)
+
+
+def test_a_server_that_ignores_logit_bias_gives_no_lifted_value_rather_than_a_wrong_one() -> None:
+    """The bias dropped on the way (a server that answers as if it had none): the lifted tokens stay below the
+    list, so each is NaN (read as unlisted), never a value made up from the anchor."""
+    import json
+
+    import httpx
+
+    inner = mock_transport(make_app())
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.read())
+        body.pop("logit_bias", None)
+        return inner.handle_request(httpx.Request(request.method, request.url, json=body))
+
+    with make_backend(httpx.MockTransport(handle), top_k=DEEP, logit_bias="100") as backend:
+        _, deep = backend.score_topk(prompts(), EXAMPLES, FMT, DEEP)
+        _, shallow = backend.score_topk(prompts(), EXAMPLES, FMT, SHALLOW)
+        tokens = below(shallow, deep)
+        got = backend.score_lifted(prompts(), EXAMPLES, FMT, tokens, shallow)
+    want = deep_values(deep, tokens)
+    # only what the unbiased top-20 itself lists can come back, and then at its true value
+    assert np.isnan(got[np.isnan(want)]).all()
+    np.testing.assert_allclose(got[~np.isnan(got)], want[~np.isnan(got)], atol=1e-4)

@@ -152,34 +152,26 @@ class ListStrategy(ScoreStrategy):
             raise CapabilityError("reading tokens below the top-k list needs their ids: set RemoteConfig.local_model "
                                   "to the served model (its tokenizer), or TuneConfig.readout_lift=0")
         if not bias:
-            raise CapabilityError("reading tokens below the top-k list needs logit_bias, which this server does not "
-                                  "honour (or RemoteConfig.logit_bias is off); set TuneConfig.readout_lift=0")
-        rows = [(t, v) for top in tops for t, v in zip(top.tokens, top.logprobs)]
-        ids = [single_id(tok, t) for t in tokens]
-        liftable = [j for j, i in enumerate(ids) if i is not None]
-        per_request = max(1, settings.top_k - 1)
-        chunks = [liftable[i: i + per_request] for i in range(0, len(liftable), per_request)]
-        anchors = [next(((i, v) for t, v in zip(*row) if (i := single_id(tok, t)) is not None), None) for row in rows]
+            raise CapabilityError("reading tokens below the top-k list needs logit_bias, which is off here (the probe "
+                                  "found the server does not honour it, RemoteConfig.logit_bias=off, or probe off "
+                                  "with logit_bias=auto: give it a number); or set TuneConfig.readout_lift=0")
+        ids = {j: i for j, text in enumerate(tokens) if (i := single_id(tok, text)) is not None}
+        per_request = max(1, settings.top_k - 1)  # and the anchor
+        chunks = [list(ids)[i: i + per_request] for i in range(0, len(ids), per_request)]
+        anchors = [row_anchor(tok, t, v) for top in tops for t, v in zip(top.tokens, top.logprobs)]
         items = self.inputs(scorer, prompts, examples, fmt)
-        groups: dict[int, list[int]] = {}
-        for r, anchor in enumerate(anchors):
-            if anchor is not None:
-                groups.setdefault(anchor[0], []).append(r)
         requests, plan = [], []
         for chunk in chunks:
-            for anchor_id, members in groups.items():
-                biased = [ids[j] for j in chunk] + [anchor_id]
-                requests += self.requests(scorer, settings, [items[r] for r in members],
-                                          bias=bias_map(biased, bias))  # type: ignore[arg-type]
-                plan += [(r, chunk) for r in members]
-        out = np.full((len(rows), len(tokens)), np.nan)
+            for anchor_id, rows in sharing_an_anchor(anchors).items():
+                biased = bias_map([ids[j] for j in chunk] + [anchor_id], bias)
+                requests += self.requests(scorer, settings, [items[r] for r in rows], bias=biased)
+                plan += [(r, chunk) for r in rows]
+        out = np.full((len(anchors), len(tokens)), np.nan)
         for (r, chunk), top in zip(plan, scorer.send(requests)):
-            anchor_id, plain = anchors[r]  # type: ignore[misc]
+            anchor_id, plain = anchors[r]  # type: ignore[misc]  # rows without an anchor were not sent
             shifted = top.get(tok.decode([anchor_id]))
-            if shifted is None:
-                continue
-            for j in chunk:
-                if tokens[j] in top:
+            for j in chunk if shifted is not None else ():
+                if tokens[j] in top:  # unlisted: the server did not apply the bias (NaN, never a guess)
                     out[r, j] = top[tokens[j]] - shifted + plain
         return out
 
@@ -234,3 +226,17 @@ def on_plain_scale(biased: np.ndarray, plain: np.ndarray) -> np.ndarray:
     both = ~np.isnan(biased) & ~np.isnan(plain)
     gap = np.where(both, plain - biased, 0.0).sum(axis=1) / np.maximum(both.sum(axis=1), 1)
     return biased + gap[:, None]
+
+
+def row_anchor(tokenizer: Any, tokens: Sequence[str], values: Sequence[float]) -> tuple[int, float] | None:
+    """A row's anchor for `ListStrategy.lift`: its best listed token that is one token id, and its value."""
+    return next(((i, v) for t, v in zip(tokens, values) if (i := single_id(tokenizer, t)) is not None), None)
+
+
+def sharing_an_anchor(anchors: Sequence[tuple[int, float] | None]) -> dict[int, list[int]]:
+    """Anchor id -> the rows it anchors: rows that share one can share a request (a list of prompts)."""
+    groups: dict[int, list[int]] = {}
+    for r, anchor in enumerate(anchors):
+        if anchor is not None:
+            groups.setdefault(anchor[0], []).append(r)
+    return groups
