@@ -173,8 +173,9 @@ def goals(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[bool, str]]:
 
 # A readout of the top-20 an API returns; with the label words lifted by a second request where they fall below it
 # (logit_bias: OpenAI honours it, vLLM does not); with 95 more tokens lifted (5 requests more per input); and the
-# searched text prompt read the same way.
-HOSTED = ("manual_readout_top20", "manual_readout_top20_labels", "manual_readout_top20_lift95", "bbt_hard_labels_top20")
+# searched text prompt read the same two ways.
+HOSTED = ("manual_readout_top20", "manual_readout_top20_labels", "manual_readout_top20_lift95", "bbt_hard_labels_top20",
+          "bbt_hard_labels_top20_lift95")
 DEEP = "manual_readout_top1000"
 
 

@@ -5,7 +5,8 @@ For matrix cells (the matrix's splits, settings and test sets), BBT runs with ea
 the top-k fitted once on the manual prompt) and ``fold`` (each candidate's own logistic readout, out of fold on
 train). Every run ends the same way: its returned prompt's readout chosen out of fold on train + dev among all
 readouts, at the same top-k depth. The held-out pool examples (dev: never in a candidate's train loss) say which
-variant generalises; test is reported beside it and never used to choose. Rows go to
+variant generalises; test is reported beside it and never used to choose. The final readout reads the top-k alone
+(``readout_lift`` 0; ``--lift`` below adds the lifted tokens). Rows go to
 ``benchmarks/results/search_readout.json`` in the matrix's row format, method ``bbt_{mode}_{variant}_top{k}``:
 
     python benchmarks/search_readout.py --tasks trec --models smollm2 --seeds 13 --modes soft --depths 20
@@ -52,7 +53,7 @@ def run_row(task_spec: dict[str, Any], model: str, seed: int, mode: str, variant
             settings: dict[str, Any]) -> dict[str, Any]:
     """One BBT run of the cell, as a matrix row with the run's own numbers beside it."""
     task = matrix_task(task_spec, seed)
-    config = TuneConfig(mode=mode, seed=seed, search_readout=variant, readout="auto", readout_topk=k,
+    config = TuneConfig(mode=mode, seed=seed, search_readout=variant, readout="auto", readout_topk=k, readout_lift=0,
                         budget_calls=settings["budget_calls"], popsize=settings["popsize"],
                         intrinsic_dim=settings["intrinsic_dim"], eval_every=settings["eval_every"])
     started = time.perf_counter()

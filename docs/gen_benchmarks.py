@@ -42,8 +42,13 @@ METHOD_WORDS = {
     "bbt_soft_fixed_top20": "BBT soft searched through a top-20 logistic readout fitted once on the template",
     "bbt_soft_fold_top20": "BBT soft searched through each candidate's own top-20 readout, out of fold",
     "bbt_hard_labels_top20": "BBT hard (text) searched on the calibrated label words, then a readout of the top-20",
+    "bbt_hard_labels_top20_lift95": "that text prompt, its readout reading 95 tokens below the top-20 too",
     "bbt_hard_fixed_top20": "BBT hard (text) searched through a top-20 logistic readout fitted once on the template",
     "bbt_hard_fold_top20": "BBT hard (text) searched through each candidate's own top-20 readout, out of fold",
+    "bbt_hard_fixed_top20_lift95": "the fixed-readout search's text prompt, its readout reading 95 tokens below the "
+                                   "top-20 too",
+    "bbt_hard_fold_top20_lift95": "the out-of-fold search's text prompt, its readout reading 95 tokens below the "
+                                  "top-20 too",
     "best_prompt_readout_top20": "the best of the template and the search's text prompts, each with its readout",
     "boosted_top20": "a boosted vote (SAMME) of the template and the search's text prompts, each with a readout",
     "manual": "the template alone",
