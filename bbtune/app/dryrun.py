@@ -10,7 +10,7 @@ texts (chat: one per text; echo: one text per label word; a label word of severa
 text per step of the words' trie); one completion token per text; cost from the ``--remote-price-*`` flags. A
 top-k call (`Backend.score_topk`) in the top-k modes with logit_bias possibly on is priced twice: its unbiased
 requests and, at most, `score`'s biased ones again; echo asks its top-k in `score`'s own requests. Tokens read
-below the list (`Backend.score_lifted`) are priced as one `score` call per k - 1 of them. Text mode
+below the list (`Backend.score_lifted`) are priced as one request per input and k - 1 of them. Text mode
 (``--remote-mode text``): each text asks ``answer_samples`` answers of up to ``answer_tokens`` tokens, priced as
 if the server refused ``n`` (one request, and its prompt tokens, per answer): the most it can cost.
 
@@ -102,10 +102,11 @@ class ShapeBackend(Backend):
 
     def score_lifted(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat,
                      tokens: Sequence[str], tops: Sequence[AnswerTopK]) -> np.ndarray:
-        """Noise, and one recorded `score` call per k - 1 tokens (the biased requests that read them)."""
+        """Noise, and per k - 1 tokens one recorded `score` call per example: the biased requests that read them
+        group only the inputs that share an anchor token, so at most one request per input is the bound."""
         per_request = max(1, tops[0].k - 1) if tops else 1
         for _ in range(-(-len(tokens) // per_request)):
-            self.calls.append(_Call(tuple(prompts), tuple(examples), fmt))
+            self.calls += [_Call(tuple(prompts), (example,), fmt) for example in examples]
         return -np.abs(self._rng.normal(6.0, 2.0, (len(prompts), len(examples), len(tokens))))
 
 

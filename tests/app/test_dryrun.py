@@ -98,3 +98,18 @@ def test_text_mode_estimate_bounds_a_real_run(server, tiny_task, endpoint, sampl
     # n in one request where the server takes it: the estimate (a server refusing n) is n times the requests;
     # repeats the tuner skips are priced as sent
     assert est.requests <= 1.25 * samples * spent["requests"]
+
+
+def test_the_estimate_bounds_a_run_whose_readout_reads_tokens_below_the_list(server, tiny_task):
+    """A top-20 logistic readout with 38 tokens read below the list (two rounds of biased requests per input):
+    the estimate still bounds what the run sends, and it prices those rounds (more than the list alone)."""
+    tune = replace(HARD, readout="logistic", readout_topk=20, readout_lift=38)
+    config = replace(_config(server, mode="top_logprobs", probe=False, batch_size=4, logit_bias="100"), top_k=20)
+    before = server.stats()
+    with config.build() as backend:
+        result = run_tuner(tiny_task, backend, tune, progress=False)
+    sent = server.stats()["requests"] - before["requests"]
+    assert result.readout is not None and result.readout.lift  # the lift was read, so its requests were sent
+    est = dry_run_tune(tiny_task, tune, "remote", LocalConfig(model="tiny"), config)
+    without = dry_run_tune(tiny_task, replace(tune, readout_lift=0), "remote", LocalConfig(model="tiny"), config)
+    assert sent <= est.requests and est.requests > without.requests
