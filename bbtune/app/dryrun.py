@@ -10,7 +10,7 @@ texts (chat: one per text; echo: one text per label word; a label word of severa
 text per step of the words' trie); one completion token per text; cost from the ``--remote-price-*`` flags. A
 top-k call (`Backend.score_topk`) in the top-k modes with logit_bias possibly on is priced twice: its unbiased
 requests and, at most, `score`'s biased ones again; echo asks its top-k in `score`'s own requests. Tokens read
-below the list (`Backend.score_lifted`) are priced as one request per input and k - 1 of them. Text mode
+below the list (`Backend.score_lifted`) are one call, priced as one request per input and k - 1 of them. Text mode
 (``--remote-mode text``): each text asks ``answer_samples`` answers of up to ``answer_tokens`` tokens, priced as
 if the server refused ``n`` (one request, and its prompt tokens, per answer): the most it can cost.
 
@@ -29,6 +29,7 @@ import numpy as np
 
 from bbtune.backends.base import Backend, CallStats, Capabilities
 from bbtune.backends.modes import ScoreStrategy, strategy_for
+from bbtune.backends.modes.base import BatchPrice
 from bbtune.core.topk import AnswerTopK
 from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt
 from bbtune.tasks import Example, TaskFormat, verbalizer_token_sequences
@@ -42,6 +43,7 @@ class _Call:
     examples: tuple[Example, ...]
     fmt: TaskFormat
     topk: bool = False  # asked through `score_topk`
+    lift_rounds: int = 0  # asked through `score_lifted`: rounds of biased requests, each input on its own at most
 
 
 class _ShapeStats(CallStats):
@@ -102,11 +104,9 @@ class ShapeBackend(Backend):
 
     def score_lifted(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat,
                      tokens: Sequence[str], tops: Sequence[AnswerTopK]) -> np.ndarray:
-        """Noise, and per k - 1 tokens one recorded `score` call per example: the biased requests that read them
-        group only the inputs that share an anchor token, so at most one request per input is the bound."""
+        """Noise, and the call recorded with its rounds of biased requests (one per k - 1 tokens)."""
         per_request = max(1, tops[0].k - 1) if tops else 1
-        for _ in range(-(-len(tokens) // per_request)):
-            self.calls += [_Call(tuple(prompts), (example,), fmt) for example in examples]
+        self.calls.append(_Call(tuple(prompts), tuple(examples), fmt, lift_rounds=-(-len(tokens) // per_request)))
         return -np.abs(self._rng.normal(6.0, 2.0, (len(prompts), len(examples), len(tokens))))
 
 
@@ -161,7 +161,8 @@ def price(calls: Sequence[_Call], tokenizer: Any, pricing: Pricing) -> Estimate:
     if strategy is None:
         est.prompt_tokens = sum(map(sum, rows))
         return est
-    paid = [strategy.price(r, tokenizer, verbalizer_token_sequences(tokenizer, c.fmt), topk=c.topk)
+    paid = [_lift_price(strategy, r, tokenizer, c) if c.lift_rounds else
+            strategy.price(r, tokenizer, verbalizer_token_sequences(tokenizer, c.fmt), topk=c.topk)
             for c, r in zip(calls, rows)]
     if pricing.probe:
         paid.append(strategy.price_probe(PROBE_REQUESTS, max((p.largest for p in paid), default=0)))
@@ -172,6 +173,15 @@ def price(calls: Sequence[_Call], tokenizer: Any, pricing: Pricing) -> Estimate:
     est.cost = (est.prompt_tokens * pricing.prompt_per_mtok + est.completion_tokens * pricing.completion_per_mtok) / 1e6
     est.notes.append("not included: retries of failed requests; cached replies are counted as paid")
     return est
+
+
+def _lift_price(strategy: ScoreStrategy, rows: Sequence[int], tokenizer: Any, call: _Call) -> BatchPrice:
+    """Each round of a lift at most: every input in a request of its own (the biased requests group only the
+    inputs that share an anchor token)."""
+    one = [strategy.price([n], tokenizer, verbalizer_token_sequences(tokenizer, call.fmt)) for n in rows]
+    rounds = call.lift_rounds
+    return BatchPrice(rounds * sum(p.requests for p in one), rounds * sum(p.prompt_tokens for p in one),
+                      rounds * sum(p.completion_tokens for p in one), max((p.largest for p in one), default=0))
 
 
 def _row_tokens(call: _Call, tokenizer: Any) -> list[int]:

@@ -69,7 +69,7 @@ class FinalScoring:
         pool = task.train + task.dev
         fitted = fit_run_readout(self.backend, best, pool, task.format, cfg.readout, cfg.readout_topk, cfg.seed,
                                  cfg.readout_lift)
-        return fitted, math.ceil(len(pool) / EVAL_BATCH) * (2 if fitted.lift else 1)  # a second pass reads the lift
+        return fitted, math.ceil(len(pool) / EVAL_BATCH) * fitted.passes
 
     def test_scores(self, metrics: RunMetrics, best: Prompt, bias: np.ndarray | None, manual: dict[str, Any],
                     readout: RunReadout | None) -> None:

@@ -10,7 +10,7 @@ readout classifies later, where the readout chosen reads the top-k; those tokens
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -43,6 +43,7 @@ class RunReadout:
     choice: ReadoutChoice
     k: int
     lift: tuple[str, ...] = ()
+    passes: int = field(default=1, compare=False)  # passes over the pool its fit took (2: the lifted tokens read)
 
     def answers(self, backend: Backend, prompt: Prompt, examples: Sequence[Example], fmt: TaskFormat) -> Answers:
         return answers_on(backend, prompt, examples, fmt, self.k, lift=self.lift)
@@ -80,15 +81,15 @@ def fit_run_readout(backend: Backend, prompt: Prompt, pool: Sequence[Example], f
             raise
         depth, answers = 0, answers_on(backend, prompt, pool, fmt, 0)
     lifted: tuple[str, ...] = ()
-    note = ""
+    note, passes = "", 1
     if lift and depth and answers.topk is not None:
         lifted = lift_candidates(answers.topk, lift)
         try:
             values = backend.score_lifted([prompt], pool, fmt, lifted, [answers.topk])[0]
-            answers = Answers(answers.labels, answers.topk.with_lifted(lifted, values))
-        except CapabilityError as e:  # the list alone, and the run says why
+            answers, passes = Answers(answers.labels, answers.topk.with_lifted(lifted, values)), 2
+        except CapabilityError as e:  # refused before anything is sent: the list alone, and the run says why
             lifted, note = (), f"; no tokens read below the top-{depth}: {e}"
     readout, choice = choose_readout(answers, fmt.label_ids(pool), kinds, seed=seed)
     reads_topk = readout.kind.needs_topk
     return RunReadout(readout, replace(choice, reason=choice.reason + note), depth if reads_topk else 0,
-                      lifted if reads_topk else ())
+                      lifted if reads_topk else (), passes)
