@@ -29,13 +29,11 @@ from task_args import ROOT, matrix_task
 from bbtune.api import backend_for
 from bbtune.constants import EVAL_BATCH
 from bbtune.backends.base import Backend
-from bbtune.backends.encoding import single_id
 from bbtune.core.prompts import MANUAL_PROMPT
 from bbtune.core.topk import AnswerTopK
 from bbtune.search.evaluate import answers_on
-from bbtune.search.answers import MISSING_GAP
 from bbtune.search.readouts import Answers, ReadoutKind, choose_readout, make_readout
-from bbtune.search.readouts.features import lift_candidates
+from bbtune.search.readouts.fitted import AUTO, fit_run_readout
 from bbtune.tasks import Example, Task
 
 SPEC = ROOT / "benchmarks" / "specs" / "matrix.toml"
@@ -86,36 +84,24 @@ def at_depth(answers: Answers, k: int, labels_asked: bool = False) -> Answers:
     return Answers(labels, top)
 
 
-def lifted_at_depth(deep: Answers, cut: Answers, tokens: Sequence[str], tokenizer: Any) -> Answers:
-    """`cut` (answers at a shallow depth) with `tokens` read below its lists, as `Backend.score_lifted` reads them:
-    each row's deep value (a token below even the deep list: that list's last value minus `MISSING_GAP`, about where
-    it lies), NaN for a text that is no single token (`single_id`: no logit_bias can lift it)."""
-    assert deep.topk is not None and cut.topk is not None
-    liftable = [single_id(tokenizer, token) is not None for token in tokens]
-    values = [[dict(zip(t, v)).get(token, v[-1] - MISSING_GAP) if ok else math.nan
-               for token, ok in zip(tokens, liftable)] for t, v in zip(deep.topk.tokens, deep.topk.logprobs)]
-    return Answers(cut.labels, cut.topk.with_lifted(tokens, values))
-
-
-def lift_rows(task: Task, model: str, seed: int, pool: Answers, test: Answers, y_pool: np.ndarray,
-              y_test: np.ndarray, k: int, lift: int, tokenizer: Any) -> list[dict[str, Any]]:
+def lift_rows(task: Task, model: str, seed: int, backend: Backend, test: Answers, k: int,
+              lift: int) -> list[dict[str, Any]]:
     """The labels-lifted top-`k` readout with the `lift` tokens listed most often on the pool also read below the
-    list (`bbtune.search.readouts.fitted`): its out-of-fold choice and what it costs per input."""
-    fit, held = at_depth(pool, k, True), at_depth(test, k, True)
-    assert fit.topk is not None
-    tokens = lift_candidates(fit.topk, lift)
-    readout, choice = choose_readout(lifted_at_depth(pool, fit, tokens, tokenizer), y_pool, seed=seed)
-    reads = readout.kind.needs_topk  # the lift is asked only where the readout chosen reads the top-k
-    acc = float(np.mean(readout.predict(lifted_at_depth(test, held, tokens, tokenizer) if reads else held) == y_test))
-    per_input = math.ceil(len(tokens) / (k - 1)) if reads else 0  # k - 1 lifted tokens and the anchor a request
+    list, as a run's readout reads them (`bbtune.search.readouts.fitted`, on the model itself: exact values, not
+    the cached lists'), its out-of-fold choice and what it costs per input through an API; `test`: the cached
+    answers, which price the label words' own lifts."""
+    pool = list(task.train) + list(task.dev)
+    fitted = fit_run_readout(backend, MANUAL_PROMPT, pool, task.format, AUTO, k, seed, lift)
+    answers = fitted.answers(backend, MANUAL_PROMPT, list(task.test), task.format)
+    acc = float(np.mean(fitted.log_scores(answers).argmax(axis=1) == task.format.label_ids(task.test)))
+    per_input = math.ceil(len(fitted.lift) / (k - 1))  # k - 1 lifted tokens and the anchor a request
     extra = float(missing_labels(test, k).any(axis=1).mean())
     return [{"task": task.name, "model": model, "seed": seed, "wall_s": None, "top_k": k, "labels_asked": True,
-             "lifted": len(tokens) if reads else 0, "method": f"manual_readout_top{k}_lift{lift}",
-             "calls_per_run": math.ceil(len(y_pool) / EVAL_BATCH) * (2 if reads else 1),
-             "requests_per_run": len(y_pool) * (1 + math.ceil(len(tokens) / (k - 1)))
-             + int(missing_labels(pool, k).any(axis=1).sum()),
-             "calls_per_input": round(1 + extra + per_input, 3), "test_acc": 100 * acc, "readout": choice.kind,
-             "choice": choice.as_dict()}]
+             "lifted": len(fitted.lift), "method": f"manual_readout_top{k}_lift{lift}",
+             "calls_per_run": math.ceil(len(pool) / EVAL_BATCH) * fitted.passes,
+             "requests_per_run": len(pool) * (1 + math.ceil(lift / (k - 1))),
+             "calls_per_input": round(1 + extra + per_input, 3), "test_acc": 100 * acc,
+             "readout": fitted.choice.kind, "choice": fitted.choice.as_dict()}]
 
 
 def missing_labels(answers: Answers, k: int) -> np.ndarray:
@@ -178,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="only the cells whose answers are all in the cache (refit the readouts, score nothing)")
     ap.add_argument("--lift", type=int, default=0,
                     help="only the rows of the labels-lifted top-20 readout with this many tokens read below the "
-                         "list, for every cell the cache holds (they replace earlier rows of the same method)")
+                         "list, for every cell the cache holds (they replace earlier rows of the same method); the "
+                         "model reads pool and test again")
     args = ap.parse_args(argv)
     if args.lift:
         return add_lift_rows(Path(args.out), Path(args.cache), args.models, args.tasks, args.seeds, args.lift)
@@ -225,27 +212,27 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def add_lift_rows(out: Path, cache_dir: Path, models: Sequence[str], tasks: Sequence[str] | None,
                   seeds: Sequence[int] | None, lift: int, k: int = 20) -> None:
-    """`lift_rows` for every cell whose answers the cache holds, refitted from the cache (no model call)."""
+    """`lift_rows` for every cell whose answers the cache holds (the pool and test read again by the model, once
+    each, with the lifted tokens)."""
     grid = tomllib.loads(SPEC.read_text())["grid"]
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
     method = f"manual_readout_top{k}_lift{lift}"
     for model in models:
-        cache, tokenizer = AnswerCache(cache_dir / f"{model}.jsonl"), backend_for(model).vocabulary().tokenizer
+        cache, backend = AnswerCache(cache_dir / f"{model}.jsonl"), backend_for(model)
         for spec in grid["tasks"]:
             for seed in seeds or grid["seeds"]:
                 task = matrix_task(spec, seed)
                 pool_examples = list(task.train) + list(task.dev)
                 if (tasks and spec["name"] not in tasks) or not cache.holds(task, pool_examples + list(task.test)):
                     continue
-                pool, test = (cache.answers(None, task, pool_examples),  # type: ignore[arg-type]
-                              cache.answers(None, task, task.test))  # type: ignore[arg-type]
-                new = lift_rows(task, model, seed, pool, test, task.format.label_ids(pool_examples),
-                                task.format.label_ids(task.test), k, lift, tokenizer)
+                started = time.perf_counter()
+                new = [{**row, "wall_s": round(time.perf_counter() - started, 1)} for row in lift_rows(
+                    task, model, seed, backend, cache.answers(backend, task, task.test), k, lift)]
                 rows = [r for r in rows if (r["task"], r["model"], r["seed"], r["method"]) != (
                     spec["name"], model, seed, method)] + new
                 out.write_text(json.dumps({"rows": rows}, indent=1))
                 print(f"{spec['name']} {model} s{seed}: {new[0]['test_acc']:.1f} ({new[0]['readout']}, "
-                      f"{new[0]['calls_per_input']} requests per input)", flush=True)
+                      f"{new[0]['calls_per_input']} requests per input) {new[0]['wall_s']:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

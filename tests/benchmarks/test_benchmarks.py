@@ -297,27 +297,27 @@ def test_a_shallower_api_is_the_deep_list_cut_and_its_labels_below_the_cut_go_mi
     assert readouts_script["missing_labels"](deep, 2).tolist() == [[False, True]]
 
 
-def test_a_lift_reads_the_deep_value_below_the_cut_and_nothing_for_a_text_no_bias_can_lift(readouts_script):
-    import math
-
+def test_a_lift_row_is_the_runs_lifted_readout_and_prices_its_requests(readouts_script):
+    """The row reads the template as a run's readout does (the model itself, lifted tokens included) and prices
+    one request per input, one more where a label word is below the list, and one per 19 lifted tokens."""
+    import bbtune
     import numpy as np
 
-    from bbtune.core.topk import AnswerTopK
-    from bbtune.search.answers import Answers
+    from bbtune.backends.local import LocalBackend
+    from bbtune.core.prompts import MANUAL_PROMPT
+    from bbtune.search.readouts.fitted import fit_run_readout
 
-    class Letters:  # one token per letter; "xy" is two tokens, so no logit_bias can lift it
-        def encode(self, text, add_special_tokens=False):
-            return [ord(c) for c in text]
-
-        def decode(self, ids):
-            return "".join(map(chr, ids))
-
-    deep = Answers(np.array([[-0.5, -4.0]]), AnswerTopK.from_pairs([[("a", -0.5), ("b", -1.0), ("c", -4.0)]], k=3))
-    cut = readouts_script["at_depth"](deep, 1, labels_asked=True)
-    lifted = readouts_script["lifted_at_depth"](deep, cut, ["c", "z", "xy"], Letters())
-    assert lifted.topk.tokens == (("a",),) and lifted.topk.lifted == ("c", "z", "xy")
-    c, z, xy = lifted.topk.lifted_logprobs[0]
-    assert c == -4.0 and z == -4.0 - 1.0 and math.isnan(xy)  # z: below the deep list, read as its floor
+    task, backend = bbtune.load_task("demo", k=8, test_limit=24), LocalBackend("tiny")
+    test = readouts_script["answers_on"](backend, MANUAL_PROMPT, list(task.test), task.format, 40)
+    row = readouts_script["lift_rows"](task, "tiny", 0, backend, test, 20, 20)[0]
+    pool = list(task.train) + list(task.dev)
+    fitted = fit_run_readout(backend, MANUAL_PROMPT, pool, task.format, "auto", 20, 0, 20)
+    answers = fitted.answers(backend, MANUAL_PROMPT, list(task.test), task.format)
+    assert row["test_acc"] == 100 * np.mean(fitted.log_scores(answers).argmax(axis=1)
+                                            == task.format.label_ids(task.test))
+    missing = float(readouts_script["missing_labels"](test, 20).any(axis=1).mean())
+    assert row["lifted"] == len(fitted.lift) and row["method"] == "manual_readout_top20_lift20"
+    assert row["calls_per_input"] == round(1 + missing + (-(-len(fitted.lift) // 19)), 3)
 
 
 def test_only_the_out_of_fold_rows_join_the_matrix(readouts_script, tmp_path):
