@@ -112,6 +112,21 @@ def test_a_readout_never_reads_a_token_the_backend_did_not_return():
     assert set(TokenColumns.fit(answers.topk).tokens) == returned
 
 
+def test_lifted_tokens_are_features_with_their_read_values_and_unread_ones_sit_at_the_floor():
+    """A lifted token is a column even where no list names it; its read value stands where the list lacks it, a
+    NaN (not read) stands at the row's floor, and the lifted values survive JSON (NaN as null) and row selection."""
+    top = AnswerTopK.from_pairs([[("a", -0.5), ("b", -1.0)], [("b", -0.2), ("c", -3.0)]], k=2)
+    lifted = top.with_lifted(["z", "a"], [[-7.0, float("nan")], [float("nan"), -5.0]])
+    cols = TokenColumns.fit(lifted)
+    assert cols.tokens == ("a", "b", "c", "z")
+    np.testing.assert_allclose(cols.dense(lifted), [[-0.5, -1.0, -2.0, -7.0], [-5.0, -0.2, -3.0, -4.0]])
+    again = AnswerTopK.from_json(json.loads(json.dumps(lifted.as_json())))
+    assert again.lifted == ("z", "a") and np.isnan(again.lifted_logprobs[0][1]) and again.lifted_logprobs[1][1] == -5.0
+    assert lifted.select([1]).lifted_logprobs == ((lifted.lifted_logprobs[1]),)
+    with pytest.raises(ValueError, match="lifts 2 tokens"):
+        top.with_lifted(["z", "a"], [[-7.0]])
+
+
 def test_local_top_k_matches_the_full_distribution_and_the_label_scores():
     backend = LocalBackend("tiny")
     fmt = TaskFormat(Template("{text} It was{label}"), {"neg": " terrible", "pos": " great"})

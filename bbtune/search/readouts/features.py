@@ -49,12 +49,12 @@ class TokenColumns:
         """(B, V) log-prob minus the row's floor for listed known tokens (0 elsewhere), and (B,) the floors."""
         index, rows, cols, vals = self.index, [], [], []
         floors = np.array([(row[-1] if row else 0.0) - MISSING_GAP for row in topk.logprobs])
-        lifted = [(j, index[t]) for j, t in enumerate(topk.lifted) if t in index]
+        lifted = [j for j, t in enumerate(topk.lifted) if t in index]
         for r, (tokens, values) in enumerate(zip(topk.tokens, topk.logprobs)):
             listed = dict(zip(tokens, values))
             if lifted:  # a lifted value where the list lacks the token (where it has it, the two agree)
                 read = topk.lifted_logprobs[r]
-                listed = {**{topk.lifted[j]: read[j] for j, _ in lifted if np.isfinite(read[j])}, **listed}
+                listed = {**{topk.lifted[j]: read[j] for j in lifted if np.isfinite(read[j])}, **listed}
             for token, value in listed.items():
                 if token in index:
                     rows.append(r)
