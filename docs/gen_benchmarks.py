@@ -36,6 +36,8 @@ METHOD_WORDS = {
     "manual_readout_top1000": "the same from a top-1,000 (llama.cpp's depth)",
     "manual_readout_top20_top_logprobs_api": "the labels-lifted top-20 readout read through an OpenAI-shaped API "
                                              "(the mock: completions, at most 20 log-probs)",
+    "manual_readout_top20_lift95_top_logprobs_api": "the template's lifted top-20 readout read through the same API "
+                                                    "(95 tokens below the list by logit_bias)",
     "manual_readout_top20_chat_api": "the same through the API's chat endpoint (one message per request, its chat "
                                      "template around the prompt)",
     "bbt_soft_labels_top20": "BBT soft searched on the calibrated label words, then a readout of the top-20",
