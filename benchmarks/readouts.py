@@ -29,6 +29,7 @@ from task_args import ROOT, matrix_task
 from bbtune.api import backend_for
 from bbtune.constants import EVAL_BATCH
 from bbtune.backends.base import Backend
+from bbtune.backends.modes.lists import lift_rounds
 from bbtune.core.prompts import MANUAL_PROMPT
 from bbtune.core.topk import AnswerTopK
 from bbtune.search.evaluate import answers_on
@@ -94,12 +95,12 @@ def lift_rows(task: Task, model: str, seed: int, backend: Backend, test: Answers
     fitted = fit_run_readout(backend, MANUAL_PROMPT, pool, task.format, AUTO, k, seed, lift)
     answers = fitted.answers(backend, MANUAL_PROMPT, list(task.test), task.format)
     acc = float(np.mean(fitted.log_scores(answers).argmax(axis=1) == task.format.label_ids(task.test)))
-    per_input = math.ceil(len(fitted.lift) / (k - 1))  # k - 1 lifted tokens and the anchor a request
+    per_input = lift_rounds(len(fitted.lift), k)
     extra = float(missing_labels(test, k).any(axis=1).mean())
     return [{"task": task.name, "model": model, "seed": seed, "wall_s": None, "top_k": k, "labels_asked": True,
              "lifted": len(fitted.lift), "method": f"manual_readout_top{k}_lift{lift}",
              "calls_per_run": math.ceil(len(pool) / EVAL_BATCH) * fitted.passes,
-             "requests_per_run": len(pool) * (1 + math.ceil(lift / (k - 1))),
+             "requests_per_run": len(pool) * (1 + lift_rounds(lift, k)),
              "calls_per_input": round(1 + extra + per_input, 3), "test_acc": 100 * acc,
              "readout": fitted.choice.kind, "choice": fitted.choice.as_dict()}]
 

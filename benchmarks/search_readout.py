@@ -36,6 +36,7 @@ from task_args import ROOT, matrix_task
 
 from bbtune.api import backend_for
 from bbtune.backends.base import Backend
+from bbtune.backends.modes.lists import lift_rounds
 from bbtune.core.prompts import MANUAL_PROMPT, HardPrompt
 from bbtune.runs.cue import resolve_p0, start_from_cue
 from bbtune.runs.tuner import TuneConfig, Tuner
@@ -96,7 +97,7 @@ def lifted_row(row: dict[str, Any], task_spec: dict[str, Any], backend: Backend,
         raise SystemExit(f"{row['task']} {row['model']} s{row['seed']}: the rebuilt prompt {text!r} gives "
                          f"{plain:.2f} without the lift, the run gave {row['test_acc']:.2f}: not the same prompt")
     acc, fitted = accuracy(lift)
-    per_input = math.ceil(len(fitted.lift) / (k - 1))
+    per_input = lift_rounds(len(fitted.lift), k)
     return {**{key: row[key] for key in ("task", "model", "seed", "top_k", "pool", "test_n")},
             "method": f"{row['method']}_lift{lift}", "test_acc": acc, "lifted": len(fitted.lift),
             "wall_s": round(time.perf_counter() - started, 1),

@@ -30,6 +30,7 @@ import numpy as np
 from bbtune.backends.base import Backend, CallStats, Capabilities
 from bbtune.backends.modes import ScoreStrategy, strategy_for
 from bbtune.backends.modes.base import BatchPrice
+from bbtune.backends.modes.lists import lift_rounds
 from bbtune.core.topk import AnswerTopK
 from bbtune.core.prompts import HardPrompt, Prompt, SoftPrompt
 from bbtune.tasks import Example, TaskFormat, verbalizer_token_sequences
@@ -105,8 +106,8 @@ class ShapeBackend(Backend):
     def score_lifted(self, prompts: Sequence[Prompt], examples: Sequence[Example], fmt: TaskFormat,
                      tokens: Sequence[str], tops: Sequence[AnswerTopK]) -> np.ndarray:
         """Noise, and the call recorded with its rounds of biased requests (one per k - 1 tokens)."""
-        per_request = max(1, tops[0].k - 1) if tops else 1
-        self.calls.append(_Call(tuple(prompts), tuple(examples), fmt, lift_rounds=-(-len(tokens) // per_request)))
+        rounds = lift_rounds(len(tokens), tops[0].k)  # the lists score_topk gave, one per prompt
+        self.calls.append(_Call(tuple(prompts), tuple(examples), fmt, lift_rounds=rounds))
         return -np.abs(self._rng.normal(6.0, 2.0, (len(prompts), len(examples), len(tokens))))
 
 
@@ -178,7 +179,8 @@ def price(calls: Sequence[_Call], tokenizer: Any, pricing: Pricing) -> Estimate:
 def _lift_price(strategy: ScoreStrategy, rows: Sequence[int], tokenizer: Any, call: _Call) -> BatchPrice:
     """Each round of a lift at most: every input in a request of its own (the biased requests group only the
     inputs that share an anchor token)."""
-    one = [strategy.price([n], tokenizer, verbalizer_token_sequences(tokenizer, call.fmt)) for n in rows]
+    words = verbalizer_token_sequences(tokenizer, call.fmt)
+    one = [strategy.price([n], tokenizer, words) for n in rows]
     rounds = call.lift_rounds
     return BatchPrice(rounds * sum(p.requests for p in one), rounds * sum(p.prompt_tokens for p in one),
                       rounds * sum(p.completion_tokens for p in one), max((p.largest for p in one), default=0))

@@ -156,13 +156,14 @@ class ListStrategy(ScoreStrategy):
                                   "found the server does not honour it, RemoteConfig.logit_bias=off, or probe off "
                                   "with logit_bias=auto: give it a number); or set TuneConfig.readout_lift=0")
         ids = {j: i for j, text in enumerate(tokens) if (i := single_id(tok, text)) is not None}
-        per_request = max(1, settings.top_k - 1)  # and the anchor
-        chunks = [list(ids)[i: i + per_request] for i in range(0, len(ids), per_request)]
+        liftable, per_request = list(ids), lifted_per_request(settings.top_k)
+        chunks = [liftable[i: i + per_request] for i in range(0, len(liftable), per_request)]
         anchors = [row_anchor(tok, t, v) for top in tops for t, v in zip(top.tokens, top.logprobs)]
+        groups = sharing_an_anchor(anchors)
         items = self.inputs(scorer, prompts, examples, fmt)
         requests, plan = [], []
         for chunk in chunks:
-            for anchor_id, rows in sharing_an_anchor(anchors).items():
+            for anchor_id, rows in groups.items():
                 biased = bias_map([ids[j] for j in chunk] + [anchor_id], bias)
                 requests += self.requests(scorer, settings, [items[r] for r in rows], bias=biased)
                 plan += [(r, chunk) for r in rows]
@@ -226,6 +227,16 @@ def on_plain_scale(biased: np.ndarray, plain: np.ndarray) -> np.ndarray:
     both = ~np.isnan(biased) & ~np.isnan(plain)
     gap = np.where(both, plain - biased, 0.0).sum(axis=1) / np.maximum(both.sum(axis=1), 1)
     return biased + gap[:, None]
+
+
+def lifted_per_request(k: int) -> int:
+    """Tokens one biased request lifts into a top-`k` list: all but the anchor's place."""
+    return max(1, k - 1)
+
+
+def lift_rounds(n_tokens: int, k: int) -> int:
+    """Biased requests per input that read `n_tokens` below a top-`k` list (`ListStrategy.lift`)."""
+    return math.ceil(n_tokens / lifted_per_request(k))
 
 
 def row_anchor(tokenizer: Any, tokens: Sequence[str], values: Sequence[float]) -> tuple[int, float] | None:
