@@ -34,7 +34,7 @@ from bbtune.core.prompts import MANUAL_PROMPT
 from bbtune.core.topk import AnswerTopK
 from bbtune.search.evaluate import answers_on
 from bbtune.search.readouts import Answers, ReadoutKind, choose_readout, make_readout
-from bbtune.search.readouts.fitted import AUTO, fit_run_readout
+from bbtune.search.readouts.fitted import AUTO, PoolAnswers, fit_on_pool, read_pool
 from bbtune.tasks import Example, Task
 
 SPEC = ROOT / "benchmarks" / "specs" / "matrix.toml"
@@ -85,22 +85,60 @@ def at_depth(answers: Answers, k: int, labels_asked: bool = False) -> Answers:
     return Answers(labels, top)
 
 
-def lift_rows(task: Task, model: str, seed: int, backend: Backend, test: Answers, k: int,
-              lift: int) -> list[dict[str, Any]]:
+class LiftedStore:
+    """One model's exact lifted answers (pool and test, the manual prompt) per cell, kept on disk: a change of the
+    readouts or of their choice refits from them instead of reading the model again."""
+
+    def __init__(self, path: Path):
+        self.path, self.cells = path, {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                self.cells[row["key"]] = row
+
+    def answers(self, backend: Backend, task: Task, seed: int, k: int, lift: int) -> tuple[PoolAnswers, Answers]:
+        """The pool as a run reads it (`read_pool`) and test as its readout would, both with every lifted token."""
+        key = f"{task.name}|{seed}|top{k}|lift{lift}"
+        if key not in self.cells:
+            pool = read_pool(backend, MANUAL_PROMPT, list(task.train) + list(task.dev), task.format, AUTO, k, lift)
+            test = answers_on(backend, MANUAL_PROMPT, list(task.test), task.format, pool.depth, lift=pool.lifted)
+            row = {"key": key, "pool": {**_answers_json(pool.answers), "depth": pool.depth,
+                                        "lifted": list(pool.lifted), "passes": pool.passes, "note": pool.note},
+                   "test": _answers_json(test)}
+            with self.path.open("a") as out:
+                out.write(json.dumps(row) + "\n")
+            self.cells[key] = row
+        row = self.cells[key]
+        saved = row["pool"]
+        pool = PoolAnswers(_answers_of(saved), saved["depth"], tuple(saved["lifted"]), saved["passes"], saved["note"])
+        return pool, _answers_of(row["test"])
+
+
+def _answers_json(answers: Answers) -> dict[str, Any]:
+    assert answers.topk is not None
+    return {"labels": answers.labels.tolist(), "topk": answers.topk.as_json()}
+
+
+def _answers_of(saved: dict[str, Any]) -> Answers:
+    return Answers(np.array(saved["labels"], dtype=float), AnswerTopK.from_json(saved["topk"]))
+
+
+def lift_rows(task: Task, model: str, seed: int, backend: Backend, test: Answers, k: int, lift: int,
+              store: LiftedStore) -> list[dict[str, Any]]:
     """The labels-lifted top-`k` readout with the `lift` tokens listed most often on the pool also read below the
     list, as a run's readout reads them (`bbtune.search.readouts.fitted`, on the model itself: exact values, not
-    the cached lists'), its out-of-fold choice and what it costs per input through an API; `test`: the cached
-    answers, which price the label words' own lifts."""
-    pool = list(task.train) + list(task.dev)
-    fitted = fit_run_readout(backend, MANUAL_PROMPT, pool, task.format, AUTO, k, seed, lift)
-    answers = fitted.answers(backend, MANUAL_PROMPT, list(task.test), task.format)
-    acc = float(np.mean(fitted.log_scores(answers).argmax(axis=1) == task.format.label_ids(task.test)))
+    the cached lists'; kept in `store`), its out-of-fold choice and what it costs per input through an API;
+    `test`: the cached answers, which price the label words' own lifts."""
+    pool_examples = list(task.train) + list(task.dev)
+    pool, test_lifted = store.answers(backend, task, seed, k, lift)
+    fitted = fit_on_pool(pool, task.format.label_ids(pool_examples), AUTO, seed)
+    acc = float(np.mean(fitted.log_scores(test_lifted).argmax(axis=1) == task.format.label_ids(task.test)))
     per_input = lift_rounds(len(fitted.lift), k)
     extra = float(missing_labels(test, k).any(axis=1).mean())
     return [{"task": task.name, "model": model, "seed": seed, "wall_s": None, "top_k": k, "labels_asked": True,
              "lifted": len(fitted.lift), "method": f"manual_readout_top{k}_lift{lift}",
-             "calls_per_run": math.ceil(len(pool) / EVAL_BATCH) * fitted.passes,
-             "requests_per_run": len(pool) * (1 + lift_rounds(lift, k)),
+             "calls_per_run": math.ceil(len(pool_examples) / EVAL_BATCH) * fitted.passes,
+             "requests_per_run": len(pool_examples) * (1 + lift_rounds(lift, k)),
              "calls_per_input": round(1 + extra + per_input, 3), "test_acc": 100 * acc,
              "readout": fitted.choice.kind, "choice": fitted.choice.as_dict()}]
 
@@ -113,9 +151,10 @@ def missing_labels(answers: Answers, k: int) -> np.ndarray:
 
 
 def cell_rows(task: Task, model: str, seed: int, pool: Answers, test: Answers, y_pool: np.ndarray,
-              y_test: np.ndarray, depths: Sequence[int], wall_s: float | None, each: bool = True
-              ) -> list[dict[str, Any]]:
-    """The cell's rows: each readout fitted on the pool (`each`) and the out-of-fold choice, at every depth."""
+              y_test: np.ndarray, depths: Sequence[int], wall_s: float | None,
+              each: Sequence[ReadoutKind] = tuple(ReadoutKind)) -> list[dict[str, Any]]:
+    """The cell's rows: the readouts of `each` fitted on the pool one by one and the out-of-fold choice, at every
+    depth."""
     rows = []
     for k, asked in [(k, asked) for k in depths for asked in ((False, True) if k < DEEP else (False,))]:
         fit, held = at_depth(pool, k, asked), at_depth(test, k, asked)
@@ -131,7 +170,7 @@ def cell_rows(task: Task, model: str, seed: int, pool: Answers, test: Answers, y
             rows.append({**base, "method": f"manual_readout_top{k}_labels", "test_acc": 100 * acc, "wall_s": wall_s,
                          "readout": choice.kind, "choice": choice.as_dict()})
             continue
-        for kind in ReadoutKind if each else ():
+        for kind in each:
             readout = make_readout(kind).fit(fit, y_pool)
             acc = float(np.mean(readout.predict(held) == y_test))
             rows.append({**base, "method": f"manual_{kind.value}_top{k}", "test_acc": 100 * acc})
@@ -158,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--rechoose", action="store_true",
                     help="redo only the out-of-fold choice of the cells already in --out, from the cache (after a "
-                         "change of the choice rule; each readout's own rows do not depend on it)")
+                         "change of the choice rule; each readout's own rows do not depend on it, and only a readout "
+                         "the file has no rows of gets them)")
     ap.add_argument("--rescore", action="store_true",
                     help="with --rechoose: score the answers the cache lacks instead of skipping their cells")
     ap.add_argument("--cached-only", action="store_true",
@@ -177,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     done = {(r["task"], r["model"], r["seed"]) for r in rows}
     if args.rechoose:
         redo, done, args.cached_only = done, set(), not args.rescore
-        walls = {(r["task"], r["model"], r["seed"], r["top_k"]): r["wall_s"] for r in rows if "choice" in r}
+        walls = {(r["task"], r["model"], r["seed"], r["method"]): r["wall_s"] for r in rows if "choice" in r}
     Path(args.cache).mkdir(parents=True, exist_ok=True)
     for model in args.models:
         backend, cache = backend_for(model), AnswerCache(Path(args.cache) / f"{model}.jsonl")
@@ -196,14 +236,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                     continue
                 pool, test = cache.answers(backend, task, pool_examples), cache.answers(backend, task, task.test)
                 wall = None if args.cached_only else time.perf_counter() - start  # refitting alone is not the cost
+                have = {r["method"] for r in rows if (r["task"], r["model"], r["seed"]) == (spec["name"], model, seed)}
+                each = [kind for kind in ReadoutKind if not args.rechoose  # a rechoice adds a new readout's rows
+                        or not all(f"manual_{kind.value}_top{k}" in have for k in args.depths)]
                 new = cell_rows(task, model, seed, pool, test, task.format.label_ids(pool_examples),
-                                task.format.label_ids(task.test), args.depths, wall, each=not args.rechoose)
+                                task.format.label_ids(task.test), args.depths, wall, each)
                 if args.rechoose:  # the scoring time measured when the answers were read, not the refit's
-                    new = [{**r, "wall_s": walls.get((r["task"], model, seed, r["top_k"]))} if "choice" in r else r
+                    new = [{**r, "wall_s": walls.get((r["task"], model, seed, r["method"]))} if "choice" in r else r
                            for r in new]
-                    # this cell's earlier choice rows give way to the new ones; every other cell's stay
-                    rows = [r for r in rows if "choice" not in r or (r["task"], r["model"], r["seed"]) != (
-                        spec["name"], model, seed)]
+                    # the rows of this cell that the new ones redo give way; every other row stays
+                    redone = {(r["task"], r["model"], r["seed"], r["method"]) for r in new}
+                    rows = [r for r in rows if (r["task"], r["model"], r["seed"], r["method"]) not in redone]
                 rows += new
                 out.write_text(json.dumps({"rows": rows}, indent=1))  # every cell kept as it lands
                 auto = {r["top_k"]: (r["test_acc"], r["readout"]) for r in new if "readout" in r}
@@ -214,26 +257,31 @@ def main(argv: Sequence[str] | None = None) -> None:
 def add_lift_rows(out: Path, cache_dir: Path, models: Sequence[str], tasks: Sequence[str] | None,
                   seeds: Sequence[int] | None, lift: int, k: int = 20) -> None:
     """`lift_rows` for every cell whose answers the cache holds (the pool and test read again by the model, once
-    each, with the lifted tokens)."""
+    each, with the lifted tokens, unless the lifted store has them: then the readouts are refitted and the row
+    keeps the wall time of the reading)."""
     grid = tomllib.loads(SPEC.read_text())["grid"]
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
     method = f"manual_readout_top{k}_lift{lift}"
+    walls = {(r["task"], r["model"], r["seed"]): r["wall_s"] for r in rows if r["method"] == method}
     for model in models:
         cache, backend = AnswerCache(cache_dir / f"{model}.jsonl"), backend_for(model)
+        store = LiftedStore(cache_dir / f"lifted-{model}.jsonl")
         for spec in grid["tasks"]:
             for seed in seeds or grid["seeds"]:
                 task = matrix_task(spec, seed)
                 pool_examples = list(task.train) + list(task.dev)
                 if (tasks and spec["name"] not in tasks) or not cache.holds(task, pool_examples + list(task.test)):
                     continue
+                stored = f"{task.name}|{seed}|top{k}|lift{lift}" in store.cells
                 started = time.perf_counter()
-                new = [{**row, "wall_s": round(time.perf_counter() - started, 1)} for row in lift_rows(
-                    task, model, seed, backend, cache.answers(backend, task, task.test), k, lift)]
+                new = lift_rows(task, model, seed, backend, cache.answers(backend, task, task.test), k, lift, store)
+                wall = walls.get((task.name, model, seed)) if stored else round(time.perf_counter() - started, 1)
+                new = [{**row, "wall_s": wall} for row in new]
                 rows = [r for r in rows if (r["task"], r["model"], r["seed"], r["method"]) != (
                     spec["name"], model, seed, method)] + new
                 out.write_text(json.dumps({"rows": rows}, indent=1))
                 print(f"{spec['name']} {model} s{seed}: {new[0]['test_acc']:.1f} ({new[0]['readout']}, "
-                      f"{new[0]['calls_per_input']} requests per input) {new[0]['wall_s']:.0f} s", flush=True)
+                      f"{new[0]['calls_per_input']} requests per input) {wall} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ class TuneConfig(SubspaceConfig, OptimizerConfig):
     answer_max_tokens: int = field(default=8, metadata={"help": "generation tasks: most tokens of a generated answer"})
     readout: str = field(default=AUTO, metadata={
         "help": "how the returned prompt's answers become labels: auto (chosen out of fold on train + dev among "
-                "raw, bias, affine, verbalizer, logistic, knn; ties go to the simpler), one of those, or off (the "
+                "raw, bias, affine, verbalizer, logistic, residual, knn; ties go to the simpler), one of those, or off (the "
                 "label words calibrated as in the search)"})
     search_readout: SearchReadout = field(default=SearchReadout.LABELS, metadata={
         "help": "what a candidate's train loss reads during the search: labels (its label words, calibrated with "

@@ -297,9 +297,10 @@ def test_a_shallower_api_is_the_deep_list_cut_and_its_labels_below_the_cut_go_mi
     assert readouts_script["missing_labels"](deep, 2).tolist() == [[False, True]]
 
 
-def test_a_lift_row_is_the_runs_lifted_readout_and_prices_its_requests(readouts_script):
+def test_a_lift_row_is_the_runs_lifted_readout_and_prices_its_requests(readouts_script, tmp_path):
     """The row reads the template as a run's readout does (the model itself, lifted tokens included) and prices
-    one request per input, one more where a label word is below the list, and one per 19 lifted tokens."""
+    one request per input, one more where a label word is below the list, and one per 19 lifted tokens; the
+    answers it read are stored, and a second row is refitted from them without the model."""
     import bbtune
     import numpy as np
 
@@ -309,7 +310,8 @@ def test_a_lift_row_is_the_runs_lifted_readout_and_prices_its_requests(readouts_
 
     task, backend = bbtune.load_task("demo", k=8, test_limit=24), LocalBackend("tiny")
     test = readouts_script["answers_on"](backend, MANUAL_PROMPT, list(task.test), task.format, 40)
-    row = readouts_script["lift_rows"](task, "tiny", 0, backend, test, 20, 20)[0]
+    store = readouts_script["LiftedStore"](tmp_path / "lifted.jsonl")
+    row = readouts_script["lift_rows"](task, "tiny", 0, backend, test, 20, 20, store)[0]
     pool = list(task.train) + list(task.dev)
     fitted = fit_run_readout(backend, MANUAL_PROMPT, pool, task.format, "auto", 20, 0, 20)
     answers = fitted.answers(backend, MANUAL_PROMPT, list(task.test), task.format)
@@ -318,6 +320,13 @@ def test_a_lift_row_is_the_runs_lifted_readout_and_prices_its_requests(readouts_
     missing = float(readouts_script["missing_labels"](test, 20).any(axis=1).mean())
     assert row["lifted"] == len(fitted.lift) and row["method"] == "manual_readout_top20_lift20"
     assert row["calls_per_input"] == round(1 + missing + (-(-len(fitted.lift) // 19)), 3)
+
+    class NoModel(LocalBackend):
+        def score_topk(self, *args, **kwargs):
+            raise AssertionError("the stored answers should have been used")
+
+    again = readouts_script["LiftedStore"](tmp_path / "lifted.jsonl")
+    assert readouts_script["lift_rows"](task, "tiny", 0, NoModel("tiny"), test, 20, 20, again)[0] == row
 
 
 def test_only_the_out_of_fold_rows_join_the_matrix(readouts_script, tmp_path):

@@ -42,13 +42,43 @@ def test_every_readout_fits_predicts_and_round_trips_through_json(kind):
     assert np.allclose(again.log_scores(answers), scores)
 
 
-@pytest.mark.parametrize("kind", [ReadoutKind.VERBALIZER, ReadoutKind.LOGISTIC, ReadoutKind.KNN])
+@pytest.mark.parametrize("kind", [ReadoutKind.VERBALIZER, ReadoutKind.LOGISTIC, ReadoutKind.RESIDUAL,
+                                  ReadoutKind.KNN])
 def test_top_k_readouts_separate_what_the_label_words_do_not(kind):
     answers, y = separable()
     raw = make_readout("raw").fit(answers, y)
     assert np.mean(raw.predict(answers) == y) == pytest.approx(1 / 3)  # the label words always say label 0
     held, y_held = separable(seed=1)
     assert np.mean(make_readout(kind).fit(answers, y).predict(held) == y_held) == 1.0
+
+
+def test_the_residual_readout_is_calibration_where_its_penalty_is_strong_and_learns_the_lists_where_weak():
+    """Its weights start from calibration, not from uniform scores: at a tiny C it ranks as the bias readout does
+    (where a plain logistic regression at that C has nothing left), at a large C it reads the class tokens."""
+    from bbtune.search.readouts.estimators import CalibratedResidual
+
+    rng = np.random.default_rng(5)
+    y = np.repeat([0, 1, 2], 10)
+    labels = np.eye(3)[y] * 1.5 + rng.normal(0, 1.0, (30, 3))  # the label words carry a noisy signal
+    answers = Answers(labels, separable(n_per_class=10)[0].topk)
+    bias = make_readout("bias").fit(answers, y)
+    tight = CalibratedResidual(grid=(1e-6,)).fit(answers, y)
+    assert np.allclose(tight.log_scores(answers), bias.log_scores(answers), atol=0.05)  # bias has its own prior
+    assert np.array_equal(tight.predict(answers), bias.predict(answers))
+    assert np.mean(bias.predict(answers) == y) < 1.0
+    assert np.mean(CalibratedResidual(grid=(10.0,)).fit(answers, y).predict(answers) == y) == 1.0
+
+
+def test_the_residual_readout_keeps_calibration_where_the_lists_carry_nothing():
+    """The same list for every input: no C does better held out, the tie goes to the smallest and the readout
+    predicts as calibration does."""
+    rng = np.random.default_rng(6)
+    y = np.repeat([0, 1], 16)
+    labels = np.stack([np.where(y == 0, 0.8, -0.8) + rng.normal(0, 1.0, 32), np.zeros(32)], axis=1)
+    answers = Answers(labels, AnswerTopK.from_pairs([[("the", -0.5), (" a", -1.5), ("x", -3.0)]] * 32, k=3))
+    residual = make_readout("residual").fit(answers, y)
+    assert residual.C == min(residual.grid)
+    assert np.array_equal(residual.predict(answers), make_readout("bias").fit(answers, y).predict(answers))
 
 
 def test_learned_verbalizer_picks_each_class_token():
@@ -75,7 +105,7 @@ def test_a_readout_that_wins_on_train_but_loses_out_of_fold_is_not_chosen():
 def test_a_richer_readout_is_chosen_where_it_is_better_out_of_fold():
     answers, y = separable(n_per_class=12)
     readout, choice = choose_readout(answers, y, seed=0)
-    assert choice.kind in ("verbalizer", "logistic", "knn")
+    assert choice.kind in ("verbalizer", "logistic", "residual", "knn")
     assert choice.score_of(choice.kind).accuracy > choice.score_of("bias").accuracy
     assert readout.kind.value == choice.kind and len(choice.scores) == len(ReadoutKind) and choice.folds == 4
 

@@ -1,11 +1,13 @@
 """Which readout a run uses: the one with the best accuracy out of fold on the training pool, never test.
 
 Each candidate is fitted on all folds but one and scored on the one left out (`StratifiedKFold`), so a readout
-that only memorises its 64 training answers loses here to one that generalises. The floor is the better of ``raw``
-and ``bias`` (calibration) out of fold (a tie goes to ``raw``); a richer readout replaces it only when it is better
-out of fold *beyond noise*: an exact one-sided McNemar test on the examples the two classify differently, at
-`RICHER_ALPHA` (one or two examples more out of 64 is a lucky fold, not a better readout: on SST-2 such picks lost
-1-5 test points to calibration). Among the richer readouts that pass, the most accurate out of fold wins. The
+that only memorises its 64 training answers loses here to one that generalises. The floor is the best of ``raw``,
+``bias`` (calibration) and, where the backend returns a top-k, ``residual`` out of fold (a tie goes to the simpler):
+the residual readout is calibration plus a departure whose size is itself chosen held out, so it is calibration
+wherever the lists add nothing. A richer readout replaces the floor only when it is better out of fold *beyond
+noise*: an exact one-sided McNemar test on the examples the two classify differently, at `RICHER_ALPHA` (one or two
+examples more out of 64 is a lucky fold, not a better readout: on SST-2 such picks lost 1-5 test points to
+calibration). Among the richer readouts that pass, the most accurate out of fold wins. The
 decision keeps its evidence: every candidate's out-of-fold accuracy, cross-entropy, per-fold accuracies and its
 p-value against the floor.
 """
@@ -23,7 +25,7 @@ from bbtune.search.selection import mcnemar_p_value
 
 DEFAULT_FOLDS = 4
 RICHER_ALPHA = 0.1  # level of the paired test a readout richer than the floor must pass
-FLOOR = (ReadoutKind.RAW, ReadoutKind.BIAS)
+FLOOR = (ReadoutKind.RAW, ReadoutKind.BIAS, ReadoutKind.RESIDUAL)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ Every readout is fitted on training answers and returns (B, L) class log-probs (
 | ``affine`` | label log-probs | a multinomial logistic regression on them (a full L x L map, not only a shift) |
 | ``verbalizer`` | top-k | one token per class chosen from the training lists (PromptBoosting's learned verbalizer), then a bias |
 | ``logistic`` | top-k | a multinomial logistic regression on sparse top-k features, C by stratified CV |
+| ``residual`` | label log-probs and top-k | calibration plus a logistic regression on the top-k for what it leaves |
 | ``knn`` | top-k | nearest training distributions by cosine (kNN prompting) |
 
 A fitted readout is plain numbers (`state`), saved as JSON beside a run's prompt and rebuilt by `from_state`:
@@ -31,6 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from scipy import sparse
+from scipy.optimize import minimize
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
@@ -41,6 +43,8 @@ from bbtune.search.answers import Answers
 from bbtune.search.readouts.features import TokenColumns
 
 LOGISTIC_C_GRID = (0.01, 0.1, 1.0, 10.0)  # inverse L2 strength, chosen by inner CV on the training answers
+RESIDUAL_C_GRID = (0.001, 0.01, 0.1, 1.0)  # the same for the departure from calibration, smallest first
+NEGLIGIBLE_NATS = 1e-3  # held-out cross-entropy per example below which a larger C is not better
 NEIGHBOURS = 5
 SMOOTHING = 1e-3  # a class with no neighbour keeps a finite score
 
@@ -53,11 +57,12 @@ class ReadoutKind(str, Enum):
     AFFINE = "affine"
     VERBALIZER = "verbalizer"
     LOGISTIC = "logistic"
+    RESIDUAL = "residual"
     KNN = "knn"
 
     @property
     def needs_topk(self) -> bool:
-        return self in (ReadoutKind.VERBALIZER, ReadoutKind.LOGISTIC, ReadoutKind.KNN)
+        return self in (ReadoutKind.VERBALIZER, ReadoutKind.LOGISTIC, ReadoutKind.RESIDUAL, ReadoutKind.KNN)
 
 
 class Readout(ABC):
@@ -267,6 +272,87 @@ class TopKLogistic(Readout):
         self.columns, self.C, self.model = TokenColumns(tuple(state["tokens"])), float(state["C"]), Linear.load(state)
 
 
+class CalibratedResidual(Readout):
+    """Calibration's class log-probs as a fixed offset, plus a multinomial logistic regression on the top-k
+    features: the L2 penalty pulls the weights toward calibration rather than toward uniform scores, so with few
+    examples or little in the lists it *is* calibration and it departs from it only as far as the data carry
+    (C, the inverse strength, by held-out cross-entropy on the training answers)."""
+
+    kind = ReadoutKind.RESIDUAL
+    bias: np.ndarray
+    columns: TokenColumns
+    model: Linear
+    C: float
+
+    def __init__(self, grid: tuple[float, ...] = RESIDUAL_C_GRID):
+        self.grid = grid
+
+    def _offset(self, answers: Answers) -> np.ndarray:
+        return label_log_softmax(answers.filled_labels() + self.bias)
+
+    def _fit(self, answers: Answers, y: np.ndarray) -> None:
+        assert answers.topk is not None
+        self.bias = fit_label_bias(answers.filled_labels(), y)
+        self.columns = TokenColumns.fit(answers.topk)
+        X, offset = self.columns.linear(answers.topk), self._offset(answers)
+        self.C = _held_out_best_C(X, offset, y, self.n_labels, self.grid)
+        self.model = fit_offset_logistic(X, offset, y, self.n_labels, self.C)
+
+    def log_scores(self, answers: Answers) -> np.ndarray:
+        assert answers.topk is not None, "a top-k readout needs the top-k lists"
+        X = self.columns.linear(answers.topk)
+        return label_log_softmax(self._offset(answers) + np.asarray(X @ self.model.coef.T) + self.model.intercept)
+
+    def state(self) -> dict[str, Any]:
+        return {"bias": self.bias.tolist(), "tokens": list(self.columns.tokens), "C": self.C, **self.model.state()}
+
+    def _load(self, state: dict[str, Any]) -> None:
+        self.bias, self.C = np.asarray(state["bias"], float), float(state["C"])
+        self.columns, self.model = TokenColumns(tuple(state["tokens"])), Linear.load(state)
+
+
+def fit_offset_logistic(X: Any, offset: np.ndarray, y: np.ndarray, n_labels: int, C: float,
+                        start: Linear | None = None) -> Linear:
+    """Multinomial logistic regression with fixed per-row logits `offset` (B, L): weights (L, F) under an L2
+    penalty ``|W|^2 / 2C`` (scikit-learn's scaling), an unpenalised intercept; L-BFGS on the exact gradient, from
+    `start` (the fit at a smaller C: a path of C values converges in a fraction of the steps) or from zero."""
+    X = X.toarray() if sparse.issparse(X) else np.asarray(X)  # a few hundred rows: dense products are faster
+    n_features = X.shape[1]
+    onehot = np.eye(n_labels)[y]
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        W, b = theta[:-n_labels].reshape(n_labels, n_features), theta[-n_labels:]
+        logp = label_log_softmax(offset + X @ W.T + b)
+        error = np.exp(logp) - onehot
+        grad_W = error.T @ X + W / C
+        return (float(-(logp * onehot).sum() + 0.5 * np.sum(W * W) / C),
+                np.concatenate([grad_W.ravel(), error.sum(axis=0)]))
+
+    theta0 = (np.concatenate([start.coef.ravel(), start.intercept]) if start is not None
+              else np.zeros(n_labels * (n_features + 1)))
+    theta = minimize(objective, theta0, jac=True, method="L-BFGS-B", options={"maxiter": 500}).x
+    return Linear(theta[:-n_labels].reshape(n_labels, n_features), theta[-n_labels:], np.arange(n_labels))
+
+
+def _held_out_best_C(X: Any, offset: np.ndarray, y: np.ndarray, n_labels: int, grid: tuple[float, ...]) -> float:
+    """The smallest C of `grid` (the nearest to calibration) whose held-out cross-entropy is within
+    `NEGLIGIBLE_NATS` per example of the lowest (stratified folds); the first C where a class has fewer than two
+    examples."""
+    present = np.bincount(y, minlength=n_labels)
+    folds = min(4, int(present[present > 0].min()))
+    if len(grid) == 1 or folds < 2 or np.count_nonzero(present) < 2:
+        return grid[0]
+    losses = np.zeros(len(grid))
+    for fit_rows, held in StratifiedKFold(folds, shuffle=True, random_state=0).split(np.zeros(len(y)), y):
+        model = None
+        for i, C in enumerate(grid):
+            model = fit_offset_logistic(X[fit_rows], offset[fit_rows], y[fit_rows], n_labels, C, start=model)
+            logp = label_log_softmax(offset[held] + np.asarray(X[held] @ model.coef.T) + model.intercept)
+            losses[i] -= logp[np.arange(len(held)), y[held]].sum()
+    near_best = losses <= losses.min() + NEGLIGIBLE_NATS * len(y)  # the optimiser's noise is not a better C
+    return float(grid[int(np.argmax(near_best))])
+
+
 class TopKNeighbours(Readout):
     """Class shares among the `NEIGHBOURS` training rows whose top-k distributions are most alike (cosine),
     weighted by that similarity."""
@@ -308,4 +394,5 @@ def _unit_rows(m: sparse.csr_matrix) -> sparse.csr_matrix:
 
 
 _CLASSES: dict[ReadoutKind, type[Readout]] = {c.kind: c for c in (RawLabels, LabelBias, AffineCalibration,
-                                                                   LearnedVerbalizer, TopKLogistic, TopKNeighbours)}
+                                                                   LearnedVerbalizer, TopKLogistic, CalibratedResidual,
+                                                                   TopKNeighbours)}

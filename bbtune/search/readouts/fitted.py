@@ -64,11 +64,22 @@ class RunReadout:
                    tuple(saved.get("lift", ())))
 
 
-def fit_run_readout(backend: Backend, prompt: Prompt, pool: Sequence[Example], fmt: TaskFormat, setting: str,
-                    k: int, seed: int, lift: int = 0) -> RunReadout:
-    """Score `prompt` on the pool (with the top-k where a candidate reads it and the backend returns it, and the
-    `lift` tokens listed most often read below it), choose among `setting`'s candidates out of fold and refit the
-    winner on the whole pool."""
+@dataclass(frozen=True)
+class PoolAnswers:
+    """What a run's readout is chosen on: the pool's answers at `depth` (0: the label scores alone) with the
+    `lifted` tokens read below the lists, the passes that took, and why fewer were read than asked (`note`)."""
+
+    answers: Answers
+    depth: int
+    lifted: tuple[str, ...] = ()
+    passes: int = 1
+    note: str = ""
+
+
+def read_pool(backend: Backend, prompt: Prompt, pool: Sequence[Example], fmt: TaskFormat, setting: str, k: int,
+              lift: int = 0) -> PoolAnswers:
+    """Score `prompt` on the pool with the top-k where one of `setting`'s candidates reads it and the backend
+    returns it, and the `lift` tokens listed most often read below it where the backend can."""
     kinds = readout_kinds(setting)
     depth = min(k, backend.capabilities.topk) if any(kind.needs_topk for kind in kinds) else 0
     if not available(kinds, depth > 0):
@@ -80,16 +91,25 @@ def fit_run_readout(backend: Backend, prompt: Prompt, pool: Sequence[Example], f
         if setting != AUTO or not depth:
             raise
         depth, answers = 0, answers_on(backend, prompt, pool, fmt, 0)
-    lifted: tuple[str, ...] = ()
-    note, passes = "", 1
-    if lift and depth and answers.topk is not None:
-        lifted = lift_candidates(answers.topk, lift)
-        try:
-            values = backend.score_lifted([prompt], pool, fmt, lifted, [answers.topk])[0]
-            answers, passes = Answers(answers.labels, answers.topk.with_lifted(lifted, values)), 2
-        except CapabilityError as e:  # refused before anything is sent: the list alone, and the run says why
-            lifted, note = (), f"; no tokens read below the top-{depth}: {e}"
-    readout, choice = choose_readout(answers, fmt.label_ids(pool), kinds, seed=seed)
+    if not (lift and depth and answers.topk is not None):
+        return PoolAnswers(answers, depth)
+    lifted = lift_candidates(answers.topk, lift)
+    try:
+        values = backend.score_lifted([prompt], pool, fmt, lifted, [answers.topk])[0]
+    except CapabilityError as e:  # refused before anything is sent: the list alone, and the run says why
+        return PoolAnswers(answers, depth, note=f"; no tokens read below the top-{depth}: {e}")
+    return PoolAnswers(Answers(answers.labels, answers.topk.with_lifted(lifted, values)), depth, lifted, 2)
+
+
+def fit_on_pool(read: PoolAnswers, y: np.ndarray, setting: str, seed: int) -> RunReadout:
+    """Choose among `setting`'s candidates out of fold on what `read_pool` read and refit the winner whole."""
+    readout, choice = choose_readout(read.answers, y, readout_kinds(setting), seed=seed)
     reads_topk = readout.kind.needs_topk
-    return RunReadout(readout, replace(choice, reason=choice.reason + note), depth if reads_topk else 0,
-                      lifted if reads_topk else (), passes)
+    return RunReadout(readout, replace(choice, reason=choice.reason + read.note), read.depth if reads_topk else 0,
+                      read.lifted if reads_topk else (), read.passes)
+
+
+def fit_run_readout(backend: Backend, prompt: Prompt, pool: Sequence[Example], fmt: TaskFormat, setting: str,
+                    k: int, seed: int, lift: int = 0) -> RunReadout:
+    """`read_pool`, then `fit_on_pool`: the readout a run keeps for `prompt`."""
+    return fit_on_pool(read_pool(backend, prompt, pool, fmt, setting, k, lift), fmt.label_ids(pool), setting, seed)
