@@ -42,15 +42,17 @@ OUT = ROOT / "benchmarks" / "results" / "readouts_manual.json"
 DEEP = 1000
 
 
+def keyed_lines(path: Path) -> dict[str, dict[str, Any]]:
+    """A JSON-lines cache by each line's ``key`` (empty where the file is not there yet)."""
+    rows = (json.loads(line) for line in path.read_text().splitlines()) if path.exists() else iter(())
+    return {row["key"]: row for row in rows}
+
+
 class AnswerCache:
     """One model's answers at the deep top-k, per task and example text, kept on disk between runs."""
 
     def __init__(self, path: Path):
-        self.path, self.rows = path, {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                row = json.loads(line)
-                self.rows[row["key"]] = row
+        self.path, self.rows = path, keyed_lines(path)
 
     def holds(self, task: Task, examples: Sequence[Example]) -> bool:
         return all(f"{task.name}|{ex.text}|{ex.text_b}" in self.rows for ex in examples)
@@ -90,11 +92,7 @@ class LiftedStore:
     readouts or of their choice refits from them instead of reading the model again."""
 
     def __init__(self, path: Path):
-        self.path, self.cells = path, {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                row = json.loads(line)
-                self.cells[row["key"]] = row
+        self.path, self.cells = path, keyed_lines(path)
 
     def answers(self, backend: Backend, task: Task, seed: int, k: int, lift: int) -> tuple[PoolAnswers, Answers]:
         """The pool as a run reads it (`read_pool`) and test as its readout would, both with every lifted token."""

@@ -40,7 +40,10 @@ from bbtune.backends.modes.lists import lift_rounds
 from bbtune.core.prompts import MANUAL_PROMPT, HardPrompt
 from bbtune.runs.cue import resolve_p0, start_from_cue
 from bbtune.runs.tuner import TuneConfig, Tuner
-from bbtune.search.readouts.fitted import AUTO, fit_run_readout
+from bbtune.core.topk import AnswerTopK
+from bbtune.search.answers import Answers
+from bbtune.search.evaluate import answers_on
+from bbtune.search.readouts.fitted import AUTO, PoolAnswers, RunReadout, fit_on_pool, read_pool
 from bbtune.search.subspace import P0Init
 
 SPEC = ROOT / "benchmarks" / "specs" / "matrix.toml"
@@ -74,7 +77,9 @@ REBUILT_TOLERANCE = 0.5
 
 
 def lifted_row(row: dict[str, Any], task_spec: dict[str, Any], backend: Backend, lift: int) -> dict[str, Any]:
-    """A finished hard run's returned text prompt read again with `lift` tokens below its top-k (module doc)."""
+    """A finished hard run's returned text prompt read again with `lift` tokens below its top-k (module doc). Pool
+    and test are read once, lifted tokens included; the run's own readout kind refitted on the lists alone (the
+    lifted tokens set aside) must give the run's test number, which checks that the prompt was rebuilt."""
     task, run, k = matrix_task(task_spec, row["seed"]), row["run"], row["top_k"]
     vocab = backend.vocabulary()
     manual = MANUAL_PROMPT
@@ -85,18 +90,20 @@ def lifted_row(row: dict[str, Any], task_spec: dict[str, Any], backend: Backend,
     prompt = (HardPrompt(tuple(vocab.tokenizer.encode(text, add_special_tokens=False)), text)
               if run["selected"] == "tuned" else manual)
     pool, fmt, started = list(task.train) + list(task.dev), task.format, time.perf_counter()
+    read = read_pool(backend, prompt, pool, fmt, AUTO, k, lift)
+    test = answers_on(backend, prompt, list(task.test), fmt, read.depth, lift=read.lifted)
+    y_pool, y_test = fmt.label_ids(pool), fmt.label_ids(task.test)
 
-    def accuracy(lifted: int) -> tuple[float, Any]:
-        fitted = fit_run_readout(backend, prompt, pool, fmt, AUTO, k, row["seed"], lifted)
-        answers = fitted.answers(backend, prompt, list(task.test), fmt)
-        predicted = fitted.log_scores(answers).argmax(axis=1)
-        return 100 * float((predicted == fmt.label_ids(task.test)).mean()), fitted
+    def accuracy(fitted: RunReadout, answers: Answers) -> float:
+        return 100 * float((fitted.log_scores(answers).argmax(axis=1) == y_test).mean())
 
-    plain, _ = accuracy(0)
+    unlifted = PoolAnswers(_without_lift(read.answers), read.depth)
+    plain = accuracy(fit_on_pool(unlifted, y_pool, run["readout"]["kind"], row["seed"]), _without_lift(test))
     if abs(plain - row["test_acc"]) > REBUILT_TOLERANCE:
         raise SystemExit(f"{row['task']} {row['model']} s{row['seed']}: the rebuilt prompt {text!r} gives "
                          f"{plain:.2f} without the lift, the run gave {row['test_acc']:.2f}: not the same prompt")
-    acc, fitted = accuracy(lift)
+    fitted = fit_on_pool(read, y_pool, AUTO, row["seed"])
+    acc = accuracy(fitted, test)
     per_input = lift_rounds(len(fitted.lift), k)
     return {**{key: row[key] for key in ("task", "model", "seed", "top_k", "pool", "test_n")},
             "method": f"{row['method']}_lift{lift}", "test_acc": acc, "lifted": len(fitted.lift),
@@ -106,21 +113,27 @@ def lifted_row(row: dict[str, Any], task_spec: dict[str, Any], backend: Backend,
             "readout": fitted.readout.kind.value, "choice": fitted.choice.as_dict(), "hard_prompt": text}
 
 
-def relift(out: Path, models: Sequence[str], lift: int, tasks: dict[str, Any]) -> None:
-    """`lifted_row` for every finished hard run of `models` in `out` that has none yet, written as each lands."""
+def _without_lift(answers: Answers) -> Answers:
+    """The same answers as the lists alone returned them."""
+    assert answers.topk is not None
+    return Answers(answers.labels, AnswerTopK(answers.topk.tokens, answers.topk.logprobs, answers.topk.k))
+
+
+def relift(out: Path, models: Sequence[str], lift: int, tasks: dict[str, Any], replace: bool = False) -> None:
+    """`lifted_row` for every finished hard run of `models` in `out` that has none yet (`replace`: every one, the
+    earlier row giving way to the new), written as each lands."""
     rows = json.loads(out.read_text())["rows"]
     for model in models:
         backend = backend_for(model)
         for row in [r for r in rows if r["model"] == model and r["method"].startswith("bbt_hard_")
                     and "_lift" not in r["method"]]:
-            method = f"{row['method']}_lift{lift}"
-            if any((r["task"], r["model"], r["seed"], r["method"]) == (row["task"], model, row["seed"], method)
-                   for r in rows):
+            key = (row["task"], model, row["seed"], f"{row['method']}_lift{lift}")
+            if not replace and any((r["task"], r["model"], r["seed"], r["method"]) == key for r in rows):
                 continue
             new = lifted_row(row, tasks[row["task"]], backend, lift)
-            rows.append(new)
+            rows = [r for r in rows if (r["task"], r["model"], r["seed"], r["method"]) != key] + [new]
             out.write_text(json.dumps({"rows": rows}, indent=1))
-            print(f"{row['task']} {model} s{row['seed']} {method}: test {new['test_acc']:.1f} (without the lift "
+            print(f"{row['task']} {model} s{row['seed']} {key[3]}: test {new['test_acc']:.1f} (without the lift "
                   f"{new['without_lift']:.1f}, readout {new['readout']}, {new['lifted']} lifted) "
                   f"{new['wall_s']:.0f} s", flush=True)
 
@@ -136,13 +149,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--lift", type=int, default=0, help="re-read the finished hard runs' prompts with this many "
                                                         "tokens read below the list (no search)")
+    ap.add_argument("--replace", action="store_true",
+                    help="with --lift: re-read the runs that have a lifted row already (after a change of the readouts)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     spec = tomllib.loads(SPEC.read_text())
     tasks = {t["name"]: t for t in spec["grid"]["tasks"]}
     out = Path(args.out)
     if args.lift:
-        return relift(out, args.models, args.lift, tasks)
+        return relift(out, args.models, args.lift, tasks, args.replace)
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
     for task_name in args.tasks:
         for model in args.models:
