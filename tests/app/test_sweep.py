@@ -166,8 +166,9 @@ models = ["tiny"]\ntasks = [{{name = "demo", data = "demo", k = 2, test_limit = 
 [settings]\nbudget_calls = 20\npopsize = 10\nintrinsic_dim = 8\n""")
     assert main(["sweep", str(path), "--dry-run", "--workers", "1"]) == 0
     printed = capsys.readouterr().out
-    # 30 + the readout's pool, read twice: its top-k lists, then the tokens below them (readout_lift)
-    assert "| demo-tiny-bbt_soft-s2 | 32 " in printed and "total (4 jobs)" in printed
+    # 30 + the readout's pool, read twice: its top-k lists, then the tokens below them (readout_lift); the readout
+    # chosen (residual) reads those tokens on test too, one more pass there
+    assert "| demo-tiny-bbt_soft-s2 | 33 " in printed and "total (4 jobs)" in printed
     assert not (tmp_path / "never").exists()
 
 

@@ -130,13 +130,14 @@ class Linear:
     def of(cls, model: LogisticRegression) -> "Linear":
         return cls(np.asarray(model.coef_, float), np.asarray(model.intercept_, float), np.asarray(model.classes_, int))
 
-    def log_scores(self, X: Any, n_labels: int) -> np.ndarray:
+    def log_scores(self, X: Any, n_labels: int, offset: np.ndarray | float = 0.0) -> np.ndarray:
+        """(B, L) class log-probs of rows `X`, with fixed logits `offset` (B, L) added where a model has them."""
         logits = np.asarray(X @ self.coef.T) + self.intercept
         if self.coef.shape[0] == 1:  # scikit-learn's binary form: one column for the second class
             logits = np.hstack([np.zeros_like(logits), logits])
         out = np.full((logits.shape[0], n_labels), -np.inf)
         out[:, self.classes] = logits
-        return label_log_softmax(out)
+        return label_log_softmax(out + offset)
 
     def state(self) -> dict[str, Any]:
         return {"coef": self.coef.tolist(), "intercept": self.intercept.tolist(), "classes": self.classes.tolist()}
@@ -300,8 +301,7 @@ class CalibratedResidual(Readout):
 
     def log_scores(self, answers: Answers) -> np.ndarray:
         assert answers.topk is not None, "a top-k readout needs the top-k lists"
-        X = self.columns.linear(answers.topk)
-        return label_log_softmax(self._offset(answers) + np.asarray(X @ self.model.coef.T) + self.model.intercept)
+        return self.model.log_scores(self.columns.linear(answers.topk), self.n_labels, self._offset(answers))
 
     def state(self) -> dict[str, Any]:
         return {"bias": self.bias.tolist(), "tokens": list(self.columns.tokens), "C": self.C, **self.model.state()}
@@ -347,7 +347,7 @@ def _held_out_best_C(X: Any, offset: np.ndarray, y: np.ndarray, n_labels: int, g
         model = None
         for i, C in enumerate(grid):
             model = fit_offset_logistic(X[fit_rows], offset[fit_rows], y[fit_rows], n_labels, C, start=model)
-            logp = label_log_softmax(offset[held] + np.asarray(X[held] @ model.coef.T) + model.intercept)
+            logp = model.log_scores(X[held], n_labels, offset[held])
             losses[i] -= logp[np.arange(len(held)), y[held]].sum()
     near_best = losses <= losses.min() + NEGLIGIBLE_NATS * len(y)  # the optimiser's noise is not a better C
     return float(grid[int(np.argmax(near_best))])
