@@ -110,6 +110,18 @@ def test_a_richer_readout_is_chosen_where_it_is_better_out_of_fold():
     assert readout.kind.value == choice.kind and len(choice.scores) == len(ReadoutKind) and choice.folds == 4
 
 
+def test_the_residual_readout_is_part_of_the_floor_and_needs_no_paired_test():
+    """It is calibration plus a departure sized held out, so it competes with raw and bias on out-of-fold accuracy
+    alone (the reason names it as the floor), while a plain logistic regression must still beat it beyond noise."""
+    from bbtune.search.readouts.choice import FLOOR
+
+    assert ReadoutKind.RESIDUAL in FLOOR and ReadoutKind.LOGISTIC not in FLOOR
+    answers, y = separable(n_per_class=12)
+    _, choice = choose_readout(answers, y, kinds=["raw", "bias", "residual"], seed=0)
+    assert choice.kind == "residual" and choice.reason.startswith("residual (")
+    assert choice.score_of("residual").accuracy > choice.score_of("bias").accuracy
+
+
 def test_ties_go_to_the_simpler_readout():
     y = np.repeat([0, 1], 8)
     answers = Answers(np.stack([np.where(y == 0, 0.0, -3.0), np.where(y == 0, -3.0, 0.0)], axis=1))
