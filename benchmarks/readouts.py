@@ -94,9 +94,13 @@ class LiftedStore:
     def __init__(self, path: Path):
         self.path, self.cells = path, keyed_lines(path)
 
+    @staticmethod
+    def key(task: Task, seed: int, k: int, lift: int) -> str:
+        return f"{task.name}|{seed}|top{k}|lift{lift}"
+
     def answers(self, backend: Backend, task: Task, seed: int, k: int, lift: int) -> tuple[PoolAnswers, Answers]:
         """The pool as a run reads it (`read_pool`) and test as its readout would, both with every lifted token."""
-        key = f"{task.name}|{seed}|top{k}|lift{lift}"
+        key = self.key(task, seed, k, lift)
         if key not in self.cells:
             pool = read_pool(backend, MANUAL_PROMPT, list(task.train) + list(task.dev), task.format, AUTO, k, lift)
             test = answers_on(backend, MANUAL_PROMPT, list(task.test), task.format, pool.depth, lift=pool.lifted)
@@ -270,7 +274,7 @@ def add_lift_rows(out: Path, cache_dir: Path, models: Sequence[str], tasks: Sequ
                 pool_examples = list(task.train) + list(task.dev)
                 if (tasks and spec["name"] not in tasks) or not cache.holds(task, pool_examples + list(task.test)):
                     continue
-                stored = f"{task.name}|{seed}|top{k}|lift{lift}" in store.cells
+                stored = store.key(task, seed, k, lift) in store.cells
                 started = time.perf_counter()
                 new = lift_rows(task, model, seed, backend, cache.answers(backend, task, task.test), k, lift, store)
                 wall = walls.get((task.name, model, seed)) if stored else round(time.perf_counter() - started, 1)

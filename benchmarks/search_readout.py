@@ -40,7 +40,6 @@ from bbtune.backends.modes.lists import lift_rounds
 from bbtune.core.prompts import MANUAL_PROMPT, HardPrompt
 from bbtune.runs.cue import resolve_p0, start_from_cue
 from bbtune.runs.tuner import TuneConfig, Tuner
-from bbtune.core.topk import AnswerTopK
 from bbtune.search.answers import Answers
 from bbtune.search.evaluate import answers_on
 from bbtune.search.readouts.fitted import AUTO, PoolAnswers, RunReadout, fit_on_pool, read_pool
@@ -116,7 +115,7 @@ def lifted_row(row: dict[str, Any], task_spec: dict[str, Any], backend: Backend,
 def _without_lift(answers: Answers) -> Answers:
     """The same answers as the lists alone returned them."""
     assert answers.topk is not None
-    return Answers(answers.labels, AnswerTopK(answers.topk.tokens, answers.topk.logprobs, answers.topk.k))
+    return Answers(answers.labels, answers.topk.with_lifted((), ()))
 
 
 def relift(out: Path, models: Sequence[str], lift: int, tasks: dict[str, Any], replace: bool = False) -> None:

@@ -315,7 +315,7 @@ def fit_offset_logistic(X: Any, offset: np.ndarray, y: np.ndarray, n_labels: int
                         start: Linear | None = None) -> Linear:
     """Multinomial logistic regression with fixed per-row logits `offset` (B, L): weights (L, F) under an L2
     penalty ``|W|^2 / 2C`` (scikit-learn's scaling), an unpenalised intercept; L-BFGS on the exact gradient, from
-    `start` (the fit at a smaller C: a path of C values converges in a fraction of the steps) or from zero."""
+    `start` (the fit at the next smaller C of a path: fewer steps than from zero) or from zero."""
     X = X.toarray() if sparse.issparse(X) else np.asarray(X)  # a few hundred rows: dense products are faster
     n_features = X.shape[1]
     onehot = np.eye(n_labels)[y]
