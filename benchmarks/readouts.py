@@ -125,12 +125,12 @@ def _answers_of(saved: dict[str, Any]) -> Answers:
     return Answers(np.array(saved["labels"], dtype=float), AnswerTopK.from_json(saved["topk"]))
 
 
-def lift_rows(task: Task, model: str, seed: int, backend: Backend, test: Answers, k: int, lift: int,
-              store: LiftedStore) -> list[dict[str, Any]]:
+def lift_rows(task: Task, model: str, seed: int, backend: Backend, pool_cached: Answers, test: Answers, k: int,
+              lift: int, store: LiftedStore) -> list[dict[str, Any]]:
     """The labels-lifted top-`k` readout with the `lift` tokens listed most often on the pool also read below the
     list, as a run's readout reads them (`bbtune.search.readouts.fitted`, on the model itself: exact values, not
     the cached lists'; kept in `store`), its out-of-fold choice and what it costs per input through an API;
-    `test`: the cached answers, which price the label words' own lifts."""
+    `pool_cached`, `test`: the cached deep answers, which price the label words' own lifts."""
     pool_examples = list(task.train) + list(task.dev)
     pool, test_lifted = store.answers(backend, task, seed, k, lift)
     fitted = fit_on_pool(pool, task.format.label_ids(pool_examples), AUTO, seed)
@@ -140,7 +140,8 @@ def lift_rows(task: Task, model: str, seed: int, backend: Backend, test: Answers
     return [{"task": task.name, "model": model, "seed": seed, "wall_s": None, "top_k": k, "labels_asked": True,
              "lifted": len(fitted.lift), "method": f"manual_readout_top{k}_lift{lift}",
              "calls_per_run": math.ceil(len(pool_examples) / EVAL_BATCH) * fitted.passes,
-             "requests_per_run": len(pool_examples) * (1 + lift_rounds(lift, k)),
+             "requests_per_run": len(pool_examples) * (1 + lift_rounds(lift, k))
+             + int(missing_labels(pool_cached, k).any(axis=1).sum()),
              "calls_per_input": round(1 + extra + per_input, 3), "test_acc": 100 * acc,
              "readout": fitted.choice.kind, "choice": fitted.choice.as_dict()}]
 
@@ -276,7 +277,8 @@ def add_lift_rows(out: Path, cache_dir: Path, models: Sequence[str], tasks: Sequ
                     continue
                 stored = store.key(task, seed, k, lift) in store.cells
                 started = time.perf_counter()
-                new = lift_rows(task, model, seed, backend, cache.answers(backend, task, task.test), k, lift, store)
+                new = lift_rows(task, model, seed, backend, cache.answers(backend, task, pool_examples),
+                                cache.answers(backend, task, task.test), k, lift, store)
                 wall = walls.get((task.name, model, seed)) if stored else round(time.perf_counter() - started, 1)
                 new = [{**row, "wall_s": wall} for row in new]
                 rows = [r for r in rows if (r["task"], r["model"], r["seed"], r["method"]) != (

@@ -36,6 +36,7 @@ from task_args import ROOT, matrix_task
 
 from bbtune.api import backend_for
 from bbtune.backends.base import Backend
+from bbtune.constants import EVAL_BATCH
 from bbtune.backends.modes.lists import lift_rounds
 from bbtune.core.prompts import MANUAL_PROMPT, HardPrompt
 from bbtune.runs.cue import resolve_p0, start_from_cue
@@ -107,7 +108,7 @@ def lifted_row(row: dict[str, Any], task_spec: dict[str, Any], backend: Backend,
     return {**{key: row[key] for key in ("task", "model", "seed", "top_k", "pool", "test_n")},
             "method": f"{row['method']}_lift{lift}", "test_acc": acc, "lifted": len(fitted.lift),
             "wall_s": round(time.perf_counter() - started, 1),
-            "calls_per_run": row["calls_per_run"] + math.ceil(len(pool) / 64) * (2 if fitted.lift else 1),
+            "calls_per_run": row["calls_per_run"] + math.ceil(len(pool) / EVAL_BATCH) * fitted.passes,
             "requests_per_run": None, "calls_per_input": 1 + per_input, "without_lift": plain,
             "readout": fitted.readout.kind.value, "choice": fitted.choice.as_dict(), "hard_prompt": text}
 

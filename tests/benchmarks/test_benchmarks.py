@@ -310,9 +310,10 @@ def test_a_lift_row_is_the_runs_lifted_readout_and_prices_its_requests(readouts_
 
     task, backend = bbtune.load_task("demo", k=8, test_limit=24), LocalBackend("tiny")
     test = readouts_script["answers_on"](backend, MANUAL_PROMPT, list(task.test), task.format, 40)
-    store = readouts_script["LiftedStore"](tmp_path / "lifted.jsonl")
-    row = readouts_script["lift_rows"](task, "tiny", 0, backend, test, 20, 20, store)[0]
     pool = list(task.train) + list(task.dev)
+    pool_deep = readouts_script["answers_on"](backend, MANUAL_PROMPT, pool, task.format, 40)
+    store = readouts_script["LiftedStore"](tmp_path / "lifted.jsonl")
+    row = readouts_script["lift_rows"](task, "tiny", 0, backend, pool_deep, test, 20, 20, store)[0]
     fitted = fit_run_readout(backend, MANUAL_PROMPT, pool, task.format, "auto", 20, 0, 20)
     answers = fitted.answers(backend, MANUAL_PROMPT, list(task.test), task.format)
     assert row["test_acc"] == 100 * np.mean(fitted.log_scores(answers).argmax(axis=1)
@@ -320,13 +321,16 @@ def test_a_lift_row_is_the_runs_lifted_readout_and_prices_its_requests(readouts_
     missing = float(readouts_script["missing_labels"](test, 20).any(axis=1).mean())
     assert row["lifted"] == len(fitted.lift) and row["method"] == "manual_readout_top20_lift20"
     assert row["calls_per_input"] == round(1 + missing + (-(-len(fitted.lift) // 19)), 3)
+    # the pool: one request per input, one more where a label word is below the list, one per 19 lifted tokens
+    missing_pool = int(readouts_script["missing_labels"](pool_deep, 20).any(axis=1).sum())
+    assert row["requests_per_run"] == len(pool) * (1 + 2) + missing_pool  # 20 lifted tokens: two rounds of 19
 
     class NoModel(LocalBackend):
         def score_topk(self, *args, **kwargs):
             raise AssertionError("the stored answers should have been used")
 
     again = readouts_script["LiftedStore"](tmp_path / "lifted.jsonl")
-    assert readouts_script["lift_rows"](task, "tiny", 0, NoModel("tiny"), test, 20, 20, again)[0] == row
+    assert readouts_script["lift_rows"](task, "tiny", 0, NoModel("tiny"), pool_deep, test, 20, 20, again)[0] == row
 
 
 def test_only_the_out_of_fold_rows_join_the_matrix(readouts_script, tmp_path):
