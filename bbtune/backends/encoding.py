@@ -74,9 +74,11 @@ class InputEncoder:
                 ids = ids[: min(self.max_input_tokens, budget)]
             elif len(ids) > budget:
                 raise TaskError(
-                    f"example {i} ({ex.text[:40]!r}...) is {len(ids)} tokens; with the prompt ({n_prompt}) and "
-                    f"template ({extra - n_prompt}) it overflows the model's context of {self.context_length}. "
-                    f"Set max_input_tokens (e.g. {budget}) to truncate inputs, or shorten them"
+                    f"example {i} ({ex.text[:40]!r}...) is {len(ids)} tokens with the template's text before it "
+                    f"(any demonstrations included); with the prompt ({n_prompt}) and the rest of the template "
+                    f"({extra - n_prompt}) it overflows the model's context of {self.context_length}. "
+                    f"Set max_input_tokens (e.g. {budget}) to truncate inputs, or shorten them (or show fewer "
+                    "demonstrations)"
                 )
             heads.append(ids)
         return Encoded(lead, heads, cue, label_seqs)

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from bbtune.backends.base import Backend
-from bbtune.errors import ConfigError, TaskError
+from bbtune.errors import ConfigError
 from bbtune.core.prompts import HardPrompt
 from bbtune.tasks import Example, Placement, Task, TaskFormat
+from bbtune.tasks.demonstrations import demonstration_text, sample_demonstrations
 from bbtune.baselines.manual import fixed_prompt_result
 from bbtune.search.evaluate import fitted_bias, score_examples
 from bbtune.search.losses import label_log_softmax
@@ -47,31 +48,10 @@ class InContextConfig:
             raise ConfigError(f"calibration must be one of {', '.join(CALIBRATIONS)}, got {self.calibration!r}")
 
 
-def sample_demonstrations(task: Task, shots_per_class: int, seed: int) -> list[Example]:
-    """`shots_per_class` training examples of each label, in a seeded random order."""
-    rng = np.random.default_rng(seed)
-    picked: list[Example] = []
-    for label in task.format.labels:
-        pool = [ex for ex in task.train if ex.label == label]
-        if len(pool) < shots_per_class:
-            raise TaskError(f"label {label!r} has {len(pool)} training examples; lower shots_per_class "
-                            f"(now {shots_per_class})")
-        picked += [pool[i] for i in rng.choice(len(pool), size=shots_per_class, replace=False)]
-    return [picked[i] for i in rng.permutation(len(picked))]
-
-
-def demonstration_text(examples: list[Example], fmt: TaskFormat, separator: str) -> str:
-    """Each example as the template renders it, completed by its label word; ends with the separator."""
-    shown = []
-    for ex in examples:
-        rendered = fmt.render(ex)
-        shown.append(rendered.head + rendered.cue + fmt.verbalizer[ex.label])
-    return separator.join(shown) + separator
-
-
 def in_context_prompt(task: Task, tokenizer: Any, config: InContextConfig) -> HardPrompt:
-    text = demonstration_text(sample_demonstrations(task, config.shots_per_class, config.seed), task.format,
-                              config.separator)
+    shown = sample_demonstrations(task.train, task.format, config.shots_per_class, config.seed,
+                                  setting="shots_per_class")
+    text = demonstration_text(shown, task.format, config.separator)
     ids = tokenizer.encode(text, add_special_tokens=False)
     return HardPrompt(tuple(ids), text, tuple(tokenizer.convert_ids_to_tokens(ids)))
 

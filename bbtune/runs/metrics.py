@@ -40,6 +40,12 @@ class ReadoutSummary:
     out_of_fold: dict[str, float] = field(default_factory=dict)  # each candidate readout's out-of-fold accuracy
     lifted: int = 0  # tokens it reads below the top-k list
 
+    @property
+    def held_out_accuracy(self) -> float | None:
+        """The chosen readout's out-of-fold accuracy on the training pool: how two runs' prompts (say, with and
+        without demonstrations) compare without looking at test."""
+        return self.out_of_fold.get(self.kind)
+
 
 @dataclass
 class SplitScores:

@@ -19,6 +19,7 @@ from bbtune.tasks.data import (
     subsample,
 )
 from bbtune.tasks.format import Example, Placement, TaskFormat, TaskKind, Template, no_verbalizer_message
+from bbtune.tasks.demonstrations import shown_in_template
 from bbtune.tasks.hf import dataset_splits, is_hf_data
 
 
@@ -49,6 +50,14 @@ class Task:
 
     def with_template(self, template: Template) -> "Task":
         return replace(self, format=replace(self.format, template=template))
+
+    def with_demonstrations(self, per_class: int, seed: int) -> "Task":
+        """This task with `per_class` training examples of each label shown before every input, in its template,
+        and taken out of train (`bbtune.tasks.demonstrations`); 0: unchanged."""
+        if per_class < 1:
+            return self
+        template, train = shown_in_template(self.train, self.format, per_class, seed)
+        return replace(self.with_template(template), train=train)
 
 
 # ---------------------------------------------------------------- loading and sampling
@@ -259,6 +268,9 @@ class TaskConfig:
                 "words of several tokens are scored as their sum)"})
     placement: Placement = field(default=Placement.SUFFIX, metadata={"help": "prompt before (prefix) or after (suffix) the input"})
     test_limit: int = field(default=0, metadata={"help": "score at most this many test examples (0 = all)"})
+    demonstrations: int = field(default=0, metadata={
+        "help": "training examples per class shown before every input, in the template (in-context learning); "
+                "taken out of train, drawn with data_seed"})
     text_field: str = field(default="text", metadata={"help": "field holding the input text"})
     text_b_field: str = field(default="", metadata={"help": "field holding a pair's second text ('' = the preset's)"})
     label_field: str = field(default="label", metadata={"help": "field holding the label"})
@@ -279,6 +291,8 @@ class TaskConfig:
             raise TaskError(f"k must be >= 1, got {self.k}")
         if self.test_limit < 0:
             raise TaskError(f"test_limit must be >= 0 (0 = every test example), got {self.test_limit}")
+        if self.demonstrations < 0:
+            raise TaskError(f"demonstrations must be >= 0 (0 = none shown), got {self.demonstrations}")
         if self.data_seed < 0:  # numpy's generators take non-negative seeds only
             raise TaskError(f"data_seed must be >= 0, got {self.data_seed}")
         if self.verbalizer and self.verbalizer != LABEL_NAMES:
@@ -297,12 +311,12 @@ class TaskConfig:
 
     def load(self) -> Task:
         data = BUILT_IN_DATA[self.data]() if self.data in BUILT_IN_DATA else self.data
-        return build_task(
+        task = build_task(
             data, self.preset, k=self.k, seed=self.data_seed, template=self.template or None,
             verbalizer=self._verbalizer(), placement=self.placement,
             test_limit=self.test_limit or None, name=BUILT_IN_NAMES.get(self.data), fields=self.fields(),
         )
-
+        return task.with_demonstrations(self.demonstrations, self.data_seed)
 
     def _verbalizer(self) -> Mapping[str, str] | str | None:
         if not self.verbalizer or self.verbalizer == LABEL_NAMES:

@@ -15,7 +15,7 @@ from bbtune.baselines import (InContextConfig, Meter, PEZConfig, PromptTuningCon
                               run_manual, run_pez, run_prompt_tuning)
 from bbtune.baselines.bbt import run_bbt
 from bbtune.baselines.gradient import GradientConfig, frozen, initial_embeds, train_prompt
-from bbtune.baselines.incontext import sample_demonstrations
+from bbtune.tasks.demonstrations import sample_demonstrations
 from bbtune.baselines.pez import _Projected
 from bbtune.baselines.prompt_tuning import _AsIs
 from bbtune.search.discretize import Discretizer
@@ -166,7 +166,7 @@ def test_manual_is_the_template_alone(tiny_backend, tiny_task):
 def test_in_context_demonstrations(tiny_backend, tiny_task):
     config = InContextConfig(shots_per_class=2, seed=5)
     result = run_in_context(tiny_task, tiny_backend, config)
-    demos = sample_demonstrations(tiny_task, 2, seed=5)
+    demos = sample_demonstrations(tiny_task.train, tiny_task.format, 2, seed=5)
     assert sorted(d.label for d in demos) == ["negative"] * 2 + ["positive"] * 2
     assert all(d in tiny_task.train for d in demos)
     for d in demos:
@@ -174,7 +174,7 @@ def test_in_context_demonstrations(tiny_backend, tiny_task):
         assert f"{d.text} It was{word}\n" in result.prompt_text
     assert result.placement == "prefix" and result.note.startswith("2 per class")
     assert run_in_context(tiny_task, tiny_backend, config).prompt_text == result.prompt_text  # seeded
-    assert sample_demonstrations(tiny_task, 2, seed=6) != demos
+    assert sample_demonstrations(tiny_task.train, tiny_task.format, 2, seed=6) != demos
 
 
 def test_in_context_needs_enough_examples(tiny_backend, tiny_task):

@@ -49,6 +49,7 @@ def test_the_readout_choice_and_its_evidence_are_in_the_metrics(tiny_task):
     readout = result.metrics["readout"]
     assert readout["kind"] in readout["out_of_fold"] and readout["reason"]
     assert set(readout["out_of_fold"]) == {"raw", "bias", "affine", "verbalizer", "logistic", "residual", "knn"}
+    assert result.metrics.readout.held_out_accuracy == readout["out_of_fold"][readout["kind"]] > 0
     assert result.readout is not None and result.readout.k in (0, 20)
 
 
