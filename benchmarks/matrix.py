@@ -173,10 +173,10 @@ def goals(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[bool, str]]:
 
 # A readout of the top-20 an API returns; with the label words lifted by a second request where they fall below it
 # (logit_bias: OpenAI honours it, vLLM does not); with 95 more tokens lifted (5 requests more per input); and the
-# searched text prompt read the same two ways.
+# searched text prompt read the same two ways; the template showing 2 demonstrations per class, read with 95 lifted.
 HOSTED = ("manual_readout_top20", "manual_readout_top20_labels", "manual_readout_top20_lift95", "bbt_hard_labels_top20",
-          "bbt_hard_labels_top20_lift95")
-DEEP = "manual_readout_top1000"
+          "bbt_hard_labels_top20_lift95", "in_context_readout_top20_lift95")
+DEEP = ("manual_readout_top1000", "in_context_readout_top1000")  # what a top-1,000 (llama.cpp) gives
 
 
 def hosted_api_goals(rows: Sequence[dict[str, Any]], acc: dict[tuple, float], cells: Sequence[tuple]
@@ -201,12 +201,14 @@ def hosted_api_goals(rows: Sequence[dict[str, Any]], acc: dict[tuple, float], ce
                 not below, f"{len(below)} of {len(mine)} cells below"),
             f"hosted API ({hosted}) >= prompt tuning": (won >= 6, f"{won} of {len(pairs)} pairs with both (of 8)"),
         })
-    trec = {m: statistics.fmean(acc[(t, m, s, DEEP)] for t, m2, s in cells if t == "trec" and m2 == m
-                                and (t, m, s, DEEP) in acc) for m in {c[1] for c in cells if c[0] == "trec"
-                                                                       and (*c, DEEP) in acc}}
-    if trec:
-        found[f"TREC >= 80 on both models ({DEEP})"] = (
-            len(trec) == 2 and min(trec.values()) >= 80.0, ", ".join(f"{m} {v:.1f}" for m, v in sorted(trec.items())))
+    for deep in DEEP:
+        trec = {m: statistics.fmean(acc[(t, m, s, deep)] for t, m2, s in cells if t == "trec" and m2 == m
+                                    and (t, m, s, deep) in acc) for m in {c[1] for c in cells if c[0] == "trec"
+                                                                           and (*c, deep) in acc}}
+        if trec:
+            found[f"TREC >= 80 on both models ({deep})"] = (
+                len(trec) == 2 and min(trec.values()) >= 80.0,
+                ", ".join(f"{m} {v:.1f}" for m, v in sorted(trec.items())))
     return found
 
 

@@ -11,6 +11,13 @@ never by test. Rows go to ``benchmarks/results/readouts_manual.json`` in the mat
     python benchmarks/matrix.py --rows benchmarks/results/matrix.json benchmarks/results/readouts_manual.json
 
 Answers are cached per model and example text (``--cache``), so a cell shared by seeds is scored once.
+
+``--demonstrations 2`` reads the template showing 2 training examples per class before every input (taken out of
+train: `TaskConfig.demonstrations`), rows ``in_context_*``; ``--either`` then adds the rows a user gets by reading
+both and keeping, per cell, the one whose readout is more accurate out of fold on the pool (no model):
+
+    python benchmarks/readouts.py --lift 95 --demonstrations 2 --models smollm2 gemma3-270m
+    python benchmarks/readouts.py --lift 95 --demonstrations 2 --either
 """
 from __future__ import annotations
 
@@ -125,8 +132,22 @@ def _answers_of(saved: dict[str, Any]) -> Answers:
     return Answers(np.array(saved["labels"], dtype=float), AnswerTopK.from_json(saved["topk"]))
 
 
+def prompt_name(demonstrations: int) -> str:
+    """The rows' prompt: the template (``manual``) or the template showing demonstrations (``in_context``)."""
+    return "in_context" if demonstrations else "manual"
+
+
+def cache_file(cache_dir: Path, model: str, demonstrations: int, lifted: bool = False) -> Path:
+    """Where one model's answers are kept: per prompt (the template's with demonstrations apart), deep or lifted."""
+    return cache_dir / f"{'lifted-' if lifted else ''}{f'demos{demonstrations}-' if demonstrations else ''}{model}.jsonl"
+
+
+def lift_method(k: int, lift: int, demonstrations: int = 0) -> str:
+    return f"{prompt_name(demonstrations)}_readout_top{k}_lift{lift}"
+
+
 def lift_rows(task: Task, model: str, seed: int, backend: Backend, pool_cached: Answers, test: Answers, k: int,
-              lift: int, store: LiftedStore) -> list[dict[str, Any]]:
+              lift: int, store: LiftedStore, method: str | None = None) -> list[dict[str, Any]]:
     """The labels-lifted top-`k` readout with the `lift` tokens listed most often on the pool also read below the
     list, as a run's readout reads them (`bbtune.search.readouts.fitted`, on the model itself: exact values, not
     the cached lists'; kept in `store`), its out-of-fold choice and what it costs per input through an API;
@@ -138,7 +159,7 @@ def lift_rows(task: Task, model: str, seed: int, backend: Backend, pool_cached: 
     per_input = lift_rounds(len(fitted.lift), k)
     extra = float(missing_labels(test, k).any(axis=1).mean())
     return [{"task": task.name, "model": model, "seed": seed, "wall_s": None, "top_k": k, "labels_asked": True,
-             "lifted": len(fitted.lift), "method": f"manual_readout_top{k}_lift{lift}",
+             "lifted": len(fitted.lift), "method": method or lift_method(k, lift),
              "calls_per_run": math.ceil(len(pool_examples) / EVAL_BATCH) * fitted.passes,
              "requests_per_run": len(pool_examples) * (1 + lift_rounds(lift, k))
              + int(missing_labels(pool_cached, k).any(axis=1).sum()),
@@ -146,18 +167,42 @@ def lift_rows(task: Task, model: str, seed: int, backend: Backend, pool_cached: 
              "readout": fitted.choice.kind, "choice": fitted.choice.as_dict()}]
 
 
+def held_out_accuracy(row: dict[str, Any]) -> float:
+    """The out-of-fold accuracy on the training pool of the readout a row chose (its evidence, never test)."""
+    return next(s["accuracy"] for s in row["choice"]["scores"] if s["kind"] == row["choice"]["kind"])
+
+
+def either_rows(rows: Sequence[dict[str, Any]], first: str, second: str, method: str) -> list[dict[str, Any]]:
+    """Per cell with both, the row of `first` or `second` whose readout is more accurate out of fold on its
+    training pool (a tie keeps `first`), as `method`: what a user running both and keeping the better gets. It
+    reads its pool twice, so it costs both rows' requests per run; per input, the chosen one's."""
+    by_cell: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        if row["method"] in (first, second):
+            by_cell.setdefault((row["task"], row["model"], row["seed"]), {})[row["method"]] = row
+    out = []
+    for both in (cell for cell in by_cell.values() if len(cell) == 2):
+        a, b = both[first], both[second]
+        kept = b if held_out_accuracy(b) > held_out_accuracy(a) else a
+        out.append({**kept, "method": method, "kept": kept["method"], "wall_s": None,
+                    "calls_per_run": a["calls_per_run"] + b["calls_per_run"],
+                    "requests_per_run": a["requests_per_run"] + b["requests_per_run"]})
+    return out
+
+
 def missing_labels(answers: Answers, k: int) -> np.ndarray:
-    """(B, L) which label scores fall below the top-`k` list."""
+    """(B, L) which label scores fall below the top-`k` list: below its `k`-th value, or below its last where it
+    holds fewer (a server lists k token ids; their texts, merged, may be fewer)."""
     assert answers.topk is not None
-    last = np.array([row[k - 1] if len(row) >= k else -np.inf for row in answers.topk.logprobs])
+    last = np.array([row[min(k, len(row)) - 1] if row else -np.inf for row in answers.topk.logprobs])
     return answers.labels < last[:, None]
 
 
 def cell_rows(task: Task, model: str, seed: int, pool: Answers, test: Answers, y_pool: np.ndarray,
               y_test: np.ndarray, depths: Sequence[int], wall_s: float | None,
-              each: Sequence[ReadoutKind] = tuple(ReadoutKind)) -> list[dict[str, Any]]:
+              each: Sequence[ReadoutKind] = tuple(ReadoutKind), name: str = "manual") -> list[dict[str, Any]]:
     """The cell's rows: the readouts of `each` fitted on the pool one by one and the out-of-fold choice, at every
-    depth."""
+    depth; methods ``{name}_...`` (`prompt_name`)."""
     rows = []
     for k, asked in [(k, asked) for k in depths for asked in ((False, True) if k < DEEP else (False,))]:
         fit, held = at_depth(pool, k, asked), at_depth(test, k, asked)
@@ -170,16 +215,16 @@ def cell_rows(task: Task, model: str, seed: int, pool: Answers, test: Answers, y
         if asked:
             readout, choice = choose_readout(fit, y_pool, seed=seed)
             acc = float(np.mean(readout.predict(held) == y_test))
-            rows.append({**base, "method": f"manual_readout_top{k}_labels", "test_acc": 100 * acc, "wall_s": wall_s,
+            rows.append({**base, "method": f"{name}_readout_top{k}_labels", "test_acc": 100 * acc, "wall_s": wall_s,
                          "readout": choice.kind, "choice": choice.as_dict()})
             continue
         for kind in each:
             readout = make_readout(kind).fit(fit, y_pool)
             acc = float(np.mean(readout.predict(held) == y_test))
-            rows.append({**base, "method": f"manual_{kind.value}_top{k}", "test_acc": 100 * acc})
+            rows.append({**base, "method": f"{name}_{kind.value}_top{k}", "test_acc": 100 * acc})
         readout, choice = choose_readout(fit, y_pool, seed=seed)
         acc = float(np.mean(readout.predict(held) == y_test))
-        rows.append({**base, "method": f"manual_readout_top{k}", "test_acc": 100 * acc, "wall_s": wall_s,
+        rows.append({**base, "method": f"{name}_readout_top{k}", "test_acc": 100 * acc, "wall_s": wall_s,
                      "readout": choice.kind, "choice": choice.as_dict()})
     return rows
 
@@ -206,13 +251,22 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="with --rechoose: score the answers the cache lacks instead of skipping their cells")
     ap.add_argument("--cached-only", action="store_true",
                     help="only the cells whose answers are all in the cache (refit the readouts, score nothing)")
+    ap.add_argument("--demonstrations", type=int, default=0,
+                    help="this many training examples per class shown before every input (taken out of train, "
+                         "`TaskConfig.demonstrations`); rows in_context_* instead of manual_*")
     ap.add_argument("--lift", type=int, default=0,
                     help="only the rows of the labels-lifted top-20 readout with this many tokens read below the "
                          "list, for every cell the cache holds (they replace earlier rows of the same method); the "
                          "model reads pool and test again")
+    ap.add_argument("--either", action="store_true",
+                    help="with --lift N --demonstrations D: add the rows keeping, per cell, the template or the "
+                         "template with demonstrations, whichever readout is more accurate out of fold (no model)")
     args = ap.parse_args(argv)
+    if args.either:
+        return add_either_rows(Path(args.out), args.lift, args.demonstrations)
     if args.lift:
-        return add_lift_rows(Path(args.out), Path(args.cache), args.models, args.tasks, args.seeds, args.lift)
+        return add_lift_rows(Path(args.out), Path(args.cache), args.models, args.tasks, args.seeds, args.lift,
+                             demonstrations=args.demonstrations)
     torch.set_num_threads(1)
     grid = tomllib.loads(SPEC.read_text())["grid"]
     out = Path(args.out)
@@ -222,15 +276,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         redo, done, args.cached_only = done, set(), not args.rescore
         walls = {(r["task"], r["model"], r["seed"], r["method"]): r["wall_s"] for r in rows if "choice" in r}
     Path(args.cache).mkdir(parents=True, exist_ok=True)
+    name = prompt_name(args.demonstrations)
     for model in args.models:
-        backend, cache = backend_for(model), AnswerCache(Path(args.cache) / f"{model}.jsonl")
+        backend = backend_for(model)
+        cache = AnswerCache(cache_file(Path(args.cache), model, args.demonstrations))
         for spec in grid["tasks"]:
             if args.tasks and spec["name"] not in args.tasks:
                 continue
             for seed in args.seeds or grid["seeds"]:
                 if (spec["name"], model, seed) in done:
                     continue
-                task = matrix_task(spec, seed)
+                task = matrix_task(spec, seed).with_demonstrations(args.demonstrations, seed)
                 start = time.perf_counter()
                 pool_examples = list(task.train) + list(task.dev)
                 if args.cached_only and not cache.holds(task, pool_examples + list(task.test)):
@@ -241,9 +297,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 wall = None if args.cached_only else time.perf_counter() - start  # refitting alone is not the cost
                 have = {r["method"] for r in rows if (r["task"], r["model"], r["seed"]) == (spec["name"], model, seed)}
                 each = [kind for kind in ReadoutKind if not args.rechoose  # a rechoice adds a new readout's rows
-                        or not all(f"manual_{kind.value}_top{k}" in have for k in args.depths)]
+                        or not all(f"{name}_{kind.value}_top{k}" in have for k in args.depths)]
                 new = cell_rows(task, model, seed, pool, test, task.format.label_ids(pool_examples),
-                                task.format.label_ids(task.test), args.depths, wall, each)
+                                task.format.label_ids(task.test), args.depths, wall, each, name)
                 if args.rechoose:  # the scoring time measured when the answers were read, not the refit's
                     new = [{**r, "wall_s": walls.get((r["task"], model, seed, r["method"]))} if "choice" in r else r
                            for r in new]
@@ -257,28 +313,49 @@ def main(argv: Sequence[str] | None = None) -> None:
                     f"top-{k} {a:.1f} ({name})" for k, (a, name) in auto.items()), flush=True)
 
 
+def add_either_rows(out: Path, lift: int, demonstrations: int, k: int = 20) -> None:
+    """`either_rows` of the template's and the demonstrations' lifted rows in `out`, replacing earlier ones."""
+    rows = json.loads(out.read_text())["rows"]
+    method = f"manual_or_in_context_readout_top{k}_lift{lift}"
+    new = either_rows(rows, lift_method(k, lift), lift_method(k, lift, demonstrations), method)
+    if not new:
+        raise SystemExit(f"{out} holds no cell with both {lift_method(k, lift)} and "
+                         f"{lift_method(k, lift, demonstrations)} rows; add them with --lift (and --demonstrations)")
+    out.write_text(json.dumps({"rows": [r for r in rows if r["method"] != method] + new}, indent=1))
+    kept = sum(r["kept"] != lift_method(k, lift) for r in new)
+    print(f"{method}: {len(new)} cells, the demonstrations kept on {kept}, mean test "
+          f"{sum(r['test_acc'] for r in new) / len(new):.1f}")
+
+
 def add_lift_rows(out: Path, cache_dir: Path, models: Sequence[str], tasks: Sequence[str] | None,
-                  seeds: Sequence[int] | None, lift: int, k: int = 20) -> None:
+                  seeds: Sequence[int] | None, lift: int, k: int = 20, demonstrations: int = 0) -> None:
     """`lift_rows` for every cell whose answers the cache holds (the pool and test read again by the model, once
     each, with the lifted tokens, unless the lifted store has them: then the readouts are refitted and the row
-    keeps the wall time of the reading)."""
+    keeps the wall time of the reading). With `demonstrations` the template shows that many training examples
+    per class (no deep answers of it are cached: the label words' lifts are priced from the lifted answers, whose
+    label values are exact and whose lists are the top-`k`)."""
     grid = tomllib.loads(SPEC.read_text())["grid"]
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
-    method = f"manual_readout_top{k}_lift{lift}"
+    method = lift_method(k, lift, demonstrations)
     walls = {(r["task"], r["model"], r["seed"]): r["wall_s"] for r in rows if r["method"] == method}
     for model in models:
-        cache, backend = AnswerCache(cache_dir / f"{model}.jsonl"), backend_for(model)
-        store = LiftedStore(cache_dir / f"lifted-{model}.jsonl")
+        cache, backend = AnswerCache(cache_file(cache_dir, model, demonstrations)), backend_for(model)
+        store = LiftedStore(cache_file(cache_dir, model, demonstrations, lifted=True))
         for spec in grid["tasks"]:
             for seed in seeds or grid["seeds"]:
-                task = matrix_task(spec, seed)
+                task = matrix_task(spec, seed).with_demonstrations(demonstrations, seed)
                 pool_examples = list(task.train) + list(task.dev)
-                if (tasks and spec["name"] not in tasks) or not cache.holds(task, pool_examples + list(task.test)):
+                if (tasks and spec["name"] not in tasks) or not (
+                        demonstrations or cache.holds(task, pool_examples + list(task.test))):
                     continue
                 stored = store.key(task, seed, k, lift) in store.cells
                 started = time.perf_counter()
-                new = lift_rows(task, model, seed, backend, cache.answers(backend, task, pool_examples),
-                                cache.answers(backend, task, task.test), k, lift, store)
+                if demonstrations:
+                    pool_read, test_read = store.answers(backend, task, seed, k, lift)
+                    priced = pool_read.answers, test_read
+                else:
+                    priced = cache.answers(backend, task, pool_examples), cache.answers(backend, task, task.test)
+                new = lift_rows(task, model, seed, backend, *priced, k, lift, store, method)
                 wall = walls.get((task.name, model, seed)) if stored else round(time.perf_counter() - started, 1)
                 new = [{**row, "wall_s": wall} for row in new]
                 rows = [r for r in rows if (r["task"], r["model"], r["seed"], r["method"]) != (

@@ -54,21 +54,28 @@ KEPT = ("test_acc", "test_acc_without_readout", "dev_acc", "tuned_dev_acc", "tun
 
 
 def run_row(task_spec: dict[str, Any], model: str, seed: int, mode: str, variant: str, k: int,
-            settings: dict[str, Any]) -> dict[str, Any]:
-    """One BBT run of the cell, as a matrix row with the run's own numbers beside it."""
+            settings: dict[str, Any], lift: int = 0) -> dict[str, Any]:
+    """One BBT run of the cell, as a matrix row with the run's own numbers beside it; its final readout reads
+    `lift` tokens below the top-k (the method name says so: ``..._lift{lift}``)."""
     task = matrix_task(task_spec, seed)
-    config = TuneConfig(mode=mode, seed=seed, search_readout=variant, readout="auto", readout_topk=k, readout_lift=0,
+    config = TuneConfig(mode=mode, seed=seed, search_readout=variant, readout="auto", readout_topk=k,
+                        readout_lift=lift,
                         budget_calls=settings["budget_calls"], popsize=settings["popsize"],
                         intrinsic_dim=settings["intrinsic_dim"], eval_every=settings["eval_every"])
     started = time.perf_counter()
     result = Tuner(task, backend_for(model), config, progress=False).run()
     metrics = result.metrics.to_json()  # the metrics.json view: the row keeps its keys
     pool = len(task.train) + len(task.dev)
-    return {"task": task_spec["name"], "model": model, "seed": seed, "method": f"bbt_{mode}_{variant}_top{k}",
+    return {"task": task_spec["name"], "model": model, "seed": seed, "method": method_name(mode, variant, k, lift),
             "test_acc": 100 * metrics["test_acc"], "wall_s": round(time.perf_counter() - started, 1), "top_k": k,
             "calls_per_run": metrics["calls"] + metrics["eval_calls"], "requests_per_run": None,
-            "calls_per_input": 1, "pool": pool, "test_n": metrics.get("test_n"),
+            "calls_per_input": 1 + lift_rounds((metrics.get("readout") or {}).get("lifted", 0), k),
+            "pool": pool, "test_n": metrics.get("test_n"),
             "run": {key: metrics[key] for key in KEPT if key in metrics}}
+
+
+def method_name(mode: str, variant: str, k: int, lift: int = 0) -> str:
+    return f"bbt_{mode}_{variant}_top{k}" + (f"_lift{lift}" if lift else "")
 
 
 # Points of test accuracy the rebuilt prompt may differ by without its lift: its text re-tokenized may not be the
@@ -149,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--lift", type=int, default=0, help="re-read the finished hard runs' prompts with this many "
                                                         "tokens read below the list (no search)")
+    ap.add_argument("--readout-lift", type=int, default=0,
+                    help="search: the runs' final readout reads this many tokens below the list (rows *_lift{N})")
     ap.add_argument("--replace", action="store_true",
                     help="with --lift: re-read the runs that have a lifted row already (after a change of the readouts)")
     args = ap.parse_args(argv)
@@ -165,11 +174,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for mode in args.modes:
                     for k in args.depths:
                         for variant in args.variants:
-                            method = f"bbt_{mode}_{variant}_top{k}"
+                            method = method_name(mode, variant, k, args.readout_lift)
                             if any((r["task"], r["model"], r["seed"], r["method"]) == (task_name, model, seed, method)
                                    for r in rows):
                                 continue
-                            row = run_row(tasks[task_name], model, seed, mode, variant, k, spec["settings"])
+                            row = run_row(tasks[task_name], model, seed, mode, variant, k, spec["settings"],
+                                          args.readout_lift)
                             rows.append(row)
                             out.write_text(json.dumps({"rows": rows}, indent=1))  # every run kept as it lands
                             run = row["run"]

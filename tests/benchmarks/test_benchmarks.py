@@ -333,6 +333,19 @@ def test_a_lift_row_is_the_runs_lifted_readout_and_prices_its_requests(readouts_
     assert readouts_script["lift_rows"](task, "tiny", 0, NoModel("tiny"), pool_deep, test, 20, 20, again)[0] == row
 
 
+def test_a_label_below_a_short_list_is_missing(readouts_script):
+    """A top-20 request may list fewer texts than 20 (token ids whose texts merge): a label below its last value
+    is not listed and costs a second request, as below a full list's 20th."""
+    import numpy as np
+
+    from bbtune.core.topk import AnswerTopK
+    from bbtune.search.answers import Answers
+
+    short = Answers(np.array([[-1.0, -3.0], [-0.2, -2.5]]),
+                    AnswerTopK.from_pairs([[("a", -0.5), ("b", -2.0)], [("a", -0.2), ("b", -3.5)]], k=20))
+    assert readouts_script["missing_labels"](short, 20).tolist() == [[False, True], [False, False]]
+
+
 def test_only_the_out_of_fold_rows_join_the_matrix(readouts_script, tmp_path):
     rows = [{"method": "manual_logistic_top20", "test_acc": 50.0},
             {"method": "manual_readout_top20", "test_acc": 55.0, "choice": {"kind": "logistic"}}]
@@ -364,3 +377,21 @@ def test_the_boosted_row_reads_each_member_prompt_once_per_input(boosting_script
     assert all(0 <= r["test_acc"] <= 100 for r in [best, boosted, *boosted["singles"]])
     chosen = max(boosted["singles"], key=lambda s: s["out_of_fold"])  # chosen on the pool, out of fold, not test
     assert (best["prompt"], best["test_acc"]) == (chosen["prompt"], chosen["test_acc"])
+
+
+def test_either_row_keeps_the_prompt_whose_readout_is_better_out_of_fold_not_on_test(readouts_script):
+    def row(method, seed, held_out, test):
+        return {"task": "trec", "model": "m", "seed": seed, "method": method, "test_acc": test, "calls_per_run": 2,
+                "requests_per_run": 100, "calls_per_input": 1.0, "wall_s": 1.0,
+                "choice": {"kind": "residual", "scores": [{"kind": "bias", "accuracy": 0.99},
+                                                          {"kind": "residual", "accuracy": held_out}]}}
+
+    rows = [row("a", 1, 0.8, 60.0), row("b", 1, 0.7, 90.0),  # b better on test, worse held out: a is kept
+            row("a", 2, 0.6, 60.0), row("b", 2, 0.7, 50.0),  # b better held out: kept, though worse on test
+            row("a", 3, 0.7, 60.0), row("b", 3, 0.7, 70.0),  # a tie keeps the first
+            row("a", 4, 0.9, 60.0)]  # one of the two only: no row
+    either = {r["seed"]: r for r in readouts_script["either_rows"](rows, "a", "b", "a_or_b")}
+    assert {s: r["kept"] for s, r in either.items()} == {1: "a", 2: "b", 3: "a"}
+    assert [either[s]["test_acc"] for s in (1, 2, 3)] == [60.0, 50.0, 60.0]
+    assert all(r["method"] == "a_or_b" and r["requests_per_run"] == 200 and r["calls_per_run"] == 4
+               for r in either.values())

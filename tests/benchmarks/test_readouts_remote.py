@@ -3,6 +3,7 @@ most) is the readout computed locally from the same answers."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import bbtune
 from bbtune.backends.local import LocalBackend
@@ -13,9 +14,11 @@ from mock_server import MockServer, ServerConfig, shared_scorer
 from tests.benchmarks.test_benchmarks import load_script
 
 
-def test_the_remote_readout_row_is_the_local_readout(monkeypatch):
+@pytest.mark.parametrize("shown", [0, 1])
+def test_the_remote_readout_row_is_the_local_readout(monkeypatch, shown):
+    """Also with demonstrations in the template: the API receives them as text and reads what the model reads."""
     script = load_script(monkeypatch, "readouts_remote")
-    task = bbtune.load_task("demo", k=8, test_limit=24)
+    task = bbtune.load_task("demo", k=8, test_limit=24, demonstrations=shown)
     local = LocalBackend("tiny")
     pool = list(task.train) + list(task.dev)
     y_pool, y_test = task.format.label_ids(pool), task.format.label_ids(task.test)
