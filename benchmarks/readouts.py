@@ -14,7 +14,8 @@ Answers are cached per model and example text (``--cache``), so a cell shared by
 
 ``--demonstrations 2`` reads the template showing 2 training examples per class before every input (taken out of
 train: `TaskConfig.demonstrations`), rows ``in_context_*``; ``--either`` then adds the rows a user gets by reading
-both and keeping, per cell, the one whose readout is more accurate out of fold on the pool (no model):
+both and keeping, per cell, the template unless the demonstrations' readout is more accurate out of fold on the
+pool beyond noise (the readout choice's paired test; no model):
 
     python benchmarks/readouts.py --lift 95 --demonstrations 2 --models smollm2 gemma3-270m
     python benchmarks/readouts.py --lift 95 --demonstrations 2 --either
@@ -41,12 +42,15 @@ from bbtune.core.prompts import MANUAL_PROMPT
 from bbtune.core.topk import AnswerTopK
 from bbtune.search.evaluate import answers_on
 from bbtune.search.readouts import Answers, ReadoutKind, choose_readout, make_readout
+from bbtune.search.readouts.choice import DEFAULT_FOLDS, RICHER_ALPHA, out_of_fold
+from bbtune.search.selection import mcnemar_p_value
 from bbtune.search.readouts.fitted import AUTO, PoolAnswers, fit_on_pool, read_pool
 from bbtune.tasks import Example, Task
 
 SPEC = ROOT / "benchmarks" / "specs" / "matrix.toml"
 OUT = ROOT / "benchmarks" / "results" / "readouts_manual.json"
 DEEP = 1000
+NO_MODEL: Any = None  # where every answer is stored: a store that would need the model fails loudly instead
 
 
 def keyed_lines(path: Path) -> dict[str, dict[str, Any]]:
@@ -172,22 +176,41 @@ def held_out_accuracy(row: dict[str, Any]) -> float:
     return next(s["accuracy"] for s in row["choice"]["scores"] if s["kind"] == row["choice"]["kind"])
 
 
-def either_rows(rows: Sequence[dict[str, Any]], first: str, second: str, method: str) -> list[dict[str, Any]]:
-    """Per cell with both, the row of `first` or `second` whose readout is more accurate out of fold on its
-    training pool (a tie keeps `first`), as `method`: what a user running both and keeping the better gets. It
-    reads its pool twice, so it costs both rows' requests per run; per input, the chosen one's."""
+def either_rows(rows: Sequence[dict[str, Any]], first: str, second: str, method: str,
+                p_values: dict[tuple[Any, ...], float]) -> list[dict[str, Any]]:
+    """Per cell with both, the row of `first` (the cheaper prompt, the floor) or of `second` where its readout is
+    more accurate out of fold on the training pool *beyond noise* (`p_values[cell]`, the paired test on the pool
+    examples both read, at the readout choice's level `RICHER_ALPHA`), as `method`: what a user running both and
+    keeping the better gets. It reads its pool twice, so it costs both rows' requests per run; per input, the
+    chosen one's."""
     by_cell: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
     for row in rows:
         if row["method"] in (first, second):
             by_cell.setdefault((row["task"], row["model"], row["seed"]), {})[row["method"]] = row
     out = []
-    for both in (cell for cell in by_cell.values() if len(cell) == 2):
+    for cell, both in by_cell.items():
+        if len(both) < 2:
+            continue
         a, b = both[first], both[second]
-        kept = b if held_out_accuracy(b) > held_out_accuracy(a) else a
-        out.append({**kept, "method": method, "kept": kept["method"], "wall_s": None,
+        better = held_out_accuracy(b) > held_out_accuracy(a) and p_values[cell] <= RICHER_ALPHA
+        kept = b if better else a
+        out.append({**kept, "method": method, "kept": kept["method"], "wall_s": None, "p_value": p_values[cell],
                     "calls_per_run": a["calls_per_run"] + b["calls_per_run"],
                     "requests_per_run": a["requests_per_run"] + b["requests_per_run"]})
     return out
+
+
+def paired_p_value(first: tuple[list[Example], Answers, str], second: tuple[list[Example], Answers, str],
+                   y_of: Any, seed: int) -> float:
+    """One-sided exact McNemar p-value that `second`'s readout is right held out more often than `first`'s on the
+    pool examples both read (each: its pool, its answers, its chosen readout kind)."""
+    right = []
+    for examples, answers, kind in (first, second):
+        _, correct = out_of_fold(ReadoutKind(kind), answers, y_of(examples), DEFAULT_FOLDS, seed)
+        right.append({(ex.text, ex.text_b, ex.label): ok for ex, ok in zip(examples, correct)})
+    common = [key for key in right[1] if key in right[0]]
+    a, b = (np.array([r[key] for key in common]) for r in right)
+    return mcnemar_p_value(int(np.sum(b & ~a)), int(np.sum(a & ~b)))
 
 
 def missing_labels(answers: Answers, k: int) -> np.ndarray:
@@ -259,11 +282,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                          "list, for every cell the cache holds (they replace earlier rows of the same method); the "
                          "model reads pool and test again")
     ap.add_argument("--either", action="store_true",
-                    help="with --lift N --demonstrations D: add the rows keeping, per cell, the template or the "
-                         "template with demonstrations, whichever readout is more accurate out of fold (no model)")
+                    help="with --lift N --demonstrations D: add the rows keeping, per cell, the template, or the "
+                         "template with demonstrations where its readout is more accurate out of fold beyond noise "
+                         "(paired test on the pool; no model)")
     args = ap.parse_args(argv)
     if args.either:
-        return add_either_rows(Path(args.out), args.lift, args.demonstrations)
+        return add_either_rows(Path(args.out), Path(args.cache), args.lift, args.demonstrations)
     if args.lift:
         return add_lift_rows(Path(args.out), Path(args.cache), args.models, args.tasks, args.seeds, args.lift,
                              demonstrations=args.demonstrations)
@@ -313,11 +337,29 @@ def main(argv: Sequence[str] | None = None) -> None:
                     f"top-{k} {a:.1f} ({name})" for k, (a, name) in auto.items()), flush=True)
 
 
-def add_either_rows(out: Path, lift: int, demonstrations: int, k: int = 20) -> None:
-    """`either_rows` of the template's and the demonstrations' lifted rows in `out`, replacing earlier ones."""
+def add_either_rows(out: Path, cache_dir: Path, lift: int, demonstrations: int, k: int = 20) -> None:
+    """`either_rows` of the template's and the demonstrations' lifted rows in `out`, replacing earlier ones; the
+    paired tests read the answers the lifted stores kept (no model)."""
     rows = json.loads(out.read_text())["rows"]
     method = f"manual_or_in_context_readout_top{k}_lift{lift}"
-    new = either_rows(rows, lift_method(k, lift), lift_method(k, lift, demonstrations), method)
+    first, second = lift_method(k, lift), lift_method(k, lift, demonstrations)
+    specs = {spec["name"]: spec for spec in tomllib.loads(SPEC.read_text())["grid"]["tasks"]}
+    chosen = {(r["task"], r["model"], r["seed"], r["method"]): r["readout"] for r in rows
+              if r["method"] in (first, second)}
+    p_values = {}
+    for task_name, model, seed in {key[:3] for key in chosen}:
+        if (task_name, model, seed, first) not in chosen or (task_name, model, seed, second) not in chosen:
+            continue
+        sides = []
+        for shown, name in ((0, first), (demonstrations, second)):
+            task = matrix_task(specs[task_name], seed).with_demonstrations(shown, seed)
+            store = LiftedStore(cache_file(cache_dir, model, shown, lifted=True))
+            if store.key(task, seed, k, lift) not in store.cells:
+                raise SystemExit(f"{store.path} lacks {store.key(task, seed, k, lift)}: read it with --lift first")
+            pool, _ = store.answers(NO_MODEL, task, seed, k, lift)
+            sides.append((list(task.train) + list(task.dev), pool.answers, chosen[(task_name, model, seed, name)]))
+        p_values[(task_name, model, seed)] = paired_p_value(sides[0], sides[1], task.format.label_ids, seed)
+    new = either_rows(rows, first, second, method, p_values)
     if not new:
         raise SystemExit(f"{out} holds no cell with both {lift_method(k, lift)} and "
                          f"{lift_method(k, lift, demonstrations)} rows; add them with --lift (and --demonstrations)")

@@ -379,7 +379,7 @@ def test_the_boosted_row_reads_each_member_prompt_once_per_input(boosting_script
     assert (best["prompt"], best["test_acc"]) == (chosen["prompt"], chosen["test_acc"])
 
 
-def test_either_row_keeps_the_prompt_whose_readout_is_better_out_of_fold_not_on_test(readouts_script):
+def test_either_row_keeps_the_template_unless_the_other_is_better_held_out_beyond_noise(readouts_script):
     def row(method, seed, held_out, test):
         return {"task": "trec", "model": "m", "seed": seed, "method": method, "test_acc": test, "calls_per_run": 2,
                 "requests_per_run": 100, "calls_per_input": 1.0, "wall_s": 1.0,
@@ -387,11 +387,32 @@ def test_either_row_keeps_the_prompt_whose_readout_is_better_out_of_fold_not_on_
                                                           {"kind": "residual", "accuracy": held_out}]}}
 
     rows = [row("a", 1, 0.8, 60.0), row("b", 1, 0.7, 90.0),  # b better on test, worse held out: a is kept
-            row("a", 2, 0.6, 60.0), row("b", 2, 0.7, 50.0),  # b better held out: kept, though worse on test
+            row("a", 2, 0.6, 60.0), row("b", 2, 0.7, 50.0),  # b better held out beyond noise: kept, worse on test
             row("a", 3, 0.7, 60.0), row("b", 3, 0.7, 70.0),  # a tie keeps the first
+            row("a", 5, 0.6, 60.0), row("b", 5, 0.7, 70.0),  # better held out, but within noise: a is kept
             row("a", 4, 0.9, 60.0)]  # one of the two only: no row
-    either = {r["seed"]: r for r in readouts_script["either_rows"](rows, "a", "b", "a_or_b")}
-    assert {s: r["kept"] for s, r in either.items()} == {1: "a", 2: "b", 3: "a"}
-    assert [either[s]["test_acc"] for s in (1, 2, 3)] == [60.0, 50.0, 60.0]
+    p_values = {("trec", "m", s): p for s, p in ((1, 0.01), (2, 0.05), (3, 0.01), (5, 0.3))}
+    either = {r["seed"]: r for r in readouts_script["either_rows"](rows, "a", "b", "a_or_b", p_values)}
+    assert {s: r["kept"] for s, r in either.items()} == {1: "a", 2: "b", 3: "a", 5: "a"}
+    assert [either[s]["test_acc"] for s in (1, 2, 3, 5)] == [60.0, 50.0, 60.0, 60.0]
     assert all(r["method"] == "a_or_b" and r["requests_per_run"] == 200 and r["calls_per_run"] == 4
                for r in either.values())
+
+
+def test_the_paired_test_reads_the_pool_examples_both_prompts_read(readouts_script):
+    """The demonstrations' pool lacks the examples shown; the test pairs the others by their text."""
+    import numpy as np
+
+    from bbtune.search.answers import Answers
+    from bbtune.tasks import Example
+
+    pool = [Example(f"x{i}", "ab"[i % 2]) for i in range(40)]
+    y = np.array([i % 2 for i in range(40)])
+    right_scores, noise = np.where(np.eye(2)[y] > 0, -0.1, -3.0), np.zeros((40, 2))
+    good, blind = Answers(right_scores), Answers(noise + np.arange(2)[None] * 0.1)  # blind: always "b"
+    y_of = lambda examples: np.array(["ab".index(ex.label) for ex in examples])  # noqa: E731
+    p_better = readouts_script["paired_p_value"]((pool, blind, "raw"), (pool[4:], good.select(range(4, 40)), "raw"),
+                                                 y_of, 0)
+    p_worse = readouts_script["paired_p_value"]((pool, good, "raw"), (pool[4:], blind.select(range(4, 40)), "raw"),
+                                                y_of, 0)
+    assert p_better < 1e-4 and p_worse == 1.0
