@@ -175,7 +175,8 @@ def goals(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[bool, str]]:
 # (logit_bias: OpenAI honours it, vLLM does not); with 95 more tokens lifted (5 requests more per input); and the
 # searched text prompt read the same two ways; the template showing 2 demonstrations per class, read with 95 lifted.
 HOSTED = ("manual_readout_top20", "manual_readout_top20_labels", "manual_readout_top20_lift95", "bbt_hard_labels_top20",
-          "bbt_hard_labels_top20_lift95", "in_context_readout_top20_lift95")
+          "bbt_hard_labels_top20_lift95", "in_context_readout_top20_lift95", "manual_or_in_context_readout_top20_lift95",
+          "manual_or_in_context_readout_top20_lift95_acc")
 DEEP = ("manual_readout_top1000", "in_context_readout_top1000")  # what a top-1,000 (llama.cpp) gives
 
 

@@ -177,12 +177,12 @@ def held_out_accuracy(row: dict[str, Any]) -> float:
 
 
 def either_rows(rows: Sequence[dict[str, Any]], first: str, second: str, method: str,
-                p_values: dict[tuple[Any, ...], float]) -> list[dict[str, Any]]:
+                p_values: dict[tuple[Any, ...], float], alpha: float = RICHER_ALPHA) -> list[dict[str, Any]]:
     """Per cell with both, the row of `first` (the cheaper prompt, the floor) or of `second` where its readout is
     more accurate out of fold on the training pool *beyond noise* (`p_values[cell]`, the paired test on the pool
-    examples both read, at the readout choice's level `RICHER_ALPHA`), as `method`: what a user running both and
-    keeping the better gets. It reads its pool twice, so it costs both rows' requests per run; per input, the
-    chosen one's."""
+    examples both read, at the readout choice's level `RICHER_ALPHA`; `alpha` 1: more accurate is enough), as
+    `method`: what a user running both and keeping the better gets. It reads its pool twice, so it costs both
+    rows' requests per run; per input, the chosen one's."""
     by_cell: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
     for row in rows:
         if row["method"] in (first, second):
@@ -192,7 +192,7 @@ def either_rows(rows: Sequence[dict[str, Any]], first: str, second: str, method:
         if len(both) < 2:
             continue
         a, b = both[first], both[second]
-        better = held_out_accuracy(b) > held_out_accuracy(a) and p_values[cell] <= RICHER_ALPHA
+        better = held_out_accuracy(b) > held_out_accuracy(a) and p_values[cell] <= alpha
         kept = b if better else a
         out.append({**kept, "method": method, "kept": kept["method"], "wall_s": None, "p_value": p_values[cell],
                     "calls_per_run": a["calls_per_run"] + b["calls_per_run"],
@@ -359,14 +359,16 @@ def add_either_rows(out: Path, cache_dir: Path, lift: int, demonstrations: int, 
             pool, _ = store.answers(NO_MODEL, task, seed, k, lift)
             sides.append((list(task.train) + list(task.dev), pool.answers, chosen[(task_name, model, seed, name)]))
         p_values[(task_name, model, seed)] = paired_p_value(sides[0], sides[1], task.format.label_ids, seed)
-    new = either_rows(rows, first, second, method, p_values)
-    if not new:
-        raise SystemExit(f"{out} holds no cell with both {lift_method(k, lift)} and "
-                         f"{lift_method(k, lift, demonstrations)} rows; add them with --lift (and --demonstrations)")
-    out.write_text(json.dumps({"rows": [r for r in rows if r["method"] != method] + new}, indent=1))
-    kept = sum(r["kept"] != lift_method(k, lift) for r in new)
-    print(f"{method}: {len(new)} cells, the demonstrations kept on {kept}, mean test "
-          f"{sum(r['test_acc'] for r in new) / len(new):.1f}")
+    if not p_values:
+        raise SystemExit(f"{out} holds no cell with both {first} and {second} rows; add them with --lift (and "
+                         "--demonstrations)")
+    for name, alpha in ((method, RICHER_ALPHA), (f"{method}_acc", 1.0)):  # beyond noise; more accurate at all
+        new = either_rows(rows, first, second, name, p_values, alpha)
+        rows = [r for r in rows if r["method"] != name] + new
+        kept = sum(r["kept"] == second for r in new)
+        print(f"{name}: {len(new)} cells, the demonstrations kept on {kept}, mean test "
+              f"{sum(r['test_acc'] for r in new) / len(new):.1f}")
+    out.write_text(json.dumps({"rows": rows}, indent=1))
 
 
 def add_lift_rows(out: Path, cache_dir: Path, models: Sequence[str], tasks: Sequence[str] | None,

@@ -36,8 +36,11 @@ METHOD_WORDS = {
     "manual_readout_top1000": "the same from a top-1,000 (llama.cpp's depth)",
     "in_context_readout_top20_lift95": "the template showing 2 training examples per class before the input (taken "
                                        "out of train) + the same lifted top-20 readout; no search",
-    "manual_or_in_context_readout_top20_lift95": "the template with or without those demonstrations, whichever "
-                                                 "readout is more accurate out of fold on train + dev; no search",
+    "manual_or_in_context_readout_top20_lift95": "the template, or the template with those demonstrations where its "
+                                                 "readout is more accurate out of fold on train + dev beyond noise "
+                                                 "(paired test, p <= 0.1); no search",
+    "manual_or_in_context_readout_top20_lift95_acc": "the same where the demonstrations' readout is more accurate "
+                                                     "out of fold at all",
     "in_context_readout_top1000": "the template showing the demonstrations + a readout of a top-1,000",
     "manual_readout_top20_top_logprobs_api": "the labels-lifted top-20 readout read through an OpenAI-shaped API "
                                              "(the mock: completions, at most 20 log-probs)",

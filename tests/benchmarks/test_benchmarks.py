@@ -397,6 +397,8 @@ def test_either_row_keeps_the_template_unless_the_other_is_better_held_out_beyon
     assert [either[s]["test_acc"] for s in (1, 2, 3, 5)] == [60.0, 50.0, 60.0, 60.0]
     assert all(r["method"] == "a_or_b" and r["requests_per_run"] == 200 and r["calls_per_run"] == 4
                for r in either.values())
+    anyway = {r["seed"]: r["kept"] for r in readouts_script["either_rows"](rows, "a", "b", "x", p_values, alpha=1.0)}
+    assert anyway == {1: "a", 2: "b", 3: "a", 5: "b"}  # more accurate held out is enough
 
 
 def test_the_paired_test_reads_the_pool_examples_both_prompts_read(readouts_script):
