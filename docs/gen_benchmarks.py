@@ -25,7 +25,9 @@ STUDIES = ROOT / "benchmarks" / "studies"  # finished one-off studies: a folder 
 README = ROOT / "README.md"
 BASELINE = "manual_calibrated"
 # The order methods are listed in; a method matrix.json holds that is not here follows, in name order.
-METHOD_ORDER = ("manual_readout_top20_lift95", "manual_readout_top20", "manual_readout_top20_labels", "manual_readout_top1000", "manual", "manual_calibrated", "in_context_calibrated", "in_context_train", "bbt_soft",
+METHOD_ORDER = ("manual_readout_top20_lift95", "manual_or_in_context_readout_top20_lift95",
+                "manual_or_in_context_readout_top20_lift95_acc", "in_context_readout_top20_lift95", "manual_readout_top20",
+                "manual_readout_top20_labels", "manual_readout_top1000", "in_context_readout_top1000", "manual", "manual_calibrated", "in_context_calibrated", "in_context_train", "bbt_soft",
                 "bbt_soft_paired", "bbt_soft_or_demos", "bbt_hard", "prompt_tuning", "pez")
 METHOD_WORDS = {
     "manual_readout_top20": "the template + a readout of the top-20 log-probs a chat API returns, chosen out of fold; "
