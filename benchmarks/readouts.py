@@ -141,9 +141,13 @@ def prompt_name(demonstrations: int) -> str:
     return "in_context" if demonstrations else "manual"
 
 
-def cache_file(cache_dir: Path, model: str, demonstrations: int, lifted: bool = False) -> Path:
-    """Where one model's answers are kept: per prompt (the template's with demonstrations apart), deep or lifted."""
-    return cache_dir / f"{'lifted-' if lifted else ''}{f'demos{demonstrations}-' if demonstrations else ''}{model}.jsonl"
+def cache_file(cache_dir: Path, model: str, demonstrations: int, lifted: bool = False, seed: int | None = None
+               ) -> Path:
+    """Where one model's answers are kept: per prompt (the template's with demonstrations apart), deep or lifted.
+    The deep answers are keyed by example text, so the template showing demonstrations, drawn per seed, keeps them
+    per `seed` (the lifted stores' keys name the seed)."""
+    shown = f"demos{demonstrations}-" + (f"s{seed}-" if seed is not None else "") if demonstrations else ""
+    return cache_dir / f"{'lifted-' if lifted else ''}{shown}{model}.jsonl"
 
 
 def lift_method(k: int, lift: int, demonstrations: int = 0) -> str:
@@ -303,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     name = prompt_name(args.demonstrations)
     for model in args.models:
         backend = backend_for(model)
-        cache = AnswerCache(cache_file(Path(args.cache), model, args.demonstrations))
+        caches: dict[int, AnswerCache] = {}
         for spec in grid["tasks"]:
             if args.tasks and spec["name"] not in args.tasks:
                 continue
@@ -311,6 +315,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 if (spec["name"], model, seed) in done:
                     continue
                 task = matrix_task(spec, seed).with_demonstrations(args.demonstrations, seed)
+                key = seed if args.demonstrations else 0  # the template's answers are the same on every seed
+                if key not in caches:
+                    caches[key] = AnswerCache(cache_file(Path(args.cache), model, args.demonstrations, seed=seed))
+                cache = caches[key]
                 start = time.perf_counter()
                 pool_examples = list(task.train) + list(task.dev)
                 if args.cached_only and not cache.holds(task, pool_examples + list(task.test)):

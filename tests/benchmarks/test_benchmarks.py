@@ -418,3 +418,12 @@ def test_the_paired_test_reads_the_pool_examples_both_prompts_read(readouts_scri
     p_worse = readouts_script["paired_p_value"]((pool, good, "raw"), (pool[4:], blind.select(range(4, 40)), "raw"),
                                                 y_of, 0)
     assert p_better < 1e-4 and p_worse == 1.0
+
+
+def test_the_deep_answers_of_a_template_with_demonstrations_are_kept_per_seed(readouts_script, tmp_path):
+    """They are keyed by example text, and each seed draws other demonstrations: one file would hand seed 42 the
+    answers seed 13's template gave on the shared test set."""
+    cache_file = readouts_script["cache_file"]
+    assert cache_file(tmp_path, "m", 2, seed=13) != cache_file(tmp_path, "m", 2, seed=42)
+    assert cache_file(tmp_path, "m", 0, seed=13) == cache_file(tmp_path, "m", 0, seed=42) == tmp_path / "m.jsonl"
+    assert cache_file(tmp_path, "m", 2, lifted=True) == tmp_path / "lifted-demos2-m.jsonl"  # its keys name the seed
