@@ -307,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     name = prompt_name(args.demonstrations)
     for model in args.models:
         backend = backend_for(model)
-        caches: dict[int, AnswerCache] = {}
+        caches: dict[Path, AnswerCache] = {}  # one per file: the template's serves every seed
         for spec in grid["tasks"]:
             if args.tasks and spec["name"] not in args.tasks:
                 continue
@@ -315,10 +315,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 if (spec["name"], model, seed) in done:
                     continue
                 task = matrix_task(spec, seed).with_demonstrations(args.demonstrations, seed)
-                key = seed if args.demonstrations else 0  # the template's answers are the same on every seed
-                if key not in caches:
-                    caches[key] = AnswerCache(cache_file(Path(args.cache), model, args.demonstrations, seed=seed))
-                cache = caches[key]
+                path = cache_file(Path(args.cache), model, args.demonstrations, seed=seed)
+                if path not in caches:
+                    caches[path] = AnswerCache(path)
+                cache = caches[path]
                 start = time.perf_counter()
                 pool_examples = list(task.train) + list(task.dev)
                 if args.cached_only and not cache.holds(task, pool_examples + list(task.test)):
@@ -391,18 +391,20 @@ def add_lift_rows(out: Path, cache_dir: Path, models: Sequence[str], tasks: Sequ
     method = lift_method(k, lift, demonstrations)
     walls = {(r["task"], r["model"], r["seed"]): r["wall_s"] for r in rows if r["method"] == method}
     for model in models:
-        cache, backend = AnswerCache(cache_file(cache_dir, model, demonstrations)), backend_for(model)
+        backend = backend_for(model)
+        # the template's deep answers price its label words' lifts; demonstrations have none (priced from the store)
+        cache = None if demonstrations else AnswerCache(cache_file(cache_dir, model, 0))
         store = LiftedStore(cache_file(cache_dir, model, demonstrations, lifted=True))
         for spec in grid["tasks"]:
             for seed in seeds or grid["seeds"]:
                 task = matrix_task(spec, seed).with_demonstrations(demonstrations, seed)
                 pool_examples = list(task.train) + list(task.dev)
-                if (tasks and spec["name"] not in tasks) or not (
-                        demonstrations or cache.holds(task, pool_examples + list(task.test))):
+                if (tasks and spec["name"] not in tasks) or (
+                        cache is not None and not cache.holds(task, pool_examples + list(task.test))):
                     continue
                 stored = store.key(task, seed, k, lift) in store.cells
                 started = time.perf_counter()
-                if demonstrations:
+                if cache is None:
                     pool_read, test_read = store.answers(backend, task, seed, k, lift)
                     priced = pool_read.answers, test_read
                 else:
